@@ -1,0 +1,43 @@
+"""The one clock. Domain code takes ``now`` as an argument; only I/O shells call these."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Aware UTC wall-clock time."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic clock (timeouts, latency)."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def utc_iso(dt: datetime) -> str:
+    """``2026-11-23T09:00:00.123Z``: millisecond UTC ISO 8601, as in the event envelope."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_utc(s: str) -> datetime:
+    """Parse a device/UTC timestamp such as ``2026-11-23T09:00:00Z`` into an aware datetime."""
+    if s.endswith("Z"):
+        s = s[:-1] + "+00:00"
+    dt = datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+system_clock = SystemClock()
