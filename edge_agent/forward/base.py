@@ -1,0 +1,78 @@
+"""What a sink is: the types shared by the drainer and every sink."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One stored event, as handed to a sink. ``body`` is the serialized envelope, built once."""
+
+    seq: int
+    device_id: str
+    event_id: str
+    type: str
+    envelope: dict[str, Any]
+    body: bytes
+    created_at: float  # unix seconds when the event was committed
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The receiver acknowledged (HTTP 2xx, MQTT PUBACK)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again later: network error, 408, 429, 5xx, broker away."""
+
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The receiver refused this event for good (other 4xx): dead letter it after a few tries."""
+
+    reason: str
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The endpoint is gone (webhook 410): stop the sink loudly; keep the events."""
+
+    reason: str
+
+
+Outcome = Delivered | Retry | Reject | Gone
+
+
+class Sink(Protocol):
+    name: str
+    max_batch: int
+
+    async def run(self) -> None:
+        """Long-lived connection loop; may return at once for connectionless sinks."""
+        ...
+
+    def ready(self) -> bool: ...
+
+    async def send(self, events: Sequence[OutboxEvent]) -> Outcome:
+        """Deliver ``events`` (one device's, in order); the outcome applies to all of them."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class SinkStats:
+    delivered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    last_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
