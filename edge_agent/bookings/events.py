@@ -1,0 +1,300 @@
+"""xAPI Bookings events -> envelope types, and the envelope builder (DESIGN.md "Contracts").
+
+Events carry far fewer fields than a listed booking (``Start`` may carry only ``Id`` on older
+software), so :func:`parse_event` yields :class:`EventFields` and :func:`merge` lays them over the
+stored window entry.
+
+Decisions: ``SyncRequired`` and ``Updated`` produce no envelope, only a re-list.
+``StartTimeBuffer``, ``EndTimeBuffer``, ``TimeRemaining`` and ``NotificationSnoozed`` are UI
+reminders with no contract type: they are ignored (no invented types).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from edge_agent.bookings.models import (
+    Booking,
+    Organizer,
+    device_str,
+    parse_device_time,
+)
+from edge_agent.clock import utc_iso
+
+__all__ = [
+    "ENVELOPE_TYPES",
+    "EVENT_TYPES",
+    "IGNORED_EVENTS",
+    "RELIST_EVENTS",
+    "Entropy",
+    "EventFields",
+    "make_envelope",
+    "merge",
+    "new_event_id",
+    "parse_event",
+    "partial_booking_dict",
+]
+
+Entropy = Callable[[int], bytes]
+"""Source of random bytes (``os.urandom``; tests pass a seeded one)."""
+
+EVENT_TYPES: Final[Mapping[str, str]] = {
+    "BookingRequested": "booking.requested",
+    "BookingCreated": "booking.created",
+    "BookingFailed": "booking.failed",
+    "BookingMoved": "booking.moved",
+    "Deleted": "booking.deleted",
+    "Start": "booking.started",
+    "End": "booking.ended",
+    "ExtensionRequested": "booking.extension_requested",
+    "ExtensionFailed": "booking.extension_failed",
+    "EditRequested": "booking.edit_requested",
+    "EditFailed": "booking.edit_failed",
+    "CheckedIn": "booking.checked_in",
+}
+"""xAPI ``Event Bookings <Name>`` -> envelope ``type``."""
+
+RELIST_EVENTS: Final[frozenset[str]] = frozenset({"SyncRequired", "Updated"})
+IGNORED_EVENTS: Final[frozenset[str]] = frozenset(
+    {"StartTimeBuffer", "EndTimeBuffer", "TimeRemaining", "NotificationSnoozed"}
+)
+
+ENVELOPE_TYPES: Final[frozenset[str]] = frozenset(EVENT_TYPES.values()) | {
+    "booking.request_expired",
+    "bookings.snapshot",
+    "room.availability",
+    "device.online",
+    "device.offline",
+}
+"""Every envelope type of the contract, and no other."""
+
+
+# --------------------------------------------------------------------------- event ids
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def new_event_id(now: datetime, entropy: Entropy = os.urandom) -> str:
+    """A UUIDv7 (RFC 9562) string: 48-bit unix ms, then 12 bits of sub-millisecond time (method 3,
+    so ids made for later microseconds sort later), then 62 random bits. Time-sortable."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    us = (now - _EPOCH) // timedelta(microseconds=1)
+    ms, sub_us = divmod(us, 1000)
+    sub = (sub_us * 4096) // 1000
+    rand = int.from_bytes(entropy(8), "big") & ((1 << 62) - 1)
+    value = ((ms & ((1 << 48) - 1)) << 80) | (0x7 << 76) | (sub << 64) | (0b10 << 62) | rand
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+def make_envelope(
+    type: str,
+    *,
+    site: str,
+    device_id: str,
+    now: datetime,
+    xevent: str | None = None,
+    booking: Booking | Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    observed_at: datetime | None = None,
+    event_id: str | None = None,
+    entropy: Entropy = os.urandom,
+) -> dict[str, Any]:
+    """One contract envelope::
+
+        {"type", "timestamp", "data": {"event_id", "site", "device_id", ["booking"],
+                                        "xevent", "observed_at", **extra}}
+
+    ``timestamp`` is ``now``; ``observed_at`` when the agent saw the device event (defaults to
+    ``now``). ``xevent`` is ``"Bookings.<Name>"`` or None for agent-made events (snapshot,
+    availability, online/offline, request_expired). ``extra`` keys go into ``data`` (they may not
+    overwrite the fixed keys). Raises ValueError for a type the contract does not have.
+    """
+    if type not in ENVELOPE_TYPES:
+        raise ValueError(f"not an envelope type of the contract: {type!r}")
+    data: dict[str, Any] = {
+        "event_id": event_id or new_event_id(now, entropy),
+        "site": site,
+        "device_id": device_id,
+    }
+    if booking is not None:
+        data["booking"] = booking.to_dict() if isinstance(booking, Booking) else dict(booking)
+    data["xevent"] = xevent
+    data["observed_at"] = utc_iso(observed_at or now)
+    if extra:
+        clash = set(extra) & {"event_id", "site", "device_id", "xevent", "observed_at"}
+        if clash:
+            raise ValueError(f"extra may not overwrite {sorted(clash)}")
+        data.update(extra)
+    return {"type": type, "timestamp": utc_iso(now), "data": data}
+
+
+# --------------------------------------------------------------------------- event payloads
+
+
+@dataclass(frozen=True, slots=True)
+class EventFields:
+    """One Bookings event, parsed. Every field is None when the event did not carry it."""
+
+    name: str
+    id: str | None = None
+    meeting_id: str | None = None
+    booking_request_uuid: str | None = None
+    title: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    duration_min: int | None = None
+    organizer: Organizer = field(default_factory=Organizer)
+    cause: str | None = None  # Deleted.Cause or *Failed.FailureCause
+    new_end: datetime | None = None  # ExtensionRequested.NewEndTime
+    original_meeting_id: str | None = None  # ExtensionRequested/ExtensionFailed
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def xevent(self) -> str:
+        return f"Bookings.{self.name}"
+
+    @property
+    def envelope_type(self) -> str | None:
+        return EVENT_TYPES.get(self.name)
+
+    @property
+    def key(self) -> str | None:
+        """The window key this event names (MeetingId, else ``id:<Id>``), if any."""
+        if self.meeting_id:
+            return self.meeting_id
+        if self.id:
+            return "id:" + self.id
+        return None
+
+
+def _int(v: Any) -> int | None:
+    s = device_str(v)
+    if s is None:
+        return None
+    try:
+        return int(float(s))
+    except ValueError:
+        return None
+
+
+def parse_event(payload: Mapping[str, Any]) -> EventFields | None:
+    """Parse a Bookings event notification; None when it is not one.
+
+    Accepts the handler payload ``{"Event": {"Bookings": {Name: {...}}}}``, or
+    ``{"Bookings": {Name: {...}}}``, or ``{Name: {...}}``. Never raises on odd values.
+    """
+    node: Any = payload
+    if isinstance(node, Mapping) and isinstance(node.get("Event"), Mapping):
+        node = node["Event"]
+    if isinstance(node, Mapping) and isinstance(node.get("Bookings"), Mapping):
+        node = node["Bookings"]
+    if not isinstance(node, Mapping) or not node:
+        return None
+    name = next((k for k in node if k not in ("id", "Id")), None)
+    if name is None:
+        return None
+    body = node[name]
+    if not isinstance(body, Mapping):
+        known = name in EVENT_TYPES or name in RELIST_EVENTS or name in IGNORED_EVENTS
+        if not known:
+            return None
+        body = {}  # an empty event ("SyncRequired": "") may arrive without an object
+    start = parse_device_time(body.get("StartTime"))
+    end = parse_device_time(body.get("EndTime"))
+    duration = _int(body.get("Duration"))
+    if duration is None:
+        duration = _int(body.get("ScheduledDuration"))
+    if end is None and start is not None and duration is not None and name != "ExtensionRequested":
+        end = start + timedelta(minutes=duration)
+    cause = device_str(body.get("FailureCause")) or device_str(body.get("Cause"))
+    org_name = device_str(body.get("OrganizerName"))
+    return EventFields(
+        name=str(name),
+        id=device_str(body.get("Id")),
+        meeting_id=device_str(body.get("MeetingId")),
+        booking_request_uuid=device_str(body.get("BookingRequestUUID")),
+        title=device_str(body.get("Title")),
+        start=start,
+        end=end,
+        duration_min=duration,
+        organizer=Organizer(
+            name=org_name,
+            email=device_str(body.get("OrganizerEmail")),
+            id=device_str(body.get("OrganizerId")),
+        ),
+        cause=cause,
+        new_end=parse_device_time(body.get("NewEndTime")),
+        original_meeting_id=device_str(body.get("OriginalMeetingId")),
+        raw=dict(body),
+    )
+
+
+def merge(stored: Booking | None, ev: EventFields) -> Booking | None:
+    """The booking after ``ev``: the event's fields over the stored entry.
+
+    None when neither side gives an ``Id``, a start and an end (the shell then re-lists).
+    Organizer fields are taken one by one; the device's empty strings never erase stored values.
+    """
+    bid = ev.id or (stored.id if stored else None)
+    start = ev.start or (stored.start if stored else None)
+    end = ev.end
+    if end is None and stored is not None:
+        end = stored.end
+        if ev.start is not None and ev.duration_min is None:
+            end = ev.start + (stored.end - stored.start)  # moved, length kept
+    if bid is None or start is None or end is None:
+        return None
+    so = stored.organizer if stored else Organizer()
+    org = Organizer(
+        name=ev.organizer.name or so.name,
+        email=ev.organizer.email or so.email,
+        id=ev.organizer.id or so.id,
+    )
+    if stored is None:
+        return Booking(
+            id=bid,
+            start=start,
+            end=end,
+            title=ev.title,
+            meeting_id=ev.meeting_id,
+            booking_request_uuid=ev.booking_request_uuid,
+            organizer=org,
+        )
+    checked_in = True if ev.name == "CheckedIn" else stored.checked_in
+    return replace(
+        stored,
+        id=bid,
+        start=start,
+        end=end,
+        title=ev.title or stored.title,
+        meeting_id=ev.meeting_id or stored.meeting_id,
+        booking_request_uuid=ev.booking_request_uuid or stored.booking_request_uuid,
+        organizer=org,
+        checked_in=checked_in,
+    )
+
+
+def partial_booking_dict(ev: EventFields) -> dict[str, Any]:
+    """The contract booking dict from an event alone (unknown fields null): used when the booking
+    is not in the window and the event lacks a time (``Start {Id}`` on older software)."""
+    return {
+        "id": ev.id,
+        "meeting_id": ev.meeting_id or ev.original_meeting_id,
+        "booking_request_uuid": ev.booking_request_uuid,
+        "title": ev.title,
+        "start": utc_iso(ev.start) if ev.start else None,
+        "end": utc_iso(ev.end) if ev.end else None,
+        "organizer": ev.organizer.to_dict(),
+        "privacy": None,
+        "platform": None,
+        "join_url": None,
+    }

@@ -1,0 +1,402 @@
+"""Typed bookings, and the parser for a ``Bookings List`` result.
+
+Device payloads are parsed with lenient pydantic models at this edge; everything past the edge is
+a frozen dataclass. A malformed list entry is skipped and the reason returned, never raised: one
+odd booking from a calendar backend must not blind the agent to the rest of the room's day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from edge_agent.clock import parse_utc, utc_iso
+
+__all__ = [
+    "Booking",
+    "ListPage",
+    "Organizer",
+    "booking_key",
+    "device_bool",
+    "device_str",
+    "next_page_offset",
+    "parse_device_time",
+    "parse_list_result",
+]
+
+
+# --------------------------------------------------------------------------- value helpers
+
+
+def device_str(value: Any) -> str | None:
+    """A device string, with the device's "empty means absent" folded into ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value or None
+
+
+def device_bool(value: Any) -> bool | None:
+    """"True"/"False" (how the device writes booleans) -> bool; anything else -> None."""
+    if isinstance(value, bool):
+        return value
+    s = device_str(value)
+    if s is None:
+        return None
+    low = s.lower()
+    if low in ("true", "on", "yes", "1"):
+        return True
+    if low in ("false", "off", "no", "0"):
+        return False
+    return None
+
+
+def parse_device_time(value: Any) -> datetime | None:
+    """A device timestamp (UTC ``...Z``) -> aware UTC datetime; empty or unparsable -> None."""
+    s = device_str(value)
+    if s is None:
+        return None
+    try:
+        return parse_utc(s)
+    except ValueError:
+        return None
+
+
+def _device_int(value: Any) -> int | None:
+    s = device_str(value)
+    if s is None:
+        return None
+    try:
+        return int(float(s))
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True, slots=True)
+class Organizer:
+    """The meeting organizer; every field is ``None`` when the device left it empty."""
+
+    name: str | None = None
+    email: str | None = None
+    id: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"name": self.name, "email": self.email, "id": self.id}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Organizer:
+        if not d:
+            return cls()
+        return cls(
+            name=device_str(d.get("name")),
+            email=device_str(d.get("email")),
+            id=device_str(d.get("id")),
+        )
+
+    def is_empty(self) -> bool:
+        return self.name is None and self.email is None and self.id is None
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """One booking of the room, as the agent keeps it.
+
+    ``id`` is the device's ``Id`` (can change after a reboot on hybrid calendars);
+    ``meeting_id`` the calendar backend's ``MeetingId`` (``None`` when the device sends it empty);
+    ``booking_request_uuid`` is known only for bookings made through ``Bookings Book`` whose
+    outcome the agent saw. ``start``/``end`` are aware UTC datetimes.
+    """
+
+    id: str
+    start: datetime
+    end: datetime
+    title: str | None = None
+    meeting_id: str | None = None
+    booking_request_uuid: str | None = None
+    organizer: Organizer = field(default_factory=Organizer)
+    privacy: str | None = None
+    platform: str | None = None
+    join_url: str | None = None
+    # Not in the envelope contract; kept in the store row for the local API and matching.
+    agenda: str | None = None
+    start_buffer_s: int | None = None
+    end_buffer_s: int | None = None
+    checked_in: bool | None = None
+
+    @property
+    def key(self) -> str:
+        """The window key: see :func:`booking_key`."""
+        return booking_key(self)
+
+    @property
+    def duration_min(self) -> int:
+        return int((self.end - self.start).total_seconds() // 60)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The booking as the event envelope carries it (DESIGN.md "Contracts"), exactly."""
+        return {
+            "id": self.id,
+            "meeting_id": self.meeting_id,
+            "booking_request_uuid": self.booking_request_uuid,
+            "title": self.title,
+            "start": utc_iso(self.start),
+            "end": utc_iso(self.end),
+            "organizer": self.organizer.to_dict(),
+            "privacy": self.privacy,
+            "platform": self.platform,
+            "join_url": self.join_url,
+        }
+
+    def to_row(self) -> dict[str, Any]:
+        """The JSON-able dict the store keeps in the window table (envelope fields + extras)."""
+        row = self.to_dict()
+        row["agenda"] = self.agenda
+        row["start_buffer_s"] = self.start_buffer_s
+        row["end_buffer_s"] = self.end_buffer_s
+        row["checked_in"] = self.checked_in
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Booking:
+        """Inverse of :meth:`to_row` (also accepts a plain :meth:`to_dict`). Raises ValueError."""
+        start = parse_device_time(row.get("start"))
+        end = parse_device_time(row.get("end"))
+        bid = device_str(row.get("id"))
+        if bid is None or start is None or end is None:
+            raise ValueError(f"window row lacks id/start/end: {dict(row)!r}")
+        org = row.get("organizer")
+        return cls(
+            id=bid,
+            start=start,
+            end=end,
+            title=device_str(row.get("title")),
+            meeting_id=device_str(row.get("meeting_id")),
+            booking_request_uuid=device_str(row.get("booking_request_uuid")),
+            organizer=Organizer.from_dict(org if isinstance(org, Mapping) else None),
+            privacy=device_str(row.get("privacy")),
+            platform=device_str(row.get("platform")),
+            join_url=device_str(row.get("join_url")),
+            agenda=device_str(row.get("agenda")),
+            start_buffer_s=_device_int(row.get("start_buffer_s")),
+            end_buffer_s=_device_int(row.get("end_buffer_s")),
+            checked_in=device_bool(row.get("checked_in")),
+        )
+
+    def with_changes(self, **changes: Any) -> Booking:
+        return replace(self, **changes)
+
+
+def booking_key(b: Booking) -> str:
+    """``MeetingId`` when the device gave one, else ``"id:" + Id``.
+
+    The MeetingId is the calendar backend's and survives device reboots; the device ``Id`` does not
+    on hybrid calendars, and local-calendar bookings may have no MeetingId at all.
+    """
+    return b.meeting_id if b.meeting_id else "id:" + b.id
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One parsed ``Bookings List`` result.
+
+    ``received`` counts the entries in the payload (skipped ones included), which is what
+    ``Offset`` advances by; ``total_rows`` is ``ResultInfo.TotalRows`` (None when absent).
+    ``skipped`` holds one human-readable reason per entry that could not be parsed.
+    """
+
+    bookings: tuple[Booking, ...]
+    total_rows: int | None = None
+    received: int = 0
+    last_updated: datetime | None = None
+    skipped: tuple[str, ...] = ()
+
+
+def next_page_offset(page: ListPage, offset: int) -> int | None:
+    """The ``Offset`` of the next page; None when ``page`` (fetched at ``offset``) was the last."""
+    if page.total_rows is None or page.received == 0:
+        return None
+    nxt = offset + page.received
+    return nxt if nxt < page.total_rows else None
+
+
+# --------------------------------------------------------------------------- the edge (pydantic)
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, frozen=True)
+
+
+class _RawOrganizer(_Lenient):
+    FirstName: str | None = None
+    LastName: str | None = None
+    Email: str | None = None
+    Id: str | None = None
+    Name: str | None = None
+
+
+class _RawTime(_Lenient):
+    StartTime: str
+    EndTime: str
+    StartTimeBuffer: str | None = None
+    EndTimeBuffer: str | None = None
+
+
+class _RawWebex(_Lenient):
+    Enabled: str | None = None
+    Url: str | None = None
+    MeetingNumber: str | None = None
+
+
+class _RawCall(_Lenient):
+    Number: str | None = None
+    Protocol: str | None = None
+    CallType: str | None = None
+
+
+def _as_list(v: Any) -> Any:
+    # XML-derived JSON turns a one-element array into a bare object; accept both.
+    if v is None:
+        return []
+    if isinstance(v, Mapping):
+        return [v]
+    return v
+
+
+class _RawCalls(_Lenient):
+    Call: list[_RawCall] = []
+
+    _wrap = field_validator("Call", mode="before")(_as_list)
+
+
+class _RawDialInfo(_Lenient):
+    Calls: _RawCalls | None = None
+    ConnectMode: str | None = None
+
+
+class _RawListBooking(_Lenient):
+    Id: str
+    MeetingId: str | None = None
+    BookingRequestUUID: str | None = None
+    Title: str | None = None
+    Agenda: str | None = None
+    Privacy: str | None = None
+    MeetingPlatform: str | None = None
+    MeetingUrl: str | None = None
+    CheckedIn: str | None = None
+    Organizer: _RawOrganizer | None = None
+    Time: _RawTime
+    Webex: _RawWebex | None = None
+    DialInfo: _RawDialInfo | None = None
+
+
+def _organizer(raw: _RawOrganizer | None) -> Organizer:
+    if raw is None:
+        return Organizer()
+    parts = [p for p in (device_str(raw.FirstName), device_str(raw.LastName)) if p]
+    name = " ".join(parts) if parts else device_str(raw.Name)
+    return Organizer(name=name, email=device_str(raw.Email), id=device_str(raw.Id))
+
+
+def _booking_from_raw(raw: _RawListBooking) -> Booking:
+    start = parse_device_time(raw.Time.StartTime)
+    end = parse_device_time(raw.Time.EndTime)
+    if start is None or end is None:
+        raise ValueError(f"unparsable Time {raw.Time.StartTime!r}..{raw.Time.EndTime!r}")
+    if end < start:
+        raise ValueError(f"EndTime {raw.Time.EndTime} before StartTime {raw.Time.StartTime}")
+    bid = device_str(raw.Id)
+    if bid is None:
+        raise ValueError("empty Id")
+    webex_on = device_bool(raw.Webex.Enabled) if raw.Webex else None
+    platform = device_str(raw.MeetingPlatform)
+    if platform == "None":  # the device's literal for "no meeting platform"
+        platform = None
+    if platform is None and webex_on:
+        platform = "Webex"
+    join_url = device_str(raw.MeetingUrl) or (device_str(raw.Webex.Url) if raw.Webex else None)
+    if join_url is None and raw.DialInfo and raw.DialInfo.Calls:
+        # The first dial string is what the room's Join button calls (a SIP URI, usually).
+        join_url = next((n for c in raw.DialInfo.Calls.Call if (n := device_str(c.Number))), None)
+    return Booking(
+        id=bid,
+        start=start,
+        end=end,
+        title=device_str(raw.Title),
+        meeting_id=device_str(raw.MeetingId),
+        booking_request_uuid=device_str(raw.BookingRequestUUID),
+        organizer=_organizer(raw.Organizer),
+        privacy=device_str(raw.Privacy),
+        platform=platform,
+        join_url=join_url,
+        agenda=device_str(raw.Agenda),
+        start_buffer_s=_device_int(raw.Time.StartTimeBuffer),
+        end_buffer_s=_device_int(raw.Time.EndTimeBuffer),
+        checked_in=device_bool(raw.CheckedIn),
+    )
+
+
+def parse_list_result(result: Mapping[str, Any] | Any) -> ListPage:
+    """Parse the JSON-RPC ``result`` of ``Bookings List`` (never raises).
+
+    Accepts the bare result or one wrapped as ``{"BookingsListResult": {...}}``. The device
+    leaves ``Booking`` out entirely when there are no bookings; lower-case ``id`` (the position in
+    the list) is ignored; booleans arrive as "True"/"False"; empty strings mean absent.
+    """
+    if not isinstance(result, Mapping):
+        return ListPage(
+            bookings=(), skipped=(f"list result is not an object: {type(result).__name__}",)
+        )
+    inner = result.get("BookingsListResult")
+    if isinstance(inner, Mapping):
+        result = inner
+    entries = _as_list(result.get("Booking"))
+    skipped: list[str] = []
+    if not isinstance(entries, list):
+        skipped.append(f"Booking is not a list: {type(entries).__name__}")
+        entries = []
+    bookings: list[Booking] = []
+    for pos, entry in enumerate(entries):
+        label = _entry_label(entry, pos)
+        try:
+            raw = _RawListBooking.model_validate(entry)
+            bookings.append(_booking_from_raw(raw))
+        except ValidationError as exc:
+            errs = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<entry>'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            skipped.append(f"booking {label} skipped: {errs}")
+        except ValueError as exc:
+            skipped.append(f"booking {label} skipped: {exc}")
+    total: int | None = None
+    info = result.get("ResultInfo")
+    if isinstance(info, Mapping):
+        total = _device_int(info.get("TotalRows"))
+    return ListPage(
+        bookings=tuple(bookings),
+        total_rows=total,
+        received=len(entries),
+        last_updated=parse_device_time(result.get("LastUpdated")),
+        skipped=tuple(skipped),
+    )
+
+
+def _entry_label(entry: Any, pos: int) -> str:
+    if isinstance(entry, Mapping):
+        bid = device_str(entry.get("Id"))
+        if bid:
+            return f"Id={bid}"
+    return f"#{pos}"
