@@ -1,0 +1,433 @@
+"""The running agent: store, sinks and their drainers, one session per device, the local API.
+
+Everything runs in one :class:`asyncio.TaskGroup` with named tasks. A device session or a sink
+that fails is logged and restarted by its supervisor; it never takes the others down.
+
+Shutdown (SIGTERM, SIGINT): the device sessions stop first, so no new events are taken; the
+drainers then get ``drain_timeout_s`` to deliver what is in flight and queued; whatever is left
+stays in the outbox for the next start; the store is closed last. Exit status 0.
+SIGHUP re-reads the configuration file and applies its device list: new devices start, removed
+ones stop, changed ones restart; sinks and the store keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from edge_agent import metrics, sdnotify
+from edge_agent.api import DeviceStatus, LocalApi, SinkStatus
+from edge_agent.backoff import Backoff
+from edge_agent.clock import Clock, system_clock
+from edge_agent.config import (
+    AgentConfig,
+    ConfigError,
+    Secrets,
+    device_settings,
+    load_config,
+    resolve_secrets,
+)
+from edge_agent.forward.base import Sink
+from edge_agent.forward.drainer import Drainer
+from edge_agent.session import DeviceSession, SessionSettings
+from edge_agent.store import Store
+
+log = structlog.get_logger(__name__)
+
+SAMPLE_INTERVAL_S = 5.0
+
+
+def session_settings(
+    cfg: AgentConfig, secrets: Secrets, overrides: Mapping[str, Any] | None = None
+) -> dict[str, SessionSettings]:
+    """Per-device session settings, defaults merged; ``overrides`` (tests, demo) on top."""
+    out: dict[str, SessionSettings] = {}
+    for d in device_settings(cfg, secrets):
+        out[d.id] = SessionSettings(
+            endpoint=d.endpoint(),
+            time_zone=d.time_zone,
+            booking_timeout_s=d.booking_timeout_s,
+            request_grace_s=d.request_grace_s,
+            relist_interval_s=d.relist_interval_s,
+            request_timeout_s=d.request_timeout_s,
+            **dict(overrides or {}),
+        )
+    return out
+
+
+def build_sinks(
+    cfg: AgentConfig, secrets: Secrets, health: Callable[[], dict[str, Any]]
+) -> list[tuple[Sink, dict[str, Any]]]:
+    """The configured sinks, each with its drainer options (``ttl_s``, ``max_in_flight``)."""
+    sinks: list[tuple[Sink, dict[str, Any]]] = []
+    if cfg.webhook is not None:
+        from edge_agent.forward.webhook import WebhookSink
+
+        w = cfg.webhook
+        sinks.append(
+            (
+                WebhookSink(
+                    w.url,
+                    [s.get_secret_value() for s in secrets.webhook_secrets],
+                    timeout_s=w.timeout_s,
+                    ca_file=str(w.ca_file) if w.ca_file else None,
+                    batch_max=w.batch_max,
+                    max_connections=w.max_in_flight,
+                ),
+                {"ttl_s": float(w.ttl_s), "max_in_flight": w.max_in_flight},
+            )
+        )
+    if cfg.mqtt is not None:
+        from edge_agent.forward.mqtt import MqttSink
+
+        m = cfg.mqtt
+        sinks.append(
+            (
+                MqttSink(
+                    url=m.url,
+                    client_id=cfg.mqtt_client_id,
+                    username=m.username,
+                    password=secrets.mqtt_password.get_secret_value()
+                    if secrets.mqtt_password
+                    else None,
+                    ca_file=str(m.ca_file) if m.ca_file else None,
+                    cert_file=str(m.cert_file) if m.cert_file else None,
+                    key_file=str(m.key_file) if m.key_file else None,
+                    keepalive=m.keepalive,
+                    base_topic=cfg.mqtt_base_topic,
+                    protocol=m.protocol,
+                    site=cfg.site,
+                    health=health,
+                    health_interval_s=m.health_interval_s,
+                ),
+                {"ttl_s": float(m.ttl_s), "max_in_flight": 32},
+            )
+        )
+    return sinks
+
+
+class Agent:
+    """The running agent. Implements :class:`edge_agent.api.AgentView` for the local API.
+
+    Args:
+        config: the validated configuration.
+        secrets: resolved secrets (device passwords, webhook secrets, MQTT password).
+        config_path: the file SIGHUP re-reads (None: reload is refused).
+        clock: wall clock for the bookings logic (tests pass the simulator's).
+        session_overrides: extra :class:`SessionSettings` fields for every device (tests, demo).
+        drainer_overrides: extra :class:`Drainer` keyword arguments (tests: fast backoff).
+        drain_timeout_s: how long shutdown waits for in-flight and queued deliveries.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        secrets: Secrets,
+        *,
+        config_path: Path | None = None,
+        clock: Clock = system_clock,
+        session_overrides: Mapping[str, Any] | None = None,
+        drainer_overrides: Mapping[str, Any] | None = None,
+        drain_timeout_s: float = 5.0,
+        api: bool = True,
+    ) -> None:
+        self.config = config
+        self._secrets = secrets
+        self._config_path = config_path
+        self._clock = clock
+        self._session_overrides = dict(session_overrides or {})
+        self._drainer_overrides = dict(drainer_overrides or {})
+        self._drain_timeout_s = drain_timeout_s
+        self._with_api = api
+        self._store: Store | None = None
+        self._sessions: dict[str, DeviceSession] = {}
+        self._device_tasks: dict[str, asyncio.Task[None]] = {}
+        self._settings: dict[str, SessionSettings] = {}
+        self._sinks: list[tuple[Sink, Drainer]] = []
+        self._sink_tasks: list[asyncio.Task[Any]] = []
+        self._other_tasks: list[asyncio.Task[Any]] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self._started = time.monotonic()
+        self._last_stats: Mapping[str, Any] = {}
+        self.api: LocalApi | None = None
+        self.ready = asyncio.Event()
+        """Set once the store is open and every task started (tests wait on it)."""
+
+    # --- AgentView -----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store | None:
+        return self._store
+
+    def devices(self) -> list[DeviceStatus]:
+        out: list[DeviceStatus] = []
+        for s in self._sessions.values():
+            out.append(s.info())  # type: ignore[arg-type]
+        return out
+
+    def sinks(self) -> list[SinkStatus]:
+        out: list[SinkStatus] = []
+        depth = self._last_stats.get("sinks", {})
+        for sink, drainer in self._sinks:
+            st = drainer.stats()
+            entry: SinkStatus = {
+                "name": sink.name,
+                "state": "gone" if st.stopped_reason else "running",
+                "ready": sink.ready(),
+                "last_error": st.last_error or getattr(sink, "last_error", None),
+            }
+            d = depth.get(sink.name)
+            if isinstance(d, Mapping):
+                entry["outbox_depth"] = int(d.get("depth") or 0)
+            extra = {k: v for k, v in dataclasses.asdict(st).items() if k not in entry}
+            out.append({**entry, **extra})  # type: ignore[typeddict-item]
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """The MQTT ``bridge/health`` payload."""
+        sinks = self._last_stats.get("sinks", {}) if self._last_stats else {}
+        return {
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "devices_configured": len(self._sessions),
+            "devices_connected": sum(1 for s in self._sessions.values() if s.client.connected),
+            "outbox": sinks,
+            "deliveries": {
+                sink.name: dataclasses.asdict(drainer.stats()) for sink, drainer in self._sinks
+            },
+        }
+
+    # --- control -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown (what SIGTERM does)."""
+        if not self._stop.is_set():
+            log.info("stopping: no new device events; draining deliveries")
+            sdnotify.stopping("draining the outbox")
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the config file and apply its device list (what SIGHUP does)."""
+        if self._tg is None:
+            return
+        self._tg.create_task(self._reload(), name="agent.reload")
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until :meth:`request_stop`; returns the exit status. Not meant to be cancelled
+        mid-start; cancelling while running stops everything without the drain."""
+        cfg = self.config
+        self._store = await Store.open(
+            cfg.store_path,
+            sinks=tuple(cfg.sink_names()) or ("webhook",),
+            outbox_max_events=cfg.store.outbox_max_events,
+            synchronous=cfg.store.synchronous,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                await self._start(tg)
+                self.ready.set()
+                self._announce_ready()
+                await self._stop.wait()
+                await self._shutdown()
+        finally:
+            self._tg = None
+            await self._close()
+        return 0
+
+    async def _start(self, tg: asyncio.TaskGroup) -> None:
+        assert self._store is not None
+        for sink, opts in build_sinks(self.config, self._secrets, self.health):
+            drainer = Drainer(
+                self._store,
+                sink,
+                max_in_flight=int(opts["max_in_flight"]),
+                ttl_s=float(opts["ttl_s"]),
+                **self._drainer_overrides,
+            )
+            self._sinks.append((sink, drainer))
+            # The drainer runs the sink's connection loop itself.
+            name = f"drainer[{sink.name}]"
+            self._sink_tasks.append(tg.create_task(self._supervise(name, drainer.run), name=name))
+        if self._with_api:
+            self.api = LocalApi(self, self.config.api.listen)
+            await self.api.start()
+        self._settings = session_settings(self.config, self._secrets, self._session_overrides)
+        metrics.DEVICES_CONFIGURED.set(len(self._settings))
+        for settings in self._settings.values():
+            self._start_device(settings)
+        self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
+        self._other_tasks.append(
+            tg.create_task(sdnotify.watchdog_loop(self._healthy), name="agent.watchdog")
+        )
+
+    def _start_device(self, settings: SessionSettings) -> None:
+        assert self._tg is not None and self._store is not None
+        session = DeviceSession(
+            settings, site=self.config.site, store=self._store, clock=self._clock
+        )
+        self._sessions[settings.device_id] = session
+        name = f"device[{settings.device_id}]"
+        self._device_tasks[settings.device_id] = self._tg.create_task(
+            self._supervise(name, session.run), name=name
+        )
+
+    async def _stop_device(self, device_id: str) -> None:
+        task = self._device_tasks.pop(device_id, None)
+        self._sessions.pop(device_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run`` until cancelled; an exception is logged and the task restarted."""
+        backoff = Backoff(initial=1.0, maximum=60.0)
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if time.monotonic() - started > 60:
+                    attempt = 0
+                attempt += 1
+                delay = backoff.delay(attempt)
+                log.exception(f"{name} failed; restarting", task=name, retry_in_s=round(delay, 1))
+                await asyncio.sleep(delay)
+
+    def _announce_ready(self) -> None:
+        connected = sum(1 for s in self._sessions.values() if s.client.connected)
+        sinks = ", ".join(s.name for s, _ in self._sinks) or "none"
+        sdnotify.ready(f"{connected}/{len(self._sessions)} devices connected; sinks: {sinks}")
+        log.info(
+            "agent started",
+            site=self.config.site,
+            devices=len(self._sessions),
+            sinks=[s.name for s, _ in self._sinks],
+            api=self.api.url if self.api else None,
+            store=str(self.config.store_path),
+        )
+
+    def _healthy(self) -> bool:
+        # The watchdog loop runs on the event loop, so a ping already proves the loop turns;
+        # beyond that the agent is healthy while its store is open.
+        return self._store is not None
+
+    async def _sample_loop(self) -> None:
+        """Keep the gauges that are cheaper to read than to maintain, and systemd's STATUS."""
+        while True:
+            await self.sample()
+            await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+    async def sample(self) -> Mapping[str, Any]:
+        assert self._store is not None
+        try:
+            self._last_stats = await self._store.stats()
+        except Exception:
+            log.exception("cannot read store statistics")
+            return self._last_stats
+        connected = sum(1 for s in self._sessions.values() if s.client.connected)
+        metrics.DEVICES_CONNECTED.set(connected)
+        pending = int(self._last_stats.get("pending", 0))
+        sinks = self._last_stats.get("sinks", {})
+        depth = sum(int(v.get("depth", 0)) for v in sinks.values()) if sinks else 0
+        sdnotify.status(
+            f"{connected}/{len(self._sessions)} devices connected; outbox {depth}; "
+            f"pending requests {pending}"
+        )
+        return self._last_stats
+
+    async def _shutdown(self) -> None:
+        for device_id in list(self._device_tasks):
+            await self._stop_device(device_id)
+        deadline = time.monotonic() + self._drain_timeout_s
+        while time.monotonic() < deadline:
+            stats = await self.sample()
+            sinks = stats.get("sinks", {})
+            if not sinks or all(int(v.get("depth", 0)) == 0 for v in sinks.values()):
+                break
+            if all(not sink.ready() for sink, _ in self._sinks):
+                break
+            await asyncio.sleep(0.05)
+        left = self._last_stats.get("sinks", {})
+        log.info("drain finished", undelivered={k: v.get("depth") for k, v in left.items()})
+        for t in self._sink_tasks + self._other_tasks:
+            t.cancel()
+
+    async def _close(self) -> None:
+        for sink, _ in self._sinks:
+            with contextlib.suppress(Exception):
+                await sink.close()
+        if self.api is not None:
+            with contextlib.suppress(Exception):
+                await self.api.stop()
+        if self._store is not None:
+            await self._store.close()
+
+    async def _reload(self) -> None:
+        if self._config_path is None:
+            log.warning("SIGHUP ignored: the agent was not started from a config file")
+            return
+        sdnotify.reloading()
+        try:
+            cfg = load_config(self._config_path)
+            secrets = resolve_secrets(cfg)
+        except ConfigError as exc:
+            log.error(
+                "reload failed: the configuration is invalid; keeping the running one",
+                problems=exc.lines(),
+            )
+            sdnotify.ready()
+            return
+        new = session_settings(cfg, secrets, self._session_overrides)
+        removed = [d for d in self._settings if d not in new]
+        added = [d for d in new if d not in self._settings]
+        changed = [d for d in new if d in self._settings and new[d] != self._settings[d]]
+        for d in removed + changed:
+            await self._stop_device(d)
+        self._secrets = secrets
+        self._settings = new
+        for d in added + changed:
+            self._start_device(new[d])
+        metrics.DEVICES_CONFIGURED.set(len(new))
+        log.info("configuration reloaded", added=added, removed=removed, changed=changed)
+        sdnotify.ready()
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    secrets: Secrets | None = None,
+    config_path: Path | None = None,
+    **options: Any,
+) -> int:
+    """Run the agent with signal handling (SIGTERM/SIGINT stop, SIGHUP reload); exit status."""
+    agent = Agent(
+        config,
+        secrets if secrets is not None else resolve_secrets(config),
+        config_path=config_path,
+        **options,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    try:
+        return await agent.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)

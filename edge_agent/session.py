@@ -1,0 +1,458 @@
+"""One device's session: the I/O shell around the pure bookings logic.
+
+It owns the device's :class:`~edge_agent.xapi.XapiClient`, turns what arrives (feedback,
+list results, connection changes, time passing) into inputs for :mod:`edge_agent.bookings`, and
+commits each resulting :class:`~edge_agent.bookings.device.Step` to the store in one transaction
+before adopting its new state. One worker task applies every input in arrival order, so the
+device's state has exactly one owner.
+
+Why it re-lists so often: a device only reports changes while a subscription is live, older
+software sends only some events, and hybrid calendars change behind the device's back. So the
+session lists on every (re)connect, on ``SyncRequired``/``Updated`` (debounced: a storm of them
+costs one list), after events that change the calendar, at local midnight, when a pending
+request's deadline passes, and every ``relist_interval_s`` as a safety net.
+
+Backpressure: feedback is queued (bounded). Should the queue overflow (the store is stuck, say),
+further feedback is dropped and a re-list is scheduled: the device's calendar is the truth, and
+reconciliation reports what the dropped events would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+
+from edge_agent import metrics
+from edge_agent.backoff import Backoff
+from edge_agent.bookings.device import (
+    DeviceBookings,
+    Step,
+    on_availability,
+    on_connection,
+    on_event,
+    on_list,
+    on_tick,
+)
+from edge_agent.bookings.models import Booking, ListPage, next_page_offset, parse_list_result
+from edge_agent.bookings.pending import DEFAULT_GRACE_S
+from edge_agent.clock import Clock, system_clock
+from edge_agent.store import Change, PendingRow, Store, StoreError
+from edge_agent.xapi import DeviceEndpoint, XapiClient, XapiError
+from edge_agent.xapi.errors import ConnectionLost
+
+log = structlog.get_logger(__name__)
+
+LIST_PAGE_SIZE = 100
+"""``Limit`` of one ``Bookings List`` page; more pages follow while ``TotalRows`` says so."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """One configured device, defaults merged in."""
+
+    endpoint: DeviceEndpoint
+    time_zone: str = "UTC"
+    """Used until (or when the user may not) read ``Configuration Time Zone``."""
+    booking_timeout_s: int = 60
+    """Used until (or when the user may not) read ``Bookings AdhocBooking BookingTimeout``."""
+    request_grace_s: float = DEFAULT_GRACE_S
+    relist_interval_s: float = 300.0
+    request_timeout_s: float = 10.0
+    relist_debounce_s: float = 0.5
+    tick_max_s: float = 1.0
+    """Longest sleep between clock checks (pending deadlines, local midnight)."""
+    queue_max: int = 10_000
+    client_options: Mapping[str, Any] = field(default_factory=dict)
+    """Extra :class:`XapiClient` keyword arguments (timing, tests)."""
+
+    @property
+    def device_id(self) -> str:
+        return self.endpoint.device_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Feedback:
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    page: ListPage
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    online: bool
+    reason: str | None = None
+    software: str | None = None
+    tz: ZoneInfo | None = None
+    booking_timeout_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    pass
+
+
+_Input = _Feedback | _Listed | _Link | _Tick
+
+
+class DeviceSession:
+    """Keeps one device's window, pending requests and events flowing into the store."""
+
+    def __init__(
+        self,
+        settings: SessionSettings,
+        *,
+        site: str,
+        store: Store,
+        clock: Clock = system_clock,
+        store_backoff: Backoff = Backoff(initial=0.5, maximum=30.0),
+    ) -> None:
+        self.settings = settings
+        self.device_id = settings.device_id
+        self.site = site
+        self._store = store
+        self._clock = clock
+        self._store_backoff = store_backoff
+        self._log = log.bind(device=self.device_id)
+        self._inputs: asyncio.Queue[_Input] = asyncio.Queue(settings.queue_max)
+        self._relist_wanted = asyncio.Event()
+        self._relist_now = False
+        self._reschedule = asyncio.Event()
+        self._overflowing = False
+        self._next_safety_relist = 0.0
+        self.state: DeviceBookings | None = None
+        self.client = XapiClient(
+            settings.endpoint,
+            on_connected=self._on_connected,
+            on_disconnected=self._on_disconnected,
+            request_timeout=settings.request_timeout_s,
+            clock=clock,
+            **dict(settings.client_options),
+        )
+        self.lists = 0
+        self.dropped_feedback = 0
+        self.store_errors = 0
+
+    # --- the local API's view ------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """What ``/v1/devices`` shows of this device."""
+        st = self.state
+        return {
+            "id": self.device_id,
+            "url": self.settings.endpoint.ws_url,
+            **self.client.stats(),
+            "time_zone": st.tz.key if st else self.settings.time_zone,
+            "booking_timeout_s": st.booking_timeout_s if st else self.settings.booking_timeout_s,
+            "window_size": len(st.window) if st else 0,
+            "pending_requests": len(st.pending) if st else 0,
+            "availability": st.availability.to_dict() if st and st.availability else None,
+            "lists": self.lists,
+            "dropped_feedback": self.dropped_feedback,
+        }
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Restore the state from the store, then run the device link until cancelled.
+
+        Cancelling is safe: what was committed stays committed; what was queued is recovered by
+        the re-list after the next start.
+        """
+        self.state = await self._restore()
+        await self.client.subscribe(["Event", "Bookings"], self._on_feedback)
+        await self.client.subscribe(["Status", "Bookings"], self._on_feedback, True)
+        self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
+        name = f"device[{self.device_id}]"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.client.run(), name=f"{name}.xapi")
+                tg.create_task(self._work(), name=f"{name}.worker")
+                tg.create_task(self._list_loop(), name=f"{name}.lister")
+                tg.create_task(self._clock_loop(), name=f"{name}.clock")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.client.close())
+
+    async def _restore(self) -> DeviceBookings:
+        s = self.settings
+        window = await self._store.load_window(self.device_id)
+        pending = await self._store.load_pending(self.device_id)
+        dstate = await self._store.load_device_state(self.device_id) or {}
+        tz = _zone(dstate.get("time_zone")) or _zone(s.time_zone) or ZoneInfo("UTC")
+        timeout = dstate.get("booking_timeout_s")
+        state, notes = DeviceBookings.restore(
+            site=self.site,
+            device_id=self.device_id,
+            tz=tz,
+            window_rows=window,
+            pending_rows=[p.row for p in pending],
+            device_state=dstate,
+            booking_timeout_s=int(timeout) if isinstance(timeout, int) else s.booking_timeout_s,
+            grace_s=s.request_grace_s,
+        )
+        for note in notes:
+            self._log.warning("stored row unreadable", detail=note)
+        if state.window or state.pending:
+            self._log.info(
+                "restored from the store", bookings=len(state.window), pending=len(state.pending)
+            )
+        return state
+
+    # --- inputs from the client (called by its reader: must not block) --------------------------
+
+    def _on_feedback(self, payload: Mapping[str, Any]) -> None:
+        self._offer(_Feedback(payload))
+
+    def _on_disconnected(self, exc: BaseException | None) -> None:
+        reason = str(exc) if exc is not None else "closed"
+        self._offer(_Link(online=False, reason=reason))
+
+    async def _on_connected(self, client: XapiClient) -> None:
+        tz, timeout, software = await self._read_device_settings(client)
+        # The online transition asks for the list (Step.relist), after the settings are applied.
+        self._offer(_Link(online=True, software=software, tz=tz, booking_timeout_s=timeout))
+
+    def _offer(self, item: _Input) -> None:
+        try:
+            self._inputs.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped_feedback += 1
+            if not self._overflowing:
+                self._overflowing = True
+                self._log.warning(
+                    "feedback queue full: dropping device feedback and re-listing to catch up",
+                    queue_max=self.settings.queue_max,
+                )
+            self._request_relist(now=False)
+        else:
+            if self._overflowing and self._inputs.qsize() < self.settings.queue_max // 2:
+                self._overflowing = False
+
+    async def _read_device_settings(
+        self, client: XapiClient
+    ) -> tuple[ZoneInfo | None, int | None, str | None]:
+        """Time zone and BookingTimeout from the device; None where it may not be read."""
+        tz: ZoneInfo | None = None
+        timeout: int | None = None
+        software: str | None = None
+        try:
+            tz = _zone(await client.get(["Configuration", "Time", "Zone"]))
+        except ConnectionLost:
+            raise
+        except XapiError as exc:
+            self._log.info(
+                "cannot read Configuration Time Zone; using the configured zone",
+                error=str(exc),
+                time_zone=self.settings.time_zone,
+            )
+        try:
+            raw = await client.get(
+                ["Configuration", "Bookings", "AdhocBooking", "BookingTimeout"]
+            )
+            timeout = int(raw)
+        except ConnectionLost:
+            raise
+        except (XapiError, ValueError, TypeError) as exc:
+            self._log.info(
+                "cannot read Bookings AdhocBooking BookingTimeout; using the configured value",
+                error=str(exc),
+                booking_timeout_s=self.settings.booking_timeout_s,
+            )
+        try:
+            sw = await client.get(["Status", "SystemUnit", "Software", "Version"])
+            software = str(sw) if sw not in (None, "") else None
+        except ConnectionLost:
+            raise
+        except XapiError:
+            pass
+        return tz, timeout, software
+
+    # --- the worker: the one owner of the state --------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            item = await self._inputs.get()
+            assert self.state is not None
+            now = self._clock.now()
+            step = self._transition(self.state, item, now)
+            await self._apply(step)
+
+    def _transition(self, state: DeviceBookings, item: _Input, now: datetime) -> Step:
+        if isinstance(item, _Feedback):
+            if "Status" in item.payload:
+                return on_availability(state, item.payload, now)
+            return on_event(state, item.payload, now)
+        if isinstance(item, _Listed):
+            return on_list(state, item.page, now)
+        if isinstance(item, _Link):
+            if item.online:
+                state = state.with_config(tz=item.tz, booking_timeout_s=item.booking_timeout_s)
+            return on_connection(
+                state, item.online, now, reason=item.reason, software=item.software
+            )
+        return on_tick(state, now)
+
+    async def _apply(self, step: Step) -> None:
+        """Commit ``step`` durably, then adopt its state. A store failure is retried (with
+        backoff, logged) rather than dropped: the events in it are the ones not to lose."""
+        for note in step.notes:
+            self._log.info("bookings", detail=note)
+        if step.needs_commit:
+            change = Change(
+                self.device_id,
+                window_replace=step.window_replace_rows(),
+                window_upsert=step.window_upsert_rows(),
+                window_delete=list(step.window_delete),
+                pending_upsert=[
+                    PendingRow(
+                        self.device_id,
+                        p.booking_request_uuid,
+                        p.deadline.timestamp(),
+                        p.to_row(),
+                    )
+                    for p in step.pending_upsert
+                ],
+                pending_delete=list(step.pending_delete),
+                device_state=dict(step.device_state) if step.device_state is not None else None,
+                events=list(step.events),
+            )
+            attempt = 0
+            while True:
+                try:
+                    await self._store.commit(change)
+                    break
+                except StoreError as exc:
+                    attempt += 1
+                    self.store_errors += 1
+                    delay = self._store_backoff.delay(attempt)
+                    self._log.error(
+                        "cannot store device events; holding them and retrying",
+                        error=str(exc),
+                        events=len(change.events),
+                        retry_in_s=round(delay, 1),
+                    )
+                    await asyncio.sleep(delay)
+        old_pending = self.state.pending if self.state else {}
+        self.state = step.state
+        for env in step.events:
+            self._log_event(env)
+        if step.relist:
+            self._request_relist(now=True)
+        if step.state.pending is not old_pending:
+            self._reschedule.set()
+
+    def _log_event(self, env: Mapping[str, Any]) -> None:
+        data = env.get("data", {})
+        booking = data.get("booking") or {}
+        self._log.debug(
+            "event stored",
+            type=env.get("type"),
+            event_id=data.get("event_id"),
+            booking_id=booking.get("id"),
+            meeting_id=booking.get("meeting_id"),
+            booking_request_uuid=booking.get("booking_request_uuid")
+            or data.get("booking_request_uuid"),
+        )
+
+    # --- listing ---------------------------------------------------------------------------------
+
+    def _request_relist(self, *, now: bool) -> None:
+        if now:
+            self._relist_now = True
+        self._relist_wanted.set()
+
+    async def _list_loop(self) -> None:
+        while True:
+            await self._relist_wanted.wait()
+            if not self._relist_now:
+                # Debounce: a burst of Updated/SyncRequired (or of calendar events) costs one list.
+                await asyncio.sleep(self.settings.relist_debounce_s)
+            self._relist_wanted.clear()
+            self._relist_now = False
+            if not self.client.connected:
+                continue  # on_connected asks again
+            try:
+                page = await self._list_all()
+            except ConnectionLost:
+                continue
+            except XapiError as exc:
+                self._log.warning("Bookings List failed; will retry", error=str(exc))
+                await asyncio.sleep(min(30.0, self.settings.relist_debounce_s * 10))
+                self._request_relist(now=False)
+                continue
+            self.lists += 1
+            self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
+            await self._inputs.put(_Listed(page))
+
+    async def _list_all(self) -> ListPage:
+        """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many)."""
+        bookings: list[Booking] = []
+        skipped: list[str] = []
+        offset = 0
+        total: int | None = None
+        received = 0
+        while True:
+            result = await self.client.command(
+                "Bookings List", DayOffset=0, Days=2, Limit=LIST_PAGE_SIZE, Offset=offset
+            )
+            page = parse_list_result(result)
+            bookings.extend(page.bookings)
+            skipped.extend(page.skipped)
+            total = page.total_rows
+            received += page.received
+            nxt = next_page_offset(page, offset)
+            if nxt is None:
+                break
+            offset = nxt
+        return ListPage(tuple(bookings), total_rows=total, received=received, skipped=tuple(skipped))
+
+    # --- time passing ------------------------------------------------------------------------------
+
+    async def _clock_loop(self) -> None:
+        """Wake for the next pending deadline, local midnight or safety re-list."""
+        tick_max = self.settings.tick_max_s
+        while True:
+            assert self.state is not None
+            now = self._clock.now()
+            until_wakeup = (self.state.next_wakeup(now) - now) / timedelta(seconds=1)
+            until_safety = self._next_safety_relist - self._clock.monotonic()
+            delay = max(0.0, min(until_wakeup, until_safety, tick_max))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._reschedule.wait()
+            self._reschedule.clear()
+            if self._clock.monotonic() >= self._next_safety_relist:
+                self._next_safety_relist = (
+                    self._clock.monotonic() + self.settings.relist_interval_s
+                )
+                self._request_relist(now=False)
+            now = self._clock.now()
+            if self.state.next_wakeup(now) <= now or self.state.bounds is not None and (
+                self.state.current_bounds(now) != self.state.bounds
+            ):
+                await self._inputs.put(_Tick())
+                # Let the worker apply the tick before looking at the state again.
+                await asyncio.sleep(0)
+
+
+def _zone(name: Any) -> ZoneInfo | None:
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("unknown time zone name", time_zone=name)
+        return None
+
+
+metrics_devices_connected = metrics.DEVICES_CONNECTED
