@@ -1,0 +1,293 @@
+"""The local HTTP API (aiohttp): health, readiness, metrics and a read-only view of the agent.
+
+Bound to ``[api] listen`` (default ``127.0.0.1:9780``; keep it on loopback: there is no auth).
+
+Routes:
+
+- ``GET /healthz`` — 200 ``{"status": "ok"}`` while the event loop serves requests.
+- ``GET /readyz`` — ``{"ready": bool, "reasons": [...], "store": {...}, "devices": [...],
+  "sinks": [...]}``; 200 when ready, 503 when not. **Not ready** when any of:
+
+  1. the store is not open (starting up, shutting down, or the database failed);
+  2. a sink is ``stopped`` or ``gone`` (its task ended, or the webhook answered 410): it will not
+     recover by itself and events only pile up;
+  3. devices are configured but none is connected.
+
+  A sink that is running but cannot reach its receiver right now (``ready: false``) and single
+  devices being offline do *not* fail readiness: the agent buffers and retries by design; they
+  are listed in the JSON and in the metrics (``edge_agent_outbox_oldest_undelivered_seconds``,
+  ``edge_agent_devices_connected``).
+- ``GET /metrics`` — Prometheus exposition of :data:`edge_agent.metrics.REGISTRY`.
+- ``GET /v1/devices`` — ``{"devices": [...]}``, one :class:`DeviceStatus` each.
+- ``GET /v1/devices/{id}/bookings`` — the buffered window from the store, sorted by start;
+  404 for an unknown device.
+- ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
+- ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, Self, TypedDict, runtime_checkable
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from edge_agent import jsoncodec
+from edge_agent.config import DEFAULT_API_LISTEN, parse_listen
+from edge_agent.metrics import REGISTRY
+
+log = structlog.get_logger(__name__)
+
+__all__ = [
+    "AgentView",
+    "DeviceStatus",
+    "LocalApi",
+    "SinkStatus",
+    "StoreView",
+    "readiness",
+]
+
+
+class DeviceStatus(TypedDict, total=False):
+    """One entry of ``AgentView.devices()`` (and of ``/v1/devices``)."""
+
+    id: str  # required
+    url: str
+    connected: bool  # required
+    last_error: str | None
+    reconnects: int
+    time_zone: str | None
+    """The zone in use: the device's ``Configuration Time Zone``, else the configured fallback."""
+    booking_timeout_s: int | None
+    window_size: int
+    """Bookings in the buffered window."""
+    software: str | None
+
+
+class SinkStatus(TypedDict, total=False):
+    """One entry of ``AgentView.sinks()``."""
+
+    name: str  # required: "webhook", "mqtt"
+    state: str  # required: "running" | "stopped" | "gone" | "starting"
+    ready: bool  # the sink can deliver right now (Sink.ready())
+    last_error: str | None
+    outbox_depth: int
+
+
+class StoreView(Protocol):
+    """The read side of :class:`edge_agent.store.Store` the API uses."""
+
+    async def load_window(self, device_id: str) -> Mapping[str, Any]: ...
+
+    async def load_pending(self, device_id: str | None = None) -> Sequence[Any]: ...
+
+    async def stats(self) -> Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class AgentView(Protocol):
+    """What the API reads from the running agent (``edge_agent.agent.Agent`` implements it).
+
+    ``store`` is ``None`` while the store is not open. ``devices()`` and ``sinks()`` are called on
+    the event loop and must be cheap (in-memory state, no I/O).
+    """
+
+    @property
+    def store(self) -> StoreView | None: ...
+
+    def devices(self) -> Sequence[DeviceStatus]: ...
+
+    def sinks(self) -> Sequence[SinkStatus]: ...
+
+
+def readiness(agent: AgentView) -> tuple[bool, list[str]]:
+    """The readiness rule (see the module docstring): ``(ready, reasons it is not)``."""
+    reasons: list[str] = []
+    if agent.store is None:
+        reasons.append("store not open")
+    for sink in agent.sinks():
+        state = sink.get("state", "running")
+        if state in ("stopped", "gone"):
+            reasons.append(f"sink {sink['name']} is {state}")
+    devices = agent.devices()
+    if devices and not any(d.get("connected") for d in devices):
+        reasons.append("no device connected")
+    return not reasons, reasons
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return _jsonable(dump(mode="json"))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    isoformat = getattr(value, "isoformat", None)
+    if callable(isoformat):
+        return isoformat()
+    return str(value)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=jsoncodec.dumpb(_jsonable(data)), status=status, content_type="application/json"
+    )
+
+
+def _booking_sort_key(item: tuple[str, Any]) -> tuple[str, str]:
+    key, booking = item
+    start = booking.get("start") if isinstance(booking, Mapping) else None
+    return (str(start or ""), key)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LocalApi:
+    """The HTTP server. ``await start()`` / ``await stop()``, or ``await run()`` in a TaskGroup.
+
+    ``listen`` is ``"HOST:PORT"`` (port 0 picks a free port; read :attr:`port` after start).
+    """
+
+    def __init__(self, agent: AgentView, listen: str = DEFAULT_API_LISTEN) -> None:
+        self._agent = agent
+        self._host, self._port = parse_listen(listen)
+        self._runner: web.AppRunner | None = None
+        self.app = self._make_app()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when ``listen`` asked for port 0)."""
+        return self._port
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    async def start(self) -> None:
+        """Bind and serve. Raises ``OSError`` when the address is taken."""
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        server = site._server  # aiohttp exposes the bound sockets only here
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self._port = int(sockets[0].getsockname()[1])
+        log.info("local API listening", url=self.url)
+
+    async def stop(self) -> None:
+        """Stop serving; safe to call twice; cleanup is shielded from cancellation."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await asyncio.shield(runner.cleanup())
+
+    async def run(self) -> None:
+        """Start, serve until cancelled, then stop (for ``tg.create_task(api.run())``)."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/devices", self._devices)
+        app.router.add_get("/v1/devices/{id}/bookings", self._bookings)
+        app.router.add_get("/v1/pending", self._pending)
+        app.router.add_get("/v1/outbox", self._outbox)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _json({"error": exc.reason}, status=exc.status)
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("local API request failed", path=request.path)
+            return _json({"error": f"{type(exc).__name__}: {exc}"}, status=500)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok, reasons = readiness(self._agent)
+        store = self._agent.store
+        body = {
+            "ready": ok,
+            "reasons": reasons,
+            "store": {"open": store is not None},
+            "devices": list(self._agent.devices()),
+            "sinks": list(self._agent.sinks()),
+        }
+        return _json(body, status=200 if ok else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _devices(self, request: web.Request) -> web.Response:
+        return _json({"devices": list(self._agent.devices())})
+
+    def _store(self) -> StoreView:
+        store = self._agent.store
+        if store is None:
+            raise web.HTTPServiceUnavailable(reason="store not open")
+        return store
+
+    async def _bookings(self, request: web.Request) -> web.Response:
+        device_id = request.match_info["id"]
+        if not any(d.get("id") == device_id for d in self._agent.devices()):
+            raise web.HTTPNotFound(reason=f"unknown device {device_id!r}")
+        window = await self._store().load_window(device_id)
+        bookings = [b for _, b in sorted(window.items(), key=_booking_sort_key)]
+        return _json({"device": device_id, "count": len(bookings), "bookings": bookings})
+
+    async def _pending(self, request: web.Request) -> web.Response:
+        device_id = request.query.get("device") or None
+        rows = await self._store().load_pending(device_id)
+        return _json({"count": len(rows), "pending": list(rows)})
+
+    async def _outbox(self, request: web.Request) -> web.Response:
+        return _json(await self._store().stats())
