@@ -142,7 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(args_list)
+        # The demo has its own parser; argparse's REMAINDER would not pass it leading options.
+        args, unknown = parser.parse_known_args(args_list)
+        if unknown and getattr(args, "func", None) is _cmd_demo:
+            args.demo_args = unknown + list(args.demo_args)
+        elif unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EX_USAGE
     try:
