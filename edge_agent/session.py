@@ -29,7 +29,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
-from edge_agent import metrics
 from edge_agent.backoff import Backoff
 from edge_agent.bookings.device import (
     DeviceBookings,
@@ -51,6 +50,10 @@ log = structlog.get_logger(__name__)
 
 LIST_PAGE_SIZE = 100
 """``Limit`` of one ``Bookings List`` page; more pages follow while ``TotalRows`` says so."""
+
+CALENDAR_CHANGES = frozenset({"BookingCreated", "BookingFailed", "BookingMoved", "Deleted"})
+"""Events after which the session re-lists (debounced): the event carries only some fields of
+the booking, and a hybrid calendar may have changed more than it says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,6 @@ class DeviceSession:
         self._log = log.bind(device=self.device_id)
         self._inputs: asyncio.Queue[_Input] = asyncio.Queue(settings.queue_max)
         self._relist_wanted = asyncio.Event()
-        self._relist_now = False
         self._reschedule = asyncio.Event()
         self._overflowing = False
         self._next_safety_relist = 0.0
@@ -233,7 +235,7 @@ class DeviceSession:
                     "feedback queue full: dropping device feedback and re-listing to catch up",
                     queue_max=self.settings.queue_max,
                 )
-            self._request_relist(now=False)
+            self._request_relist()
         else:
             if self._overflowing and self._inputs.qsize() < self.settings.queue_max // 2:
                 self._overflowing = False
@@ -286,6 +288,8 @@ class DeviceSession:
             now = self._clock.now()
             step = self._transition(self.state, item, now)
             await self._apply(step)
+            if isinstance(item, _Feedback) and _event_names(item.payload) & CALENDAR_CHANGES:
+                self._request_relist()
 
     def _transition(self, state: DeviceBookings, item: _Input, now: datetime) -> Step:
         if isinstance(item, _Feedback):
@@ -347,7 +351,7 @@ class DeviceSession:
         for env in step.events:
             self._log_event(env)
         if step.relist:
-            self._request_relist(now=True)
+            self._request_relist()
         if step.state.pending is not old_pending:
             self._reschedule.set()
 
@@ -366,19 +370,15 @@ class DeviceSession:
 
     # --- listing ---------------------------------------------------------------------------------
 
-    def _request_relist(self, *, now: bool) -> None:
-        if now:
-            self._relist_now = True
+    def _request_relist(self) -> None:
         self._relist_wanted.set()
 
     async def _list_loop(self) -> None:
         while True:
             await self._relist_wanted.wait()
-            if not self._relist_now:
-                # Debounce: a burst of Updated/SyncRequired (or of calendar events) costs one list.
-                await asyncio.sleep(self.settings.relist_debounce_s)
+            # Debounce: a burst of Updated/SyncRequired (or of calendar events) costs one list.
+            await asyncio.sleep(self.settings.relist_debounce_s)
             self._relist_wanted.clear()
-            self._relist_now = False
             if not self.client.connected:
                 continue  # on_connected asks again
             try:
@@ -388,7 +388,7 @@ class DeviceSession:
             except XapiError as exc:
                 self._log.warning("Bookings List failed; will retry", error=str(exc))
                 await asyncio.sleep(min(30.0, self.settings.relist_debounce_s * 10))
-                self._request_relist(now=False)
+                self._request_relist()
                 continue
             self.lists += 1
             self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
@@ -435,7 +435,7 @@ class DeviceSession:
                 self._next_safety_relist = (
                     self._clock.monotonic() + self.settings.relist_interval_s
                 )
-                self._request_relist(now=False)
+                self._request_relist()
             now = self._clock.now()
             if self.state.next_wakeup(now) <= now or self.state.bounds is not None and (
                 self.state.current_bounds(now) != self.state.bounds
@@ -443,6 +443,11 @@ class DeviceSession:
                 await self._inputs.put(_Tick())
                 # Let the worker apply the tick before looking at the state again.
                 await asyncio.sleep(0)
+
+
+def _event_names(payload: Mapping[str, Any]) -> set[str]:
+    bookings = payload.get("Event", {}).get("Bookings")
+    return set(bookings) if isinstance(bookings, Mapping) else set()
 
 
 def _zone(name: Any) -> ZoneInfo | None:
@@ -454,5 +459,3 @@ def _zone(name: Any) -> ZoneInfo | None:
         log.warning("unknown time zone name", time_zone=name)
         return None
 
-
-metrics_devices_connected = metrics.DEVICES_CONNECTED
