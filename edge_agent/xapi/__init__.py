@@ -1,0 +1,63 @@
+"""The device's xAPI over WebSocket: a sans-I/O JSON-RPC protocol and an asyncio client.
+
+Imports nothing from the rest of the agent except the shared helpers (jsoncodec, backoff,
+clock, metrics).
+"""
+
+from __future__ import annotations
+
+from .client import XapiClient
+from .endpoint import DeviceEndpoint
+from .errors import (
+    AuthenticationFailed,
+    CommandError,
+    ConnectError,
+    ConnectionLost,
+    DeviceRebooting,
+    FingerprintMismatch,
+    HandshakeFailed,
+    HttpsOnly,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    NotConnected,
+    NotReady,
+    ParseError,
+    PermissionDenied,
+    RateLimited,
+    RequestTimeout,
+    TlsError,
+    TooManySubscriptions,
+    Unreachable,
+    XapiError,
+)
+from .protocol import XapiProtocol
+
+__all__ = [
+    "AuthenticationFailed",
+    "CommandError",
+    "ConnectError",
+    "ConnectionLost",
+    "DeviceEndpoint",
+    "DeviceRebooting",
+    "FingerprintMismatch",
+    "HandshakeFailed",
+    "HttpsOnly",
+    "InternalError",
+    "InvalidParams",
+    "InvalidRequest",
+    "MethodNotFound",
+    "NotConnected",
+    "NotReady",
+    "ParseError",
+    "PermissionDenied",
+    "RateLimited",
+    "RequestTimeout",
+    "TlsError",
+    "TooManySubscriptions",
+    "Unreachable",
+    "XapiClient",
+    "XapiError",
+    "XapiProtocol",
+]

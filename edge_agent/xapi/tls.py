@@ -1,0 +1,101 @@
+"""TLS for device links: shared contexts, certificate pinning, a lean SSL protocol.
+
+Memory is the reason for :class:`LeanSSLProtocol`: asyncio's ``SSLProtocol`` gives every
+connection its own 256 KiB read buffer (DESIGN.md: ~310 KiB per wss connection). On a selector
+loop the buffer is filled by ``recv_into`` and copied into the TLS BIO in the same callback, so
+one buffer per thread serves every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import threading
+from asyncio import sslproto
+from typing import Any
+
+from .endpoint import DeviceEndpoint
+
+READ_BUFFER_SIZE = 256 * 1024
+
+_local = threading.local()
+_contexts: dict[tuple[str, str | None], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def context_for(endpoint: DeviceEndpoint) -> ssl.SSLContext:
+    """The client context for ``endpoint``'s trust mode, shared by every device that uses it.
+
+    One context per mode and CA file: loading the system CA store costs hundreds of KiB, and
+    a context per device would multiply that by the fleet.
+    """
+    if endpoint.fingerprint is not None:
+        key: tuple[str, str | None] = ("pinned", None)
+    elif endpoint.insecure:
+        key = ("insecure", None)
+    else:
+        key = ("verified", endpoint.ca_file)
+    with _contexts_lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            ctx = _make_context(*key)
+            _contexts[key] = ctx
+        return ctx
+
+
+def _make_context(mode: str, ca_file: str | None) -> ssl.SSLContext:
+    if mode == "verified":
+        return ssl.create_default_context(cafile=ca_file)
+    # Pinned: the chain is not verified (self-signed devices); the fingerprint, checked
+    # before any credentials are written, is the trust. Insecure: nothing is checked.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def peer_fingerprint(ssl_object: Any) -> str:
+    """SHA-256 of the peer's DER certificate, as 64 lower-case hex digits ("" if none)."""
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return hashlib.sha256(der).hexdigest() if der else ""
+
+
+def _shared_buffer() -> tuple[bytearray, memoryview]:
+    shared: tuple[bytearray, memoryview] | None = getattr(_local, "buffer", None)
+    if shared is None:
+        buf = bytearray(READ_BUFFER_SIZE)
+        shared = (buf, memoryview(buf))
+        _local.buffer = shared
+    return shared
+
+
+class LeanSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's SSL protocol reading into one per-thread buffer instead of one per connection.
+
+    Only used on selector loops, where ``get_buffer`` / ``recv_into`` / ``buffer_updated``
+    run back to back in one callback (a proactor loop keeps the buffer across an overlapped
+    read, so it keeps asyncio's own protocol).
+    """
+
+    # SSLProtocol sets 35 attributes, past CPython's 30-key limit for key-sharing instance
+    # dicts, so each connection got a 1.5 KiB dict; with these in slots it is ~0.3 KiB.
+    __slots__ = (
+        "_handshake_start_time",
+        "_handshake_timeout_handle",
+        "_shutdown_timeout_handle",
+        "_ssl_buffer",
+        "_ssl_buffer_view",
+        "_write_backlog",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ssl_buffer, self._ssl_buffer_view = _shared_buffer()
+        # A deque allocates a 64-slot block up front (~0.7 KiB); the backlog is almost always
+        # empty and SSLProtocol only appends, indexes [0], deletes [0] and clears it.
+        self._write_backlog = []  # type: ignore[assignment]
+
+
+def lean_buffers_supported(loop: asyncio.AbstractEventLoop) -> bool:
+    return isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
