@@ -71,8 +71,17 @@ class Sink(Protocol):
 
 @dataclass(slots=True)
 class SinkStats:
+    """What a drainer reports for its sink (the local API shows it).
+
+    Counts are events. ``stopped_reason`` is set when the sink was stopped for good (webhook
+    410): the events stay in the outbox until the operator fixes the endpoint and restarts.
+    """
+
     delivered: int = 0
     retried: int = 0
     dead_lettered: int = 0
     last_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+    stopped_reason: str | None = None
+    in_flight: int = 0

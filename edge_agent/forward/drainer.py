@@ -1,0 +1,290 @@
+"""The drainer: moves one sink's share of the outbox to the sink, in order per device.
+
+One drainer per sink. It asks the store for the next events of up to ``max_in_flight``
+devices at a time (each device has at most one batch in flight, so its order is kept), sends
+each batch with ``sink.send()``, and records the outcome:
+
+- ``Delivered``: the device's progress moves past the batch.
+- ``Retry``: the device backs off (``Backoff`` jittered exponential, capped; never earlier than
+  the receiver's ``Retry-After``). The attempts and due time are stored, so a restart keeps
+  the schedule. Only that device waits; the others keep flowing.
+- ``Reject``: retried up to ``reject_attempts`` times, then dead-lettered. A rejected batch of
+  several events is retried one event at a time, so only the poison event is dead-lettered.
+- ``Gone``: the sink is stopped with an ERROR log and ``stopped_reason``; the events stay in
+  the outbox.
+- An event older than ``ttl_s`` is dead-lettered (reason ``"ttl expired"``) instead of sent.
+
+The drainer wakes as soon as the store commits new events (``Store.wakeup``), and otherwise
+sleeps until the next due retry: no polling while idle, no sleep while work is waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from edge_agent.backoff import Backoff
+from edge_agent.clock import parse_utc
+from edge_agent.forward.base import (
+    Delivered,
+    Gone,
+    OutboxEvent,
+    Outcome,
+    Reject,
+    Retry,
+    Sink,
+    SinkStats,
+)
+from edge_agent.metrics import DELIVERIES, DELIVERY_LATENCY
+from edge_agent.store import Store, StoreError
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BACKOFF = Backoff(initial=1.0, maximum=300.0, factor=2.0, jitter=0.2)
+
+
+class Drainer:
+    """Delivers the outbox to one sink. Run it with :meth:`run` in the agent's TaskGroup."""
+
+    def __init__(
+        self,
+        store: Store,
+        sink: Sink,
+        *,
+        max_in_flight: int = 8,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        ttl_s: float = 7 * 24 * 3600.0,
+        reject_attempts: int = 3,
+        not_ready_poll_s: float = 0.05,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        """
+        Args:
+            store: the open store; ``sink.name`` must be one of its sinks.
+            sink: where to deliver.
+            max_in_flight: batches (devices) in flight at once. Keep it small for HTTP: httpx
+                collapses past ~50 in flight per host (DESIGN.md); 8 is the webhook default.
+            backoff: the retry schedule (delay before attempt n).
+            ttl_s: an event older than this is dead-lettered instead of sent.
+            reject_attempts: tries before a rejected (4xx) event is dead-lettered.
+            not_ready_poll_s: how often to look again while ``sink.ready()`` is false.
+            clock: unix-seconds wall clock.
+            rng: for the backoff jitter (tests).
+        """
+        if sink.name not in store.sinks:
+            raise ValueError(f"sink {sink.name!r} is not configured in the store {store.sinks}")
+        self._store = store
+        self._sink = sink
+        self.name = sink.name
+        self._max_in_flight = max(1, max_in_flight)
+        self._backoff = backoff
+        self._ttl_s = ttl_s
+        self._reject_attempts = max(1, reject_attempts)
+        self._not_ready_poll_s = not_ready_poll_s
+        self._time = clock
+        self._rng = rng
+        self._in_flight: set[str] = set()
+        self._wake = store.wakeup(sink.name)
+        self._stats = SinkStats()
+        self._stopped_reason: str | None = None
+        self._log = log.bind(sink=sink.name)
+
+    # -- state for the local API --------------------------------------------------------------
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why the sink was stopped for good (``None`` while it runs)."""
+        return self._stopped_reason
+
+    def ready(self) -> bool:
+        return self._stopped_reason is None and self._sink.ready()
+
+    def stats(self) -> SinkStats:
+        s = self._stats
+        s.ready = self.ready()
+        s.stopped_reason = self._stopped_reason
+        s.in_flight = len(self._in_flight)
+        return s
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the sink's connection loop and deliver until cancelled or the sink is gone.
+
+        Cancelling it is safe: batches in flight are simply not marked and are sent again
+        later (delivery is at least once). Returns after a ``Gone`` outcome, once the batches
+        in flight have finished. The caller owns the sink and closes it.
+        """
+        async with asyncio.TaskGroup() as tg:
+            sink_task = tg.create_task(self._sink.run(), name=f"drainer[{self.name}].sink")
+            await self._loop(tg)
+            sink_task.cancel()
+
+    async def _loop(self, tg: asyncio.TaskGroup) -> None:
+        store, sink = self._store, self._sink
+        while self._stopped_reason is None:
+            if not sink.ready():
+                await asyncio.sleep(self._not_ready_poll_s)
+                continue
+            free = self._max_in_flight - len(self._in_flight)
+            if free > 0:
+                # Cleared before reading, so a commit landing during the read is not missed.
+                self._wake.clear()
+                batches = await store.next_batches(
+                    self.name,
+                    now=self._time(),
+                    max_devices=free,
+                    max_batch=max(1, sink.max_batch),
+                    exclude=self._in_flight,
+                )
+                for batch in batches:
+                    device = batch[0].device_id
+                    self._in_flight.add(device)
+                    tg.create_task(
+                        self._deliver(batch), name=f"drainer[{self.name}].deliver[{device}]"
+                    )
+                if batches:
+                    await asyncio.sleep(0)  # let the sends start before reading more
+                    continue
+            else:
+                self._wake.clear()  # all slots busy: a finishing send wakes us
+            # With every slot busy only a finishing send can help: no timer then.
+            due = store.next_due(self.name, exclude=self._in_flight) if free > 0 else None
+            timeout = None if due is None else max(0.0, due - self._time()) + 0.001
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _deliver(self, batch: list[OutboxEvent]) -> None:
+        device = batch[0].device_id
+        progress: asyncio.Future[None] | None = None
+        try:
+            progress = await self._attempt(batch)
+        finally:
+            self._in_flight.discard(device)
+            self._wake.set()
+        if progress is not None:
+            try:
+                await progress
+            except StoreError as exc:
+                # The progress stays in memory; after a restart the events are sent again.
+                self._log.warning("could not record delivery progress", device=device,
+                                  error=str(exc))
+
+    async def _attempt(self, batch: list[OutboxEvent]) -> asyncio.Future[None] | None:
+        """Send one device's batch and record the outcome; returns the progress future."""
+        store, name = self._store, self.name
+        head = batch[0]
+        now = self._time()
+        cutoff = now - self._ttl_s
+        n_expired = 0
+        while n_expired < len(batch) and batch[n_expired].created_at < cutoff:
+            n_expired += 1
+        if n_expired:
+            expired = batch[:n_expired]
+            self._stats.dead_lettered += n_expired
+            DELIVERIES.labels(sink=name, result="dead_letter").inc(n_expired)
+            self._log.warning(
+                "events older than the TTL moved to the dead letter",
+                device=head.device_id, events=n_expired, ttl_s=self._ttl_s,
+            )
+            return store.dead_letter(
+                name, expired, reason="ttl expired", attempts=head.attempts
+            )
+        # A later event past the TTL (a replayed one): send only what comes before it.
+        for i, e in enumerate(batch):
+            if e.created_at < cutoff:
+                batch = batch[:i]
+                break
+        try:
+            outcome: Outcome = await self._sink.send(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a sink bug must not kill the drainer
+            self._log.exception("sink raised instead of returning an outcome",
+                                device=head.device_id)
+            outcome = Retry(f"sink error: {exc!r}")
+        return self._record(batch, outcome)
+
+    def _record(self, batch: list[OutboxEvent], outcome: Outcome) -> asyncio.Future[None] | None:
+        store, name = self._store, self.name
+        head = batch[0]
+        device = head.device_id
+        now = self._time()
+        n = len(batch)
+        if isinstance(outcome, Delivered):
+            self._stats.delivered += n
+            DELIVERIES.labels(sink=name, result="ok").inc(n)
+            hist = DELIVERY_LATENCY.labels(sink=name)
+            for e in batch:
+                hist.observe(max(0.0, now - _observed_at(e)))
+            if head.attempts:
+                self._log.info("delivered after retries", device=device,
+                               attempts=head.attempts + 1)
+            return store.mark_delivered(name, batch)
+        if isinstance(outcome, Gone):
+            self._stopped_reason = (
+                f"{name}: the endpoint answered that it is gone ({outcome.reason}); "
+                "delivery stopped, events stay in the outbox; fix the sink's URL in the "
+                "configuration and restart the agent"
+            )
+            self._stats.last_error = outcome.reason
+            DELIVERIES.labels(sink=name, result="gone").inc(n)
+            self._log.error("sink stopped: endpoint gone", device=device, reason=outcome.reason,
+                            hint="fix the URL in the configuration and restart the agent")
+            return None
+        attempts = head.attempts + 1
+        self._stats.last_error = outcome.reason
+        if isinstance(outcome, Reject):
+            if n == 1 and attempts >= self._reject_attempts:
+                self._stats.dead_lettered += 1
+                DELIVERIES.labels(sink=name, result="dead_letter").inc()
+                self._log.error(
+                    "receiver rejected the event; moved to the dead letter",
+                    device=device, event_id=head.event_id, type=head.type,
+                    reason=outcome.reason, attempts=attempts,
+                    hint="inspect with `edge-agent outbox dead-letter list`",
+                )
+                return store.dead_letter(
+                    name, batch, reason=f"rejected: {outcome.reason}", attempts=attempts
+                )
+            delay = self._backoff.delay(attempts, self._rng)
+            result = "rejected"
+        else:
+            assert isinstance(outcome, Retry)
+            delay = self._backoff.delay_honouring(attempts, outcome.retry_after, self._rng)
+            result = "retry"
+        self._stats.retried += n
+        DELIVERIES.labels(sink=name, result=result).inc(n)
+        # First failure and every tenth: a receiver outage with 1,000 devices must not
+        # produce 1,000 lines per backoff round.
+        level = "warning" if attempts == 1 or attempts % 10 == 0 else "debug"
+        getattr(self._log, level)(
+            "delivery failed; will retry", device=device, reason=outcome.reason,
+            attempts=attempts, retry_in_s=round(delay, 3), events=n,
+        )
+        return store.mark_retry(
+            name, head, attempts=attempts, next_attempt_at=now + delay, error=outcome.reason
+        )
+
+
+def _observed_at(e: OutboxEvent) -> float:
+    data: Any = e.envelope.get("data")
+    if isinstance(data, dict):
+        obs = data.get("observed_at")
+        if isinstance(obs, str) and obs:
+            try:
+                return parse_utc(obs).timestamp()
+            except ValueError:
+                pass
+    return e.created_at
+
+
+__all__ = ["DEFAULT_BACKOFF", "Drainer"]

@@ -1,0 +1,174 @@
+"""The webhook sink against a real loopback receiver: signatures, answers, batches, TLS."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import time
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from standardwebhooks import Webhook
+
+from edge_agent import jsoncodec
+from edge_agent.forward.base import Delivered, Gone, OutboxEvent, Reject, Retry
+from edge_agent.forward.webhook import (
+    WebhookSink,
+    classify,
+    parse_retry_after,
+    sign,
+)
+from tests.receivers import Reply, WebhookReceiver
+
+try:
+    import httpx_aiohttp  # noqa: F401
+
+    ENGINES = ["httpx", "aiohttp"]
+except ImportError:  # optional engine
+    ENGINES = ["httpx"]
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 24).decode()
+SECRET2 = "whsec_" + base64.b64encode(b"n" * 32).decode()
+
+
+def event(device: str = "room-1", n: int = 0) -> OutboxEvent:
+    envelope = {"type": "booking.created", "timestamp": "2026-11-23T09:00:00.000Z",
+                "data": {"event_id": f"{device}-{n}", "device_id": device, "n": n}}
+    return OutboxEvent(seq=n + 1, device_id=device, event_id=f"{device}-{n}",
+                       type="booking.created", envelope=envelope,
+                       body=jsoncodec.dumpb(envelope), created_at=time.time())
+
+
+@pytest.fixture
+async def rx() -> Any:
+    r = WebhookReceiver(SECRET)
+    await r.start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture(params=ENGINES)
+async def sink(rx: WebhookReceiver, request: Any) -> Any:
+    s = WebhookSink(rx.url, [SECRET], timeout_s=2.0, engine=request.param)
+    yield s
+    await s.close()
+
+
+def test_signature_is_standard_webhooks() -> None:
+    body = event().body
+    ts = int(time.time())
+    keys = [base64.b64decode(SECRET.removeprefix("whsec_"))]
+    headers = {"webhook-id": "room-1-0", "webhook-timestamp": str(ts),
+               "webhook-signature": sign(keys, "room-1-0", ts, body)}
+    Webhook(SECRET).verify(body, headers)
+
+
+def test_classify_and_retry_after() -> None:
+    assert classify(200, None) == Delivered()
+    assert classify(204, None) == Delivered()
+    assert classify(410, None) == Gone("HTTP 410 Gone")
+    assert classify(429, 3.0) == Retry("HTTP 429", 3.0)
+    assert classify(408, None) == Retry("HTTP 408", None)
+    assert classify(503, None) == Retry("HTTP 503", None)
+    assert classify(400, None) == Reject("HTTP 400", 400)
+    assert isinstance(classify(302, None), Retry)
+    now = time.time()
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after(None, now) is None
+    assert parse_retry_after("soon", now) is None
+    date = formatdate(now + 30, usegmt=True)
+    ra = parse_retry_after(date, now)
+    assert ra is not None and 28 <= ra <= 31
+
+
+async def test_delivers_a_verified_webhook(rx: WebhookReceiver, sink: WebhookSink) -> None:
+    assert await sink.send([event()]) == Delivered()
+    [d] = rx.deliveries
+    assert d.verified and d.webhook_id == "room-1-0"
+    assert d.headers["content-type"] == "application/json"
+    assert d.body == event().body
+    assert rx.events[0]["data"]["event_id"] == "room-1-0"
+
+
+async def test_rotated_secrets_sign_twice(rx: WebhookReceiver) -> None:
+    new_rx = WebhookReceiver(SECRET2)  # a receiver that already has the new secret
+    await new_rx.start()
+    s = WebhookSink(new_rx.url, [SECRET, SECRET2])
+    try:
+        assert await s.send([event()]) == Delivered()
+        s2 = WebhookSink(rx.url, [SECRET, SECRET2])  # and one still on the old secret
+        assert await s2.send([event()]) == Delivered()
+        await s2.close()
+        assert new_rx.deliveries[0].headers["webhook-signature"].count("v1,") == 2
+        assert new_rx.bad_signatures == 0 and rx.bad_signatures == 0
+    finally:
+        await s.close()
+        await new_rx.stop()
+
+
+async def test_answers_map_to_outcomes(rx: WebhookReceiver, sink: WebhookSink) -> None:
+    rx.script(Reply(503, retry_after="2"), Reply(429), Reply(410), Reply(400), Reply(500))
+    assert await sink.send([event()]) == Retry("HTTP 503", 2.0)
+    assert await sink.send([event()]) == Retry("HTTP 429", None)
+    assert await sink.send([event()]) == Gone("HTTP 410 Gone")
+    assert await sink.send([event()]) == Reject("HTTP 400", 400)
+    assert isinstance(await sink.send([event()]), Retry)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_unreachable_and_timeout_are_retried(rx: WebhookReceiver, engine: Any) -> None:
+    port = rx.port
+    await rx.go_down()
+    s = WebhookSink(f"http://127.0.0.1:{port}/hook", [SECRET], timeout_s=0.2, engine=engine)
+    try:
+        out = await s.send([event()])
+        assert isinstance(out, Retry) and ("connect" in out.reason.lower()), out
+        await rx.come_back()
+        rx.script(Reply(200, delay_s=1.0))
+        out = await s.send([event()])
+        assert isinstance(out, Retry) and "timeout" in out.reason
+    finally:
+        await s.close()
+
+
+async def test_batch_body_and_id(rx: WebhookReceiver) -> None:
+    s = WebhookSink(rx.url, [SECRET], batch_max=10)
+    try:
+        events = [event("room-2", i) for i in range(3)]
+        assert await s.send(events) == Delivered()
+        [d] = rx.deliveries
+        assert d.verified and d.webhook_id == "batch_room-2-0_3"
+        doc = jsoncodec.loads(d.body)
+        assert doc["type"] == "batch" and doc["timestamp"].endswith("Z")
+        assert [e["data"]["n"] for e in doc["data"]["events"]] == [0, 1, 2]
+        assert [e["data"]["n"] for e in rx.events] == [0, 1, 2]
+        assert await s.send([event("room-2", 3)]) == Delivered()  # a lone event: plain webhook
+        assert rx.deliveries[-1].webhook_id == "room-2-3"
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_tls_with_a_private_ca(tmp_path: Path, engine: Any) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    rx = WebhookReceiver(SECRET, ssl_context=server_ctx)
+    await rx.start()
+    good = WebhookSink(rx.url, [SECRET], ca_file=str(ca_file), engine=engine)
+    untrusted = WebhookSink(rx.url, [SECRET], engine=engine)  # system CAs do not know the test CA
+    try:
+        assert rx.url.startswith("https://")
+        assert await good.send([event()]) == Delivered()
+        out = await untrusted.send([event()])
+        assert isinstance(out, Retry) and "certificate verify failed" in out.reason.lower(), out
+        assert len(rx.accepted_ids) == 1
+    finally:
+        await good.close()
+        await untrusted.close()
+        await rx.stop()
