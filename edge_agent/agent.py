@@ -343,6 +343,9 @@ class Agent:
             return self._last_stats
         connected = sum(1 for s in self._sessions.values() if s.client.connected)
         metrics.DEVICES_CONNECTED.set(connected)
+        for sink, drainer in self._sinks:
+            ready = sink.ready() and drainer.stopped_reason is None
+            metrics.SINK_READY.labels(sink=sink.name).set(1 if ready else 0)
         pending = int(self._last_stats.get("pending", 0))
         sinks = self._last_stats.get("sinks", {})
         depth = sum(int(v.get("depth", 0)) for v in sinks.values()) if sinks else 0

@@ -49,6 +49,12 @@ DELIVERIES = Counter(
     ["sink", "result"],
     registry=REGISTRY,
 )
+SINK_READY = Gauge(
+    "edge_agent_sink_ready",
+    "1 while the sink can deliver (broker connected; webhook not stopped by a 410)",
+    ["sink"],
+    registry=REGISTRY,
+)
 DELIVERY_LATENCY = Histogram(
     "edge_agent_delivery_latency_seconds",
     "Time from an event being observed to its delivery being acknowledged",
