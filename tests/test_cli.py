@@ -435,7 +435,7 @@ async def test_run_under_systemd_notify(tmp_path: Path) -> None:
     from device_sim import DeviceFleet, SimConfig
 
     password = "Run-Adm1n-Pw-0815"
-    fleet = DeviceFleet(SimConfig(devices=1, password=password))
+    fleet = DeviceFleet(SimConfig(devices=2, password=password))
     await fleet.start()
     rx = WebhookReceiver(secret=WHSEC)
     await rx.start()
@@ -488,9 +488,25 @@ listen = "127.0.0.1:{api_port}"
             assert r.status_code == 200, r.text
         code, out, _ = await acli("status", "-c", str(cfg))
         assert code == 0 and "room-1" in out and "READY" in out, out
+        # SIGHUP applies the new device list without a restart
+        second = f"""
+[[devices]]
+id = "room-2"
+url = "{fleet.devices[1].url}"
+fingerprint = "{fleet.cert_sha256}"
+"""
+        cfg.write_text(cfg.read_text() + second)
         proc.send_signal(signal.SIGHUP)
         assert "RELOADING=1" in await next_notify("RELOADING=1")
         assert await next_notify("READY=1")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as http:
+            for _ in range(100):
+                devices = (await http.get("/v1/devices")).json()["devices"]
+                if [d["connected"] for d in devices] == [True, True]:
+                    break
+                await asyncio.sleep(0.1)
+            assert sorted(d["id"] for d in devices) == ["room-1", "room-2"], devices
+            assert all(d["connected"] for d in devices), devices
         proc.send_signal(signal.SIGTERM)
         assert "STOPPING=1" in await next_notify("STOPPING=1")
         async with asyncio.timeout(30):
