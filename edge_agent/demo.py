@@ -122,7 +122,7 @@ class Receiver:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return f"http://127.0.0.1:{self.port}/hook"
 
     async def stop(self) -> None:
@@ -228,7 +228,7 @@ async def _late_mqtt_view(url: str, base: str) -> dict[str, str]:
             async with asyncio.timeout(1.0):
                 async for msg in client.messages:
                     if msg.retain:
-                        payload = bytes(msg.payload).decode()  # type: ignore[arg-type]
+                        payload = bytes(msg.payload).decode()
                         seen[str(msg.topic)] = payload
     return seen
 
