@@ -342,7 +342,6 @@ class Agent:
             log.exception("cannot read store statistics")
             return self._last_stats
         connected = sum(1 for s in self._sessions.values() if s.client.connected)
-        metrics.DEVICES_CONNECTED.set(connected)
         for sink, drainer in self._sinks:
             ready = sink.ready() and drainer.stopped_reason is None
             metrics.SINK_READY.labels(sink=sink.name).set(1 if ready else 0)
@@ -383,6 +382,14 @@ class Agent:
             await self._store.close()
 
     async def _reload(self) -> None:
+        # Runs in the agent's TaskGroup: an error here must not take the running agent down.
+        try:
+            await self._apply_reload()
+        except Exception:
+            log.exception("reload failed; the running configuration is kept")
+            sdnotify.ready()
+
+    async def _apply_reload(self) -> None:
         if self._config_path is None:
             log.warning("SIGHUP ignored: the agent was not started from a config file")
             return
