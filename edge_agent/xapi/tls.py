@@ -90,6 +90,11 @@ class LeanSSLProtocol(sslproto.SSLProtocol):
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # A slot hides SSLProtocol's class-level default (None) for these three: without a value
+        # of their own, connection_lost() before a handshake or shutdown raises AttributeError.
+        self._handshake_start_time = None
+        self._handshake_timeout_handle = None
+        self._shutdown_timeout_handle = None
         super().__init__(*args, **kwargs)
         self._ssl_buffer, self._ssl_buffer_view = _shared_buffer()
         # A deque allocates a 64-slot block up front (~0.7 KiB); the backlog is almost always

@@ -14,7 +14,9 @@ async def test_broker_down_does_not_hold_back_webhooks_and_catches_up(
     make_fleet, receiver, tmp_path, ca_file, env
 ):
     fleet = await make_fleet(mode="hybrid", devices=2)
-    broker = Mosquitto(tmp_path).start()
+    # Persistence on: the cloud's persistent session (and what the broker PUBACKed) survives the
+    # restart, so anything missing afterwards would be the agent's loss.
+    broker = Mosquitto(tmp_path, persistence=True).start()
     cfg = agent_config(
         fleet, tmp_path, webhook_url=receiver.url, ca_file=ca_file,
         extra={"mqtt": {"url": broker.url, "keepalive": 5}},
