@@ -204,3 +204,38 @@ async def test_malformed_frames_are_survived(make_fleet, receiver, tmp_path, ca_
         assert len(of_type(receiver.events, "device.online")) == 1  # never reconnected
     finally:
         await running.stop()
+
+
+async def test_full_disk_holds_events_and_delivers_them_when_space_returns(
+    make_fleet, receiver, tmp_path, ca_file, env
+):
+    fleet = await make_fleet(mode="hybrid")
+    cfg = agent_config(fleet, tmp_path, webhook_url=receiver.url, ca_file=ca_file)
+    running = await start_agent(cfg, fleet, env=env)
+    try:
+        await eventually(lambda: of_type(receiver.events, "bookings.snapshot"))
+        store = running.agent.store
+        assert store is not None
+        session = next(iter(running.agent._sessions.values()))
+        # Cap the database at its current size: every commit now fails as on a full disk.
+        pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
+        await store._wconn.execute(f"PRAGMA max_page_count={pages}")
+        now = fleet.clock.now()
+        made = [
+            fleet.devices[0].calendar.add(
+                now + timedelta(hours=1 + i), 30, title=f"during the full disk {i} " + "x" * 3000
+            ).meeting_id
+            for i in range(3)
+        ]
+        await eventually(lambda: session.store_errors >= 2, timeout=20)
+        assert not of_type(receiver.events, "booking.created")
+        await store._wconn.execute("PRAGMA max_page_count=1073741823")  # space is back
+        await eventually(
+            lambda: {e["data"]["booking"]["meeting_id"]
+                     for e in of_type(receiver.events, "booking.created")} >= set(made),
+            timeout=30,
+        )
+        info = running.agent.devices()[0]
+        assert info["connected"]
+    finally:
+        await running.stop()
