@@ -24,20 +24,37 @@ Routes (JSON in, JSON out; ``{k}`` is a device index or ``all``):
 - ``POST /devices/{k}/calendar/request`` ``{"duration_min": 30, "start": "...Z"?, "title": "",
   "uuid": "..."?}`` (someone books on the touch panel) -> ``{"BookingRequestUUID": ...}``
 - ``POST /devices/{k}/calendar/decline_next`` ``{"n": 1}``
-- ``GET  /clock`` -> ``{"now": "...Z", "speed": x}``; ``POST /clock`` ``{"advance_s": x}``
+- ``GET  /clock`` -> ``{"now": "...Z", "speed": x, "unix": seconds.fraction}``; ``POST /clock``
+  ``{"advance_s": x}`` (same answer)
+- ``POST /devices/{k}/flood`` ``{"rate": 5, "duration_s": 20, "bookings": 40?, "trace": false}``
+  (benchmarks) -> ``{"ok": true, "devices": n, "bookings": [k per device]}``: each device emits
+  ``rate`` Bookings events per second for ``duration_s``, alternating ``Start`` and ``End`` of the
+  bookings it holds inside the calendar window (today + 8 h of tomorrow, device zone; the first
+  ``bookings`` of them), cycling through them. These are real notifications of bookings the
+  device knows (a client holding the window forwards them without re-listing), counted in
+  ``events``; they change nothing in the calendar. With ``trace`` every emission is recorded as
+  ``[unix_time, device_id, booking_id, event]``. A new flood replaces the running one on those
+  devices; a device keeps its place in the cycle across floods.
+- ``GET  /flood`` -> ``{"active": n, "emitted": n, "trace": [...]}``; ``?clear=1`` also empties
+  the trace; ``POST /flood/stop`` ``{}`` stops every flood
 
 Errors: 400 ``{"error": "..."}`` for bad input, 404 for an unknown device or booking.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
-from .calendar import CalendarError, parse_time, utc_iso
+from .calendar import Booking, CalendarError, local_midnight, parse_time, utc_iso
 from .fleet import DeviceFleet
 from .server import Device
 
@@ -142,6 +159,132 @@ def _calendar(device: Device, action: str, body: dict[str, Any]) -> Any:
     )
 
 
+FLOOD_TICK_S = 0.005
+FLOOD_TRACE_MAX = 500_000
+
+
+@dataclass(eq=False)
+class _FloodCycle:
+    """One device's Start/End cycle; kept across floods so repeats stay as far apart as they can."""
+
+    events: list[tuple[str, dict[str, Any]]]
+    position: int = 0
+
+
+@dataclass(eq=False)
+class _FloodPlan:
+    device: Device
+    cycle: _FloodCycle
+    rate: float
+    started: float
+    ends: float
+    emitted: int = 0
+
+
+@dataclass
+class Flooder:
+    """Synthetic load for benchmarks: Start/End notifications of bookings each device holds,
+    at a fixed rate per device, from one task ticking every ``FLOOD_TICK_S``."""
+
+    fleet: DeviceFleet
+    plans: dict[int, _FloodPlan] = field(default_factory=dict)
+    cycles: dict[tuple[int, int | None], _FloodCycle] = field(default_factory=dict)
+    trace: list[list[Any]] | None = None
+    emitted: int = 0
+    _task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def window_bookings(device: Device) -> list[Booking]:
+        """The device's bookings overlapping [local midnight today, tomorrow midnight + 8 h)."""
+        core = device.core
+        today = device.clock.now().astimezone(core.zone).date()
+        lo = local_midnight(today, core.zone)
+        hi = local_midnight(today + timedelta(days=1), core.zone) + timedelta(hours=8)
+        return [b for b in core.calendar.sorted_bookings() if b.end > lo and b.start < hi]
+
+    def _cycle(self, device: Device, limit: int | None) -> _FloodCycle:
+        key = (device.device_index, limit)
+        cycle = self.cycles.get(key)
+        if cycle is None:
+            events: list[tuple[str, dict[str, Any]]] = []
+            for b in self.window_bookings(device)[:limit]:
+                ids = {"Id": b.id, "MeetingId": b.meeting_id}
+                events.append(("Start", ids))
+                events.append(
+                    (
+                        "End",
+                        {
+                            **ids,
+                            "StartTime": utc_iso(b.start),
+                            "EndTime": utc_iso(b.end),
+                            "ScheduledDuration": b.duration_min,
+                        },
+                    )
+                )
+            cycle = self.cycles[key] = _FloodCycle(events)
+        return cycle
+
+    def start(
+        self, devices: list[Device], rate: float, duration_s: float, limit: int | None, trace: bool
+    ) -> list[int]:
+        if not rate > 0 or not duration_s > 0:
+            raise ValueError("rate and duration_s must be positive")
+        if limit is not None and limit < 1:
+            raise ValueError("bookings must be at least 1")
+        cycles = [self._cycle(d, limit) for d in devices]
+        if any(not c.events for c in cycles):
+            raise ValueError("a device holds no booking in its calendar window to flood with")
+        now = time.monotonic()
+        for i, (device, cycle) in enumerate(zip(devices, cycles, strict=True)):
+            # Spread the devices' first events over one period, so a slow per-device rate
+            # still makes an even fleet-wide stream, not a burst every 1/rate seconds.
+            phase = i / len(devices) / rate
+            self.plans[device.device_index] = _FloodPlan(
+                device, cycle, rate, now - phase, now + duration_s
+            )
+        if trace and self.trace is None:
+            self.trace = []
+        elif not trace:
+            self.trace = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="device-sim.flood"
+            )
+        return [len(c.events) // 2 for c in cycles]
+
+    async def _run(self) -> None:
+        while self.plans:
+            now = time.monotonic()
+            for index, plan in list(self.plans.items()):
+                due = int((min(now, plan.ends) - plan.started) * plan.rate) - plan.emitted
+                cycle, core = plan.cycle, plan.device.core
+                for _ in range(max(0, due)):
+                    name, fields = cycle.events[cycle.position]
+                    cycle.position = (cycle.position + 1) % len(cycle.events)
+                    core.emit_event(name, fields)
+                    if self.trace is not None and len(self.trace) < FLOOD_TRACE_MAX:
+                        self.trace.append([time.time(), plan.device.device_id, fields["Id"], name])
+                plan.emitted += max(0, due)
+                self.emitted += max(0, due)
+                if now >= plan.ends:
+                    del self.plans[index]
+            await asyncio.sleep(FLOOD_TICK_S)
+
+    def describe(self, clear: bool) -> dict[str, Any]:
+        out = {"active": len(self.plans), "emitted": self.emitted, "trace": self.trace or []}
+        if clear and self.trace is not None:
+            self.trace = []
+        return out
+
+    async def stop(self) -> None:
+        self.plans.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
 def make_app(fleet: DeviceFleet) -> web.Application:
     """The control API application for ``fleet``."""
     routes = web.RouteTableDef()
@@ -197,7 +340,10 @@ def make_app(fleet: DeviceFleet) -> web.Application:
 
     @routes.get("/clock")
     async def clock_get(request: web.Request) -> web.Response:
-        return web.json_response({"now": utc_iso(fleet.clock.now()), "speed": fleet.clock.speed})
+        now = fleet.clock.now()
+        return web.json_response(
+            {"now": utc_iso(now), "speed": fleet.clock.speed, "unix": now.timestamp()}
+        )
 
     @routes.post("/clock")
     async def clock_post(request: web.Request) -> web.Response:
@@ -206,10 +352,45 @@ def make_app(fleet: DeviceFleet) -> web.Application:
             now = fleet.clock.advance(float(body.get("advance_s", 0)))
         except (TypeError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"now": utc_iso(now), "speed": fleet.clock.speed})
+        return web.json_response(
+            {"now": utc_iso(now), "speed": fleet.clock.speed, "unix": now.timestamp()}
+        )
+
+    flooder = Flooder(fleet)
+
+    @routes.post("/devices/{k}/flood")
+    async def flood(request: web.Request) -> web.Response:
+        body = await _body(request)
+        targets = _targets(fleet, request.match_info["k"])
+        try:
+            limit = body.get("bookings")
+            sizes = flooder.start(
+                targets,
+                float(body.get("rate", 1.0)),
+                float(body.get("duration_s", 10.0)),
+                None if limit is None else int(limit),
+                bool(body.get("trace", False)),
+            )
+        except (TypeError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"ok": True, "devices": len(targets), "bookings": sizes})
+
+    @routes.get("/flood")
+    async def flood_get(request: web.Request) -> web.Response:
+        clear = request.query.get("clear", "") not in ("", "0", "false")
+        return web.json_response(flooder.describe(clear))
+
+    @routes.post("/flood/stop")
+    async def flood_stop(request: web.Request) -> web.Response:
+        await flooder.stop()
+        return web.json_response({"ok": True})
+
+    async def on_cleanup(app: web.Application) -> None:
+        await flooder.stop()
 
     app = web.Application()
     app.add_routes(routes)
+    app.on_cleanup.append(on_cleanup)
     return app
 
 

@@ -559,13 +559,35 @@ class Store:
         it blocks only itself. ``exclude`` are the devices the caller has in flight. Devices
         are served round robin. The head event carries its ``attempts`` so far.
         """
+        skip = set(exclude)
+        out: list[list[OutboxEvent]] = []
+        # Devices left in ``ready`` may turn out to have nothing left (they are dropped only
+        # when a query finds nothing): keep choosing until the slots are filled or every ready
+        # device was tried, so idle devices never hide the ones with work.
+        while len(out) < max_devices:
+            got, tried = await self._next_batches_once(
+                sink, now=now, max_devices=max_devices - len(out), max_batch=max_batch,
+                skip=skip,
+            )
+            out.extend(got)
+            if not tried:
+                break
+            skip.update(tried)
+        return out
+
+    async def _next_batches_once(
+        self, sink: str, *, now: float, max_devices: int, max_batch: int, skip: set[str]
+    ) -> tuple[list[list[OutboxEvent]], list[str]]:
         ready = self._ready[sink]
         retry = self._retry[sink]
         cursor = self._cursor[sink]
-        skip = set(exclude)
         chosen: list[tuple[str, int, int]] = []
-        for device in ready:
+        for device in list(ready):
             if device in skip:
+                continue
+            if cursor.get(device, 0) >= self._top.get(device, 0):
+                # Delivered up to its last committed event: idle until a commit brings more.
+                del ready[device]
                 continue
             r = retry.get(device)
             if r is not None and r.next_attempt_at > now:
@@ -574,7 +596,7 @@ class Store:
             if len(chosen) >= max_devices:
                 break
         if not chosen:
-            return []
+            return [], []
         for device, _, _ in chosen:  # round robin: served devices go to the back
             del ready[device]
             ready[device] = None
@@ -615,7 +637,7 @@ class Store:
             ):
                 ready.pop(device, None)
                 retry.pop(device, None)
-        return list(by_device.values())
+        return list(by_device.values()), [d for d, _, _ in chosen]
 
     def next_due(self, sink: str, exclude: Iterable[str] = ()) -> float | None:
         """The earliest ``next_attempt_at`` among backing-off devices with work, or ``None``."""

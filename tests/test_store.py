@@ -362,3 +362,17 @@ async def test_kill9_loses_no_acknowledged_commit(tmp_path: Path, mode: str) -> 
             assert not missing, f"{len(missing)} acknowledged events lost"
         finally:
             await s.close()
+
+
+async def test_idle_devices_never_hide_a_device_with_work(store: Store) -> None:
+    """Devices delivered up to date stay 'ready' until a query finds them empty; with fewer
+    slots than such devices, the one with new work must still be served (it was stranded
+    until an unrelated wake-up, costing seconds of latency)."""
+    for d in range(10):
+        await store.commit(Change(f"d{d}", events=[env(f"d{d}", 0)]))
+    batches = await store.next_batches("webhook", now=1e12, max_devices=10, max_batch=10)
+    for b in batches:
+        await store.mark_delivered("webhook", b)
+    await store.commit(Change("z", events=[env("z", 0)]))
+    batches = await store.next_batches("webhook", now=1e12, max_devices=2, max_batch=10)
+    assert [[e.event_id for e in b] for b in batches] == [["z-0"]]
