@@ -157,6 +157,7 @@ class Agent:
         self._other_tasks: list[asyncio.Task[Any]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self._started = time.monotonic()
         self._last_stats: Mapping[str, Any] = {}
         self.api: LocalApi | None = None
@@ -274,6 +275,10 @@ class Agent:
 
     def _start_device(self, settings: SessionSettings) -> None:
         assert self._tg is not None and self._store is not None
+        if settings.device_id in self._device_tasks:
+            # Reloads are serialised, so this is a bug, not a race: never run a device twice.
+            log.error("device already running; not starting it again", device=settings.device_id)
+            return
         session = DeviceSession(
             settings, site=self.config.site, store=self._store, clock=self._clock
         )
@@ -283,9 +288,12 @@ class Agent:
             self._supervise(name, session.run), name=name
         )
 
-    async def _stop_device(self, device_id: str) -> None:
+    async def _stop_device(self, device_id: str, reason: str) -> None:
+        """Close the device's link, commit what it already sent, then end its session."""
         task = self._device_tasks.pop(device_id, None)
-        self._sessions.pop(device_id, None)
+        session = self._sessions.pop(device_id, None)
+        if session is not None:
+            await session.stop(self._drain_timeout_s, reason)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -355,8 +363,9 @@ class Agent:
         return self._last_stats
 
     async def _shutdown(self) -> None:
-        for device_id in list(self._device_tasks):
-            await self._stop_device(device_id)
+        await asyncio.gather(
+            *(self._stop_device(d, "agent stopping") for d in list(self._device_tasks))
+        )
         deadline = time.monotonic() + self._drain_timeout_s
         while time.monotonic() < deadline:
             stats = await self.sample()
@@ -383,8 +392,10 @@ class Agent:
 
     async def _reload(self) -> None:
         # Runs in the agent's TaskGroup: an error here must not take the running agent down.
+        # Serialised: two SIGHUPs in a row must not diff against a half-applied device list.
         try:
-            await self._apply_reload()
+            async with self._reload_lock:
+                await self._apply_reload()
         except Exception:
             log.exception("reload failed; the running configuration is kept")
             sdnotify.ready()
@@ -408,8 +419,11 @@ class Agent:
         removed = [d for d in self._settings if d not in new]
         added = [d for d in new if d not in self._settings]
         changed = [d for d in new if d in self._settings and new[d] != self._settings[d]]
-        for d in removed + changed:
-            await self._stop_device(d)
+        for d in changed:
+            await self._stop_device(d, "configuration changed")
+        for d in removed:
+            await self._stop_device(d, "removed from the configuration")
+            await self._forget(d)
         self._secrets = secrets
         self._settings = new
         for d in added + changed:
@@ -417,6 +431,15 @@ class Agent:
         metrics.DEVICES_CONFIGURED.set(len(new))
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
         sdnotify.ready()
+
+
+    async def _forget(self, device_id: str) -> None:
+        """A device left the configuration: drop its window, pending requests and state (its
+        undelivered events are still delivered) and its per-device metric series."""
+        assert self._store is not None
+        await self._store.forget_device(device_id)
+        with contextlib.suppress(KeyError):
+            metrics.RECONNECTS.remove(device_id)
 
 
 async def run_agent(

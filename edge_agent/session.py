@@ -14,13 +14,18 @@ request's deadline passes, and every ``relist_interval_s`` as a safety net.
 
 Backpressure: feedback is queued (bounded). Should the queue overflow (the store is stuck, say),
 further feedback is dropped and a re-list is scheduled: the device's calendar is the truth, and
-reconciliation reports what the dropped events would have.
+reconciliation reports what the dropped events would have. Link changes (online/offline) are never
+dropped: they wait in a small backlog of their own.
+
+Stopping (:meth:`DeviceSession.stop`): the link is closed first, so nothing new arrives; what was
+already received is then applied and committed (bounded by a timeout) before ``run()`` ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -127,19 +132,15 @@ class DeviceSession:
         self._store_backoff = store_backoff
         self._log = log.bind(device=self.device_id)
         self._inputs: asyncio.Queue[_Input] = asyncio.Queue(settings.queue_max)
+        self._link_backlog: deque[_Link] = deque(maxlen=16)
         self._relist_wanted = asyncio.Event()
         self._reschedule = asyncio.Event()
+        self._tick_queued = False
         self._overflowing = False
         self._next_safety_relist = 0.0
+        self._stop_reason: str | None = None
         self.state: DeviceBookings | None = None
-        self.client = XapiClient(
-            settings.endpoint,
-            on_connected=self._on_connected,
-            on_disconnected=self._on_disconnected,
-            request_timeout=settings.request_timeout_s,
-            clock=clock,
-            **dict(settings.client_options),
-        )
+        self.client = self._new_client()
         self.lists = 0
         self.dropped_feedback = 0
         self.store_errors = 0
@@ -164,12 +165,26 @@ class DeviceSession:
 
     # --- running -------------------------------------------------------------------------------
 
+    def _new_client(self) -> XapiClient:
+        s = self.settings
+        return XapiClient(
+            s.endpoint,
+            on_connected=self._on_connected,
+            on_disconnected=self._on_disconnected,
+            request_timeout=s.request_timeout_s,
+            clock=self._clock,
+            **dict(s.client_options),
+        )
+
     async def run(self) -> None:
         """Restore the state from the store, then run the device link until cancelled.
 
-        Cancelling is safe: what was committed stays committed; what was queued is recovered by
-        the re-list after the next start.
+        Cancelling is safe: what was committed stays committed; what was still queued is
+        recovered by the re-list after the next start (:meth:`stop` applies it first). May be
+        called again after a failure (the supervisor does): each run gets a fresh client.
         """
+        if self.client.closed:
+            self.client = self._new_client()
         self.state = await self._restore()
         await self.client.subscribe(["Event", "Bookings"], self._on_feedback)
         await self.client.subscribe(["Status", "Bookings"], self._on_feedback, True)
@@ -184,6 +199,16 @@ class DeviceSession:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.client.close())
+
+    async def stop(self, timeout: float, reason: str) -> None:
+        """Close the link, then apply and commit what was already received, for at most
+        ``timeout`` seconds. ``reason`` goes into the ``device.offline`` event. The caller then
+        cancels :meth:`run`. Cancelling this is safe."""
+        self._stop_reason = reason
+        await self.client.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._inputs.join()
 
     async def _restore(self) -> DeviceBookings:
         s = self.settings
@@ -216,7 +241,7 @@ class DeviceSession:
         self._offer(_Feedback(payload))
 
     def _on_disconnected(self, exc: BaseException | None) -> None:
-        reason = str(exc) if exc is not None else "closed"
+        reason = str(exc) if exc is not None else (self._stop_reason or "closed")
         self._offer(_Link(online=False, reason=reason))
 
     async def _on_connected(self, client: XapiClient) -> None:
@@ -228,6 +253,10 @@ class DeviceSession:
         try:
             self._inputs.put_nowait(item)
         except asyncio.QueueFull:
+            if isinstance(item, _Link):
+                # A re-list cannot bring back an online/offline transition: keep it.
+                self._link_backlog.append(item)
+                return
             self.dropped_feedback += 1
             if not self._overflowing:
                 self._overflowing = True
@@ -284,12 +313,23 @@ class DeviceSession:
     async def _work(self) -> None:
         while True:
             item = await self._inputs.get()
-            assert self.state is not None
-            now = self._clock.now()
-            step = self._transition(self.state, item, now)
-            await self._apply(step)
-            if isinstance(item, _Feedback) and _event_names(item.payload) & CALENDAR_CHANGES:
-                self._request_relist()
+            try:
+                await self._handle(item)
+                while self._link_backlog:
+                    await self._handle(self._link_backlog.popleft())
+            finally:
+                self._inputs.task_done()
+
+    async def _handle(self, item: _Input) -> None:
+        assert self.state is not None
+        if isinstance(item, _Tick):
+            self._tick_queued = False
+        step = self._transition(self.state, item, self._clock.now())
+        await self._apply(step)
+        if isinstance(item, _Feedback) and _event_names(item.payload) & CALENDAR_CHANGES:
+            self._request_relist()
+        if isinstance(item, _Tick):
+            self._reschedule.set()
 
     def _transition(self, state: DeviceBookings, item: _Input, now: datetime) -> Step:
         if isinstance(item, _Feedback):
@@ -426,7 +466,8 @@ class DeviceSession:
             now = self._clock.now()
             until_wakeup = (self.state.next_wakeup(now) - now) / timedelta(seconds=1)
             until_safety = self._next_safety_relist - self._clock.monotonic()
-            delay = max(0.0, min(until_wakeup, until_safety, tick_max))
+            # While a tick waits for the worker, the worker's reschedule wakes us: no spinning.
+            delay = tick_max if self._tick_queued else max(0.0, min(until_wakeup, until_safety, tick_max))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._reschedule.wait()
@@ -437,12 +478,15 @@ class DeviceSession:
                 )
                 self._request_relist()
             now = self._clock.now()
-            if self.state.next_wakeup(now) <= now or self.state.bounds is not None and (
-                self.state.current_bounds(now) != self.state.bounds
+            if not self._tick_queued and (
+                self.state.next_wakeup(now) <= now
+                or self.state.bounds is not None
+                and self.state.current_bounds(now) != self.state.bounds
             ):
+                # At most one tick queued: with the store stuck, ticks must not crowd out the
+                # device's events.
+                self._tick_queued = True
                 await self._inputs.put(_Tick())
-                # Let the worker apply the tick before looking at the state again.
-                await asyncio.sleep(0)
 
 
 def _event_names(payload: Mapping[str, Any]) -> set[str]:

@@ -229,6 +229,11 @@ class XapiClient:
         return self._conn is not None
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: a closed client does not run again."""
+        return self._closing
+
+    @property
     def pending(self) -> int:
         """Requests waiting for an answer."""
         return len(self._pending)
