@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -193,27 +193,31 @@ def _free_port() -> int:
         return port
 
 
-@contextlib.contextmanager
-def _mosquitto(workdir: Path) -> Any:
+@contextlib.asynccontextmanager
+async def _mosquitto(workdir: Path) -> AsyncIterator[str]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not os.path.exists(binary):
         raise SystemExit("edge-agent demo --mqtt: mosquitto is not installed (make demo installs it)")
     port = _free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-c", str(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
                 break
-            time.sleep(0.05)
         yield f"mqtt://127.0.0.1:{port}"
     finally:
         proc.terminate()
-        proc.wait(5)
+        await proc.wait()
 
 
 async def _late_mqtt_view(url: str, base: str) -> dict[str, str]:
@@ -258,7 +262,7 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     mqtt_ctx: Any = _mosquitto(workdir) if args.mqtt else contextlib.nullcontext(None)
     agent_task: asyncio.Task[int] | None = None
     try:
-        with mqtt_ctx as mqtt_url:
+        async with mqtt_ctx as mqtt_url:
             raw: dict[str, Any] = {
                 "site": "demo",
                 "store": {"path": str(workdir / "agent.db")},
@@ -286,7 +290,11 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 session_overrides={"relist_debounce_s": 0.2, "tick_max_s": 0.2},
             )
             agent_task = asyncio.create_task(agent.run(), name="demo.agent")
-            await agent.ready.wait()
+            ready = asyncio.create_task(agent.ready.wait())
+            await asyncio.wait({agent_task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if agent_task.done():  # it failed while starting: say why
+                ready.cancel()
+                return int(agent_task.result())
             print(
                 f"edge-agent demo: {args.devices} simulated devices (hybrid calendar, clock x"
                 f"{args.speed:g}, {args.time_zone}) -> agent -> webhook receiver"

@@ -235,6 +235,9 @@ async def test_full_disk_holds_events_and_delivers_them_when_space_returns(
                      for e in of_type(receiver.events, "booking.created")} >= set(made),
             timeout=30,
         )
+        # held and committed as they came, not rebuilt by a re-list
+        assert not [e for e in of_type(receiver.events, "booking.created")
+                    if e["data"].get("reconciled")]
         info = running.agent.devices()[0]
         assert info["connected"]
     finally:
