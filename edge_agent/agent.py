@@ -43,6 +43,8 @@ from edge_agent.store import Store
 log = structlog.get_logger(__name__)
 
 SAMPLE_INTERVAL_S = 5.0
+LIST_CONCURRENCY = 16
+"""Devices listing their bookings at once, fleet-wide (memory and store load after a start)."""
 
 
 def session_settings(
@@ -158,6 +160,7 @@ class Agent:
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._list_slots = asyncio.Semaphore(LIST_CONCURRENCY)
         self._started = time.monotonic()
         self._last_stats: Mapping[str, Any] = {}
         self.api: LocalApi | None = None
@@ -280,7 +283,11 @@ class Agent:
             log.error("device already running; not starting it again", device=settings.device_id)
             return
         session = DeviceSession(
-            settings, site=self.config.site, store=self._store, clock=self._clock
+            settings,
+            site=self.config.site,
+            store=self._store,
+            clock=self._clock,
+            list_slots=self._list_slots,
         )
         self._sessions[settings.device_id] = session
         name = f"device[{settings.device_id}]"

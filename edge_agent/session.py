@@ -93,6 +93,7 @@ class _Feedback:
 @dataclass(frozen=True, slots=True)
 class _Listed:
     page: ListPage
+    applied: asyncio.Future[None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,7 @@ class DeviceSession:
         store: Store,
         clock: Clock = system_clock,
         store_backoff: Backoff = Backoff(initial=0.5, maximum=30.0),
+        list_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.settings = settings
         self.device_id = settings.device_id
@@ -130,6 +132,9 @@ class DeviceSession:
         self._store = store
         self._clock = clock
         self._store_backoff = store_backoff
+        # Shared by the fleet: after a start or a network blip, 1,000 devices listing at once
+        # would hold 1,000 list replies (and their snapshots) in memory at the same time.
+        self._list_slots = list_slots or asyncio.Semaphore(1)
         self._log = log.bind(device=self.device_id)
         self._inputs: asyncio.Queue[_Input] = asyncio.Queue(settings.queue_max)
         self._link_backlog: deque[_Link] = deque(maxlen=16)
@@ -319,6 +324,9 @@ class DeviceSession:
                     await self._handle(self._link_backlog.popleft())
             finally:
                 self._inputs.task_done()
+                if isinstance(item, _Listed) and not item.applied.done():
+                    item.applied.set_result(None)
+                del item  # do not hold the last input (a whole list, say) while waiting
 
     async def _handle(self, item: _Input) -> None:
         assert self.state is not None
@@ -422,7 +430,12 @@ class DeviceSession:
             if not self.client.connected:
                 continue  # on_connected asks again
             try:
-                page = await self._list_all()
+                async with self._list_slots:
+                    page = await self._list_all()
+                    # Applied inside the slot, so the parse and the snapshot are done with too.
+                    applied = asyncio.get_running_loop().create_future()
+                    await self._inputs.put(_Listed(page, applied))
+                    await applied
             except ConnectionLost:
                 continue
             except XapiError as exc:
@@ -432,7 +445,7 @@ class DeviceSession:
                 continue
             self.lists += 1
             self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
-            await self._inputs.put(_Listed(page))
+            del page  # this frame waits for the next re-list: do not keep a second window alive
 
     async def _list_all(self) -> ListPage:
         """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many)."""

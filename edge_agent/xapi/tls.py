@@ -89,6 +89,9 @@ class LeanSSLProtocol(sslproto.SSLProtocol):
         "_write_backlog",
     )
 
+    # get_buffer() allocates a buffer of its own when the shared one is smaller than this.
+    max_size = READ_BUFFER_SIZE
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # A slot hides SSLProtocol's class-level default (None) for these three: without a value
         # of their own, connection_lost() before a handshake or shutdown raises AttributeError.
