@@ -341,7 +341,7 @@ class Agent:
     def _healthy(self) -> bool:
         # The watchdog loop runs on the event loop, so a ping already proves the loop turns;
         # beyond that the agent is healthy while its store is open.
-        return self._store is not None
+        return self._store is not None and self._store.failed is None
 
     async def _sample_loop(self) -> None:
         """Keep the gauges that are cheaper to read than to maintain, and systemd's STATUS."""

@@ -1,4 +1,4 @@
-"""The local HTTP API (aiohttp): health, readiness, metrics and a read-only view of the agent.
+"""The local HTTP API (aiohttp): health, readiness, metrics, a view of the agent, dead letters.
 
 Bound to ``[api] listen`` (default ``127.0.0.1:9780``; keep it on loopback: there is no auth).
 
@@ -8,7 +8,8 @@ Routes:
 - ``GET /readyz`` — ``{"ready": bool, "reasons": [...], "store": {...}, "devices": [...],
   "sinks": [...]}``; 200 when ready, 503 when not. **Not ready** when any of:
 
-  1. the store is not open (starting up, shutting down, or the database failed);
+  1. the store is not open (starting up, shutting down) or has failed (its writer died:
+     ``store.failed`` is the reason; only a restart helps);
   2. a sink is ``stopped`` or ``gone`` (its task ended, or the webhook answered 410): it will not
      recover by itself and events only pile up;
   3. devices are configured but none is connected.
@@ -23,12 +24,25 @@ Routes:
   404 for an unknown device.
 - ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
 - ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
+- ``GET /v1/dead-letters`` — ``{"count", "dead_letters": [...]}``, oldest first
+  (``?limit=N``, default 100, at most 10000; ``?sink=NAME``).
+- ``POST /v1/dead-letters/replay`` — put dead letters back in the outbox; JSON body
+  ``{"ids": [..], "sink": "webhook"}``, both optional (none: every dead letter);
+  answers ``{"replayed": n}``.
+- ``POST /v1/dead-letters/purge`` — delete dead letters; JSON body with ``ids``, ``sink`` or
+  ``"all": true`` (one is required); answers ``{"purged": n}``.
+
+The two POST routes exist because only the running agent may write its database (the store
+holds a lock; see :mod:`edge_agent.store`): ``edge-agent outbox dead-letter replay|purge`` uses
+them while the agent runs. They accept only ``Content-Type: application/json``, which a web
+page cannot send cross-origin without a CORS preflight this server never grants.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, Self, TypedDict, runtime_checkable
 
@@ -79,13 +93,29 @@ class SinkStatus(TypedDict, total=False):
 
 
 class StoreView(Protocol):
-    """The read side of :class:`edge_agent.store.Store` the API uses."""
+    """What the API uses of :class:`edge_agent.store.Store`.
+
+    The store may also have ``failed: str | None`` (why it cannot write any more); the API
+    reads it with ``getattr``, so a view without it counts as healthy.
+    """
 
     async def load_window(self, device_id: str) -> Mapping[str, Any]: ...
 
     async def load_pending(self, device_id: str | None = None) -> Sequence[Any]: ...
 
     async def stats(self) -> Mapping[str, Any]: ...
+
+    async def dead_letters(
+        self, limit: int = 100, sink: str | None = None
+    ) -> Sequence[Mapping[str, Any]]: ...
+
+    async def replay_dead_letters(
+        self, ids: Sequence[int] | None = None, sink: str | None = None
+    ) -> int: ...
+
+    async def purge_dead_letters(
+        self, ids: Sequence[int] | None = None, sink: str | None = None
+    ) -> int: ...
 
 
 @runtime_checkable
@@ -109,6 +139,10 @@ def readiness(agent: AgentView) -> tuple[bool, list[str]]:
     reasons: list[str] = []
     if agent.store is None:
         reasons.append("store not open")
+    else:
+        failed = getattr(agent.store, "failed", None)
+        if failed:
+            reasons.append(f"store failed: {failed}")
     for sink in agent.sinks():
         state = sink.get("state", "running")
         if state in ("stopped", "gone"):
@@ -117,6 +151,18 @@ def readiness(agent: AgentView) -> tuple[bool, list[str]]:
     if devices and not any(d.get("connected") for d in devices):
         reasons.append("no device connected")
     return not reasons, reasons
+
+
+def _local_host(host: str) -> bool:
+    """Whether an HTTP ``Host`` header names this machine's loopback (any port)."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _jsonable(value: Any) -> Any:
@@ -152,6 +198,41 @@ def _booking_sort_key(item: tuple[str, Any]) -> tuple[str, str]:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_DEAD_LETTERS = 10_000
+"""The most dead letters one ``GET /v1/dead-letters`` returns."""
+
+
+def _bad(reason: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(reason=reason)
+
+
+async def _selection(request: web.Request) -> tuple[list[int] | None, str | None, bool]:
+    """``(ids, sink, all)`` from a dead-letter POST body; 415 / 400 when malformed."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(reason="send a JSON body (Content-Type: application/json)")
+    raw = await request.read()
+    try:
+        body = jsoncodec.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise _bad("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _bad("the body must be a JSON object")
+    unknown = set(body) - {"ids", "sink", "all"}
+    if unknown:
+        raise _bad(f"unknown keys {sorted(unknown)}; allowed: ids, sink, all")
+    ids = body.get("ids")
+    if ids is not None and not (
+        isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    ):
+        raise _bad("ids must be a list of dead-letter ids (integers)")
+    sink = body.get("sink")
+    if sink is not None and not isinstance(sink, str):
+        raise _bad("sink must be a sink name (webhook, mqtt)")
+    everything = body.get("all", False)
+    if not isinstance(everything, bool):
+        raise _bad("all must be true or false")
+    return ids, sink, everything
 
 
 class LocalApi:
@@ -231,11 +312,18 @@ class LocalApi:
         app.router.add_get("/v1/devices/{id}/bookings", self._bookings)
         app.router.add_get("/v1/pending", self._pending)
         app.router.add_get("/v1/outbox", self._outbox)
+        app.router.add_get("/v1/dead-letters", self._dead_letters)
+        app.router.add_post("/v1/dead-letters/replay", self._replay)
+        app.router.add_post("/v1/dead-letters/purge", self._purge)
         return app
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            if request.method == "POST" and not _local_host(request.host):
+                # A web page on another origin can make a browser POST here through DNS
+                # rebinding; such a request names the attacker's host, never a loopback one.
+                raise web.HTTPForbidden(reason="POST only with a loopback Host header")
             return await handler(request)
         except web.HTTPException as exc:
             if exc.status >= 400:
@@ -291,3 +379,29 @@ class LocalApi:
 
     async def _outbox(self, request: web.Request) -> web.Response:
         return _json(await self._store().stats())
+
+    async def _dead_letters(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise _bad("limit must be a number") from None
+        if not 1 <= limit <= MAX_DEAD_LETTERS:
+            raise _bad(f"limit must be 1..{MAX_DEAD_LETTERS}")
+        sink = request.query.get("sink") or None
+        rows = await self._store().dead_letters(limit=limit, sink=sink)
+        return _json({"count": len(rows), "dead_letters": list(rows)})
+
+    async def _replay(self, request: web.Request) -> web.Response:
+        ids, sink, _ = await _selection(request)
+        n = await self._store().replay_dead_letters(ids, sink=sink)
+        log.info("dead letters replayed through the local API", replayed=n, sink=sink,
+                 ids=ids)
+        return _json({"replayed": n})
+
+    async def _purge(self, request: web.Request) -> web.Response:
+        ids, sink, everything = await _selection(request)
+        if ids is None and sink is None and not everything:
+            raise _bad('purge needs ids, sink or "all": true')
+        n = await self._store().purge_dead_letters(ids, sink=sink)
+        log.info("dead letters purged through the local API", purged=n, sink=sink, ids=ids)
+        return _json({"purged": n})

@@ -117,20 +117,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--id", dest="ids", type=int, action="append", metavar="ID", help="a dead letter (repeat)"
     )
     selection.add_argument("--sink", help="only this sink's dead letters (webhook, mqtt)")
-    p = dl.add_parser("list", parents=[common, config_opt, selection], help="list dead letters")
+    via_api = argparse.ArgumentParser(add_help=False)
+    via_api.add_argument(
+        "--api",
+        metavar="URL",
+        help="the running agent's local API (default: from [api] listen in the config)",
+    )
+    via_api.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="for the API (default 30 s)"
+    )
+    p = dl.add_parser(
+        "list",
+        parents=[common, config_opt, selection],
+        help="list dead letters (reads the database; fine while the agent runs)",
+    )
     p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     p.add_argument("--json", action="store_true", help="one JSON document per line")
     p.set_defaults(func=_cmd_dead_letter)
     p = dl.add_parser(
         "replay",
-        parents=[common, config_opt, selection],
-        help="put dead letters back in the outbox (all, --id, or --sink)",
+        parents=[common, config_opt, selection, via_api],
+        help="put dead letters back in the outbox (all, --id, or --sink); through the running "
+        "agent's API, or on the database when no agent runs",
     )
     p.set_defaults(func=_cmd_dead_letter)
     p = dl.add_parser(
         "purge",
-        parents=[common, config_opt, selection],
-        help="delete dead letters (--id, --sink, or --all)",
+        parents=[common, config_opt, selection, via_api],
+        help="delete dead letters (--id, --sink, or --all); like replay, through the agent",
     )
     p.add_argument("--all", action="store_true", help="delete every dead letter")
     p.set_defaults(func=_cmd_dead_letter)
@@ -206,11 +220,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     secrets = _secrets(args.config, cfg)
     _setup_logging(args, cfg)
     from edge_agent.agent import run_agent
+    from edge_agent.store import StoreError
 
     try:
         return int(asyncio.run(run_agent(cfg, secrets=secrets, config_path=args.config.resolve())))
     except KeyboardInterrupt:
         return EX_INTERRUPTED
+    except StoreError as exc:  # cannot open the store: locked by another agent, unreadable...
+        _err(f"edge-agent: {exc}")
+        return EX_FAIL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,12 +507,16 @@ def _api_url(args: argparse.Namespace) -> str:
     if args.api:
         return str(args.api).rstrip("/")
     if args.config is not None:
-        cfg = _load(args.config, require_sink=False)
-        host, port = parse_listen(cfg.api.listen)
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        return _config_api_url(_load(args.config, require_sink=False))
     return os.environ.get("EDGE_AGENT_API", DEFAULT_API_URL).rstrip("/")
+
+
+def _config_api_url(cfg: AgentConfig) -> str:
+    """Where a client on this host reaches the agent's ``[api] listen``."""
+    host, port = parse_listen(cfg.api.listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -615,14 +637,82 @@ def _cmd_dead_letter(args: argparse.Namespace) -> int:
     if not cfg.store_path.exists():
         _err(f"edge-agent: no store at {cfg.store_path} (has the agent run with this config?)")
         return EX_FAIL
-    return asyncio.run(_dead_letter(args, cfg))
+    if args.dl_command == "list":
+        return _dead_letter_list(args, cfg)
+    return _dead_letter_change(args, cfg)
 
 
-async def _dead_letter(args: argparse.Namespace, cfg: AgentConfig) -> int:
+def _dead_letter_list(args: argparse.Namespace, cfg: AgentConfig) -> int:
+    from edge_agent.store import StoreError, read_dead_letters
+
+    # A read-only connection: WAL lets it read beside the running agent's writer.
+    try:
+        rows = read_dead_letters(cfg.store_path, limit=args.limit, sink=args.sink)
+    except StoreError as exc:
+        _err(f"edge-agent: {exc}")
+        return EX_FAIL
+    if args.ids:
+        rows = [r for r in rows if r["id"] in set(args.ids)]
+    if args.json:
+        from edge_agent import jsoncodec
+
+        for row in rows:
+            print(jsoncodec.dumps(row))
+        return EX_OK
+    from datetime import UTC, datetime
+
+    from edge_agent.clock import utc_iso
+
+    print_table(
+        ["ID", "SINK", "DEVICE", "TYPE", "ATTEMPTS", "DEAD AT", "REASON"],
+        [
+            [
+                r["id"],
+                r["sink"],
+                r["device_id"],
+                r["type"],
+                r["attempts"],
+                utc_iso(datetime.fromtimestamp(r["dead_at"], UTC)) if r.get("dead_at") else None,
+                r["reason"],
+            ]
+            for r in rows
+        ],
+    )
+    print(f"{len(rows)} dead letter(s)" + (" shown" if len(rows) == args.limit else ""))
+    return EX_OK
+
+
+def _dead_letter_change(args: argparse.Namespace, cfg: AgentConfig) -> int:
+    """replay / purge: only the store's owner may write the database (it numbers the outbox).
+
+    With no agent running this command opens the store itself (taking its lock); while the
+    agent runs, the store is locked and the change goes through the agent's local API.
+    """
+    from edge_agent.store import StoreError, StoreLocked
+
+    ids: list[int] | None = list(args.ids) if args.ids else None
+    try:
+        n = asyncio.run(_dead_letter_direct(args, cfg, ids))
+        where = ""
+    except StoreLocked as locked:
+        url = str(args.api).rstrip("/") if args.api else _config_api_url(cfg)
+        n = _dead_letter_via_api(args, url, ids, locked)
+        where = f" through the running agent ({url})"
+    except StoreError as exc:
+        _err(f"edge-agent: {exc}")
+        return EX_FAIL
+    if args.dl_command == "replay":
+        print(f"replayed {n} dead letter(s) into the outbox{where}")
+    else:
+        print(f"purged {n} dead letter(s){where}")
+    return EX_OK
+
+
+async def _dead_letter_direct(
+    args: argparse.Namespace, cfg: AgentConfig, ids: list[int] | None
+) -> int:
     from edge_agent.store import Store
 
-    # Safe while the agent runs: WAL lets readers and the agent's writer work side by side and
-    # busy_timeout makes our few writes wait for the agent's transaction instead of failing.
     store = await Store.open(
         cfg.store_path,
         sinks=cfg.sink_names(),
@@ -630,55 +720,44 @@ async def _dead_letter(args: argparse.Namespace, cfg: AgentConfig) -> int:
         synchronous=cfg.store.synchronous,
     )
     try:
-        if args.dl_command == "list":
-            rows = await store.dead_letters(limit=args.limit, sink=args.sink)
-            if args.ids:
-                rows = [r for r in rows if r["id"] in set(args.ids)]
-            if args.json:
-                from edge_agent import jsoncodec
-
-                for row in rows:
-                    print(jsoncodec.dumps(row))
-            else:
-                from datetime import UTC, datetime
-
-                from edge_agent.clock import utc_iso
-
-                print_table(
-                    ["ID", "SINK", "DEVICE", "TYPE", "ATTEMPTS", "DEAD AT", "REASON"],
-                    [
-                        [
-                            r["id"],
-                            r["sink"],
-                            r["device_id"],
-                            r["type"],
-                            r["attempts"],
-                            utc_iso(datetime.fromtimestamp(r["dead_at"], UTC))
-                            if r.get("dead_at")
-                            else None,
-                            r["reason"],
-                        ]
-                        for r in rows
-                    ],
-                )
-                print(f"{len(rows)} dead letter(s)" + (" shown" if len(rows) == args.limit else ""))
-            return EX_OK
-        ids: list[int] | None = list(args.ids) if args.ids else None
-        if args.sink is not None:
-            in_sink = [r["id"] for r in await store.dead_letters(limit=2**62, sink=args.sink)]
-            ids = in_sink if ids is None else [i for i in ids if i in set(in_sink)]
-        if ids == []:
-            print("0 dead letters matched")
-            return EX_OK
         if args.dl_command == "replay":
-            n = await store.replay_dead_letters(ids)
-            print(f"replayed {n} dead letter(s) into the outbox")
-        else:
-            n = await store.purge_dead_letters(ids)
-            print(f"purged {n} dead letter(s)")
-        return EX_OK
+            return await store.replay_dead_letters(ids, sink=args.sink)
+        return await store.purge_dead_letters(ids, sink=args.sink)
     finally:
         await store.close()
+
+
+def _dead_letter_via_api(
+    args: argparse.Namespace, url: str, ids: list[int] | None, locked: Exception
+) -> int:
+    import httpx
+
+    body: dict[str, Any] = {"ids": ids, "sink": args.sink}
+    if args.dl_command == "purge":
+        body["all"] = bool(args.all)
+    route = f"/v1/dead-letters/{args.dl_command}"
+    try:
+        with httpx.Client(base_url=url, timeout=args.timeout) as http:
+            resp = http.post(route, json=body)
+    except httpx.HTTPError as exc:
+        _err(
+            f"edge-agent: {locked}",
+            f"  and its local API at {url} did not answer ({type(exc).__name__}: {exc});",
+            "  give the agent's API with --api URL (or fix [api] listen in the config), or stop "
+            "the agent and run this again",
+        )
+        raise _Exit(EX_UNAVAILABLE) from None
+    try:
+        answer: Any = resp.json()
+    except ValueError:
+        answer = {}
+    if resp.status_code != 200 or not isinstance(answer, dict):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        hint = " (an agent older than this command? restart it)" if resp.status_code == 404 else ""
+        _err(f"edge-agent: {url}{route} answered HTTP {resp.status_code}: {error or resp.text}"
+             + hint)
+        raise _Exit(EX_FAIL)
+    return int(answer["replayed" if args.dl_command == "replay" else "purged"])
 
 
 if __name__ == "__main__":

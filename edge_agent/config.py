@@ -11,7 +11,6 @@ whose values are :class:`~pydantic.SecretStr` so no repr or log line shows them.
 
 from __future__ import annotations
 
-import base64
 import difflib
 import ipaddress
 import os
@@ -49,6 +48,7 @@ _SECRET_KEYS = frozenset({"password", "secret", "secrets", "token", "passphrase"
 _NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_NO_URL_CREDENTIALS = "credentials go in username / password_env or password_file, not in the URL"
 
 Problem = tuple[str, str]
 
@@ -99,6 +99,13 @@ def _check_time_zone(v: str | None) -> str | None:
             f"unknown time zone {v!r}; use an IANA name such as 'Europe/Oslo'"
         ) from None
     return v
+
+
+def _check_no_userinfo(netloc: str, message: str = _NO_URL_CREDENTIALS) -> None:
+    # ``user:pass@`` in a URL would be used (websockets logs in with it) and shown wherever the
+    # URL is: /v1/devices, status, logs. The message must not repeat the URL.
+    if "@" in netloc:
+        raise ValueError(message)
 
 
 def _normalize_fingerprint(v: str | None) -> str | None:
@@ -191,6 +198,8 @@ class DeviceConfig(_DeviceKeys):
     def _host(cls, v: str | None) -> str | None:
         if v is not None and ("/" in v or not v):
             raise ValueError("a host name or IP address (with an optional :port), not a URL")
+        if v is not None:
+            _check_no_userinfo(v)
         return v
 
     @field_validator("url")
@@ -199,6 +208,7 @@ class DeviceConfig(_DeviceKeys):
         if v is None:
             return v
         parts = urlsplit(v)
+        _check_no_userinfo(parts.netloc)
         if parts.scheme not in ("ws", "wss"):
             raise ValueError(
                 "the device URL must start with wss:// (or ws:// when HTTP is allowed)"
@@ -248,6 +258,11 @@ class WebhookConfig(_Section):
     @classmethod
     def _url(cls, v: str) -> str:
         parts = urlsplit(v)
+        _check_no_userinfo(
+            parts.netloc,
+            "credentials go in secret_env or secret_file (the whsec_ signing secret), not in "
+            "the URL",
+        )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("expected an http:// or https:// URL")
         return v
@@ -295,6 +310,7 @@ class MqttConfig(_Section):
     @classmethod
     def _url(cls, v: str) -> str:
         parts = urlsplit(v)
+        _check_no_userinfo(parts.netloc)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
         try:
@@ -677,15 +693,6 @@ def _read_secret(
     return None
 
 
-def _check_whsec(token: str) -> bool:
-    if not token.startswith("whsec_"):
-        return False
-    try:
-        return bool(base64.b64decode(token[len("whsec_") :], validate=True))
-    except ValueError:
-        return False
-
-
 def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> Secrets:
     """Read every secret the config names; raise :class:`ConfigError` listing every one missing.
 
@@ -716,14 +723,22 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
             problems=problems,
         )
         if secret is not None:
+            # The sink's own parser (imported here: it pulls in httpx, which config users that
+            # never send a webhook should not pay for at import).
+            from edge_agent.forward.webhook import decode_secret
+
             tokens = secret.get_secret_value().split()
             key = "webhook.secret_env" if cfg.webhook.secret_env else "webhook.secret_file"
-            if not tokens or not all(_check_whsec(t) for t in tokens):
-                msg = (
-                    "the webhook secret must be one or more whsec_<base64> values "
-                    "separated by spaces"
-                )
+            msg = "the webhook secret must be one or more whsec_<base64> values separated by spaces"
+            if not tokens:
                 problems.append((key, msg))
+            for n, token in enumerate(tokens, 1):
+                try:
+                    decode_secret(token)
+                except ValueError as exc:
+                    which = f"value {n} of {len(tokens)}: " if len(tokens) > 1 else ""
+                    problems.append((key, f"{msg} ({which}{exc})"))
+                    break
             webhook_secrets = [SecretStr(t) for t in tokens]
     mqtt_password = None
     if cfg.mqtt is not None:
@@ -814,6 +829,3 @@ def device_settings(cfg: AgentConfig, secrets: Secrets) -> list[DeviceSettings]:
         )
     return out
 
-
-device_endpoints = device_settings
-"""Alias (the name the brief used)."""

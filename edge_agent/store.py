@@ -43,15 +43,35 @@ WARNING says how many events were moved and how to send them again
 (``edge-agent outbox dead-letter replay``), and the ``edge_agent_outbox_overflow`` counter
 counts them.
 
+One process per database
+------------------------
+``Store.open`` takes an exclusive lock (``flock`` on ``<path>.lock``, which holds the owner's
+pid) for the store's lifetime: a second store on the same file fails at once with
+:class:`StoreLocked`. Only the owner numbers outbox rows, so a tool that wants to change the
+database while the agent runs goes through the agent's local API (``edge-agent outbox
+dead-letter replay`` does); :func:`read_dead_letters` reads beside it without the lock. An
+outbox insert that still meets a taken ``seq`` fails its commit loudly (only an ``event_id``
+already stored is skipped).
+
 Errors
 ------
 A failed write (disk full, I/O error) raises :class:`StoreError` in every ``commit()`` caller of
 the failing group; the writer keeps running and later commits succeed once the cause is gone.
+Drainer progress of a failed group is not dropped: its futures fail, but the writer keeps the
+operations (they are idempotent) and writes them, in order, with the next group or on its own
+after a backoff. Otherwise a dead letter lost to a full disk would vanish for good once a later
+delivery moved the cursor past it and compaction deleted the row.
+
+If the writer task itself dies (a bug, the connection gone), every waiting and later call fails
+with :class:`StoreError` and :attr:`Store.failed` says why; readiness and health read it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import sqlite3
 import time
 from collections import deque
@@ -64,6 +84,7 @@ import aiosqlite
 import structlog
 
 from edge_agent import jsoncodec
+from edge_agent.backoff import Backoff
 from edge_agent.forward.base import OutboxEvent
 from edge_agent.metrics import (
     DEAD_LETTERS,
@@ -85,6 +106,18 @@ Synchronous = Literal["normal", "full"]
 
 class StoreError(Exception):
     """A write could not be made durable (disk full, I/O error, database newer than the code)."""
+
+
+class StoreLocked(StoreError):
+    """Another store (another agent, another CLI command) has the database open."""
+
+    def __init__(self, path: Path, pid: str) -> None:
+        super().__init__(
+            f"another edge-agent is using {path} (pid {pid}?); stop it first, or give this one "
+            "its own [store] path"
+        )
+        self.path = path
+        self.pid = pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +193,21 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _OUTBOX_COLS = "seq, device_id, event_id, type, body, created_at"
+
+# An event_id already in the outbox (for the same sink) is skipped; a taken seq is an error.
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (seq, event_id, only_sink, device_id, type, body, created_at) "
+    "VALUES (?,?,?,?,?,?,?) ON CONFLICT (event_id, only_sink) DO NOTHING"
+)
+
+_DEAD_LETTER_KEYS = (
+    "id", "seq", "event_id", "sink", "device_id", "type", "reason", "attempts", "created_at",
+    "dead_at",
+)
+_DEAD_LETTER_SQL = f"SELECT {', '.join(_DEAD_LETTER_KEYS)}, body FROM dead_letter"
+
+# Retrying progress a failed group could not write (disk full: a few seconds apart at most).
+PROGRESS_RETRY = Backoff(initial=0.5, maximum=30.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +319,11 @@ class _Retry:
 
 def _sqlite_message(path: Path, exc: BaseException) -> str:
     text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError) and "outbox.seq" in text:
+        return (
+            f"outbox seq already taken in {path}: another process wrote to the database; this "
+            "commit was not stored (retry it); only one edge-agent may use a database"
+        )
     if isinstance(exc, sqlite3.OperationalError) and (
         "full" in text or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
     ):
@@ -318,6 +371,15 @@ class Store:
         self._work = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
+        self._waiting: set[asyncio.Future[Any]] = set()  # failed all at once if the writer dies
+        # Progress of a failed group, written again first (in order) with the next group.
+        self._held: list[_Progress] = []
+        self._held_attempts = 0
+        self._held_at = 0.0  # loop time of the next try on its own
+        self._held_backoff = PROGRESS_RETRY
+        self.failed: str | None = None
+        """Why the store cannot write any more (its writer died), else ``None``."""
         # In-memory outbox index (the writer is the only one who adds rows, the drainers the
         # only ones who move progress): what the drainer's hot path reads instead of scanning.
         self._next_seq = 1
@@ -366,10 +428,14 @@ class Store:
         if len(set(sinks)) != len(sinks) or not sinks:
             raise ValueError(f"sinks must be distinct names, at least one: {sinks!r}")
         p = Path(path)
+        lock_fd = _lock(p)
         try:
             wconn = await aiosqlite.connect(p, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the database at {p}: {exc}") from exc
+        except BaseException as exc:
+            os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open the database at {p}: {exc}") from exc
+            raise
         rconn: aiosqlite.Connection | None = None
         try:
             await wconn.execute("PRAGMA journal_mode=WAL")
@@ -388,15 +454,18 @@ class Store:
                 queue_max=queue_max,
                 clock=clock,
             )
+            store._lock_fd = lock_fd
             await store._load_index()
         except BaseException as exc:
             await wconn.close()
             if rconn is not None:
                 await rconn.close()
+            os.close(lock_fd)
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"cannot open the database at {p}: {exc}") from exc
             raise
         store._writer = asyncio.create_task(store._write_loop(), name=f"store[{p.name}].writer")
+        store._writer.add_done_callback(store._writer_done)
         store._log.info(
             "store opened", synchronous=synchronous, outbox=store._outbox_count, sinks=sinks
         )
@@ -438,9 +507,14 @@ class Store:
         self._closing = True
         self._work.set()
         if self._writer is not None:
-            await self._writer
-        await self._rconn.close()
-        await self._wconn.close()
+            await asyncio.wait([self._writer])  # a dead writer was reported by _writer_done
+        try:
+            await self._rconn.close()
+            await self._wconn.close()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
         self._log.info("store closed")
 
     # -- committing changes -------------------------------------------------------------------
@@ -456,11 +530,14 @@ class Store:
             StoreError: the group this change was committed with failed (e.g. disk full).
             ValueError: an event envelope lacks ``type`` or ``data.event_id``.
         """
-        if self._closing:
-            raise StoreError(f"store at {self.path} is closed")
+        self._check_open()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         prepared = _prepare(change, fut)
         await self._change_slots.acquire()
+        if self.failed is not None or self._closing:
+            self._change_slots.release()
+            self._check_open()
+        self._track(fut)
         self._changes.append(prepared)
         self._work.set()
         await fut
@@ -535,8 +612,10 @@ class Store:
     # A drainer per sink calls next_batches() for work, sends each batch, then reports the
     # outcome with mark_delivered / mark_retry / dead_letter. Those three move the in-memory
     # progress AT ONCE (so the next next_batches() already sees it) and return a future that
-    # resolves when the progress is durable. Progress lost in a crash only means the events
-    # are delivered again: delivery is at least once, receivers dedupe by event_id.
+    # resolves when the progress is durable, or fails with StoreError when its group failed
+    # (the writer keeps the progress and writes it later all the same). Progress lost in a
+    # crash only means the events are delivered (or dead-lettered) again: delivery is at least
+    # once, receivers dedupe by event_id.
 
     def wakeup(self, sink: str) -> asyncio.Event:
         """The event set whenever ``sink`` may have new work (a commit, a replay)."""
@@ -694,6 +773,11 @@ class Store:
     def _progress_op(self, op: _Progress) -> asyncio.Future[None]:
         if op.sink not in self._cursor:
             raise KeyError(f"unknown sink {op.sink!r}; configured: {self.sinks}")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        op.future = fut
+        if self.failed is not None or self._closing:
+            fut.set_exception(self._closed_error())
+            return fut
         if op.kind == "retry":
             self._retry[op.sink][op.device_id] = _Retry(
                 op.seqs[0], op.attempts, op.next_attempt_at, op.error
@@ -702,11 +786,7 @@ class Store:
             cur = self._cursor[op.sink]
             cur[op.device_id] = max(cur.get(op.device_id, 0), max(op.seqs))
             self._retry[op.sink].pop(op.device_id, None)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        op.future = fut
-        if self._closing:
-            fut.set_exception(StoreError(f"store at {self.path} is closed"))
-            return fut
+        self._track(fut)
         self._progress.append(op)
         self._work.set()
         return fut
@@ -716,41 +796,36 @@ class Store:
     async def dead_letters(self, limit: int = 100, sink: str | None = None) -> list[dict[str, Any]]:
         """The oldest dead letters (``id, seq, event_id, sink, device_id, type, reason,
         attempts, created_at, dead_at, envelope``)."""
-        sql = (
-            "SELECT id, seq, event_id, sink, device_id, type, reason, attempts, created_at, "
-            "dead_at, body FROM dead_letter"
-        )
-        args: tuple[Any, ...] = (limit,)
-        if sink is not None:
-            sql += " WHERE sink=?"
-            args = (sink, limit)
-        rows = await self._rconn.execute_fetchall(sql + " ORDER BY id LIMIT ?", args)
-        keys = (
-            "id", "seq", "event_id", "sink", "device_id", "type", "reason", "attempts",
-            "created_at", "dead_at",
-        )
-        return [dict(zip(keys, row[:-1], strict=True)) | {"envelope": jsoncodec.loads(row[-1])}
-                for row in rows]
+        sql, args = _dead_letter_query(limit, sink)
+        return _dead_letter_rows(await self._rconn.execute_fetchall(sql, args))
 
-    async def replay_dead_letters(self, ids: Sequence[int] | None = None) -> int:
-        """Put dead letters (all, or ``ids``) back in the outbox for their sink; returns count.
+    async def replay_dead_letters(
+        self, ids: Sequence[int] | None = None, sink: str | None = None
+    ) -> int:
+        """Put dead letters (all, or ``ids``, of every sink or ``sink``) back in the outbox for
+        their sink; returns how many.
 
         A replayed event goes to the END of its device's queue, for the sink that dead-lettered
         it only, with its original ``event_id`` (receivers that already have it drop it) and
         a fresh ``created_at`` (its TTL starts again).
         Dead letters of sinks no longer configured stay where they are.
         """
-        return int(await self._call(lambda: self._replay(ids)))
+        return int(await self._call(lambda: self._replay(ids, sink)))
 
-    async def purge_dead_letters(self, ids: Sequence[int] | None = None) -> int:
-        """Delete dead letters (all, or ``ids``); returns how many."""
+    async def purge_dead_letters(
+        self, ids: Sequence[int] | None = None, sink: str | None = None
+    ) -> int:
+        """Delete dead letters (all, or ``ids``, of every sink or ``sink``); returns how many."""
 
         async def purge() -> int:
+            where, args = "1", []
+            if sink is not None:
+                where, args = "sink=?", [sink]
             if ids is None:
-                cur = await self._wconn.execute("DELETE FROM dead_letter")
+                cur = await self._wconn.execute(f"DELETE FROM dead_letter WHERE {where}", args)
             else:
                 cur = await self._wconn.executemany(
-                    "DELETE FROM dead_letter WHERE id=?", [(i,) for i in ids]
+                    f"DELETE FROM dead_letter WHERE id=? AND {where}", [(i, *args) for i in ids]
                 )
             return cur.rowcount
 
@@ -768,35 +843,34 @@ class Store:
 
         await self._call(forget)
 
-    async def _replay(self, ids: Sequence[int] | None) -> int:
+    async def _replay(self, ids: Sequence[int] | None, sink: str | None) -> int:
         c = self._wconn
-        marks = ",".join("?" * len(self.sinks))
+        sinks = [s for s in self.sinks if sink is None or s == sink]
+        if not sinks:
+            return 0
+        marks = ",".join("?" * len(sinks))
         sql = (
             "SELECT id, event_id, sink, device_id, type, body, created_at FROM dead_letter "
             f"WHERE sink IN ({marks})"
         )
-        rows = list(await c.execute_fetchall(sql + " ORDER BY id", self.sinks))
+        rows = list(await c.execute_fetchall(sql + " ORDER BY id", sinks))
         if ids is not None:
             wanted = set(ids)
             rows = [row for row in rows if row[0] in wanted]
         inserts = []
         added: list[tuple[str, str]] = []
         now = self._time()
-        for _id, event_id, sink, device, etype, body, _created_at in rows:
+        for _id, event_id, row_sink, device, etype, body, _created_at in rows:
             seq = self._next_seq
             self._next_seq += 1
-            inserts.append((seq, event_id, sink, device, etype, body, now))
-            added.append((sink, device))
-        cur = await c.executemany(
-            "INSERT OR IGNORE INTO outbox (seq, event_id, only_sink, device_id, type, body, "
-            "created_at) VALUES (?,?,?,?,?,?,?)",
-            inserts,
-        )
+            inserts.append((seq, event_id, row_sink, device, etype, body, now))
+            added.append((row_sink, device))
+        cur = await c.executemany(_INSERT_OUTBOX, inserts)
         await c.executemany("DELETE FROM dead_letter WHERE id=?", [(row[0],) for row in rows])
         # Counted before COMMIT: a failed commit leaves the count a little high until restart.
         self._outbox_count += cur.rowcount
-        for (sink, device), ins in zip(added, inserts, strict=True):
-            self._ready[sink][device] = None
+        for (row_sink, device), ins in zip(added, inserts, strict=True):
+            self._ready[row_sink][device] = None
             self._top[device] = max(self._top.get(device, 0), ins[0])
         return len(rows)
 
@@ -805,35 +879,81 @@ class Store:
             ev.set()
 
     async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        if self._closing:
-            raise StoreError(f"store at {self.path} is closed")
+        self._check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._track(fut)
         self._calls.append((fn, fut))
         self._work.set()
         return await fut
 
+    def _check_open(self) -> None:
+        if self.failed is not None or self._closing:
+            raise self._closed_error()
+
+    def _closed_error(self) -> StoreError:
+        return StoreError(self.failed or f"store at {self.path} is closed")
+
+    def _track(self, fut: asyncio.Future[Any]) -> None:
+        self._waiting.add(fut)
+        fut.add_done_callback(self._waiting.discard)
+
     # -- the writer ----------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self._work.wait()
+            if self._held and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), self._held_at - loop.time())
+            else:
+                await self._work.wait()
             self._work.clear()
-            while self._changes or self._progress or self._calls:
+            while (
+                self._changes
+                or self._progress
+                or self._calls
+                or (self._held and (self._closing or loop.time() >= self._held_at))
+            ):
                 changes = [
                     self._changes.popleft()
                     for _ in range(min(self._max_group, len(self._changes)))
                 ]
-                progress = list(self._progress)
+                progress = self._held + list(self._progress)
+                self._held = []
                 self._progress.clear()
                 if changes or progress:
-                    await self._write_group(changes, progress)
-                    for _ in changes:
-                        self._change_slots.release()
+                    try:
+                        await self._write_group(changes, progress)
+                    finally:
+                        for _ in changes:
+                            self._change_slots.release()
                 while self._calls:
                     fn, fut = self._calls.popleft()
                     await self._write_call(fn, fut)
             if self._closing:
                 return
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        """Fail everyone waiting when the writer ends; mark the store failed if it died."""
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or exc is not None or not self._closing:
+            why = "cancelled" if task.cancelled() else repr(exc) if exc else "ended"
+            self.failed = (
+                f"the store writer for {self.path} stopped ({why}); nothing can be stored any "
+                "more: restart the agent"
+            )
+            self._log.error("store writer died", error=why, exc_info=exc)
+        err = self._closed_error()
+        for fut in list(self._waiting):
+            if not fut.done():
+                fut.set_exception(err)
+        self._waiting.clear()
+        self._held.clear()
+        self._progress.clear()
+        self._calls.clear()
+        for _ in self._changes:  # wake commits waiting for a slot; they see ``failed``
+            self._change_slots.release()
+        self._changes.clear()
 
     async def _write_call(self, fn: Callable[[], Awaitable[Any]], fut: asyncio.Future[Any]) -> None:
         c = self._wconn
@@ -850,6 +970,37 @@ class Store:
         if not fut.done():
             fut.set_result(result)
 
+    def _hold(self, progress: list[_Progress]) -> None:
+        """Keep the progress of a failed group for the next try (see "Errors" in the module doc).
+
+        The in-memory cursors are already past these events; dropping the operations would let
+        a later, successful one move the stored cursor past an event that was never
+        dead-lettered, and compaction would delete it.
+        """
+        if not progress:
+            return
+        if self._closing:
+            self._log.error(
+                "closing with drainer progress not written; those events are sent again after "
+                "the next start",
+                progress=len(progress),
+            )
+            return
+        self._held = progress
+        self._held_attempts += 1
+        delay = self._held_backoff.delay(self._held_attempts)
+        self._held_at = asyncio.get_running_loop().time() + delay
+
+    async def _resync_seq(self) -> None:
+        # Someone else wrote outbox rows: number ours after theirs so the retry can succeed.
+        with contextlib.suppress(sqlite3.Error):
+            rows = list(await self._wconn.execute_fetchall(
+                "SELECT max(seq) FROM (SELECT max(seq) AS seq FROM outbox UNION ALL "
+                "SELECT seq FROM sqlite_sequence WHERE name='outbox')"
+            ))
+            if rows and rows[0][0] is not None:
+                self._next_seq = max(self._next_seq, int(rows[0][0]) + 1)
+
     async def _rollback(self) -> None:
         try:
             if self._wconn.in_transaction:
@@ -865,6 +1016,8 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - the writer survives; the callers get it
             await self._rollback()
             self._next_seq = seq0
+            if isinstance(exc, sqlite3.IntegrityError):
+                await self._resync_seq()
             err = StoreError(_sqlite_message(self.path, exc))
             self._log.error("store write failed", error=str(err), changes=len(changes),
                             progress=len(progress))
@@ -874,7 +1027,9 @@ class Store:
             for op in progress:
                 if op.future is not None and not op.future.done():
                     op.future.set_exception(err)
+            self._hold(progress)
             return
+        self._held_attempts = 0
         self._outbox_count += added
         for (s, d), q in cursors.items():
             dbc = self._db_cursor[s]
@@ -953,16 +1108,12 @@ class Store:
         new_devices: dict[str, int] = {}
         for ch in changes:
             for event_id, etype, body in ch.events:
-                rows.append((self._next_seq, event_id, ch.device_id, etype, body, now))
+                rows.append((self._next_seq, event_id, "", ch.device_id, etype, body, now))
                 new_devices[ch.device_id] = self._next_seq
                 self._next_seq += 1
         added = 0
         if rows:
-            cur = await c.executemany(
-                "INSERT OR IGNORE INTO outbox (seq, event_id, device_id, type, body, created_at) "
-                "VALUES (?,?,?,?,?,?)",
-                rows,
-            )
+            cur = await c.executemany(_INSERT_OUTBOX, rows)
             added = cur.rowcount
         added -= await self._apply_progress(progress, now, cursors)
         dropped = 0
@@ -1063,6 +1214,66 @@ class Store:
         cur = await c.execute("DELETE FROM outbox WHERE seq<=?", (upto,))
         # Every removed row was undelivered by at least one sink (delivered rows are compacted).
         return cur.rowcount, cur.rowcount
+
+
+def _lock(path: Path) -> int:
+    """Take the database's lock file (``<path>.lock``) and write our pid in it; returns the fd."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the lock file {lock_path}: {exc.strerror or exc}; the agent needs "
+            "write access to the store's directory"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            raise StoreLocked(path, holder) from None
+        raise StoreError(f"cannot lock {lock_path}: {exc.strerror or exc}") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def read_dead_letters(
+    path: str | Path, *, limit: int = 100, sink: str | None = None
+) -> list[dict[str, Any]]:
+    """:meth:`Store.dead_letters` from a read-only connection: safe beside a running agent.
+
+    Raises:
+        StoreError: there is no database at ``path`` or it cannot be read.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"no store at {p}")
+    sql, args = _dead_letter_query(limit, sink)
+    try:
+        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            return _dead_letter_rows(conn.execute(sql, args).fetchall())
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the dead letters in {p}: {exc}") from exc
+
+
+def _dead_letter_query(limit: int, sink: str | None) -> tuple[str, tuple[Any, ...]]:
+    if sink is None:
+        return _DEAD_LETTER_SQL + " ORDER BY id LIMIT ?", (limit,)
+    return _DEAD_LETTER_SQL + " WHERE sink=? ORDER BY id LIMIT ?", (sink, limit)
+
+
+def _dead_letter_rows(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    return [
+        dict(zip(_DEAD_LETTER_KEYS, row[:-1], strict=True))
+        | {"envelope": jsoncodec.loads(row[-1])}
+        for row in rows
+    ]
 
 
 async def _one(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> Any:

@@ -238,6 +238,19 @@ async def test_handler_error_is_500_and_server_survives(
         async def stats(self) -> dict[str, Any]:
             return {}
 
+        async def dead_letters(self, limit: int = 100, sink: str | None = None) -> list[Any]:
+            return []
+
+        async def replay_dead_letters(
+            self, ids: Sequence[int] | None = None, sink: str | None = None
+        ) -> int:
+            return 0
+
+        async def purge_dead_letters(
+            self, ids: Sequence[int] | None = None, sink: str | None = None
+        ) -> int:
+            return 0
+
     agent.store = Broken()
     r = await http.get("/v1/devices/room-4a/bookings")
     assert r.status_code == 500 and "disk on fire" in r.json()["error"]
@@ -269,3 +282,74 @@ async def test_run_in_a_task_and_port_in_use(agent: FakeAgent) -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as client:
             await client.get(api.url + "/healthz")
+
+
+async def test_readyz_not_ready_when_the_store_writer_died(
+    store: Store, http: httpx.AsyncClient
+) -> None:
+    """A dead store writer left every commit waiting while /readyz stayed green."""
+    import asyncio
+    import contextlib
+
+    await store._wconn.close()  # the writer's next rollback raises outside sqlite3.Error
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(store.commit(Change("room-4a", events=[envelope("room-4a")])), 2)
+    r = await http.get("/readyz")
+    assert r.status_code == 503, r.text
+    [reason] = r.json()["reasons"]
+    assert reason.startswith("store failed: ") and "restart the agent" in reason
+
+
+async def make_dead_letters(store: Store, n: int) -> list[int]:
+    await store.commit(Change("room-4a", events=[envelope("room-4a") for _ in range(n)]))
+    [batch] = await store.next_batches("webhook", now=time.time(), max_devices=1, max_batch=n)
+    await store.dead_letter("webhook", batch, reason="rejected: HTTP 400", attempts=3)
+    return [d["id"] for d in await store.dead_letters()]
+
+
+async def test_dead_letters_list_replay_purge(store: Store, http: httpx.AsyncClient) -> None:
+    ids = await make_dead_letters(store, 4)
+    r = await http.get("/v1/dead-letters", params={"limit": 2})
+    body = r.json()
+    assert r.status_code == 200 and body["count"] == 2
+    assert [d["id"] for d in body["dead_letters"]] == ids[:2]
+    assert body["dead_letters"][0]["reason"] == "rejected: HTTP 400"
+    assert (await http.get("/v1/dead-letters", params={"sink": "mqtt"})).json()["count"] == 0
+    assert (await http.get("/v1/dead-letters", params={"limit": "x"})).status_code == 400
+
+    r = await http.post("/v1/dead-letters/replay", json={"ids": ids[:1]})
+    assert r.status_code == 200 and r.json() == {"replayed": 1}
+    assert (await store.stats())["sinks"]["webhook"]["depth"] == 1
+
+    r = await http.post("/v1/dead-letters/purge", json={})
+    assert r.status_code == 400 and "all" in r.json()["error"]  # everything must be asked for
+    r = await http.post("/v1/dead-letters/purge", json={"ids": ids[1:2], "sink": "webhook"})
+    assert r.json() == {"purged": 1}
+    r = await http.post("/v1/dead-letters/replay", json={"sink": "webhook"})
+    assert r.json() == {"replayed": 2}
+    assert await store.dead_letters() == []
+
+
+async def test_dead_letter_posts_need_a_json_body(store: Store, http: httpx.AsyncClient) -> None:
+    await make_dead_letters(store, 1)
+    # A web page can send a text/plain POST to loopback without a CORS preflight; not JSON.
+    r = await http.post("/v1/dead-letters/purge", content=b'{"all": true}',
+                        headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    for bad in ([1], {"ids": "1"}, {"ids": [True]}, {"sink": 1}, {"all": "yes"}, {"x": 1}):
+        r = await http.post("/v1/dead-letters/purge", json=bad)
+        assert r.status_code == 400, bad
+    r = await http.post(
+        "/v1/dead-letters/purge", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert len(await store.dead_letters()) == 1
+
+
+def test_only_loopback_hosts_may_post() -> None:
+    from edge_agent.api import _local_host
+
+    for host in ("127.0.0.1:9780", "localhost:9780", "[::1]:9780", "127.0.0.5", "LOCALHOST"):
+        assert _local_host(host), host
+    for host in ("evil.example:9780", "10.0.0.1:9780", "[2001:db8::1]:9780", "127.0.0.1.evil.example"):
+        assert not _local_host(host), host

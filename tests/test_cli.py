@@ -311,14 +311,46 @@ async def test_dead_letter_list_replay_purge(tmp_path: Path) -> None:
         await s.close()
 
 
-async def test_dead_letter_while_the_store_is_open(tmp_path: Path) -> None:
-    """The agent keeps its store open; the CLI works beside it (WAL + busy_timeout)."""
-    await make_dead_letters(tmp_path / "agent.db", 2)
-    cfg = write_config(tmp_path, WEBHOOK_ONLY.format(url="https://example.invalid/hook"))
-    agent_store = await Store.open(tmp_path / "agent.db", sinks=("webhook",))
+async def test_dead_letter_replay_goes_through_the_running_agent(tmp_path: Path) -> None:
+    """While the agent runs the CLI must not write its database: a second Store numbered the
+    replayed rows from its own seq, and the agent's next event collided and was dropped."""
+    path = tmp_path / "agent.db"
+    await make_dead_letters(path, 2)
+    agent_store = await Store.open(path, sinks=("webhook",))
+    try:
+        async with LocalApi(RunningAgent(agent_store), "127.0.0.1:0") as api:
+            body = WEBHOOK_ONLY.format(url="https://example.invalid/hook")
+            cfg = write_config(tmp_path, body + f'[api]\nlisten = "127.0.0.1:{api.port}"\n')
+            code, out, err = await acli("outbox", "dead-letter", "list", "-c", str(cfg))
+            assert code == 0 and "2 dead letter(s)" in out, err
+            code, out, err = await acli("outbox", "dead-letter", "replay", "-c", str(cfg))
+            assert code == 0 and "replayed 2 " in out, err
+            await agent_store.commit(Change("room-4a", events=[envelope("room-4a")]))
+            stats = await agent_store.stats()  # the agent's own event was not swallowed
+            assert stats["outbox_total"] == 3 and stats["sinks"]["webhook"]["depth"] == 3
+            assert "through the running agent" in out
+            code, out, err = await acli(
+                "outbox", "dead-letter", "purge", "-c", str(cfg), "--all", "--api", api.url
+            )
+            assert code == 0 and "purged 0 " in out, err
+    finally:
+        await agent_store.close()
+
+
+async def test_dead_letter_replay_with_the_agent_api_unreachable(tmp_path: Path) -> None:
+    from mosquitto import free_port
+
+    path = tmp_path / "agent.db"
+    await make_dead_letters(path, 1)
+    body = WEBHOOK_ONLY.format(url="https://example.invalid/hook")
+    cfg = write_config(tmp_path, body + f'[api]\nlisten = "127.0.0.1:{free_port()}"\n')
+    agent_store = await Store.open(path, sinks=("webhook",))
     try:
         code, out, err = await acli("outbox", "dead-letter", "replay", "-c", str(cfg))
-        assert code == 0 and "replayed 2 " in out, err
+        assert code == 69, out + err
+        assert f"another edge-agent is using {path} (pid {os.getpid()}?)" in err
+        assert "did not answer" in err and "--api URL" in err
+        assert len(await agent_store.dead_letters()) == 1  # nothing changed
     finally:
         await agent_store.close()
 
@@ -523,3 +555,16 @@ fingerprint = "{fleet.cert_sha256}"
     assert '"level":"debug"' in log  # EDGE_AGENT_LOG_LEVEL applied, JSON (not a TTY)
     for secret in (password, WHSEC, WHSEC.removeprefix("whsec_")):
         assert secret not in log + out_b.decode()
+
+
+async def test_run_refuses_a_store_another_agent_uses(tmp_path: Path) -> None:
+    body = WEBHOOK_ONLY.format(url="https://example.invalid/hook")
+    cfg = write_config(tmp_path, body + '[api]\nlisten = "127.0.0.1:0"\n')
+    other = await Store.open(tmp_path / "agent.db", sinks=("webhook",))
+    try:
+        code, out, err = await acli("run", "-c", str(cfg), env=ENV)
+    finally:
+        await other.close()
+    assert code == 1, out + err
+    assert f"another edge-agent is using {tmp_path / 'agent.db'} (pid {os.getpid()}?)" in err
+    assert "Traceback" not in err

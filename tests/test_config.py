@@ -273,3 +273,58 @@ def test_model_is_frozen() -> None:
     cfg = AgentConfig(site="hq")
     with pytest.raises(ValidationError):
         cfg.site = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"devices": [{"id": "a", "url": "wss://admin:S3cret-pw@10.0.0.5/ws"}]}, "devices[0].url"),
+        ({"devices": [{"id": "a", "url": "wss://admin@10.0.0.5/ws"}]}, "devices[0].url"),
+        ({"devices": [{"id": "a", "host": "admin:S3cret-pw@10.0.0.5"}]}, "devices[0].host"),
+        ({"mqtt": {"url": "mqtts://bridge:S3cret-pw@broker.example.com"}}, "mqtt.url"),
+        (
+            {"webhook": {"url": "https://u:S3cret-pw@hooks.example.com/x", "secret_env": "W"}},
+            "webhook.url",
+        ),
+    ],
+)
+def test_credentials_in_urls_rejected(raw: dict[str, object], key: str) -> None:
+    """websockets would log in with them, and /v1/devices and status show the URL in clear."""
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"site": "hq", "defaults": {"password_env": "P"}, **raw})
+    assert "not in the URL" in problems(exc)[key]
+    assert "S3cret-pw" not in str(exc.value)
+
+
+def test_device_and_broker_credentials_message() -> None:
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"site": "hq", "mqtt": {"url": "mqtt://a:b@broker"}})
+    assert problems(exc)["mqtt.url"] == (
+        "credentials go in username / password_env or password_file, not in the URL"
+    )
+
+
+def test_webhook_secret_is_checked_by_the_sink_parser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One parser for whsec_ secrets: what the config accepts is what the sink can use."""
+    from edge_agent.forward import webhook
+
+    seen: list[str] = []
+    real = webhook.decode_secret
+
+    def spy(secret: str) -> bytes:
+        seen.append(secret)
+        return real(secret)
+
+    monkeypatch.setattr(webhook, "decode_secret", spy)
+    cfg = load_config(write(tmp_path, MINIMAL))
+    other = "whsec_" + "QUJD" * 8
+    resolve_secrets(cfg, {"DEV_PW": "x", "WH_SECRET": f"{WHSEC} {other}"})
+    assert seen == [WHSEC, other]
+
+
+def test_no_device_endpoints_alias() -> None:
+    import edge_agent.config
+
+    assert not hasattr(edge_agent.config, "device_endpoints")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.backoff import Backoff
 from edge_agent.metrics import OUTBOX_DROPPED
 from edge_agent.store import (
     SCHEMA_VERSION,
@@ -376,3 +377,148 @@ async def test_idle_devices_never_hide_a_device_with_work(store: Store) -> None:
     await store.commit(Change("z", events=[env("z", 0)]))
     batches = await store.next_batches("webhook", now=1e12, max_devices=2, max_batch=10)
     assert [[e.event_id for e in b] for b in batches] == [["z-0"]]
+
+
+# -- one process per database, no silent seq conflicts --------------------------------------------
+
+
+async def test_a_second_store_on_the_same_database_is_refused(store: Store) -> None:
+    """Two writers numbered outbox rows from their own in-memory seq: the agent's next events
+    collided with a CLI replay and were dropped while commit() reported success."""
+    with pytest.raises(StoreError, match=rf"another edge-agent is using .*agent\.db \(pid {os.getpid()}\?\)"):
+        await Store.open(store.path)
+    await store.commit(Change("d", events=[env("d", 1)]))  # the first store is unharmed
+    assert [e.event_id for e in await drain_all(store)] == ["d-1"]
+
+
+async def test_the_lock_is_released_on_close(tmp_path: Path) -> None:
+    s = await Store.open(tmp_path / "a.db")
+    await s.close()
+    s = await Store.open(tmp_path / "a.db")
+    await s.close()
+
+
+async def test_a_seq_conflict_fails_the_commit_instead_of_dropping_the_event(store: Store) -> None:
+    await store.commit(Change("d", events=[env("d", 0)]))
+    # Another writer (before the lock: a second Store in the CLI) took the next seq.
+    with sqlite3.connect(store.path) as c:
+        c.execute(
+            "INSERT INTO outbox (seq, event_id, only_sink, device_id, type, body, created_at) "
+            "VALUES (?, 'intruder', 'webhook', 'x', 't', x'7b7d', 0)",
+            (store._next_seq,),
+        )
+    with pytest.raises(StoreError, match="seq"):
+        await store.commit(Change("d", events=[env("d", 1)]))
+    await store.commit(Change("d", events=[env("d", 1)]))  # the retry gets a free seq
+    assert [e.event_id for e in await drain_all(store) if e.device_id == "d"] == ["d-0", "d-1"]
+
+
+# -- progress that could not be written ----------------------------------------------------------
+
+
+def _fill_disk(store: Store) -> Any:
+    async def fill() -> None:
+        pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
+        await store._wconn.execute(f"PRAGMA max_page_count={pages}")
+
+    return fill()
+
+
+async def test_a_dead_letter_whose_write_failed_is_not_lost(store: Store) -> None:
+    """The cursor moved in memory at once; when the dead-letter write failed (disk full), the
+    next delivery wrote a higher cursor and compaction deleted the event: it was in neither
+    the outbox nor the dead letter."""
+    big = {"type": "x", "data": {"event_id": "big", "pad": "x" * 200_000}}
+    await store.commit(Change("d", events=[big, env("d", 1)]))
+    [b] = await store.next_batches("webhook", now=0, max_devices=1, max_batch=1)
+    assert b[0].event_id == "big"
+    await _fill_disk(store)
+    with pytest.raises(StoreError, match="full"):
+        await store.dead_letter("webhook", b, reason="rejected: HTTP 400", attempts=3)
+    await store._wconn.execute("PRAGMA max_page_count=1073741823")
+    [b] = await store.next_batches("webhook", now=0, max_devices=1, max_batch=1)
+    assert b[0].event_id == "d-1"
+    await store.mark_delivered("webhook", b)
+    assert [d["event_id"] for d in await store.dead_letters()] == ["big"]
+    assert (await store.stats())["outbox_total"] == 0
+
+
+async def test_failed_progress_is_retried_without_new_work(store: Store) -> None:
+    store._held_backoff = Backoff(initial=0.01, maximum=0.01, jitter=0)
+    big = {"type": "x", "data": {"event_id": "big", "pad": "x" * 200_000}}
+    await store.commit(Change("d", events=[big]))
+    [b] = await store.next_batches("webhook", now=0, max_devices=1, max_batch=1)
+    await _fill_disk(store)
+    with pytest.raises(StoreError):
+        await store.dead_letter("webhook", b, reason="rejected: HTTP 400")
+    await store._wconn.execute("PRAGMA max_page_count=1073741823")
+    for _ in range(200):
+        if await store.dead_letters():
+            break
+        await asyncio.sleep(0.01)
+    assert [d["event_id"] for d in await store.dead_letters()] == ["big"]
+
+
+# -- a dead writer -----------------------------------------------------------------------------
+
+
+async def test_a_dead_writer_fails_every_waiter_and_marks_the_store_failed(
+    tmp_path: Path,
+) -> None:
+    """The writer ran unsupervised: an error outside sqlite3.Error (here the connection is
+    gone, so even the rollback raises) ended it, and every commit() waited forever."""
+    s = await Store.open(tmp_path / "a.db")
+    await s._wconn.close()
+    with pytest.raises(StoreError, match="writer"):
+        await asyncio.wait_for(s.commit(Change("d", events=[env("d", 1)])), 2)
+    assert s.failed is not None and "restart" in s.failed
+    with pytest.raises(StoreError, match="writer"):
+        await asyncio.wait_for(s.commit(Change("d", events=[env("d", 2)])), 2)
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(s.flush(), 2)
+    # a drainer's mark fails at once too
+    fut = s.mark_retry("webhook", _event("d"), attempts=1, next_attempt_at=0.0, error="x")
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(fut, 2)
+    await s.close()
+
+
+def _event(device: str) -> Any:
+    from edge_agent.forward.base import OutboxEvent
+
+    return OutboxEvent(seq=1, device_id=device, event_id="e", type="t", envelope={}, body=b"{}",
+                       created_at=0.0)
+
+
+# -- dead letters by sink, read-only listing ----------------------------------------------------
+
+
+async def test_replay_and_purge_by_sink(tmp_path: Path) -> None:
+    s = await Store.open(tmp_path / "a.db", sinks=("webhook", "mqtt"))
+    try:
+        await s.commit(Change("d", events=[env("d", 0), env("d", 1)]))
+        for sink in ("webhook", "mqtt"):
+            [b] = await s.next_batches(sink, now=0, max_devices=1, max_batch=1)
+            await s.dead_letter(sink, b, reason="rejected")
+        assert await s.replay_dead_letters(sink="mqtt") == 1
+        assert [d["sink"] for d in await s.dead_letters()] == ["webhook"]
+        [dl] = await s.dead_letters()
+        assert await s.purge_dead_letters([dl["id"]], sink="mqtt") == 0  # not that sink's
+        assert await s.purge_dead_letters(sink="webhook") == 1
+        assert await s.dead_letters() == []
+    finally:
+        await s.close()
+
+
+async def test_read_dead_letters_beside_the_running_store(store: Store) -> None:
+    await store.commit(Change("d", events=[env("d", 0)]))
+    [b] = await store.next_batches("webhook", now=0, max_devices=1, max_batch=1)
+    await store.dead_letter("webhook", b, reason="rejected: HTTP 400", attempts=3)
+    from edge_agent.store import read_dead_letters
+
+    rows = read_dead_letters(store.path, limit=10)
+    assert rows == await store.dead_letters(limit=10)
+    assert rows[0]["event_id"] == "d-0" and rows[0]["envelope"]["data"]["n"] == 0
+    assert read_dead_letters(store.path, sink="mqtt") == []
+    with pytest.raises(StoreError, match="no store"):
+        read_dead_letters(store.path.with_name("nope.db"))

@@ -174,7 +174,9 @@ class Drainer:
             try:
                 await progress
             except StoreError as exc:
-                # The progress stays in memory; after a restart the events are sent again.
+                # The store keeps a failed group's progress (dead letters included) and writes
+                # it with a later one; if the agent stops first, or the store itself failed,
+                # the events are sent (or dead-lettered) again after the restart.
                 self._log.warning("could not record delivery progress", device=device,
                                   error=str(exc))
 

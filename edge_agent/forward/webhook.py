@@ -54,12 +54,23 @@ _RETRY_STATUSES = frozenset({408, 425, 429})
 
 
 def decode_secret(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_<base64>`` secret (a bare base64 string is accepted too)."""
-    raw = secret.removeprefix("whsec_")
+    """The HMAC key of a ``whsec_<base64>`` secret (Standard Webhooks' format).
+
+    The one parser of webhook secrets: the config validation calls it too.
+
+    Raises:
+        ValueError: not ``whsec_`` followed by non-empty base64 (the message never contains
+            the secret).
+    """
+    if not secret.startswith("whsec_"):
+        raise ValueError("a webhook secret must start with whsec_ (whsec_<base64 key>)")
     try:
-        return base64.b64decode(raw, validate=True)
-    except ValueError as exc:
-        raise ValueError("webhook secret is not whsec_<base64>") from exc
+        key = base64.b64decode(secret[len("whsec_") :], validate=True)
+    except ValueError:
+        raise ValueError("the part after whsec_ is not valid base64") from None
+    if not key:
+        raise ValueError("the key after whsec_ is empty")
+    return key
 
 
 def sign(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str:

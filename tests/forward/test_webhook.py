@@ -18,6 +18,7 @@ from edge_agent.forward.base import Delivered, Gone, OutboxEvent, Reject, Retry
 from edge_agent.forward.webhook import (
     WebhookSink,
     classify,
+    decode_secret,
     parse_retry_after,
     sign,
 )
@@ -55,6 +56,17 @@ async def sink(rx: WebhookReceiver, request: Any) -> Any:
     s = WebhookSink(rx.url, [SECRET], timeout_s=2.0, engine=request.param)
     yield s
     await s.close()
+
+
+def test_decode_secret_requires_the_whsec_prefix() -> None:
+    assert decode_secret(SECRET) == b"k" * 24
+    bare = SECRET.removeprefix("whsec_")
+    for bad in (bare, "whsec_", "whsec_not base64!", "WHSEC_" + bare):
+        with pytest.raises(ValueError, match="whsec_") as exc:
+            decode_secret(bad)
+        assert bare not in str(exc.value)  # never echo a secret
+    with pytest.raises(ValueError):
+        WebhookSink("http://127.0.0.1:9/", [bare], engine="httpx")
 
 
 def test_signature_is_standard_webhooks() -> None:
