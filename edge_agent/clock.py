@@ -27,7 +27,8 @@ class SystemClock:
 
 def utc_iso(dt: datetime) -> str:
     """``2026-11-23T09:00:00.123Z``: millisecond UTC ISO 8601, as in the event envelope."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    # isoformat is C; strftime showed in profiles (every envelope carries two timestamps).
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_utc(s: str) -> datetime:
