@@ -44,7 +44,7 @@ from edge_agent.bookings.device import (
     on_list,
     on_tick,
 )
-from edge_agent.bookings.models import Booking, ListPage, next_page_offset, parse_list_result
+from edge_agent.bookings.models import ListPage, join_pages, next_page_offset, parse_list_result
 from edge_agent.bookings.pending import DEFAULT_GRACE_S
 from edge_agent.clock import Clock, system_clock
 from edge_agent.store import Change, PendingRow, Store, StoreError
@@ -452,25 +452,18 @@ class DeviceSession:
 
     async def _list_all(self) -> ListPage:
         """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many)."""
-        bookings: list[Booking] = []
-        skipped: list[str] = []
+        pages: list[ListPage] = []
         offset = 0
-        total: int | None = None
-        received = 0
         while True:
             result = await self.client.command(
                 "Bookings List", DayOffset=0, Days=2, Limit=LIST_PAGE_SIZE, Offset=offset
             )
             page = parse_list_result(result)
-            bookings.extend(page.bookings)
-            skipped.extend(page.skipped)
-            total = page.total_rows
-            received += page.received
+            pages.append(page)
             nxt = next_page_offset(page, offset)
             if nxt is None:
-                break
+                return join_pages(pages)
             offset = nxt
-        return ListPage(tuple(bookings), total_rows=total, received=received, skipped=tuple(skipped))
 
     # --- time passing ------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from edge_agent.bookings.models import (
     ListPage,
     Organizer,
     booking_key,
+    join_pages,
     next_page_offset,
     parse_list_result,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "deadline_for",
     "due",
     "in_window",
+    "join_pages",
     "make_envelope",
     "match_in_list",
     "merge",

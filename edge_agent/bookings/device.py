@@ -586,12 +586,29 @@ def on_list(
     true`` for what was missed), closes pending requests found in the list (``booking.created``
     with ``pending_ms``) or past their deadline (``booking.request_expired``), and ends with a
     ``bookings.snapshot``. ``bounds`` defaults to the window for ``now`` in ``state.tz``.
+
+    A list with skipped (unparsable) entries is incomplete: the stored copy of a booking whose
+    entry was skipped is kept as it was, an entry skipped without a readable ``Id`` suppresses
+    every deletion. The next clean list reconciles what this one could not.
     """
-    fresh = result.bookings if isinstance(result, ListPage) else tuple(result)
-    notes = list(result.skipped) if isinstance(result, ListPage) else []
+    if isinstance(result, ListPage):
+        fresh = result.bookings
+        notes = list(result.skipped)
+        skipped_ids = {i for i in result.skipped_ids if i}
+        complete = not result.skipped_unidentified
+    else:
+        fresh, notes, skipped_ids, complete = tuple(result), [], set(), True
     b = bounds or window_bounds(now, state.tz)
-    rec = reconcile(state.window, fresh, b, now=now)
+    rec = reconcile(state.window, fresh, b, now=now, skipped_ids=skipped_ids, complete=complete)
     notes.extend(rec.notes)
+    if rec.kept:
+        why = (
+            "an entry without a readable Id was skipped, so no deletions from this list"
+            if not complete
+            else "their list entries were skipped"
+        )
+        kept = ", ".join(f"{booking_key(x)!r} (Id {x.id})" for x in rec.kept)
+        notes.append(f"kept {len(rec.kept)} stored booking(s) as they were ({why}): {kept}")
     notes.extend(f"booking re-keyed {o!r} -> {n!r}" for o, n in rec.rekeyed)
     window = dict(rec.window)
     events: list[dict[str, Any]] = []

@@ -7,12 +7,12 @@ odd booking from a calendar backend must not blind the agent to the rest of the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from edge_agent.clock import parse_utc, utc_iso
 
@@ -23,6 +23,7 @@ __all__ = [
     "booking_key",
     "device_bool",
     "device_str",
+    "join_pages",
     "next_page_offset",
     "parse_device_time",
     "parse_list_result",
@@ -210,11 +211,16 @@ def booking_key(b: Booking) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ListPage:
-    """One parsed ``Bookings List`` result.
+    """One parsed ``Bookings List`` result (or several pages joined by :func:`join_pages`).
 
     ``received`` counts the entries in the payload (skipped ones included), which is what
     ``Offset`` advances by; ``total_rows`` is ``ResultInfo.TotalRows`` (None when absent).
-    ``skipped`` holds one human-readable reason per entry that could not be parsed.
+    ``skipped`` holds one human-readable reason per entry that could not be parsed, and
+    ``skipped_ids`` the device ``Id`` of each, in the same order (None where it was unreadable).
+
+    A skipped entry is a booking the device has but the agent cannot see: reconciliation keeps
+    the stored copy of each ``skipped_ids`` booking, and deletes nothing at all while
+    :attr:`skipped_unidentified` (it cannot tell which stored booking the entry was).
     """
 
     bookings: tuple[Booking, ...]
@@ -222,6 +228,44 @@ class ListPage:
     received: int = 0
     last_updated: datetime | None = None
     skipped: tuple[str, ...] = ()
+    skipped_ids: tuple[str | None, ...] = ()
+
+    @property
+    def skipped_unidentified(self) -> bool:
+        """Some entry (or the whole payload) was skipped without a readable ``Id``.
+
+        Also true for a page built with reasons but without their ids (``skipped`` longer than
+        ``skipped_ids``): not knowing which booking was skipped must read as "any of them".
+        """
+        return len(self.skipped_ids) < len(self.skipped) or None in self.skipped_ids
+
+
+def join_pages(pages: Iterable[ListPage]) -> ListPage:
+    """The pages of one ``Bookings List`` (fetched in ``Offset`` order) as one ListPage.
+
+    ``total_rows`` and ``last_updated`` are the last page's; the rest is concatenated.
+    """
+    bookings: list[Booking] = []
+    skipped: list[str] = []
+    skipped_ids: list[str | None] = []
+    received = 0
+    last = ListPage(bookings=())
+    for page in pages:
+        bookings.extend(page.bookings)
+        skipped.extend(page.skipped)
+        # Pad a page whose reasons lack ids so the ids stay aligned with their reasons.
+        ids = page.skipped_ids + (None,) * (len(page.skipped) - len(page.skipped_ids))
+        skipped_ids.extend(ids[: len(page.skipped)])
+        received += page.received
+        last = page
+    return ListPage(
+        bookings=tuple(bookings),
+        total_rows=last.total_rows,
+        received=received,
+        last_updated=last.last_updated,
+        skipped=tuple(skipped),
+        skipped_ids=tuple(skipped_ids),
+    )
 
 
 def next_page_offset(page: ListPage, offset: int) -> int | None:
@@ -235,71 +279,85 @@ def next_page_offset(page: ListPage, offset: int) -> int | None:
 # --------------------------------------------------------------------------- the edge (pydantic)
 
 
+def _node(v: Any) -> Any:
+    # Devices send "" for an empty node ("Organizer": "", "Webex": ""), not {} or nothing.
+    return v if isinstance(v, Mapping) else None
+
+
+def _as_list(v: Any) -> list[Any]:
+    # XML-derived JSON turns a one-element array into a bare object; accept both. An empty node
+    # ("") is an empty list.
+    if isinstance(v, Mapping):
+        return [v]
+    if isinstance(v, list):
+        return v
+    return []
+
+
+def _objects(v: Any) -> list[Any]:
+    return [x for x in _as_list(v) if isinstance(x, Mapping)]
+
+
+# Every field is optional and lenient: what a booking cannot do without (Id, StartTime, EndTime)
+# is checked in _booking_from_raw, so a malformed detail costs only that detail, never the
+# booking. A value that arrives as an object or array carries nothing usable: absent, like "".
+_Text = Annotated[str | None, BeforeValidator(device_str)]
+
+
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class _RawOrganizer(_Lenient):
-    FirstName: str | None = None
-    LastName: str | None = None
-    Email: str | None = None
-    Id: str | None = None
-    Name: str | None = None
+    FirstName: _Text = None
+    LastName: _Text = None
+    Email: _Text = None
+    Id: _Text = None
+    Name: _Text = None
 
 
 class _RawTime(_Lenient):
-    StartTime: str
-    EndTime: str
-    StartTimeBuffer: str | None = None
-    EndTimeBuffer: str | None = None
+    StartTime: _Text = None
+    EndTime: _Text = None
+    StartTimeBuffer: _Text = None
+    EndTimeBuffer: _Text = None
 
 
 class _RawWebex(_Lenient):
-    Enabled: str | None = None
-    Url: str | None = None
-    MeetingNumber: str | None = None
+    Enabled: _Text = None
+    Url: _Text = None
+    MeetingNumber: _Text = None
 
 
 class _RawCall(_Lenient):
-    Number: str | None = None
-    Protocol: str | None = None
-    CallType: str | None = None
-
-
-def _as_list(v: Any) -> Any:
-    # XML-derived JSON turns a one-element array into a bare object; accept both.
-    if v is None:
-        return []
-    if isinstance(v, Mapping):
-        return [v]
-    return v
+    Number: _Text = None
+    Protocol: _Text = None
+    CallType: _Text = None
 
 
 class _RawCalls(_Lenient):
-    Call: list[_RawCall] = []
-
-    _wrap = field_validator("Call", mode="before")(_as_list)
+    Call: Annotated[list[_RawCall], BeforeValidator(_objects)] = []
 
 
 class _RawDialInfo(_Lenient):
-    Calls: _RawCalls | None = None
-    ConnectMode: str | None = None
+    Calls: Annotated[_RawCalls | None, BeforeValidator(_node)] = None
+    ConnectMode: _Text = None
 
 
 class _RawListBooking(_Lenient):
-    Id: str
-    MeetingId: str | None = None
-    BookingRequestUUID: str | None = None
-    Title: str | None = None
-    Agenda: str | None = None
-    Privacy: str | None = None
-    MeetingPlatform: str | None = None
-    MeetingUrl: str | None = None
-    CheckedIn: str | None = None
-    Organizer: _RawOrganizer | None = None
-    Time: _RawTime
-    Webex: _RawWebex | None = None
-    DialInfo: _RawDialInfo | None = None
+    Id: _Text = None
+    MeetingId: _Text = None
+    BookingRequestUUID: _Text = None
+    Title: _Text = None
+    Agenda: _Text = None
+    Privacy: _Text = None
+    MeetingPlatform: _Text = None
+    MeetingUrl: _Text = None
+    CheckedIn: _Text = None
+    Organizer: Annotated[_RawOrganizer | None, BeforeValidator(_node)] = None
+    Time: Annotated[_RawTime | None, BeforeValidator(_node)] = None
+    Webex: Annotated[_RawWebex | None, BeforeValidator(_node)] = None
+    DialInfo: Annotated[_RawDialInfo | None, BeforeValidator(_node)] = None
 
 
 def _organizer(raw: _RawOrganizer | None) -> Organizer:
@@ -311,15 +369,16 @@ def _organizer(raw: _RawOrganizer | None) -> Organizer:
 
 
 def _booking_from_raw(raw: _RawListBooking) -> Booking:
-    start = parse_device_time(raw.Time.StartTime)
-    end = parse_device_time(raw.Time.EndTime)
-    if start is None or end is None:
-        raise ValueError(f"unparsable Time {raw.Time.StartTime!r}..{raw.Time.EndTime!r}")
-    if end < start:
-        raise ValueError(f"EndTime {raw.Time.EndTime} before StartTime {raw.Time.StartTime}")
     bid = device_str(raw.Id)
     if bid is None:
         raise ValueError("empty Id")
+    time = raw.Time or _RawTime()
+    start = parse_device_time(time.StartTime)
+    end = parse_device_time(time.EndTime)
+    if start is None or end is None:
+        raise ValueError(f"unparsable Time {time.StartTime!r}..{time.EndTime!r}")
+    if end < start:
+        raise ValueError(f"EndTime {time.EndTime} before StartTime {time.StartTime}")
     webex_on = device_bool(raw.Webex.Enabled) if raw.Webex else None
     platform = device_str(raw.MeetingPlatform)
     if platform == "None":  # the device's literal for "no meeting platform"
@@ -342,8 +401,8 @@ def _booking_from_raw(raw: _RawListBooking) -> Booking:
         platform=platform,
         join_url=join_url,
         agenda=device_str(raw.Agenda),
-        start_buffer_s=_device_int(raw.Time.StartTimeBuffer),
-        end_buffer_s=_device_int(raw.Time.EndTimeBuffer),
+        start_buffer_s=_device_int(time.StartTimeBuffer),
+        end_buffer_s=_device_int(time.EndTimeBuffer),
         checked_in=device_bool(raw.CheckedIn),
     )
 
@@ -353,26 +412,36 @@ def parse_list_result(result: Mapping[str, Any] | Any) -> ListPage:
 
     Accepts the bare result or one wrapped as ``{"BookingsListResult": {...}}``. The device
     leaves ``Booking`` out entirely when there are no bookings; lower-case ``id`` (the position in
-    the list) is ignored; booleans arrive as "True"/"False"; empty strings mean absent.
+    the list) is ignored; booleans arrive as "True"/"False"; empty strings mean absent, for
+    nodes (``"Organizer": ""``) as for values. Only an entry without a usable ``Id``,
+    ``StartTime`` or ``EndTime`` is skipped.
     """
     if not isinstance(result, Mapping):
         return ListPage(
-            bookings=(), skipped=(f"list result is not an object: {type(result).__name__}",)
+            bookings=(),
+            skipped=(f"list result is not an object: {type(result).__name__}",),
+            skipped_ids=(None,),
         )
     inner = result.get("BookingsListResult")
     if isinstance(inner, Mapping):
         result = inner
-    entries = _as_list(result.get("Booking"))
+    raw_entries = result.get("Booking")
     skipped: list[str] = []
-    if not isinstance(entries, list):
-        skipped.append(f"Booking is not a list: {type(entries).__name__}")
-        entries = []
+    skipped_ids: list[str | None] = []
+    entries: list[Any] = []
+    if isinstance(raw_entries, (list, Mapping)):
+        entries = _as_list(raw_entries)
+    elif raw_entries is not None and raw_entries != "":  # absent or an empty node: no bookings
+        skipped.append(f"Booking is not a list: {type(raw_entries).__name__}")
+        skipped_ids.append(None)
     bookings: list[Booking] = []
     for pos, entry in enumerate(entries):
-        label = _entry_label(entry, pos)
+        bid = device_str(entry.get("Id")) if isinstance(entry, Mapping) else None
+        label = f"Id={bid}" if bid else f"#{pos}"
         try:
             raw = _RawListBooking.model_validate(entry)
             bookings.append(_booking_from_raw(raw))
+            continue
         except ValidationError as exc:
             errs = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '<entry>'}: {e['msg']}"
@@ -381,6 +450,7 @@ def parse_list_result(result: Mapping[str, Any] | Any) -> ListPage:
             skipped.append(f"booking {label} skipped: {errs}")
         except ValueError as exc:
             skipped.append(f"booking {label} skipped: {exc}")
+        skipped_ids.append(bid)
     total: int | None = None
     info = result.get("ResultInfo")
     if isinstance(info, Mapping):
@@ -391,12 +461,5 @@ def parse_list_result(result: Mapping[str, Any] | Any) -> ListPage:
         received=len(entries),
         last_updated=parse_device_time(result.get("LastUpdated")),
         skipped=tuple(skipped),
+        skipped_ids=tuple(skipped_ids),
     )
-
-
-def _entry_label(entry: Any, pos: int) -> str:
-    if isinstance(entry, Mapping):
-        bid = device_str(entry.get("Id"))
-        if bid:
-            return f"Id={bid}"
-    return f"#{pos}"

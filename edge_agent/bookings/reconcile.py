@@ -22,12 +22,19 @@ Decisions (the envelope types are fixed by DESIGN.md, so no new ones are invente
 - What the list does not carry is kept from the stored copy: ``booking_request_uuid`` and
   ``checked_in``.
 
-``fresh`` must be the whole list (all pages): a partial list would read as deletions.
+``fresh`` must be the whole list (all pages): a partial list would read as deletions. When the
+device listed an entry the agent could not parse, the list is incomplete and says so:
+
+- a stored booking whose device ``Id`` is in ``skipped_ids`` (and whose key the list does not
+  carry) is ``kept`` as stored -- no delete, no move, no re-key;
+- with ``complete=False`` (an entry was skipped without a readable ``Id``: it may be any stored
+  booking) nothing is deleted: every vanished booking that has not aged out is ``kept``. The next
+  complete list reconciles it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -54,6 +61,7 @@ class Reconciliation:
     updated: tuple[Booking, ...] = ()
     aged_out: tuple[Booking, ...] = ()
     rekeyed: tuple[tuple[str, str], ...] = ()  # (old key, new key)
+    kept: tuple[Booking, ...] = ()  # stored, missing from an incomplete list, kept as they were
     notes: tuple[str, ...] = ()  # things worth a log line (duplicate keys in the list)
 
     @property
@@ -89,9 +97,13 @@ def reconcile(
     bounds: WindowBounds,
     *,
     now: datetime | None = None,
+    skipped_ids: Collection[str] = (),
+    complete: bool = True,
 ) -> Reconciliation:
-    """Diff ``stored`` (the window as last known) against ``fresh`` (a complete list) for
-    ``bounds`` (the new window). Pure; see the module docstring for the rules."""
+    """Diff ``stored`` (the window as last known) against ``fresh`` (the list) for ``bounds``
+    (the new window). ``skipped_ids``: device Ids of list entries that could not be parsed;
+    ``complete``: False when some entry was skipped without a readable Id. Pure; see the module
+    docstring for the rules."""
     notes: list[str] = []
     fresh_by_key: dict[str, Booking] = {}
     for b in fresh:
@@ -106,6 +118,9 @@ def reconcile(
     pairs: list[tuple[Booking, Booking]] = []
     rekeyed: list[tuple[str, str]] = []
     vanished = {k: b for k, b in stored.items() if k not in fresh_by_key}
+    unlisted = {k: b for k, b in vanished.items() if b.id in skipped_ids}
+    for k in unlisted:
+        del vanished[k]
     appeared = {k: b for k, b in fresh_by_key.items() if k not in stored}
     for k, old in stored.items():
         if k in fresh_by_key:
@@ -152,9 +167,20 @@ def reconcile(
             created.append(b)
     deleted: list[Booking] = []
     aged_out: list[Booking] = []
-    for old in vanished.values():
+    kept: list[Booking] = []
+    for k, old in unlisted.items():
+        # Its entry is in the list, so it has not ended early: only the window can drop it.
+        if in_window(old, bounds):
+            window[k] = old
+            kept.append(old)
+        else:
+            aged_out.append(old)
+    for k, old in vanished.items():
         if old.end <= bounds.start or (now is not None and old.end <= now):
             aged_out.append(old)
+        elif not complete and in_window(old, bounds):
+            window[k] = old
+            kept.append(old)
         else:
             deleted.append(old)
 
@@ -166,5 +192,6 @@ def reconcile(
         updated=tuple(sorted(updated, key=_sort_key)),
         aged_out=tuple(sorted(aged_out, key=_sort_key)),
         rekeyed=tuple(rekeyed),
+        kept=tuple(sorted(kept, key=_sort_key)),
         notes=tuple(notes),
     )

@@ -432,3 +432,98 @@ def test_snapshot_booking_fields_are_contract(state: DeviceBookings) -> None:
     assert b["organizer"] == {"name": "Ada Lovelace", "email": "ada@example.com", "id": "org-1"}
     assert b["join_url"] == "room@example.webex.com"
     assert booking("1").to_dict().keys() == b.keys()
+
+
+def _two_bookings(state: DeviceBookings) -> DeviceBookings:
+    return listed(
+        state,
+        list_entry(Id="1", MeetingId="A"),
+        list_entry(
+            pos=2,
+            Id="2",
+            MeetingId="B",
+            StartTime="2026-11-23T12:00:00Z",
+            EndTime="2026-11-23T13:00:00Z",
+        ),
+    ).state
+
+
+def test_malformed_entry_of_a_stored_booking_is_not_a_deletion(state: DeviceBookings) -> None:
+    s = _two_bookings(state)
+    stored_b = s.window["B"]
+    step = listed(
+        s,
+        list_entry(Id="1", MeetingId="A"),
+        list_entry(pos=2, Id="2", MeetingId="B", StartTime="2026-11-23T12:00:00Z", EndTime=""),
+    )
+    assert types(step) == ["bookings.snapshot"]
+    assert step.window_replace is not None and step.window_replace["B"] == stored_b
+    assert any("Id=2" in n for n in step.notes)
+    assert any("kept 1 stored booking" in n and "'B'" in n for n in step.notes)
+    # Once the device sends it well-formed again: nothing was missed, so nothing is reported.
+    again = listed(
+        step.state,
+        list_entry(Id="1", MeetingId="A"),
+        list_entry(
+            pos=2,
+            Id="2",
+            MeetingId="B",
+            StartTime="2026-11-23T12:00:00Z",
+            EndTime="2026-11-23T13:00:00Z",
+        ),
+    )
+    assert types(again) == ["bookings.snapshot"]
+
+
+def test_empty_string_organizer_and_webex_keep_the_booking(state: DeviceBookings) -> None:
+    s = _two_bookings(state)
+    step = listed(
+        s,
+        list_entry(Id="1", MeetingId="A"),
+        list_entry(
+            pos=2,
+            Id="2",
+            MeetingId="B",
+            StartTime="2026-11-23T12:00:00Z",
+            EndTime="2026-11-23T13:00:00Z",
+            Organizer="",
+            Webex="",
+        ),
+    )
+    assert types(step) == ["bookings.snapshot"]
+    assert step.notes == ()
+    assert step.window_replace is not None and set(step.window_replace) == {"A", "B"}
+
+
+def test_entry_skipped_without_id_suppresses_deletions(state: DeviceBookings) -> None:
+    s = _two_bookings(state)
+    step = listed(
+        s,
+        list_entry(Id="1", MeetingId="A", StartTime="2026-11-23T09:30:00Z"),
+        list_entry(pos=2, Id="", MeetingId="", EndTime=""),
+        list_entry(
+            pos=3,
+            Id="3",
+            MeetingId="C",
+            StartTime="2026-11-23T14:00:00Z",
+            EndTime="2026-11-23T15:00:00Z",
+        ),
+    )
+    # B is not in the list as far as the agent can read it, but the unreadable entry may be B.
+    assert types(step) == ["booking.created", "booking.moved", "bookings.snapshot"]
+    assert step.window_replace is not None and set(step.window_replace) == {"A", "B", "C"}
+    assert any("no deletions" in n for n in step.notes)
+    # The next clean list reconciles: B really is gone.
+    clean = listed(
+        step.state,
+        list_entry(Id="1", MeetingId="A", StartTime="2026-11-23T09:30:00Z"),
+        list_entry(
+            pos=3,
+            Id="3",
+            MeetingId="C",
+            StartTime="2026-11-23T14:00:00Z",
+            EndTime="2026-11-23T15:00:00Z",
+        ),
+    )
+    assert types(clean) == ["booking.deleted", "bookings.snapshot"]
+    assert clean.events[0]["data"]["booking"]["meeting_id"] == "B"

@@ -8,6 +8,7 @@ from edge_agent.bookings.models import (
     Organizer,
     booking_key,
     device_bool,
+    join_pages,
     next_page_offset,
     parse_list_result,
 )
@@ -169,3 +170,71 @@ def test_numbers_checked_in_and_none_platform() -> None:
     (b,) = page.bookings
     assert b.platform is None and b.checked_in is True and b.start_buffer_s == 600
     assert page.total_rows == 1
+
+
+def test_empty_string_nodes_do_not_reject_the_booking() -> None:
+    # Devices send "" for an empty node; that used to fail the nested models and drop the entry.
+    entry = list_entry(Id="7", MeetingId="M-7", Organizer="", Webex="", DialInfo="", Title={})
+    page = parse_list_result({"Booking": [entry]})
+    assert page.skipped == ()
+    (b,) = page.bookings
+    assert (b.id, b.meeting_id, b.title) == ("7", "M-7", None)
+    assert b.organizer == Organizer()
+    assert b.platform is None and b.join_url is None
+    assert b.start == utc(2026, 11, 23, 9) and b.end == utc(2026, 11, 23, 10)
+
+
+def test_empty_inner_nodes_and_odd_calls_are_absent() -> None:
+    calls_empty = list_entry(Id="1", DialInfo={"Calls": "", "ConnectMode": ""})
+    call_junk = list_entry(Id="2", DialInfo={"Calls": {"Call": ["", {"Number": "sip:r@x"}]}})
+    buffers = list_entry(Id="3")
+    buffers["Time"]["StartTimeBuffer"] = ""
+    buffers["Time"]["EndTimeBuffer"] = {}
+    page = parse_list_result({"Booking": [calls_empty, call_junk, buffers]})
+    assert page.skipped == ()
+    a, b, c = page.bookings
+    assert a.join_url is None
+    assert b.join_url == "sip:r@x"
+    assert c.start_buffer_s is None and c.end_buffer_s is None
+
+
+def test_skipped_entries_carry_their_ids() -> None:
+    no_end = list_entry(pos=1, Id="11", EndTime="")
+    no_time = list_entry(pos=2, Id="12", Time="")
+    page = parse_list_result({"Booking": [list_entry(Id="10"), no_end, no_time]})
+    assert [b.id for b in page.bookings] == ["10"]
+    assert page.skipped_ids == ("11", "12")
+    assert "Id=11" in page.skipped[0] and "Time" in page.skipped[0]
+    assert not page.skipped_unidentified
+    no_id = list_entry(pos=3, Id="", EndTime="")
+    page = parse_list_result({"Booking": [no_end, no_id, "junk"]})
+    assert page.skipped_ids == ("11", None, None)
+    assert page.skipped_unidentified
+
+
+def test_unreadable_payload_is_unidentified_but_empty_node_is_no_bookings() -> None:
+    assert parse_list_result("nope").skipped_unidentified
+    assert parse_list_result({"Booking": 3}).skipped_unidentified
+    empty = parse_list_result({"Booking": "", "ResultInfo": {"TotalRows": "0"}})
+    assert empty.bookings == () and empty.skipped == () and not empty.skipped_unidentified
+
+
+def test_join_pages_keeps_skipped_ids_aligned() -> None:
+    p1 = parse_list_result(
+        {
+            "Booking": [list_entry(Id="1"), list_entry(Id="2", EndTime="")],
+            "ResultInfo": {"TotalRows": "4"},
+        }
+    )
+    p2 = parse_list_result(
+        {"Booking": [list_entry(Id="3"), list_entry(Id="4")], "ResultInfo": {"TotalRows": "4"}}
+    )
+    joined = join_pages([p1, p2])
+    assert [b.id for b in joined.bookings] == ["1", "3", "4"]
+    assert joined.received == 4 and joined.total_rows == 4
+    assert joined.skipped_ids == ("2",) and not joined.skipped_unidentified
+    # A page built with reasons but no ids cannot say which booking it skipped.
+    legacy = ListPage(bookings=(), received=1, skipped=("booking #0 skipped: ?",))
+    assert legacy.skipped_unidentified
+    assert join_pages([p1, legacy]).skipped_ids == ("2", None)
+    assert join_pages([]) == ListPage(bookings=())

@@ -128,3 +128,37 @@ def test_duplicate_key_in_list_keeps_first_and_notes() -> None:
     rec = reconcile({}, [a, dup], BOUNDS)
     assert rec.window == {"A": a}
     assert rec.notes
+
+
+def test_booking_whose_entry_was_skipped_is_kept_as_stored() -> None:
+    a = booking("1", meeting_id="A")
+    b = booking("2", meeting_id="B", start=utc(2026, 11, 23, 11), end=utc(2026, 11, 23, 12))
+    c = booking("3", meeting_id="C", start=utc(2026, 11, 23, 13), end=utc(2026, 11, 23, 14))
+    rec = reconcile(window_of(a, b, c), [a], BOUNDS, skipped_ids={"2"})
+    assert rec.kept == (b,)
+    assert rec.deleted == (c,)  # the list is otherwise complete: C really went
+    assert rec.window == {"A": a, "B": b}
+    assert rec.moved == () and rec.rekeyed == ()
+
+
+def test_skipped_booking_out_of_the_new_window_ages_out() -> None:
+    y = booking("1", meeting_id="Y", start=utc(2026, 11, 22, 9), end=utc(2026, 11, 22, 10))
+    rec = reconcile(window_of(y), [], BOUNDS, skipped_ids={"1"})
+    assert rec.kept == () and rec.deleted == () and rec.aged_out == (y,)
+    assert rec.window == {}
+
+
+def test_incomplete_list_deletes_nothing_but_reports_the_rest() -> None:
+    a = booking("1", meeting_id="A")
+    b = booking("2", meeting_id="B", start=utc(2026, 11, 23, 11), end=utc(2026, 11, 23, 12))
+    a2 = a.with_changes(start=utc(2026, 11, 23, 9, 30))
+    d = booking("4", meeting_id="D", start=utc(2026, 11, 23, 15), end=utc(2026, 11, 23, 16))
+    ended = booking("5", meeting_id="E", start=utc(2026, 11, 23, 7), end=utc(2026, 11, 23, 8))
+    rec = reconcile(
+        window_of(a, b, ended), [a2, d], BOUNDS, now=utc(2026, 11, 23, 10), complete=False
+    )
+    assert rec.deleted == ()
+    assert rec.kept == (b,)
+    assert rec.aged_out == (ended,)  # time passing is still not a deletion, nor kept
+    assert rec.created == (d,) and [m.after for m in rec.moved] == [a2]
+    assert set(rec.window) == {"A", "B", "D"}
