@@ -266,17 +266,33 @@ async def test_control_api(fleet: DeviceFleet) -> None:
         await control.stop()
 
 
-def _free_port() -> int:
+def _free_port_block(n: int) -> int:
+    """A base port with ``n`` consecutive free ports, below Linux's ephemeral range (32768+),
+    so client sockets of concurrent tests cannot take P+1.. between the check and the bind."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - n)
+        try:
+            socks = []
+            for k in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + k))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError("no block of free loopback ports")
 
 
 async def test_cli_subprocess_with_ready_file(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
-    port = _free_port()
+    port = _free_port_block(3)
     proc = subprocess.Popen(
         [sys.executable, "-m", "device_sim", "--devices", "3", "--port", str(port),
          "--control-port", "0", "--mode", "hybrid", "--confirm-delay", "0.1", "--generate",
