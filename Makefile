@@ -27,8 +27,14 @@ test-fast: $(STAMP) system-deps
 demo: $(STAMP) system-deps
 	$(BIN)/edge-agent demo
 
-bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+# Figures, not pass/fail: each script starts what it needs on loopback and prints a table.
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/bench_webhook.py
+	$(BIN)/python bench/bench_mqtt.py
+	$(BIN)/python bench/bench_connections.py --devices 1000
+	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_pipeline.py --sink mqtt
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
