@@ -19,6 +19,11 @@ def dumpb(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
+def canonical(obj: Any) -> bytes:
+    """Compact JSON with sorted keys: equal documents give equal bytes (fingerprints)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
 def loads(data: str | bytes) -> Any:
     """Parse JSON; raises :class:`JSONDecodeError` (a ``ValueError``) on bad input."""
     return orjson.loads(data)

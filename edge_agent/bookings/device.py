@@ -28,7 +28,6 @@ Decisions:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -45,6 +44,7 @@ from edge_agent.bookings.events import (
     merge,
     parse_event,
     partial_booking_dict,
+    prng_bytes,
 )
 from edge_agent.bookings.models import (
     Booking,
@@ -63,6 +63,7 @@ from edge_agent.bookings.pending import (
 )
 from edge_agent.bookings.reconcile import reconcile
 from edge_agent.bookings.window import WindowBounds, in_window, next_midnight, window_bounds
+from edge_agent import jsoncodec
 from edge_agent.clock import utc_iso
 
 __all__ = [
@@ -114,8 +115,8 @@ class DeviceBookings:
     availability: Availability | None = None
     current_id: str | None = None
     online: bool | None = None
-    recent: tuple[tuple[str, datetime], ...] = ()
-    entropy: Entropy = field(default=os.urandom, compare=False, repr=False)
+    recent: tuple[tuple[bytes, datetime], ...] = ()
+    entropy: Entropy = field(default=prng_bytes, compare=False, repr=False)
 
     # ------------------------------------------------------------------ persistence
 
@@ -131,7 +132,7 @@ class DeviceBookings:
         device_state: Mapping[str, Any] | None = None,
         booking_timeout_s: int = 60,
         grace_s: float = DEFAULT_GRACE_S,
-        entropy: Entropy = os.urandom,
+        entropy: Entropy = prng_bytes,
     ) -> tuple[DeviceBookings, list[str]]:
         """Rebuild the state from the store's rows (``load_window``, ``load_pending``,
         ``load_device_state``). Unreadable rows are skipped; the reasons are returned to log."""
@@ -316,11 +317,11 @@ def _find(window: Mapping[str, Booking], ev: EventFields) -> tuple[str, Booking]
     return None
 
 
-def _fingerprint(ev: EventFields) -> str:
-    return ev.name + "|" + repr(sorted((str(k), repr(v)) for k, v in ev.raw.items()))
+def _fingerprint(ev: EventFields) -> bytes:
+    return ev.name.encode() + b"|" + jsoncodec.canonical(ev.raw)
 
 
-def _remember(state: DeviceBookings, fp: str, now: datetime) -> DeviceBookings:
+def _remember(state: DeviceBookings, fp: bytes, now: datetime) -> DeviceBookings:
     recent = tuple(r for r in state.recent if now - r[1] < DUPLICATE_HORIZON)[-(_RECENT_MAX - 1) :]
     return replace(state, recent=recent + ((fp, now),))
 

@@ -142,6 +142,7 @@ class Publication:
     retain: bool
 
 
+@functools.lru_cache(maxsize=4096)  # device ids: checked once each, not per message
 def check_topic_level(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` can stand as one MQTT topic level."""
     if not name or any(c in name for c in "/+#\0"):
