@@ -77,21 +77,34 @@ def main() -> None:
                 state["duplicates"] += 1
                 return
             seen.add(eid)
-            state["trace"].append((
-                now, env["type"], data.get("device_id"), booking.get("id"),
-                booking.get("meeting_id"), observed(data.get("observed_at")),
-            ))
+            state["trace"].append(
+                (
+                    now,
+                    env["type"],
+                    data.get("device_id"),
+                    booking.get("id"),
+                    booking.get("meeting_id"),
+                    observed(data.get("observed_at")),
+                )
+            )
 
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                         client_id=args.client_id, protocol=paho.MQTTv311)
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=args.client_id,
+        protocol=paho.MQTTv311,
+    )
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     client.reconnect_delay_set(1, 1)
 
     async def stats(request: web.Request) -> web.Response:
         q = request.query
         with lock:
-            out: dict[str, Any] = {"requests": state["messages"], "accepted": len(seen),
-                                   "duplicates": state["duplicates"], "bad_signatures": 0}
+            out: dict[str, Any] = {
+                "requests": state["messages"],
+                "accepted": len(seen),
+                "duplicates": state["duplicates"],
+                "bad_signatures": 0,
+            }
             if q.get("trace"):
                 out["trace"] = state["trace"]
             if q.get("clear"):

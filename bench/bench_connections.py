@@ -81,7 +81,8 @@ async def post(port: int, path: str, body: dict[str, Any]) -> int:
     data = json.dumps(body).encode()
     writer.write(
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data
     )
     await writer.drain()
     status = int((await reader.readline()).split()[1])
@@ -96,10 +97,26 @@ async def bench(args: argparse.Namespace) -> None:
     control = free_port()
     ready = Path(tempfile.mkdtemp()) / "ready.json"
     sim = subprocess.Popen(
-        [sys.executable, "-m", "device_sim", "--devices", str(n), "--host", "127.0.0.1",
-         "--port", str(base), "--control-port", str(control), "--ready-file", str(ready),
-         "--log-level", "WARNING"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "device_sim",
+            "--devices",
+            str(n),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(base),
+            "--control-port",
+            str(control),
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120
@@ -120,8 +137,13 @@ async def bench(args: argparse.Namespace) -> None:
 
         def make(i: int, url: str) -> XapiClient:
             return XapiClient(
-                DeviceEndpoint(f"dev-{i}", url=url, username="admin", password="secret",
-                               fingerprint=fingerprint),
+                DeviceEndpoint(
+                    f"dev-{i}",
+                    url=url,
+                    username="admin",
+                    password="secret",
+                    fingerprint=fingerprint,
+                ),
                 ping_interval=args.ping_interval,
                 probe_interval=args.probe_interval,
                 open_timeout=30.0,
@@ -152,17 +174,23 @@ async def bench(args: argparse.Namespace) -> None:
         rss_frozen = rss_kib()
         malloc_trim()
         rss_trimmed = rss_kib()
-        print(f"connect: all {n} connected and subscribed in {connect_s:.2f} s "
-              f"({n / connect_s:.0f}/s)")
-        print(f"memory: {(rss_frozen - rss0) / n:.1f} KiB RSS per connection after gc.freeze "
-              f"({(rss_plain - rss0) / n:.1f} before; {(rss_trimmed - rss0) / n:.1f} after "
-              f"malloc_trim); total RSS {rss_trimmed / 1024:.0f} MiB")
+        print(
+            f"connect: all {n} connected and subscribed in {connect_s:.2f} s "
+            f"({n / connect_s:.0f}/s)"
+        )
+        print(
+            f"memory: {(rss_frozen - rss0) / n:.1f} KiB RSS per connection after gc.freeze "
+            f"({(rss_plain - rss0) / n:.1f} before; {(rss_trimmed - rss0) / n:.1f} after "
+            f"malloc_trim); total RSS {rss_trimmed / 1024:.0f} MiB"
+        )
 
         cpu0, wall0 = time.process_time(), time.monotonic()
         await asyncio.sleep(args.idle_s)
         idle = (time.process_time() - cpu0) / (time.monotonic() - wall0) * 100
-        print(f"idle: {idle:.2f}% CPU over {args.idle_s:g} s (pings every "
-              f"{args.ping_interval:g} s, probes every {args.probe_interval:g} s per device)")
+        print(
+            f"idle: {idle:.2f}% CPU over {args.idle_s:g} s (pings every "
+            f"{args.ping_interval:g} s, probes every {args.probe_interval:g} s per device)"
+        )
 
         heard0, cpu0, wall0 = heard, time.process_time(), time.monotonic()
         stop_at = wall0 + args.flood_s
@@ -176,8 +204,11 @@ async def bench(args: argparse.Namespace) -> None:
                 k = rounds
                 rounds += 1
                 at = (start + timedelta(minutes=5 * k)).strftime("%Y-%m-%dT%H:%M:%SZ")
-                s = await post(control, "/devices/all/calendar/add",
-                               {"start": at, "duration_min": 5, "title": f"bench {k}"})
+                s = await post(
+                    control,
+                    "/devices/all/calendar/add",
+                    {"start": at, "duration_min": 5, "title": f"bench {k}"},
+                )
                 statuses[s] = statuses.get(s, 0) + 1
 
         await asyncio.wait_for(asyncio.gather(*(flood() for _ in range(2))), args.flood_s + 60)
@@ -186,11 +217,15 @@ async def bench(args: argparse.Namespace) -> None:
         got = heard - heard0
         cpu = (time.process_time() - cpu0) / wall * 100
         per_cpu_s = got / max(1e-9, time.process_time() - cpu0)
-        print(f"notifications: {got} decoded in {wall:.1f} s = {got / wall:,.0f}/s at "
-              f"{cpu:.0f}% client CPU (~{per_cpu_s:,.0f} per client CPU-second; "
-              f"{rounds} control calls, HTTP {statuses})")
-        print(f"malformed: {sum(c.malformed for c in clients)}, reconnects: "
-              f"{sum(c.reconnects for c in clients)}")
+        print(
+            f"notifications: {got} decoded in {wall:.1f} s = {got / wall:,.0f}/s at "
+            f"{cpu:.0f}% client CPU (~{per_cpu_s:,.0f} per client CPU-second; "
+            f"{rounds} control calls, HTTP {statuses})"
+        )
+        print(
+            f"malformed: {sum(c.malformed for c in clients)}, reconnects: "
+            f"{sum(c.reconnects for c in clients)}"
+        )
 
         await asyncio.wait_for(asyncio.gather(*(c.close() for c in clients), warm.close()), 30)
         await asyncio.wait_for(asyncio.gather(*tasks, warm_task), 30)
@@ -216,6 +251,7 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     if args.loop == "uvloop":
         import uvloop
+
         uvloop.run(bench(args))
     else:
         asyncio.run(bench(args))

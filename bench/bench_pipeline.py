@@ -112,18 +112,25 @@ def receiver_main(ready_file: str) -> None:
                 self.accepted_ids.add(eid)
                 obs = data.get("observed_at")
                 booking = data.get("booking") or {}
-                self.trace.append((
-                    now, env["type"], data.get("device_id"), booking.get("id"),
-                    booking.get("meeting_id"),
-                    datetime.fromisoformat(obs).timestamp() if obs else None,
-                ))
+                self.trace.append(
+                    (
+                        now,
+                        env["type"],
+                        data.get("device_id"),
+                        booking.get("id"),
+                        booking.get("meeting_id"),
+                        datetime.fromisoformat(obs).timestamp() if obs else None,
+                    )
+                )
             self._changed.set()
 
         async def _stats(self, request: web.Request) -> web.Response:
             q = request.query
             out: dict[str, Any] = {
-                "requests": self.requests, "accepted": len(self.accepted_ids),
-                "duplicates": self.duplicates, "bad_signatures": self.bad_signatures,
+                "requests": self.requests,
+                "accepted": len(self.accepted_ids),
+                "duplicates": self.duplicates,
+                "bad_signatures": self.bad_signatures,
             }
             if q.get("trace"):
                 out["trace"] = self.trace
@@ -278,11 +285,18 @@ class Bench:
         self.mqtt = args.sink == "mqtt"
         self.rx_name = "subscriber" if self.mqtt else "receiver"
 
-    def spawn(self, argv: list[str], log: str, env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: list[str], log: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         out = open(self.tmp / log, "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, preexec_fn=_child_setup)  # noqa: PLW1509 - before any thread
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_child_setup,
+        )  # noqa: PLW1509 - before any thread
         out.close()
         self.procs.append(proc)
         return proc
@@ -303,9 +317,23 @@ class Bench:
         if self.args.profile and self.agent is not None:
             out = Path(self.args.profile) / f"agent-{phase}.txt"
             self.spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "-p",
-                 str(self.agent.pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_child_setup)  # noqa: PLW1509 - before any thread
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "-p",
+                    str(self.agent.pid),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(out),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=_child_setup,
+            )  # noqa: PLW1509 - before any thread
 
     def profile_stop(self) -> None:
         spy = self.spy
@@ -335,15 +363,17 @@ class Bench:
         deadline = time.monotonic() + 10
         while True:
             if proc.poll() is not None:
-                raise SystemExit(f"mosquitto exited with {proc.returncode}; see "
-                                 f"{self.tmp / 'mosquitto.log'}")
+                raise SystemExit(
+                    f"mosquitto exited with {proc.returncode}; see {self.tmp / 'mosquitto.log'}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", conf.port), timeout=0.2):
                     return conf.port
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"mosquitto not listening on {conf.port} within 10 s"
-                                     ) from None
+                    raise SystemExit(
+                        f"mosquitto not listening on {conf.port} within 10 s"
+                    ) from None
                 await asyncio.sleep(0.02)
 
     async def start(self) -> None:
@@ -352,13 +382,24 @@ class Bench:
         rx_ready = self.tmp / "rx.json"
         if self.mqtt:
             self.broker_port = await self.start_broker()
-            rx = self.spawn([sys.executable, str(Path(__file__).resolve().parent /
-                                                 "_mqtt_subscriber.py"),
-                             "--ready", str(rx_ready), "--port", str(self.broker_port),
-                             "--topic", f"{MQTT_BASE}/devices/+/events"], "receiver.log")
+            rx = self.spawn(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve().parent / "_mqtt_subscriber.py"),
+                    "--ready",
+                    str(rx_ready),
+                    "--port",
+                    str(self.broker_port),
+                    "--topic",
+                    f"{MQTT_BASE}/devices/+/events",
+                ],
+                "receiver.log",
+            )
         else:
-            rx = self.spawn([sys.executable, str(Path(__file__).resolve()), "--receiver-ready",
-                             str(rx_ready)], "receiver.log")
+            rx = self.spawn(
+                [sys.executable, str(Path(__file__).resolve()), "--receiver-ready", str(rx_ready)],
+                "receiver.log",
+            )
         info = await wait_file(rx_ready, rx, f"the {self.rx_name}", 30)
         self.rx = f"http://127.0.0.1:{info['port']}"
         self.rx_pid = info["pid"]
@@ -366,17 +407,41 @@ class Bench:
         base, control = free_port_range(n), free_port()
         sim_ready = self.tmp / "sim.json"
         t0 = time.monotonic()
-        sim = self.spawn([sys.executable, "-m", "device_sim", "--devices", str(n),
-                          "--host", "127.0.0.1", "--port", str(base), "--control-port",
-                          str(control), "--ready-file", str(sim_ready), "--password", PASSWORD,
-                          "--log-level", "WARNING"], "sim.log")
+        sim = self.spawn(
+            [
+                sys.executable,
+                "-m",
+                "device_sim",
+                "--devices",
+                str(n),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(base),
+                "--control-port",
+                str(control),
+                "--ready-file",
+                str(sim_ready),
+                "--password",
+                PASSWORD,
+                "--log-level",
+                "WARNING",
+            ],
+            "sim.log",
+        )
         sim_info = await wait_file(sim_ready, sim, "the simulator", 120)
         self.sim_pid = sim_info["pid"]
         self.ctl = sim_info["control_url"]
-        print(f"simulator: {n} devices on 127.0.0.1:{base}..{base + n - 1} "
-              f"(ready in {time.monotonic() - t0:.1f} s); {self.rx_name} {self.rx}"
-              + (f"; mosquitto 127.0.0.1:{self.broker_port} (max_inflight_messages "
-                 f"{a.broker_inflight})" if self.mqtt else ""))
+        print(
+            f"simulator: {n} devices on 127.0.0.1:{base}..{base + n - 1} "
+            f"(ready in {time.monotonic() - t0:.1f} s); {self.rx_name} {self.rx}"
+            + (
+                f"; mosquitto 127.0.0.1:{self.broker_port} (max_inflight_messages "
+                f"{a.broker_inflight})"
+                if self.mqtt
+                else ""
+            )
+        )
 
         # Bookings, all added before the agent starts (no re-lists from Created/Updated):
         # 40 per device three hours ahead for the flood, and one per device at the top of the
@@ -386,53 +451,92 @@ class Bench:
         first = (sim_now + timedelta(hours=3)).replace(second=0, microsecond=0)
         t0 = time.monotonic()
         for i in range(self.args.flood_bookings):
-            await self.http.post(f"{self.ctl}/devices/all/calendar/add", {
-                "start": utc_z(first + timedelta(minutes=5 * i)), "duration_min": 5,
-                "title": f"Flood {i}", "organizer": "Bench Flood"})
+            await self.http.post(
+                f"{self.ctl}/devices/all/calendar/add",
+                {
+                    "start": utc_z(first + timedelta(minutes=5 * i)),
+                    "duration_min": 5,
+                    "title": f"Flood {i}",
+                    "organizer": "Bench Flood",
+                },
+            )
         self.burst_at = (sim_now + timedelta(minutes=10)).replace(
-            minute=0, second=0, microsecond=0) + timedelta(hours=1)
+            minute=0, second=0, microsecond=0
+        ) + timedelta(hours=1)
         self.burst_meeting = "burst-" + self.burst_at.strftime("%Y%m%dT%H%M")
         if not a.skip_burst:
-            await self.http.post(f"{self.ctl}/devices/all/calendar/add", {
-                "start": utc_z(self.burst_at), "duration_min": 30, "title": "All hands",
-                "organizer": "Bench Burst", "meeting_id": self.burst_meeting})
-        print(f"bookings: {self.args.flood_bookings} per device for the flood"
-              + ("" if a.skip_burst else f", 1 per device at {utc_z(self.burst_at)}")
-              + f" ({time.monotonic() - t0:.1f} s)")
+            await self.http.post(
+                f"{self.ctl}/devices/all/calendar/add",
+                {
+                    "start": utc_z(self.burst_at),
+                    "duration_min": 30,
+                    "title": "All hands",
+                    "organizer": "Bench Burst",
+                    "meeting_id": self.burst_meeting,
+                },
+            )
+        print(
+            f"bookings: {self.args.flood_bookings} per device for the flood"
+            + ("" if a.skip_burst else f", 1 per device at {utc_z(self.burst_at)}")
+            + f" ({time.monotonic() - t0:.1f} s)"
+        )
 
         api_port = free_port()
         self.api = f"http://127.0.0.1:{api_port}"
         cfg = self.tmp / "agent.toml"
         lines = [
             'site = "bench"',
-            "[store]", f'path = "{self.tmp / "agent.db"}"', 'synchronous = "normal"',
-            "[defaults]", 'username = "admin"', 'password_env = "BENCH_DEVICE_PASSWORD"',
+            "[store]",
+            f'path = "{self.tmp / "agent.db"}"',
+            'synchronous = "normal"',
+            "[defaults]",
+            'username = "admin"',
+            'password_env = "BENCH_DEVICE_PASSWORD"',
             'time_zone = "UTC"',
-            *(["[mqtt]", f'url = "mqtt://127.0.0.1:{self.broker_port}"',
-               f'protocol = "{a.mqtt_protocol}"']
-              if self.mqtt else
-              ["[webhook]", f'url = "{self.rx}/hook"', 'secret_env = "BENCH_WEBHOOK_SECRET"',
-               f"batch_max = {a.batch_max}", f"max_in_flight = {a.max_in_flight}",
-               'engine = "aiohttp"']),
-            "[api]", f'listen = "127.0.0.1:{api_port}"',
-            "[log]", 'level = "warning"',
+            *(
+                [
+                    "[mqtt]",
+                    f'url = "mqtt://127.0.0.1:{self.broker_port}"',
+                    f'protocol = "{a.mqtt_protocol}"',
+                ]
+                if self.mqtt
+                else [
+                    "[webhook]",
+                    f'url = "{self.rx}/hook"',
+                    'secret_env = "BENCH_WEBHOOK_SECRET"',
+                    f"batch_max = {a.batch_max}",
+                    f"max_in_flight = {a.max_in_flight}",
+                    'engine = "aiohttp"',
+                ]
+            ),
+            "[api]",
+            f'listen = "127.0.0.1:{api_port}"',
+            "[log]",
+            'level = "warning"',
         ]
         for d in sim_info["devices"]:
-            lines += ["[[devices]]", f'id = "{d["id"]}"', f'url = "{d["url"]}"',
-                      f'fingerprint = "{sim_info["cert_sha256"]}"']
+            lines += [
+                "[[devices]]",
+                f'id = "{d["id"]}"',
+                f'url = "{d["url"]}"',
+                f'fingerprint = "{sim_info["cert_sha256"]}"',
+            ]
         cfg.write_text("\n".join(lines) + "\n")
 
         t0 = time.monotonic()
         self.agent = self.spawn(
-            [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)], "agent.log",
-            env={"BENCH_DEVICE_PASSWORD": PASSWORD, "BENCH_WEBHOOK_SECRET": SECRET})
+            [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)],
+            "agent.log",
+            env={"BENCH_DEVICE_PASSWORD": PASSWORD, "BENCH_WEBHOOK_SECRET": SECRET},
+        )
         self.profile("connect")
         deadline = t0 + 120
         connected = 0
         while True:
             if self.agent.poll() is not None:
-                raise SystemExit(f"the agent exited ({self.agent.returncode}); see "
-                                 f"{self.tmp / 'agent.log'}")
+                raise SystemExit(
+                    f"the agent exited ({self.agent.returncode}); see {self.tmp / 'agent.log'}"
+                )
             with contextlib.suppress(Exception):
                 devs = (await self.http.get(f"{self.api}/v1/devices"))["devices"]
                 connected = sum(1 for d in devs if d.get("connected"))
@@ -447,19 +551,28 @@ class Bench:
         left = await self.drain_outbox(30)
         t_all = time.monotonic() - t0
         if left:
-            print(f"WARNING: {left} connect events still in the agent's outbox after 30 s "
-                  "(the drainer is not delivering them)")
+            print(
+                f"WARNING: {left} connect events still in the agent's outbox after 30 s "
+                "(the drainer is not delivering them)"
+            )
         accepted = (await self.http.get(f"{self.rx}/stats"))["accepted"]
         await self.rx_trace()  # drop the connect events from the trace
         await asyncio.sleep(2)
         rss = rss_mib(self.agent.pid)
-        print(f"agent: {n}/{n} devices connected in {t_conn:.1f} s (CLI start included); "
-              f"connect events delivered at {t_all:.1f} s ({accepted} events); "
-              f"RSS {rss:.1f} MiB")
-        self.rows.append((f"agent RSS, {n} devices connected", f"{rss:.0f} MiB",
-                          "< 150 MB" if n >= 1000 else "-",
-                          "yes" if rss < 150 else "NO",
-                          f"{a.flood_bookings + int(not a.skip_burst)} bookings/device in window"))
+        print(
+            f"agent: {n}/{n} devices connected in {t_conn:.1f} s (CLI start included); "
+            f"connect events delivered at {t_all:.1f} s ({accepted} events); "
+            f"RSS {rss:.1f} MiB"
+        )
+        self.rows.append(
+            (
+                f"agent RSS, {n} devices connected",
+                f"{rss:.0f} MiB",
+                "< 150 MB" if n >= 1000 else "-",
+                "yes" if rss < 150 else "NO",
+                f"{a.flood_bookings + int(not a.skip_burst)} bookings/device in window",
+            )
+        )
 
     async def drain_outbox(self, limit: float) -> int:
         deadline = time.monotonic() + limit
@@ -477,9 +590,17 @@ class Bench:
 
     async def flood(self, total_rate: float, seconds: float, trace: bool) -> dict[str, Any]:
         n = self.args.devices
-        return dict(await self.http.post(f"{self.ctl}/devices/all/flood", {
-            "rate": total_rate / n, "duration_s": seconds, "bookings": self.args.flood_bookings,
-            "trace": trace}))
+        return dict(
+            await self.http.post(
+                f"{self.ctl}/devices/all/flood",
+                {
+                    "rate": total_rate / n,
+                    "duration_s": seconds,
+                    "bookings": self.args.flood_bookings,
+                    "trace": trace,
+                },
+            )
+        )
 
     # ---- phases ---------------------------------------------------------------------------
 
@@ -516,23 +637,41 @@ class Bench:
         missing = sum(len(q) for q in emitted.values())
         ms = 1000.0
         r = self.rx_name
-        print(f"latency at {a.latency_rate:.0f} events/s for {a.latency_s:.0f} s: "
-              f"{len(sim)} emitted, {len(e2e)} matched at the {r}, {missing} missing")
-        print(f"  device -> {r} (sim emission -> arrival): p50 {pct(e2e, .5) * ms:.1f} ms, "
-              f"p99 {pct(e2e, .99) * ms:.1f} ms, max {max(e2e, default=0) * ms:.1f} ms")
-        print(f"  agent -> {r} (observed_at -> arrival):   p50 "
-              f"{pct(agent_leg, .5) * ms:.1f} ms, p99 {pct(agent_leg, .99) * ms:.1f} ms")
-        print(f"  device -> agent (sim emission -> observed_at): p50 "
-              f"{pct(device_leg, .5) * ms:.1f} ms, p99 {pct(device_leg, .99) * ms:.1f} ms")
-        p99 = pct(e2e, .99) * ms
-        self.rows.append((f"p99 device -> {r} at {a.latency_rate:.0f}/s",
-                          f"{p99:.1f} ms (p50 {pct(e2e, .5) * ms:.1f})", "< 100 ms",
-                          "yes" if p99 < 100 and missing == 0 else "NO",
-                          f"device->agent p99 {pct(device_leg, .99) * ms:.0f} ms"))
-        self.rows.append((f"p99 agent observed_at -> {r}",
-                          f"{pct(agent_leg, .99) * ms:.1f} ms (p50 {pct(agent_leg, .5) * ms:.1f})",
-                          "-", "-", "agent store commit + drainer + "
-                          + ("PUBLISH + broker" if self.mqtt else "HTTP")))
+        print(
+            f"latency at {a.latency_rate:.0f} events/s for {a.latency_s:.0f} s: "
+            f"{len(sim)} emitted, {len(e2e)} matched at the {r}, {missing} missing"
+        )
+        print(
+            f"  device -> {r} (sim emission -> arrival): p50 {pct(e2e, 0.5) * ms:.1f} ms, "
+            f"p99 {pct(e2e, 0.99) * ms:.1f} ms, max {max(e2e, default=0) * ms:.1f} ms"
+        )
+        print(
+            f"  agent -> {r} (observed_at -> arrival):   p50 "
+            f"{pct(agent_leg, 0.5) * ms:.1f} ms, p99 {pct(agent_leg, 0.99) * ms:.1f} ms"
+        )
+        print(
+            f"  device -> agent (sim emission -> observed_at): p50 "
+            f"{pct(device_leg, 0.5) * ms:.1f} ms, p99 {pct(device_leg, 0.99) * ms:.1f} ms"
+        )
+        p99 = pct(e2e, 0.99) * ms
+        self.rows.append(
+            (
+                f"p99 device -> {r} at {a.latency_rate:.0f}/s",
+                f"{p99:.1f} ms (p50 {pct(e2e, 0.5) * ms:.1f})",
+                "< 100 ms",
+                "yes" if p99 < 100 and missing == 0 else "NO",
+                f"device->agent p99 {pct(device_leg, 0.99) * ms:.0f} ms",
+            )
+        )
+        self.rows.append(
+            (
+                f"p99 agent observed_at -> {r}",
+                f"{pct(agent_leg, 0.99) * ms:.1f} ms (p50 {pct(agent_leg, 0.5) * ms:.1f})",
+                "-",
+                "-",
+                "agent store commit + drainer + " + ("PUBLISH + broker" if self.mqtt else "HTTP"),
+            )
+        )
 
     async def sustained(self) -> None:
         a = self.args
@@ -549,7 +688,7 @@ class Bench:
         await asyncio.sleep(a.duration)
         cpu1 = {k: cpu_s(p) for k, p in pids.items()}
         w1 = time.time()
-        depth_at_end = (await self.drain_outbox(0.01))
+        depth_at_end = await self.drain_outbox(0.01)
         left = await self.drain_outbox(30)
         arrivals = await self.rx_trace()
         rx_stats = await self.http.get(f"{self.rx}/stats")
@@ -563,24 +702,37 @@ class Bench:
         med = statistics.median(steady) if steady else 0
         low = min(steady) if steady else 0
         last = max((arr for arr, *_ in arrivals), default=w1)
-        print(f"sustained: {a.rate:.0f} events/s offered by {a.devices} devices for "
-              f"{a.duration:.0f} s ({a.rate / a.devices:.2f}/s each)")
-        print(f"  accepted at the {self.rx_name}: {in_window / (w1 - w0):.0f} events/s over the "
-              f"flood window; per second (after 2 s) median {med:.0f}, min {low:.0f}, "
-              f"max {max(steady, default=0):.0f}")
-        print(f"  outbox depth when the flood ended: {depth_at_end}; drained "
-              f"{last - w1:+.1f} s after it ({'all' if left == 0 else f'{left} left'}); "
-              f"{after_rx - before_rx} distinct events in total; duplicates dropped by "
-              f"event_id since the start: {rx_stats['duplicates']}")
-        print("  CPU over the flood (100% = one core): "
-              + ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items())
-              + f"; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"sustained: {a.rate:.0f} events/s offered by {a.devices} devices for "
+            f"{a.duration:.0f} s ({a.rate / a.devices:.2f}/s each)"
+        )
+        print(
+            f"  accepted at the {self.rx_name}: {in_window / (w1 - w0):.0f} events/s over the "
+            f"flood window; per second (after 2 s) median {med:.0f}, min {low:.0f}, "
+            f"max {max(steady, default=0):.0f}"
+        )
+        print(
+            f"  outbox depth when the flood ended: {depth_at_end}; drained "
+            f"{last - w1:+.1f} s after it ({'all' if left == 0 else f'{left} left'}); "
+            f"{after_rx - before_rx} distinct events in total; duplicates dropped by "
+            f"event_id since the start: {rx_stats['duplicates']}"
+        )
+        print(
+            "  CPU over the flood (100% = one core): "
+            + ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items())
+            + f"; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        )
         goal = 3000 if self.mqtt else 2000
-        self.rows.append((f"sustained events/s, {a.devices} devices",
-                          f"{avg:.0f}/s (median/s {med:.0f}, min {low:.0f})", f">= {goal:,}",
-                          "yes" if avg >= goal else "NO",
-                          f"agent CPU {cpu['agent']:.0f}% of 1 core"
-                          + (" (saturated)" if cpu["agent"] >= 90 else "")))
+        self.rows.append(
+            (
+                f"sustained events/s, {a.devices} devices",
+                f"{avg:.0f}/s (median/s {med:.0f}, min {low:.0f})",
+                f">= {goal:,}",
+                "yes" if avg >= goal else "NO",
+                f"agent CPU {cpu['agent']:.0f}% of 1 core"
+                + (" (saturated)" if cpu["agent"] >= 90 else ""),
+            )
+        )
         self.sustained_cpu = cpu
 
     async def burst(self) -> None:
@@ -600,9 +752,12 @@ class Bench:
         clock = await self.http.get(f"{self.ctl}/clock")
         t_b = time.time()
         crossing = (t_a + t_b) / 2 + (self.burst_at.timestamp() - float(clock["unix"])) / float(
-            clock["speed"])
-        print(f"burst: simulator clock {BURST_LEAD_S:.0f} s before the minute (read within "
-              f"{(t_b - t_a) * 1000:.1f} ms)")
+            clock["speed"]
+        )
+        print(
+            f"burst: simulator clock {BURST_LEAD_S:.0f} s before the minute (read within "
+            f"{(t_b - t_a) * 1000:.1f} ms)"
+        )
         self.profile("burst")
         cpu0, w0 = cpu_s(self.agent.pid), time.time()
         started: dict[str, float] = {}
@@ -615,20 +770,33 @@ class Bench:
         cpu = (cpu_s(self.agent.pid) - cpu0) / (time.time() - w0) * 100
         times = sorted(t - crossing for t in started.values())
         last = times[-1] if times else float("nan")
-        print(f"burst at {utc_z(self.burst_at)}: {len(started)}/{n} booking.started delivered; "
-              f"after the simulator clock reached it: first {times[0] if times else 0:.2f} s, "
-              f"median {pct(times, .5):.2f} s, last {last:.2f} s (agent CPU {cpu:.0f}%)")
-        self.rows.append((f"top-of-hour burst, {n} devices",
-                          f"{last:.2f} s ({len(started)}/{n})", "<= 3 s",
-                          "yes" if len(started) == n and last <= 3 else "NO",
-                          f"{2 * n} events (start + availability)"))
+        print(
+            f"burst at {utc_z(self.burst_at)}: {len(started)}/{n} booking.started delivered; "
+            f"after the simulator clock reached it: first {times[0] if times else 0:.2f} s, "
+            f"median {pct(times, 0.5):.2f} s, last {last:.2f} s (agent CPU {cpu:.0f}%)"
+        )
+        self.rows.append(
+            (
+                f"top-of-hour burst, {n} devices",
+                f"{last:.2f} s ({len(started)}/{n})",
+                "<= 3 s",
+                "yes" if len(started) == n and last <= 3 else "NO",
+                f"{2 * n} events (start + availability)",
+            )
+        )
         await asyncio.sleep(2)
         rss = rss_mib(self.agent.pid)
         bookings = f"{self.args.flood_bookings + 1} bookings/device in window"
         print(f"agent RSS after the burst: {rss:.1f} MiB")
-        self.rows.append(("agent RSS after the burst", f"{rss:.0f} MiB",
-                          "< 150 MB" if n >= 1000 else "-", "yes" if rss < 150 else "NO",
-                          bookings))
+        self.rows.append(
+            (
+                "agent RSS after the burst",
+                f"{rss:.0f} MiB",
+                "< 150 MB" if n >= 1000 else "-",
+                "yes" if rss < 150 else "NO",
+                bookings,
+            )
+        )
 
     def table(self) -> None:
         print()
@@ -675,8 +843,12 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sink", choices=["webhook", "mqtt"], default="webhook",
-                    help="the agent's one sink: a webhook receiver, or mosquitto + a subscriber")
+    ap.add_argument(
+        "--sink",
+        choices=["webhook", "mqtt"],
+        default="webhook",
+        help="the agent's one sink: a webhook receiver, or mosquitto + a subscriber",
+    )
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--duration", type=float, default=25.0, help="sustained phase, s")
     ap.add_argument("--rate", type=float, default=3000.0, help="sustained offered events/s")
@@ -684,20 +856,35 @@ def main() -> None:
     ap.add_argument("--latency-s", type=float, default=10.0)
     ap.add_argument("--batch-max", type=int, default=20, help="[webhook] batch_max")
     ap.add_argument("--max-in-flight", type=int, default=8, help="[webhook] max_in_flight")
-    ap.add_argument("--flood-bookings", type=int, default=0,
-                    help="bookings per device to cycle through (default: enough that no event "
-                    "repeats within the agent's 5 s duplicate horizon: 12 at <= 3.6 events/s "
-                    "per device, up to 40, where 80 > the agent's 64 remembered events)")
-    ap.add_argument("--mqtt-protocol", choices=["3.1.1", "5"], default="5",
-                    help="[mqtt] protocol (the agent's default: 5)")
-    ap.add_argument("--broker-inflight", type=int, default=52,
-                    help="mosquitto max_inflight_messages (MQTT 5: the Receive Maximum the "
-                    "agent gets; it keeps 2 spare, so 52 lets its 50-publish window run)")
+    ap.add_argument(
+        "--flood-bookings",
+        type=int,
+        default=0,
+        help="bookings per device to cycle through (default: enough that no event "
+        "repeats within the agent's 5 s duplicate horizon: 12 at <= 3.6 events/s "
+        "per device, up to 40, where 80 > the agent's 64 remembered events)",
+    )
+    ap.add_argument(
+        "--mqtt-protocol",
+        choices=["3.1.1", "5"],
+        default="5",
+        help="[mqtt] protocol (the agent's default: 5)",
+    )
+    ap.add_argument(
+        "--broker-inflight",
+        type=int,
+        default=52,
+        help="mosquitto max_inflight_messages (MQTT 5: the Receive Maximum the "
+        "agent gets; it keeps 2 spare, so 52 lets its 50-publish window run)",
+    )
     ap.add_argument("--skip-burst", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--time-limit", type=float, default=300.0, help="whole run, s")
-    ap.add_argument("--profile", metavar="DIR",
-                    help="py-spy the agent (collapsed stacks per phase, needs py-spy in the venv)")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the agent (collapsed stacks per phase, needs py-spy in the venv)",
+    )
     ap.add_argument("--keep-logs", metavar="DIR", help="copy the processes' logs here")
     ap.add_argument("--receiver-ready", help=argparse.SUPPRESS)
     args = ap.parse_args()

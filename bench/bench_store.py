@@ -32,12 +32,19 @@ async def case(path: Path, per_change: int, devices: int, seconds: float, sync: 
         n = 0
         while time.monotonic() < stop:
             events = [
-                {"type": "booking.created", "data": {"event_id": f"{path.name}-{d}-{n}-{k}",
-                                                     "device_id": f"room-{d}", **body}}
+                {
+                    "type": "booking.created",
+                    "data": {
+                        "event_id": f"{path.name}-{d}-{n}-{k}",
+                        "device_id": f"room-{d}",
+                        **body,
+                    },
+                }
                 for k in range(per_change)
             ]
-            await store.commit(Change(f"room-{d}", window_upsert={f"b{n % 20}": body},
-                                      events=events))
+            await store.commit(
+                Change(f"room-{d}", window_upsert={f"b{n % 20}": body}, events=events)
+            )
             commits += 1
             n += 1
 
@@ -45,8 +52,10 @@ async def case(path: Path, per_change: int, devices: int, seconds: float, sync: 
     await asyncio.gather(*(device(d) for d in range(devices)))
     dt = time.monotonic() - t0
     await store.close()
-    print(f"synchronous={sync:6} events/change={per_change:3}  devices={devices}  "
-          f"{commits / dt:8.0f} commits/s  {commits * per_change / dt:8.0f} events/s")
+    print(
+        f"synchronous={sync:6} events/change={per_change:3}  devices={devices}  "
+        f"{commits / dt:8.0f} commits/s  {commits * per_change / dt:8.0f} events/s"
+    )
 
 
 async def main() -> None:

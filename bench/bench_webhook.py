@@ -38,35 +38,57 @@ DEVICES = 100
 
 def envelope(device: str, n: int, tag: str) -> dict[str, Any]:
     now = utc_iso(datetime.now(UTC))
-    return {"type": "booking.created", "timestamp": now,
-            "data": {"event_id": f"{tag}-{device}-{n}", "site": "hq", "device_id": device,
-                     "booking": {"id": str(n), "title": "Weekly sync", "start": now,
-                                 "end": now, "organizer": {"name": "A", "email": "a@x"}},
-                     "xevent": "Bookings.BookingCreated", "observed_at": now}}
+    return {
+        "type": "booking.created",
+        "timestamp": now,
+        "data": {
+            "event_id": f"{tag}-{device}-{n}",
+            "site": "hq",
+            "device_id": device,
+            "booking": {
+                "id": str(n),
+                "title": "Weekly sync",
+                "start": now,
+                "end": now,
+                "organizer": {"name": "A", "email": "a@x"},
+            },
+            "xevent": "Bookings.BookingCreated",
+            "observed_at": now,
+        },
+    }
 
 
 def rx_get(port: int, path: str, post: bool = False) -> Any:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                 method="POST" if post else "GET")
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if post else "GET")
     with urllib.request.urlopen(req, timeout=5) as r:
         return json.loads(r.read())
 
 
 def make_sink(url: str, batch_max: int, in_flight: int, transport: str) -> WebhookSink:
-    return WebhookSink(url, [SECRET], batch_max=batch_max, max_connections=in_flight,
-                       engine=transport)  # type: ignore[arg-type]
+    return WebhookSink(
+        url, [SECRET], batch_max=batch_max, max_connections=in_flight, engine=transport
+    )  # type: ignore[arg-type]
 
 
-async def throughput(tmp: Path, port: int, events: int, batch_max: int, in_flight: int,
-                     transport: str, limit_s: float) -> None:
+async def throughput(
+    tmp: Path,
+    port: int,
+    events: int,
+    batch_max: int,
+    in_flight: int,
+    transport: str,
+    limit_s: float,
+) -> None:
     tag = f"t{batch_max}-{in_flight}-{time.monotonic_ns()}"
     store = await Store.open(tmp / f"{tag}.db")
     per = events // DEVICES
     for n in range(per):
-        await asyncio.gather(*(
-            store.commit(Change(f"room-{d}", events=[envelope(f"room-{d}", n, tag)]))
-            for d in range(DEVICES)
-        ))
+        await asyncio.gather(
+            *(
+                store.commit(Change(f"room-{d}", events=[envelope(f"room-{d}", n, tag)]))
+                for d in range(DEVICES)
+            )
+        )
     sink = make_sink(f"http://127.0.0.1:{port}/hook", batch_max, in_flight, transport)
     drainer = Drainer(store, sink, max_in_flight=in_flight)
     total = per * DEVICES
@@ -83,8 +105,10 @@ async def throughput(tmp: Path, port: int, events: int, batch_max: int, in_fligh
         pass
     await sink.close()
     await store.close()
-    print(f"{transport:7} batch_max={batch_max:3} in_flight={in_flight:2}  "
-          f"{done / dt:8.0f} events/s  ({done}/{total} in {dt:.1f} s)")
+    print(
+        f"{transport:7} batch_max={batch_max:3} in_flight={in_flight:2}  "
+        f"{done / dt:8.0f} events/s  ({done}/{total} in {dt:.1f} s)"
+    )
 
 
 async def latency(tmp: Path, port: int, rate: float, seconds: float, transport: str) -> None:
@@ -112,9 +136,11 @@ async def latency(tmp: Path, port: int, rate: float, seconds: float, transport: 
         pass
     await sink.close()
     await store.close()
-    print(f"{transport:7} latency at {rate:.0f} events/s for {seconds:.0f} s (batch_max=1, "
-          f"in_flight=8): p50 {st['p50'] * 1000:.1f} ms, p99 {st['p99'] * 1000:.1f} ms, "
-          f"delivered {drainer.stats().delivered}/{n}")
+    print(
+        f"{transport:7} latency at {rate:.0f} events/s for {seconds:.0f} s (batch_max=1, "
+        f"in_flight=8): p50 {st['p50'] * 1000:.1f} ms, p99 {st['p99'] * 1000:.1f} ms, "
+        f"delivered {drainer.stats().delivered}/{n}"
+    )
 
 
 async def main() -> None:
@@ -125,9 +151,9 @@ async def main() -> None:
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the loop is busy
-        [sys.executable, str(ROOT / "tests" / "receivers.py"), "--port", "0",
-         "--secret", SECRET],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, str(ROOT / "tests" / "receivers.py"), "--port", "0", "--secret", SECRET],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -142,8 +168,9 @@ async def main() -> None:
             tmp = Path(t)
             for batch_max in (1, 20):
                 for in_flight in (1, 4, 8, 16):
-                    await throughput(tmp, port, args.events, batch_max, in_flight,
-                                     args.transport, args.limit_s)
+                    await throughput(
+                        tmp, port, args.events, batch_max, in_flight, args.transport, args.limit_s
+                    )
             await latency(tmp, port, 200.0, 5.0, args.transport)
     finally:
         proc.terminate()

@@ -113,7 +113,9 @@ def _fault(device: Device, name: str, body: dict[str, Any]) -> Any:
         )
     if name == "slow":
         duration = body.get("duration_s")
-        return f.slow(float(body.get("delay_ms", 500)), None if duration is None else float(duration))
+        return f.slow(
+            float(body.get("delay_ms", 500)), None if duration is None else float(duration)
+        )
     if name == "clear":
         return f.clear()
     raise web.HTTPNotFound(text=f'{{"error": "no fault {name}"}}', content_type="application/json")

@@ -320,7 +320,9 @@ class DeviceCore:
         pattern = self._path_param(params, "Query")
         roots = {r.lower(): r for r in ROOTS}
         if pattern[0].lower() not in roots:
-            raise RpcError(rpc.INVALID_PARAMS, "Query must start with Status, Configuration or Event")
+            raise RpcError(
+                rpc.INVALID_PARAMS, "Query must start with Status, Configuration or Event"
+            )
         pattern = (roots[pattern[0].lower()], *pattern[1:])
         if pattern[0] == "Configuration" and session.role != ADMIN:
             raise RpcError(rpc.PERMISSION_DENIED, "the Admin role is needed for configuration")
@@ -460,7 +462,9 @@ class DeviceCore:
         if not any(k in args for k in ("OrganizerName", "OrganizerEmail", "OrganizerId")):
             return None
         return Organizer.from_name(
-            args.get("OrganizerName", ""), args.get("OrganizerEmail", ""), args.get("OrganizerId", "")
+            args.get("OrganizerName", ""),
+            args.get("OrganizerEmail", ""),
+            args.get("OrganizerId", ""),
         )
 
     @staticmethod
@@ -545,4 +549,3 @@ class DeviceCore:
             self.calendar.last_updated = now
             self._watched = self._watched_status(now)
         self.flush(now)
-

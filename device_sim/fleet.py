@@ -164,7 +164,11 @@ class DeviceFleet:
             self.devices.append(device)
         for spec in cfg.faults:
             apply_fault_spec(self, spec)
-        log.info("device-sim: %d devices listening from %s", len(self.devices), self.devices[0].url if self.devices else "-")
+        log.info(
+            "device-sim: %d devices listening from %s",
+            len(self.devices),
+            self.devices[0].url if self.devices else "-",
+        )
 
     def _scheduling(self, core: DeviceCore) -> Callable[[datetime | None], None]:
         def on_due(due: datetime | None) -> None:

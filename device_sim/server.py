@@ -75,7 +75,9 @@ def malformed_frame(kind: str) -> str | bytes:
         return '{"hello":"this is JSON but not JSON-RPC","list":[1,2,3]}'
     if kind == "unknown_subscription":
         params = {"Id": 987654, "Event": {"Bookings": {"Updated": {}}}}
-        return orjson.dumps({"jsonrpc": "2.0", "method": "xFeedback/Event", "params": params}).decode()
+        return orjson.dumps(
+            {"jsonrpc": "2.0", "method": "xFeedback/Event", "params": params}
+        ).decode()
     if kind == "binary":
         return b"\x00\x01\x02binary frame from the device\xff"
     raise ValueError(f"unknown malformed kind {kind!r} (one of {', '.join(MALFORMED_KINDS)})")
@@ -293,7 +295,9 @@ class DeviceCalendar:
     def move(self, booking_id: str, start: datetime, duration_min: int | None = None) -> Booking:
         """The organizer moves a booking: BookingMoved, Updated."""
         now = self._device.clock.now()
-        booking = self._core.calendar.move(now, str(booking_id), start.replace(microsecond=0), duration_min)
+        booking = self._core.calendar.move(
+            now, str(booking_id), start.replace(microsecond=0), duration_min
+        )
         self._core.flush(now)
         return booking
 
@@ -410,7 +414,9 @@ class Device:
         if faults.state.rate_limited_until > asyncio.get_running_loop().time():
             return self._answer(ws, HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections")
         while faults.is_silent():
-            await asyncio.sleep(max(0.01, faults.state.silent_until - asyncio.get_running_loop().time()))
+            await asyncio.sleep(
+                max(0.01, faults.state.silent_until - asyncio.get_running_loop().time())
+            )
         if self.http and self.core.config["NetworkServices"]["HTTP"]["Mode"] == "HTTPS":
             return self._answer(ws, HTTPStatus.UNAUTHORIZED, "HTTPS only")
         if self.role_of(request) is None:
@@ -427,9 +433,7 @@ class Device:
         return known[1]
 
     @staticmethod
-    def _select_subprotocol(
-        ws: ServerConnection, subprotocols: Any
-    ) -> Subprotocol | None:
+    def _select_subprotocol(ws: ServerConnection, subprotocols: Any) -> Subprotocol | None:
         for proto in subprotocols:
             if proto.startswith("auth-"):
                 return Subprotocol(proto)  # the device echoes the auth subprotocol (jsxapi)
@@ -493,7 +497,9 @@ class Device:
                 every = faults.state.malformed_every
                 if every > 0 and link.frames_sent % every == 0:
                     kind = faults.state.malformed_kind
-                    kind = kind or MALFORMED_KINDS[(link.frames_sent // every) % len(MALFORMED_KINDS)]
+                    kind = (
+                        kind or MALFORMED_KINDS[(link.frames_sent // every) % len(MALFORMED_KINDS)]
+                    )
                     await ws.send(malformed_frame(kind))
         except ConnectionClosed:
             pass
@@ -516,7 +522,12 @@ class Device:
         self.core.ready = False
         for link in list(self.links):
             link.abort()
-        log.info("device %s: rebooting (down %.1fs, not ready %.1fs)", self.device_id, down_s, not_ready_s)
+        log.info(
+            "device %s: rebooting (down %.1fs, not ready %.1fs)",
+            self.device_id,
+            down_s,
+            not_ready_s,
+        )
         try:
             await asyncio.sleep(down_s)
             self.faults.state.down = False

@@ -439,7 +439,6 @@ class Agent:
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
         sdnotify.ready()
 
-
     async def _forget(self, device_id: str) -> None:
         """A device left the configuration: drop its window, pending requests and state (its
         undelivered events are still delivered) and its per-device metric series."""

@@ -210,7 +210,9 @@ def _bad(reason: str) -> web.HTTPBadRequest:
 async def _selection(request: web.Request) -> tuple[list[int] | None, str | None, bool]:
     """``(ids, sink, all)`` from a dead-letter POST body; 415 / 400 when malformed."""
     if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(reason="send a JSON body (Content-Type: application/json)")
+        raise web.HTTPUnsupportedMediaType(
+            reason="send a JSON body (Content-Type: application/json)"
+        )
     raw = await request.read()
     try:
         body = jsoncodec.loads(raw) if raw.strip() else {}
@@ -394,8 +396,7 @@ class LocalApi:
     async def _replay(self, request: web.Request) -> web.Response:
         ids, sink, _ = await _selection(request)
         n = await self._store().replay_dead_letters(ids, sink=sink)
-        log.info("dead letters replayed through the local API", replayed=n, sink=sink,
-                 ids=ids)
+        log.info("dead letters replayed through the local API", replayed=n, sink=sink, ids=ids)
         return _json({"replayed": n})
 
     async def _purge(self, request: web.Request) -> web.Response:

@@ -754,8 +754,10 @@ def _dead_letter_via_api(
     if resp.status_code != 200 or not isinstance(answer, dict):
         error = answer.get("error") if isinstance(answer, dict) else None
         hint = " (an agent older than this command? restart it)" if resp.status_code == 404 else ""
-        _err(f"edge-agent: {url}{route} answered HTTP {resp.status_code}: {error or resp.text}"
-             + hint)
+        _err(
+            f"edge-agent: {url}{route} answered HTTP {resp.status_code}: {error or resp.text}"
+            + hint
+        )
         raise _Exit(EX_FAIL)
     return int(answer["replayed" if args.dl_command == "replay" else "purged"])
 

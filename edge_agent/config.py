@@ -828,4 +828,3 @@ def device_settings(cfg: AgentConfig, secrets: Secrets) -> list[DeviceSettings]:
             )
         )
     return out
-

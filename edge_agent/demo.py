@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -197,7 +197,9 @@ def _free_port() -> int:
 async def _mosquitto(workdir: Path) -> AsyncIterator[str]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not os.path.exists(binary):
-        raise SystemExit("edge-agent demo --mqtt: mosquitto is not installed (make demo installs it)")
+        raise SystemExit(
+            "edge-agent demo --mqtt: mosquitto is not installed (make demo installs it)"
+        )
     port = _free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
@@ -309,9 +311,7 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             await asyncio.sleep(2.0)  # the last deliveries
             stats = await agent.sample()
             pending = len(await agent.store.load_pending()) if agent.store else 0
-            late = (
-                await _late_mqtt_view(mqtt_url, cfg.mqtt_base_topic) if mqtt_url else None
-            )
+            late = await _late_mqtt_view(mqtt_url, cfg.mqtt_base_topic) if mqtt_url else None
             agent.request_stop()
             await agent_task
             return _summary(fleet, receiver, printer, stats, pending, late, out)
@@ -392,7 +392,12 @@ def _summary(
         produced_total += n
         extra = f"  ({reconciled[etype]} reconciled)" if reconciled.get(etype) else ""
         print(f"{xevent:<32}{n:>9}   {etype:<28}{delivered.get(etype, 0):>9}{extra}", file=out)
-    for etype in ("bookings.snapshot", "device.online", "device.offline", "booking.request_expired"):
+    for etype in (
+        "bookings.snapshot",
+        "device.online",
+        "device.offline",
+        "booking.request_expired",
+    ):
         print(f"{'(agent)':<32}{'':>9}   {etype:<28}{delivered.get(etype, 0):>9}", file=out)
     lat = printer.latencies
     dead = int(stats.get("dead_letters", 0)) if stats else 0

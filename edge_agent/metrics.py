@@ -27,7 +27,9 @@ DEVICE_ERRORS = Counter(
     registry=REGISTRY,
 )
 EVENTS = Counter(
-    "edge_agent_events", "Events committed to the outbox, by envelope type", ["type"],
+    "edge_agent_events",
+    "Events committed to the outbox, by envelope type",
+    ["type"],
     registry=REGISTRY,
 )
 OUTBOX_DEPTH = Gauge(
@@ -40,7 +42,8 @@ OUTBOX_OLDEST_AGE = Gauge(
     registry=REGISTRY,
 )
 OUTBOX_DROPPED = Counter(
-    "edge_agent_outbox_overflow", "Events moved to the dead letter because the outbox was full",
+    "edge_agent_outbox_overflow",
+    "Events moved to the dead letter because the outbox was full",
     registry=REGISTRY,
 )
 DELIVERIES = Counter(
@@ -65,6 +68,4 @@ DELIVERY_LATENCY = Histogram(
 PENDING_REQUESTS = Gauge(
     "edge_agent_pending_requests", "Booking requests awaiting a meeting ID", registry=REGISTRY
 )
-DEAD_LETTERS = Gauge(
-    "edge_agent_dead_letters", "Events in the dead letter", registry=REGISTRY
-)
+DEAD_LETTERS = Gauge("edge_agent_dead_letters", "Events in the dead letter", registry=REGISTRY)

@@ -295,9 +295,7 @@ class DeviceSession:
                 time_zone=self.settings.time_zone,
             )
         try:
-            raw = await client.get(
-                ["Configuration", "Bookings", "AdhocBooking", "BookingTimeout"]
-            )
+            raw = await client.get(["Configuration", "Bookings", "AdhocBooking", "BookingTimeout"])
             timeout = int(raw)
         except ConnectionLost:
             raise
@@ -476,15 +474,17 @@ class DeviceSession:
             until_wakeup = (self.state.next_wakeup(now) - now) / timedelta(seconds=1)
             until_safety = self._next_safety_relist - self._clock.monotonic()
             # While a tick waits for the worker, the worker's reschedule wakes us: no spinning.
-            delay = tick_max if self._tick_queued else max(0.0, min(until_wakeup, until_safety, tick_max))
+            delay = (
+                tick_max
+                if self._tick_queued
+                else max(0.0, min(until_wakeup, until_safety, tick_max))
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._reschedule.wait()
             self._reschedule.clear()
             if self._clock.monotonic() >= self._next_safety_relist:
-                self._next_safety_relist = (
-                    self._clock.monotonic() + self.settings.relist_interval_s
-                )
+                self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
                 self._request_relist()
             now = self._clock.now()
             if not self._tick_queued and (
@@ -511,4 +511,3 @@ def _zone(name: Any) -> ZoneInfo | None:
     except (ZoneInfoNotFoundError, ValueError):
         log.warning("unknown time zone name", time_zone=name)
         return None
-

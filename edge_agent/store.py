@@ -201,7 +201,15 @@ _INSERT_OUTBOX = (
 )
 
 _DEAD_LETTER_KEYS = (
-    "id", "seq", "event_id", "sink", "device_id", "type", "reason", "attempts", "created_at",
+    "id",
+    "seq",
+    "event_id",
+    "sink",
+    "device_id",
+    "type",
+    "reason",
+    "attempts",
+    "created_at",
     "dead_at",
 )
 _DEAD_LETTER_SQL = f"SELECT {', '.join(_DEAD_LETTER_KEYS)}, body FROM dead_letter"
@@ -260,8 +268,7 @@ def _prepare(change: Change, future: asyncio.Future[None]) -> _Prepared:
         window_upsert={k: dumpb(v) for k, v in change.window_upsert.items()},
         window_delete=list(change.window_delete),
         pending_upsert=[
-            (p.booking_request_uuid, float(p.deadline), dumpb(p.row))
-            for p in change.pending_upsert
+            (p.booking_request_uuid, float(p.deadline), dumpb(p.row)) for p in change.pending_upsert
         ],
         pending_delete=list(change.pending_delete),
         device_state=None if change.device_state is None else dumpb(change.device_state),
@@ -328,8 +335,7 @@ def _sqlite_message(path: Path, exc: BaseException) -> str:
         "full" in text or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
     ):
         return (
-            f"database or disk is full at {path}: free space; "
-            "events are kept in memory and retried"
+            f"database or disk is full at {path}: free space; events are kept in memory and retried"
         )
     return f"store write failed at {path}: {text}"
 
@@ -473,9 +479,7 @@ class Store:
 
     async def _load_index(self) -> None:
         r = self._rconn
-        rows = list(
-            await r.execute_fetchall("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
-        )
+        rows = list(await r.execute_fetchall("SELECT seq FROM sqlite_sequence WHERE name='outbox'"))
         self._next_seq = (int(rows[0][0]) if rows else 0) + 1
         self._outbox_count = int((await _one(r, "SELECT count(*) FROM outbox"))[0])
         for sink, device, done in await r.execute_fetchall(
@@ -645,7 +649,10 @@ class Store:
         # device was tried, so idle devices never hide the ones with work.
         while len(out) < max_devices:
             got, tried = await self._next_batches_once(
-                sink, now=now, max_devices=max_devices - len(out), max_batch=max_batch,
+                sink,
+                now=now,
+                max_devices=max_devices - len(out),
+                max_batch=max_batch,
                 skip=skip,
             )
             out.extend(got)
@@ -687,9 +694,7 @@ class Store:
         args: list[Any] = []
         for device, after, limit in chosen:
             args += [device, after, sink, limit]
-        rows = await self._rconn.execute_fetchall(
-            " UNION ALL ".join([sub] * len(chosen)), args
-        )
+        rows = await self._rconn.execute_fetchall(" UNION ALL ".join([sub] * len(chosen)), args)
         by_device: dict[str, list[OutboxEvent]] = {}
         for seq, device, event_id, etype, body, created_at in rows:
             r = retry.get(device)
@@ -723,9 +728,7 @@ class Store:
         skip = set(exclude)
         ready = self._ready[sink]
         due = [
-            r.next_attempt_at
-            for d, r in self._retry[sink].items()
-            if d in ready and d not in skip
+            r.next_attempt_at for d, r in self._retry[sink].items() if d in ready and d not in skip
         ]
         return min(due) if due else None
 
@@ -756,9 +759,7 @@ class Store:
     ) -> asyncio.Future[None]:
         """Back off ``head``'s device for ``sink`` until ``next_attempt_at`` (unix seconds)."""
         return self._progress_op(
-            _Progress(
-                "retry", sink, head.device_id, [head.seq], attempts, next_attempt_at, error
-            )
+            _Progress("retry", sink, head.device_id, [head.seq], attempts, next_attempt_at, error)
         )
 
     def dead_letter(
@@ -915,8 +916,7 @@ class Store:
                 or (self._held and (self._closing or loop.time() >= self._held_at))
             ):
                 changes = [
-                    self._changes.popleft()
-                    for _ in range(min(self._max_group, len(self._changes)))
+                    self._changes.popleft() for _ in range(min(self._max_group, len(self._changes)))
                 ]
                 progress = self._held + list(self._progress)
                 self._held = []
@@ -994,10 +994,12 @@ class Store:
     async def _resync_seq(self) -> None:
         # Someone else wrote outbox rows: number ours after theirs so the retry can succeed.
         with contextlib.suppress(sqlite3.Error):
-            rows = list(await self._wconn.execute_fetchall(
-                "SELECT max(seq) FROM (SELECT max(seq) AS seq FROM outbox UNION ALL "
-                "SELECT seq FROM sqlite_sequence WHERE name='outbox')"
-            ))
+            rows = list(
+                await self._wconn.execute_fetchall(
+                    "SELECT max(seq) FROM (SELECT max(seq) AS seq FROM outbox UNION ALL "
+                    "SELECT seq FROM sqlite_sequence WHERE name='outbox')"
+                )
+            )
             if rows and rows[0][0] is not None:
                 self._next_seq = max(self._next_seq, int(rows[0][0]) + 1)
 
@@ -1019,8 +1021,9 @@ class Store:
             if isinstance(exc, sqlite3.IntegrityError):
                 await self._resync_seq()
             err = StoreError(_sqlite_message(self.path, exc))
-            self._log.error("store write failed", error=str(err), changes=len(changes),
-                            progress=len(progress))
+            self._log.error(
+                "store write failed", error=str(err), changes=len(changes), progress=len(progress)
+            )
             for ch in changes:
                 if not ch.future.done():
                     ch.future.set_exception(err)
@@ -1079,7 +1082,9 @@ class Store:
         wput = [(d, k, v) for d, w in writes.items() for k, v in w.window.items() if v is not None]
         pdel = [(d, u) for d, w in writes.items() for u, v in w.pending.items() if v is None]
         pput = [
-            (d, u, v[0], v[1]) for d, w in writes.items() for u, v in w.pending.items()
+            (d, u, v[0], v[1])
+            for d, w in writes.items()
+            for u, v in w.pending.items()
             if v is not None
         ]
         states = [(d, w.state) for d, w in writes.items() if w.state is not None]
@@ -1176,6 +1181,7 @@ class Store:
             "ON CONFLICT (sink, device_id) DO UPDATE SET done_seq=max(done_seq, excluded.done_seq)",
             [(s, d, q) for (s, d), q in cursors.items()],
         )
+
         def done(s: str, d: str) -> int:
             return max(self._db_cursor[s].get(d, 0), cursors.get((s, d), 0))
 
@@ -1270,8 +1276,7 @@ def _dead_letter_query(limit: int, sink: str | None) -> tuple[str, tuple[Any, ..
 
 def _dead_letter_rows(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
     return [
-        dict(zip(_DEAD_LETTER_KEYS, row[:-1], strict=True))
-        | {"envelope": jsoncodec.loads(row[-1])}
+        dict(zip(_DEAD_LETTER_KEYS, row[:-1], strict=True)) | {"envelope": jsoncodec.loads(row[-1])}
         for row in rows
     ]
 

@@ -333,8 +333,9 @@ async def test_dead_letters_list_replay_purge(store: Store, http: httpx.AsyncCli
 async def test_dead_letter_posts_need_a_json_body(store: Store, http: httpx.AsyncClient) -> None:
     await make_dead_letters(store, 1)
     # A web page can send a text/plain POST to loopback without a CORS preflight; not JSON.
-    r = await http.post("/v1/dead-letters/purge", content=b'{"all": true}',
-                        headers={"content-type": "text/plain"})
+    r = await http.post(
+        "/v1/dead-letters/purge", content=b'{"all": true}', headers={"content-type": "text/plain"}
+    )
     assert r.status_code == 415
     for bad in ([1], {"ids": "1"}, {"ids": [True]}, {"sink": 1}, {"all": "yes"}, {"x": 1}):
         r = await http.post("/v1/dead-letters/purge", json=bad)
@@ -351,5 +352,10 @@ def test_only_loopback_hosts_may_post() -> None:
 
     for host in ("127.0.0.1:9780", "localhost:9780", "[::1]:9780", "127.0.0.5", "LOCALHOST"):
         assert _local_host(host), host
-    for host in ("evil.example:9780", "10.0.0.1:9780", "[2001:db8::1]:9780", "127.0.0.1.evil.example"):
+    for host in (
+        "evil.example:9780",
+        "10.0.0.1:9780",
+        "[2001:db8::1]:9780",
+        "127.0.0.1.evil.example",
+    ):
         assert not _local_host(host), host

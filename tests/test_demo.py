@@ -15,7 +15,9 @@ def test_demo_runs_and_reports_a_clean_summary() -> None:
     # More devices than the webhook's 8 deliveries in flight, so the drainer has to queue.
     r = subprocess.run(
         [sys.executable, "-m", "edge_agent", "demo", "--devices", "12", "--duration", "8"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout

@@ -32,8 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def env(device: str, n: int | None = None, type_: str = "booking.created") -> dict[str, Any]:
     eid = f"{device}-{n}" if n is not None else str(uuid.uuid4())
-    return {"type": type_, "timestamp": "2026-11-23T09:00:00.000Z",
-            "data": {"event_id": eid, "device_id": device, "n": n}}
+    return {
+        "type": type_,
+        "timestamp": "2026-11-23T09:00:00.000Z",
+        "data": {"event_id": eid, "device_id": device, "n": n},
+    }
 
 
 @pytest.fixture
@@ -66,8 +69,15 @@ async def test_migrations_set_user_version_and_reopen(tmp_path: Path) -> None:
         assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"window", "pending", "device_state", "outbox", "sink_cursor", "retry_state",
-            "dead_letter"} <= tables
+    assert {
+        "window",
+        "pending",
+        "device_state",
+        "outbox",
+        "sink_cursor",
+        "retry_state",
+        "dead_letter",
+    } <= tables
     s = await Store.open(path, synchronous="full")  # reopening migrates nothing
     await s.close()
 
@@ -89,18 +99,25 @@ async def test_memory_path_is_refused() -> None:
 
 
 async def test_commit_writes_state_and_events_together(store: Store) -> None:
-    await store.commit(Change(
-        "room-1",
-        window_replace={"b1": {"id": "b1"}, "b2": {"id": "b2"}},
-        pending_upsert=[PendingRow("room-1", "u1", 100.0, {"title": "x"})],
-        device_state={"tz": "Europe/Oslo"},
-        events=[env("room-1", 1), env("room-1", 2)],
-    ))
-    await store.commit(Change(
-        "room-1", window_upsert={"b3": {"id": "b3"}}, window_delete=["b1"],
-        pending_delete=["u1"], pending_upsert=[PendingRow("room-1", "u2", 50.0, {})],
-        events=[env("room-1", 3)],
-    ))
+    await store.commit(
+        Change(
+            "room-1",
+            window_replace={"b1": {"id": "b1"}, "b2": {"id": "b2"}},
+            pending_upsert=[PendingRow("room-1", "u1", 100.0, {"title": "x"})],
+            device_state={"tz": "Europe/Oslo"},
+            events=[env("room-1", 1), env("room-1", 2)],
+        )
+    )
+    await store.commit(
+        Change(
+            "room-1",
+            window_upsert={"b3": {"id": "b3"}},
+            window_delete=["b1"],
+            pending_delete=["u1"],
+            pending_upsert=[PendingRow("room-1", "u2", 50.0, {})],
+            events=[env("room-1", 3)],
+        )
+    )
     assert await store.load_window("room-1") == {"b2": {"id": "b2"}, "b3": {"id": "b3"}}
     assert await store.load_window("other") == {}
     assert [p.booking_request_uuid for p in await store.load_pending()] == ["u2"]
@@ -110,8 +127,10 @@ async def test_commit_writes_state_and_events_together(store: Store) -> None:
     events = await drain_all(store)
     assert [e.event_id for e in events] == ["room-1-1", "room-1-2", "room-1-3"]
     assert events[0].envelope == env("room-1", 1)
-    assert events[0].body == b'{"type":"booking.created","timestamp":"2026-11-23T09:00:00.000Z",' \
+    assert (
+        events[0].body == b'{"type":"booking.created","timestamp":"2026-11-23T09:00:00.000Z",'
         b'"data":{"event_id":"room-1-1","device_id":"room-1","n":1}}'
+    )
 
 
 async def test_same_event_id_twice_is_stored_once(store: Store) -> None:
@@ -134,7 +153,9 @@ def test_coalescing_equals_sequential_application() -> None:
             Change("d", window_upsert={"a": {"v": 1}, "b": {"v": 1}}),
             Change("d", window_delete=["a"]),
             Change("d", window_replace={"c": {"v": 1}}),
-            Change("d", window_upsert={"a": {"v": 2}}, pending_upsert=[PendingRow("d", "u", 1, {})]),
+            Change(
+                "d", window_upsert={"a": {"v": 2}}, pending_upsert=[PendingRow("d", "u", 1, {})]
+            ),
             Change("d", pending_delete=["u"], device_state={"s": 1}),
             Change("e", window_delete=["zz"]),
         ]
@@ -156,11 +177,18 @@ async def test_concurrent_commits_are_grouped(store: Store) -> None:
         commits += sql.strip().upper() == "COMMIT"
 
     await store._wconn.set_trace_callback(trace)
-    await asyncio.gather(*(
-        store.commit(Change(f"dev{i % 50}", window_upsert={f"k{i}": {"i": i}},
-                            events=[env(f"dev{i % 50}", i)]))
-        for i in range(1000)
-    ))
+    await asyncio.gather(
+        *(
+            store.commit(
+                Change(
+                    f"dev{i % 50}",
+                    window_upsert={f"k{i}": {"i": i}},
+                    events=[env(f"dev{i % 50}", i)],
+                )
+            )
+            for i in range(1000)
+        )
+    )
     await store._wconn.set_trace_callback(None)  # type: ignore[arg-type]
     assert commits < 100, commits  # one transaction per waiting group, not per commit
     events = await drain_all(store)
@@ -236,8 +264,9 @@ async def test_head_of_line_retry_blocks_only_its_device(store: Store) -> None:
     batches = await store.next_batches("webhook", now=1000.0, max_devices=10, max_batch=10)
     assert [b[0].device_id for b in batches] == ["b"]
     assert store.next_due("webhook") == 2000.0
-    batches = await store.next_batches("webhook", now=2000.0, max_devices=10, max_batch=10,
-                                       exclude={"b"})
+    batches = await store.next_batches(
+        "webhook", now=2000.0, max_devices=10, max_batch=10, exclude={"b"}
+    )
     assert len(batches) == 1 and len(batches[0]) == 1  # a retrying head goes alone
     assert batches[0][0].event_id == "a-0" and batches[0][0].attempts == 1
 
@@ -304,9 +333,15 @@ async def test_dead_letter_admin(tmp_path: Path) -> None:
 
 
 async def test_forget_device(store: Store) -> None:
-    await store.commit(Change("d", window_upsert={"k": {}}, device_state={"a": 1},
-                              pending_upsert=[PendingRow("d", "u", 1.0, {})],
-                              events=[env("d", 1)]))
+    await store.commit(
+        Change(
+            "d",
+            window_upsert={"k": {}},
+            device_state={"a": 1},
+            pending_upsert=[PendingRow("d", "u", 1.0, {})],
+            events=[env("d", 1)],
+        )
+    )
     await store.forget_device("d")
     assert await store.load_window("d") == {}
     assert await store.load_device_state("d") is None
@@ -343,7 +378,9 @@ async def test_kill9_loses_no_acknowledged_commit(tmp_path: Path, mode: str) -> 
     for _round in range(3):
         proc = subprocess.Popen(  # noqa: ASYNC220 - the child is killed, never awaited
             [sys.executable, str(script), str(path), mode],
-            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            text=True,
         )
         assert proc.stdout is not None
         acked = -1
@@ -385,7 +422,9 @@ async def test_idle_devices_never_hide_a_device_with_work(store: Store) -> None:
 async def test_a_second_store_on_the_same_database_is_refused(store: Store) -> None:
     """Two writers numbered outbox rows from their own in-memory seq: the agent's next events
     collided with a CLI replay and were dropped while commit() reported success."""
-    with pytest.raises(StoreError, match=rf"another edge-agent is using .*agent\.db \(pid {os.getpid()}\?\)"):
+    with pytest.raises(
+        StoreError, match=rf"another edge-agent is using .*agent\.db \(pid {os.getpid()}\?\)"
+    ):
         await Store.open(store.path)
     await store.commit(Change("d", events=[env("d", 1)]))  # the first store is unharmed
     assert [e.event_id for e in await drain_all(store)] == ["d-1"]
@@ -486,8 +525,9 @@ async def test_a_dead_writer_fails_every_waiter_and_marks_the_store_failed(
 def _event(device: str) -> Any:
     from edge_agent.forward.base import OutboxEvent
 
-    return OutboxEvent(seq=1, device_id=device, event_id="e", type="t", envelope={}, body=b"{}",
-                       created_at=0.0)
+    return OutboxEvent(
+        seq=1, device_id=device, event_id="e", type="t", envelope={}, body=b"{}", created_at=0.0
+    )
 
 
 # -- dead letters by sink, read-only listing ----------------------------------------------------

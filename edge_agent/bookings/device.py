@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from edge_agent import jsoncodec
 from edge_agent.bookings.events import (
     EVENT_TYPES,
     IGNORED_EVENTS,
@@ -63,7 +64,6 @@ from edge_agent.bookings.pending import (
 )
 from edge_agent.bookings.reconcile import reconcile
 from edge_agent.bookings.window import WindowBounds, in_window, next_midnight, window_bounds
-from edge_agent import jsoncodec
 from edge_agent.clock import utc_iso
 
 __all__ = [

@@ -48,7 +48,7 @@ def device_str(value: Any) -> str | None:
 
 
 def device_bool(value: Any) -> bool | None:
-    """"True"/"False" (how the device writes booleans) -> bool; anything else -> None."""
+    """ "True"/"False" (how the device writes booleans) -> bool; anything else -> None."""
     if isinstance(value, bool):
         return value
     s = device_str(value)

@@ -177,8 +177,9 @@ class Drainer:
                 # The store keeps a failed group's progress (dead letters included) and writes
                 # it with a later one; if the agent stops first, or the store itself failed,
                 # the events are sent (or dead-lettered) again after the restart.
-                self._log.warning("could not record delivery progress", device=device,
-                                  error=str(exc))
+                self._log.warning(
+                    "could not record delivery progress", device=device, error=str(exc)
+                )
 
     async def _attempt(self, batch: list[OutboxEvent]) -> asyncio.Future[None] | None:
         """Send one device's batch and record the outcome; returns the progress future."""
@@ -195,11 +196,11 @@ class Drainer:
             DELIVERIES.labels(sink=name, result="dead_letter").inc(n_expired)
             self._log.warning(
                 "events older than the TTL moved to the dead letter",
-                device=head.device_id, events=n_expired, ttl_s=self._ttl_s,
+                device=head.device_id,
+                events=n_expired,
+                ttl_s=self._ttl_s,
             )
-            return store.dead_letter(
-                name, expired, reason="ttl expired", attempts=head.attempts
-            )
+            return store.dead_letter(name, expired, reason="ttl expired", attempts=head.attempts)
         # A later event past the TTL (a replayed one): send only what comes before it.
         for i, e in enumerate(batch):
             if e.created_at < cutoff:
@@ -210,8 +211,9 @@ class Drainer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a sink bug must not kill the drainer
-            self._log.exception("sink raised instead of returning an outcome",
-                                device=head.device_id)
+            self._log.exception(
+                "sink raised instead of returning an outcome", device=head.device_id
+            )
             outcome = Retry(f"sink error: {exc!r}")
         return self._record(batch, outcome)
 
@@ -228,8 +230,7 @@ class Drainer:
             for e in batch:
                 hist.observe(max(0.0, now - _observed_at(e)))
             if head.attempts:
-                self._log.info("delivered after retries", device=device,
-                               attempts=head.attempts + 1)
+                self._log.info("delivered after retries", device=device, attempts=head.attempts + 1)
             return store.mark_delivered(name, batch)
         if isinstance(outcome, Gone):
             self._stopped_reason = (
@@ -239,8 +240,12 @@ class Drainer:
             )
             self._stats.last_error = outcome.reason
             DELIVERIES.labels(sink=name, result="gone").inc(n)
-            self._log.error("sink stopped: endpoint gone", device=device, reason=outcome.reason,
-                            hint="fix the URL in the configuration and restart the agent")
+            self._log.error(
+                "sink stopped: endpoint gone",
+                device=device,
+                reason=outcome.reason,
+                hint="fix the URL in the configuration and restart the agent",
+            )
             return None
         attempts = head.attempts + 1
         self._stats.last_error = outcome.reason
@@ -250,8 +255,11 @@ class Drainer:
                 DELIVERIES.labels(sink=name, result="dead_letter").inc()
                 self._log.error(
                     "receiver rejected the event; moved to the dead letter",
-                    device=device, event_id=head.event_id, type=head.type,
-                    reason=outcome.reason, attempts=attempts,
+                    device=device,
+                    event_id=head.event_id,
+                    type=head.type,
+                    reason=outcome.reason,
+                    attempts=attempts,
                     hint="inspect with `edge-agent outbox dead-letter list`",
                 )
                 return store.dead_letter(
@@ -269,8 +277,12 @@ class Drainer:
         # produce 1,000 lines per backoff round.
         level = "warning" if attempts == 1 or attempts % 10 == 0 else "debug"
         getattr(self._log, level)(
-            "delivery failed; will retry", device=device, reason=outcome.reason,
-            attempts=attempts, retry_in_s=round(delay, 3), events=n,
+            "delivery failed; will retry",
+            device=device,
+            reason=outcome.reason,
+            attempts=attempts,
+            retry_in_s=round(delay, 3),
+            events=n,
         )
         return store.mark_retry(
             name, head, attempts=attempts, next_attempt_at=now + delay, error=outcome.reason

@@ -104,7 +104,9 @@ def batch_body(events: Sequence[OutboxEvent], now: float) -> bytes:
     """The batch envelope, spliced from the stored bodies (no re-serialization)."""
     ts = utc_iso(datetime.fromtimestamp(now, UTC))
     return (
-        b'{"type":"batch","timestamp":"' + ts.encode() + b'","data":{"events":['
+        b'{"type":"batch","timestamp":"'
+        + ts.encode()
+        + b'","data":{"events":['
         + b",".join(e.body for e in events)
         + b"]}}"
     )

@@ -292,9 +292,7 @@ class XapiClient:
         conn = self._require_conn()
         return await self._send(conn, self._protocol.set(path, value), timeout)
 
-    async def command(
-        self, path: PathLike, /, *, timeout: float | None = None, **args: Any
-    ) -> Any:
+    async def command(self, path: PathLike, /, *, timeout: float | None = None, **args: Any) -> Any:
         """``xCommand/A/B`` with named args: ``command("Bookings List", DayOffset=0, Days=2)``.
 
         Never replayed after a reconnect (``Bookings Book`` is not idempotent). Cancelling is
@@ -679,8 +677,10 @@ class XapiClient:
         DEVICE_ERRORS.labels(kind).inc()
         self.last_error = str(exc)
         self.last_exception = exc
-        level = self._log.error if isinstance(exc, (AuthenticationFailed, TlsError)) else (
-            self._log.warning
+        level = (
+            self._log.error
+            if isinstance(exc, (AuthenticationFailed, TlsError))
+            else (self._log.warning)
         )
         level("device link down", error=str(exc), kind=kind, retry_in_s=round(retry_in, 3))
 
@@ -889,8 +889,10 @@ class XapiClient:
                     try:
                         await self._make_subscription(conn, sub, None)
                     except NotReady:
-                        self._log.info("device not ready yet; will subscribe again",
-                                       retry_in_s=self.not_ready_delay)
+                        self._log.info(
+                            "device not ready yet; will subscribe again",
+                            retry_in_s=self.not_ready_delay,
+                        )
                         await asyncio.sleep(self.not_ready_delay)
                     except RequestTimeout as exc:
                         self._log.warning("re-subscribe timed out; reconnecting", error=str(exc))
@@ -901,8 +903,9 @@ class XapiClient:
                     except XapiError as exc:
                         self.last_error = str(exc)
                         DEVICE_ERRORS.labels(exc.kind).inc()
-                        self._log.error("device refused a subscription", query=sub.query,
-                                        error=str(exc))
+                        self._log.error(
+                            "device refused a subscription", query=sub.query, error=str(exc)
+                        )
                         break
             self._ready = True
             if self._ready_waiter is not None:

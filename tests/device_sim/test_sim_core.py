@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import orjson
 import pytest
+from simtest_helpers import T0, Client, events, make_core
 
 from device_sim import rpc
 from device_sim.calendar import Booking, Organizer, utc_iso
 from device_sim.tree import covers, glob_match, parse_path
-from simtest_helpers import T0, Client, events, make_core
 
 # ---- JSON-RPC ----------------------------------------------------------------------------
 
@@ -18,8 +18,12 @@ from simtest_helpers import T0, Client, events, make_core
 def test_parse_error_and_invalid_request() -> None:
     c = Client(make_core())
     [reply] = c.raw("{not json")
-    assert reply == {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
-    [reply] = c.raw('[1, 2]')
+    assert reply == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": -32700, "message": "Parse error"},
+    }
+    [reply] = c.raw("[1, 2]")
     assert reply["error"]["code"] == rpc.INVALID_REQUEST
     [reply] = c.raw('{"id": 5, "method": "xGet"}')  # no "jsonrpc": "2.0"
     assert reply["id"] == 5 and reply["error"]["code"] == rpc.INVALID_REQUEST
@@ -28,8 +32,12 @@ def test_parse_error_and_invalid_request() -> None:
 @pytest.mark.parametrize("request_id", [7, "abc-1", 0, 1.5])
 def test_reply_echoes_the_id_exactly(request_id: object) -> None:
     c = Client(make_core())
-    doc = {"jsonrpc": "2.0", "id": request_id, "method": "xGet",
-           "params": {"Path": ["Status", "SystemUnit", "ProductId"]}}
+    doc = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "xGet",
+        "params": {"Path": ["Status", "SystemUnit", "ProductId"]},
+    }
     [reply] = c.raw(orjson.dumps(doc))
     assert reply["id"] == request_id and type(reply["id"]) is type(request_id)
     assert reply["result"] == "Cisco Room Kit Pro"
@@ -63,7 +71,9 @@ def test_command_error_has_a_cause() -> None:
 def test_user_role_cannot_read_configuration_or_put() -> None:
     core = make_core()
     user = Client(core, role="User")
-    assert user.call("xGet", Path="Configuration Time Zone")["error"]["code"] == rpc.PERMISSION_DENIED
+    assert (
+        user.call("xGet", Path="Configuration Time Zone")["error"]["code"] == rpc.PERMISSION_DENIED
+    )
     assert user.call("xCommand/Bookings/Put", body="[]")["error"]["code"] == rpc.PERMISSION_DENIED
     assert user.call("xSet", Path="Configuration Time Zone", Value="UTC")["error"]["code"] == -31999
     assert user.result("xGet", Path="Status Bookings Availability Status") == "Free"
@@ -108,13 +118,17 @@ def test_path_forms() -> None:
 def test_get_and_query() -> None:
     c = Client(make_core(time_zone="Europe/Oslo"))
     assert c.result("xGet", Path=["Status", "Bookings", "Availability"]) == {
-        "Status": "Free", "TimeStamp": ""}
+        "Status": "Free",
+        "TimeStamp": "",
+    }
     assert c.result("xGet", Path="status bookings current id") == ""
     assert c.result("xGet", Path="Status SystemUnit Software Version").startswith("ce26.4.1")
     assert c.result("xQuery", Query=["Status", "**", "Id"]) == {
-        "Status": {"Bookings": {"Current": {"Id": ""}}}}
+        "Status": {"Bookings": {"Current": {"Id": ""}}}
+    }
     assert c.result("xQuery", Query="Configuration Time") == {
-        "Configuration": {"Time": {"Zone": "Europe/Oslo"}}}
+        "Configuration": {"Time": {"Zone": "Europe/Oslo"}}
+    }
     assert c.call("xGet", Path="Status ** Id")["error"]["code"] == rpc.INVALID_PARAMS
 
 
@@ -124,29 +138,51 @@ def test_xset_validates_and_notifies() -> None:
     sub = c.subscribe(["Configuration"])
     assert c.result("xSet", Path="Configuration Bookings AdhocBooking BookingTimeout", Value=120)
     [note] = c.frames() or c.pending
-    assert note["params"] == {"Id": sub, "Configuration": {
-        "Bookings": {"AdhocBooking": {"BookingTimeout": 120}}}}
+    assert note["params"] == {
+        "Id": sub,
+        "Configuration": {"Bookings": {"AdhocBooking": {"BookingTimeout": 120}}},
+    }
     assert core.calendar.booking_timeout_s == 120
-    assert c.call("xSet", Path="Configuration Bookings AdhocBooking BookingTimeout",
-                  Value=30)["error"]["code"] == rpc.INVALID_PARAMS
-    assert c.call("xSet", Path="Configuration Time Zone", Value="Mars/Base")["error"]["code"] == -32602
+    assert (
+        c.call("xSet", Path="Configuration Bookings AdhocBooking BookingTimeout", Value=30)[
+            "error"
+        ]["code"]
+        == rpc.INVALID_PARAMS
+    )
+    assert (
+        c.call("xSet", Path="Configuration Time Zone", Value="Mars/Base")["error"]["code"] == -32602
+    )
     assert c.result("xSet", Path="Configuration Time Zone", Value="America/New_York") is True
 
 
 def test_notify_current_value() -> None:
     c = Client(make_core())
     sub = c.subscribe(["Status", "Bookings", "Availability"], notify=True)
-    assert c.pending == [{"jsonrpc": "2.0", "method": "xFeedback/Event", "params": {
-        "Id": sub, "Status": {"Bookings": {"Availability": {"Status": "Free", "TimeStamp": ""}}}}}]
+    assert c.pending == [
+        {
+            "jsonrpc": "2.0",
+            "method": "xFeedback/Event",
+            "params": {
+                "Id": sub,
+                "Status": {"Bookings": {"Availability": {"Status": "Free", "TimeStamp": ""}}},
+            },
+        }
+    ]
 
 
 # ---- calendar ---------------------------------------------------------------------------
 
 
 def _add(core, start, minutes=30, title="Meeting", **kw):  # type: ignore[no-untyped-def]
-    booking = Booking(id="", meeting_id=kw.pop("meeting_id", "m-" + title), title=title,
-                      start=start, end=start + timedelta(minutes=minutes),
-                      organizer=Organizer("Ola", "Normann", "ola@example.com", "o1"), **kw)
+    booking = Booking(
+        id="",
+        meeting_id=kw.pop("meeting_id", "m-" + title),
+        title=title,
+        start=start,
+        end=start + timedelta(minutes=minutes),
+        organizer=Organizer("Ola", "Normann", "ola@example.com", "o1"),
+        **kw,
+    )
     return core.calendar.add(T0, booking, announce=False)
 
 
@@ -164,7 +200,9 @@ def test_list_is_by_local_day_with_paging() -> None:
     both = c.command("Bookings List", DayOffset=0, Days=2, Limit=2, Offset=1)
     assert both["ResultInfo"]["TotalRows"] == 3
     assert [(b["id"], b["Title"]) for b in both["Booking"]] == [
-        (1, "late-yesterday-utc"), (2, "tomorrow-local")]
+        (1, "late-yesterday-utc"),
+        (2, "tomorrow-local"),
+    ]
     everything = c.command("Bookings List")
     assert everything["ResultInfo"]["TotalRows"] == 4
     empty = c.command("Bookings List", DayOffset=5, Days=1)
@@ -176,14 +214,27 @@ def test_list_entry_fields() -> None:
     _add(core, T0 + timedelta(hours=1), platform="Webex", number="2612345678@acme.webex.com")
     [entry] = Client(core).command("Bookings List", DayOffset=0, Days=1)["Booking"]
     assert entry["id"] == 1 and entry["Id"] == "1" and entry["MeetingId"] == "m-Meeting"
-    assert entry["Organizer"] == {"FirstName": "Ola", "LastName": "Normann",
-                                  "Email": "ola@example.com", "Id": "o1"}
+    assert entry["Organizer"] == {
+        "FirstName": "Ola",
+        "LastName": "Normann",
+        "Email": "ola@example.com",
+        "Id": "o1",
+    }
     assert entry["Time"]["StartTime"] == "2026-11-23T08:30:00Z"
     assert entry["Webex"]["Enabled"] == "True" and entry["Webex"]["MeetingNumber"] == "2612345678"
     assert entry["DialInfo"]["Calls"]["Call"][0]["Protocol"] == "Spark"
-    for key in ("Title", "Agenda", "Privacy", "MaximumMeetingExtension",
-                "MeetingExtensionAvailability", "BookingStatus", "BookingStatusMessage",
-                "Encryption", "Role", "Recording"):
+    for key in (
+        "Title",
+        "Agenda",
+        "Privacy",
+        "MaximumMeetingExtension",
+        "MeetingExtensionAvailability",
+        "BookingStatus",
+        "BookingStatusMessage",
+        "Encryption",
+        "Role",
+        "Recording",
+    ):
         assert key in entry
 
 
@@ -192,8 +243,13 @@ def test_local_book_creates_at_once() -> None:
     c = Client(core)
     c.subscribe(["Event", "Bookings"])
     start = T0 + timedelta(hours=2)
-    assert c.command("Bookings Book", BookingRequestUUID="u-1", Duration=30,
-                     StartTime=utc_iso(start), Title="Standup") == {"status": "OK"}
+    assert c.command(
+        "Bookings Book",
+        BookingRequestUUID="u-1",
+        Duration=30,
+        StartTime=utc_iso(start),
+        Title="Standup",
+    ) == {"status": "OK"}
     names = [n for n, _ in events(c.pending)]
     assert names == ["BookingRequested", "BookingCreated", "Updated"]
     created = events(c.pending)[1][1]
@@ -214,8 +270,9 @@ def test_hybrid_confirms_after_the_delay() -> None:
     assert events(c.frames()) == []
     core.tick(T0 + timedelta(seconds=5))
     got = events(c.frames())
-    assert [n for n, _ in got] == ["BookingCreated", "Start", "Updated"] or [
-        n for n, _ in got][:1] == ["BookingCreated"]
+    assert [n for n, _ in got] == ["BookingCreated", "Start", "Updated"] or [n for n, _ in got][
+        :1
+    ] == ["BookingCreated"]
     assert got[0][1]["BookingRequestUUID"] == "u-1" and got[0][1]["MeetingId"]
 
 
@@ -225,15 +282,24 @@ def test_hybrid_timeout_and_decline() -> None:
     c.subscribe(["Event", "Bookings"])
     c.command("Bookings Book", BookingRequestUUID="slow", Duration=30)
     core.tick(T0 + timedelta(seconds=60))
-    assert events(c.frames()) == [("BookingFailed", {"BookingRequestUUID": "slow",
-                                                      "FailureCause": "Timeout"})]
+    assert events(c.frames()) == [
+        ("BookingFailed", {"BookingRequestUUID": "slow", "FailureCause": "Timeout"})
+    ]
     core.calendar.confirm_delay_s = 1
     _add(core, T0 + timedelta(hours=1), minutes=60)
-    c.command("Bookings Book", BookingRequestUUID="clash", Duration=30,
-              StartTime=utc_iso(T0 + timedelta(hours=1, minutes=15)))
+    c.command(
+        "Bookings Book",
+        BookingRequestUUID="clash",
+        Duration=30,
+        StartTime=utc_iso(T0 + timedelta(hours=1, minutes=15)),
+    )
     core.calendar.decline_next = 1
-    c.command("Bookings Book", BookingRequestUUID="scripted", Duration=15,
-              StartTime=utc_iso(T0 + timedelta(hours=4)))
+    c.command(
+        "Bookings Book",
+        BookingRequestUUID="scripted",
+        Duration=15,
+        StartTime=utc_iso(T0 + timedelta(hours=4)),
+    )
     core.tick(T0 + timedelta(seconds=2))
     failed = {f["BookingRequestUUID"]: f["FailureCause"] for n, f in events(c.frames())}
     assert failed == {"clash": "Decline", "scripted": "Decline"}
@@ -252,9 +318,17 @@ def test_clock_drives_start_end_and_availability() -> None:
     frames = c.frames()
     assert [n for n, _ in events(frames)] == ["StartTimeBuffer", "Start"]
     status = [f["params"] for f in frames if "Status" in f["params"]]
-    assert status == [{"Id": s, "Status": {"Bookings": {
-        "Availability": {"Status": "BookedUntil", "TimeStamp": utc_iso(b.end)},
-        "Current": {"Id": b.id}}}}]
+    assert status == [
+        {
+            "Id": s,
+            "Status": {
+                "Bookings": {
+                    "Availability": {"Status": "BookedUntil", "TimeStamp": utc_iso(b.end)},
+                    "Current": {"Id": b.id},
+                }
+            },
+        }
+    ]
     core.tick(T0 + timedelta(hours=1))  # a jump: every milestone in between fires, in order
     frames = c.frames()
     assert [n for n, _ in events(frames)] == ["TimeRemaining", "End"]
@@ -273,8 +347,16 @@ def test_outlook_changes_and_legacy_profile() -> None:
         c = Client(core)
         c.subscribe(["Event"])
         cal = core.calendar
-        b = cal.add(T0, Booking(id="", meeting_id="m", title="x", start=T0 + timedelta(hours=1),
-                                end=T0 + timedelta(hours=2)))
+        b = cal.add(
+            T0,
+            Booking(
+                id="",
+                meeting_id="m",
+                title="x",
+                start=T0 + timedelta(hours=1),
+                end=T0 + timedelta(hours=2),
+            ),
+        )
         cal.move(T0, b.id, T0 + timedelta(hours=3))
         cal.delete(T0, booking_id=b.id)
         core.flush(T0)
@@ -309,10 +391,23 @@ def test_edit_extend_checkin_put_clear() -> None:
     core = make_core()
     c = Client(core)
     c.subscribe(["Event", "Bookings"])
-    c.command("Bookings Put", body=orjson.dumps({"Bookings": [
-        {"Id": "7", "Title": "Put", "Number": "x@y", "Protocol": "SIP",
-         "Organizer": {"Name": "John Smith"},
-         "Time": {"StartTime": "2026-11-23T07:00:00Z", "Duration": 60}}]}).decode())
+    c.command(
+        "Bookings Put",
+        body=orjson.dumps(
+            {
+                "Bookings": [
+                    {
+                        "Id": "7",
+                        "Title": "Put",
+                        "Number": "x@y",
+                        "Protocol": "SIP",
+                        "Organizer": {"Name": "John Smith"},
+                        "Time": {"StartTime": "2026-11-23T07:00:00Z", "Duration": 60},
+                    }
+                ]
+            }
+        ).decode(),
+    )
     assert [b.id for b in core.calendar.sorted_bookings()] == ["7"]
     c.command("Bookings Extend", Id="7", Duration=15)
     c.command("Bookings Edit", Id="7", Title="Renamed")

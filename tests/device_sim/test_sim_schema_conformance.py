@@ -7,17 +7,19 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from simtest_helpers import T0, Client, make_core
 
 from device_sim.calendar import Booking, Organizer, utc_iso
 from device_sim.profiles import load_schema
 from device_sim.tree import leaves
-from simtest_helpers import T0, Client, make_core
 
 UTC_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
 def _objects(profile: str, kind: str) -> dict[str, dict[str, Any]]:
-    return {o["path"]: o["attributes"] for o in load_schema(profile)["objects"] if o["type"] == kind}
+    return {
+        o["path"]: o["attributes"] for o in load_schema(profile)["objects"] if o["type"] == kind
+    }
 
 
 def _check_value(where: str, space: dict[str, Any], value: Any) -> None:
@@ -80,8 +82,15 @@ def _scenario(profile: str, mode: str) -> tuple[list[dict[str, Any]], list[Any]]
     org = Organizer("Kari", "Hansen", "kari@example.com", "k1")
     booking = core.calendar.add(
         T0,
-        Booking(id="", meeting_id="mx", title="Review", start=T0 + timedelta(minutes=20),
-                end=T0 + timedelta(minutes=80), organizer=org, end_buffer_s=300),
+        Booking(
+            id="",
+            meeting_id="mx",
+            title="Review",
+            start=T0 + timedelta(minutes=20),
+            end=T0 + timedelta(minutes=80),
+            organizer=org,
+            end_buffer_s=300,
+        ),
     )
     core.flush(T0)
     notes += c.frames()
@@ -92,10 +101,19 @@ def _scenario(profile: str, mode: str) -> tuple[list[dict[str, Any]], list[Any]]
         results.append(reply["result"])
         notes.extend(c.pending)
 
-    run("Bookings Book", BookingRequestUUID="u-ok", Duration=30,
-        StartTime=utc_iso(T0 + timedelta(hours=3)), Title="Adhoc")
-    run("Bookings Book", BookingRequestUUID="u-clash", Duration=30,
-        StartTime=utc_iso(T0 + timedelta(minutes=30)))
+    run(
+        "Bookings Book",
+        BookingRequestUUID="u-ok",
+        Duration=30,
+        StartTime=utc_iso(T0 + timedelta(hours=3)),
+        Title="Adhoc",
+    )
+    run(
+        "Bookings Book",
+        BookingRequestUUID="u-clash",
+        Duration=30,
+        StartTime=utc_iso(T0 + timedelta(minutes=30)),
+    )
     run("Bookings List", DayOffset=0, Days=2)
     run("Bookings List", DayOffset=0, Days=1, Limit=1, Offset=0)
     run("Bookings Get", Id=booking.id)
@@ -110,16 +128,32 @@ def _scenario(profile: str, mode: str) -> tuple[list[dict[str, Any]], list[Any]]
     core.tick(T0 + timedelta(seconds=5))
     notes += c.frames()
     core.calendar.decline_next = 1
-    run("Bookings Book", BookingRequestUUID="u-declined", Duration=15,
-        StartTime=utc_iso(T0 + timedelta(hours=6)))
+    run(
+        "Bookings Book",
+        BookingRequestUUID="u-declined",
+        Duration=15,
+        StartTime=utc_iso(T0 + timedelta(hours=6)),
+    )
     core.calendar.confirm_delay_s = 500
-    run("Bookings Book", BookingRequestUUID="u-timeout", Duration=15,
-        StartTime=utc_iso(T0 + timedelta(hours=7)))
+    run(
+        "Bookings Book",
+        BookingRequestUUID="u-timeout",
+        Duration=15,
+        StartTime=utc_iso(T0 + timedelta(hours=7)),
+    )
     core.tick(T0 + timedelta(hours=2))  # buffers, Start, TimeRemaining, End, EndTimeBuffer
     notes += c.frames()
-    moved = core.calendar.add(T0, Booking(id="", meeting_id="mm", title="Moved", organizer=org,
-                                          start=T0 + timedelta(hours=5),
-                                          end=T0 + timedelta(hours=6)))
+    moved = core.calendar.add(
+        T0,
+        Booking(
+            id="",
+            meeting_id="mm",
+            title="Moved",
+            organizer=org,
+            start=T0 + timedelta(hours=5),
+            end=T0 + timedelta(hours=6),
+        ),
+    )
     core.calendar.move(T0, moved.id, T0 + timedelta(hours=8))
     core.flush(T0 + timedelta(hours=2))
     notes += c.frames()
@@ -158,10 +192,24 @@ def test_everything_produced_validates(profile: str, mode: str) -> None:
         if isinstance(result.get("Booking"), dict):
             _check_booking_entry(result["Booking"])
     if profile == "modern":
-        expected = {"BookingRequested", "BookingCreated", "BookingFailed", "BookingMoved",
-                    "Deleted", "Start", "End", "StartTimeBuffer", "EndTimeBuffer",
-                    "TimeRemaining", "ExtensionRequested", "EditRequested", "CheckedIn",
-                    "NotificationSnoozed", "Updated", "SyncRequired"}
+        expected = {
+            "BookingRequested",
+            "BookingCreated",
+            "BookingFailed",
+            "BookingMoved",
+            "Deleted",
+            "Start",
+            "End",
+            "StartTimeBuffer",
+            "EndTimeBuffer",
+            "TimeRemaining",
+            "ExtensionRequested",
+            "EditRequested",
+            "CheckedIn",
+            "NotificationSnoozed",
+            "Updated",
+            "SyncRequired",
+        }
         assert expected <= seen, expected - seen
     else:
         assert seen == {"BookingRequested", "Start", "End", "Updated"}
@@ -179,10 +227,19 @@ def test_failures_validate() -> None:
     core = make_core(mode="hybrid", confirm_delay_s=1)
     c = Client(core)
     c.subscribe(["Event"])
-    first = core.calendar.add(T0, Booking(id="", meeting_id="a", title="a", start=T0,
-                                          end=T0 + timedelta(minutes=30)))
-    core.calendar.add(T0, Booking(id="", meeting_id="b", title="b",
-                                  start=T0 + timedelta(minutes=30), end=T0 + timedelta(hours=1)))
+    first = core.calendar.add(
+        T0, Booking(id="", meeting_id="a", title="a", start=T0, end=T0 + timedelta(minutes=30))
+    )
+    core.calendar.add(
+        T0,
+        Booking(
+            id="",
+            meeting_id="b",
+            title="b",
+            start=T0 + timedelta(minutes=30),
+            end=T0 + timedelta(hours=1),
+        ),
+    )
     c.command("Bookings Extend", Id=first.id, Duration=15)
     core.calendar.decline_next = 1
     c.command("Bookings Edit", Id=first.id, Title="x")

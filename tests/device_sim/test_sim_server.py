@@ -17,12 +17,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from simtest_helpers import basic, insecure_ssl, subprotocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from device_sim import DeviceFleet, SimConfig
 from device_sim.control import ControlServer
-from simtest_helpers import basic, insecure_ssl, subprotocol
 
 AUTH = {"Authorization": basic("admin", "secret")}
 
@@ -51,7 +51,9 @@ async def ws(url: str, **kw: Any) -> ClientConnection:
 
 
 async def call(conn: ClientConnection, method: str, rid: Any = 1, **params: Any) -> dict[str, Any]:
-    await conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}).decode())
+    await conn.send(
+        orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}).decode()
+    )
     while True:
         msg = orjson.loads(await asyncio.wait_for(conn.recv(), 3))
         if msg.get("id") == rid:
@@ -81,7 +83,9 @@ async def test_subprotocol_auth_is_echoed(fleet: DeviceFleet) -> None:
     proto = subprotocol("admin", "secret")
     async with await ws(fleet.devices[0].url, additional_headers={}, subprotocols=[proto]) as conn:  # type: ignore[list-item]
         assert conn.subprotocol == proto
-        assert (await call(conn, "xGet", rid="s", Path="Status Bookings Current Id"))["result"] == ""
+        assert (await call(conn, "xGet", rid="s", Path="Status Bookings Current Id"))[
+            "result"
+        ] == ""
 
 
 async def test_bad_credentials_get_403(fleet: DeviceFleet) -> None:
@@ -103,7 +107,8 @@ async def test_http_and_https_only(http_fleet: DeviceFleet) -> None:
     assert dev.url.startswith("ws://")
     async with await ws(dev.url) as conn:
         assert (await call(conn, "xGet", Path="Configuration NetworkServices HTTP Mode"))[
-            "result"] == "HTTP+HTTPS"
+            "result"
+        ] == "HTTP+HTTPS"
     async with DeviceFleet(SimConfig(http=True, https_only=True)) as strict:
         with pytest.raises(InvalidStatus) as info:
             await ws(strict.devices[0].url)
@@ -228,14 +233,17 @@ async def test_control_api(fleet: DeviceFleet) -> None:
         async with aiohttp.ClientSession() as http, await ws(dev.url) as conn:
             await call(conn, "xFeedback/Subscribe", Query=["Event", "Bookings"])
             start = "2030-01-07T09:00:00Z"
-            async with http.post(f"{base}/devices/0/calendar/add",
-                                 json={"start": start, "title": "Outlook"}) as r:
+            async with http.post(
+                f"{base}/devices/0/calendar/add", json={"start": start, "title": "Outlook"}
+            ) as r:
                 assert r.status == 200
                 booking_id = (await r.json())["results"][0]["Id"]
             assert "BookingCreated" in (await next_event(conn))["params"]["Event"]["Bookings"]
             await next_event(conn)  # Updated
-            async with http.post(f"{base}/devices/0/calendar/move",
-                                 json={"id": booking_id, "start": "2030-01-07T10:00:00Z"}) as r:
+            async with http.post(
+                f"{base}/devices/0/calendar/move",
+                json={"id": booking_id, "start": "2030-01-07T10:00:00Z"},
+            ) as r:
                 assert r.status == 200
             assert "BookingMoved" in (await next_event(conn))["params"]["Event"]["Bookings"]
             async with http.post(f"{base}/devices/0/calendar/delete", json={"id": "999"}) as r:
@@ -245,8 +253,9 @@ async def test_control_api(fleet: DeviceFleet) -> None:
             with pytest.raises(ConnectionClosed):
                 while True:
                     await asyncio.wait_for(conn.recv(), 3)
-            async with http.post(f"{base}/devices/all/faults/rate_limit",
-                                 json={"duration_s": 5}) as r:
+            async with http.post(
+                f"{base}/devices/all/faults/rate_limit", json={"duration_s": 5}
+            ) as r:
                 assert r.status == 200
             with pytest.raises(InvalidStatus):
                 await ws(fleet.devices[1].url)
@@ -294,9 +303,28 @@ async def test_cli_subprocess_with_ready_file(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     port = _free_port_block(3)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "device_sim", "--devices", "3", "--port", str(port),
-         "--control-port", "0", "--mode", "hybrid", "--confirm-delay", "0.1", "--generate",
-         "--fault", "malformed:every=1000", "--ready-file", str(ready), "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "device_sim",
+            "--devices",
+            "3",
+            "--port",
+            str(port),
+            "--control-port",
+            "0",
+            "--mode",
+            "hybrid",
+            "--confirm-delay",
+            "0.1",
+            "--generate",
+            "--fault",
+            "malformed:every=1000",
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            "WARNING",
+        ],
         cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, "DEVICE_SIM_PASSWORD": "pw1"},
     )

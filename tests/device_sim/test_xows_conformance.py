@@ -12,8 +12,15 @@ from device_sim import DeviceFleet, SimConfig
 
 
 async def test_xows_lists_reads_subscribes_and_books() -> None:
-    config = SimConfig(devices=1, mode="hybrid", confirm_delay_s=0.2, generate_day=True,
-                       time_zone="Europe/Oslo", username="admin", password="secret")
+    config = SimConfig(
+        devices=1,
+        mode="hybrid",
+        confirm_delay_s=0.2,
+        generate_day=True,
+        time_zone="Europe/Oslo",
+        username="admin",
+        password="secret",
+    )
     async with DeviceFleet(config) as fleet:
         dev = fleet.devices[0]
         async with xows.XoWSClient(dev.url, username="admin", password="secret") as client:

@@ -70,9 +70,7 @@ def agent_config(
             "relist_interval_s": 300,
             "request_timeout_s": 5,
         },
-        "devices": [
-            {"id": fleet.devices[k].device_id, "url": fleet.devices[k].url} for k in idx
-        ],
+        "devices": [{"id": fleet.devices[k].device_id, "url": fleet.devices[k].url} for k in idx],
         "api": {"listen": "127.0.0.1:0"},
     }
     if webhook_url is not None:

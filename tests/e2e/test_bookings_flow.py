@@ -22,7 +22,8 @@ async def test_snapshot_and_online_on_connect(make_fleet, receiver, tmp_path, ca
         assert receiver.bad_signatures == 0
         for dev in fleet.devices:
             snaps = [
-                e for e in of_type(receiver.events, "bookings.snapshot")
+                e
+                for e in of_type(receiver.events, "bookings.snapshot")
                 if e["data"]["device_id"] == dev.device_id
             ]
             snap = snaps[-1]["data"]
@@ -34,8 +35,15 @@ async def test_snapshot_and_online_on_connect(make_fleet, receiver, tmp_path, ca
             for b in snap["bookings"]:
                 assert b["start"].endswith("Z") and b["end"].endswith("Z")
                 assert set(b) >= {
-                    "id", "meeting_id", "title", "start", "end", "organizer", "privacy",
-                    "platform", "join_url",
+                    "id",
+                    "meeting_id",
+                    "title",
+                    "start",
+                    "end",
+                    "organizer",
+                    "privacy",
+                    "platform",
+                    "join_url",
                 }
         online = of_type(receiver.events, "device.online")
         assert {e["data"]["device_id"] for e in online} == {d.device_id for d in fleet.devices}

@@ -47,8 +47,15 @@ async def _spawn(cfg: Path) -> asyncio.subprocess.Process:
         "EDGE_AGENT_LOG_LEVEL": "warning",
     }
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_agent", "run", "-c", str(cfg), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "edge_agent",
+        "run",
+        "-c",
+        str(cfg),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
 
@@ -100,8 +107,10 @@ async def test_kill9_during_burst_loses_nothing(make_fleet, receiver, tmp_path, 
         assert produced == len(made) == 5 * per_device
         assert receiver.bad_signatures == 0
         # at least once: duplicates are allowed (and counted), losses are not
-        print(f"kill -9: {len(made)} bookings produced, all delivered; "
-              f"{receiver.duplicates} duplicate deliveries")
+        print(
+            f"kill -9: {len(made)} bookings produced, all delivered; "
+            f"{receiver.duplicates} duplicate deliveries"
+        )
     finally:
         if proc.returncode is None:
             proc.terminate()

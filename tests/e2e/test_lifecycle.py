@@ -55,8 +55,9 @@ async def test_a_stuck_store_does_not_flood_the_queue_with_ticks(
         pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
         await store._wconn.execute(f"PRAGMA max_page_count={pages}")
         fleet.clock.advance(120)  # the request is past its deadline; ticks are due
-        fleet.devices[0].calendar.add(fleet.clock.now() + timedelta(hours=1), 30,
-                                      title="x" * 5000)  # a step that cannot be committed
+        fleet.devices[0].calendar.add(
+            fleet.clock.now() + timedelta(hours=1), 30, title="x" * 5000
+        )  # a step that cannot be committed
         await eventually(lambda: session.store_errors >= 1)
         await asyncio.sleep(0.5)
         assert session._inputs.qsize() < 20, session._inputs.qsize()
@@ -83,8 +84,9 @@ async def test_stop_commits_what_the_device_already_sent(
     await store._wconn.execute(f"PRAGMA max_page_count={pages}")
     now = fleet.clock.now()
     made = {
-        fleet.devices[0].calendar.add(now + timedelta(hours=1, minutes=i), 1,
-                                      title=f"held {i} " + "x" * 2000).meeting_id
+        fleet.devices[0]
+        .calendar.add(now + timedelta(hours=1, minutes=i), 1, title=f"held {i} " + "x" * 2000)
+        .meeting_id
         for i in range(10)
     }
     await eventually(lambda: session.store_errors >= 1 and session._inputs.qsize() >= 5)
@@ -95,8 +97,11 @@ async def test_stop_commits_what_the_device_already_sent(
 
     db = sqlite3.connect(Path(tmp_path) / "agent.db")
     envs = [jsoncodec.loads(body) for (body,) in db.execute("SELECT body FROM outbox")]
-    created = {e["data"]["booking"]["meeting_id"] for e in envs
-               if e["type"] == "booking.created" and not e["data"].get("reconciled")}
+    created = {
+        e["data"]["booking"]["meeting_id"]
+        for e in envs
+        if e["type"] == "booking.created" and not e["data"].get("reconciled")
+    }
     assert created >= made
     assert [e["data"]["reason"] for e in envs if e["type"] == "device.offline"] == [
         "agent stopping"
@@ -107,8 +112,7 @@ async def test_two_reloads_in_a_row_run_each_device_once(
     make_fleet, receiver, tmp_path, ca_file, env
 ):
     fleet = await make_fleet(mode="hybrid", devices=3)
-    cfg = agent_config(fleet, tmp_path, webhook_url=receiver.url, ca_file=ca_file,
-                       devices=[0, 1])
+    cfg = agent_config(fleet, tmp_path, webhook_url=receiver.url, ca_file=ca_file, devices=[0, 1])
     toml = tmp_path / "agent.toml"
     running = await start_agent(cfg, fleet, env=env)
     agent = running.agent
@@ -122,7 +126,7 @@ async def test_two_reloads_in_a_row_run_each_device_once(
             f'site = "test"\n[store]\npath = "{tmp_path / "agent.db"}"\n'
             f'[defaults]\nusername = "{fleet.config.username}"\npassword_env = "SIM_PASSWORD"\n'
             f'ca_file = "{ca_file}"\nbooking_timeout_s = 60\nrequest_grace_s = 5\n'
-            f'relist_interval_s = 300\nrequest_timeout_s = 5\n'
+            f"relist_interval_s = 300\nrequest_timeout_s = 5\n"
             f'[[devices]]\nid = "{d[0].device_id}"\nurl = "{d[0].url}"\n'
             f'[[devices]]\nid = "{d[2].device_id}"\nurl = "{d[2].url}"\n'
             f'[webhook]\nurl = "{receiver.url}"\nsecret_env = "WEBHOOK_SECRET"\ntimeout_s = 5\n'
@@ -130,6 +134,7 @@ async def test_two_reloads_in_a_row_run_each_device_once(
         )
         agent._config_path = toml
         import os
+
         os.environ.update(env)
         agent.request_reload()
         agent.request_reload()  # before the first has finished

@@ -54,8 +54,10 @@ async def test_device_reboot_missed_changes_are_reconciled(
     running = await start_agent(cfg, fleet, env=env)
     try:
         await eventually(lambda: of_type(receiver.events, "bookings.snapshot"))
-        before = {b["meeting_id"]: b["id"] for b in
-                  of_type(receiver.events, "bookings.snapshot")[-1]["data"]["bookings"]}
+        before = {
+            b["meeting_id"]: b["id"]
+            for b in of_type(receiver.events, "bookings.snapshot")[-1]["data"]["bookings"]
+        }
         receiver.events.clear()
         dev.faults.reboot(down_s=0.5, not_ready_s=0.5)
         await eventually(lambda: of_type(receiver.events, "device.offline"))
@@ -76,8 +78,10 @@ async def test_device_reboot_missed_changes_are_reconciled(
         assert [e["data"]["booking"]["meeting_id"] for e in deleted] == [gone.meeting_id]
         assert all(e["data"]["reconciled"] for e in created + moved + deleted)
         # hybrid Ids changed in the reboot: matched by MeetingId, no spurious delete/create
-        after = {b["meeting_id"]: b["id"] for b in
-                 of_type(receiver.events, "bookings.snapshot")[-1]["data"]["bookings"]}
+        after = {
+            b["meeting_id"]: b["id"]
+            for b in of_type(receiver.events, "bookings.snapshot")[-1]["data"]["bookings"]
+        }
         assert keep.meeting_id in after
         assert after[keep.meeting_id] != before[keep.meeting_id]
     finally:
@@ -107,8 +111,10 @@ async def test_window_rolls_over_at_local_midnight_on_a_dst_day(
         assert [b["title"] for b in first["bookings"]] == ["Yesterday evening"]
         fleet.clock.advance(120)  # past local midnight
         await eventually(
-            lambda: of_type(receiver.events, "bookings.snapshot")[-1]["data"]["window"]
-            != first["window"]
+            lambda: (
+                of_type(receiver.events, "bookings.snapshot")[-1]["data"]["window"]
+                != first["window"]
+            )
         )
         second = of_type(receiver.events, "bookings.snapshot")[-1]["data"]
         assert second["window"] == {
@@ -135,18 +141,27 @@ async def test_receiver_down_then_back_delivers_everything(
         made = []
         for dev in fleet.devices:
             for h in range(1, 6):
-                made.append(dev.calendar.add(now + timedelta(hours=h), 30, title=f"m{h}").meeting_id)
+                made.append(
+                    dev.calendar.add(now + timedelta(hours=h), 30, title=f"m{h}").meeting_id
+                )
         await asyncio.sleep(0.5)  # deliveries fail meanwhile
         await receiver.come_back()
         await eventually(
-            lambda: {e["data"]["booking"]["meeting_id"]
-                     for e in of_type(receiver.events, "booking.created")} >= set(made),
+            lambda: (
+                {
+                    e["data"]["booking"]["meeting_id"]
+                    for e in of_type(receiver.events, "booking.created")
+                }
+                >= set(made)
+            ),
             timeout=30,
         )
         # order is kept per device: each device's created events arrive in the order made
         for dev in fleet.devices:
-            titles = [e["data"]["booking"]["title"]
-                      for e in _for(receiver, dev.device_id, "booking.created")]
+            titles = [
+                e["data"]["booking"]["title"]
+                for e in _for(receiver, dev.device_id, "booking.created")
+            ]
             assert titles == [f"m{h}" for h in range(1, 6)]
         assert receiver.bad_signatures == 0
     finally:
@@ -224,22 +239,30 @@ async def test_full_disk_holds_events_and_delivers_them_when_space_returns(
         await store._wconn.execute(f"PRAGMA max_page_count={pages}")
         now = fleet.clock.now()
         made = [
-            fleet.devices[0].calendar.add(
+            fleet.devices[0]
+            .calendar.add(
                 now + timedelta(hours=1 + i), 30, title=f"during the full disk {i} " + "x" * 3000
-            ).meeting_id
+            )
+            .meeting_id
             for i in range(3)
         ]
         await eventually(lambda: session.store_errors >= 2, timeout=20)
         assert not of_type(receiver.events, "booking.created")
         await store._wconn.execute("PRAGMA max_page_count=1073741823")  # space is back
         await eventually(
-            lambda: {e["data"]["booking"]["meeting_id"]
-                     for e in of_type(receiver.events, "booking.created")} >= set(made),
+            lambda: (
+                {
+                    e["data"]["booking"]["meeting_id"]
+                    for e in of_type(receiver.events, "booking.created")
+                }
+                >= set(made)
+            ),
             timeout=30,
         )
         # held and committed as they came, not rebuilt by a re-list
-        assert not [e for e in of_type(receiver.events, "booking.created")
-                    if e["data"].get("reconciled")]
+        assert not [
+            e for e in of_type(receiver.events, "booking.created") if e["data"].get("reconciled")
+        ]
         info = running.agent.devices()[0]
         assert info["connected"]
     finally:

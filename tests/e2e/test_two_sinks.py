@@ -18,24 +18,33 @@ async def test_broker_down_does_not_hold_back_webhooks_and_catches_up(
     # restart, so anything missing afterwards would be the agent's loss.
     broker = Mosquitto(tmp_path, persistence=True).start()
     cfg = agent_config(
-        fleet, tmp_path, webhook_url=receiver.url, ca_file=ca_file,
+        fleet,
+        tmp_path,
+        webhook_url=receiver.url,
+        ca_file=ca_file,
         extra={"mqtt": {"url": broker.url, "keepalive": 5}},
     )
     running = await start_agent(cfg, fleet, env=env, drainer={"backoff": Backoff(0.05, 0.3)})
-    sub = Subscriber(broker, "roomos-edge/test/devices/+/events", client_id="cloud",
-                     clean=False).start()
+    sub = Subscriber(
+        broker, "roomos-edge/test/devices/+/events", client_id="cloud", clean=False
+    ).start()
     try:
         await eventually(lambda: len(of_type(receiver.events, "bookings.snapshot")) >= 2)
         await eventually(lambda: len(sub.messages) >= 2)
         broker.stop()
         now = fleet.clock.now()
-        made = {fleet.devices[i % 2].calendar.add(now + timedelta(hours=1 + i), 30,
-                                                  title=f"while the broker is down {i}").meeting_id
-                for i in range(6)}
+        made = {
+            fleet.devices[i % 2]
+            .calendar.add(now + timedelta(hours=1 + i), 30, title=f"while the broker is down {i}")
+            .meeting_id
+            for i in range(6)
+        }
 
         def webhook_ids() -> set[str]:
-            return {e["data"]["booking"]["meeting_id"]
-                    for e in of_type(receiver.events, "booking.created")}
+            return {
+                e["data"]["booking"]["meeting_id"]
+                for e in of_type(receiver.events, "booking.created")
+            }
 
         # the webhook sink delivers while MQTT cannot
         await eventually(lambda: webhook_ids() >= made, timeout=20)

@@ -34,9 +34,16 @@ FAST = Backoff(initial=0.01, maximum=0.05, factor=2.0, jitter=0.0)
 
 
 def env(device: str, n: int) -> dict[str, Any]:
-    return {"type": "booking.updated", "timestamp": utc_iso(datetime.now(UTC)),
-            "data": {"event_id": f"{device}-{n}", "device_id": device, "n": n,
-                     "observed_at": utc_iso(datetime.now(UTC))}}
+    return {
+        "type": "booking.updated",
+        "timestamp": utc_iso(datetime.now(UTC)),
+        "data": {
+            "event_id": f"{device}-{n}",
+            "device_id": device,
+            "n": n,
+            "observed_at": utc_iso(datetime.now(UTC)),
+        },
+    }
 
 
 async def commit(store: Store, device: str, n: int) -> None:
@@ -165,9 +172,7 @@ async def test_rejected_event_is_dead_lettered_and_the_device_goes_on(
     assert drainer.stats().dead_lettered == 1
 
 
-async def test_rejected_batch_isolates_the_poison_event(
-    store: Store, rx: WebhookReceiver
-) -> None:
+async def test_rejected_batch_isolates_the_poison_event(store: Store, rx: WebhookReceiver) -> None:
     def poison(d: Delivery) -> Reply | None:
         return Reply(400) if b'"event_id":"room-1-2"' in d.body else None
 
@@ -263,8 +268,9 @@ async def test_retry_schedule_survives_a_restart(tmp_path: Path, rx: WebhookRece
         await store.close()
 
 
-async def test_latency_at_a_moderate_rate(store: Store, rx: WebhookReceiver, sink: WebhookSink
-                                          ) -> None:
+async def test_latency_at_a_moderate_rate(
+    store: Store, rx: WebhookReceiver, sink: WebhookSink
+) -> None:
     async with running(store, sink):
         await asyncio.sleep(0.05)
         for n in range(100):  # ~200 events/s over 10 devices
@@ -308,5 +314,3 @@ async def test_a_sink_that_raises_is_retried(store: Store) -> None:
             while drainer.stats().delivered < 1:
                 await asyncio.sleep(0.01)
     assert sink.calls == 2 and drainer.stats().retried == 1
-
-

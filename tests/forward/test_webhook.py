@@ -36,11 +36,20 @@ SECRET2 = "whsec_" + base64.b64encode(b"n" * 32).decode()
 
 
 def event(device: str = "room-1", n: int = 0) -> OutboxEvent:
-    envelope = {"type": "booking.created", "timestamp": "2026-11-23T09:00:00.000Z",
-                "data": {"event_id": f"{device}-{n}", "device_id": device, "n": n}}
-    return OutboxEvent(seq=n + 1, device_id=device, event_id=f"{device}-{n}",
-                       type="booking.created", envelope=envelope,
-                       body=jsoncodec.dumpb(envelope), created_at=time.time())
+    envelope = {
+        "type": "booking.created",
+        "timestamp": "2026-11-23T09:00:00.000Z",
+        "data": {"event_id": f"{device}-{n}", "device_id": device, "n": n},
+    }
+    return OutboxEvent(
+        seq=n + 1,
+        device_id=device,
+        event_id=f"{device}-{n}",
+        type="booking.created",
+        envelope=envelope,
+        body=jsoncodec.dumpb(envelope),
+        created_at=time.time(),
+    )
 
 
 @pytest.fixture
@@ -73,8 +82,11 @@ def test_signature_is_standard_webhooks() -> None:
     body = event().body
     ts = int(time.time())
     keys = [base64.b64decode(SECRET.removeprefix("whsec_"))]
-    headers = {"webhook-id": "room-1-0", "webhook-timestamp": str(ts),
-               "webhook-signature": sign(keys, "room-1-0", ts, body)}
+    headers = {
+        "webhook-id": "room-1-0",
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(keys, "room-1-0", ts, body),
+    }
     Webhook(SECRET).verify(body, headers)
 
 

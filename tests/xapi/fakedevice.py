@@ -83,7 +83,9 @@ class FakeDevice:
             else:
                 result = {"status": "OK"}
             if "id" in doc:
-                await conn.send(jsoncodec.dumps({"jsonrpc": "2.0", "id": doc["id"], "result": result}))
+                await conn.send(
+                    jsoncodec.dumps({"jsonrpc": "2.0", "id": doc["id"], "result": result})
+                )
 
 
 async def serve_raw_tcp(handler: Any) -> tuple[asyncio.Server, int]:

@@ -58,8 +58,9 @@ class Harness:
         self.events: list[dict[str, Any]] = []
         opts = {**FAST, **kw}
         self.client = XapiClient(
-            DeviceEndpoint("room-4a", url=device.url, username="admin", password="secret",
-                           ca_file=ca_file),
+            DeviceEndpoint(
+                "room-4a", url=device.url, username="admin", password="secret", ca_file=ca_file
+            ),
             on_connected=self._connected,
             on_disconnected=self.losses.append,
             **opts,
@@ -306,8 +307,12 @@ async def test_cancelling_run_is_safe(harness: Harness) -> None:
 
 
 async def test_backoff_resets_only_after_a_stable_period(device: Device, ca_file: str) -> None:
-    h = Harness(device, ca_file, stable_after=10.0,
-                backoff=Backoff(initial=0.05, maximum=0.4, factor=2.0, jitter=0.0))
+    h = Harness(
+        device,
+        ca_file,
+        stable_after=10.0,
+        backoff=Backoff(initial=0.05, maximum=0.4, factor=2.0, jitter=0.0),
+    )
     await h.start()
     try:
         loop = asyncio.get_running_loop()

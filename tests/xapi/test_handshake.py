@@ -26,8 +26,9 @@ def fingerprint_of(cert: trustme.LeafCert) -> str:
 def client_for(url: str, **ep: Any) -> XapiClient:
     ep.setdefault("username", "admin")
     ep.setdefault("password", "secret")
-    return XapiClient(DeviceEndpoint("room-4a", url=url, **ep), open_timeout=2.0,
-                      request_timeout=2.0)
+    return XapiClient(
+        DeviceEndpoint("room-4a", url=url, **ep), open_timeout=2.0, request_timeout=2.0
+    )
 
 
 async def test_pinned_fingerprint_connects(
@@ -40,9 +41,7 @@ async def test_pinned_fingerprint_connects(
 
 
 @pytest.mark.parametrize("auth", ["basic", "subprotocol"])
-async def test_wrong_fingerprint_never_sends_credentials(
-    tls_device: FakeDevice, auth: str
-) -> None:
+async def test_wrong_fingerprint_never_sends_credentials(tls_device: FakeDevice, auth: str) -> None:
     client = client_for(tls_device.url, fingerprint="00" * 32, auth=auth)
     with pytest.raises(errors.FingerprintMismatch) as info:
         await client.check_connection()
@@ -58,9 +57,7 @@ async def test_ca_file_verifies(tls_device: FakeDevice, ca_file: str) -> None:
     await client_for(tls_device.url, ca_file=ca_file).check_connection()
 
 
-async def test_other_ca_fails_without_credentials(
-    tls_device: FakeDevice, tmp_path: Any
-) -> None:
+async def test_other_ca_fails_without_credentials(tls_device: FakeDevice, tmp_path: Any) -> None:
     other = tmp_path / "other.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
     with pytest.raises(errors.TlsError) as info:
@@ -94,8 +91,9 @@ async def test_bad_credentials_403(tls_device: FakeDevice, ca_file: str) -> None
 
 async def test_auth_failure_backs_off_long(tls_device: FakeDevice, ca_file: str) -> None:
     client = XapiClient(
-        DeviceEndpoint("room-4a", url=tls_device.url, ca_file=ca_file, username="admin",
-                       password="wrong"),
+        DeviceEndpoint(
+            "room-4a", url=tls_device.url, ca_file=ca_file, username="admin", password="wrong"
+        ),
         open_timeout=2.0,
     )
     task = asyncio.create_task(client.run())
@@ -142,9 +140,7 @@ async def test_refused_port_is_unreachable() -> None:
 async def test_dns_failure_is_unreachable() -> None:
     start = time.monotonic()
     try:
-        await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo("room-4a.invalid", 443), 2.0
-        )
+        await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo("room-4a.invalid", 443), 2.0)
     except socket.gaierror:
         pass
     except TimeoutError:

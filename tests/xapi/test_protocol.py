@@ -48,7 +48,11 @@ def test_paths_from_strings_and_lists() -> None:
     assert split_path("Configuration Time Zone") == ["Configuration", "Time", "Zone"]
     assert split_path("  Status/SystemUnit  Uptime ") == ["Status", "SystemUnit", "Uptime"]
     assert split_path(["Status", "Video", "Input", "Connector", "1"]) == [
-        "Status", "Video", "Input", "Connector", 1,
+        "Status",
+        "Video",
+        "Input",
+        "Connector",
+        1,
     ]
     with pytest.raises(ValueError):
         split_path("   ")
@@ -64,12 +68,15 @@ def test_requests_are_numbered_and_encoded() -> None:
     cmd = p.command("Bookings List", {"DayOffset": 0, "Days": 2})
     assert [r.request_id for r in (get, query, xset, cmd)] == [1, 2, 3, 4]
     assert sent(get) == {
-        "jsonrpc": "2.0", "id": 1, "method": "xGet",
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "xGet",
         "params": {"Path": ["Configuration", "Time", "Zone"]},
     }
     assert sent(query)["params"] == {"Query": ["Status", "Bookings", "**"]}
     assert sent(xset)["params"] == {
-        "Path": ["Configuration", "Bookings", "AdhocBooking", "BookingTimeout"], "Value": 120,
+        "Path": ["Configuration", "Bookings", "AdhocBooking", "BookingTimeout"],
+        "Value": 120,
     }
     assert sent(cmd)["method"] == "xCommand/Bookings/List"
     assert sent(cmd)["params"] == {"DayOffset": 0, "Days": 2}
@@ -99,10 +106,15 @@ def test_response_and_error_decoded_and_typed() -> None:
     a, b = p.get("Status SystemUnit Uptime"), p.command("Bookings Book", {})
     [ok] = p.receive(answer(a.request_id, 1234))
     assert ok == Response(a.request_id, "xGet", 1234)
-    [err] = p.receive(jsoncodec.dumps({
-        "jsonrpc": "2.0", "id": b.request_id,
-        "error": {"code": 1, "message": "Command failed", "data": {"Cause": "NoSlot"}},
-    }))
+    [err] = p.receive(
+        jsoncodec.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": b.request_id,
+                "error": {"code": 1, "message": "Command failed", "data": {"Cause": "NoSlot"}},
+            }
+        )
+    )
     assert isinstance(err, ErrorResponse)
     exc = err.exception("room-4a")
     assert isinstance(exc, errors.CommandError) and exc.cause == "NoSlot"
@@ -113,11 +125,16 @@ def test_response_and_error_decoded_and_typed() -> None:
 @pytest.mark.parametrize(
     ("code", "cls"),
     [
-        (-32700, errors.ParseError), (-32600, errors.InvalidRequest),
-        (-32601, errors.MethodNotFound), (-32602, errors.InvalidParams),
-        (-32603, errors.InternalError), (1, errors.CommandError),
-        (-31999, errors.PermissionDenied), (-31998, errors.TooManySubscriptions),
-        (-31997, errors.NotReady), (42, errors.XapiError),
+        (-32700, errors.ParseError),
+        (-32600, errors.InvalidRequest),
+        (-32601, errors.MethodNotFound),
+        (-32602, errors.InvalidParams),
+        (-32603, errors.InternalError),
+        (1, errors.CommandError),
+        (-31999, errors.PermissionDenied),
+        (-31998, errors.TooManySubscriptions),
+        (-31997, errors.NotReady),
+        (42, errors.XapiError),
     ],
 )
 def test_error_table(code: int, cls: type[errors.XapiError]) -> None:
@@ -175,8 +192,10 @@ def test_held_notifications_for_nobody_become_malformed_and_are_bounded() -> Non
         ('{"jsonrpc": "2.0"}', "neither"),
         ('{"jsonrpc": "2.0", "id": 77, "result": 1}', "unknown request id"),
         ('{"jsonrpc": "2.0", "id": "x", "result": 1}', "unknown request id"),
-        ('{"jsonrpc": "2.0", "method": "xFeedback/Event", "params": {"Id": 4}}',
-         "unknown subscription"),
+        (
+            '{"jsonrpc": "2.0", "method": "xFeedback/Event", "params": {"Id": 4}}',
+            "unknown subscription",
+        ),
         ('{"jsonrpc": "2.0", "method": "xFeedback/Event", "params": []}', "integer Id"),
         ('{"jsonrpc": "2.0", "method": "xNonsense", "params": {}}', "unexpected method"),
     ],
@@ -241,7 +260,11 @@ def test_lean_ssl_protocol_keeps_sslprotocols_defaults() -> None:
     loop = asyncio.new_event_loop()
     try:
         proto = LeanSSLProtocol(
-            loop, asyncio.Protocol(), ssl.create_default_context(), None, server_side=False,
+            loop,
+            asyncio.Protocol(),
+            ssl.create_default_context(),
+            None,
+            server_side=False,
             server_hostname="device.invalid",
         )
         assert proto._shutdown_timeout_handle is None
