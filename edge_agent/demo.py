@@ -62,8 +62,9 @@ FORWARDED = {
 }
 
 
-class _SimClock:
-    """The agent's clock on the simulator's (fast) time, so windows and deadlines agree."""
+class SimulatorClock:
+    """The agent's clock on the simulator's (fast) time, so windows and deadlines agree; real
+    monotonic time for timeouts. Also used by the end-to-end tests."""
 
     def __init__(self, fleet: Any) -> None:
         self._fleet = fleet
@@ -288,7 +289,7 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             agent = Agent(
                 cfg,
                 resolve_secrets(cfg, env=env),
-                clock=_SimClock(fleet),
+                clock=SimulatorClock(fleet),
                 session_overrides={"relist_debounce_s": 0.2, "tick_max_s": 0.2},
             )
             agent_task = asyncio.create_task(agent.run(), name="demo.agent")

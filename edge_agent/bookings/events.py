@@ -20,6 +20,7 @@ from typing import Any, Final
 from edge_agent.bookings.models import (
     Booking,
     Organizer,
+    device_int,
     device_str,
     parse_device_time,
 )
@@ -186,16 +187,6 @@ class EventFields:
         return None
 
 
-def _int(v: Any) -> int | None:
-    s = device_str(v)
-    if s is None:
-        return None
-    try:
-        return int(float(s))
-    except ValueError:
-        return None
-
-
 def parse_event(payload: Mapping[str, Any]) -> EventFields | None:
     """Parse a Bookings event notification; None when it is not one.
 
@@ -220,9 +211,9 @@ def parse_event(payload: Mapping[str, Any]) -> EventFields | None:
         body = {}  # an empty event ("SyncRequired": "") may arrive without an object
     start = parse_device_time(body.get("StartTime"))
     end = parse_device_time(body.get("EndTime"))
-    duration = _int(body.get("Duration"))
+    duration = device_int(body.get("Duration"))
     if duration is None:
-        duration = _int(body.get("ScheduledDuration"))
+        duration = device_int(body.get("ScheduledDuration"))
     if end is None and start is not None and duration is not None and name != "ExtensionRequested":
         end = start + timedelta(minutes=duration)
     cause = device_str(body.get("FailureCause")) or device_str(body.get("Cause"))

@@ -73,7 +73,8 @@ def parse_device_time(value: Any) -> datetime | None:
         return None
 
 
-def _device_int(value: Any) -> int | None:
+def device_int(value: Any) -> int | None:
+    """A device number (``"30"``, ``"30.0"``) -> int; empty or unparsable -> None."""
     s = device_str(value)
     if s is None:
         return None
@@ -191,8 +192,8 @@ class Booking:
             platform=device_str(row.get("platform")),
             join_url=device_str(row.get("join_url")),
             agenda=device_str(row.get("agenda")),
-            start_buffer_s=_device_int(row.get("start_buffer_s")),
-            end_buffer_s=_device_int(row.get("end_buffer_s")),
+            start_buffer_s=device_int(row.get("start_buffer_s")),
+            end_buffer_s=device_int(row.get("end_buffer_s")),
             checked_in=device_bool(row.get("checked_in")),
         )
 
@@ -401,8 +402,8 @@ def _booking_from_raw(raw: _RawListBooking) -> Booking:
         platform=platform,
         join_url=join_url,
         agenda=device_str(raw.Agenda),
-        start_buffer_s=_device_int(time.StartTimeBuffer),
-        end_buffer_s=_device_int(time.EndTimeBuffer),
+        start_buffer_s=device_int(time.StartTimeBuffer),
+        end_buffer_s=device_int(time.EndTimeBuffer),
         checked_in=device_bool(raw.CheckedIn),
     )
 
@@ -454,7 +455,7 @@ def parse_list_result(result: Mapping[str, Any] | Any) -> ListPage:
     total: int | None = None
     info = result.get("ResultInfo")
     if isinstance(info, Mapping):
-        total = _device_int(info.get("TotalRows"))
+        total = device_int(info.get("TotalRows"))
     return ListPage(
         bookings=tuple(bookings),
         total_rows=total,

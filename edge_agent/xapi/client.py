@@ -773,12 +773,7 @@ class XapiClient:
             except TimeoutError:
                 pass
             except ConnectionClosed as exc:
-                if self._closing:
-                    return None
-                return ConnectionLost(
-                    f"{self.device_id}: connection lost ({_describe_close(exc)})",
-                    device=self.device_id,
-                )
+                return self._closed_by(exc)
             now = loop.time()
             if pong is not None and pong_deadline == inf and _done(pong):
                 pong = None
@@ -807,12 +802,7 @@ class XapiClient:
             except TimeoutError:
                 return self._dead(conn, "could not write to the device (send buffer full)")
             except ConnectionClosed as exc:
-                if self._closing:
-                    return None
-                return ConnectionLost(
-                    f"{self.device_id}: connection lost ({_describe_close(exc)})",
-                    device=self.device_id,
-                )
+                return self._closed_by(exc)
 
     async def _start_probe(self, conn: ClientConnection) -> asyncio.Future[Any]:
         """Send the probe without waiting for it: the reader that will read the answer is us."""
@@ -830,6 +820,14 @@ class XapiClient:
                 fut.exception()  # an error answer (NotReady...) still proves the link alive
 
         return done
+
+    def _closed_by(self, exc: ConnectionClosed) -> ConnectionLost | None:
+        """Why the link closed: ``None`` when we closed it, else a ConnectionLost."""
+        if self._closing:
+            return None
+        return ConnectionLost(
+            f"{self.device_id}: connection lost ({_describe_close(exc)})", device=self.device_id
+        )
 
     def _dead(self, conn: ClientConnection, why: str) -> ConnectionLost:
         conn.transport.abort()

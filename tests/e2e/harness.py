@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from device_sim import DeviceFleet
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, config_from_dict, resolve_secrets
+from edge_agent.demo import SimulatorClock
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PASSWORD = "sim-password"
@@ -33,19 +32,6 @@ FAST_CLIENT = {
     "close_timeout": 0.5,
 }
 FAST_SESSION = {"relist_debounce_s": 0.05, "tick_max_s": 0.05, "client_options": FAST_CLIENT}
-
-
-class SimClockAdapter:
-    """The agent's Clock on the simulator's time (wall clock) and real monotonic time."""
-
-    def __init__(self, fleet: DeviceFleet) -> None:
-        self._fleet = fleet
-
-    def now(self) -> datetime:
-        return self._fleet.clock.now()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 def agent_config(
@@ -114,7 +100,7 @@ async def start_agent(
     agent = Agent(
         cfg,
         resolve_secrets(cfg, env=env),
-        clock=SimClockAdapter(fleet),
+        clock=SimulatorClock(fleet),
         session_overrides={**FAST_SESSION, **(session or {})},
         drainer_overrides=drainer or {},
         drain_timeout_s=2.0,
