@@ -25,6 +25,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import Frame
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 from websockets.version import version as websockets_version
@@ -555,7 +556,7 @@ class XapiClient:
             headers["Authorization"] = ep.basic_authorization()
         # No extensions: permessage-deflate costs ~33 KiB per connection (DESIGN.md).
         protocol = ClientProtocol(uri, subprotocols=subprotocols, max_size=self.max_size)
-        conn = ClientConnection(
+        conn = _Connection(
             protocol,
             ping_interval=None,  # pings are sent by run()'s loop, not a task per connection
             ping_timeout=None,
@@ -952,6 +953,26 @@ def _opening_slot() -> asyncio.Semaphore:
 
 
 _WEBSOCKETS_LOGGER = logging.getLogger("websockets.client")
+
+
+class _Connection(ClientConnection):
+    """websockets' client connection, without its parser pinning the last frame received.
+
+    The sans-I/O parser is a generator whose suspended frame keeps the previous ``Frame`` until
+    the next one arrives: on a quiet device, the last ``Bookings List`` reply (~1 KiB a booking)
+    for up to a ping interval, across the whole fleet after every (re)list. The assembler gets
+    a copy of each frame with a payload; the parser's own is emptied.
+    """
+
+    def process_event(self, event: Any) -> None:
+        if type(event) is Frame and len(event.data) > _FRAME_KEEP:
+            frame = event
+            event = Frame(frame.opcode, frame.data, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
+            frame.data = b""
+        super().process_event(event)
+
+
+_FRAME_KEEP = 256  # bytes: smaller payloads are not worth a copy of the frame
 
 
 class _Interrupted(Exception):

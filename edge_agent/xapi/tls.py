@@ -4,6 +4,11 @@ Memory is the reason for :class:`LeanSSLProtocol`: asyncio's ``SSLProtocol`` giv
 connection its own 256 KiB read buffer (DESIGN.md: ~310 KiB per wss connection). On a selector
 loop the buffer is filled by ``recv_into`` and copied into the TLS BIO in the same callback, so
 one buffer per thread serves every connection.
+
+The same reasoning bounds the TLS BIO: OpenSSL's memory BIO grows its buffer to the largest
+write it was given and never shrinks it, so one 16 KiB read (a ``Bookings List`` reply) would
+pin ~21 KiB per connection for good. The lean protocol feeds the BIO :data:`BIO_FEED` bytes at
+a time and lets OpenSSL drain it in between.
 """
 
 from __future__ import annotations
@@ -13,11 +18,16 @@ import hashlib
 import ssl
 import threading
 from asyncio import sslproto
+from asyncio.sslproto import SSLProtocolState as _State
 from typing import Any
 
 from .endpoint import DeviceEndpoint
 
 READ_BUFFER_SIZE = 256 * 1024
+# What one write into a connection's incoming BIO may carry. OpenSSL drains the BIO into its own
+# record buffer (released when idle: Python sets SSL_MODE_RELEASE_BUFFERS) before the next write,
+# so this bounds what every idle connection keeps: about 4/3 of it.
+BIO_FEED = 1024
 
 _local = threading.local()
 _contexts: dict[tuple[str, str | None], ssl.SSLContext] = {}
@@ -103,6 +113,23 @@ class LeanSSLProtocol(sslproto.SSLProtocol):
         # A deque allocates a 64-slot block up front (~0.7 KiB); the backlog is almost always
         # empty and SSLProtocol only appends, indexes [0], deletes [0] and clears it.
         self._write_backlog = []  # type: ignore[assignment]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # SSLProtocol.buffer_updated, with the bytes written to the BIO in BIO_FEED slices (see
+        # the module's docstring), each followed by the same dispatch on the protocol's state.
+        proto: Any = self  # SSLProtocol's private members are not in typeshed
+        view = self._ssl_buffer_view
+        for start in range(0, nbytes, BIO_FEED):
+            proto._incoming.write(view[start : min(start + BIO_FEED, nbytes)])
+            state = proto._state
+            if state is _State.DO_HANDSHAKE:
+                proto._do_handshake()
+            elif state is _State.WRAPPED:
+                proto._do_read()
+            elif state is _State.FLUSHING:
+                proto._do_flush()
+            elif state is _State.SHUTDOWN:
+                proto._do_shutdown()
 
 
 def lean_buffers_supported(loop: asyncio.AbstractEventLoop) -> bool:

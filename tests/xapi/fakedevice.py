@@ -80,6 +80,8 @@ class FakeDevice:
                 result: Any = {"Id": 1}
             elif method == "xGet":
                 result = 42
+            elif method == "xCommand/Echo":
+                result = doc.get("params", {})
             else:
                 result = {"status": "OK"}
             if "id" in doc:

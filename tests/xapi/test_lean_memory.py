@@ -1,0 +1,71 @@
+"""The memory trims on the device link (bench/bench_pipeline.py's RSS figure relies on them)
+keep every byte: replies over TLS, fed to OpenSSL in slices, arrive whole, and the websocket
+parser lets go of a large reply once it is read."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from edge_agent.xapi import DeviceEndpoint, XapiClient, tls
+
+from .fakedevice import FakeDevice
+
+
+@pytest.fixture
+async def client(tls_device: FakeDevice, ca_file: str) -> AsyncIterator[XapiClient]:
+    client = XapiClient(
+        DeviceEndpoint(
+            "room-4a", url=tls_device.url, username="admin", password="secret", ca_file=ca_file
+        ),
+        open_timeout=5.0,
+        request_timeout=10.0,
+    )
+    task = asyncio.create_task(client.run())
+    try:
+        await client.wait_connected(5.0)
+        yield client
+    finally:
+        await client.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def echo(client: XapiClient, text: str) -> Any:
+    return (await client.command("Echo", Text=text))["Text"]
+
+
+async def test_replies_of_every_size_arrive_whole_over_tls(client: XapiClient) -> None:
+    conn = client._conn
+    assert conn is not None
+    assert isinstance(conn.transport._ssl_protocol, tls.LeanSSLProtocol)  # type: ignore[attr-defined]
+    # Around one BIO slice, one TLS record (16 KiB) and far beyond, with text in which a
+    # shifted, repeated or dropped slice shows.
+    for size in (1, tls.BIO_FEED - 1, tls.BIO_FEED, tls.BIO_FEED + 1, 16_385, 300_001):
+        text = "".join(chr(0x41 + i % 26) for i in range(size))
+        assert await echo(client, text) == text
+    # Replies back to back, several of them in one socket read.
+    texts = [f"{i:05d}" * 700 for i in range(40)]
+    assert list(await asyncio.gather(*(echo(client, t) for t in texts))) == texts
+
+
+async def test_the_parser_lets_go_of_a_large_reply(client: XapiClient) -> None:
+    text = "x" * 50_000
+    assert await echo(client, text) == text
+    conn = client._conn
+    assert conn is not None
+    # websockets' sans-I/O parser is a chain of generators suspended until the next frame;
+    # one of them has the last frame it parsed in its local ``frame``.
+    kept = []
+    gen = conn.protocol.parser
+    while gen is not None and getattr(gen, "gi_frame", None) is not None:
+        frame = gen.gi_frame.f_locals.get("frame")
+        if frame is not None:
+            kept.append(len(frame.data))
+        gen = gen.gi_yieldfrom
+    assert kept, "websockets' parser changed: this test no longer sees its frames"
+    assert max(kept) < 1_000
