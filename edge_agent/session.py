@@ -47,6 +47,7 @@ from edge_agent.bookings.device import (
 from edge_agent.bookings.models import ListPage, join_pages, next_page_offset, parse_list_result
 from edge_agent.bookings.pending import DEFAULT_GRACE_S
 from edge_agent.clock import Clock, system_clock
+from edge_agent.mailbox import Flag, Inbox
 from edge_agent.store import Change, PendingRow, Store, StoreError
 from edge_agent.xapi import DeviceEndpoint, XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost
@@ -139,10 +140,10 @@ class DeviceSession:
         # would hold 1,000 list replies (and their snapshots) in memory at the same time.
         self._list_slots = list_slots or asyncio.Semaphore(1)
         self._log = log.bind(device=self.device_id)
-        self._inputs: asyncio.Queue[_Input] = asyncio.Queue(settings.queue_max)
+        self._inputs: Inbox[_Input] = Inbox(settings.queue_max)
         self._link_backlog: deque[_Link] = deque(maxlen=16)
-        self._relist_wanted = asyncio.Event()
-        self._reschedule = asyncio.Event()
+        self._relist_wanted = Flag()
+        self._reschedule = Flag()
         self._tick_queued = False
         self._overflowing = False
         self._next_safety_relist = 0.0
