@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from edge_agent import metrics, sdnotify
+from edge_agent import heap, metrics, sdnotify
 from edge_agent.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock
@@ -344,9 +344,11 @@ class Agent:
         return self._store is not None and self._store.failed is None
 
     async def _sample_loop(self) -> None:
-        """Keep the gauges that are cheaper to read than to maintain, and systemd's STATUS."""
+        """Keep the gauges that are cheaper to read than to maintain, and systemd's STATUS; give
+        the memory a burst freed back to the OS (see :mod:`edge_agent.heap`)."""
         while True:
             await self.sample()
+            heap.release_free_memory()
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
     async def sample(self) -> Mapping[str, Any]:
