@@ -28,6 +28,7 @@ Decisions:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -318,7 +319,11 @@ def _find(window: Mapping[str, Booking], ev: EventFields) -> tuple[str, Booking]
 
 
 def _fingerprint(ev: EventFields) -> bytes:
-    return ev.name.encode() + b"|" + jsoncodec.canonical(ev.raw)
+    # A 128-bit digest, not the canonical JSON itself: every device keeps the last few seconds'
+    # fingerprints until its next event, which after a burst is ~0.5 KiB an event fleet-wide.
+    return hashlib.blake2b(
+        ev.name.encode() + b"|" + jsoncodec.canonical(ev.raw), digest_size=16
+    ).digest()
 
 
 def _remember(state: DeviceBookings, fp: bytes, now: datetime) -> DeviceBookings:
