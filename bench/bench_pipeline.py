@@ -211,6 +211,14 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def rss_cell(mib: float) -> str:
+    """RSS in MiB and in MB (10^6 bytes), the unit the goal is given in."""
+    return f"{mib:.0f} MiB = {mib * 1.048576:.0f} MB"
+
+
+RSS_GOAL_MIB = 150e6 / 2**20  # "under 150 MB", read strictly: 143.1 MiB
+
+
 def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -567,9 +575,9 @@ class Bench:
         self.rows.append(
             (
                 f"agent RSS, {n} devices connected",
-                f"{rss:.0f} MiB",
+                rss_cell(rss),
                 "< 150 MB" if n >= 1000 else "-",
-                "yes" if rss < 150 else "NO",
+                "yes" if rss < RSS_GOAL_MIB else "NO",
                 f"{a.flood_bookings + int(not a.skip_burst)} bookings/device in window",
             )
         )
@@ -791,9 +799,9 @@ class Bench:
         self.rows.append(
             (
                 "agent RSS after the burst",
-                f"{rss:.0f} MiB",
+                rss_cell(rss),
                 "< 150 MB" if n >= 1000 else "-",
-                "yes" if rss < 150 else "NO",
+                "yes" if rss < RSS_GOAL_MIB else "NO",
                 bookings,
             )
         )
