@@ -18,8 +18,8 @@ T = TypeVar("T")
 class Inbox(Generic[T]):
     """A bounded FIFO for one consumer: the part of ``asyncio.Queue`` a session uses.
 
-    ``put_nowait`` raises ``asyncio.QueueFull`` when full; ``put`` waits for room (several
-    producers may wait); ``get`` waits for an item (one consumer at a time); ``task_done`` and
+    ``put_nowait`` raises ``asyncio.QueueFull`` when full, unless told ``past_bound`` (for the
+    rare items that must not be refused); ``put`` waits for room (several producers may wait); ``get`` waits for an item (one consumer at a time); ``task_done`` and
     ``join`` count the items taken but not yet handled, as ``asyncio.Queue`` does.
     """
 
@@ -43,8 +43,8 @@ class Inbox(Generic[T]):
     def full(self) -> bool:
         return len(self._items) >= self._maxsize
 
-    def put_nowait(self, item: T) -> None:
-        if len(self._items) >= self._maxsize:
+    def put_nowait(self, item: T, *, past_bound: bool = False) -> None:
+        if len(self._items) >= self._maxsize and not past_bound:
             raise asyncio.QueueFull
         self._items.append(item)
         self._unfinished += 1

@@ -15,7 +15,8 @@ request's deadline passes, and every ``relist_interval_s`` as a safety net.
 Backpressure: feedback is queued (bounded). Should the queue overflow (the store is stuck, say),
 further feedback is dropped and a re-list is scheduled: the device's calendar is the truth, and
 reconciliation reports what the dropped events would have. Link changes (online/offline) are never
-dropped: they wait in a small backlog of their own.
+dropped: no list brings them back, so they join the queue past its bound, in order with the rest
+(each one takes a reconnect, so they come seconds apart at most).
 
 Stopping (:meth:`DeviceSession.stop`): the link is closed first, so nothing new arrives; what was
 already received is then applied and committed (bounded by a timeout) before ``run()`` ends.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -141,7 +141,6 @@ class DeviceSession:
         self._list_slots = list_slots or asyncio.Semaphore(1)
         self._log = log.bind(device=self.device_id)
         self._inputs: Inbox[_Input] = Inbox(settings.queue_max)
-        self._link_backlog: deque[_Link] = deque(maxlen=16)
         self._relist_wanted = Flag()
         self._reschedule = Flag()
         self._tick_queued = False
@@ -259,13 +258,14 @@ class DeviceSession:
         self._offer(_Link(online=True, software=software, tz=tz, booking_timeout_s=timeout))
 
     def _offer(self, item: _Input) -> None:
+        if isinstance(item, _Link):
+            # A re-list cannot bring back an online/offline transition: never refused, and in
+            # order with the feedback around it (see the module's docstring).
+            self._inputs.put_nowait(item, past_bound=True)
+            return
         try:
             self._inputs.put_nowait(item)
         except asyncio.QueueFull:
-            if isinstance(item, _Link):
-                # A re-list cannot bring back an online/offline transition: keep it.
-                self._link_backlog.append(item)
-                return
             self.dropped_feedback += 1
             if not self._overflowing:
                 self._overflowing = True
@@ -322,8 +322,6 @@ class DeviceSession:
             item = await self._inputs.get()
             try:
                 await self._handle(item)
-                while self._link_backlog:
-                    await self._handle(self._link_backlog.popleft())
             finally:
                 self._inputs.task_done()
                 if isinstance(item, _Listed) and not item.applied.done():

@@ -21,6 +21,17 @@ async def test_inbox_is_fifo_and_bounded() -> None:
     assert box.qsize() == 0 and not box.full()
 
 
+async def test_past_bound_items_are_never_refused_and_keep_their_place() -> None:
+    box: Inbox[str] = Inbox(1)
+    box.put_nowait("feedback")
+    box.put_nowait("offline", past_bound=True)
+    with pytest.raises(asyncio.QueueFull):
+        box.put_nowait("more feedback")
+    box.put_nowait("online", past_bound=True)
+    assert box.qsize() == 3
+    assert [await box.get() for _ in range(3)] == ["feedback", "offline", "online"]
+
+
 async def test_get_waits_for_an_item_and_has_one_consumer() -> None:
     box: Inbox[str] = Inbox(2)
     getter = asyncio.create_task(box.get())

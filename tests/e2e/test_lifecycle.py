@@ -7,6 +7,9 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import structlog
+import structlog.testing
+
 from edge_agent import jsoncodec
 from tests.e2e.harness import agent_config, eventually, of_type, start_agent
 
@@ -147,5 +150,52 @@ async def test_two_reloads_in_a_row_run_each_device_once(
             (d[1].device_id, "removed from the configuration")
         ]
         assert await agent.store.load_window(d[1].device_id) == {}  # type: ignore[union-attr]
+    finally:
+        await running.stop()
+
+
+async def test_a_full_inbox_drops_feedback_then_relists_and_keeps_link_changes(
+    make_fleet, receiver, tmp_path, ca_file, env
+):
+    """With the store stuck, a device's inbox fills: further notifications are dropped (counted,
+    said once) and a re-list catches up once the store is back; online/offline changes, which
+    no list can bring back, are queued past the bound, in order."""
+    fleet = await make_fleet(mode="hybrid")
+    cfg = agent_config(fleet, tmp_path, webhook_url=receiver.url, ca_file=ca_file)
+    running = await start_agent(cfg, fleet, env=env, session={"queue_max": 3})
+    try:
+        await eventually(lambda: of_type(receiver.events, "bookings.snapshot"))
+        session = next(iter(running.agent._sessions.values()))
+        store = running.agent.store
+        assert store is not None
+        pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
+        with structlog.testing.capture_logs() as logs:
+            await store._wconn.execute(f"PRAGMA max_page_count={pages}")
+            device = fleet.devices[0]
+            now = fleet.clock.now()
+            made = {
+                device.calendar.add(
+                    now + timedelta(hours=1, minutes=i), 1, title=f"held {i} " + "x" * 2000
+                ).meeting_id
+                for i in range(8)
+            }
+            await eventually(lambda: session.dropped_feedback >= 1)
+            device.faults.drop()  # the link goes down while the inbox is full...
+            await eventually(lambda: session.client.reconnects >= 1 and session.client.connected)
+            await store._wconn.execute("PRAGMA max_page_count=1073741823")  # space is back
+
+            def created() -> set[str]:
+                return {
+                    e["data"]["booking"]["meeting_id"]
+                    for e in of_type(receiver.events, "booking.created")
+                }
+
+            await eventually(lambda: made <= created(), timeout=20)
+            await eventually(lambda: len(of_type(receiver.events, "device.online")) >= 2)
+        # ...and comes back: both changes delivered, in the order they happened.
+        links = [e["type"] for e in receiver.events if e["type"].startswith("device.")]
+        assert links == ["device.online", "device.offline", "device.online"], links
+        full = [e for e in logs if e["event"].startswith("feedback queue full")]
+        assert len(full) == 1, full
     finally:
         await running.stop()
