@@ -43,6 +43,8 @@ from edge_agent.store import Store
 log = structlog.get_logger(__name__)
 
 SAMPLE_INTERVAL_S = 5.0
+TRIM_INTERVAL_S = 1.0
+"""malloc_trim costs ~0.5 ms with 1,000 devices: 0.05 % of a core at this interval."""
 LIST_CONCURRENCY = 16
 """Devices listing their bookings at once, fleet-wide (memory and store load after a start)."""
 
@@ -272,6 +274,7 @@ class Agent:
         for settings in self._settings.values():
             self._start_device(settings)
         self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
+        self._other_tasks.append(tg.create_task(self._trim_loop(), name="agent.heap-trim"))
         self._other_tasks.append(
             tg.create_task(sdnotify.watchdog_loop(self._healthy), name="agent.watchdog")
         )
@@ -344,12 +347,15 @@ class Agent:
         return self._store is not None and self._store.failed is None
 
     async def _sample_loop(self) -> None:
-        """Keep the gauges that are cheaper to read than to maintain, and systemd's STATUS; give
-        the memory a burst freed back to the OS (see :mod:`edge_agent.heap`)."""
+        """Keep the gauges that are cheaper to read than to maintain, and systemd's STATUS."""
         while True:
             await self.sample()
-            heap.release_free_memory()
             await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+    async def _trim_loop(self) -> None:
+        """Give the memory a burst freed back to the OS, soon after (see :mod:`edge_agent.heap`)."""
+        while heap.release_free_memory():
+            await asyncio.sleep(TRIM_INTERVAL_S)
 
     async def sample(self) -> Mapping[str, Any]:
         assert self._store is not None
