@@ -4,7 +4,7 @@ glibc's malloc keeps what Python frees in its heap for reuse and returns only th
 heap by itself, so a burst (1,000 devices re-listing after a network blip, a top-of-hour wave of
 events) leaves the agent's RSS at its high-water mark for good: +15 MiB after the benchmark's
 flood. ``malloc_trim(0)`` also returns the free pages inside the heap; with 1,000 devices it
-takes about half a millisecond, so the agent calls it from its sampler every few seconds.
+takes about half a millisecond, so the agent calls it every second (``Agent._trim_loop``).
 
 Only glibc has it: elsewhere (musl, macOS) :func:`release_free_memory` does nothing.
 """

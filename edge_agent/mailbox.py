@@ -19,8 +19,9 @@ class Inbox(Generic[T]):
     """A bounded FIFO for one consumer: the part of ``asyncio.Queue`` a session uses.
 
     ``put_nowait`` raises ``asyncio.QueueFull`` when full, unless told ``past_bound`` (for the
-    rare items that must not be refused); ``put`` waits for room (several producers may wait); ``get`` waits for an item (one consumer at a time); ``task_done`` and
-    ``join`` count the items taken but not yet handled, as ``asyncio.Queue`` does.
+    rare items that must not be refused); ``put`` waits for room (several producers may wait);
+    ``get`` waits for an item (one consumer at a time); ``task_done`` and ``join`` count the
+    items taken but not yet handled, as ``asyncio.Queue`` does.
     """
 
     __slots__ = ("_items", "_maxsize", "_unfinished", "_getter", "_putters", "_joiners")

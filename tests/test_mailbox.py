@@ -141,4 +141,5 @@ async def test_they_are_smaller_than_what_they_replace() -> None:
         for x in (queue._getters, queue._putters, queue._queue)  # type: ignore[attr-defined]
     )
     assert size_box * 4 < size_queue
-    assert sys.getsizeof(Flag()) * 4 < sys.getsizeof(asyncio.Event()._waiters)  # type: ignore[attr-defined]
+    event_waiters = asyncio.Event()._waiters  # type: ignore[attr-defined]
+    assert sys.getsizeof(Flag()) * 4 < sys.getsizeof(event_waiters)

@@ -42,7 +42,8 @@ async def echo(client: XapiClient, text: str) -> Any:
 async def test_replies_of_every_size_arrive_whole_over_tls(client: XapiClient) -> None:
     conn = client._conn
     assert conn is not None
-    assert isinstance(conn.transport._ssl_protocol, tls.LeanSSLProtocol)  # type: ignore[attr-defined]
+    ssl_protocol = conn.transport._ssl_protocol  # type: ignore[attr-defined]
+    assert isinstance(ssl_protocol, tls.LeanSSLProtocol)
     # Around one BIO slice, one TLS record (16 KiB) and far beyond, with text in which a
     # shifted, repeated or dropped slice shows.
     for size in (1, tls.BIO_FEED - 1, tls.BIO_FEED, tls.BIO_FEED + 1, 16_385, 300_001):
