@@ -16,7 +16,7 @@ Backpressure: feedback is queued (bounded). Should the queue overflow (the store
 further feedback is dropped and a re-list is scheduled: the device's calendar is the truth, and
 reconciliation reports what the dropped events would have. Link changes (online/offline) are never
 dropped: no list brings them back, so they join the queue past its bound, in order with the rest
-(each one takes a reconnect, so they come seconds apart at most).
+(each one takes a reconnect, and reconnects back off, so there are never many of them).
 
 Stopping (:meth:`DeviceSession.stop`): the link is closed first, so nothing new arrives; what was
 already received is then applied and committed (bounded by a timeout) before ``run()`` ends.
@@ -275,7 +275,7 @@ class DeviceSession:
                 )
             self._request_relist()
         else:
-            if self._overflowing and self._inputs.qsize() < self.settings.queue_max // 2:
+            if self._overflowing and self._inputs.qsize() <= self.settings.queue_max // 2:
                 self._overflowing = False
 
     async def _read_device_settings(

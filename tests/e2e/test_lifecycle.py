@@ -158,44 +158,55 @@ async def test_a_full_inbox_drops_feedback_then_relists_and_keeps_link_changes(
     make_fleet, receiver, tmp_path, ca_file, env
 ):
     """With the store stuck, a device's inbox fills: further notifications are dropped (counted,
-    said once) and a re-list catches up once the store is back; online/offline changes, which
-    no list can bring back, are queued past the bound, in order."""
+    said once per episode) and a re-list catches up once the store is back; online/offline
+    changes, which no list can bring back, are queued past the bound, in order."""
     fleet = await make_fleet(mode="hybrid")
     cfg = agent_config(fleet, tmp_path, webhook_url=receiver.url, ca_file=ca_file)
-    running = await start_agent(cfg, fleet, env=env, session={"queue_max": 3})
+    bound = 3
+    running = await start_agent(cfg, fleet, env=env, session={"queue_max": bound})
     try:
         await eventually(lambda: of_type(receiver.events, "bookings.snapshot"))
         session = next(iter(running.agent._sessions.values()))
         store = running.agent.store
         assert store is not None
-        pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
-        with structlog.testing.capture_logs() as logs:
+        device = fleet.devices[0]
+
+        def created() -> set[str]:
+            return {
+                e["data"]["booking"]["meeting_id"]
+                for e in of_type(receiver.events, "booking.created")
+            }
+
+        async def stick_store_and_book(tag: str) -> set[str]:
+            pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
             await store._wconn.execute(f"PRAGMA max_page_count={pages}")
-            device = fleet.devices[0]
             now = fleet.clock.now()
-            made = {
+            return {
                 device.calendar.add(
-                    now + timedelta(hours=1, minutes=i), 1, title=f"held {i} " + "x" * 2000
+                    now + timedelta(hours=2, minutes=i), 1, title=f"{tag} {i} " + "x" * 2000
                 ).meeting_id
                 for i in range(8)
             }
+
+        with structlog.testing.capture_logs() as logs:
+            made = await stick_store_and_book("held")
             await eventually(lambda: session.dropped_feedback >= 1)
+            dropped = session.dropped_feedback
             device.faults.drop()  # the link goes down while the inbox is full...
-            await eventually(lambda: session.client.reconnects >= 1 and session.client.connected)
+            # ...and comes back: offline and online both queued, the second past the bound (the
+            # worker is still stuck on the item it took).
+            await eventually(lambda: session._inputs.qsize() > bound)
             await store._wconn.execute("PRAGMA max_page_count=1073741823")  # space is back
-
-            def created() -> set[str]:
-                return {
-                    e["data"]["booking"]["meeting_id"]
-                    for e in of_type(receiver.events, "booking.created")
-                }
-
             await eventually(lambda: made <= created(), timeout=20)
             await eventually(lambda: len(of_type(receiver.events, "device.online")) >= 2)
-        # ...and comes back: both changes delivered, in the order they happened.
+            # A second episode is said again: the first one ended once the inbox drained.
+            again = await stick_store_and_book("again")
+            await eventually(lambda: session.dropped_feedback > dropped)
+            await store._wconn.execute("PRAGMA max_page_count=1073741823")
+            await eventually(lambda: again <= created(), timeout=20)
         links = [e["type"] for e in receiver.events if e["type"].startswith("device.")]
         assert links == ["device.online", "device.offline", "device.online"], links
         full = [e for e in logs if e["event"].startswith("feedback queue full")]
-        assert len(full) == 1, full
+        assert len(full) == 2, full
     finally:
         await running.stop()

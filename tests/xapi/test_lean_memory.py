@@ -49,7 +49,7 @@ async def test_replies_of_every_size_arrive_whole_over_tls(client: XapiClient) -
     for size in (1, tls.BIO_FEED - 1, tls.BIO_FEED, tls.BIO_FEED + 1, 16_385, 300_001):
         text = "".join(chr(0x41 + i % 26) for i in range(size))
         assert await echo(client, text) == text
-    # Replies back to back, several of them in one socket read.
+    # Requests pipelined, replies back to back (whatever socket reads they arrive in).
     texts = [f"{i:05d}" * 700 for i in range(40)]
     assert list(await asyncio.gather(*(echo(client, t) for t in texts))) == texts
 
