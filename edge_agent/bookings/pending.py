@@ -77,15 +77,11 @@ class PendingRequest:
     relist_requested: bool = False
 
     def to_row(self) -> dict[str, Any]:
-        """A JSON-able dict for the store's pending table."""
+        """A JSON-able dict for the store's pending table: :meth:`to_dict` and what the
+        tracker needs besides."""
         return {
             "device_id": self.device_id,
-            "booking_request_uuid": self.booking_request_uuid,
-            "title": self.title,
-            "start": utc_iso(self.start) if self.start else None,
-            "duration_min": self.duration_min,
-            "requested_at": utc_iso(self.requested_at),
-            "deadline": utc_iso(self.deadline),
+            **self.to_dict(),
             "relist_requested": self.relist_requested,
         }
 
