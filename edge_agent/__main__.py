@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from edge_agent.cli import main
+from edge_agent.ops.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

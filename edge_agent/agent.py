@@ -23,8 +23,9 @@ from typing import Any
 
 import structlog
 
-from edge_agent import heap, metrics, sdnotify
-from edge_agent.api import DeviceStatus, LocalApi, SinkStatus
+from edge_agent import metrics
+from edge_agent.ops import heap, sdnotify
+from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock
 from edge_agent.config import (
@@ -120,7 +121,7 @@ def build_sinks(
 
 
 class Agent:
-    """The running agent. Implements :class:`edge_agent.api.AgentView` for the local API.
+    """The running agent. Implements :class:`edge_agent.ops.api.AgentView` for the local API.
 
     Args:
         config: the validated configuration.
@@ -353,7 +354,7 @@ class Agent:
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
     async def _trim_loop(self) -> None:
-        """Give the memory a burst freed back to the OS, soon after (see :mod:`edge_agent.heap`)."""
+        """Give the memory a burst freed back to the OS, soon after (see :mod:`edge_agent.ops.heap`)."""
         while heap.release_free_memory():
             await asyncio.sleep(TRIM_INTERVAL_S)
 

@@ -16,7 +16,7 @@ from typing import Any
 from device_sim import DeviceFleet
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, config_from_dict, resolve_secrets
-from edge_agent.demo import SimulatorClock
+from edge_agent.ops.demo import SimulatorClock
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PASSWORD = "sim-password"

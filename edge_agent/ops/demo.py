@@ -1,0 +1,437 @@
+"""``edge-agent demo``: the whole pipeline on one machine, in a minute.
+
+Simulated devices (hybrid calendars, a fast clock, self-signed certificates pinned by SHA-256)
+-> the agent (its own SQLite store in a temporary directory) -> a local webhook receiver that
+checks every Standard Webhooks signature and prints each event on one line. The script books
+rooms on touch panels, changes calendars "in Outlook", reboots a device while its calendar
+changes, and makes a request that never gets an answer; then it prints a summary: events the
+devices produced against events delivered, duplicates, latency p50/p99.
+
+With ``--mqtt`` (needs the ``mosquitto`` binary) the agent also publishes to a broker started on
+a loopback port, and the summary shows what a late MQTT subscriber sees (retained state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from edge_agent import jsoncodec
+from edge_agent.agent import Agent
+from edge_agent.clock import parse_utc
+from edge_agent.config import config_from_dict, resolve_secrets
+from edge_agent.ops.logs import configure_logging
+
+SECRET = "whsec_" + base64.b64encode(b"edge-agent demo secret, not for production").decode()
+
+# What each device event becomes in the envelope contract (DESIGN.md).
+FORWARDED = {
+    "Bookings.BookingRequested": "booking.requested",
+    "Bookings.BookingCreated": "booking.created",
+    "Bookings.BookingFailed": "booking.failed",
+    "Bookings.BookingMoved": "booking.moved",
+    "Bookings.Deleted": "booking.deleted",
+    "Bookings.Start": "booking.started",
+    "Bookings.End": "booking.ended",
+    "Bookings.ExtensionRequested": "booking.extension_requested",
+    "Bookings.ExtensionFailed": "booking.extension_failed",
+    "Bookings.EditRequested": "booking.edit_requested",
+    "Bookings.EditFailed": "booking.edit_failed",
+    "Bookings.CheckedIn": "booking.checked_in",
+    "Status.Bookings.Availability": "room.availability",
+}
+
+
+class SimulatorClock:
+    """The agent's clock on the simulator's (fast) time, so windows and deadlines agree; real
+    monotonic time for timeouts. Also used by the end-to-end tests."""
+
+    def __init__(self, fleet: Any) -> None:
+        self._fleet = fleet
+
+    def now(self) -> datetime:
+        now: datetime = self._fleet.clock.now()
+        return now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver that verifies signatures by hand (HMAC-SHA256, Standard Webhooks)."""
+
+    secret: str
+    on_event: Callable[[dict[str, Any]], None]
+    ids: set[str] = field(default_factory=set)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
+    bad_signatures: int = 0
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    def verify(self, headers: Any, body: bytes) -> bool:
+        key = base64.b64decode(self.secret.removeprefix("whsec_"))
+        signed = f"{headers.get('webhook-id')}.{headers.get('webhook-timestamp')}.".encode()
+        mac = hmac.new(key, signed + body, hashlib.sha256).digest()
+        expected = "v1," + base64.b64encode(mac).decode()
+        sigs = (headers.get("webhook-signature") or "").split()
+        return any(hmac.compare_digest(expected, s) for s in sigs)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not self.verify(request.headers, body):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        doc = jsoncodec.loads(body)
+        envelopes = doc["data"]["events"] if doc.get("type") == "batch" else [doc]
+        for env in envelopes:
+            if env["data"]["event_id"] in self.ids:
+                self.duplicates += 1
+                continue
+            self.ids.add(env["data"]["event_id"])
+            self.events.append(env)
+            self.on_event(env)
+        return web.Response(status=204)
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class Printer:
+    """One compact line per delivered event."""
+
+    def __init__(self, fleet: Any, speed: float, out: TextIO, quiet: bool) -> None:
+        self.fleet = fleet
+        self.speed = speed
+        self.out = out
+        self.quiet = quiet
+        self.latencies: list[float] = []
+
+    def __call__(self, env: dict[str, Any]) -> None:
+        data = env["data"]
+        observed = parse_utc(data["observed_at"])
+        lag = (self.fleet.clock.now() - observed).total_seconds() / self.speed
+        self.latencies.append(max(0.0, lag))
+        if self.quiet:
+            return
+        sim = observed.strftime("%H:%M:%S")
+        print(f"{sim}  {data['device_id']:<9} {env['type']:<28} {_details(env)}", file=self.out)
+
+
+def _details(env: dict[str, Any]) -> str:
+    data = env["data"]
+    b = data.get("booking") or {}
+    parts: list[str] = []
+    if b.get("title"):
+        parts.append(f'"{b["title"]}"')
+    if b.get("start") and b.get("end"):
+        parts.append(f"{b['start'][11:16]}-{b['end'][11:16]}Z")
+    if b.get("meeting_id"):
+        parts.append(f"meeting {b['meeting_id'][:8]}")
+    if "pending_ms" in data:
+        parts.append(f"confirmed after {data['pending_ms'] / 1000:.0f}s")
+    if data.get("cause"):
+        parts.append(f"cause {data['cause']}")
+    if data.get("reconciled"):
+        parts.append("(reconciled: missed while disconnected)")
+    if env["type"] == "bookings.snapshot":
+        parts.append(f"{len(data['bookings'])} bookings in the window")
+    if env["type"] == "room.availability":
+        a = data["availability"]
+        parts.append(f"{a['status']}" + (f" until {a['until'][11:16]}Z" if a.get("until") else ""))
+    if env["type"] == "booking.request_expired":
+        parts.append(f"request {data['booking_request_uuid'][:8]} got no answer")
+    if env["type"] == "device.offline":
+        parts.append(str(data.get("reason") or "")[:60])
+    return "  ".join(parts)
+
+
+def _pct(values: Sequence[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p * len(s)))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def _mosquitto(workdir: Path) -> AsyncIterator[str]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(binary):
+        raise SystemExit(
+            "edge-agent demo --mqtt: mosquitto is not installed (make demo installs it)"
+        )
+    port = _free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-c", str(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                break
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def _late_mqtt_view(url: str, base: str) -> dict[str, str]:
+    """What a subscriber that connects now sees: the retained topics."""
+    import aiomqtt
+
+    host, port = url.removeprefix("mqtt://").split(":")
+    seen: dict[str, str] = {}
+    async with aiomqtt.Client(host, int(port), identifier="demo-late-subscriber") as client:
+        await client.subscribe(f"{base}/#", qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for msg in client.messages:
+                    if msg.retain:
+                        payload = bytes(msg.payload).decode()
+                        seen[str(msg.topic)] = payload
+    return seen
+
+
+async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from device_sim import DeviceFleet, SimConfig
+
+    rng = random.Random(args.seed)
+    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    fleet = DeviceFleet(
+        SimConfig(
+            devices=args.devices,
+            mode="hybrid",
+            speed=args.speed,
+            seed=args.seed,
+            time_zone=args.time_zone,
+            confirm_delay_s=30.0,
+            booking_timeout_s=60,
+            generate_day=True,
+            password="demo-password",
+        )
+    )
+    await fleet.start()
+    printer = Printer(fleet, args.speed, out, args.quiet)
+    receiver = Receiver(SECRET, printer)
+    hook_url = await receiver.start()
+    mqtt_ctx: Any = _mosquitto(workdir) if args.mqtt else contextlib.nullcontext(None)
+    agent_task: asyncio.Task[int] | None = None
+    try:
+        async with mqtt_ctx as mqtt_url:
+            raw: dict[str, Any] = {
+                "site": "demo",
+                "store": {"path": str(workdir / "agent.db")},
+                "defaults": {
+                    "username": "admin",
+                    "password_env": "DEMO_DEVICE_PASSWORD",
+                    "request_grace_s": 30,
+                    "time_zone": args.time_zone,
+                },
+                "devices": [
+                    {"id": d.device_id, "url": d.url, "fingerprint": fleet.cert_sha256}
+                    for d in fleet.devices
+                ],
+                "webhook": {"url": hook_url, "secret_env": "DEMO_WEBHOOK_SECRET"},
+                "api": {"listen": "127.0.0.1:0"},
+            }
+            if mqtt_url:
+                raw["mqtt"] = {"url": mqtt_url, "health_interval_s": 5}
+            env = {"DEMO_DEVICE_PASSWORD": "demo-password", "DEMO_WEBHOOK_SECRET": SECRET}
+            cfg = config_from_dict(raw, env=env)
+            agent = Agent(
+                cfg,
+                resolve_secrets(cfg, env=env),
+                clock=SimulatorClock(fleet),
+                session_overrides={"relist_debounce_s": 0.2, "tick_max_s": 0.2},
+            )
+            agent_task = asyncio.create_task(agent.run(), name="demo.agent")
+            ready = asyncio.create_task(agent.ready.wait())
+            await asyncio.wait({agent_task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if agent_task.done():  # it failed while starting: say why
+                ready.cancel()
+                return int(agent_task.result())
+            print(
+                f"edge-agent demo: {args.devices} simulated devices (hybrid calendar, clock x"
+                f"{args.speed:g}, {args.time_zone}) -> agent -> webhook receiver"
+                + (" + MQTT broker" if mqtt_url else ""),
+                f"\n  devices   {fleet.devices[0].url} ... (self-signed, pinned by SHA-256)",
+                f"\n  receiver  {hook_url} (verifies every signature)",
+                f"\n  agent     store {workdir / 'agent.db'}; local API {agent.api.url if agent.api else '-'}",
+                f"\n  running for {args.duration:g} s; sim time starts {fleet.clock.now():%H:%M} UTC\n",
+                file=out,
+            )
+            await _script(fleet, rng, args.duration, out)
+            await asyncio.sleep(2.0)  # the last deliveries
+            stats = await agent.sample()
+            pending = len(await agent.store.load_pending()) if agent.store else 0
+            late = await _late_mqtt_view(mqtt_url, cfg.mqtt_base_topic) if mqtt_url else None
+            agent.request_stop()
+            await agent_task
+            return _summary(fleet, receiver, printer, stats, pending, late, out)
+    finally:
+        if agent_task is not None and not agent_task.done():
+            agent_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await agent_task
+        await receiver.stop()
+        await fleet.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _say(out: TextIO, text: str) -> None:
+    print(f"\n>>> {text}", file=out)
+
+
+async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) -> None:
+    devices = fleet.devices
+    t0 = time.monotonic()
+
+    async def at(second: float) -> None:
+        await asyncio.sleep(max(0.0, t0 + second * duration / 40 - time.monotonic()))
+
+    await at(4)
+    _say(out, "three rooms are booked on their touch panels (hybrid: the calendar confirms later)")
+    for dev in rng.sample(devices, min(3, len(devices))):
+        dev.calendar.request(duration_min=30, title=f"Ad hoc in {dev.device_id}")
+    await at(10)
+    _say(out, "organizers change meetings in Outlook: one added, one moved, one deleted")
+    d = devices[1 % len(devices)]
+    now = fleet.clock.now()
+    d.calendar.add(now + timedelta(hours=2), 45, title="Added in Outlook")
+    movable = [b for b in devices[0].calendar.bookings() if b.start > now + timedelta(minutes=30)]
+    if movable:
+        devices[0].calendar.move(movable[0].id, movable[0].start + timedelta(minutes=30))
+    if len(movable) > 1:
+        devices[0].calendar.delete(movable[1].id)
+    await at(16)
+    victim = devices[2 % len(devices)]
+    _say(out, f"{victim.device_id} reboots; while it is down its calendar changes behind its back")
+    victim.faults.reboot(down_s=2.0, not_ready_s=1.0)
+    await asyncio.sleep(0.3)
+    now = fleet.clock.now()
+    victim.calendar.add(now + timedelta(hours=3), 30, title="Booked during the reboot")
+    await at(24)
+    quiet = devices[3 % len(devices)]
+    _say(
+        out,
+        f"{quiet.device_id}: a touch-panel request whose answer is lost (the device drops off) "
+        "-> it expires after BookingTimeout + grace",
+    )
+    quiet.calendar.decline_next()
+    quiet.calendar.request(duration_min=30, title="Nobody will answer")
+    quiet.faults.reboot(down_s=1.0, not_ready_s=0.5)
+    await at(40)
+
+
+def _summary(
+    fleet: Any,
+    receiver: Receiver,
+    printer: Printer,
+    stats: Any,
+    pending: int,
+    late: dict[str, str] | None,
+    out: TextIO,
+) -> int:
+    produced = fleet.produced()
+    delivered = Counter(e["type"] for e in receiver.events)
+    reconciled = Counter(e["type"] for e in receiver.events if e["data"].get("reconciled"))
+    print("\n=== summary ===", file=out)
+    print(f"{'device event':<32}{'produced':>9}   {'envelope':<28}{'delivered':>9}", file=out)
+    produced_total = 0
+    for xevent, etype in FORWARDED.items():
+        n = produced.get(xevent, 0)
+        if not n and not delivered.get(etype):
+            continue
+        produced_total += n
+        extra = f"  ({reconciled[etype]} reconciled)" if reconciled.get(etype) else ""
+        print(f"{xevent:<32}{n:>9}   {etype:<28}{delivered.get(etype, 0):>9}{extra}", file=out)
+    for etype in (
+        "bookings.snapshot",
+        "device.online",
+        "device.offline",
+        "booking.request_expired",
+    ):
+        print(f"{'(agent)':<32}{'':>9}   {etype:<28}{delivered.get(etype, 0):>9}", file=out)
+    lat = printer.latencies
+    dead = int(stats.get("dead_letters", 0)) if stats else 0
+    print(
+        f"\ndelivered {len(receiver.events)} events; duplicates {receiver.duplicates}; "
+        f"bad signatures {receiver.bad_signatures}; dead letters {dead}; pending requests {pending}",
+        f"\nlatency device event -> receiver: p50 {_pct(lat, 0.5) * 1000:.0f} ms, "
+        f"p99 {_pct(lat, 0.99) * 1000:.0f} ms",
+        file=out,
+    )
+    if late is not None:
+        print("\nwhat a late MQTT subscriber sees (retained):", file=out)
+        for topic in sorted(late):
+            print(f"  {topic} = {late[topic][:70]}", file=out)
+    ok = receiver.bad_signatures == 0 and dead == 0
+    print("\nOK" if ok else "\nPROBLEMS: see above", file=out)
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="edge-agent demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=20)
+    p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
+    p.add_argument("--duration", type=float, default=40.0, help="real seconds to run the script")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--time-zone", default="Europe/Oslo")
+    p.add_argument("--mqtt", action="store_true", help="also forward over MQTT (needs mosquitto)")
+    p.add_argument("--quiet", action="store_true", help="summary only, no line per event")
+    p.add_argument("--log-level", default="error")
+    args = p.parse_args(argv)
+    configure_logging(args.log_level)
+    return asyncio.run(run_demo(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
