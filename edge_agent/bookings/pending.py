@@ -42,7 +42,9 @@ __all__ = [
 ]
 
 BOOKING_TIMEOUT_DEFAULT_S = 60
-DEFAULT_GRACE_S = 15.0
+DEFAULT_GRACE_S = 30.0
+"""Seconds past the device's BookingTimeout before a request without an outcome is re-listed
+for (and expired by that list): the ``request_grace_s`` default (``[defaults]``, per device)."""
 START_TOLERANCE = timedelta(minutes=1)
 """A listed booking matches a request whose StartTime is within a minute of its start
 (devices and calendar backends round to the minute)."""
