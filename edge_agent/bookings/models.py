@@ -139,11 +139,6 @@ class Booking:
     checked_in: bool | None = None
 
     @property
-    def key(self) -> str:
-        """The window key: see :func:`booking_key`."""
-        return booking_key(self)
-
-    @property
     def duration_min(self) -> int:
         return int((self.end - self.start).total_seconds() // 60)
 
@@ -196,9 +191,6 @@ class Booking:
             end_buffer_s=device_int(row.get("end_buffer_s")),
             checked_in=device_bool(row.get("checked_in")),
         )
-
-    def with_changes(self, **changes: Any) -> Booking:
-        return replace(self, **changes)
 
 
 def booking_key(b: Booking) -> str:

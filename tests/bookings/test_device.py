@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge_agent.bookings.device import (
+from edge_agent.bookings import (
     DeviceBookings,
     Step,
     on_availability,
