@@ -477,7 +477,7 @@ class DeviceSession:
                 return join_pages(pages)
             offset = nxt
 
-    # --- time passing ------------------------------------------------------------------------------
+    # --- time passing ---------------------------------------------------------------------------
 
     async def _clock_loop(self) -> None:
         """Wake for the next pending deadline, local midnight or safety re-list."""

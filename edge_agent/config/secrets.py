@@ -73,7 +73,8 @@ def _read_secret(
 def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> Secrets:
     """Read every secret the config names; raise :class:`ConfigError` listing every one missing.
 
-    The values are also registered with the log redactor (:func:`edge_agent.ops.logs.register_secrets`).
+    The values are also registered with the log redactor
+    (:func:`edge_agent.ops.logs.register_secrets`).
     """
     env = os.environ if env is None else env
     problems: list[Problem] = []
