@@ -56,7 +56,6 @@ LIST_PAGE_SIZE = 100
 """``Limit`` of one ``Bookings List`` page; more pages follow while ``TotalRows`` says so."""
 
 
-
 class DeviceLink(Protocol):
     """What the session uses of its :class:`~edge_agent.xapi.XapiClient` (tests give a fake)."""
 

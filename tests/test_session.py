@@ -23,7 +23,6 @@ from edge_agent.backoff import Backoff
 from edge_agent.config import DeviceSettings, config_from_dict, device_settings, resolve_secrets
 from edge_agent.session import DeviceSession, SessionTuning
 from edge_agent.store import Change, Store, StoreError
-
 from tests.bookings.helpers import list_entry
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday; pinned, never the wall clock

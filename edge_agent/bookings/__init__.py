@@ -34,6 +34,9 @@ from edge_agent.bookings.models import (
     next_page_offset,
     parse_list_result,
 )
+from edge_agent.bookings.on_event import CALENDAR_CHANGES, on_event
+from edge_agent.bookings.on_list import on_list
+from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
 from edge_agent.bookings.pending import (
     PendingRequest,
     Resolution,
@@ -42,9 +45,6 @@ from edge_agent.bookings.pending import (
     open_request,
     resolve_by_list,
 )
-from edge_agent.bookings.on_event import CALENDAR_CHANGES, on_event
-from edge_agent.bookings.on_list import on_list
-from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
 from edge_agent.bookings.reconcile import Moved, Reconciliation, reconcile
 from edge_agent.bookings.state import Availability, DeviceBookings, Step
 from edge_agent.bookings.window import WindowBounds, in_window, next_midnight, window_bounds

@@ -157,12 +157,6 @@ class Resolution:
         return max(0, int((self.at - self.request.requested_at).total_seconds() * 1000))
 
 
-
-
-
-
-
-
 def match_in_list(request: PendingRequest, fresh: Iterable[Booking]) -> Booking | None:
     """The listed booking that is this request's outcome, if any.
 

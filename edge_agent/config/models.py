@@ -25,6 +25,7 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _NO_URL_CREDENTIALS = "credentials go in username / password_env or password_file, not in the URL"
 
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -118,9 +119,7 @@ class DeviceDefaults(_DeviceKeys):
     username: str | None = "edge-agent"
     auth: Literal["basic", "subprotocol"] | None = "basic"
     insecure: bool | None = False
-    booking_timeout_s: Annotated[int, Field(ge=60, le=300)] | None = (
-        BOOKING_TIMEOUT_DEFAULT_S
-    )
+    booking_timeout_s: Annotated[int, Field(ge=60, le=300)] | None = BOOKING_TIMEOUT_DEFAULT_S
     request_grace_s: Annotated[float, Field(ge=0, le=600)] | None = DEFAULT_GRACE_S
     time_zone: str | None = "UTC"
     relist_interval_s: Annotated[float, Field(ge=10)] | None = 300.0

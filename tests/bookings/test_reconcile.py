@@ -106,9 +106,7 @@ def test_ambiguous_slot_match_is_not_guessed() -> None:
 
 def test_meeting_id_learned_later_rekeys_by_device_id() -> None:
     a = booking("5")  # keyed id:5
-    with_mid = replace(a, 
-        meeting_id="M5", start=utc(2026, 11, 23, 10), end=utc(2026, 11, 23, 11)
-    )
+    with_mid = replace(a, meeting_id="M5", start=utc(2026, 11, 23, 10), end=utc(2026, 11, 23, 11))
     rec = reconcile(window_of(a), [with_mid], BOUNDS)
     assert rec.rekeyed == (("id:5", "M5"),)
     assert [m.after for m in rec.moved] == [with_mid]
