@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,11 @@ from edge_agent import metrics
 from edge_agent.ops import heap, sdnotify
 from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.backoff import Backoff
-from edge_agent.clock import Clock, system_clock
+from edge_agent.clock import Clock, system_clock, unix_time
 from edge_agent.config import (
     AgentConfig,
     ConfigError,
+    DeviceSettings,
     Secrets,
     device_settings,
     load_config,
@@ -38,7 +38,7 @@ from edge_agent.config import (
 )
 from edge_agent.forward.base import Sink
 from edge_agent.forward.drainer import Drainer
-from edge_agent.session import DeviceSession, SessionSettings
+from edge_agent.session import DeviceSession, SessionTuning
 from edge_agent.store import Store
 
 log = structlog.get_logger(__name__)
@@ -50,22 +50,9 @@ LIST_CONCURRENCY = 16
 """Devices listing their bookings at once, fleet-wide (memory and store load after a start)."""
 
 
-def session_settings(
-    cfg: AgentConfig, secrets: Secrets, overrides: Mapping[str, Any] | None = None
-) -> dict[str, SessionSettings]:
-    """Per-device session settings, defaults merged; ``overrides`` (tests, demo) on top."""
-    out: dict[str, SessionSettings] = {}
-    for d in device_settings(cfg, secrets):
-        out[d.id] = SessionSettings(
-            endpoint=d.endpoint(),
-            time_zone=d.time_zone,
-            booking_timeout_s=d.booking_timeout_s,
-            request_grace_s=d.request_grace_s,
-            relist_interval_s=d.relist_interval_s,
-            request_timeout_s=d.request_timeout_s,
-            **dict(overrides or {}),
-        )
-    return out
+def devices_by_id(cfg: AgentConfig, secrets: Secrets) -> dict[str, DeviceSettings]:
+    """The configured devices' settings (``[defaults]`` merged), by device id."""
+    return {d.id: d for d in device_settings(cfg, secrets)}
 
 
 def build_sinks(
@@ -127,8 +114,10 @@ class Agent:
         config: the validated configuration.
         secrets: resolved secrets (device passwords, webhook secrets, MQTT password).
         config_path: the file SIGHUP re-reads (None: reload is refused).
-        clock: wall clock for the bookings logic (tests pass the simulator's).
-        session_overrides: extra :class:`SessionSettings` fields for every device (tests, demo).
+        clock: the one clock: the sessions, the store and the drainers all read time from it
+            (tests and the demo pass the simulator's), so event times, ages, retry times and
+            delivery latency agree.
+        session_overrides: :class:`SessionTuning` fields for every device (tests, demo).
         drainer_overrides: extra :class:`Drainer` keyword arguments (tests: fast backoff).
         drain_timeout_s: how long shutdown waits for in-flight and queued deliveries.
     """
@@ -149,14 +138,14 @@ class Agent:
         self._secrets = secrets
         self._config_path = config_path
         self._clock = clock
-        self._session_overrides = dict(session_overrides or {})
+        self._tuning = SessionTuning(**dict(session_overrides or {}))
         self._drainer_overrides = dict(drainer_overrides or {})
         self._drain_timeout_s = drain_timeout_s
         self._with_api = api
         self._store: Store | None = None
         self._sessions: dict[str, DeviceSession] = {}
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
-        self._settings: dict[str, SessionSettings] = {}
+        self._settings: dict[str, DeviceSettings] = {}
         self._sinks: list[tuple[Sink, Drainer]] = []
         self._sink_tasks: list[asyncio.Task[Any]] = []
         self._other_tasks: list[asyncio.Task[Any]] = []
@@ -164,7 +153,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._list_slots = asyncio.Semaphore(LIST_CONCURRENCY)
-        self._started = time.monotonic()
+        self._started = clock.monotonic()
         self._last_stats: Mapping[str, Any] = {}
         self.api: LocalApi | None = None
         self.ready = asyncio.Event()
@@ -204,7 +193,7 @@ class Agent:
         """The MQTT ``bridge/health`` payload."""
         sinks = self._last_stats.get("sinks", {}) if self._last_stats else {}
         return {
-            "uptime_s": round(time.monotonic() - self._started, 1),
+            "uptime_s": round(self._clock.monotonic() - self._started, 1),
             "devices_configured": len(self._sessions),
             "devices_connected": sum(1 for s in self._sessions.values() if s.client.connected),
             "outbox": sinks,
@@ -239,6 +228,7 @@ class Agent:
             sinks=tuple(cfg.sink_names()) or ("webhook",),
             outbox_max_events=cfg.store.outbox_max_events,
             synchronous=cfg.store.synchronous,
+            clock=unix_time(self._clock),
         )
         try:
             async with asyncio.TaskGroup() as tg:
@@ -261,7 +251,7 @@ class Agent:
                 sink,
                 max_in_flight=int(opts["max_in_flight"]),
                 ttl_s=float(opts["ttl_s"]),
-                **self._drainer_overrides,
+                **{"clock": unix_time(self._clock), **self._drainer_overrides},
             )
             self._sinks.append((sink, drainer))
             # The drainer runs the sink's connection loop itself.
@@ -270,7 +260,7 @@ class Agent:
         if self._with_api:
             self.api = LocalApi(self, self.config.api.listen)
             await self.api.start()
-        self._settings = session_settings(self.config, self._secrets, self._session_overrides)
+        self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
         for settings in self._settings.values():
             self._start_device(settings)
@@ -280,22 +270,23 @@ class Agent:
             tg.create_task(sdnotify.watchdog_loop(self._healthy), name="agent.watchdog")
         )
 
-    def _start_device(self, settings: SessionSettings) -> None:
+    def _start_device(self, settings: DeviceSettings) -> None:
         assert self._tg is not None and self._store is not None
-        if settings.device_id in self._device_tasks:
+        if settings.id in self._device_tasks:
             # Reloads are serialised, so this is a bug, not a race: never run a device twice.
-            log.error("device already running; not starting it again", device=settings.device_id)
+            log.error("device already running; not starting it again", device=settings.id)
             return
         session = DeviceSession(
             settings,
             site=self.config.site,
             store=self._store,
             clock=self._clock,
+            tuning=self._tuning,
             list_slots=self._list_slots,
         )
-        self._sessions[settings.device_id] = session
-        name = f"device[{settings.device_id}]"
-        self._device_tasks[settings.device_id] = self._tg.create_task(
+        self._sessions[settings.id] = session
+        name = f"device[{settings.id}]"
+        self._device_tasks[settings.id] = self._tg.create_task(
             self._supervise(name, session.run), name=name
         )
 
@@ -315,14 +306,14 @@ class Agent:
         backoff = Backoff(initial=1.0, maximum=60.0)
         attempt = 0
         while True:
-            started = time.monotonic()
+            started = self._clock.monotonic()
             try:
                 await run()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
-                if time.monotonic() - started > 60:
+                if self._clock.monotonic() - started > 60:
                     attempt = 0
                 attempt += 1
                 delay = backoff.delay(attempt)
@@ -382,8 +373,8 @@ class Agent:
         await asyncio.gather(
             *(self._stop_device(d, "agent stopping") for d in list(self._device_tasks))
         )
-        deadline = time.monotonic() + self._drain_timeout_s
-        while time.monotonic() < deadline:
+        deadline = self._clock.monotonic() + self._drain_timeout_s
+        while self._clock.monotonic() < deadline:
             stats = await self.sample()
             sinks = stats.get("sinks", {})
             if not sinks or all(int(v.get("depth", 0)) == 0 for v in sinks.values()):
@@ -431,7 +422,7 @@ class Agent:
             )
             sdnotify.ready()
             return
-        new = session_settings(cfg, secrets, self._session_overrides)
+        new = devices_by_id(cfg, secrets)
         removed = [d for d in self._settings if d not in new]
         added = [d for d in new if d not in self._settings]
         changed = [d for d in new if d in self._settings and new[d] != self._settings[d]]

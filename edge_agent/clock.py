@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -42,3 +43,13 @@ def parse_utc(s: str) -> datetime:
 
 
 system_clock = SystemClock()
+
+
+def unix_time(clock: Clock) -> Callable[[], float]:
+    """``clock``'s wall time as unix seconds, for the parts that take a ``() -> float`` clock
+    (the store's ``created_at`` and ages, the drainer's retry times and delivery latency)."""
+
+    def now() -> float:
+        return clock.now().timestamp()
+
+    return now

@@ -2,15 +2,17 @@
 
 It owns the device's :class:`~edge_agent.xapi.XapiClient`, turns what arrives (feedback,
 list results, connection changes, time passing) into inputs for :mod:`edge_agent.bookings`, and
-commits each resulting :class:`~edge_agent.bookings.device.Step` to the store in one transaction
+commits each resulting :class:`~edge_agent.bookings.Step` to the store in one transaction
 before adopting its new state. One worker task applies every input in arrival order, so the
-device's state has exactly one owner.
+device's state has exactly one owner. It takes the device's
+:class:`~edge_agent.config.DeviceSettings` as they are (the xapi endpoint is derived from them)
+and one injected :class:`~edge_agent.clock.Clock` for every time it reads.
 
-Why it re-lists so often: a device only reports changes while a subscription is live, older
-software sends only some events, and hybrid calendars change behind the device's back. So the
-session lists on every (re)connect, on ``SyncRequired``/``Updated`` (debounced: a storm of them
-costs one list), after events that change the calendar, at local midnight, when a pending
-request's deadline passes, and every ``relist_interval_s`` as a safety net.
+Re-listing: whether to re-list is the transitions' decision (``Step.relist``: on every
+(re)connect, on ``SyncRequired``/``Updated``, after events that change the calendar, at local
+midnight, when a pending request's deadline passes); the session obeys it, debounced (a storm of
+them costs one list), and adds only its own safety net, a list every ``relist_interval_s``, and
+the catch-up list after dropping feedback (below).
 
 Backpressure: feedback is queued (bounded). Should the queue overflow (the store is stuck, say),
 further feedback is dropped and a re-list is scheduled: the device's calendar is the truth, and
@@ -26,54 +28,69 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
 from edge_agent.backoff import Backoff
-from edge_agent.bookings.device import (
-    DeviceBookings,
-    Step,
-    on_availability,
-    on_connection,
-    on_event,
-    on_list,
-    on_tick,
-)
 from edge_agent.bookings.models import ListPage, join_pages, next_page_offset, parse_list_result
-from edge_agent.bookings.pending import DEFAULT_GRACE_S
+from edge_agent.bookings.on_event import on_event
+from edge_agent.bookings.on_list import on_list
+from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
+from edge_agent.bookings.state import DeviceBookings, Step
 from edge_agent.clock import Clock, system_clock
+from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
 from edge_agent.store import Change, PendingRow, Store, StoreError
-from edge_agent.xapi import DeviceEndpoint, XapiClient, XapiError
+from edge_agent.xapi import XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost
+from edge_agent.xapi.protocol import Handler, PathLike
 
 log = structlog.get_logger(__name__)
 
 LIST_PAGE_SIZE = 100
 """``Limit`` of one ``Bookings List`` page; more pages follow while ``TotalRows`` says so."""
 
-CALENDAR_CHANGES = frozenset({"BookingCreated", "BookingFailed", "BookingMoved", "Deleted"})
-"""Events after which the session re-lists (debounced): the event carries only some fields of
-the booking, and a hybrid calendar may have changed more than it says."""
+
+class DeviceLink(Protocol):
+    """What the session uses of its :class:`~edge_agent.xapi.XapiClient` (tests give a fake)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    async def subscribe(
+        self, query: PathLike, handler: Handler, notify_current_value: bool = False
+    ) -> int: ...
+
+    async def command(self, path: PathLike, /, **args: Any) -> Any: ...
+
+    async def get(self, path: PathLike) -> Any: ...
+
+    async def run(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+LinkFactory = Callable[..., DeviceLink]
+"""Builds the link like :class:`XapiClient`: ``(endpoint, *, on_connected, on_disconnected,
+request_timeout, clock, **options)``; ``on_connected(link)`` is awaited after each connect,
+``on_disconnected(exc | None)`` called after each disconnect."""
 
 
 @dataclass(frozen=True, slots=True)
-class SessionSettings:
-    """One configured device, defaults merged in."""
+class SessionTuning:
+    """How the session paces itself: the same for every device, not configuration (tests and
+    the demo shorten the delays). The per-device settings are :class:`DeviceSettings`."""
 
-    endpoint: DeviceEndpoint
-    time_zone: str = "UTC"
-    """Used until (or when the user may not) read ``Configuration Time Zone``."""
-    booking_timeout_s: int = 60
-    """Used until (or when the user may not) read ``Bookings AdhocBooking BookingTimeout``."""
-    request_grace_s: float = DEFAULT_GRACE_S
-    relist_interval_s: float = 300.0
-    request_timeout_s: float = 10.0
     relist_debounce_s: float = 0.5
     tick_max_s: float = 30.0
     """Longest sleep between clock checks. The session sleeps until its next deadline or local
@@ -83,10 +100,6 @@ class SessionSettings:
     queue_max: int = 10_000
     client_options: Mapping[str, Any] = field(default_factory=dict)
     """Extra :class:`XapiClient` keyword arguments (timing, tests)."""
-
-    @property
-    def device_id(self) -> str:
-        return self.endpoint.device_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +114,7 @@ class _Listed:
 
 
 @dataclass(frozen=True, slots=True)
-class _Link:
+class _LinkChange:
     online: bool
     reason: str | None = None
     software: str | None = None
@@ -114,7 +127,7 @@ class _Tick:
     pass
 
 
-_Input = _Feedback | _Listed | _Link | _Tick
+_Input = _Feedback | _Listed | _LinkChange | _Tick
 
 
 class DeviceSession:
@@ -122,16 +135,20 @@ class DeviceSession:
 
     def __init__(
         self,
-        settings: SessionSettings,
+        settings: DeviceSettings,
         *,
         site: str,
         store: Store,
         clock: Clock = system_clock,
+        tuning: SessionTuning = SessionTuning(),
         store_backoff: Backoff = Backoff(initial=0.5, maximum=30.0),
         list_slots: asyncio.Semaphore | None = None,
+        link_factory: LinkFactory = XapiClient,
     ) -> None:
         self.settings = settings
-        self.device_id = settings.device_id
+        self.tuning = tuning
+        self.device_id = settings.id
+        self._link_factory = link_factory
         self.site = site
         self._store = store
         self._clock = clock
@@ -140,7 +157,7 @@ class DeviceSession:
         # would hold 1,000 list replies (and their snapshots) in memory at the same time.
         self._list_slots = list_slots or asyncio.Semaphore(1)
         self._log = log.bind(device=self.device_id)
-        self._inputs: Inbox[_Input] = Inbox(settings.queue_max)
+        self._inputs: Inbox[_Input] = Inbox(tuning.queue_max)
         self._relist_wanted = Flag()
         self._reschedule = Flag()
         self._tick_queued = False
@@ -160,7 +177,7 @@ class DeviceSession:
         st = self.state
         return {
             "id": self.device_id,
-            "url": self.settings.endpoint.ws_url,
+            "url": self.settings.url,
             **self.client.stats(),
             "time_zone": st.tz.key if st else self.settings.time_zone,
             "booking_timeout_s": st.booking_timeout_s if st else self.settings.booking_timeout_s,
@@ -173,15 +190,14 @@ class DeviceSession:
 
     # --- running -------------------------------------------------------------------------------
 
-    def _new_client(self) -> XapiClient:
-        s = self.settings
-        return XapiClient(
-            s.endpoint,
+    def _new_client(self) -> DeviceLink:
+        return self._link_factory(
+            self.settings.endpoint(),
             on_connected=self._on_connected,
             on_disconnected=self._on_disconnected,
-            request_timeout=s.request_timeout_s,
+            request_timeout=self.settings.request_timeout_s,
             clock=self._clock,
-            **dict(s.client_options),
+            **dict(self.tuning.client_options),
         )
 
     async def run(self) -> None:
@@ -250,15 +266,15 @@ class DeviceSession:
 
     def _on_disconnected(self, exc: BaseException | None) -> None:
         reason = str(exc) if exc is not None else (self._stop_reason or "closed")
-        self._offer(_Link(online=False, reason=reason))
+        self._offer(_LinkChange(online=False, reason=reason))
 
-    async def _on_connected(self, client: XapiClient) -> None:
+    async def _on_connected(self, client: DeviceLink) -> None:
         tz, timeout, software = await self._read_device_settings(client)
         # The online transition asks for the list (Step.relist), after the settings are applied.
-        self._offer(_Link(online=True, software=software, tz=tz, booking_timeout_s=timeout))
+        self._offer(_LinkChange(online=True, software=software, tz=tz, booking_timeout_s=timeout))
 
     def _offer(self, item: _Input) -> None:
-        if isinstance(item, _Link):
+        if isinstance(item, _LinkChange):
             # A re-list cannot bring back an online/offline transition: never refused, and in
             # order with the feedback around it (see the module's docstring).
             self._inputs.put_nowait(item, past_bound=True)
@@ -271,15 +287,15 @@ class DeviceSession:
                 self._overflowing = True
                 self._log.warning(
                     "feedback queue full: dropping device feedback and re-listing to catch up",
-                    queue_max=self.settings.queue_max,
+                    queue_max=self.tuning.queue_max,
                 )
             self._request_relist()
         else:
-            if self._overflowing and self._inputs.qsize() <= self.settings.queue_max // 2:
+            if self._overflowing and self._inputs.qsize() <= self.tuning.queue_max // 2:
                 self._overflowing = False
 
     async def _read_device_settings(
-        self, client: XapiClient
+        self, client: DeviceLink
     ) -> tuple[ZoneInfo | None, int | None, str | None]:
         """Time zone and BookingTimeout from the device; None where it may not be read."""
         tz: ZoneInfo | None = None
@@ -334,8 +350,6 @@ class DeviceSession:
             self._tick_queued = False
         step = self._transition(self.state, item, self._clock.now())
         await self._apply(step)
-        if isinstance(item, _Feedback) and _event_names(item.payload) & CALENDAR_CHANGES:
-            self._request_relist()
         if isinstance(item, _Tick):
             self._reschedule.set()
 
@@ -346,7 +360,7 @@ class DeviceSession:
             return on_event(state, item.payload, now)
         if isinstance(item, _Listed):
             return on_list(state, item.page, now)
-        if isinstance(item, _Link):
+        if isinstance(item, _LinkChange):
             if item.online:
                 state = state.with_config(tz=item.tz, booking_timeout_s=item.booking_timeout_s)
             return on_connection(
@@ -425,7 +439,7 @@ class DeviceSession:
         while True:
             await self._relist_wanted.wait()
             # Debounce: a burst of Updated/SyncRequired (or of calendar events) costs one list.
-            await asyncio.sleep(self.settings.relist_debounce_s)
+            await asyncio.sleep(self.tuning.relist_debounce_s)
             self._relist_wanted.clear()
             if not self.client.connected:
                 continue  # on_connected asks again
@@ -440,7 +454,7 @@ class DeviceSession:
                 continue
             except XapiError as exc:
                 self._log.warning("Bookings List failed; will retry", error=str(exc))
-                await asyncio.sleep(min(30.0, self.settings.relist_debounce_s * 10))
+                await asyncio.sleep(min(30.0, self.tuning.relist_debounce_s * 10))
                 self._request_relist()
                 continue
             self.lists += 1
@@ -462,11 +476,11 @@ class DeviceSession:
                 return join_pages(pages)
             offset = nxt
 
-    # --- time passing ------------------------------------------------------------------------------
+    # --- time passing ---------------------------------------------------------------------------
 
     async def _clock_loop(self) -> None:
         """Wake for the next pending deadline, local midnight or safety re-list."""
-        tick_max = self.settings.tick_max_s
+        tick_max = self.tuning.tick_max_s
         while True:
             assert self.state is not None
             now = self._clock.now()
@@ -495,11 +509,6 @@ class DeviceSession:
                 # device's events.
                 self._tick_queued = True
                 await self._inputs.put(_Tick())
-
-
-def _event_names(payload: Mapping[str, Any]) -> set[str]:
-    bookings = payload.get("Event", {}).get("Bookings")
-    return set(bookings) if isinstance(bookings, Mapping) else set()
 
 
 def _zone(name: Any) -> ZoneInfo | None:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from edge_agent.bookings.pending import DEFAULT_GRACE_S
 from edge_agent.config import (
     AgentConfig,
     ConfigError,
@@ -74,8 +75,26 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
     assert dev.username == "edge-agent" and dev.auth == "basic" and not dev.insecure
     assert dev.password.get_secret_value() == "hunter2"
     assert (dev.request_grace_s, dev.relist_interval_s, dev.request_timeout_s) == (30, 300, 10)
+    assert dev.request_grace_s == DEFAULT_GRACE_S  # one default, shared with the bookings logic
     assert dev.time_zone == "UTC"
     assert len(secrets.webhook_secrets) == 2
+
+
+def test_device_settings_derive_the_endpoint_and_compare_by_value(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL), env={})
+    env = {"DEV_PW": "hunter2", "WH_SECRET": WHSEC}
+    (dev,) = device_settings(cfg, resolve_secrets(cfg, env))
+    ep = dev.endpoint()
+    assert (ep.device_id, ep.ws_url, ep.username, ep.password) == (
+        dev.id,
+        dev.url,
+        "edge-agent",
+        "hunter2",
+    )
+    # A reload restarts a device only when its settings differ; a new password is a difference.
+    (same,) = device_settings(cfg, resolve_secrets(cfg, env))
+    (other,) = device_settings(cfg, resolve_secrets(cfg, {**env, "DEV_PW": "changed"}))
+    assert same == dev and other != dev
 
 
 def test_store_path_defaults_to_state_directory(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ odd booking from a calendar backend must not blind the agent to the rest of the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -139,11 +139,6 @@ class Booking:
     checked_in: bool | None = None
 
     @property
-    def key(self) -> str:
-        """The window key: see :func:`booking_key`."""
-        return booking_key(self)
-
-    @property
     def duration_min(self) -> int:
         return int((self.end - self.start).total_seconds() // 60)
 
@@ -196,9 +191,6 @@ class Booking:
             end_buffer_s=device_int(row.get("end_buffer_s")),
             checked_in=device_bool(row.get("checked_in")),
         )
-
-    def with_changes(self, **changes: Any) -> Booking:
-        return replace(self, **changes)
 
 
 def booking_key(b: Booking) -> str:

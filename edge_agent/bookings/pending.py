@@ -12,7 +12,7 @@ re-list. So a request is closed by
 - a re-list after the deadline without a match -> expired.
 
 The deadline is ``requested_at + clamp(BookingTimeout, 60, 300) + grace``. When it passes the
-shell re-lists (:func:`due`); only the list after the deadline can expire a request.
+next tick asks for a re-list (``on_tick``); only the list after the deadline can expire a request.
 """
 
 from __future__ import annotations
@@ -33,16 +33,15 @@ __all__ = [
     "Resolution",
     "clamp_booking_timeout",
     "deadline_for",
-    "due",
     "match_in_list",
     "open_request",
     "resolve_by_list",
-    "resolve_created",
-    "resolve_failed",
 ]
 
 BOOKING_TIMEOUT_DEFAULT_S = 60
-DEFAULT_GRACE_S = 15.0
+DEFAULT_GRACE_S = 30.0
+"""Seconds past the device's BookingTimeout before a request without an outcome is re-listed
+for (and expired by that list): the ``request_grace_s`` default (``[defaults]``, per device)."""
 START_TOLERANCE = timedelta(minutes=1)
 """A listed booking matches a request whose StartTime is within a minute of its start
 (devices and calendar backends round to the minute)."""
@@ -152,31 +151,10 @@ class Resolution:
     at: datetime
     booking: Booking | None = None
     cause: str | None = None
-    by_list: bool = False
 
     @property
     def pending_ms(self) -> int:
         return max(0, int((self.at - self.request.requested_at).total_seconds() * 1000))
-
-
-def due(pending: Iterable[PendingRequest], now: datetime) -> list[PendingRequest]:
-    """The requests whose deadline has passed at ``now`` (the shell re-lists for them)."""
-    return sorted((p for p in pending if now >= p.deadline), key=lambda p: p.deadline)
-
-
-def resolve_created(request: PendingRequest, booking: Booking, now: datetime) -> Resolution:
-    """``BookingCreated`` with the request's UUID arrived at ``now``."""
-    return Resolution(
-        "created",
-        request,
-        now,
-        booking=replace(booking, booking_request_uuid=request.booking_request_uuid),
-    )
-
-
-def resolve_failed(request: PendingRequest, cause: str | None, now: datetime) -> Resolution:
-    """``BookingFailed`` with the request's UUID arrived at ``now``."""
-    return Resolution("failed", request, now, cause=cause)
 
 
 def match_in_list(request: PendingRequest, fresh: Iterable[Booking]) -> Booking | None:
@@ -219,8 +197,7 @@ def resolve_by_list(
             request,
             now,
             booking=replace(hit, booking_request_uuid=request.booking_request_uuid),
-            by_list=True,
         )
     if now >= request.deadline:
-        return Resolution("expired", request, now, by_list=True)
+        return Resolution("expired", request, now)
     return None

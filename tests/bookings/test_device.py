@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge_agent.bookings.device import (
+from edge_agent.bookings import (
     DeviceBookings,
     Step,
     on_availability,
@@ -339,6 +339,27 @@ def test_legacy_start_with_only_id_asks_for_relist(state: DeviceBookings) -> Non
 def test_ignored_events(state: DeviceBookings, name: str) -> None:
     step = on_event(state, ev(name, Id="1", Seconds=60), NOW)
     assert step.events == () and not step.relist and not step.needs_commit
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("BookingCreated", {"Id": "1", "MeetingId": "A", "StartTime": "2026-11-23T09:00:00Z"}),
+        ("BookingFailed", {"BookingRequestUUID": "nobody", "FailureCause": "Decline"}),
+        ("BookingMoved", {"Id": "1", "MeetingId": "A", "StartTime": "2026-11-23T09:30:00Z"}),
+        ("Deleted", {"Id": "1", "MeetingId": "A"}),
+    ],
+)
+def test_calendar_changes_ask_for_a_relist(
+    state: DeviceBookings, name: str, body: dict[str, Any]
+) -> None:
+    # The decision is the transition's (the session only obeys Step.relist): the event carries
+    # only some fields, and a hybrid calendar may have changed more than it says.
+    s = listed(state, list_entry(Id="1", MeetingId="A")).state
+    step = on_event(s, ev(name, **body), NOW)
+    assert step.relist, name
+    # ... but a repeated frame (dropped as a duplicate) does not ask again.
+    assert not on_event(step.state, ev(name, **body), NOW).relist
 
 
 def test_sync_required_relists(state: DeviceBookings) -> None:

@@ -1,18 +1,20 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
+from edge_agent.bookings.on_status import on_tick
 from edge_agent.bookings.pending import (
     PendingRequest,
+    Resolution,
     clamp_booking_timeout,
     deadline_for,
-    due,
     match_in_list,
     open_request,
     resolve_by_list,
-    resolve_created,
-    resolve_failed,
 )
+from edge_agent.bookings.state import DeviceBookings
 
 from .helpers import booking, utc
 
@@ -48,25 +50,23 @@ def test_deadline_clamps_timeout() -> None:
     assert req(timeout=1000).deadline == T0 + timedelta(seconds=315)
 
 
-def test_due() -> None:
+def test_a_tick_flags_exactly_the_requests_past_their_deadline() -> None:
     a, b = req("a"), req("b", timeout=300)
-    assert due([a, b], T0 + timedelta(seconds=74)) == []
-    assert due([a, b], T0 + timedelta(seconds=75)) == [a]
-    assert due([b, a], T0 + timedelta(seconds=400)) == [a, b]
+    state = DeviceBookings(
+        site="s", device_id="room-4a", tz=ZoneInfo("UTC"), pending={"a": a, "b": b}
+    )
+    assert not on_tick(state, T0 + timedelta(seconds=74)).relist
+    step = on_tick(state, T0 + timedelta(seconds=75))
+    assert step.relist and [p.booking_request_uuid for p in step.pending_upsert] == ["a"]
+    later = on_tick(step.state, T0 + timedelta(seconds=400))
+    assert [p.booking_request_uuid for p in later.pending_upsert] == ["b"]
 
 
-def test_created_by_event_has_pending_ms_and_uuid() -> None:
+def test_pending_ms_is_the_time_since_the_request() -> None:
     r = req()
-    b = booking("7", meeting_id="M", start=utc(2026, 11, 23, 10), end=utc(2026, 11, 23, 10, 30))
-    res = resolve_created(r, b, T0 + timedelta(milliseconds=4321))
-    assert res.outcome == "created"
-    assert res.pending_ms == 4321
-    assert res.booking is not None and res.booking.booking_request_uuid == "u-1"
-
-
-def test_failed_by_event() -> None:
-    res = resolve_failed(req(), "Decline", T0 + timedelta(seconds=3))
-    assert res.outcome == "failed" and res.cause == "Decline"
+    assert Resolution("created", r, T0 + timedelta(milliseconds=4321)).pending_ms == 4321
+    # a device clock a little behind the agent's never yields a negative figure
+    assert Resolution("failed", r, T0 - timedelta(seconds=1)).pending_ms == 0
 
 
 def test_resolved_by_list_title_and_start_within_a_minute() -> None:
@@ -81,7 +81,7 @@ def test_resolved_by_list_title_and_start_within_a_minute() -> None:
     assert match_in_list(r, [far, other]) is None
     assert match_in_list(r, [far, other, near]) == near
     res = resolve_by_list(r, [near], T0 + timedelta(seconds=20))
-    assert res is not None and res.outcome == "created" and res.by_list
+    assert res is not None and res.outcome == "created"
     assert res.booking is not None and res.booking.booking_request_uuid == "u-1"
     assert res.pending_ms == 20_000
 
@@ -108,7 +108,7 @@ def test_booking_tied_to_another_request_never_matches() -> None:
         booking_request_uuid="someone-else",
     )
     assert match_in_list(r, [taken]) is None
-    mine = taken.with_changes(booking_request_uuid="u-1", title="renamed")
+    mine = replace(taken, booking_request_uuid="u-1", title="renamed")
     assert match_in_list(r, [mine]) == mine
 
 

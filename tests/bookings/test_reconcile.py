@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from edge_agent.bookings.models import Booking, Organizer, booking_key
 from edge_agent.bookings.reconcile import reconcile
 from edge_agent.bookings.window import WindowBounds
@@ -24,7 +26,7 @@ def test_created_moved_deleted() -> None:
     a = booking("1", meeting_id="A")
     b = booking("2", meeting_id="B", start=utc(2026, 11, 23, 11), end=utc(2026, 11, 23, 12))
     c = booking("3", meeting_id="C", start=utc(2026, 11, 23, 13), end=utc(2026, 11, 23, 14))
-    b2 = b.with_changes(start=utc(2026, 11, 23, 15), end=utc(2026, 11, 23, 16))
+    b2 = replace(b, start=utc(2026, 11, 23, 15), end=utc(2026, 11, 23, 16))
     d = booking("4", meeting_id="D", start=utc(2026, 11, 24, 7), end=utc(2026, 11, 24, 9))
     rec = reconcile(window_of(a, b, c), [a, b2, d], BOUNDS)
     assert rec.created == (d,)
@@ -36,7 +38,7 @@ def test_created_moved_deleted() -> None:
 
 def test_title_change_is_a_silent_update() -> None:
     a = booking("1", meeting_id="A")
-    a2 = a.with_changes(title="Renamed", organizer=Organizer("Bob", None, None))
+    a2 = replace(a, title="Renamed", organizer=Organizer("Bob", None, None))
     rec = reconcile(window_of(a), [a2], BOUNDS)
     assert not rec.changed
     assert rec.updated == (a2,)
@@ -46,7 +48,7 @@ def test_title_change_is_a_silent_update() -> None:
 def test_fresh_outside_window_ignored_and_move_out_reported() -> None:
     a = booking("1", meeting_id="A")
     later = booking("2", meeting_id="Z", start=utc(2026, 11, 24, 10), end=utc(2026, 11, 24, 11))
-    a_out = a.with_changes(start=utc(2026, 11, 24, 12), end=utc(2026, 11, 24, 13))
+    a_out = replace(a, start=utc(2026, 11, 24, 12), end=utc(2026, 11, 24, 13))
     rec = reconcile(window_of(a), [a_out, later], BOUNDS)
     assert rec.created == ()
     assert [m.after for m in rec.moved] == [a_out]
@@ -80,7 +82,7 @@ def test_ended_earlier_today_and_missing_is_aged_out_when_now_given() -> None:
 def test_id_changed_after_reboot_matches_by_slot() -> None:
     org = Organizer("Ada", "ada@x", "o1")
     a = booking("17", organizer=org)  # no MeetingId: keyed by Id
-    after_reboot = a.with_changes(id="3")
+    after_reboot = replace(a, id="3")
     rec = reconcile(window_of(a), [after_reboot], BOUNDS)
     assert not rec.changed
     assert rec.rekeyed == (("id:17", "id:3"),)
@@ -89,7 +91,7 @@ def test_id_changed_after_reboot_matches_by_slot() -> None:
 
 def test_id_change_with_different_organizer_is_delete_and_create() -> None:
     a = booking("17", organizer=Organizer("Ada", "ada@x", None))
-    other = a.with_changes(id="3", organizer=Organizer("Bob", "bob@x", None))
+    other = replace(a, id="3", organizer=Organizer("Bob", "bob@x", None))
     rec = reconcile(window_of(a), [other], BOUNDS)
     assert rec.deleted == (a,) and rec.created == (other,)
 
@@ -97,16 +99,14 @@ def test_id_change_with_different_organizer_is_delete_and_create() -> None:
 def test_ambiguous_slot_match_is_not_guessed() -> None:
     a = booking("1")
     b = booking("2")  # same title/start/end as a (two identical bookings)
-    fresh = [a.with_changes(id="8"), a.with_changes(id="9")]
+    fresh = [replace(a, id="8"), replace(a, id="9")]
     rec = reconcile(window_of(a, b), fresh, BOUNDS)
     assert len(rec.deleted) == 2 and len(rec.created) == 2
 
 
 def test_meeting_id_learned_later_rekeys_by_device_id() -> None:
     a = booking("5")  # keyed id:5
-    with_mid = a.with_changes(
-        meeting_id="M5", start=utc(2026, 11, 23, 10), end=utc(2026, 11, 23, 11)
-    )
+    with_mid = replace(a, meeting_id="M5", start=utc(2026, 11, 23, 10), end=utc(2026, 11, 23, 11))
     rec = reconcile(window_of(a), [with_mid], BOUNDS)
     assert rec.rekeyed == (("id:5", "M5"),)
     assert [m.after for m in rec.moved] == [with_mid]
@@ -115,7 +115,7 @@ def test_meeting_id_learned_later_rekeys_by_device_id() -> None:
 
 def test_request_uuid_and_checkin_carried_over() -> None:
     a = booking("1", meeting_id="A", booking_request_uuid="u-1", checked_in=True)
-    listed = a.with_changes(booking_request_uuid=None, checked_in=None)
+    listed = replace(a, booking_request_uuid=None, checked_in=None)
     rec = reconcile(window_of(a), [listed], BOUNDS)
     assert rec.window["A"].booking_request_uuid == "u-1"
     assert rec.window["A"].checked_in is True
@@ -151,7 +151,7 @@ def test_skipped_booking_out_of_the_new_window_ages_out() -> None:
 def test_incomplete_list_deletes_nothing_but_reports_the_rest() -> None:
     a = booking("1", meeting_id="A")
     b = booking("2", meeting_id="B", start=utc(2026, 11, 23, 11), end=utc(2026, 11, 23, 12))
-    a2 = a.with_changes(start=utc(2026, 11, 23, 9, 30))
+    a2 = replace(a, start=utc(2026, 11, 23, 9, 30))
     d = booking("4", meeting_id="D", start=utc(2026, 11, 23, 15), end=utc(2026, 11, 23, 16))
     ended = booking("5", meeting_id="E", start=utc(2026, 11, 23, 7), end=utc(2026, 11, 23, 8))
     rec = reconcile(

@@ -1,0 +1,136 @@
+"""``on_list``: a complete ``Bookings List`` -> :class:`~.state.Step` (reconciliation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from edge_agent.bookings.models import Booking, ListPage, booking_key
+from edge_agent.bookings.pending import resolve_by_list
+from edge_agent.bookings.reconcile import reconcile
+from edge_agent.bookings.state import DeviceBookings, Step
+from edge_agent.bookings.window import WindowBounds, window_bounds
+from edge_agent.clock import utc_iso
+
+__all__ = ["on_list"]
+
+
+def on_list(
+    state: DeviceBookings,
+    result: ListPage | Sequence[Booking],
+    now: datetime,
+    bounds: WindowBounds | None = None,
+) -> Step:
+    """A complete ``Bookings List`` (all pages merged) received at ``now``.
+
+    Reconciles the window (``booking.created``/``moved``/``deleted`` with ``data.reconciled:
+    true`` for what was missed), closes pending requests found in the list (``booking.created``
+    with ``pending_ms``) or past their deadline (``booking.request_expired``), and ends with a
+    ``bookings.snapshot``. ``bounds`` defaults to the window for ``now`` in ``state.tz``.
+
+    A list with skipped (unparsable) entries is incomplete: the stored copy of a booking whose
+    entry was skipped is kept as it was, an entry skipped without a readable ``Id`` suppresses
+    every deletion. The next clean list reconciles what this one could not.
+    """
+    if isinstance(result, ListPage):
+        fresh = result.bookings
+        notes = list(result.skipped)
+        skipped_ids = {i for i in result.skipped_ids if i}
+        complete = not result.skipped_unidentified
+    else:
+        fresh, notes, skipped_ids, complete = tuple(result), [], set(), True
+    b = bounds or window_bounds(now, state.tz)
+    rec = reconcile(state.window, fresh, b, now=now, skipped_ids=skipped_ids, complete=complete)
+    notes.extend(rec.notes)
+    if rec.kept:
+        why = (
+            "an entry without a readable Id was skipped, so no deletions from this list"
+            if not complete
+            else "their list entries were skipped"
+        )
+        kept = ", ".join(f"{booking_key(x)!r} (Id {x.id})" for x in rec.kept)
+        notes.append(f"kept {len(rec.kept)} stored booking(s) as they were ({why}): {kept}")
+    notes.extend(f"booking re-keyed {o!r} -> {n!r}" for o, n in rec.rekeyed)
+    window = dict(rec.window)
+    events: list[dict[str, Any]] = []
+    pending = dict(state.pending)
+    pending_delete: list[str] = []
+    claimed: set[str] = set()
+    reported: set[str] = set()
+    candidates = [window.get(booking_key(x), x) for x in fresh]
+    for req in sorted(state.pending.values(), key=lambda p: p.requested_at):
+        pool = [x for x in candidates if booking_key(x) not in claimed]
+        res = resolve_by_list(req, pool, now)
+        if res is None:
+            continue
+        del pending[req.booking_request_uuid]
+        pending_delete.append(req.booking_request_uuid)
+        if res.outcome == "created" and res.booking is not None:
+            k = booking_key(res.booking)
+            claimed.add(k)
+            booking = res.booking
+            if k in window:
+                booking = replace(window[k], booking_request_uuid=req.booking_request_uuid)
+                window[k] = booking
+            reported.add(k)
+            events.append(
+                state._envelope(
+                    "booking.created",
+                    now,
+                    booking=booking,
+                    extra={"pending_ms": res.pending_ms, "reconciled": True},
+                )
+            )
+        else:
+            events.append(
+                state._envelope(
+                    "booking.request_expired",
+                    now,
+                    extra={
+                        "booking_request_uuid": req.booking_request_uuid,
+                        "request": req.to_dict(),
+                    },
+                )
+            )
+    if state.bounds is not None:
+        for c in rec.created:
+            k = booking_key(c)
+            if k not in reported:
+                events.append(
+                    state._envelope(
+                        "booking.created", now, booking=window.get(k, c), extra={"reconciled": True}
+                    )
+                )
+        for m in rec.moved:
+            events.append(
+                state._envelope(
+                    "booking.moved",
+                    now,
+                    booking=window.get(booking_key(m.after), m.after),
+                    extra={
+                        "reconciled": True,
+                        "previous": {
+                            "start": utc_iso(m.before.start),
+                            "end": utc_iso(m.before.end),
+                        },
+                    },
+                )
+            )
+        for d in rec.deleted:
+            events.append(
+                state._envelope(
+                    "booking.deleted", now, booking=d, extra={"reconciled": True, "cause": None}
+                )
+            )
+    new = replace(state, window=window, pending=pending, bounds=b)
+    events.append(new.snapshot(now, b))
+    return Step(
+        new,
+        window_replace=window,
+        pending_delete=tuple(pending_delete),
+        device_state=new.device_state_row(),
+        events=tuple(events),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,255 @@
+"""Reading a configuration: TOML -> validated :class:`~.models.AgentConfig`, every problem
+collected by key path, relative paths resolved, cross-section checks.
+
+``load_config(path)`` raises :class:`ConfigError` listing every problem
+(``devices[2].fingerprint: ...``); the CLI prints them and exits 78 (``EX_CONFIG``). Keys that
+would hold a secret are refused here: secrets are named, never written (see :mod:`.secrets`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from edge_agent.config.models import DEFAULT_STORE_NAME, AgentConfig
+
+EX_CONFIG = 78
+"""Exit status for an invalid configuration (sysexits.h ``EX_CONFIG``)."""
+
+_SECRET_KEYS = frozenset({"password", "secret", "secrets", "token", "passphrase", "key_password"})
+
+Problem = tuple[str, str]
+
+
+class ConfigError(Exception):
+    """Every problem found in a configuration, each as ``(key path, message)``."""
+
+    def __init__(self, problems: Iterable[Problem], *, source: str | None = None) -> None:
+        self.problems: list[Problem] = list(problems)
+        self.source = source
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        head = f"invalid configuration {self.source}" if self.source else "invalid configuration"
+        return "\n".join([head + ":", *(f"  {key}: {msg}" for key, msg in self.problems)])
+
+    def lines(self) -> list[str]:
+        """``key: message`` lines, one per problem (what the CLI prints)."""
+        return [f"{key}: {msg}" if key else msg for key, msg in self.problems]
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    require_sink: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> AgentConfig:
+    """Read and validate a TOML config; raise :class:`ConfigError` listing every problem.
+
+    ``require_sink``: also demand a ``[webhook]`` or ``[mqtt]`` section (what ``run`` needs).
+    Relative ``ca_file`` / ``cert_file`` / ``key_file`` paths are taken from the config file's
+    directory; the store path defaults to ``$STATE_DIRECTORY/agent.db`` (systemd
+    ``StateDirectory=``), else ``./edge-agent.db``.
+    """
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([("", f"{p}: no such file")], source=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([("", f"{p}: cannot read: {exc}")], source=str(p)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("", f"{p}: not valid TOML: {exc}")], source=str(p)) from None
+    return config_from_dict(
+        raw, base_dir=p.parent, require_sink=require_sink, env=env, source=str(p)
+    )
+
+
+def config_from_dict(
+    raw: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    require_sink: bool = False,
+    env: Mapping[str, str] | None = None,
+    source: str | None = None,
+) -> AgentConfig:
+    """Validate an already-parsed config (the TOML document as a dict); see :func:`load_config`."""
+    env = os.environ if env is None else env
+    problems = list(_secret_keys(raw, ()))
+    secret_paths = {key for key, _ in problems}
+    cleaned = _without_secret_keys(raw)
+    cfg: AgentConfig | None = None
+    try:
+        cfg = AgentConfig.model_validate(cleaned)
+    except ValidationError as exc:
+        problems.extend(p for p in _problems(exc) if p[0] not in secret_paths)
+    problems.extend(_cross_checks(cleaned, require_sink=require_sink))
+    if problems:
+        raise ConfigError(problems, source=source)
+    assert cfg is not None
+    return _with_paths(cfg, base_dir, env)
+
+
+def _secret_keys(node: Any, loc: tuple[str | int, ...]) -> Iterator[Problem]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if isinstance(key, str) and key.lower() in _SECRET_KEYS:
+                hint = "secret" if "secret" in key.lower() else "password"
+                msg = (
+                    f"secrets are not accepted in the config file; use {hint}_env (an "
+                    f"environment variable) or {hint}_file (a file, e.g. a systemd credential)"
+                )
+                yield _key_path((*loc, key)), msg
+            else:
+                yield from _secret_keys(value, (*loc, key))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _secret_keys(item, (*loc, i))
+
+
+def _without_secret_keys(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {
+            k: _without_secret_keys(v)
+            for k, v in node.items()
+            if not (isinstance(k, str) and k.lower() in _SECRET_KEYS)
+        }
+    if isinstance(node, list):
+        return [_without_secret_keys(v) for v in node]
+    return node
+
+
+def _key_path(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The model class that holds the last key of ``loc`` (for "did you mean" hints)."""
+    model: type[BaseModel] = AgentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field_info = model.model_fields.get(part)
+        if field_info is None:
+            return None
+        ann = field_info.annotation
+        nxt = None
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            for inner in (cand, *getattr(cand, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    nxt = inner
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def _problems(exc: ValidationError) -> Iterator[Problem]:
+    for err in exc.errors():
+        loc = tuple(
+            p for p in err["loc"] if isinstance(p, int) or not str(p).startswith("function-")
+        )
+        msg = str(err["msg"])
+        etype = err["type"]
+        if etype == "extra_forbidden":
+            model = _section_at(loc)
+            known = sorted(model.model_fields) if model else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+            if known:
+                msg += f"; allowed: {', '.join(known)}"
+        elif etype == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        yield _key_path(loc), msg
+
+
+def _cross_checks(raw: Mapping[str, Any], *, require_sink: bool) -> Iterator[Problem]:
+    # On the raw document, so these are reported even when pydantic found other problems.
+    defaults = raw.get("defaults")
+    defaults = defaults if isinstance(defaults, Mapping) else {}
+    default_source = any(k in defaults for k in ("password_env", "password_file"))
+    devices = raw.get("devices")
+    seen: dict[str, int] = {}
+    for i, dev in enumerate(devices if isinstance(devices, list) else []):
+        if not isinstance(dev, Mapping):
+            continue
+        dev_id = dev.get("id")
+        if isinstance(dev_id, str):
+            if dev_id in seen:
+                yield (
+                    f"devices[{i}].id",
+                    f"duplicate device id {dev_id!r} (also devices[{seen[dev_id]}])",
+                )
+            else:
+                seen[dev_id] = i
+        if not default_source and not any(k in dev for k in ("password_env", "password_file")):
+            msg = "no device password source: set password_env or password_file here or in "
+            yield f"devices[{i}]", msg + "[defaults]"
+    if require_sink and raw.get("webhook") is None and raw.get("mqtt") is None:
+        yield "", "no sink configured: add a [webhook] or an [mqtt] section (or both)"
+
+
+def _with_paths(cfg: AgentConfig, base_dir: Path | None, env: Mapping[str, str]) -> AgentConfig:
+    def rel(p: Path | None) -> Path | None:
+        if p is None or base_dir is None:
+            return p
+        p = p.expanduser()
+        return p if p.is_absolute() else base_dir / p
+
+    def secret_file(name: str | None) -> str | None:
+        # A relative secret file is a systemd credential name when $CREDENTIALS_DIRECTORY is
+        # set (resolve_secrets joins them); otherwise it sits next to the config, like ca_file.
+        if name is None or env.get("CREDENTIALS_DIRECTORY"):
+            return name
+        path = rel(Path(name))
+        return str(path) if path is not None else name
+
+    store_path = cfg.store.path
+    if store_path is None:
+        # systemd may list several state directories separated by ':'; ours is the first.
+        state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+        store_path = Path(state_dir) / DEFAULT_STORE_NAME if state_dir else Path("edge-agent.db")
+    else:
+        store_path = rel(store_path)
+    updates: dict[str, Any] = {
+        "store": cfg.store.model_copy(update={"path": store_path}),
+        "defaults": cfg.defaults.model_copy(
+            update={
+                "ca_file": rel(cfg.defaults.ca_file),
+                "password_file": secret_file(cfg.defaults.password_file),
+            }
+        ),
+        "devices": [
+            d.model_copy(
+                update={"ca_file": rel(d.ca_file), "password_file": secret_file(d.password_file)}
+            )
+            for d in cfg.devices
+        ],
+    }
+    if cfg.webhook is not None:
+        updates["webhook"] = cfg.webhook.model_copy(
+            update={
+                "ca_file": rel(cfg.webhook.ca_file),
+                "secret_file": secret_file(cfg.webhook.secret_file),
+            }
+        )
+    if cfg.mqtt is not None:
+        paths = {k: rel(getattr(cfg.mqtt, k)) for k in ("ca_file", "cert_file", "key_file")}
+        updates["mqtt"] = cfg.mqtt.model_copy(
+            update={**paths, "password_file": secret_file(cfg.mqtt.password_file)}
+        )
+    return cfg.model_copy(update=updates)

@@ -1,0 +1,372 @@
+"""The configuration's sections as pydantic models: types, ranges and per-key checks.
+
+Every section forbids unknown keys and is frozen. What needs the whole document (duplicate device
+ids, a password source per device, a sink for ``run``) is checked in :mod:`.load`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edge_agent.bookings.pending import BOOKING_TIMEOUT_DEFAULT_S, DEFAULT_GRACE_S
+
+DEFAULT_API_LISTEN = "127.0.0.1:9780"
+DEFAULT_STORE_NAME = "agent.db"
+
+_NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_NO_URL_CREDENTIALS = "credentials go in username / password_env or password_file, not in the URL"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def _check_env_name(v: str | None) -> str | None:
+    if v is not None and not _ENV_NAME_RE.match(v):
+        raise ValueError(f"{v!r} is not an environment variable name")
+    return v
+
+
+def _check_time_zone(v: str | None) -> str | None:
+    if v is None:
+        return v
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {v!r}; use an IANA name such as 'Europe/Oslo'"
+        ) from None
+    return v
+
+
+def _check_no_userinfo(netloc: str, message: str = _NO_URL_CREDENTIALS) -> None:
+    # ``user:pass@`` in a URL would be used (websockets logs in with it) and shown wherever the
+    # URL is: /v1/devices, status, logs. The message must not repeat the URL.
+    if "@" in netloc:
+        raise ValueError(message)
+
+
+def _normalize_fingerprint(v: str | None) -> str | None:
+    if v is None:
+        return v
+    hexstr = v.replace(":", "").replace(" ", "")
+    if not _HEX64_RE.match(hexstr):
+        raise ValueError(
+            "expected the certificate's SHA-256 fingerprint: 64 hex digits, colons optional"
+        )
+    return hexstr.lower()
+
+
+class StoreConfig(_Section):
+    path: Path | None = None
+    """SQLite file; ``None`` in the file means ``$STATE_DIRECTORY/agent.db`` or ``./edge-agent.db``
+    (filled in by :func:`load_config`)."""
+    outbox_max_events: PositiveInt = 1_000_000
+    synchronous: Literal["normal", "full"] = "normal"
+
+    @field_validator("synchronous", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class _DeviceKeys(_Section):
+    """Keys that may be set in ``[defaults]`` and overridden per device."""
+
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    auth: Literal["basic", "subprotocol"] | None = None
+    ca_file: Path | None = None
+    insecure: bool | None = None
+    booking_timeout_s: Annotated[int, Field(ge=60, le=300)] | None = None
+    request_grace_s: Annotated[float, Field(ge=0, le=600)] | None = None
+    time_zone: str | None = None
+    relist_interval_s: Annotated[float, Field(ge=10)] | None = None
+    request_timeout_s: Annotated[float, Field(gt=0, le=300)] | None = None
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        return _check_env_name(v)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        return _check_time_zone(v)
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> _DeviceKeys:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("set password_env or password_file, not both")
+        return self
+
+
+class DeviceDefaults(_DeviceKeys):
+    username: str | None = "edge-agent"
+    auth: Literal["basic", "subprotocol"] | None = "basic"
+    insecure: bool | None = False
+    booking_timeout_s: Annotated[int, Field(ge=60, le=300)] | None = BOOKING_TIMEOUT_DEFAULT_S
+    request_grace_s: Annotated[float, Field(ge=0, le=600)] | None = DEFAULT_GRACE_S
+    time_zone: str | None = "UTC"
+    relist_interval_s: Annotated[float, Field(ge=10)] | None = 300.0
+    request_timeout_s: Annotated[float, Field(gt=0, le=300)] | None = 10.0
+
+
+class DeviceConfig(_DeviceKeys):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    host: str | None = None
+    url: str | None = None
+    fingerprint: str | None = None
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fp(cls, v: str | None) -> str | None:
+        return _normalize_fingerprint(v)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use lower-case letters, digits, '-' and '_' only")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is not None and ("/" in v or not v):
+            raise ValueError("a host name or IP address (with an optional :port), not a URL")
+        if v is not None:
+            _check_no_userinfo(v)
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        _check_no_userinfo(parts.netloc)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(
+                "the device URL must start with wss:// (or ws:// when HTTP is allowed)"
+            )
+        if not parts.hostname:
+            raise ValueError("the device URL has no host")
+        return urlunsplit((parts.scheme, parts.netloc, parts.path or "/ws", parts.query, ""))
+
+    @model_validator(mode="after")
+    def _host_or_url(self) -> DeviceConfig:
+        if (self.host is None) == (self.url is None):
+            raise ValueError("set exactly one of host or url")
+        return self
+
+    @property
+    def endpoint_url(self) -> str:
+        """``wss://HOST/ws`` from ``host``, or ``url`` as given (path defaulting to ``/ws``)."""
+        if self.url is not None:
+            return self.url
+        assert self.host is not None
+        host = self.host
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                host = f"[{host}]"
+        except ValueError:
+            pass
+        return f"wss://{host}/ws"
+
+
+class WebhookConfig(_Section):
+    url: str
+    secret_env: str | None = None
+    secret_file: str | None = None
+    timeout_s: PositiveFloat = 10.0
+    ttl_s: PositiveInt = 86_400
+    max_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
+    batch_max: Annotated[int, Field(ge=1, le=1000)] = 1
+    engine: Literal["aiohttp", "httpx"] = "aiohttp"
+    ca_file: Path | None = None
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        return _check_env_name(v)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        _check_no_userinfo(
+            parts.netloc,
+            "credentials go in secret_env or secret_file (the whsec_ signing secret), not in "
+            "the URL",
+        )
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> WebhookConfig:
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError(
+                "set exactly one of secret_env or secret_file (the whsec_ signing secret)"
+            )
+        return self
+
+
+class MqttConfig(_Section):
+    url: str
+    client_id: str | None = None
+    """Default ``edge-agent-<site>``."""
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: Annotated[int, Field(ge=5, le=65535)] = 30
+    base_topic: str | None = None
+    """Default ``roomos-edge/<site>``."""
+    protocol: Literal["3.1.1", "5"] = "5"
+    ttl_s: PositiveInt = 86_400
+    health_interval_s: PositiveFloat = 60.0
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        return _check_env_name(v)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, v: Any) -> Any:
+        # TOML writers naturally type ``protocol = 5``; accept the number as well as the string.
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return {5: "5", 3.1: "3.1.1", 311: "3.1.1"}.get(v, str(v))
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        _check_no_userinfo(parts.netloc)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("invalid port in the broker URL") from None
+        return v
+
+    @field_validator("base_topic")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "#+\0") or v.endswith("/")):
+            raise ValueError("a topic prefix without wildcards (#, +) or a trailing '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self) -> MqttConfig:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("set password_env or password_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both cert_file and key_file for a client certificate, or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def hostname(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+
+class ApiConfig(_Section):
+    listen: str = DEFAULT_API_LISTEN
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class AgentConfig(_Section):
+    site: Annotated[str, Field(min_length=1, max_length=64)]
+    store: StoreConfig = StoreConfig()
+    defaults: DeviceDefaults = DeviceDefaults()
+    devices: list[DeviceConfig] = []
+    webhook: WebhookConfig | None = None
+    mqtt: MqttConfig | None = None
+    api: ApiConfig = ApiConfig()
+    log: LogConfig = LogConfig()
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use lower-case letters, digits, '-' and '_' only")
+        return v
+
+    @property
+    def store_path(self) -> Path:
+        assert self.store.path is not None, "load_config fills in the default store path"
+        return self.store.path
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return (self.mqtt.client_id if self.mqtt else None) or f"edge-agent-{self.site}"
+
+    @property
+    def mqtt_base_topic(self) -> str:
+        return (self.mqtt.base_topic if self.mqtt else None) or f"roomos-edge/{self.site}"
+
+    def sink_names(self) -> list[str]:
+        return [name for name in ("webhook", "mqtt") if getattr(self, name) is not None]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9780"`` / ``"[::1]:9780"`` / ``":9780"`` -> (host, port); port 0 is allowed."""
+    host, sep, port_s = listen.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9780")
+    port = int(port_s)
+    if port > 65535:
+        raise ValueError("port out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "127.0.0.1", port

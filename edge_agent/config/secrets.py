@@ -1,0 +1,136 @@
+"""Secrets: named by the config (an environment variable or a file), never written in it.
+
+``resolve_secrets(cfg)`` reads them into :class:`Secrets`, whose values are
+:class:`~pydantic.SecretStr` so no repr or log line shows them. A relative file name is taken
+from ``$CREDENTIALS_DIRECTORY`` when set, so systemd's ``LoadCredential=`` works.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from edge_agent.config.load import ConfigError, Problem
+from edge_agent.config.models import AgentConfig, _DeviceKeys
+from edge_agent.ops.logs import register_secrets
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret values read from the environment or from files; ``SecretStr`` hides them in reprs."""
+
+    device_passwords: dict[str, SecretStr] = field(default_factory=dict)
+    webhook_secrets: list[SecretStr] = field(default_factory=list)
+    """One or more ``whsec_...`` signing secrets (several during key rotation)."""
+    mqtt_password: SecretStr | None = None
+
+    def values(self) -> list[str]:
+        """Every secret as plain text, for the log redactor (it masks them wherever they occur)."""
+        out = [s.get_secret_value() for s in self.device_passwords.values()]
+        out += [s.get_secret_value() for s in self.webhook_secrets]
+        if self.mqtt_password is not None:
+            out.append(self.mqtt_password.get_secret_value())
+        return [v for v in out if v]
+
+
+def _read_secret(
+    key: str,
+    *,
+    env_name: str | None,
+    file_name: str | None,
+    env: Mapping[str, str],
+    problems: list[Problem],
+) -> SecretStr | None:
+    if env_name is not None:
+        value = env.get(env_name)
+        if value is None or value == "":
+            problems.append(
+                (f"{key}_env", f"environment variable {env_name} is not set or is empty")
+            )
+            return None
+        return SecretStr(value)
+    if file_name is not None:
+        path = Path(file_name).expanduser()
+        cred_dir = env.get("CREDENTIALS_DIRECTORY")
+        if not path.is_absolute() and cred_dir:
+            path = Path(cred_dir) / path
+        try:
+            value = path.read_text(encoding="utf-8").strip("\r\n")
+        except OSError as exc:
+            problems.append((f"{key}_file", f"cannot read {path}: {exc.strerror or exc}"))
+            return None
+        if not value:
+            problems.append((f"{key}_file", f"{path} is empty"))
+            return None
+        return SecretStr(value)
+    return None
+
+
+def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> Secrets:
+    """Read every secret the config names; raise :class:`ConfigError` listing every one missing.
+
+    The values are also registered with the log redactor
+    (:func:`edge_agent.ops.logs.register_secrets`).
+    """
+    env = os.environ if env is None else env
+    problems: list[Problem] = []
+    passwords: dict[str, SecretStr] = {}
+    for i, dev in enumerate(cfg.devices):
+        src: _DeviceKeys = dev
+        key = f"devices[{i}].password"
+        if dev.password_env is None and dev.password_file is None:
+            key, src = "defaults.password", cfg.defaults
+        if key == "defaults.password" and any(p[0].startswith(key) for p in problems):
+            continue  # reported once for [defaults], not once per device
+        secret = _read_secret(
+            key, env_name=src.password_env, file_name=src.password_file, env=env, problems=problems
+        )
+        if secret is not None:
+            passwords[dev.id] = secret
+    webhook_secrets: list[SecretStr] = []
+    if cfg.webhook is not None:
+        secret = _read_secret(
+            "webhook.secret",
+            env_name=cfg.webhook.secret_env,
+            file_name=cfg.webhook.secret_file,
+            env=env,
+            problems=problems,
+        )
+        if secret is not None:
+            # The sink's own parser (imported here: it pulls in httpx, which config users that
+            # never send a webhook should not pay for at import).
+            from edge_agent.forward.webhook import decode_secret
+
+            tokens = secret.get_secret_value().split()
+            key = "webhook.secret_env" if cfg.webhook.secret_env else "webhook.secret_file"
+            msg = "the webhook secret must be one or more whsec_<base64> values separated by spaces"
+            if not tokens:
+                problems.append((key, msg))
+            for n, token in enumerate(tokens, 1):
+                try:
+                    decode_secret(token)
+                except ValueError as exc:
+                    which = f"value {n} of {len(tokens)}: " if len(tokens) > 1 else ""
+                    problems.append((key, f"{msg} ({which}{exc})"))
+                    break
+            webhook_secrets = [SecretStr(t) for t in tokens]
+    mqtt_password = None
+    if cfg.mqtt is not None:
+        mqtt_password = _read_secret(
+            "mqtt.password",
+            env_name=cfg.mqtt.password_env,
+            file_name=cfg.mqtt.password_file,
+            env=env,
+            problems=problems,
+        )
+    if problems:
+        raise ConfigError(problems)
+    secrets = Secrets(passwords, webhook_secrets, mqtt_password)
+    # Every path that reads secrets (start, SIGHUP reload, check-config) hands them to the log
+    # redactor here, so none can forget to.
+    register_secrets(secrets.values())
+    return secrets
