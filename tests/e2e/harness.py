@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ from device_sim import DeviceFleet
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, config_from_dict, resolve_secrets
 from edge_agent.ops.demo import SimulatorClock
+
+# Every fleet starts at this simulated instant, never at the wall clock: a Monday, 07:00 in Oslo,
+# 01:00 in New York, before the generated office day (08:00-18:00 local) fills a room, so a
+# booking "now" finds the room free and no verdict depends on when the suite runs.
+SIM_START = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PASSWORD = "sim-password"
@@ -106,15 +112,68 @@ async def start_agent(
         drain_timeout_s=2.0,
     )
     task = asyncio.create_task(agent.run(), name="test-agent")
-    async with asyncio.timeout(20):
-        await agent.ready.wait()
+    ready = asyncio.create_task(agent.ready.wait(), name="test-agent.ready")
+    try:
+        # the agent may end before it is ready (bad config, a crash): say so at once, with why
+        await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+    if task.done():
+        code = task.result()  # raises the agent's exception, if it crashed
+        raise AssertionError(f"the agent exited with status {code} before it was ready")
+    if not agent.ready.is_set():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise AssertionError("the agent was not ready within 20 s")
     return RunningAgent(agent, task)
 
 
-async def eventually(pred: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
+async def eventually(pred: Callable[[], object], what: str = "", timeout: float = 15.0) -> None:
+    """Wait until ``pred()`` is truthy; on timeout say what was awaited and what was last seen."""
+    last: object = None
+    try:
+        async with asyncio.timeout(timeout):
+            while not (last := pred()):
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        name = what or getattr(pred, "__qualname__", repr(pred))
+        raise AssertionError(f"waited {timeout:g} s for {name}; last value {last!r:.300}") from None
+
+
+async def booking_created(
+    events: list[dict[str, Any]], request_uuid: str, timeout: float = 15.0
+) -> dict[str, Any]:
+    """The ``booking.created`` data for a touch-panel request; fails AT ONCE on ``booking.failed``
+    for it (with the device's cause), rather than timing out later without one."""
+
+    def outcome() -> dict[str, Any] | None:
+        for e in events:
+            data = e["data"]
+            booking = data.get("booking") or {}
+            if request_uuid not in (
+                data.get("booking_request_uuid"),
+                booking.get("booking_request_uuid"),
+            ):
+                continue
+            if e["type"] == "booking.failed":
+                raise AssertionError(
+                    f"booking request {request_uuid} failed: cause {data.get('cause')!r}"
+                )
+            if e["type"] == "booking.created":
+                return dict(data)
+        return None
+
+    found: dict[str, Any] | None = None
+
+    def seen() -> bool:
+        nonlocal found
+        found = outcome()
+        return found is not None
+
+    await eventually(seen, f"booking.created for request {request_uuid}", timeout)
+    assert found is not None
+    return found
 
 
 def of_type(events: list[dict[str, Any]], *types: str) -> list[dict[str, Any]]:
