@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -137,8 +138,17 @@ async def eventually(pred: Callable[[], object], what: str = "", timeout: float 
             while not (last := pred()):
                 await asyncio.sleep(0.02)
     except TimeoutError:
-        name = what or getattr(pred, "__qualname__", repr(pred))
+        name = what or _source(pred)
         raise AssertionError(f"waited {timeout:g} s for {name}; last value {last!r:.300}") from None
+
+
+def _source(pred: Callable[[], object]) -> str:
+    """The source line of a predicate (a lambda says best what it waits for)."""
+    try:
+        text = " ".join(inspect.getsource(pred).split())
+    except (OSError, TypeError):
+        return repr(pred)
+    return text[:200]
 
 
 async def booking_created(

@@ -30,6 +30,11 @@ async def test_eventually_names_what_it_waited_for_and_the_last_value() -> None:
     with pytest.raises(AssertionError) as info:
         await eventually(lambda: len(seen) > 5 and seen, "five things seen", timeout=0.1)
     assert str(info.value) == "waited 0.1 s for five things seen; last value False"
+    with pytest.raises(AssertionError) as info:
+        await eventually(lambda: [] if seen else None, timeout=0.05)
+    # no description: the predicate's source says what it waited for
+    assert "await eventually(lambda: [] if seen else None" in str(info.value)
+    assert str(info.value).endswith("; last value []")
 
 
 async def test_booking_created_fails_at_once_on_booking_failed() -> None:
