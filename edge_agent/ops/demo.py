@@ -47,8 +47,8 @@ from edge_agent.clock import parse_utc
 from edge_agent.config import config_from_dict, resolve_secrets
 from edge_agent.ops.logs import configure_logging
 
-# A Monday, 08:50 in Oslo: the seeded office day is about to begin (its first meetings start at
-# 09:00), so the script's 40 simulated minutes show meetings starting, not an empty night.
+# A Monday, 08:50 in Oslo: the seeded office day (08:00-18:00 local) is under way, so the
+# script's 40 simulated minutes show meetings ending and starting, not an empty night.
 DEMO_START = datetime(2026, 11, 23, 7, 50, tzinfo=UTC)
 PANEL_MINUTES = 30
 
@@ -548,6 +548,15 @@ def _summary(
     return 0 if good else 1
 
 
+def _start_time(text: str) -> datetime:
+    try:
+        return parse_utc(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO time such as 2026-11-23T07:50:00Z"
+        ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edge-agent demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, default=20)
@@ -556,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--start",
-        type=parse_utc,
+        type=_start_time,
         default=DEMO_START,
         help=f"simulated start time (default {DEMO_START:%Y-%m-%dT%H:%M:%SZ}, a Monday morning)",
     )

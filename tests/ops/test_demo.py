@@ -142,3 +142,14 @@ def test_free_slot_skips_the_bookings_in_the_way() -> None:
     )
     # a gap long enough between two bookings is taken
     assert _free_slot([b(0, 60), b(120, 30)], t, 30) == datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+def test_a_bad_start_time_is_refused_with_its_format() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "demo", "--start", "Monday"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "'Monday' is not an ISO time such as 2026-11-23T07:50:00Z" in r.stderr
