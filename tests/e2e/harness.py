@@ -79,6 +79,10 @@ def agent_config(
 ENV = {"SIM_PASSWORD": "", "WEBHOOK_SECRET": SECRET}
 
 
+# Agents started by start_agent and not stopped yet: eventually() reports their crash at once.
+_RUNNING: set[asyncio.Task[int]] = set()
+
+
 @dataclass
 class RunningAgent:
     agent: Agent
@@ -86,11 +90,13 @@ class RunningAgent:
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def stop(self) -> int:
+        _RUNNING.discard(self.task)
         self.agent.request_stop()
         return await asyncio.wait_for(self.task, 30)
 
     async def kill(self) -> None:
         """Cancel without the drain (what a crash leaves, minus the OS-level part)."""
+        _RUNNING.discard(self.task)
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
@@ -127,19 +133,41 @@ async def start_agent(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         raise AssertionError("the agent was not ready within 20 s")
+    _RUNNING.add(task)
     return RunningAgent(agent, task)
 
 
 async def eventually(pred: Callable[[], object], what: str = "", timeout: float = 15.0) -> None:
-    """Wait until ``pred()`` is truthy; on timeout say what was awaited and what was last seen."""
+    """Wait until ``pred()`` is truthy; on timeout say what was awaited and what was last seen.
+
+    An agent from ``start_agent`` that crashes meanwhile fails the wait at once, with its error.
+    """
     last: object = None
     try:
         async with asyncio.timeout(timeout):
             while not (last := pred()):
+                _raise_if_an_agent_crashed(what or _source(pred))
                 await asyncio.sleep(0.02)
     except TimeoutError:
         name = what or _source(pred)
         raise AssertionError(f"waited {timeout:g} s for {name}; last value {last!r:.300}") from None
+
+
+def _raise_if_an_agent_crashed(waiting_for: str) -> None:
+    loop = asyncio.get_running_loop()
+    for task in list(_RUNNING):
+        if task.get_loop() is not loop:  # an earlier test's agent, left behind by its failure
+            _RUNNING.discard(task)
+        elif task.done():
+            _RUNNING.discard(task)
+            if task.cancelled():
+                continue
+            error = task.exception()
+            if error is not None:
+                raise AssertionError(f"the agent crashed while waiting for {waiting_for}") from error
+            raise AssertionError(
+                f"the agent exited (status {task.result()}) while waiting for {waiting_for}"
+            )
 
 
 def _source(pred: Callable[[], object]) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from tests.e2e.harness import agent_config, booking_created, eventually, start_agent
+from tests.e2e.harness import _RUNNING, agent_config, booking_created, eventually, start_agent
 
 
 async def test_start_agent_raises_when_the_agent_ends_before_it_is_ready(
@@ -54,3 +56,15 @@ async def test_booking_created_returns_the_created_data() -> None:
         {"type": "booking.created", "data": created},
     ]
     assert await booking_created(events, "u-2") == created
+
+
+async def test_eventually_fails_at_once_when_an_agent_crashes() -> None:
+    async def agent_run() -> int:
+        raise RuntimeError("boom in the agent")
+
+    task = asyncio.create_task(agent_run())
+    _RUNNING.add(task)  # what start_agent does with the agent's task
+    with pytest.raises(AssertionError, match="the agent crashed while waiting for x") as info:
+        await eventually(lambda: False, "x", timeout=3600)  # only failing at once ends this
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert task not in _RUNNING
