@@ -164,7 +164,8 @@ def _raise_if_an_agent_crashed(waiting_for: str) -> None:
                 continue
             error = task.exception()
             if error is not None:
-                raise AssertionError(f"the agent crashed while waiting for {waiting_for}") from error
+                crashed = f"the agent crashed while waiting for {waiting_for}"
+                raise AssertionError(crashed) from error
             raise AssertionError(
                 f"the agent exited (status {task.result()}) while waiting for {waiting_for}"
             )
