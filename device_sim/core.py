@@ -290,7 +290,7 @@ class DeviceCore:
         if full[1:] == ("Time", "Zone"):
             self.zone = ZoneInfo(str(value))
         elif full[1:] == ("Bookings", "AdhocBooking", "BookingTimeout"):
-            self.calendar.booking_timeout_s = int(value)
+            self.calendar.backend.booking_timeout_s = int(value)
         if value != old:
             self._notify_changes({full: value})
         return True

@@ -325,7 +325,7 @@ class DeviceCalendar:
 
     def decline_next(self, n: int = 1) -> None:
         """The calendar backend declines the next ``n`` requests (Book, Edit, Extend)."""
-        self._core.calendar.decline_next += n
+        self._core.calendar.backend.decline_next += n
 
 
 class Device:

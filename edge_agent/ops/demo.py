@@ -4,8 +4,13 @@ Simulated devices (hybrid calendars, a fast clock, self-signed certificates pinn
 -> the agent (its own SQLite store in a temporary directory) -> a local webhook receiver that
 checks every Standard Webhooks signature and prints each event on one line. The script books
 rooms on touch panels, changes calendars "in Outlook", reboots a device while its calendar
-changes, and makes a request that never gets an answer; then it prints a summary: events the
-devices produced against events delivered, duplicates, latency p50/p99.
+changes, has the calendar decline one request and makes one that never gets an answer; then it
+prints a summary: events the devices produced against events delivered, duplicates, latency
+p50/p99, and whether each scripted outcome happened (the exit status is 1 when one did not).
+
+The simulated clock starts at a fixed instant (``--start``, a Monday morning), never at the wall
+clock, and the touch-panel requests go into slots the script found free: what the demo shows
+does not depend on when it runs.
 
 With ``--mqtt`` (needs the ``mosquitto`` binary) the agent also publishes to a broker started on
 a loopback port, and the summary shows what a late MQTT subscriber sees (retained state).
@@ -30,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,6 +46,11 @@ from edge_agent.agent import Agent
 from edge_agent.clock import parse_utc
 from edge_agent.config import config_from_dict, resolve_secrets
 from edge_agent.ops.logs import configure_logging
+
+# A Monday, 08:50 in Oslo: the seeded office day (08:00-18:00 local) is under way, so the
+# script's 40 simulated minutes show meetings ending and starting, not an empty night.
+DEMO_START = datetime(2026, 11, 23, 7, 50, tzinfo=UTC)
+PANEL_MINUTES = 30
 
 SECRET = "whsec_" + base64.b64encode(b"edge-agent demo secret, not for production").decode()
 
@@ -162,9 +172,11 @@ def _details(env: dict[str, Any]) -> str:
         parts.append(f"{b['start'][11:16]}-{b['end'][11:16]}Z")
     if b.get("meeting_id"):
         parts.append(f"meeting {b['meeting_id'][:8]}")
-    if "pending_ms" in data:
+    if env["type"] == "booking.created" and "pending_ms" in data:
         parts.append(f"confirmed after {data['pending_ms'] / 1000:.0f}s")
-    if data.get("cause"):
+    if env["type"] == "booking.failed":
+        parts.append(_failure(data))
+    elif data.get("cause"):
         parts.append(f"cause {data['cause']}")
     if data.get("reconciled"):
         parts.append("(reconciled: missed while disconnected)")
@@ -174,10 +186,26 @@ def _details(env: dict[str, Any]) -> str:
         a = data["availability"]
         parts.append(f"{a['status']}" + (f" until {a['until'][11:16]}Z" if a.get("until") else ""))
     if env["type"] == "booking.request_expired":
-        parts.append(f"request {data['booking_request_uuid'][:8]} got no answer")
+        parts.append(
+            f"request {data['booking_request_uuid'][:8]}: "
+            "no answer within BookingTimeout + grace: expired"
+        )
     if env["type"] == "device.offline":
         parts.append(str(data.get("reason") or "")[:60])
     return "  ".join(parts)
+
+
+def _failure(data: dict[str, Any]) -> str:
+    """What a ``booking.failed`` means, in words (its ``cause`` is the device's FailureCause)."""
+    request = str(data.get("booking_request_uuid") or "")[:8]
+    cause = data.get("cause")
+    if cause == "Decline":
+        what = "declined by the calendar"
+    elif cause == "Timeout":
+        what = "the calendar did not answer within BookingTimeout"
+    else:
+        what = f"failed at the device (cause {cause})"
+    return f"request {request}: {what}" if request else what
 
 
 def _pct(values: Sequence[float], p: float) -> float:
@@ -251,6 +279,7 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             mode="hybrid",
             speed=args.speed,
             seed=args.seed,
+            start=args.start,
             time_zone=args.time_zone,
             confirm_delay_s=30.0,
             booking_timeout_s=60,
@@ -298,24 +327,26 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             if agent_task.done():  # it failed while starting: say why
                 ready.cancel()
                 return int(agent_task.result())
+            api_url = agent.api.url if agent.api else "-"
             print(
                 f"edge-agent demo: {args.devices} simulated devices (hybrid calendar, clock x"
                 f"{args.speed:g}, {args.time_zone}) -> agent -> webhook receiver"
                 + (" + MQTT broker" if mqtt_url else ""),
                 f"\n  devices   {fleet.devices[0].url} ... (self-signed, pinned by SHA-256)",
                 f"\n  receiver  {hook_url} (verifies every signature)",
-                f"\n  agent     store {workdir / 'agent.db'}; local API {agent.api.url if agent.api else '-'}",
-                f"\n  running for {args.duration:g} s; sim time starts {fleet.clock.now():%H:%M} UTC\n",
+                f"\n  agent     store {workdir / 'agent.db'}; local API {api_url}",
+                f"\n  running for {args.duration:g} s; "
+                f"sim time starts {fleet.clock.now():%a %Y-%m-%d %H:%M} UTC (--start)\n",
                 file=out,
             )
-            await _script(fleet, rng, args.duration, out)
+            scripted = await _script(fleet, rng, args.duration, out)
             await asyncio.sleep(2.0)  # the last deliveries
             stats = await agent.sample()
             pending = len(await agent.store.load_pending()) if agent.store else 0
             late = await _late_mqtt_view(mqtt_url, cfg.mqtt_base_topic) if mqtt_url else None
             agent.request_stop()
             await agent_task
-            return _summary(fleet, receiver, printer, stats, pending, late, out)
+            return _summary(fleet, receiver, printer, stats, pending, late, scripted, out)
     finally:
         if agent_task is not None and not agent_task.done():
             agent_task.cancel()
@@ -330,9 +361,39 @@ def _say(out: TextIO, text: str) -> None:
     print(f"\n>>> {text}", file=out)
 
 
-async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) -> None:
+@dataclass
+class Scripted:
+    """What the script set up, so the summary can say whether each of it happened."""
+
+    confirmed: dict[str, str] = field(default_factory=dict)  # request UUID -> device id
+    declined: str = ""  # request UUID the calendar declines
+    expired: str = ""  # request UUID whose answer is lost
+    reconciled_title: str = ""  # a booking made while its device rebooted
+
+
+def _free_slot(bookings: Sequence[Any], after: datetime, minutes: int) -> datetime:
+    """The first start at or after ``after`` (whole minutes) with ``minutes`` free."""
+    start = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    for booking in sorted(bookings, key=lambda b: b.start):
+        if booking.end <= start:
+            continue
+        if booking.start >= start + timedelta(minutes=minutes):
+            break
+        start = booking.end
+    return start
+
+
+def _panel_request(dev: Any, fleet: Any, title: str) -> str:
+    """Book the room on its touch panel in a slot its calendar holds free (so it can be kept)."""
+    start = _free_slot(dev.calendar.bookings(), fleet.clock.now(), PANEL_MINUTES)
+    made: str = dev.calendar.request(duration_min=PANEL_MINUTES, start=start, title=title)
+    return made
+
+
+async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) -> Scripted:
     devices = fleet.devices
     t0 = time.monotonic()
+    scripted = Scripted()
 
     async def at(second: float) -> None:
         await asyncio.sleep(max(0.0, t0 + second * duration / 40 - time.monotonic()))
@@ -340,7 +401,8 @@ async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) 
     await at(4)
     _say(out, "three rooms are booked on their touch panels (hybrid: the calendar confirms later)")
     for dev in rng.sample(devices, min(3, len(devices))):
-        dev.calendar.request(duration_min=30, title=f"Ad hoc in {dev.device_id}")
+        uuid = _panel_request(dev, fleet, f"Ad hoc in {dev.device_id}")
+        scripted.confirmed[uuid] = dev.device_id
     await at(10)
     _say(out, "organizers change meetings in Outlook: one added, one moved, one deleted")
     d = devices[1 % len(devices)]
@@ -351,13 +413,19 @@ async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) 
         devices[0].calendar.move(movable[0].id, movable[0].start + timedelta(minutes=30))
     if len(movable) > 1:
         devices[0].calendar.delete(movable[1].id)
+    await at(13)
+    refused = devices[4 % len(devices)]
+    _say(out, f"{refused.device_id}: a touch-panel request the calendar declines")
+    refused.calendar.decline_next()
+    scripted.declined = _panel_request(refused, fleet, "Declined by Exchange")
     await at(16)
     victim = devices[2 % len(devices)]
     _say(out, f"{victim.device_id} reboots; while it is down its calendar changes behind its back")
     victim.faults.reboot(down_s=2.0, not_ready_s=1.0)
     await asyncio.sleep(0.3)
     now = fleet.clock.now()
-    victim.calendar.add(now + timedelta(hours=3), 30, title="Booked during the reboot")
+    scripted.reconciled_title = "Booked during the reboot"
+    victim.calendar.add(now + timedelta(hours=3), 30, title=scripted.reconciled_title)
     await at(24)
     quiet = devices[3 % len(devices)]
     _say(
@@ -366,9 +434,62 @@ async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) 
         "-> it expires after BookingTimeout + grace",
     )
     quiet.calendar.decline_next()
-    quiet.calendar.request(duration_min=30, title="Nobody will answer")
+    scripted.expired = _panel_request(quiet, fleet, "Nobody will answer")
     quiet.faults.reboot(down_s=1.0, not_ready_s=0.5)
     await at(40)
+    return scripted
+
+
+def _verdict(scripted: Scripted, events: Sequence[dict[str, Any]]) -> list[tuple[bool, str]]:
+    """(happened, what) for each outcome the script set up, from the delivered envelopes."""
+
+    def uuid_of(env: dict[str, Any]) -> str:
+        data = env["data"]
+        booking = data.get("booking") or {}
+        return str(data.get("booking_request_uuid") or booking.get("booking_request_uuid") or "")
+
+    created = {
+        uuid_of(e): e["data"] for e in events if e["type"] == "booking.created" and uuid_of(e)
+    }
+    failed = {uuid_of(e): e["data"] for e in events if e["type"] == "booking.failed"}
+    expired = {uuid_of(e) for e in events if e["type"] == "booking.request_expired"}
+    checks: list[tuple[bool, str]] = []
+    for uuid, device_id in scripted.confirmed.items():
+        meeting = str((created.get(uuid, {}).get("booking") or {}).get("meeting_id") or "")
+        checks.append(
+            (
+                bool(meeting),
+                f"touch-panel request {uuid[:8]} on {device_id} confirmed"
+                + (f" with meeting {meeting[:8]}" if meeting else ": no booking.created"),
+            )
+        )
+    if scripted.declined:
+        cause = failed.get(scripted.declined, {}).get("cause")
+        checks.append(
+            (
+                cause == "Decline" and scripted.declined not in created,
+                f"request {scripted.declined[:8]} declined by the calendar"
+                + ("" if cause == "Decline" else f": got cause {cause!r}"),
+            )
+        )
+    if scripted.expired:
+        ok = scripted.expired in expired and scripted.expired not in created
+        checks.append(
+            (
+                ok,
+                f"request {scripted.expired[:8]} expired (no answer within BookingTimeout + grace)"
+                + ("" if ok else ": no booking.request_expired"),
+            )
+        )
+    if scripted.reconciled_title:
+        found = any(
+            e["type"] == "booking.created"
+            and e["data"].get("reconciled")
+            and (e["data"].get("booking") or {}).get("title") == scripted.reconciled_title
+            for e in events
+        )
+        checks.append((found, f'"{scripted.reconciled_title}" reconciled after the reboot'))
+    return checks
 
 
 def _summary(
@@ -378,6 +499,7 @@ def _summary(
     stats: Any,
     pending: int,
     late: dict[str, str] | None,
+    scripted: Scripted,
     out: TextIO,
 ) -> int:
     produced = fleet.produced()
@@ -404,7 +526,8 @@ def _summary(
     dead = int(stats.get("dead_letters", 0)) if stats else 0
     print(
         f"\ndelivered {len(receiver.events)} events; duplicates {receiver.duplicates}; "
-        f"bad signatures {receiver.bad_signatures}; dead letters {dead}; pending requests {pending}",
+        f"bad signatures {receiver.bad_signatures}; dead letters {dead}; "
+        f"pending requests {pending}",
         f"\nlatency device event -> receiver: p50 {_pct(lat, 0.5) * 1000:.0f} ms, "
         f"p99 {_pct(lat, 0.99) * 1000:.0f} ms",
         file=out,
@@ -413,9 +536,25 @@ def _summary(
         print("\nwhat a late MQTT subscriber sees (retained):", file=out)
         for topic in sorted(late):
             print(f"  {topic} = {late[topic][:70]}", file=out)
-    ok = receiver.bad_signatures == 0 and dead == 0
-    print("\nOK" if ok else "\nPROBLEMS: see above", file=out)
-    return 0 if ok else 1
+    checks = _verdict(scripted, receiver.events)
+    checks.append((receiver.bad_signatures == 0, f"bad signatures {receiver.bad_signatures}"))
+    checks.append((dead == 0, f"dead letters {dead}"))
+    checks.append((pending == 0, f"pending requests at the end {pending}"))
+    print("\nscripted outcomes:", file=out)
+    for ok, what in checks:
+        print(f"  {'ok     ' if ok else 'MISSING'} {what}", file=out)
+    good = all(ok for ok, _ in checks)
+    print("\nOK" if good else "\nPROBLEMS: see above", file=out)
+    return 0 if good else 1
+
+
+def _start_time(text: str) -> datetime:
+    try:
+        return parse_utc(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO time such as 2026-11-23T07:50:00Z"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,6 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
     p.add_argument("--duration", type=float, default=40.0, help="real seconds to run the script")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--start",
+        type=_start_time,
+        default=DEMO_START,
+        help=f"simulated start time (default {DEMO_START:%Y-%m-%dT%H:%M:%SZ}, a Monday morning)",
+    )
     p.add_argument("--time-zone", default="Europe/Oslo")
     p.add_argument("--mqtt", action="store_true", help="also forward over MQTT (needs mosquitto)")
     p.add_argument("--quiet", action="store_true", help="summary only, no line per event")

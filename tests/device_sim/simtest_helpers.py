@@ -14,6 +14,9 @@ from device_sim.core import DeviceCore, DeviceSettings, Session
 from device_sim.rpc import Outgoing
 
 T0 = datetime(2026, 11, 23, 7, 30, tzinfo=UTC)  # a Monday; 08:30 in Oslo
+# Where a fleet's simulated clock starts in these tests, never the wall clock: the same Monday,
+# 07:00 in Oslo, before the generated office day (08:00-18:00) fills a room.
+SIM_START = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
 
 def make_core(now: datetime = T0, **settings: Any) -> DeviceCore:

@@ -142,7 +142,7 @@ def test_xset_validates_and_notifies() -> None:
         "Id": sub,
         "Configuration": {"Bookings": {"AdhocBooking": {"BookingTimeout": 120}}},
     }
-    assert core.calendar.booking_timeout_s == 120
+    assert core.calendar.backend.booking_timeout_s == 120
     assert (
         c.call("xSet", Path="Configuration Bookings AdhocBooking BookingTimeout", Value=30)[
             "error"
@@ -285,7 +285,7 @@ def test_hybrid_timeout_and_decline() -> None:
     assert events(c.frames()) == [
         ("BookingFailed", {"BookingRequestUUID": "slow", "FailureCause": "Timeout"})
     ]
-    core.calendar.confirm_delay_s = 1
+    core.calendar.backend.confirm_delay_s = 1
     _add(core, T0 + timedelta(hours=1), minutes=60)
     c.command(
         "Bookings Book",
@@ -293,7 +293,7 @@ def test_hybrid_timeout_and_decline() -> None:
         Duration=30,
         StartTime=utc_iso(T0 + timedelta(hours=1, minutes=15)),
     )
-    core.calendar.decline_next = 1
+    core.calendar.backend.decline_next = 1
     c.command(
         "Bookings Book",
         BookingRequestUUID="scripted",

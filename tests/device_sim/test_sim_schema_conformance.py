@@ -127,14 +127,14 @@ def _scenario(profile: str, mode: str) -> tuple[list[dict[str, Any]], list[Any]]
         run("Bookings Edit", MeetingId="mx", Title="Edited")
     core.tick(T0 + timedelta(seconds=5))
     notes += c.frames()
-    core.calendar.decline_next = 1
+    core.calendar.backend.decline_next = 1
     run(
         "Bookings Book",
         BookingRequestUUID="u-declined",
         Duration=15,
         StartTime=utc_iso(T0 + timedelta(hours=6)),
     )
-    core.calendar.confirm_delay_s = 500
+    core.calendar.backend.confirm_delay_s = 500
     run(
         "Bookings Book",
         BookingRequestUUID="u-timeout",
@@ -241,7 +241,7 @@ def test_failures_validate() -> None:
         ),
     )
     c.command("Bookings Extend", Id=first.id, Duration=15)
-    core.calendar.decline_next = 1
+    core.calendar.backend.decline_next = 1
     c.command("Bookings Edit", Id=first.id, Title="x")
     core.tick(T0 + timedelta(seconds=2))
     names = []

@@ -17,11 +17,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from simtest_helpers import basic, insecure_ssl, subprotocol
+from simtest_helpers import SIM_START, basic, insecure_ssl, subprotocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from device_sim import DeviceFleet, SimConfig
+from device_sim import DeviceFleet, SimConfig, utc_iso
 from device_sim.control import ControlServer
 
 AUTH = {"Authorization": basic("admin", "secret")}
@@ -29,7 +29,7 @@ AUTH = {"Authorization": basic("admin", "secret")}
 
 @pytest.fixture
 async def fleet() -> AsyncIterator[DeviceFleet]:
-    f = DeviceFleet(SimConfig(devices=2, users={"viewer": ("pw", "User")}))
+    f = DeviceFleet(SimConfig(devices=2, users={"viewer": ("pw", "User")}, start=SIM_START))
     await f.start()
     yield f
     await f.stop()
@@ -37,7 +37,7 @@ async def fleet() -> AsyncIterator[DeviceFleet]:
 
 @pytest.fixture
 async def http_fleet() -> AsyncIterator[DeviceFleet]:
-    f = DeviceFleet(SimConfig(devices=1, http=True))
+    f = DeviceFleet(SimConfig(devices=1, http=True, start=SIM_START))
     await f.start()
     yield f
     await f.stop()
@@ -109,7 +109,7 @@ async def test_http_and_https_only(http_fleet: DeviceFleet) -> None:
         assert (await call(conn, "xGet", Path="Configuration NetworkServices HTTP Mode"))[
             "result"
         ] == "HTTP+HTTPS"
-    async with DeviceFleet(SimConfig(http=True, https_only=True)) as strict:
+    async with DeviceFleet(SimConfig(http=True, https_only=True, start=SIM_START)) as strict:
         with pytest.raises(InvalidStatus) as info:
             await ws(strict.devices[0].url)
         assert info.value.response.status_code == 401
@@ -199,7 +199,7 @@ async def test_duplicate_malformed_slow(fleet: DeviceFleet) -> None:
 
 
 async def test_slow_consumer_is_disconnected() -> None:
-    async with DeviceFleet(SimConfig(send_queue_frames=4)) as f:
+    async with DeviceFleet(SimConfig(send_queue_frames=4, start=SIM_START)) as f:
         dev = f.devices[0]
         async with await ws(dev.url) as conn:
             await call(conn, "xFeedback/Subscribe", Query=["Event"])
@@ -318,6 +318,8 @@ async def test_cli_subprocess_with_ready_file(tmp_path: Path) -> None:
             "--confirm-delay",
             "0.1",
             "--generate",
+            "--start",
+            utc_iso(SIM_START),
             "--fault",
             "malformed:every=1000",
             "--ready-file",

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import xows
+from simtest_helpers import SIM_START
 
 from device_sim import DeviceFleet, SimConfig
 
@@ -15,6 +16,7 @@ async def test_xows_lists_reads_subscribes_and_books() -> None:
     config = SimConfig(
         devices=1,
         mode="hybrid",
+        start=SIM_START,  # 07:00 in Oslo: the room is free "now", whatever the wall clock says
         confirm_delay_s=0.2,
         generate_day=True,
         time_zone="Europe/Oslo",
@@ -43,9 +45,11 @@ async def test_xows_lists_reads_subscribes_and_books() -> None:
             first = await asyncio.wait_for(got.get(), 5)
             assert first["Event"]["Bookings"]["BookingRequested"]["BookingRequestUUID"] == request
             while True:
-                note = await asyncio.wait_for(got.get(), 5)
-                if "BookingCreated" in note["Event"]["Bookings"]:
-                    created = note["Event"]["Bookings"]["BookingCreated"]
+                bookings = (await asyncio.wait_for(got.get(), 5))["Event"]["Bookings"]
+                # a declined request fails here, with its cause, not in a timeout later
+                assert "BookingFailed" not in bookings, bookings["BookingFailed"]
+                if "BookingCreated" in bookings:
+                    created = bookings["BookingCreated"]
                     break
             assert created["BookingRequestUUID"] == request and created["MeetingId"]
             again = await client.xCommand(["Bookings", "Get"], Id=created["Id"])

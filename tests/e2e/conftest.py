@@ -8,7 +8,7 @@ import pytest
 import trustme
 
 from device_sim import DeviceFleet, SimConfig
-from tests.e2e.harness import ENV, PASSWORD, SECRET
+from tests.e2e.harness import ENV, PASSWORD, SECRET, SIM_START
 from tests.receivers import WebhookReceiver
 
 
@@ -33,7 +33,7 @@ def env() -> dict[str, str]:
 async def make_fleet(
     ca: trustme.CA, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Awaitable[DeviceFleet]]]:
-    """Start simulated devices serving a certificate from the test's CA."""
+    """Start simulated devices serving a certificate from the test's CA, at ``SIM_START``."""
     fleets: list[DeviceFleet] = []
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert_file, key_file = tmp_path / "dev-cert.pem", tmp_path / "dev-key.pem"
@@ -41,6 +41,7 @@ async def make_fleet(
     cert.private_key_pem.write_to_path(str(key_file))
 
     async def make(**options: Any) -> DeviceFleet:
+        options.setdefault("start", SIM_START)  # never the wall clock
         cfg = SimConfig(
             host="127.0.0.1",
             port=0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from tests.e2e.harness import agent_config, eventually, of_type, start_agent
+from tests.e2e.harness import agent_config, booking_created, eventually, of_type, start_agent
 from tests.receivers import WebhookReceiver
 
 
@@ -72,8 +72,7 @@ async def test_requested_then_created_carries_uuid_and_pending_ms(
         await eventually(lambda: bool(running.agent.devices()[0]["pending_requests"]))
         assert [p.booking_request_uuid for p in await store.load_pending()] == [uuid]
         fleet.clock.advance(3)
-        await eventually(lambda: of_type(receiver.events, "booking.created"))
-        created = of_type(receiver.events, "booking.created")[0]["data"]
+        created = await booking_created(receiver.events, uuid)
         requested = of_type(receiver.events, "booking.requested")[0]["data"]
         assert requested["booking"]["booking_request_uuid"] == uuid
         assert created["booking"]["booking_request_uuid"] == uuid
@@ -162,11 +161,11 @@ async def test_legacy_device_request_closed_by_relisting(
         uuid = dev.calendar.request(duration_min=30, start=start, title="Legacy ad hoc")
         await eventually(lambda: of_type(receiver.events, "booking.requested"))
         fleet.clock.advance(3)  # the calendar confirms; a legacy device says only "Updated"
-        await eventually(lambda: of_type(receiver.events, "booking.created"), timeout=20)
-        created = of_type(receiver.events, "booking.created")[0]["data"]
+        created = await booking_created(receiver.events, uuid, timeout=20)
         assert created["booking"]["booking_request_uuid"] == uuid
         assert created["booking"]["title"] == "Legacy ad hoc"
-        assert created["pending_ms"] >= 0
+        # pending from the request until the re-list found it: at least the calendar's 2 s
+        assert created["pending_ms"] >= 2000
     finally:
         await running.stop()
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -60,7 +60,11 @@ async def _spawn(cfg: Path) -> asyncio.subprocess.Process:
 
 
 async def test_kill9_during_burst_loses_nothing(make_fleet, receiver, tmp_path, ca_file):
-    fleet = await make_fleet(devices=5, mode="hybrid")
+    # The agent runs in its own process on the wall clock, so this fleet must too (the only one
+    # not at SIM_START). The verdict still does not depend on the hour: the bookings lie 1-3 h
+    # ahead, always inside the agent's window (today + 8 h of tomorrow), and nothing is booked
+    # on a panel, so a busy room cannot decline anything.
+    fleet = await make_fleet(devices=5, mode="hybrid", start=datetime.now(UTC))
     cfg = tmp_path / "agent.toml"
     _write_config(cfg, fleet, receiver.url, ca_file, tmp_path / "agent.db")
     proc = await _spawn(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from tests.e2e.harness import agent_config, eventually, of_type, start_agent
+from tests.e2e.harness import agent_config, booking_created, eventually, of_type, start_agent
 from tests.receivers import Reply, WebhookReceiver
 
 
@@ -25,14 +25,14 @@ async def test_agent_restart_while_request_pending(make_fleet, receiver, tmp_pat
     assert await running.stop() == 0
 
     fleet.clock.advance(11)  # BookingCreated fires now, with nobody listening
-    await asyncio.sleep(0.1)
+    await eventually(
+        lambda: fleet.produced().get("Bookings.BookingCreated"), "the device's BookingCreated"
+    )
     running = await start_agent(cfg, fleet, env=env)
     try:
         store = running.agent.store
         assert store is not None
-        await eventually(lambda: of_type(receiver.events, "booking.created"))
-        created = of_type(receiver.events, "booking.created")[0]["data"]
-        assert created["booking"]["booking_request_uuid"] == uuid
+        created = await booking_created(receiver.events, uuid)
         assert created["booking"]["title"] == "Across a restart"
         assert created["pending_ms"] >= 10_000
         assert await store.load_pending() == []

@@ -268,17 +268,20 @@ async def test_retry_schedule_survives_a_restart(tmp_path: Path, rx: WebhookRece
         await store.close()
 
 
-async def test_latency_at_a_moderate_rate(
+async def test_a_steady_stream_is_delivered_in_order_per_device(
     store: Store, rx: WebhookReceiver, sink: WebhookSink
 ) -> None:
+    # How fast is bench/bench_webhook.py's business; a test asserts only what cannot flake.
     async with running(store, sink):
         await asyncio.sleep(0.05)
         for n in range(100):  # ~200 events/s over 10 devices
             await commit(store, f"room-{n % 10}", n // 10)
             await asyncio.sleep(0.005)
         await rx.wait_events(100, timeout=5)
-    lat = sorted(rx.latencies)
-    assert lat[98] < 0.1, lat[-5:]
+    assert len(rx.events) == 100 and rx.duplicates == 0
+    for device, events in rx.by_device().items():
+        assert len(events) == 10, device
+        assert [e["data"]["n"] for e in events] == list(range(10)), device
 
 
 class FlakySink:
