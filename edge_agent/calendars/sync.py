@@ -233,12 +233,12 @@ def apply_round(
             else:
                 silent = True
 
-    for k, new in working.items():
-        old = stored.get(k)
-        if old is None or old == new:
+    for k, now_b in working.items():
+        prev = stored.get(k)
+        if prev is None or prev == now_b:
             continue
-        if (old.start, old.end) != (new.start, new.end):
-            changes.append(BookingChange("booking.moved", new, old))
+        if (prev.start, prev.end) != (now_b.start, now_b.end):
+            changes.append(BookingChange("booking.moved", now_b, prev))
         else:
             silent = True
     for b in created.values():
