@@ -120,7 +120,7 @@ class ClientCredentials:
                 return self._token
             try:
                 result = await asyncio.wait_for(
-                    asyncio.to_thread(self._acquire, renew), self._timeout_s
+                    asyncio.to_thread(self._acquire), self._timeout_s
                 )
             except TimeoutError as e:
                 raise AuthError(
@@ -143,7 +143,7 @@ class ClientCredentials:
 
     # ------------------------------------------------------------------ worker thread
 
-    def _acquire(self, renew: bool) -> dict[str, Any]:
+    def _acquire(self) -> dict[str, Any]:
         try:
             if self._app is None:
                 self._app = msal.ConfidentialClientApplication(
@@ -156,8 +156,9 @@ class ClientCredentials:
                     http_client=PinnedCaSession(self._ca_file, self._timeout_s),
                     timeout=self._timeout_s,
                 )
-            if renew:
-                self._app.remove_tokens_for_client()
+            # This class's cache (on the injected clock) decides when to renew; msal's own
+            # cache would hand back the token being replaced, so it is emptied first.
+            self._app.remove_tokens_for_client()
             result = self._app.acquire_token_for_client(scopes=[self._scope])
         except (requests.RequestException, ValueError) as e:
             # ValueError: msal's OpenID discovery failed (unknown tenant, a non-JSON answer).
