@@ -147,7 +147,9 @@ class FakeGraph:
     def _json(status: int, body: Any, retry_after: str | None = None) -> web.Response:
         headers = {"Retry-After": retry_after} if retry_after else None
         return web.Response(
-            status=status, body=jsoncodec.dumpb(body), content_type="application/json",
+            status=status,
+            body=jsoncodec.dumpb(body),
+            content_type="application/json",
             headers=headers,
         )
 
@@ -158,7 +160,10 @@ class FakeGraph:
     async def _record(self, request: web.Request) -> Seen:
         form = dict(await request.post()) if request.method == "POST" else {}
         seen = Seen(
-            request.method, request.path, dict(request.query), dict(request.headers),
+            request.method,
+            request.path,
+            dict(request.query),
+            dict(request.headers),
             {k: str(v) for k, v in form.items()},
         )
         self.requests.append(seen)
@@ -176,12 +181,15 @@ class FakeGraph:
     async def _openid(self, request: web.Request) -> web.Response:
         await self._record(request)
         t = request.match_info["tenant"]
-        return self._json(200, {
-            "token_endpoint": f"{self.base}/{t}/oauth2/v2.0/token",
-            "authorization_endpoint": f"{self.base}/{t}/oauth2/v2.0/authorize",
-            "issuer": f"{self.base}/{t}/v2.0",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
-        })
+        return self._json(
+            200,
+            {
+                "token_endpoint": f"{self.base}/{t}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{self.base}/{t}/oauth2/v2.0/authorize",
+                "issuer": f"{self.base}/{t}/v2.0",
+                "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
+            },
+        )
 
     async def _token(self, request: web.Request) -> web.Response:
         seen = await self._record(request)
@@ -189,8 +197,13 @@ class FakeGraph:
         if scripted is not None:
             return self._json(scripted.status, scripted.body or {})
         if seen.form.get("client_secret") != "s3cret" and "client_assertion" not in seen.form:
-            return self._json(401, {"error": "invalid_client",
-                                    "error_description": "AADSTS7000215: Invalid client secret."})
+            return self._json(
+                401,
+                {
+                    "error": "invalid_client",
+                    "error_description": "AADSTS7000215: Invalid client secret.",
+                },
+            )
         self.issued += 1
         tok = f"tok-{self.issued}"
         self.valid_tokens.add(tok)
@@ -204,7 +217,7 @@ class FakeGraph:
         skip = int(request.query.get("$skip", "0"))
         page = self.rooms[skip : skip + self.rooms_page]
         body: dict[str, Any] = {
-            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#places/microsoft.graph.room",
+            "@odata.context": f"{self.graph_url}/$metadata#places/microsoft.graph.room",
             "value": page,
         }
         if skip + self.rooms_page < len(self.rooms):
@@ -262,8 +275,13 @@ class FakeGraph:
                 if ev is not None and in_range(ev):
                     items.append(ev)
                 else:
-                    items.append({"@odata.type": "#microsoft.graph.event", "id": eid,
-                                  "@removed": {"reason": "deleted"}})
+                    items.append(
+                        {
+                            "@odata.type": "#microsoft.graph.event",
+                            "id": eid,
+                            "@removed": {"reason": "deleted"},
+                        }
+                    )
         off = int(offset)
         page = items[off : off + size]
         body: dict[str, Any] = {

@@ -23,7 +23,9 @@ from edge_agent.calendars.graph.errors import (
 from tests.calendars.graphfake import FakeGraph, Reply, graph_event
 
 MB = "Room-B@contoso.com"
-BOUNDS = WindowBounds(datetime(2026, 11, 22, 23, tzinfo=UTC), datetime(2026, 11, 29, 23, tzinfo=UTC))
+BOUNDS = WindowBounds(
+    datetime(2026, 11, 22, 23, tzinfo=UTC), datetime(2026, 11, 29, 23, tzinfo=UTC)
+)
 
 
 class Sleeps:
@@ -45,18 +47,28 @@ def sleeps() -> Sleeps:
 @pytest.fixture
 def client(fake: FakeGraph, http: httpx.AsyncClient, ca_file: str, sleeps: Sleeps) -> GraphClient:
     tokens = ClientCredentials(
-        tenant_id=fake.tenant, client_id="app-1", secret="s3cret",
-        authority_url=fake.authority_url, ca_file=ca_file,
+        tenant_id=fake.tenant,
+        client_id="app-1",
+        secret="s3cret",
+        authority_url=fake.authority_url,
+        ca_file=ca_file,
     )
     return GraphClient(
-        http, tokens, graph_url=fake.graph_url, max_page_size=2, sleep=sleeps,
+        http,
+        tokens,
+        graph_url=fake.graph_url,
+        max_page_size=2,
+        sleep=sleeps,
         backoff=Backoff(initial=0.5, maximum=4.0, jitter=0.0),
     )
 
 
 def seed(fake: FakeGraph, n: int = 5) -> None:
     for i in range(n):
-        fake.put(MB, graph_event(f"e{i}", f"2026-11-23T{8 + i:02d}:00:00", f"2026-11-23T{9 + i:02d}:00:00"))
+        fake.put(
+            MB,
+            graph_event(f"e{i}", f"2026-11-23T{8 + i:02d}:00:00", f"2026-11-23T{9 + i:02d}:00:00"),
+        )
 
 
 # --------------------------------------------------------------------------- places
@@ -219,7 +231,9 @@ async def test_at_most_four_requests_in_flight_per_mailbox(
 
 
 async def test_next_link_to_another_host_is_refused(fake: FakeGraph, client: GraphClient) -> None:
-    fake.script("calendarView", Reply(200, {"value": [], "@odata.nextLink": "https://evil.example/x"}))
+    fake.script(
+        "calendarView", Reply(200, {"value": [], "@odata.nextLink": "https://evil.example/x"})
+    )
     with pytest.raises(GraphRequestError, match="evil.example.*token is not sent"):
         await client.calendar_delta("room-b", MB, BOUNDS, None)
 
@@ -228,8 +242,11 @@ async def test_oversized_answer_is_refused(
     fake: FakeGraph, http: httpx.AsyncClient, ca_file: str
 ) -> None:
     tokens = ClientCredentials(
-        tenant_id=fake.tenant, client_id="app-1", secret="s3cret",
-        authority_url=fake.authority_url, ca_file=ca_file,
+        tenant_id=fake.tenant,
+        client_id="app-1",
+        secret="s3cret",
+        authority_url=fake.authority_url,
+        ca_file=ca_file,
     )
     small = GraphClient(http, tokens, graph_url=fake.graph_url, max_body_bytes=300)
     seed(fake, 5)

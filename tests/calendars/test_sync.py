@@ -10,6 +10,7 @@ import pytest
 from edge_agent.bookings.window import WindowBounds
 from edge_agent.calendars.model import CalendarBooking
 from edge_agent.calendars.sync import (
+    DeltaItem,
     Removal,
     RoundPlan,
     SyncState,
@@ -31,7 +32,8 @@ def bk(
     bid: str, h: float, dur_h: float = 1.0, day: int = 23, month: int = 11, **kw: object
 ) -> CalendarBooking:
     start = datetime(2026, month, day, tzinfo=UTC) + timedelta(hours=h)
-    return CalendarBooking(id=bid, start=start, end=start + timedelta(hours=dur_h), **kw)  # type: ignore[arg-type]
+    end = start + timedelta(hours=dur_h)
+    return CalendarBooking(id=bid, start=start, end=end, **kw)  # type: ignore[arg-type]
 
 
 def full(now: datetime = NOW, state: SyncState | None = None) -> RoundPlan:
@@ -84,7 +86,9 @@ def test_first_round_is_full_and_creates_everything_in_window() -> None:
     plan = full()
     assert plan.full
     far = bk("far", 0, day=30)  # after the 7-day window
-    r = apply_round(SyncState(), plan, [Upsert(bk("a", 9)), Upsert(bk("b", 7)), Upsert(far)], "L1", NOW)
+    r = apply_round(
+        SyncState(), plan, [Upsert(bk("a", 9)), Upsert(bk("b", 7)), Upsert(far)], "L1", NOW
+    )
     assert types(r) == [("booking.created", "b"), ("booking.created", "a")]
     assert r.snapshot is not None and [b.id for b in r.snapshot] == ["b", "a"]
     assert r.state.delta_link == "L1" and r.state.window == plan.bounds
@@ -153,7 +157,7 @@ def test_removal_of_unknown_id_is_nothing() -> None:
 def test_reapplied_round_reports_nothing_twice() -> None:
     s0 = apply_round(SyncState(), full(), [Upsert(bk("a", 9))], "L1", NOW).state
     plan = plan_round(s0, NOW, OSLO, 7)
-    items = [Upsert(bk("a", 10)), Upsert(bk("n", 12)), Removal("zz")]
+    items: list[DeltaItem] = [Upsert(bk("a", 10)), Upsert(bk("n", 12)), Removal("zz")]
     r1 = apply_round(s0, plan, items, "L2", NOW)
     assert types(r1) == [("booking.created", "n"), ("booking.moved", "a")]
     # kill -9 before the next link was used: the same page again, over the stored state.
@@ -163,13 +167,19 @@ def test_reapplied_round_reports_nothing_twice() -> None:
 
 def test_full_resync_mark_and_sweep() -> None:
     s = apply_round(
-        SyncState(), full(), [Upsert(bk("a", 9)), Upsert(bk("b", 11)), Upsert(bk("c", 13))], "L1", NOW
+        SyncState(),
+        full(),
+        [Upsert(bk("a", 9)), Upsert(bk("b", 11)), Upsert(bk("c", 13))],
+        "L1",
+        NOW,
     ).state
     s = resync_required(s)
     assert s.delta_link is None and set(s.bookings) == {"a", "b", "c"}
     plan = plan_round(s, NOW, OSLO, 7)
     assert plan.full
-    r = apply_round(s, plan, [Upsert(bk("a", 9)), Upsert(bk("c", 14)), Upsert(bk("d", 16))], "L9", NOW)
+    r = apply_round(
+        s, plan, [Upsert(bk("a", 9)), Upsert(bk("c", 14)), Upsert(bk("d", 16))], "L9", NOW
+    )
     assert types(r) == [
         ("booking.created", "d"),
         ("booking.moved", "c"),
@@ -180,7 +190,13 @@ def test_full_resync_mark_and_sweep() -> None:
 
 def test_full_listing_with_unreadable_entry_keeps_stored_copy() -> None:
     s = apply_round(SyncState(), full(), [Upsert(bk("a", 9)), Upsert(bk("b", 11))], "L1", NOW).state
-    r = apply_round(resync_required(s), full(state=s), [Upsert(bk("a", 9)), Unreadable("b", "bad start")], "L2", NOW)
+    r = apply_round(
+        resync_required(s),
+        full(state=s),
+        [Upsert(bk("a", 9)), Unreadable("b", "bad start")],
+        "L2",
+        NOW,
+    )
     assert r.changes == ()
     assert set(r.state.bookings) == {"a", "b"}
     assert any("bad start" in n for n in r.notes)
@@ -199,7 +215,9 @@ def test_same_meeting_new_id_is_not_deleted_and_created() -> None:
 def test_midnight_roll_starts_new_round_and_ages_out_silently() -> None:
     yesterday_evening = bk("old", 17)  # Monday 18:00 Oslo
     tomorrow = bk("tue", 8, day=24)
-    s = apply_round(SyncState(), full(), [Upsert(yesterday_evening), Upsert(tomorrow)], "L1", NOW).state
+    s = apply_round(
+        SyncState(), full(), [Upsert(yesterday_evening), Upsert(tomorrow)], "L1", NOW
+    ).state
     after_midnight = datetime(2026, 11, 23, 23, 0, 1, tzinfo=UTC)  # Tuesday 00:00:01 Oslo
     plan = plan_round(s, after_midnight, OSLO, 7)
     assert plan.full and plan.bounds.start == datetime(2026, 11, 23, 23, tzinfo=UTC)
@@ -213,7 +231,9 @@ def test_midnight_roll_on_dst_day() -> None:
     # Night to Sunday 2026-10-25: Oslo falls back at 03:00; the day is 25 h long.
     sat = datetime(2026, 10, 24, 12, tzinfo=UTC)
     late_sun = bk("sun-late", 22, day=25, month=10)  # 23:00 local on the long Sunday
-    s = apply_round(SyncState(), plan_round(SyncState(), sat, OSLO, 2), [Upsert(late_sun)], "L1", sat).state
+    s = apply_round(
+        SyncState(), plan_round(SyncState(), sat, OSLO, 2), [Upsert(late_sun)], "L1", sat
+    ).state
     sun = datetime(2026, 10, 25, 12, tzinfo=UTC)
     plan = plan_round(s, sun, OSLO, 1)
     assert plan.bounds == WindowBounds(

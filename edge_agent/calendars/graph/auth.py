@@ -95,9 +95,7 @@ class ClientCredentials:
         self._tenant_id = tenant_id
         self._client_id = client_id
         self._credential: str | dict[str, str] = (
-            secret
-            if secret is not None
-            else _cert_dict(certificate)  # type: ignore[arg-type]
+            secret if secret is not None else _cert_dict(certificate)  # type: ignore[arg-type]
         )
         self.authority = f"{authority_url.rstrip('/')}/{tenant_id}"
         self._ca_file = ca_file
@@ -119,9 +117,7 @@ class ClientCredentials:
             if not renew and self._token is not None and self._monotonic() < self._renew_at:
                 return self._token
             try:
-                result = await asyncio.wait_for(
-                    asyncio.to_thread(self._acquire), self._timeout_s
-                )
+                result = await asyncio.wait_for(asyncio.to_thread(self._acquire), self._timeout_s)
             except TimeoutError as e:
                 raise AuthError(
                     f"no answer from {self.authority} within {self._timeout_s:g}s; "

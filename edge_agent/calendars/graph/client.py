@@ -46,13 +46,14 @@ from edge_agent.calendars.graph.errors import (
     ResyncRequired,
 )
 
-__all__ = ["DeltaRound", "GraphClient", "GraphRoom", "MAILBOX_CONCURRENCY"]
+__all__ = ["MAILBOX_CONCURRENCY", "DeltaRound", "GraphClient", "GraphRoom"]
 
 log = structlog.get_logger(__name__)
 
 MAILBOX_CONCURRENCY = 4  # Outlook's limit of concurrent requests per mailbox (throttling docs)
 _RESYNC_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
+RETRY_BACKOFF = Backoff(initial=1.0, maximum=60.0)  # 503s inside one request
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ class GraphClient:
         max_body_bytes: int = 8 * 1024 * 1024,
         max_attempts: int = 5,
         request_timeout_s: float = 30.0,
-        backoff: Backoff = Backoff(initial=1.0, maximum=60.0),
+        backoff: Backoff = RETRY_BACKOFF,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -176,8 +177,12 @@ class GraphClient:
                     "refused (lower horizon_days?)",
                 )
             body = await self._get_json(
-                url, subject=room_id, gate_key=mailbox.lower(), kind="calendar",
-                mailbox=mailbox, headers=headers,
+                url,
+                subject=room_id,
+                gate_key=mailbox.lower(),
+                kind="calendar",
+                mailbox=mailbox,
+                headers=headers,
             )
             values.extend(_values(body, room_id))
             nxt = self._link(body, "@odata.nextLink", room_id)
@@ -243,7 +248,8 @@ class GraphClient:
                     raise GraphAuthError(
                         subject,
                         "Graph refused a freshly issued token (HTTP 401); check that the app "
-                        "registration's client_id/tenant_id are right and admin consent was granted",
+                        "registration's client_id/tenant_id are right and admin consent was "
+                        "granted",
                     )
                 renewed = True
                 attempt -= 1  # the renewal is not a retry of a failure
@@ -265,8 +271,10 @@ class GraphClient:
                 )
             if status == 429 or status == 0 or status in _RETRY_STATUS:
                 if attempt >= self._max_attempts:
-                    what = "throttled (HTTP 429)" if status == 429 else (
-                        f"unreachable ({body[:200]})" if status == 0 else f"HTTP {status}"
+                    what = (
+                        "throttled (HTTP 429)"
+                        if status == 429
+                        else (f"unreachable ({body[:200]})" if status == 0 else f"HTTP {status}")
                     )
                     raise GraphUnavailable(
                         subject, f"Graph {what} after {attempt} attempts; retrying next round"
@@ -379,4 +387,3 @@ def _permission_error(
         "application access policy (or RBAC for Applications scope) includes this room mailbox",
         "Calendars.Read",
     )
-
