@@ -255,10 +255,14 @@ class GraphPoller:
             running = self._tasks.get(rid)
             if running is not None and running.room == room:
                 continue
+            # A room whose mailbox changed keeps its window but not the old mailbox's delta link.
+            relist = running is not None and running.room.mailbox.lower() != room.mailbox.lower()
             if running is not None:
                 await self._stop_room(rid, forget=False)
             poke = asyncio.Event()
-            task = self._tg.create_task(self._room_loop(room, poke), name=f"graph[{rid}]")
+            task = self._tg.create_task(
+                self._room_loop(room, poke, relist=relist), name=f"graph[{rid}]"
+            )
             self._tasks[rid] = _RoomTask(room, task, poke)
             self._status.setdefault(rid, RoomStatus(room))
             self._status[rid].room = room
@@ -283,10 +287,14 @@ class GraphPoller:
 
     # ------------------------------------------------------------------ one room
 
-    async def _room_loop(self, room: CalendarRoom, poke: asyncio.Event) -> None:
+    async def _room_loop(
+        self, room: CalendarRoom, poke: asyncio.Event, *, relist: bool = False
+    ) -> None:
         rlog = log.bind(room=room.room_id, mailbox=room.mailbox)
         await self._wait(poke, first_poll_delay(self._interval, self._rng))
         state = await self._store.load_sync_state(room.room_id) or SyncState()
+        if relist:
+            state = resync_required(state)
         failures = 0
         while True:
             try:
