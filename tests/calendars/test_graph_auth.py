@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import structlog
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -121,3 +123,17 @@ async def test_certificate_credential_sends_a_client_assertion(
 def test_exactly_one_credential() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         ClientCredentials(tenant_id="t", client_id="c")
+
+
+async def test_secret_and_tokens_stay_out_of_the_logs(
+    fake: FakeGraph, ca_file: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    c = creds(fake, ca_file)
+    with structlog.testing.capture_logs() as captured:
+        t1 = await c.token()
+        t2 = await c.token(renew=True)
+    text = repr(captured) + caplog.text
+    assert captured  # the acquisitions were logged...
+    for secret in ("s3cret", t1, t2):
+        assert secret not in text  # ...without the secret or a token (msal's own loggers too)

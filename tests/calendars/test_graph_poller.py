@@ -47,6 +47,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self.states: dict[str, SyncState] = {}
         self.updates: list[RoomUpdate] = []
+        self.fail_saves = 0  # the next N saves raise, as a full disk would
+        self.failed = 0
         self._changed = asyncio.Condition()
 
     async def load_sync_state(self, room_id: str) -> SyncState | None:
@@ -55,6 +57,10 @@ class MemoryStore:
     async def save_sync_state(
         self, room_id: str, state: SyncState, update: RoomUpdate | None
     ) -> None:
+        if self.fail_saves > 0:
+            self.fail_saves -= 1
+            self.failed += 1
+            raise OSError("database or disk is full")
         if state == SyncState():
             self.states.pop(room_id, None)
         else:
@@ -315,3 +321,45 @@ def test_next_poll_is_jittered_and_stops_at_local_midnight() -> None:
     assert all(54.0 <= d <= 66.0 for d in delays) and len(set(delays)) > 100
     just_before = datetime(2026, 11, 23, 22, 59, 30, tzinfo=UTC)  # 23:59:30 in Oslo
     assert next_poll_delay(just_before, 60.0, OSLO, rng) == pytest.approx(30.001)
+
+
+@pytest.mark.usefixtures("directory")
+async def test_a_failed_commit_loses_nothing_and_reports_nothing_twice(
+    fake: FakeGraph, client: GraphClient, store: MemoryStore, clock: PinnedClock
+) -> None:
+    store.fail_saves = 2
+    rooms = [CalendarRoom("room-a", A, OSLO)]
+    poller = make_poller(client, store, clock, discover=False, rooms=rooms)
+    task = await start(poller)
+    try:
+        await store.wait_for(lambda: "room-a" in store.states)
+        fake.put(A, ev("a5", "26T09:00:00", "26T10:00:00"))
+        await store.wait_for(lambda: ("booking.created", "a5") in store.changes("room-a"))
+    finally:
+        await stop(task)
+    assert store.failed == 2
+    assert store.changes("room-a") == [
+        ("booking.created", "a1"),
+        ("booking.created", "a2"),
+        ("booking.created", "a5"),
+    ]
+
+
+@pytest.mark.usefixtures("directory")
+async def test_a_room_whose_mailbox_changes_is_listed_in_full(
+    fake: FakeGraph, client: GraphClient, store: MemoryStore, clock: PinnedClock
+) -> None:
+    fake.rooms = [{"id": "pa", "displayName": "Room A", "emailAddress": A}]
+    poller = make_poller(client, store, clock, refresh_rooms_s=0.05)
+    task = await start(poller)
+    try:
+        await store.wait_for(lambda: "room-a" in store.states)
+        # The directory now names the room by another address with the same local part.
+        fake.rooms = [{"id": "pa", "displayName": "Room A", "emailAddress": "room-a@fabrikam.com"}]
+        fake.put("room-a@fabrikam.com", ev("f1", "23T09:00:00", "23T10:00:00"))
+        await store.wait_for(lambda: ("booking.created", "f1") in store.changes("room-a"))
+    finally:
+        await stop(task)
+    assert ("booking.deleted", "a1") in store.changes("room-a")
+    fab = [s for s in fake.of("/calendarView/delta") if "fabrikam" in s.path]
+    assert "startDateTime" in fab[0].query  # a full listing, not the old mailbox's link

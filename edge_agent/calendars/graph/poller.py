@@ -174,6 +174,7 @@ class GraphPoller:
         self._clock = clock
         self._rng = rng or random.Random()
         self._tasks: dict[str, _RoomTask] = {}
+        self._unreported: dict[str, CalendarRoom] = {}  # left the directory, store failed
         self._status: dict[str, RoomStatus] = {}
         self._tg: asyncio.TaskGroup | None = None
         self.rooms_ready = asyncio.Event()  # set after the first room-set is running
@@ -242,6 +243,11 @@ class GraphPoller:
                 )
                 by_mailbox[g.mailbox.lower()] = rid
             log.info("graph rooms", found=len(found), running=len(rooms))
+            for rid, gone in list(self._unreported.items()):
+                if rid in rooms:
+                    del self._unreported[rid]  # back in the directory: its round relists it
+                else:
+                    await self._report_removed(gone)
             await self._set_rooms(list(rooms.values()))
             self.rooms_ready.set()
             await asyncio.sleep(self._refresh)
@@ -275,15 +281,35 @@ class GraphPoller:
             return
         self._status.pop(room_id, None)
         self._client.forget_mailbox(rt.room.mailbox)
-        state = await self._store.load_sync_state(room_id)
-        if state is None or (state.window is None and not state.bookings):
-            return
-        result = room_removed(state)
-        update = RoomUpdate(
-            room_id, SOURCE, (), result.snapshot, None, self._clock.now(), rt.room.device_id
-        )
-        await self._store.save_sync_state(room_id, result.state, update)
-        log.info("room left the directory; its window reported empty", room=room_id)
+        await self._report_removed(rt.room)
+
+    async def _report_removed(self, room: CalendarRoom) -> None:
+        """The empty window of a room that left, once; kept for the next refresh if the store
+        fails (the room is gone either way, and its stale window must not stay)."""
+        try:
+            state = await self._store.load_sync_state(room.room_id)
+            if state is not None and (state.window is not None or state.bookings):
+                result = room_removed(state)
+                update = RoomUpdate(
+                    room.room_id,
+                    SOURCE,
+                    (),
+                    result.snapshot,
+                    None,
+                    self._clock.now(),
+                    room.device_id,
+                )
+                await self._store.save_sync_state(room.room_id, result.state, update)
+                log.info("room left the directory; its window reported empty", room=room.room_id)
+        except Exception as e:  # noqa: BLE001 - the directory loop must survive a store failure
+            self._unreported[room.room_id] = room
+            log.error(
+                "could not report a removed room; retrying at the next refresh",
+                room=room.room_id,
+                error=repr(e),
+            )
+        else:
+            self._unreported.pop(room.room_id, None)
 
     # ------------------------------------------------------------------ one room
 
@@ -306,8 +332,8 @@ class GraphPoller:
                 )
             except ResyncRequired as e:
                 rlog.warning("delta round lost; full resync", reason=str(e))
+                # Not stored: after a restart the old link gets its 410 again, with the same result.
                 state = resync_required(state)
-                await self._store.save_sync_state(room.room_id, state, None)
                 failures += 1
                 # A full listing that is itself refused must not spin: back off after the first.
                 delay = 0.0 if failures == 1 else self._error_backoff.delay(failures, self._rng)
