@@ -258,3 +258,26 @@ async def test_page_without_any_link_is_an_error(fake: FakeGraph, client: GraphC
     fake.script("calendarView", Reply(200, {"value": []}))
     with pytest.raises(GraphRequestError, match="neither @odata.nextLink nor @odata.deltaLink"):
         await client.calendar_delta("room-b", MB, BOUNDS, None)
+
+
+async def test_retry_after_as_http_date_and_giving_up_on_429(
+    fake: FakeGraph, http: httpx.AsyncClient, ca_file: str, sleeps: Sleeps
+) -> None:
+    tokens = ClientCredentials(
+        tenant_id=fake.tenant,
+        client_id="app-1",
+        secret="s3cret",
+        authority_url=fake.authority_url,
+        ca_file=ca_file,
+    )
+    wall = datetime(2026, 11, 23, 9, 0, 0, tzinfo=UTC).timestamp()
+    c = GraphClient(
+        http, tokens, graph_url=fake.graph_url, sleep=sleeps, wall=lambda: wall, max_attempts=3
+    )
+    seed(fake, 1)
+    fake.script("calendarView", Reply(429, {}, "Mon, 23 Nov 2026 09:00:20 GMT"))
+    await c.calendar_delta("room-b", MB, BOUNDS, None)
+    assert len(sleeps.delays) == 1 and 19.0 <= sleeps.delays[0] <= 20.0
+    fake.script("calendarView", *[Reply(429, {}, "1") for _ in range(3)])
+    with pytest.raises(GraphUnavailable, match=r"room-b: Graph throttled \(HTTP 429\) after 3"):
+        await c.calendar_delta("room-b", MB, BOUNDS, None)

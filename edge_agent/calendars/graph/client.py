@@ -45,6 +45,7 @@ from edge_agent.calendars.graph.errors import (
     MailboxNotFound,
     ResyncRequired,
 )
+from edge_agent.forward.webhook import parse_retry_after
 
 __all__ = ["MAILBOX_CONCURRENCY", "DeltaRound", "GraphClient", "GraphRoom"]
 
@@ -100,6 +101,7 @@ class GraphClient:
         backoff: Backoff = RETRY_BACKOFF,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self._http = http
@@ -115,6 +117,7 @@ class GraphClient:
         self._backoff = backoff
         self._sleep = sleep
         self._monotonic = monotonic
+        self._wall = wall  # only for a Retry-After given as an HTTP-date
         self._rng = rng
         self._gates: dict[str, _MailboxGate] = {}
 
@@ -237,7 +240,7 @@ class GraphClient:
                     status, resp_headers, body = 0, httpx.Headers(), f"{type(e).__name__}: {e}"
                 if status == 200:
                     return self._parse(body, subject)
-                retry_after = _retry_after(resp_headers)
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), self._wall())
                 if status == 429:
                     ra = retry_after if retry_after is not None else self._backoff.delay(attempt)
                     gate.not_before = max(gate.not_before, self._monotonic() + ra)
@@ -344,17 +347,6 @@ def _values(body: dict[str, Any], subject: str) -> list[Any]:
     if not isinstance(values, list):
         raise GraphRequestError(subject, "Graph answer has a 'value' that is not a list")
     return values
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    # Graph sends delta-seconds; an HTTP-date (allowed by RFC 9110) falls back to the backoff.
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw.strip()))
-    except ValueError:
-        return None
 
 
 def _error_code(body: str) -> str | None:
