@@ -281,3 +281,25 @@ async def test_retry_after_as_http_date_and_giving_up_on_429(
     fake.script("calendarView", *[Reply(429, {}, "1") for _ in range(3)])
     with pytest.raises(GraphUnavailable, match=r"room-b: Graph throttled \(HTTP 429\) after 3"):
         await c.calendar_delta("room-b", MB, BOUNDS, None)
+
+
+class StaticToken:
+    async def token(self, *, renew: bool = False) -> str:
+        return "t"
+
+
+async def test_unreachable_graph_is_retried_then_reported(
+    http: httpx.AsyncClient, sleeps: Sleeps
+) -> None:
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    c = GraphClient(
+        http,
+        StaticToken(),
+        graph_url="https://127.0.0.1:9/v1.0",
+        sleep=sleeps,
+        max_attempts=3,
+        backoff=Backoff(initial=0.5, maximum=4.0, jitter=0.0),
+    )
+    with pytest.raises(GraphUnavailable, match=r"room-b: Graph unreachable \(ConnectError"):
+        await c.calendar_delta("room-b", MB, BOUNDS, None)
+    assert sleeps.delays == [0.5, 1.0]

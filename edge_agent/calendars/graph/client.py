@@ -236,7 +236,8 @@ class GraphClient:
                 token = await self._tokens.token()
                 try:
                     status, resp_headers, body = await self._send(url, token, headers)
-                except httpx.TransportError as e:
+                except (httpx.TransportError, TimeoutError) as e:
+                    # TimeoutError: no whole answer within request_timeout_s (a slow trickle).
                     status, resp_headers, body = 0, httpx.Headers(), f"{type(e).__name__}: {e}"
                 if status == 200:
                     return self._parse(body, subject)

@@ -318,12 +318,14 @@ class GraphPoller:
     ) -> None:
         rlog = log.bind(room=room.room_id, mailbox=room.mailbox)
         await self._wait(poke, first_poll_delay(self._interval, self._rng))
-        state = await self._store.load_sync_state(room.room_id) or SyncState()
-        if relist:
-            state = resync_required(state)
+        loaded: SyncState | None = None
+        state = SyncState()
         failures = 0
         while True:
             try:
+                if loaded is None:  # inside the try: a store that fails to read is retried too
+                    loaded = await self._store.load_sync_state(room.room_id) or SyncState()
+                    state = resync_required(loaded) if relist else loaded
                 async with self._rounds:
                     state = await self._round(room, state, rlog)
                 failures = 0
