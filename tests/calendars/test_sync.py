@@ -250,3 +250,20 @@ def test_room_removed_reports_empty_window_once() -> None:
     s = apply_round(SyncState(), full(), [Upsert(bk("a", 9))], "L1", NOW).state
     r = room_removed(s)
     assert r.snapshot == () and r.changes == () and r.state == SyncState()
+
+
+def test_later_item_of_a_round_wins() -> None:
+    s = apply_round(SyncState(), full(), [Upsert(bk("a", 9))], "L1", NOW).state
+    plan = plan_round(s, NOW, OSLO, 7)
+    # Created and removed inside one round: never reported.
+    r = apply_round(s, plan, [Upsert(bk("n", 12)), Removal("n")], "L2", NOW)
+    assert r.changes == () and set(r.state.bookings) == {"a"}
+    # Removed then listed again (a page boundary re-sent it): a move, not delete + create.
+    r = apply_round(s, plan, [Removal("a"), Upsert(bk("a", 10))], "L3", NOW)
+    assert types(r) == [("booking.moved", "a")]
+
+
+def test_full_listing_that_repeats_an_id_across_pages_keeps_one() -> None:
+    r = apply_round(SyncState(), full(), [Upsert(bk("a", 9)), Upsert(bk("a", 11))], "L1", NOW)
+    assert types(r) == [("booking.created", "a")]
+    assert r.state.bookings["a"].start.hour == 11
