@@ -1,0 +1,382 @@
+"""Microsoft Graph calls for room calendars, on a caller's ``httpx.AsyncClient``.
+
+What the docs fix, and this module honours:
+
+- ``GET /places/microsoft.graph.room`` lists the tenant's rooms; every ``@odata.nextLink`` is
+  followed (needs ``Place.Read.All``).
+- ``GET /users/{mailbox}/calendarView/delta?startDateTime&endDateTime`` starts a round; its
+  pages are followed by ``@odata.nextLink`` until the ``@odata.deltaLink`` that resumes the round
+  later. Links are used as given (they carry the state token) and are only accepted on the
+  configured Graph origin, so a bearer token never leaves for another host.
+- ``Prefer: outlook.timezone="UTC"`` (times in UTC) and ``odata.maxpagesize``, on every call of
+  the chain.
+- Throttling: Outlook allows four concurrent requests per mailbox, so each mailbox has a
+  semaphore of 4; a 429 makes the whole mailbox wait ``Retry-After`` seconds; 503 and friends
+  are retried with the one :class:`~edge_agent.backoff.Backoff`, still honouring ``Retry-After``.
+- 401: the token is renewed once, then :class:`GraphAuthError`. 403 names the permission.
+  410, or an error code ``SyncStateNotFound``/``resyncRequired``: :class:`ResyncRequired`.
+
+Bounded: a response body above ``max_body_bytes`` and a chain above ``max_pages`` are refused
+(an error, never a silently truncated listing, which would read as deletions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import structlog
+
+from edge_agent import jsoncodec
+from edge_agent.backoff import Backoff
+from edge_agent.bookings.window import WindowBounds
+from edge_agent.calendars.graph.auth import TokenSource
+from edge_agent.calendars.graph.errors import (
+    GraphAuthError,
+    GraphPermissionError,
+    GraphRequestError,
+    GraphUnavailable,
+    MailboxNotFound,
+    ResyncRequired,
+)
+from edge_agent.forward.webhook import parse_retry_after
+
+__all__ = ["MAILBOX_CONCURRENCY", "DeltaRound", "GraphClient", "GraphRoom"]
+
+log = structlog.get_logger(__name__)
+
+MAILBOX_CONCURRENCY = 4  # Outlook's limit of concurrent requests per mailbox (throttling docs)
+_RESYNC_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
+_RETRY_STATUS = frozenset({500, 502, 503, 504})
+RETRY_BACKOFF = Backoff(initial=1.0, maximum=60.0)  # 503s inside one request
+
+
+@dataclass(frozen=True, slots=True)
+class GraphRoom:
+    """A room from the places directory."""
+
+    mailbox: str
+    display_name: str | None = None
+    place_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaRound:
+    """The ``value`` entries of every page of one chain, in order, and the delta link it ended
+    with (the next call of this round)."""
+
+    values: list[Any]
+    delta_link: str
+    pages: int
+
+
+@dataclass(slots=True)
+class _MailboxGate:
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAILBOX_CONCURRENCY))
+    not_before: float = 0.0  # monotonic time before which nothing is sent (a 429's Retry-After)
+
+
+class GraphClient:
+    """The Graph calls the room poller needs. One instance serves every room; safe to share
+    between tasks. Every method is cancel-safe (a cancelled call leaves nothing behind but its
+    unfinished HTTP request, which httpx closes)."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        tokens: TokenSource,
+        *,
+        graph_url: str = "https://graph.microsoft.com/v1.0",
+        max_page_size: int = 100,
+        max_pages: int = 500,
+        max_body_bytes: int = 8 * 1024 * 1024,
+        max_attempts: int = 5,
+        request_timeout_s: float = 30.0,
+        backoff: Backoff = RETRY_BACKOFF,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._http = http
+        self._tokens = tokens
+        self.graph_url = graph_url.rstrip("/")
+        origin = urlsplit(self.graph_url)
+        self._origin = (origin.scheme, origin.netloc.lower())
+        self._max_page_size = max_page_size
+        self._max_pages = max_pages
+        self._max_body = max_body_bytes
+        self._max_attempts = max_attempts
+        self._timeout = request_timeout_s
+        self._backoff = backoff
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._wall = wall  # only for a Retry-After given as an HTTP-date
+        self._rng = rng
+        self._gates: dict[str, _MailboxGate] = {}
+
+    # ------------------------------------------------------------------ public calls
+
+    async def list_rooms(self) -> list[GraphRoom]:
+        """Every room of the places directory (all pages). Needs ``Place.Read.All``."""
+        url: str | None = f"{self.graph_url}/places/microsoft.graph.room"
+        rooms: list[GraphRoom] = []
+        pages = 0
+        while url is not None:
+            pages += 1
+            if pages > self._max_pages:
+                raise GraphRequestError(
+                    "directory", f"the room list has more than {self._max_pages} pages; refused"
+                )
+            body = await self._get_json(url, subject="directory", gate_key="places", kind="places")
+            for obj in _values(body, "directory"):
+                mail = obj.get("emailAddress") if isinstance(obj, dict) else None
+                if not isinstance(mail, str) or "@" not in mail:
+                    log.warning("place without a usable emailAddress skipped", place=str(obj)[:200])
+                    continue
+                name = obj.get("displayName")
+                pid = obj.get("id")
+                rooms.append(
+                    GraphRoom(
+                        mailbox=mail,
+                        display_name=name if isinstance(name, str) else None,
+                        place_id=pid if isinstance(pid, str) else None,
+                    )
+                )
+            url = self._link(body, "@odata.nextLink", "directory")
+        return rooms
+
+    async def calendar_delta(
+        self, room_id: str, mailbox: str, bounds: WindowBounds, delta_link: str | None
+    ) -> DeltaRound:
+        """One whole chain of ``calendarView/delta`` for ``mailbox``: from ``delta_link``, or a
+        new round over ``bounds`` when it is None. Raises :class:`ResyncRequired` when Graph has
+        lost the round, other :class:`GraphError` subclasses as their docstrings say."""
+        if delta_link is None:
+            start, end = bounds.to_dict()["start"], bounds.to_dict()["end"]
+            url = (
+                f"{self.graph_url}/users/{quote(mailbox, safe='@')}/calendarView/delta"
+                f"?startDateTime={quote(start)}&endDateTime={quote(end)}"
+            )
+        else:
+            url = delta_link
+        headers = {
+            "Prefer": f'outlook.timezone="UTC", odata.maxpagesize={self._max_page_size}',
+        }
+        values: list[Any] = []
+        pages = 0
+        while True:
+            pages += 1
+            if pages > self._max_pages:
+                raise GraphRequestError(
+                    room_id,
+                    f"calendar of {mailbox} gave more than {self._max_pages} pages in one round; "
+                    "refused (lower horizon_days?)",
+                )
+            body = await self._get_json(
+                url,
+                subject=room_id,
+                gate_key=mailbox.lower(),
+                kind="calendar",
+                mailbox=mailbox,
+                headers=headers,
+            )
+            values.extend(_values(body, room_id))
+            nxt = self._link(body, "@odata.nextLink", room_id)
+            if nxt is not None:
+                url = nxt
+                continue
+            done = self._link(body, "@odata.deltaLink", room_id)
+            if done is None:
+                raise GraphRequestError(
+                    room_id,
+                    f"calendar delta page of {mailbox} has neither @odata.nextLink nor "
+                    "@odata.deltaLink; the round cannot continue (a proxy rewriting the answer?)",
+                )
+            return DeltaRound(values=values, delta_link=done, pages=pages)
+
+    def forget_mailbox(self, mailbox: str) -> None:
+        """Drop a removed room's throttling state (the gate map stays bounded by the rooms)."""
+        self._gates.pop(mailbox.lower(), None)
+
+    # ------------------------------------------------------------------ the request loop
+
+    def _gate(self, key: str) -> _MailboxGate:
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _MailboxGate()
+        return gate
+
+    async def _get_json(
+        self,
+        url: str,
+        *,
+        subject: str,
+        gate_key: str,
+        kind: str,
+        mailbox: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        gate = self._gate(gate_key)
+        renewed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            async with gate.slots:
+                wait = gate.not_before - self._monotonic()
+                if wait > 0:
+                    await self._sleep(wait)
+                token = await self._tokens.token()
+                try:
+                    status, resp_headers, body = await self._send(url, token, headers)
+                except (httpx.TransportError, TimeoutError) as e:
+                    # TimeoutError: no whole answer within request_timeout_s (a slow trickle).
+                    status, resp_headers, body = 0, httpx.Headers(), f"{type(e).__name__}: {e}"
+                if status == 200:
+                    return self._parse(body, subject)
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), self._wall())
+                if status == 429:
+                    ra = retry_after if retry_after is not None else self._backoff.delay(attempt)
+                    gate.not_before = max(gate.not_before, self._monotonic() + ra)
+            # Decide outside the semaphore: the other requests of this mailbox may proceed.
+            code = _error_code(body)
+            if status == 401:
+                if renewed:
+                    raise GraphAuthError(
+                        subject,
+                        "Graph refused a freshly issued token (HTTP 401); check that the app "
+                        "registration's client_id/tenant_id are right and admin consent was "
+                        "granted",
+                    )
+                renewed = True
+                attempt -= 1  # the renewal is not a retry of a failure
+                await self._tokens.token(renew=True)
+                continue
+            if status == 403:
+                raise _permission_error(subject, kind, mailbox, code)
+            if status == 410 or (code is not None and code.lower() in _RESYNC_CODES):
+                raise ResyncRequired(
+                    subject,
+                    f"Graph lost the delta round of {mailbox} (HTTP {status}, {code}); "
+                    "listing the window in full again",
+                )
+            if status == 404 and kind == "calendar":
+                raise MailboxNotFound(
+                    subject,
+                    f"no calendar for {mailbox} (HTTP 404, {code}); check the room's mailbox "
+                    "address in config ([[rooms]] calendar / [[devices]] calendar)",
+                )
+            if status == 429 or status == 0 or status in _RETRY_STATUS:
+                if attempt >= self._max_attempts:
+                    what = (
+                        "throttled (HTTP 429)"
+                        if status == 429
+                        else (f"unreachable ({body[:200]})" if status == 0 else f"HTTP {status}")
+                    )
+                    raise GraphUnavailable(
+                        subject, f"Graph {what} after {attempt} attempts; retrying next round"
+                    )
+                if status != 429:
+                    delay = self._backoff.delay_honouring(attempt, retry_after, self._rng)
+                    log.info("graph retry", room=subject, status=status, delay_s=round(delay, 2))
+                    await self._sleep(delay)
+                continue
+            raise GraphRequestError(
+                subject, f"Graph answered HTTP {status} ({code or body[:200]}) to {kind} request"
+            )
+
+    async def _send(
+        self, url: str, token: str, headers: dict[str, str] | None
+    ) -> tuple[int, httpx.Headers, str]:
+        hdrs = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        if headers:
+            hdrs.update(headers)
+        async with asyncio.timeout(self._timeout):
+            async with self._http.stream("GET", url, headers=hdrs) as resp:
+                declared = resp.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+                    return resp.status_code, resp.headers, "<body too large>"
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > self._max_body:
+                        return resp.status_code, resp.headers, "<body too large>"
+                    chunks.append(chunk)
+                if resp.status_code == 200 and size == 0:
+                    return 200, resp.headers, "{}"
+                return resp.status_code, resp.headers, b"".join(chunks).decode("utf-8", "replace")
+
+    def _parse(self, body: str, subject: str) -> dict[str, Any]:
+        if body == "<body too large>":
+            raise GraphRequestError(
+                subject, f"Graph answer above {self._max_body} bytes refused (max_body_bytes)"
+            )
+        try:
+            doc = jsoncodec.loads(body)
+        except jsoncodec.JSONDecodeError as e:
+            raise GraphRequestError(subject, f"Graph answered with invalid JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise GraphRequestError(subject, "Graph answered with JSON that is not an object")
+        return doc
+
+    def _link(self, body: dict[str, Any], key: str, subject: str) -> str | None:
+        link = body.get(key)
+        if link is None:
+            return None
+        if not isinstance(link, str):
+            raise GraphRequestError(subject, f"{key} is not a string")
+        parts = urlsplit(link)
+        if (parts.scheme, parts.netloc.lower()) != self._origin:
+            raise GraphRequestError(
+                subject,
+                f"{key} points to {parts.scheme}://{parts.netloc}, not graph_url "
+                f"{self.graph_url}; refused so the token is not sent there",
+            )
+        return link
+
+
+def _values(body: dict[str, Any], subject: str) -> list[Any]:
+    values = body.get("value", [])
+    if not isinstance(values, list):
+        raise GraphRequestError(subject, "Graph answer has a 'value' that is not a list")
+    return values
+
+
+def _error_code(body: str) -> str | None:
+    if not body.startswith("{"):
+        return None
+    try:
+        doc = jsoncodec.loads(body)
+    except jsoncodec.JSONDecodeError:
+        return None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _permission_error(
+    subject: str, kind: str, mailbox: str | None, code: str | None
+) -> GraphPermissionError:
+    if kind == "places":
+        return GraphPermissionError(
+            subject,
+            f"Graph refused to list rooms (HTTP 403, {code}); grant the app the application "
+            "permission Place.Read.All with admin consent, or set discover_rooms = false and "
+            "list the rooms in [[rooms]]",
+            "Place.Read.All",
+        )
+    return GraphPermissionError(
+        subject,
+        f"Graph refused to read the calendar of {mailbox} (HTTP 403, {code}); grant the app the "
+        "application permission Calendars.Read with admin consent, and check that an Exchange "
+        "application access policy (or RBAC for Applications scope) includes this room mailbox",
+        "Calendars.Read",
+    )
