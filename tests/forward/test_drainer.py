@@ -259,10 +259,11 @@ async def test_retry_schedule_survives_a_restart(tmp_path: Path, rx: WebhookRece
     store = await Store.open(path)
     rx.default = Reply(204)
     try:
-        async with running(store, sink):
+        async with running(store, sink) as drainer:
             await asyncio.sleep(0.3)
+            assert drainer.retrying()["room-1"]["attempts"] == 1
         assert rx.requests == 1  # still backing off: the Retry-After of 30 s was stored
-        assert store.retrying("webhook")["room-1"]["attempts"] == 1
+        assert (await store.load_progress("webhook")).retries["room-1"].attempts == 1
     finally:
         await sink.close()
         await store.close()

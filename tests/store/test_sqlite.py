@@ -23,11 +23,11 @@ from edge_agent.store import (
     PendingRow,
     Store,
     StoreError,
-    _coalesce,
-    _prepare,
 )
+from edge_agent.forward.schedule import DeliverySchedule, OutboxEvent
+from edge_agent.store.plan import coalesce, prepare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def env(device: str, n: int | None = None, type_: str = "booking.created") -> dict[str, Any]:
@@ -46,11 +46,35 @@ async def store(tmp_path: Path) -> Any:
     await s.close()
 
 
+async def next_batches(
+    store: Store,
+    sink: str,
+    *,
+    now: float,
+    max_devices: int,
+    max_batch: int,
+    exclude: set[str] | None = None,
+) -> list[list[OutboxEvent]]:
+    """What a drainer starting now would send first: the stored progress, through the schedule."""
+    schedule = DeliverySchedule(await store.load_progress(sink))
+    skip = set(exclude or ())
+    out: list[list[OutboxEvent]] = []
+    while len(out) < max_devices:
+        reads = schedule.choose(
+            now, max_streams=max_devices - len(out), max_batch=max_batch, exclude=skip
+        )
+        if not reads:
+            return out
+        out += schedule.batches(reads, await store.read_outbox(sink, reads))
+        skip.update(r.stream for r in reads)
+    return out
+
+
 async def drain_all(store: Store, sink: str = "webhook") -> list[Any]:
     """Deliver everything for ``sink`` through the drainer API; returns the events in order."""
     out: list[Any] = []
     while True:
-        batches = await store.next_batches(sink, now=1e12, max_devices=100, max_batch=1000)
+        batches = await next_batches(store, sink, now=1e12, max_devices=100, max_batch=1000)
         if not batches:
             return out
         for b in batches:
@@ -159,7 +183,7 @@ def test_coalescing_equals_sequential_application() -> None:
             Change("d", pending_delete=["u"], device_state={"s": 1}),
             Change("e", window_delete=["zz"]),
         ]
-        w = _coalesce(_prepare(c, f) for c in changes)
+        w = coalesce(prepare(c, f) for c in changes)
     finally:
         loop.close()
     assert w["d"].replace is True
@@ -258,14 +282,14 @@ async def test_head_of_line_retry_blocks_only_its_device(store: Store) -> None:
     for d in ("a", "b"):
         for i in range(3):
             await store.commit(Change(d, events=[env(d, i)]))
-    batches = await store.next_batches("webhook", now=1000.0, max_devices=10, max_batch=10)
+    batches = await next_batches(store, "webhook", now=1000.0, max_devices=10, max_batch=10)
     a = next(b for b in batches if b[0].device_id == "a")
     await store.mark_retry("webhook", a[0], attempts=1, next_attempt_at=2000.0, error="HTTP 503")
-    batches = await store.next_batches("webhook", now=1000.0, max_devices=10, max_batch=10)
+    batches = await next_batches(store, "webhook", now=1000.0, max_devices=10, max_batch=10)
     assert [b[0].device_id for b in batches] == ["b"]
-    assert store.next_due("webhook") == 2000.0
-    batches = await store.next_batches(
-        "webhook", now=2000.0, max_devices=10, max_batch=10, exclude={"b"}
+    assert DeliverySchedule(await store.load_progress("webhook")).next_due() == 2000.0
+    batches = await next_batches(
+        store, "webhook", now=2000.0, max_devices=10, max_batch=10, exclude={"b"}
     )
     assert len(batches) == 1 and len(batches[0]) == 1  # a retrying head goes alone
     assert batches[0][0].event_id == "a-0" and batches[0][0].attempts == 1
@@ -276,17 +300,17 @@ async def test_restart_keeps_undelivered_and_retry_state(tmp_path: Path) -> None
     s = await Store.open(path)
     for i in range(4):
         await s.commit(Change("d", events=[env("d", i)]))
-    [b] = await s.next_batches("webhook", now=0, max_devices=1, max_batch=2)
+    [b] = await next_batches(s, "webhook", now=0, max_devices=1, max_batch=2)
     await s.mark_delivered("webhook", b)
-    [b] = await s.next_batches("webhook", now=0, max_devices=1, max_batch=2)
+    [b] = await next_batches(s, "webhook", now=0, max_devices=1, max_batch=2)
     await s.mark_retry("webhook", b[0], attempts=2, next_attempt_at=500.0, error="boom")
     await s.close()
 
     s = await Store.open(path)
     try:
-        assert await s.next_batches("webhook", now=499.0, max_devices=1, max_batch=9) == []
-        assert s.retrying("webhook")["d"]["attempts"] == 2
-        [b] = await s.next_batches("webhook", now=500.0, max_devices=1, max_batch=9)
+        assert await next_batches(s, "webhook", now=499.0, max_devices=1, max_batch=9) == []
+        assert (await s.load_progress("webhook")).retries["d"].attempts == 2
+        [b] = await next_batches(s, "webhook", now=500.0, max_devices=1, max_batch=9)
         assert [(e.event_id, e.attempts) for e in b] == [("d-2", 2)]
         await s.mark_delivered("webhook", b)
         assert [e.event_id for e in await drain_all(s)] == ["d-3"]
@@ -313,7 +337,7 @@ async def test_dead_letter_admin(tmp_path: Path) -> None:
     try:
         for i in range(3):
             await s.commit(Change("d", events=[env("d", i)]))
-        [b] = await s.next_batches("webhook", now=0, max_devices=1, max_batch=1)
+        [b] = await next_batches(s, "webhook", now=0, max_devices=1, max_batch=1)
         await s.dead_letter("webhook", b, reason="rejected: HTTP 400", attempts=3)
         [dl] = await s.dead_letters(sink="webhook")
         assert dl["event_id"] == "d-0" and dl["attempts"] == 3 and dl["envelope"]["data"]["n"] == 0
@@ -324,7 +348,7 @@ async def test_dead_letter_admin(tmp_path: Path) -> None:
         assert [e.event_id for e in await drain_all(s, "mqtt")] == ["d-0", "d-1", "d-2"]
         assert (await s.stats())["outbox_total"] == 0
         await s.commit(Change("d", events=[env("d", 9)]))
-        [b] = await s.next_batches("mqtt", now=0, max_devices=1, max_batch=1)
+        [b] = await next_batches(s, "mqtt", now=0, max_devices=1, max_batch=1)
         await s.dead_letter("mqtt", b, reason="ttl expired")
         assert await s.purge_dead_letters() == 1
         assert await s.dead_letters() == []
@@ -408,11 +432,11 @@ async def test_idle_devices_never_hide_a_device_with_work(store: Store) -> None:
     until an unrelated wake-up, costing seconds of latency)."""
     for d in range(10):
         await store.commit(Change(f"d{d}", events=[env(f"d{d}", 0)]))
-    batches = await store.next_batches("webhook", now=1e12, max_devices=10, max_batch=10)
+    batches = await next_batches(store, "webhook", now=1e12, max_devices=10, max_batch=10)
     for b in batches:
         await store.mark_delivered("webhook", b)
     await store.commit(Change("z", events=[env("z", 0)]))
-    batches = await store.next_batches("webhook", now=1e12, max_devices=2, max_batch=10)
+    batches = await next_batches(store, "webhook", now=1e12, max_devices=2, max_batch=10)
     assert [[e.event_id for e in b] for b in batches] == [["z-0"]]
 
 
@@ -444,7 +468,7 @@ async def test_a_seq_conflict_fails_the_commit_instead_of_dropping_the_event(sto
         c.execute(
             "INSERT INTO outbox (seq, event_id, only_sink, device_id, type, body, created_at) "
             "VALUES (?, 'intruder', 'webhook', 'x', 't', x'7b7d', 0)",
-            (store._next_seq,),
+            (store._writer.next_seq,),
         )
     with pytest.raises(StoreError, match="seq"):
         await store.commit(Change("d", events=[env("d", 1)]))
@@ -469,13 +493,13 @@ async def test_a_dead_letter_whose_write_failed_is_not_lost(store: Store) -> Non
     the outbox nor the dead letter."""
     big = {"type": "x", "data": {"event_id": "big", "pad": "x" * 200_000}}
     await store.commit(Change("d", events=[big, env("d", 1)]))
-    [b] = await store.next_batches("webhook", now=0, max_devices=1, max_batch=1)
+    [b] = await next_batches(store, "webhook", now=0, max_devices=1, max_batch=1)
     assert b[0].event_id == "big"
     await _fill_disk(store)
     with pytest.raises(StoreError, match="full"):
         await store.dead_letter("webhook", b, reason="rejected: HTTP 400", attempts=3)
     await store._wconn.execute("PRAGMA max_page_count=1073741823")
-    [b] = await store.next_batches("webhook", now=0, max_devices=1, max_batch=1)
+    [b] = await next_batches(store, "webhook", now=0, max_devices=1, max_batch=1)
     assert b[0].event_id == "d-1"
     await store.mark_delivered("webhook", b)
     assert [d["event_id"] for d in await store.dead_letters()] == ["big"]
@@ -483,10 +507,10 @@ async def test_a_dead_letter_whose_write_failed_is_not_lost(store: Store) -> Non
 
 
 async def test_failed_progress_is_retried_without_new_work(store: Store) -> None:
-    store._held_backoff = Backoff(initial=0.01, maximum=0.01, jitter=0)
+    store._writer._held_backoff = Backoff(initial=0.01, maximum=0.01, jitter=0)
     big = {"type": "x", "data": {"event_id": "big", "pad": "x" * 200_000}}
     await store.commit(Change("d", events=[big]))
-    [b] = await store.next_batches("webhook", now=0, max_devices=1, max_batch=1)
+    [b] = await next_batches(store, "webhook", now=0, max_devices=1, max_batch=1)
     await _fill_disk(store)
     with pytest.raises(StoreError):
         await store.dead_letter("webhook", b, reason="rejected: HTTP 400")
@@ -538,7 +562,7 @@ async def test_replay_and_purge_by_sink(tmp_path: Path) -> None:
     try:
         await s.commit(Change("d", events=[env("d", 0), env("d", 1)]))
         for sink in ("webhook", "mqtt"):
-            [b] = await s.next_batches(sink, now=0, max_devices=1, max_batch=1)
+            [b] = await next_batches(s, sink, now=0, max_devices=1, max_batch=1)
             await s.dead_letter(sink, b, reason="rejected")
         assert await s.replay_dead_letters(sink="mqtt") == 1
         assert [d["sink"] for d in await s.dead_letters()] == ["webhook"]
@@ -552,7 +576,7 @@ async def test_replay_and_purge_by_sink(tmp_path: Path) -> None:
 
 async def test_read_dead_letters_beside_the_running_store(store: Store) -> None:
     await store.commit(Change("d", events=[env("d", 0)]))
-    [b] = await store.next_batches("webhook", now=0, max_devices=1, max_batch=1)
+    [b] = await next_batches(store, "webhook", now=0, max_devices=1, max_batch=1)
     await store.dead_letter("webhook", b, reason="rejected: HTTP 400", attempts=3)
     from edge_agent.store import read_dead_letters
 
