@@ -136,7 +136,7 @@ class Drainer:
             sink_task.cancel()
 
     async def _loop(self, tg: asyncio.TaskGroup) -> None:
-        store, sink, schedule = self._store, self._sink, self._schedule
+        sink, schedule = self._sink, self._schedule
         while self._stopped_reason is None:
             if not sink.ready():
                 await asyncio.sleep(self._not_ready_poll_s)

@@ -149,9 +149,7 @@ class DeliverySchedule:
         """The earliest due time among backing-off streams with work, or ``None``."""
         skip = set(exclude)
         due = [
-            r.next_attempt_at
-            for s, r in self._retry.items()
-            if s in self._ready and s not in skip
+            r.next_attempt_at for s, r in self._retry.items() if s in self._ready and s not in skip
         ]
         return min(due) if due else None
 

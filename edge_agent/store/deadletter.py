@@ -22,8 +22,8 @@ from edge_agent.store.base import StoreError
 def query(limit: int, sink: str | None) -> tuple[str, tuple[Any, ...]]:
     """The listing statement: the oldest ``limit`` dead letters, of one sink or all."""
     if sink is None:
-        return schema.SELECT_DEAD_LETTERS + " ORDER BY id LIMIT ?", (limit,)
-    return schema.SELECT_DEAD_LETTERS + " WHERE sink=? ORDER BY id LIMIT ?", (sink, limit)
+        return schema.SELECT_DEAD_LETTERS, (limit,)
+    return schema.SELECT_DEAD_LETTERS_OF, (sink, limit)
 
 
 def rows_to_dicts(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:

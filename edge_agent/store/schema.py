@@ -111,7 +111,9 @@ async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
 # -- state ---------------------------------------------------------------------------------------
 
 SELECT_WINDOW = "SELECT key, booking FROM window WHERE device_id=?"
-SELECT_PENDING = "SELECT device_id, booking_request_uuid, deadline, row FROM pending"
+_PENDING = "SELECT device_id, booking_request_uuid, deadline, row FROM pending"
+SELECT_PENDING = _PENDING + " ORDER BY deadline"
+SELECT_PENDING_OF = _PENDING + " WHERE device_id=? ORDER BY deadline"
 SELECT_DEVICE_STATE = "SELECT state FROM device_state WHERE device_id=?"
 DELETE_WINDOW_OF = "DELETE FROM window WHERE device_id=?"
 DELETE_WINDOW = "DELETE FROM window WHERE device_id=? AND key=?"
@@ -144,9 +146,7 @@ READ_STREAM = (
     "SELECT * FROM (SELECT seq, device_id, event_id, type, body, created_at, observed_at "
     "FROM outbox WHERE device_id=? AND seq>? AND only_sink IN ('', ?) ORDER BY seq LIMIT ?)"
 )
-STREAM_TOPS = (
-    "SELECT device_id, max(seq) FROM outbox WHERE only_sink IN ('', ?) GROUP BY device_id"
-)
+STREAM_TOPS = "SELECT device_id, max(seq) FROM outbox WHERE only_sink IN ('', ?) GROUP BY device_id"
 SELECT_CURSORS = "SELECT sink, device_id, done_seq FROM sink_cursor"
 SELECT_RETRIES = (
     "SELECT device_id, seq, attempts, next_attempt_at, last_error FROM retry_state WHERE sink=?"
@@ -186,7 +186,9 @@ DEAD_LETTER_KEYS = (
     "created_at",
     "dead_at",
 )
-SELECT_DEAD_LETTERS = f"SELECT {', '.join(DEAD_LETTER_KEYS)}, body FROM dead_letter"
+_DEAD_LETTERS = f"SELECT {', '.join(DEAD_LETTER_KEYS)}, body FROM dead_letter"
+SELECT_DEAD_LETTERS = _DEAD_LETTERS + " ORDER BY id LIMIT ?"
+SELECT_DEAD_LETTERS_OF = _DEAD_LETTERS + " WHERE sink=? ORDER BY id LIMIT ?"
 DEAD_LETTER_COUNT = "SELECT count(*) FROM dead_letter"
 PENDING_COUNT = "SELECT count(*) FROM pending"
 # A sink gave up on an outbox row: (sink, reason, attempts, dead_at, seq).

@@ -207,12 +207,10 @@ class SqliteStore:
 
     async def load_pending(self, device_id: str | None = None) -> list[PendingRow]:
         """Pending booking requests, of one device or all, by deadline."""
-        sql = schema.SELECT_PENDING
-        args: tuple[Any, ...] = ()
-        if device_id is not None:
-            sql += " WHERE device_id=?"
-            args = (device_id,)
-        rows = await self._rconn.execute_fetchall(sql + " ORDER BY deadline", args)
+        if device_id is None:
+            rows = await self._rconn.execute_fetchall(schema.SELECT_PENDING)
+        else:
+            rows = await self._rconn.execute_fetchall(schema.SELECT_PENDING_OF, (device_id,))
         return [PendingRow(d, u, dl, jsoncodec.loads(r)) for d, u, dl, r in rows]
 
     async def load_device_state(self, device_id: str) -> dict[str, Any] | None:
@@ -247,9 +245,7 @@ class SqliteStore:
             raise KeyError(f"unknown sink {sink!r}; configured: {self.sinks}")
         r = self._rconn
         self.take_committed(sink)  # everything stored so far is in the tops read below
-        cursors = {
-            d: q for s, d, q in await r.execute_fetchall(schema.SELECT_CURSORS) if s == sink
-        }
+        cursors = {d: q for s, d, q in await r.execute_fetchall(schema.SELECT_CURSORS) if s == sink}
         retries = {
             d: RetryState(seq, attempts, due, err)
             for d, seq, attempts, due, err in await r.execute_fetchall(
@@ -351,9 +347,7 @@ class SqliteStore:
                 inserts.append((w.next_seq, event_id, row_sink, device, etype, body, now, observed))
                 w.next_seq += 1
             cur = await self._wconn.executemany(schema.INSERT_OUTBOX, inserts)
-            await self._wconn.executemany(
-                schema.DELETE_DEAD_LETTER, [(i,) for i in found.ids]
-            )
+            await self._wconn.executemany(schema.DELETE_DEAD_LETTER, [(i,) for i in found.ids])
             w.outbox_count += cur.rowcount
             w.dead_count -= len(found.ids)
             for ins in inserts:

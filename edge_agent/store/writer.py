@@ -130,8 +130,8 @@ class GroupWriter:
         c = self._conn
         rows = list(await c.execute_fetchall(schema.LAST_SEQ))
         self.next_seq = (int(rows[0][0]) if rows else 0) + 1
-        self.outbox_count = int(list(await c.execute_fetchall(schema.OUTBOX_COUNT))[0][0])
-        self.dead_count = int(list(await c.execute_fetchall(schema.DEAD_LETTER_COUNT))[0][0])
+        self.outbox_count = int(next(iter(await c.execute_fetchall(schema.OUTBOX_COUNT)))[0])
+        self.dead_count = int(next(iter(await c.execute_fetchall(schema.DEAD_LETTER_COUNT)))[0])
         for sink, device, done in await c.execute_fetchall(schema.SELECT_CURSORS):
             if sink in self._db_cursor:
                 self._db_cursor[sink][device] = done

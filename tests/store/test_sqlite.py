@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from edge_agent.backoff import Backoff
+from edge_agent.forward.schedule import DeliverySchedule, OutboxEvent
 from edge_agent.metrics import OUTBOX_DROPPED
 from edge_agent.store import (
     SCHEMA_VERSION,
@@ -24,7 +25,6 @@ from edge_agent.store import (
     Store,
     StoreError,
 )
-from edge_agent.forward.schedule import DeliverySchedule, OutboxEvent
 from edge_agent.store.plan import coalesce, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -547,7 +547,7 @@ async def test_a_dead_writer_fails_every_waiter_and_marks_the_store_failed(
 
 
 def _event(device: str) -> Any:
-    from edge_agent.forward.base import OutboxEvent
+    from edge_agent.forward.schedule import OutboxEvent
 
     return OutboxEvent(
         seq=1, device_id=device, event_id="e", type="t", envelope={}, body=b"{}", created_at=0.0
