@@ -115,6 +115,7 @@ class GroupWriter:
         self._held_attempts = 0
         self._held_at = 0.0  # loop time of the next try on its own
         self._held_backoff = PROGRESS_RETRY
+        self._writing: list[ProgressOp] = []  # the group's progress while its write runs
         self.failed: str | None = None
         """Why nothing can be written any more (the writer task died), else ``None``."""
         # What the database holds, kept in memory (only the writer changes it).
@@ -174,7 +175,8 @@ class GroupWriter:
 
     def unwritten(self, sink: str) -> list[ProgressOp]:
         """``sink``'s progress queued or held, not yet in the database, in order."""
-        return [op for op in (*self._held, *self._progress) if op.sink == sink]
+        ops = (*self._writing, *self._held, *self._progress)
+        return [op for op in ops if op.sink == sink]
 
     async def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``fn`` in its own transaction after what is queued; wakes every drainer."""
@@ -225,9 +227,11 @@ class GroupWriter:
                 self._held = []
                 self._progress.clear()
                 if changes or progress:
+                    self._writing = progress
                     try:
                         await self._write_group(changes, progress)
                     finally:
+                        self._writing = []
                         for _ in changes:
                             self._change_slots.release()
                 while self._calls:
