@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from edge_agent import jsoncodec
 from edge_agent.forward.schedule import DeliverySchedule
-from edge_agent.store import MIGRATIONS, SCHEMA_VERSION, Store
+from edge_agent.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 
 
 def make_v1(path: Path) -> None:
@@ -75,3 +77,32 @@ async def test_new_events_store_observed_at_from_the_envelope(tmp_path: Path) ->
         assert b.observed_at == 2e9  # unreadable: the commit time
     finally:
         await s.close()
+
+
+async def test_migrations_set_user_version_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    s = await Store.open(path)
+    await s.close()
+    with sqlite3.connect(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {
+        "window",
+        "pending",
+        "device_state",
+        "outbox",
+        "sink_cursor",
+        "retry_state",
+        "dead_letter",
+    } <= tables
+    s = await Store.open(path, synchronous="full")  # reopening migrates nothing
+    await s.close()
+
+
+async def test_database_newer_than_code_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with sqlite3.connect(path) as c:
+        c.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this agent"):
+        await Store.open(path)
