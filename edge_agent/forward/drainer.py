@@ -18,8 +18,8 @@ store behind (group commit):
 - An event older than ``ttl_s`` is dead-lettered (reason ``"ttl expired"``) instead of sent.
 
 The drainer wakes as soon as the store commits new events (``wakeup``; ``take_committed`` says
-which devices have them), and otherwise
-sleeps until the next due retry: no polling while idle, no sleep while work is waiting.
+which devices have them), and otherwise sleeps until the next due retry: no polling while idle,
+no sleep while work is waiting.
 """
 
 from __future__ import annotations

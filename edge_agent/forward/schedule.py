@@ -90,7 +90,7 @@ class DeliverySchedule:
         for stream, top in tops.items():
             if top > self._top.get(stream, 0):
                 self._top[stream] = top
-            if self._top[stream] > self._cursor.get(stream, 0):
+            if self._top.get(stream, 0) > self._cursor.get(stream, 0):
                 self._ready[stream] = None
 
     # -- choosing work ----------------------------------------------------------------------------
