@@ -69,3 +69,8 @@ PENDING_REQUESTS = Gauge(
     "edge_agent_pending_requests", "Booking requests awaiting a meeting ID", registry=REGISTRY
 )
 DEAD_LETTERS = Gauge("edge_agent_dead_letters", "Events in the dead letter", registry=REGISTRY)
+DEAD_LETTER_DROPPED = Counter(
+    "edge_agent_dead_letter_dropped",
+    "Oldest dead letters deleted because the dead letter was full (dead_letter_max)",
+    registry=REGISTRY,
+)

@@ -1,24 +1,16 @@
-"""What a sink is: the types shared by the drainer and every sink."""
+"""What a sink is: the protocol and the outcomes shared by the drainer and every sink.
+
+A sink is handed :class:`~edge_agent.forward.schedule.OutboxEvent` batches (re-exported here,
+since every sink names it).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """One stored event, as handed to a sink. ``body`` is the serialized envelope, built once."""
-
-    seq: int
-    device_id: str
-    event_id: str
-    type: str
-    envelope: dict[str, Any]
-    body: bytes
-    created_at: float  # unix seconds when the event was committed
-    attempts: int = 0
+from edge_agent.forward.schedule import OutboxEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +73,18 @@ class SinkStats:
     retried: int = 0
     dead_lettered: int = 0
     last_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
     stopped_reason: str | None = None
     in_flight: int = 0
+
+
+__all__ = [
+    "Delivered",
+    "Gone",
+    "OutboxEvent",
+    "Outcome",
+    "Reject",
+    "Retry",
+    "Sink",
+    "SinkStats",
+]

@@ -1,8 +1,11 @@
 """The drainer: moves one sink's share of the outbox to the sink, in order per device.
 
-One drainer per sink. It asks the store for the next events of up to ``max_in_flight``
-devices at a time (each device has at most one batch in flight, so its order is kept), sends
-each batch with ``sink.send()``, and records the outcome:
+One drainer per sink. It owns the sink's delivery schedule (:mod:`edge_agent.forward.schedule`:
+cursors, the round-robin ready ring, retry state), loaded from the store when it starts. It
+asks the schedule which devices to serve (up to ``max_in_flight`` at a time; each device has at
+most one batch in flight, so its order is kept), reads their next events from the store, sends
+each batch with ``sink.send()``, and records the outcome in the schedule at once and in the
+store behind (group commit):
 
 - ``Delivered``: the device's progress moves past the batch.
 - ``Retry``: the device backs off (``Backoff`` jittered exponential, capped; never earlier than
@@ -14,8 +17,9 @@ each batch with ``sink.send()``, and records the outcome:
   the outbox.
 - An event older than ``ttl_s`` is dead-lettered (reason ``"ttl expired"``) instead of sent.
 
-The drainer wakes as soon as the store commits new events (``Store.wakeup``), and otherwise
-sleeps until the next due retry: no polling while idle, no sleep while work is waiting.
+The drainer wakes as soon as the store commits new events (``wakeup``; ``take_committed`` says
+which devices have them), and otherwise sleeps until the next due retry: no polling while idle,
+no sleep while work is waiting.
 """
 
 from __future__ import annotations
@@ -29,19 +33,18 @@ from typing import Any
 import structlog
 
 from edge_agent.backoff import Backoff
-from edge_agent.clock import parse_utc
 from edge_agent.forward.base import (
     Delivered,
     Gone,
-    OutboxEvent,
     Outcome,
     Reject,
     Retry,
     Sink,
     SinkStats,
 )
+from edge_agent.forward.schedule import DeliverySchedule, OutboxEvent
 from edge_agent.metrics import DELIVERIES, DELIVERY_LATENCY
-from edge_agent.store import Store, StoreError
+from edge_agent.store import StoreBackend, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +56,7 @@ class Drainer:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         sink: Sink,
         *,
         max_in_flight: int = 8,
@@ -90,6 +93,7 @@ class Drainer:
         self._time = clock
         self._rng = rng
         self._in_flight: set[str] = set()
+        self._schedule = DeliverySchedule()  # replaced by the stored one when run() starts
         self._wake = store.wakeup(sink.name)
         self._stats = SinkStats()
         self._stopped_reason: str | None = None
@@ -112,6 +116,10 @@ class Drainer:
         s.in_flight = len(self._in_flight)
         return s
 
+    def retrying(self) -> dict[str, dict[str, Any]]:
+        """Devices backing off: ``{device: {seq, attempts, next_attempt_at, error}}``."""
+        return self._schedule.retrying()
+
     # -- running ------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -121,13 +129,14 @@ class Drainer:
         later (delivery is at least once). Returns after a ``Gone`` outcome, once the batches
         in flight have finished. The caller owns the sink and closes it.
         """
+        self._schedule = DeliverySchedule(await self._store.load_progress(self.name))
         async with asyncio.TaskGroup() as tg:
             sink_task = tg.create_task(self._sink.run(), name=f"drainer[{self.name}].sink")
             await self._loop(tg)
             sink_task.cancel()
 
     async def _loop(self, tg: asyncio.TaskGroup) -> None:
-        store, sink = self._store, self._sink
+        sink, schedule = self._sink, self._schedule
         while self._stopped_reason is None:
             if not sink.ready():
                 await asyncio.sleep(self._not_ready_poll_s)
@@ -136,13 +145,7 @@ class Drainer:
             if free > 0:
                 # Cleared before reading, so a commit landing during the read is not missed.
                 self._wake.clear()
-                batches = await store.next_batches(
-                    self.name,
-                    now=self._time(),
-                    max_devices=free,
-                    max_batch=max(1, sink.max_batch),
-                    exclude=self._in_flight,
-                )
+                batches = await self._next_batches(free)
                 for batch in batches:
                     device = batch[0].device_id
                     self._in_flight.add(device)
@@ -155,12 +158,32 @@ class Drainer:
             else:
                 self._wake.clear()  # all slots busy: a finishing send wakes us
             # With every slot busy only a finishing send can help: no timer then.
-            due = store.next_due(self.name, exclude=self._in_flight) if free > 0 else None
+            due = schedule.next_due(exclude=self._in_flight) if free > 0 else None
             timeout = None if due is None else max(0.0, due - self._time()) + 0.001
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+
+    async def _next_batches(self, free: int) -> list[list[OutboxEvent]]:
+        """Up to ``free`` batches, one per device; keeps choosing while devices in the ready
+        ring turn out to have nothing left, so idle devices never hide the ones with work."""
+        schedule = self._schedule
+        schedule.committed(self._store.take_committed(self.name))
+        skip = set(self._in_flight)
+        out: list[list[OutboxEvent]] = []
+        while len(out) < free:
+            reads = schedule.choose(
+                self._time(),
+                max_streams=free - len(out),
+                max_batch=max(1, self._sink.max_batch),
+                exclude=skip,
+            )
+            if not reads:
+                break
+            out += schedule.batches(reads, await self._store.read_outbox(self.name, reads))
+            skip.update(r.stream for r in reads)
+        return out
 
     async def _deliver(self, batch: list[OutboxEvent]) -> None:
         device = batch[0].device_id
@@ -200,6 +223,7 @@ class Drainer:
                 events=n_expired,
                 ttl_s=self._ttl_s,
             )
+            self._schedule.done(head.device_id, [e.seq for e in expired])
             return store.dead_letter(name, expired, reason="ttl expired", attempts=head.attempts)
         # A later event past the TTL (a replayed one): send only what comes before it.
         for i, e in enumerate(batch):
@@ -228,9 +252,11 @@ class Drainer:
             DELIVERIES.labels(sink=name, result="ok").inc(n)
             hist = DELIVERY_LATENCY.labels(sink=name)
             for e in batch:
-                hist.observe(max(0.0, now - _observed_at(e)))
+                observed = e.created_at if e.observed_at is None else e.observed_at
+                hist.observe(max(0.0, now - observed))
             if head.attempts:
                 self._log.info("delivered after retries", device=device, attempts=head.attempts + 1)
+            self._schedule.done(device, [e.seq for e in batch])
             return store.mark_delivered(name, batch)
         if isinstance(outcome, Gone):
             self._stopped_reason = (
@@ -262,6 +288,7 @@ class Drainer:
                     attempts=attempts,
                     hint="inspect with `edge-agent outbox dead-letter list`",
                 )
+                self._schedule.done(device, [head.seq])
                 return store.dead_letter(
                     name, batch, reason=f"rejected: {outcome.reason}", attempts=attempts
                 )
@@ -284,21 +311,12 @@ class Drainer:
             retry_in_s=round(delay, 3),
             events=n,
         )
+        self._schedule.retry(
+            device, head.seq, attempts=attempts, next_attempt_at=now + delay, error=outcome.reason
+        )
         return store.mark_retry(
             name, head, attempts=attempts, next_attempt_at=now + delay, error=outcome.reason
         )
-
-
-def _observed_at(e: OutboxEvent) -> float:
-    data: Any = e.envelope.get("data")
-    if isinstance(data, dict):
-        obs = data.get("observed_at")
-        if isinstance(obs, str) and obs:
-            try:
-                return parse_utc(obs).timestamp()
-            except ValueError:
-                pass
-    return e.created_at
 
 
 __all__ = ["DEFAULT_BACKOFF", "Drainer"]

@@ -259,10 +259,11 @@ async def test_retry_schedule_survives_a_restart(tmp_path: Path, rx: WebhookRece
     store = await Store.open(path)
     rx.default = Reply(204)
     try:
-        async with running(store, sink):
+        async with running(store, sink) as drainer:
             await asyncio.sleep(0.3)
+            assert drainer.retrying()["room-1"]["attempts"] == 1
         assert rx.requests == 1  # still backing off: the Retry-After of 30 s was stored
-        assert store.retrying("webhook")["room-1"]["attempts"] == 1
+        assert (await store.load_progress("webhook")).retries["room-1"].attempts == 1
     finally:
         await sink.close()
         await store.close()
@@ -317,3 +318,34 @@ async def test_a_sink_that_raises_is_retried(store: Store) -> None:
             while drainer.stats().delivered < 1:
                 await asyncio.sleep(0.01)
     assert sink.calls == 2 and drainer.stats().retried == 1
+
+
+class AcceptingSink(FlakySink):
+    async def send(self, events: Any) -> Outcome:
+        self.calls += 1
+        return Delivered()
+
+
+async def test_latency_is_measured_from_the_stored_observed_at(tmp_path: Path) -> None:
+    """From the outbox's observed_at column (taken at commit), on the drainer's clock."""
+    from edge_agent.metrics import DELIVERY_LATENCY
+
+    t = 2_000_000_000.0
+    store = await Store.open(tmp_path / "a.db", sinks=("lat",), clock=lambda: t)
+    sink = AcceptingSink()
+    sink.name = "lat"
+    try:
+        e = {
+            "type": "t",
+            "data": {"event_id": "x", "observed_at": utc_iso(datetime.fromtimestamp(t - 9.0, UTC))},
+        }
+        await store.commit(Change("room-1", events=[e]))
+        hist = DELIVERY_LATENCY.labels(sink="lat")
+        before = hist._sum.get()
+        async with running(store, sink, clock=lambda: t + 1.0) as drainer:
+            async with asyncio.timeout(5):
+                while drainer.stats().delivered < 1:
+                    await asyncio.sleep(0.01)
+        assert hist._sum.get() - before == pytest.approx(10.0, abs=1e-3)
+    finally:
+        await store.close()

@@ -302,7 +302,7 @@ async def test_readyz_not_ready_when_the_store_writer_died(
 
 async def make_dead_letters(store: Store, n: int) -> list[int]:
     await store.commit(Change("room-4a", events=[envelope("room-4a") for _ in range(n)]))
-    [batch] = await store.next_batches("webhook", now=time.time(), max_devices=1, max_batch=n)
+    batch = await store.read_outbox("webhook", [("room-4a", 0, n)])
     await store.dead_letter("webhook", batch, reason="rejected: HTTP 400", attempts=3)
     return [d["id"] for d in await store.dead_letters()]
 

@@ -6,7 +6,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -271,8 +270,8 @@ async def make_dead_letters(path: Path, n: int) -> None:
     s = await Store.open(path, sinks=("webhook",))
     try:
         await s.commit(Change("room-4a", events=[envelope("room-4a") for _ in range(n)]))
-        batches = await s.next_batches("webhook", now=time.time(), max_devices=10, max_batch=n)
-        await s.dead_letter("webhook", batches[0], reason="HTTP 400 Bad Request", attempts=3)
+        batch = await s.read_outbox("webhook", [("room-4a", 0, n)])
+        await s.dead_letter("webhook", batch, reason="HTTP 400 Bad Request", attempts=3)
     finally:
         await s.close()
 

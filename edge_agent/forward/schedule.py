@@ -1,0 +1,187 @@
+"""Which outbox events a sink sends next: a pure schedule, owned by that sink's drainer.
+
+The outbox is a set of ordered streams (today one per device; the key is opaque here and is
+called ``stream``). Delivery is strictly in order within a stream, so a sink's whole progress
+is one cursor per stream: the highest ``seq`` it is done with (delivered or dead-lettered).
+
+The schedule holds, for one sink:
+
+- ``cursor``: stream -> done seq (may run ahead of the store: progress is written behind);
+- ``top``: stream -> highest seq committed, fed by :meth:`DeliverySchedule.committed`;
+- the ready ring: streams that may have work, in round-robin order (served ones go last);
+- ``retry``: streams whose head event is backing off, with attempts and the due time.
+
+Head-of-line isolation: a stream whose head is backing off blocks only itself, and while it
+is retried only its head is read (``limit`` 1), so a poison event is found alone.
+
+No I/O and no clock: the drainer asks :meth:`DeliverySchedule.choose` what to read, reads it
+from the store, hands the rows to :meth:`DeliverySchedule.batches`, and reports outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One stored event, as handed to a sink. ``body`` is the serialized envelope, built once.
+
+    ``device_id`` is the event's ordering stream. ``observed_at`` is when the fact happened
+    (the envelope's ``data.observed_at``, else the commit time), stored in its own column so
+    the latency metric needs no JSON.
+    """
+
+    seq: int
+    device_id: str
+    event_id: str
+    type: str
+    envelope: dict[str, Any]
+    body: bytes
+    created_at: float  # unix seconds when the event was committed
+    attempts: int = 0
+    observed_at: float | None = None
+
+
+class StreamRead(NamedTuple):
+    """Read up to ``limit`` events of ``stream`` with ``seq > after``, in seq order."""
+
+    stream: str
+    after: int
+    limit: int
+
+
+@dataclass(slots=True)
+class RetryState:
+    """A stream's head event is backing off until ``next_attempt_at`` (unix seconds)."""
+
+    seq: int
+    attempts: int
+    next_attempt_at: float
+    error: str | None
+
+
+@dataclass(slots=True)
+class SinkProgress:
+    """What the store holds of one sink's progress: the schedule's starting state."""
+
+    cursors: dict[str, int]
+    retries: dict[str, RetryState]
+    tops: dict[str, int]  # stream -> highest seq stored for this sink
+
+
+class DeliverySchedule:
+    """One sink's delivery state; every method is synchronous and does no I/O."""
+
+    def __init__(self, progress: SinkProgress | None = None) -> None:
+        p = progress or SinkProgress({}, {}, {})
+        self._cursor: dict[str, int] = dict(p.cursors)
+        self._retry: dict[str, RetryState] = dict(p.retries)
+        self._top: dict[str, int] = {}
+        self._ready: dict[str, None] = {}  # insertion order is the round robin
+        self.committed(p.tops)
+
+    # -- input: the store has new events --------------------------------------------------------
+
+    def committed(self, tops: Mapping[str, int]) -> None:
+        """Events up to ``tops[stream]`` are stored (a commit, a replay)."""
+        for stream, top in tops.items():
+            if top > self._top.get(stream, 0):
+                self._top[stream] = top
+            if self._top.get(stream, 0) > self._cursor.get(stream, 0):
+                self._ready[stream] = None
+
+    # -- choosing work ----------------------------------------------------------------------------
+
+    def choose(
+        self, now: float, *, max_streams: int, max_batch: int, exclude: Iterable[str] = ()
+    ) -> list[StreamRead]:
+        """Up to ``max_streams`` reads, one per stream with work that is not backing off.
+
+        ``exclude`` are the streams the caller has in flight. Chosen streams move to the back
+        of the ring (round robin). A stream whose head is retried is read one event at a time.
+        """
+        skip = set(exclude)
+        reads: list[StreamRead] = []
+        for stream in list(self._ready):
+            if len(reads) >= max_streams:
+                break
+            if stream in skip:
+                continue
+            after = self._cursor.get(stream, 0)
+            if after >= self._top.get(stream, 0):
+                # Done up to its last stored event: idle until a commit brings more.
+                del self._ready[stream]
+                continue
+            r = self._retry.get(stream)
+            if r is not None and r.next_attempt_at > now:
+                continue
+            reads.append(StreamRead(stream, after, 1 if r is not None else max_batch))
+        for read in reads:
+            del self._ready[read.stream]
+            self._ready[read.stream] = None
+        return reads
+
+    def batches(
+        self, reads: Sequence[StreamRead], events: Iterable[OutboxEvent]
+    ) -> list[list[OutboxEvent]]:
+        """Group what the store returned for ``reads`` into one batch per stream.
+
+        The head of a retried stream carries its attempts so far. A stream the store had
+        nothing for (its rows were moved by the outbox cap, say) goes idle, unless its progress
+        moved while the read ran.
+        """
+        by_stream: dict[str, list[OutboxEvent]] = {}
+        for e in events:
+            r = self._retry.get(e.device_id)
+            if r is not None and r.seq == e.seq:
+                e = replace(e, attempts=r.attempts)
+            by_stream.setdefault(e.device_id, []).append(e)
+        for read in reads:
+            if read.stream not in by_stream and self._cursor.get(read.stream, 0) == read.after:
+                self._ready.pop(read.stream, None)
+                self._retry.pop(read.stream, None)
+        return list(by_stream.values())
+
+    def next_due(self, exclude: Iterable[str] = ()) -> float | None:
+        """The earliest due time among backing-off streams with work, or ``None``."""
+        skip = set(exclude)
+        due = [
+            r.next_attempt_at for s, r in self._retry.items() if s in self._ready and s not in skip
+        ]
+        return min(due) if due else None
+
+    # -- input: outcomes ----------------------------------------------------------------------
+
+    def done(self, stream: str, seqs: Sequence[int]) -> None:
+        """``seqs`` of ``stream`` are delivered or dead-lettered: the cursor moves past them."""
+        self._cursor[stream] = max(self._cursor.get(stream, 0), max(seqs))
+        self._retry.pop(stream, None)
+
+    def retry(
+        self, stream: str, seq: int, *, attempts: int, next_attempt_at: float, error: str | None
+    ) -> None:
+        """``stream``'s head ``seq`` backs off until ``next_attempt_at``."""
+        self._retry[stream] = RetryState(seq, attempts, next_attempt_at, error)
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def retrying(self) -> dict[str, dict[str, Any]]:
+        """Streams backing off: ``{stream: {seq, attempts, next_attempt_at, error}}``."""
+        return {
+            s: {
+                "seq": r.seq,
+                "attempts": r.attempts,
+                "next_attempt_at": r.next_attempt_at,
+                "error": r.error,
+            }
+            for s, r in self._retry.items()
+        }
+
+    def cursor(self, stream: str) -> int:
+        return self._cursor.get(stream, 0)
+
+
+__all__ = ["DeliverySchedule", "OutboxEvent", "RetryState", "SinkProgress", "StreamRead"]

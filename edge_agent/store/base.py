@@ -1,0 +1,126 @@
+"""What a store is: the public types and the interface every implementation provides.
+
+:class:`StoreBackend` is what the session, the drainer, the local API and the CLI use; the
+SQLite store (:class:`edge_agent.store.sqlite.SqliteStore`) implements it, and a second
+backend (PostgreSQL) can sit beside it without those callers changing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from edge_agent.forward.schedule import OutboxEvent, SinkProgress
+
+Synchronous = Literal["normal", "full"]
+
+
+class StoreError(Exception):
+    """A write could not be made durable (disk full, I/O error, database newer than the code)."""
+
+
+class StoreLocked(StoreError):
+    """Another store (another agent, another CLI command) has the database open."""
+
+    def __init__(self, path: Path, pid: str) -> None:
+        super().__init__(
+            f"another edge-agent is using {path} (pid {pid}?); stop it first, or give this one "
+            "its own [store] path"
+        )
+        self.path = path
+        self.pid = pid
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """A booking request awaiting ``BookingCreated`` / ``BookingFailed`` until ``deadline``."""
+
+    device_id: str
+    booking_request_uuid: str
+    deadline: float  # unix seconds
+    row: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Change:
+    """One device's state change and the events it produced, committed atomically.
+
+    Applied in this order: ``window_replace`` (the whole window, when not ``None``), then
+    ``window_delete``, then ``window_upsert``; ``pending_delete`` then ``pending_upsert``;
+    ``device_state`` replaces the stored document when not ``None``. ``events`` are full
+    envelope dicts carrying ``type`` and ``data.event_id``; an ``event_id`` already in the
+    outbox is ignored (committing the same event twice is harmless).
+    """
+
+    device_id: str
+    window_replace: dict[str, dict[str, Any]] | None = None
+    window_upsert: dict[str, dict[str, Any]] = field(default_factory=dict)
+    window_delete: list[str] = field(default_factory=list)
+    pending_upsert: list[PendingRow] = field(default_factory=list)
+    pending_delete: list[str] = field(default_factory=list)
+    device_state: dict[str, Any] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StoreBackend(Protocol):
+    """The agent's durable state, as its callers use it.
+
+    Progress marks (``mark_delivered``, ``mark_retry``, ``dead_letter``) return at once with a
+    future that resolves when the progress is durable, or fails with :class:`StoreError` when
+    its write failed; the store keeps such progress and writes it later all the same.
+    Progress lost in a crash only means events are delivered again (at least once).
+    """
+
+    path: Path
+    sinks: tuple[str, ...]
+
+    @property
+    def failed(self) -> str | None:
+        """Why the store cannot write any more, else ``None``."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # -- the session ------------------------------------------------------------------------
+    async def commit(self, change: Change) -> None: ...
+    async def flush(self) -> None: ...
+    async def load_window(self, device_id: str) -> dict[str, dict[str, Any]]: ...
+    async def load_pending(self, device_id: str | None = None) -> list[PendingRow]: ...
+    async def load_device_state(self, device_id: str) -> dict[str, Any] | None: ...
+    async def forget_device(self, device_id: str) -> None: ...
+
+    # -- the drainer ------------------------------------------------------------------------
+    def wakeup(self, sink: str) -> asyncio.Event: ...
+    async def load_progress(self, sink: str) -> SinkProgress: ...
+    def take_committed(self, sink: str) -> dict[str, int]: ...
+    async def read_outbox(
+        self, sink: str, reads: Sequence[tuple[str, int, int]]
+    ) -> list[OutboxEvent]: ...
+    def mark_delivered(self, sink: str, events: Sequence[OutboxEvent]) -> asyncio.Future[None]: ...
+    def mark_retry(
+        self,
+        sink: str,
+        head: OutboxEvent,
+        *,
+        attempts: int,
+        next_attempt_at: float,
+        error: str | None,
+    ) -> asyncio.Future[None]: ...
+    def dead_letter(
+        self, sink: str, events: Sequence[OutboxEvent], *, reason: str, attempts: int = 0
+    ) -> asyncio.Future[None]: ...
+
+    # -- the local API and the CLI ------------------------------------------------------------
+    async def stats(self) -> dict[str, Any]: ...
+    async def dead_letters(
+        self, limit: int = 100, sink: str | None = None
+    ) -> list[dict[str, Any]]: ...
+    async def replay_dead_letters(
+        self, ids: Sequence[int] | None = None, sink: str | None = None
+    ) -> int: ...
+    async def purge_dead_letters(
+        self, ids: Sequence[int] | None = None, sink: str | None = None
+    ) -> int: ...

@@ -1,0 +1,218 @@
+"""The SQLite tables, their migrations, and every statement that touches them.
+
+No other module writes SQL against these tables: they compose the statements below.
+
+Tables
+------
+- ``window``: each device's calendar window, ``(device_id, key) -> booking JSON``.
+- ``pending``: booking requests awaiting an answer, ``(device_id, booking_request_uuid)``.
+- ``device_state``: one JSON document per device (availability, time zone, booking timeout...).
+- ``outbox``: every event to forward, ``seq`` ascending; ``body`` is the envelope serialized
+  once (orjson) at commit and sent byte for byte; ``observed_at`` is when the fact happened
+  (schema 2). ``device_id`` is the event's ordering stream; ``only_sink`` is set on a replayed
+  event (one sink's) and empty otherwise.
+- ``sink_cursor``: per sink and stream, the highest ``seq`` that sink is done with (delivered
+  or dead-lettered). Delivery is in order per stream, so one integer is the whole record.
+- ``retry_state``: per sink and stream, the attempts and next due time of the stream's
+  head-of-line event (only streams that are backing off have a row). It survives restarts.
+- ``dead_letter``: events a sink gave up on, with the reason, for the operator to replay or
+  purge. Bounded (oldest dropped first; see :mod:`edge_agent.store.writer`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+import structlog
+
+from edge_agent.store.base import StoreError
+
+log = structlog.get_logger(__name__)
+
+# The envelope's data.observed_at as unix seconds, or the commit time (schema 2 backfill).
+_OBSERVED_AT_OF_BODY = (
+    "coalesce(CASE WHEN json_valid(CAST(body AS TEXT)) THEN (julianday(json_extract("
+    "CAST(body AS TEXT), '$.data.observed_at')) - 2440587.5) * 86400.0 END, created_at)"
+)
+
+# Each step moves the schema from version i to i+1; append, never edit a released step.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE window (
+        device_id TEXT NOT NULL, key TEXT NOT NULL, booking BLOB NOT NULL,
+        PRIMARY KEY (device_id, key)) WITHOUT ROWID;
+    CREATE TABLE pending (
+        device_id TEXT NOT NULL, booking_request_uuid TEXT NOT NULL,
+        deadline REAL NOT NULL, row BLOB NOT NULL,
+        PRIMARY KEY (device_id, booking_request_uuid)) WITHOUT ROWID;
+    CREATE TABLE device_state (device_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL,
+        only_sink TEXT NOT NULL DEFAULT '',
+        device_id TEXT NOT NULL, type TEXT NOT NULL, body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (event_id, only_sink));
+    CREATE INDEX outbox_by_device ON outbox (device_id, seq);
+    CREATE TABLE sink_cursor (
+        sink TEXT NOT NULL, device_id TEXT NOT NULL, done_seq INTEGER NOT NULL,
+        PRIMARY KEY (sink, device_id)) WITHOUT ROWID;
+    CREATE TABLE retry_state (
+        sink TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL,
+        attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, last_error TEXT,
+        PRIMARY KEY (sink, device_id)) WITHOUT ROWID;
+    CREATE TABLE dead_letter (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER NOT NULL, event_id TEXT NOT NULL, sink TEXT NOT NULL,
+        device_id TEXT NOT NULL, type TEXT NOT NULL, body BLOB NOT NULL,
+        created_at REAL NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
+        dead_at REAL NOT NULL);
+    CREATE INDEX dead_letter_by_sink ON dead_letter (sink, id);
+    """,
+    # 2: observed_at in a column of its own, so delivery latency needs no JSON parsing.
+    f"""
+    ALTER TABLE outbox ADD COLUMN observed_at REAL;
+    UPDATE outbox SET observed_at = {_OBSERVED_AT_OF_BODY};
+    ALTER TABLE dead_letter ADD COLUMN observed_at REAL;
+    UPDATE dead_letter SET observed_at = {_OBSERVED_AT_OF_BODY};
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    """Bring the database at ``path`` to :data:`SCHEMA_VERSION`, one transaction per step.
+
+    Raises:
+        StoreError: the database is newer than this code.
+    """
+    rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+    version = int(rows[0][0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database at {path} has schema version {version}, newer than this agent "
+            f"understands ({SCHEMA_VERSION}); upgrade the agent or move the file aside"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in MIGRATIONS[target - 1].split(";"):
+                if stmt.strip():
+                    await conn.execute(stmt)
+            await conn.execute(f"PRAGMA user_version={target}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        log.info("store schema migrated", db=str(path), version=target)
+
+
+# -- state ---------------------------------------------------------------------------------------
+
+SELECT_WINDOW = "SELECT key, booking FROM window WHERE device_id=?"
+_PENDING = "SELECT device_id, booking_request_uuid, deadline, row FROM pending"
+SELECT_PENDING = _PENDING + " ORDER BY deadline"
+SELECT_PENDING_OF = _PENDING + " WHERE device_id=? ORDER BY deadline"
+SELECT_DEVICE_STATE = "SELECT state FROM device_state WHERE device_id=?"
+DELETE_WINDOW_OF = "DELETE FROM window WHERE device_id=?"
+DELETE_WINDOW = "DELETE FROM window WHERE device_id=? AND key=?"
+PUT_WINDOW = "INSERT OR REPLACE INTO window (device_id, key, booking) VALUES (?,?,?)"
+DELETE_PENDING = "DELETE FROM pending WHERE device_id=? AND booking_request_uuid=?"
+PUT_PENDING = (
+    "INSERT OR REPLACE INTO pending (device_id, booking_request_uuid, deadline, row) "
+    "VALUES (?,?,?,?)"
+)
+PUT_DEVICE_STATE = "INSERT OR REPLACE INTO device_state (device_id, state) VALUES (?,?)"
+FORGET_DEVICE = tuple(
+    f"DELETE FROM {table} WHERE device_id=?" for table in ("window", "pending", "device_state")
+)
+
+# -- outbox --------------------------------------------------------------------------------------
+
+# An event_id already in the outbox (for the same sink) is skipped; a taken seq is an error.
+INSERT_OUTBOX = (
+    "INSERT INTO outbox (seq, event_id, only_sink, device_id, type, body, created_at, "
+    "observed_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (event_id, only_sink) DO NOTHING"
+)
+OUTBOX_COUNT = "SELECT count(*) FROM outbox"
+LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name='outbox'"
+MAX_SEQ_ANYWHERE = (
+    "SELECT max(seq) FROM (SELECT max(seq) AS seq FROM outbox UNION ALL "
+    "SELECT seq FROM sqlite_sequence WHERE name='outbox')"
+)
+# One stream's undelivered events for a sink; a read is several of these joined by UNION ALL.
+READ_STREAM = (
+    "SELECT * FROM (SELECT seq, device_id, event_id, type, body, created_at, observed_at "
+    "FROM outbox WHERE device_id=? AND seq>? AND only_sink IN ('', ?) ORDER BY seq LIMIT ?)"
+)
+STREAM_TOPS = "SELECT device_id, max(seq) FROM outbox WHERE only_sink IN ('', ?) GROUP BY device_id"
+SELECT_CURSORS = "SELECT sink, device_id, done_seq FROM sink_cursor"
+SELECT_RETRIES = (
+    "SELECT device_id, seq, attempts, next_attempt_at, last_error FROM retry_state WHERE sink=?"
+)
+PUT_CURSOR = (
+    "INSERT INTO sink_cursor (sink, device_id, done_seq) VALUES (?,?,?) "
+    "ON CONFLICT (sink, device_id) DO UPDATE SET done_seq=max(done_seq, excluded.done_seq)"
+)
+DELETE_RETRY = "DELETE FROM retry_state WHERE sink=? AND device_id=?"
+PUT_RETRY = (
+    "INSERT OR REPLACE INTO retry_state (sink, device_id, seq, attempts, next_attempt_at, "
+    "last_error) VALUES (?,?,?,?,?,?)"
+)
+# Rows every sink is done with (shared rows), and one sink's replayed rows it is done with.
+COMPACT_SHARED = "DELETE FROM outbox WHERE device_id=? AND seq<=? AND only_sink=''"
+COMPACT_ONE_SINK = "DELETE FROM outbox WHERE device_id=? AND seq<=? AND only_sink=?"
+# The outbox cap: the highest seq among the ``excess`` oldest rows, then what goes.
+OLDEST_SEQ_UPTO = "SELECT max(seq) FROM (SELECT seq FROM outbox ORDER BY seq LIMIT ?)"
+DELETE_OUTBOX_UPTO = "DELETE FROM outbox WHERE seq<=?"
+SINK_DEPTH = (
+    "SELECT count(*), min(o.created_at) FROM outbox o "
+    "LEFT JOIN sink_cursor c ON c.sink=? AND c.device_id=o.device_id "
+    "WHERE o.seq > coalesce(c.done_seq, 0) AND o.only_sink IN ('', ?)"
+)
+
+# -- dead letter ---------------------------------------------------------------------------------
+
+DEAD_LETTER_KEYS = (
+    "id",
+    "seq",
+    "event_id",
+    "sink",
+    "device_id",
+    "type",
+    "reason",
+    "attempts",
+    "created_at",
+    "dead_at",
+)
+_DEAD_LETTERS = f"SELECT {', '.join(DEAD_LETTER_KEYS)}, body FROM dead_letter"
+SELECT_DEAD_LETTERS = _DEAD_LETTERS + " ORDER BY id LIMIT ?"
+SELECT_DEAD_LETTERS_OF = _DEAD_LETTERS + " WHERE sink=? ORDER BY id LIMIT ?"
+DEAD_LETTER_COUNT = "SELECT count(*) FROM dead_letter"
+PENDING_COUNT = "SELECT count(*) FROM pending"
+# A sink gave up on an outbox row: (sink, reason, attempts, dead_at, seq).
+DEAD_LETTER_ROW = (
+    "INSERT INTO dead_letter (seq, event_id, sink, device_id, type, body, created_at, "
+    "observed_at, reason, attempts, dead_at) SELECT seq, event_id, ?, device_id, type, body, "
+    "created_at, observed_at, ?, ?, ? FROM outbox WHERE seq=?"
+)
+# The outbox cap: every row up to a seq that ``sink`` has not done: (sink, now, sink, upto, sink).
+DEAD_LETTER_OVERFLOW = (
+    "INSERT INTO dead_letter (seq, event_id, sink, device_id, type, body, created_at, "
+    "observed_at, reason, attempts, dead_at) SELECT o.seq, o.event_id, ?, o.device_id, o.type, "
+    "o.body, o.created_at, o.observed_at, 'outbox full', 0, ? FROM outbox o "
+    "LEFT JOIN sink_cursor c ON c.sink=? AND c.device_id=o.device_id "
+    "WHERE o.seq<=? AND o.seq > coalesce(c.done_seq, 0) AND o.only_sink IN ('', ?)"
+)
+SELECT_REPLAYABLE = (
+    "SELECT id, event_id, sink, device_id, type, body, observed_at FROM dead_letter "
+    "WHERE sink IN ({marks}) ORDER BY id"
+)
+DELETE_DEAD_LETTER = "DELETE FROM dead_letter WHERE id=?"
+PURGE_DEAD_LETTERS = "DELETE FROM dead_letter WHERE {where}"
+PURGE_DEAD_LETTER = "DELETE FROM dead_letter WHERE id=? AND {where}"
+# The dead-letter cap: the ``excess`` oldest go.
+DROP_OLDEST_DEAD_LETTERS = (
+    "DELETE FROM dead_letter WHERE id IN (SELECT id FROM dead_letter ORDER BY id LIMIT ?)"
+)

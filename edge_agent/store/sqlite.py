@@ -1,0 +1,381 @@
+"""The SQLite store: one file (WAL), a read connection, and the group-commit writer.
+
+Durability: ``synchronous = "normal"`` (the default) in WAL mode never loses a committed
+transaction when the *process* dies (kill -9, OOM, crash: DESIGN.md measured 0 of 40 kills
+losing an acknowledged commit); only a power cut or kernel crash can lose the last commits
+before the WAL is synced at checkpoint. ``"full"`` syncs the WAL on every commit and closes
+that window too, at roughly half the single-commit rate; choose it where the host has no UPS.
+
+An outbox row is deleted once every configured sink (``sinks=``) is past it, so the file does
+not grow without bound while the sinks keep up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from edge_agent import jsoncodec
+from edge_agent.forward.schedule import OutboxEvent, RetryState, SinkProgress
+from edge_agent.store import deadletter, schema
+from edge_agent.store.base import Change, PendingRow, StoreError, Synchronous
+from edge_agent.store.lock import lock_database
+from edge_agent.store.plan import ProgressOp, prepare, stream_seqs
+from edge_agent.store.stats import store_stats
+from edge_agent.store.writer import GroupWriter
+
+log = structlog.get_logger(__name__)
+
+
+class SqliteStore:
+    """The SQLite buffer. Create with :meth:`open`; one instance per database file.
+
+    Implements :class:`edge_agent.store.base.StoreBackend`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        writer: GroupWriter,
+        rconn: aiosqlite.Connection,
+        wconn: aiosqlite.Connection,
+        lock_fd: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.path = path
+        self.sinks = writer.sinks
+        self.outbox_max_events = writer.outbox_max_events
+        self.dead_letter_max = writer.dead_letter_max
+        self._writer = writer
+        self._rconn = rconn
+        self._wconn = wconn
+        self._lock_fd: int | None = lock_fd
+        self._time = clock
+        self._closing = False
+        self._log = log.bind(db=str(path))
+
+    @property
+    def failed(self) -> str | None:
+        """Why the store cannot write any more (its writer died), else ``None``."""
+        return self._writer.failed
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        sinks: Sequence[str] = ("webhook",),
+        outbox_max_events: int = 1_000_000,
+        dead_letter_max: int = 100_000,
+        synchronous: Synchronous = "normal",
+        max_group: int = 1000,
+        queue_max: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> SqliteStore:
+        """Open (creating or migrating) the database at ``path`` and start the writer task.
+
+        Args:
+            path: the SQLite file (its directory must exist). ``":memory:"`` is refused: the
+                store needs two connections to one file.
+            sinks: the configured sink names; outbox rows are deleted once all of them are done.
+            outbox_max_events: the outbox cap (see "Outbox full policy" in
+                :mod:`edge_agent.store.writer`).
+            dead_letter_max: the dead-letter cap (oldest dropped past it; same module).
+            synchronous: ``"normal"`` (default; safe against process death) or ``"full"``
+                (also against power loss, slower).
+            max_group: most changes committed in one transaction.
+            queue_max: most changes waiting for the writer; ``commit()`` waits beyond that.
+            clock: unix-seconds wall clock (``created_at``, ages).
+
+        Raises:
+            StoreError: the database is newer than this code, or cannot be opened.
+            StoreLocked: another process has it open.
+        """
+        if str(path) == ":memory:":
+            raise ValueError("Store needs a file path, not ':memory:'")
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+        if len(set(sinks)) != len(sinks) or not sinks:
+            raise ValueError(f"sinks must be distinct names, at least one: {sinks!r}")
+        if dead_letter_max < 1 or outbox_max_events < 1:
+            raise ValueError(
+                f"outbox_max_events and dead_letter_max must be at least 1, not "
+                f"{outbox_max_events} and {dead_letter_max}"
+            )
+        p = Path(path)
+        lock_fd = lock_database(p)
+        try:
+            wconn = await aiosqlite.connect(p, isolation_level=None)
+        except BaseException as exc:
+            os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open the database at {p}: {exc}") from exc
+            raise
+        rconn: aiosqlite.Connection | None = None
+        try:
+            await wconn.execute("PRAGMA journal_mode=WAL")
+            await wconn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            await wconn.execute("PRAGMA busy_timeout=5000")
+            await schema.migrate(wconn, p)
+            rconn = await aiosqlite.connect(p, isolation_level=None)
+            await rconn.execute("PRAGMA busy_timeout=5000")
+            writer = GroupWriter(
+                p,
+                wconn,
+                sinks=tuple(sinks),
+                outbox_max_events=outbox_max_events,
+                dead_letter_max=dead_letter_max,
+                max_group=max_group,
+                queue_max=queue_max,
+                clock=clock,
+            )
+            await writer.load()
+        except BaseException as exc:
+            await wconn.close()
+            if rconn is not None:
+                await rconn.close()
+            os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open the database at {p}: {exc}") from exc
+            raise
+        store = cls(p, writer, rconn, wconn, lock_fd, clock)
+        writer.start()
+        store._log.info(
+            "store opened", synchronous=synchronous, outbox=writer.outbox_count, sinks=sinks
+        )
+        return store
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer and close the database.
+
+        Cancelling it is not safe: the queued commits may be left unresolved.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        await self._writer.close()
+        try:
+            await self._rconn.close()
+            await self._wconn.close()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+        self._log.info("store closed")
+
+    # -- committing changes -------------------------------------------------------------------
+
+    async def commit(self, change: Change) -> None:
+        """Commit ``change`` and its events in one transaction; return once durable.
+
+        Waits while ``queue_max`` changes are already queued (backpressure). Cancelling it
+        while it waits for a slot withdraws the change; once queued, the change may still be
+        committed after a cancellation.
+
+        Raises:
+            StoreError: the group this change was committed with failed (e.g. disk full).
+            ValueError: an event envelope lacks ``type`` or ``data.event_id``.
+        """
+        self._writer.check_open()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._writer.commit(prepare(change, fut))
+
+    async def flush(self) -> None:
+        """Wait until everything queued before this call (changes, progress) is written."""
+
+        async def nothing() -> None:
+            return None
+
+        await self._writer.call(nothing)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def load_window(self, device_id: str) -> dict[str, dict[str, Any]]:
+        """The stored window of ``device_id``: ``{key: booking}``."""
+        rows = await self._rconn.execute_fetchall(schema.SELECT_WINDOW, (device_id,))
+        return {k: jsoncodec.loads(b) for k, b in rows}
+
+    async def load_pending(self, device_id: str | None = None) -> list[PendingRow]:
+        """Pending booking requests, of one device or all, by deadline."""
+        if device_id is None:
+            rows = await self._rconn.execute_fetchall(schema.SELECT_PENDING)
+        else:
+            rows = await self._rconn.execute_fetchall(schema.SELECT_PENDING_OF, (device_id,))
+        return [PendingRow(d, u, dl, jsoncodec.loads(r)) for d, u, dl, r in rows]
+
+    async def load_device_state(self, device_id: str) -> dict[str, Any] | None:
+        """The device's stored state document, or ``None``."""
+        rows = list(await self._rconn.execute_fetchall(schema.SELECT_DEVICE_STATE, (device_id,)))
+        return jsoncodec.loads(rows[0][0]) if rows else None
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts for the local API and metrics (see :func:`edge_agent.store.stats.store_stats`)."""
+        return await store_stats(self._rconn, self.sinks, self._time())
+
+    # -- outbox: the drainer's side -----------------------------------------------------------
+    #
+    # The drainer owns the delivery schedule (edge_agent.forward.schedule). It loads the sink's
+    # progress once (load_progress), learns of new events from take_committed() (after the
+    # wakeup event is set), reads rows with read_outbox(), and reports outcomes with
+    # mark_delivered / mark_retry / dead_letter, which are written behind (group commit).
+
+    def wakeup(self, sink: str) -> asyncio.Event:
+        """The event set whenever ``sink`` may have new work (a commit, a replay)."""
+        return self._writer.wakeups[sink]
+
+    def take_committed(self, sink: str) -> dict[str, int]:
+        """Streams with events stored for ``sink`` since the last call: ``{stream: top seq}``."""
+        feed = self._writer.committed[sink]
+        self._writer.committed[sink] = {}
+        return feed
+
+    async def load_progress(self, sink: str) -> SinkProgress:
+        """``sink``'s stored progress, with what is queued but not yet written applied."""
+        if sink not in self.sinks:
+            raise KeyError(f"unknown sink {sink!r}; configured: {self.sinks}")
+        r = self._rconn
+        self.take_committed(sink)  # everything stored so far is in the tops read below
+        cursors = {d: q for s, d, q in await r.execute_fetchall(schema.SELECT_CURSORS) if s == sink}
+        retries = {
+            d: RetryState(seq, attempts, due, err)
+            for d, seq, attempts, due, err in await r.execute_fetchall(
+                schema.SELECT_RETRIES, (sink,)
+            )
+        }
+        tops = {d: q for d, q in await r.execute_fetchall(schema.STREAM_TOPS, (sink,))}
+        for op in self._writer.unwritten(sink):
+            if op.kind == "retry":
+                retries[op.device_id] = RetryState(
+                    op.seqs[0], op.attempts, op.next_attempt_at, op.error
+                )
+            else:
+                cursors[op.device_id] = max(cursors.get(op.device_id, 0), max(op.seqs))
+                retries.pop(op.device_id, None)
+        return SinkProgress(cursors, retries, tops)
+
+    async def read_outbox(
+        self, sink: str, reads: Sequence[tuple[str, int, int]]
+    ) -> list[OutboxEvent]:
+        """For each ``(stream, after, limit)``: up to ``limit`` of the stream's events for
+        ``sink`` with ``seq > after``, in seq order (``attempts`` is 0; the schedule knows)."""
+        if not reads:
+            return []
+        args: list[Any] = []
+        for stream, after, limit in reads:
+            args += [stream, after, sink, limit]
+        rows = await self._rconn.execute_fetchall(
+            " UNION ALL ".join([schema.READ_STREAM] * len(reads)), args
+        )
+        return [
+            OutboxEvent(
+                seq=seq,
+                device_id=device,
+                event_id=event_id,
+                type=etype,
+                envelope=jsoncodec.loads(body),
+                body=body,
+                created_at=created_at,
+                observed_at=observed_at,
+            )
+            for seq, device, event_id, etype, body, created_at, observed_at in rows
+        ]
+
+    def mark_delivered(self, sink: str, events: Sequence[OutboxEvent]) -> asyncio.Future[None]:
+        """``sink`` delivered ``events`` (one stream's, the head of its queue, in order)."""
+        return self._writer.progress(ProgressOp("delivered", sink, *stream_seqs(events)))
+
+    def mark_retry(
+        self,
+        sink: str,
+        head: OutboxEvent,
+        *,
+        attempts: int,
+        next_attempt_at: float,
+        error: str | None,
+    ) -> asyncio.Future[None]:
+        """Back off ``head``'s stream for ``sink`` until ``next_attempt_at`` (unix seconds)."""
+        return self._writer.progress(
+            ProgressOp("retry", sink, head.device_id, [head.seq], attempts, next_attempt_at, error)
+        )
+
+    def dead_letter(
+        self, sink: str, events: Sequence[OutboxEvent], *, reason: str, attempts: int = 0
+    ) -> asyncio.Future[None]:
+        """Move ``events`` (one stream's, head first) to the dead letter for ``sink``."""
+        device, seqs = stream_seqs(events)
+        return self._writer.progress(
+            ProgressOp("dead", sink, device, seqs, attempts=attempts, error=reason)
+        )
+
+    # -- dead letter admin ---------------------------------------------------------------------
+
+    async def dead_letters(self, limit: int = 100, sink: str | None = None) -> list[dict[str, Any]]:
+        """The oldest dead letters (``id, seq, event_id, sink, device_id, type, reason,
+        attempts, created_at, dead_at, envelope``)."""
+        sql, args = deadletter.query(limit, sink)
+        return deadletter.rows_to_dicts(await self._rconn.execute_fetchall(sql, args))
+
+    async def replay_dead_letters(
+        self, ids: Sequence[int] | None = None, sink: str | None = None
+    ) -> int:
+        """Put dead letters (all, or ``ids``, of every sink or ``sink``) back in the outbox for
+        their sink; returns how many.
+
+        A replayed event goes to the END of its stream's queue, for the sink that dead-lettered
+        it only, with its original ``event_id`` (receivers that already have it drop it) and
+        a fresh ``created_at`` (its TTL starts again). Dead letters of sinks no longer
+        configured stay where they are.
+        """
+        w = self._writer
+
+        async def replay() -> int:
+            sinks = [s for s in self.sinks if sink is None or s == sink]
+            found = await deadletter.replayable(self._wconn, sinks, ids)
+            now = self._time()
+            inserts = []
+            for event_id, row_sink, device, etype, body, observed in found.rows:
+                inserts.append((w.next_seq, event_id, row_sink, device, etype, body, now, observed))
+                w.next_seq += 1
+            cur = await self._wconn.executemany(schema.INSERT_OUTBOX, inserts)
+            await self._wconn.executemany(schema.DELETE_DEAD_LETTER, [(i,) for i in found.ids])
+            w.outbox_count += cur.rowcount
+            w.dead_count -= len(found.ids)
+            for ins in inserts:
+                w.stored(ins[2], ins[3], ins[0])
+            return len(found.ids)
+
+        return int(await w.call(replay))
+
+    async def purge_dead_letters(
+        self, ids: Sequence[int] | None = None, sink: str | None = None
+    ) -> int:
+        """Delete dead letters (all, or ``ids``, of every sink or ``sink``); returns how many."""
+
+        async def purge() -> int:
+            n = await deadletter.purge(self._wconn, ids, sink)
+            self._writer.dead_count -= n
+            return n
+
+        return int(await self._writer.call(purge))
+
+    async def forget_device(self, device_id: str) -> None:
+        """Drop a device removed from the configuration: its window, pending requests and state.
+
+        Its undelivered events stay in the outbox and are still delivered.
+        """
+
+        async def forget() -> None:
+            for stmt in schema.FORGET_DEVICE:
+                await self._wconn.execute(stmt, (device_id,))
+
+        await self._writer.call(forget)
