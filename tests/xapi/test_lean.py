@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.xapi import DeviceEndpoint, XapiClient, tls
+from edge_agent.xapi import DeviceEndpoint, XapiClient, lean
 
 from .fakedevice import FakeDevice
 
@@ -43,10 +43,10 @@ async def test_replies_of_every_size_arrive_whole_over_tls(client: XapiClient) -
     conn = client._conn
     assert conn is not None
     ssl_protocol = conn.transport._ssl_protocol  # type: ignore[attr-defined]
-    assert isinstance(ssl_protocol, tls.LeanSSLProtocol)
+    assert isinstance(ssl_protocol, lean.LeanSSLProtocol)
     # Around one BIO slice, one TLS record (16 KiB) and far beyond, with text in which a
     # shifted, repeated or dropped slice shows.
-    for size in (1, tls.BIO_FEED - 1, tls.BIO_FEED, tls.BIO_FEED + 1, 16_385, 300_001):
+    for size in (1, lean.BIO_FEED - 1, lean.BIO_FEED, lean.BIO_FEED + 1, 16_385, 300_001):
         text = "".join(chr(0x41 + i % 26) for i in range(size))
         assert await echo(client, text) == text
     # Requests pipelined, replies back to back (whatever socket reads they arrive in).
@@ -70,3 +70,28 @@ async def test_the_parser_lets_go_of_a_large_reply(client: XapiClient) -> None:
         gen = gen.gi_yieldfrom
     assert kept, "websockets' parser changed: this test no longer sees its frames"
     assert max(kept) < 1_000
+
+
+def test_lean_ssl_protocol_keeps_sslprotocols_defaults() -> None:
+    """Slots must not hide SSLProtocol's class-level defaults: a connection lost before its
+    handshake (or shutdown) reads them."""
+    import asyncio
+    import ssl
+
+    from edge_agent.xapi.lean import LeanSSLProtocol
+
+    loop = asyncio.new_event_loop()
+    try:
+        proto = LeanSSLProtocol(
+            loop,
+            asyncio.Protocol(),
+            ssl.create_default_context(),
+            None,
+            server_side=False,
+            server_hostname="device.invalid",
+        )
+        assert proto._shutdown_timeout_handle is None
+        assert proto._handshake_timeout_handle is None
+        proto.connection_lost(None)  # raised AttributeError before the fix
+    finally:
+        loop.close()
