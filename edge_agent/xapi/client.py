@@ -60,6 +60,7 @@ OnConnected = Callable[["XapiClient"], Awaitable[Any]]
 OnDisconnected = Callable[[BaseException | None], Any]
 
 PROBE_PATH: tuple[str, ...] = ("Status", "SystemUnit", "Uptime")
+DEFAULT_BACKOFF = ReconnectPolicy().backoff
 
 
 @dataclass(slots=True)
@@ -161,7 +162,7 @@ class XapiClient:
         probe_interval: float | None = 60.0,
         probe_timeout: float = 15.0,
         probe_path: PathLike = PROBE_PATH,
-        backoff: Backoff = Backoff(initial=1.0, maximum=120.0, factor=2.0, jitter=0.3),
+        backoff: Backoff = DEFAULT_BACKOFF,
         auth_retry_delay: float = 600.0,
         stable_after: float = 60.0,
         not_ready_delay: float = 2.0,
@@ -707,46 +708,43 @@ class XapiClient:
 
     async def _after_connect(self, conn: ClientConnection) -> None:
         """Re-make every subscription (waiting out NotReady), then run ``on_connected``."""
-        try:
-            for sub in self._protocol.subscriptions:
-                while sub.device_id is None and self._conn is conn:
-                    if self._protocol.subscriptions.get(sub.key) is None:
-                        break
-                    try:
-                        await self._make_subscription(conn, sub, None)
-                    except NotReady:
-                        self._log.info(
-                            "device not ready yet; will subscribe again",
-                            retry_in_s=self.not_ready_delay,
-                        )
-                        await asyncio.sleep(self.not_ready_delay)
-                    except RequestTimeout as exc:
-                        self._log.warning("re-subscribe timed out; reconnecting", error=str(exc))
-                        conn.transport.abort()
-                        return
-                    except ConnectionLost:
-                        return
-                    except XapiError as exc:
-                        self.last_error = str(exc)
-                        self.counters.error(exc.kind)
-                        self._log.error(
-                            "device refused a subscription", query=sub.query, error=str(exc)
-                        )
-                        break
-            self._ready = True
-            if self._ready_waiter is not None:
-                if not self._ready_waiter.done():
-                    self._ready_waiter.set_result(None)
-                self._ready_waiter = None
-            if self.on_connected is not None:
+        for sub in self._protocol.subscriptions:
+            while sub.device_id is None and self._conn is conn:
+                if self._protocol.subscriptions.get(sub.key) is None:
+                    break
                 try:
-                    await self.on_connected(self)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    self._log.exception("on_connected hook failed")
-        except asyncio.CancelledError:
-            raise
+                    await self._make_subscription(conn, sub, None)
+                except NotReady:
+                    self._log.info(
+                        "device not ready yet; will subscribe again",
+                        retry_in_s=self.not_ready_delay,
+                    )
+                    await asyncio.sleep(self.not_ready_delay)
+                except RequestTimeout as exc:
+                    self._log.warning("re-subscribe timed out; reconnecting", error=str(exc))
+                    conn.transport.abort()
+                    return
+                except ConnectionLost:
+                    return
+                except XapiError as exc:
+                    self.last_error = str(exc)
+                    self.counters.error(exc.kind)
+                    self._log.error(
+                        "device refused a subscription", query=sub.query, error=str(exc)
+                    )
+                    break
+        self._ready = True
+        if self._ready_waiter is not None:
+            if not self._ready_waiter.done():
+                self._ready_waiter.set_result(None)
+            self._ready_waiter = None
+        if self.on_connected is not None:
+            try:
+                await self.on_connected(self)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._log.exception("on_connected hook failed")
 
     def _call_disconnected(self, reason: BaseException | None) -> None:
         if self.on_disconnected is None:

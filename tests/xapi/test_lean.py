@@ -95,3 +95,46 @@ def test_lean_ssl_protocol_keeps_sslprotocols_defaults() -> None:
         proto.connection_lost(None)  # raised AttributeError before the fix
     finally:
         loop.close()
+
+
+async def test_every_trim_applies_on_the_installed_websockets(client: XapiClient) -> None:
+    """The trims degrade to no-ops when websockets changes; this says when one stopped applying
+    (then bench/bench_connections.py's KiB per connection goes up)."""
+    import logging
+
+    conn = client._conn
+    assert isinstance(conn, lean.LeanConnection)
+    assert type(conn.drain_waiters) is list
+    assert conn.logger is logging.getLogger("websockets.client")
+    assert conn.protocol.logger is conn.logger
+    assert conn.request is None  # the upgrade request carried the credentials
+    assert conn.response is not None and len(conn.response.headers) == 0
+    assert lean.lean_tls_supported(asyncio.get_running_loop())
+    # ...and the link still works after all of them.
+    assert await echo(client, "still here") == "still here"
+
+
+async def test_lean_connection_serves_websockets_public_connect(plain_device: FakeDevice) -> None:
+    """LeanConnection takes ClientConnection's arguments: websockets' ``create_connection=``."""
+    from websockets.asyncio.client import connect
+
+    async with connect(
+        plain_device.url,
+        create_connection=lean.LeanConnection,
+        additional_headers={"Authorization": "Basic YWRtaW46c2VjcmV0"},
+        compression=None,
+    ) as conn:
+        assert isinstance(conn, lean.LeanConnection)
+        assert type(conn.drain_waiters) is list
+        await conn.send('{"jsonrpc": "2.0", "id": 1, "method": "xGet", "params": {"Path": []}}')
+        assert await conn.recv()
+
+
+def test_drop_handshake_tolerates_a_connection_without_a_response() -> None:
+    class Bare:
+        request: object = object()
+        response = None
+
+    bare = Bare()
+    lean.drop_handshake(bare)  # type: ignore[arg-type]
+    assert bare.request is None
