@@ -19,7 +19,7 @@ import inspect
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from websockets.asyncio.client import ClientConnection
@@ -182,23 +182,30 @@ class XapiClient:
         self.probe_path = probe_path
         self.not_ready_delay = not_ready_delay
         self.max_handler_tasks = max_handler_tasks
-        self.link_options = LinkOptions(
-            open_timeout=open_timeout,
-            close_timeout=close_timeout,
-            max_size=max_size,
-            max_queue=max_queue,
-            write_limit=write_limit,
-            auth_retry_delay=auth_retry_delay,
+        # Options are shared by every client that has the same: 1,000 devices, one of each.
+        self.link_options = _shared(
+            LinkOptions(
+                open_timeout=open_timeout,
+                close_timeout=close_timeout,
+                max_size=max_size,
+                max_queue=max_queue,
+                write_limit=write_limit,
+                auth_retry_delay=auth_retry_delay,
+            )
         )
-        self.liveness_times = LivenessTimes(
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            probe_interval=probe_interval,
-            probe_timeout=probe_timeout,
+        self.liveness_times = _shared(
+            LivenessTimes(
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                probe_interval=probe_interval,
+                probe_timeout=probe_timeout,
+            )
         )
         self.reconnect = Reconnect(
-            ReconnectPolicy(
-                backoff=backoff, auth_retry_delay=auth_retry_delay, stable_after=stable_after
+            _shared(
+                ReconnectPolicy(
+                    backoff=backoff, auth_retry_delay=auth_retry_delay, stable_after=stable_after
+                )
             ),
             rng,
         )
@@ -758,6 +765,19 @@ class XapiClient:
             task = asyncio.ensure_future(result)
             self._handler_tasks.add(task)
             task.add_done_callback(self._handler_finished)
+
+
+_T = TypeVar("_T")
+_SHARED_OPTIONS: dict[Any, Any] = {}
+_SHARED_MAX = 256  # distinct option sets remembered (a fleet has a handful)
+
+
+def _shared(value: _T) -> _T:
+    """The one object equal to ``value`` (frozen options): ~0.3 KiB a client less."""
+    if len(_SHARED_OPTIONS) >= _SHARED_MAX:
+        _SHARED_OPTIONS.clear()  # options made by tests by the thousand: forget, stay bounded
+    got: _T = _SHARED_OPTIONS.setdefault(value, value)
+    return got
 
 
 class _Interrupted(Exception):

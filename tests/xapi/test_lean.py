@@ -138,3 +138,28 @@ def test_drop_handshake_tolerates_a_connection_without_a_response() -> None:
     bare = Bare()
     lean.drop_handshake(bare)  # type: ignore[arg-type]
     assert bare.request is None
+
+
+async def test_without_the_lean_tls_protocol_the_link_still_works(
+    tls_device: FakeDevice, ca_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a newer asyncio without SSLProtocol's private members gets: asyncio's own."""
+    monkeypatch.setattr(lean, "_SSLPROTOCOL_FITS", False)
+    assert not lean.lean_tls_supported(asyncio.get_running_loop())
+    client = XapiClient(
+        DeviceEndpoint(
+            "room-4a", url=tls_device.url, username="admin", password="secret", ca_file=ca_file
+        ),
+        open_timeout=5.0,
+    )
+    task = asyncio.create_task(client.run())
+    try:
+        await client.wait_connected(5.0)
+        conn = client._conn
+        assert conn is not None
+        ssl_protocol = conn.transport._ssl_protocol  # type: ignore[attr-defined]
+        assert not isinstance(ssl_protocol, lean.LeanSSLProtocol)
+        assert await echo(client, "y" * 20_000) == "y" * 20_000
+    finally:
+        await client.close()
+        await task
