@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock
 
-from .connect import MAX_MESSAGE_SIZE, USER_AGENT, LinkOptions, open_link
+from .connect import MAX_MESSAGE_SIZE, LinkOptions, open_link
 from .endpoint import DeviceEndpoint
 from .errors import (
     AuthenticationFailed,
@@ -54,7 +54,7 @@ from .protocol import (
 )
 from .reconnect import Reconnect, ReconnectPolicy
 
-__all__ = ["MAX_MESSAGE_SIZE", "PROBE_PATH", "USER_AGENT", "LinkCounters", "XapiClient"]
+__all__ = ["PROBE_PATH", "LinkCounters", "XapiClient"]
 
 OnConnected = Callable[["XapiClient"], Awaitable[Any]]
 OnDisconnected = Callable[[BaseException | None], Any]
