@@ -222,9 +222,10 @@ async def bench(args: argparse.Namespace) -> None:
             f"{cpu:.0f}% client CPU (~{per_cpu_s:,.0f} per client CPU-second; "
             f"{rounds} control calls, HTTP {statuses})"
         )
+        counters = [c.counters for c in clients]
         print(
-            f"malformed: {sum(c.malformed for c in clients)}, reconnects: "
-            f"{sum(c.reconnects for c in clients)}"
+            f"malformed: {sum(c.malformed for c in counters)}, reconnects: "
+            f"{sum(c.reconnects for c in counters)}, connects: {sum(c.connects for c in counters)}"
         )
 
         await asyncio.wait_for(asyncio.gather(*(c.close() for c in clients), warm.close()), 30)

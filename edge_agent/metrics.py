@@ -7,7 +7,12 @@ pending requests, dead letters) are set by the agent's periodic sampler.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from edge_agent.xapi.client import LinkCounters
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -74,3 +79,26 @@ DEAD_LETTER_DROPPED = Counter(
     "Oldest dead letters deleted because the dead letter was full (dead_letter_max)",
     registry=REGISTRY,
 )
+
+
+class LinkCountersExport:
+    """Carries each device link's counters (``XapiClient.counters``, which the xapi layer keeps
+    without knowing about metrics) into ``RECONNECTS`` and ``DEVICE_ERRORS``: every sample adds
+    what they grew by since the previous one. A device's new client (one per session run)
+    starts again from zero, which shows as a different counters object."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[LinkCounters, int, dict[str, int]]] = {}
+
+    def export(self, device_id: str, counters: LinkCounters) -> None:
+        seen = self._seen.get(device_id)
+        reconnects, errors = (seen[1], seen[2]) if seen and seen[0] is counters else (0, {})
+        if counters.reconnects > reconnects:
+            RECONNECTS.labels(device_id).inc(counters.reconnects - reconnects)
+        for kind, n in counters.errors.items():
+            if n > errors.get(kind, 0):
+                DEVICE_ERRORS.labels(kind).inc(n - errors.get(kind, 0))
+        self._seen[device_id] = (counters, counters.reconnects, dict(counters.errors))
+
+    def forget(self, device_id: str) -> None:
+        self._seen.pop(device_id, None)

@@ -46,7 +46,7 @@ from edge_agent.clock import Clock, system_clock
 from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
 from edge_agent.store import Change, PendingRow, Store, StoreError
-from edge_agent.xapi import XapiClient, XapiError
+from edge_agent.xapi import LinkCounters, XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost
 from edge_agent.xapi.protocol import Handler, PathLike
 
@@ -64,6 +64,9 @@ class DeviceLink(Protocol):
 
     @property
     def closed(self) -> bool: ...
+
+    @property
+    def counters(self) -> LinkCounters: ...
 
     def stats(self) -> dict[str, Any]: ...
 

@@ -1,12 +1,15 @@
 """The device's xAPI over WebSocket: a sans-I/O JSON-RPC protocol and an asyncio client.
 
+One concern per module: ``protocol`` (JSON-RPC, sans-I/O), ``connect`` (TCP, TLS, pin,
+upgrade, handshake errors), ``liveness`` and ``reconnect`` (pure deadline / delay machines),
+``lean`` (every memory trim on websockets' internals), ``client`` (the asyncio shell).
 Imports nothing from the rest of the agent except the shared helpers (jsoncodec, backoff,
-clock, metrics).
+clock): the agent exports :attr:`XapiClient.counters` as metrics.
 """
 
 from __future__ import annotations
 
-from .client import XapiClient
+from .client import LinkCounters, XapiClient
 from .endpoint import DeviceEndpoint
 from .errors import (
     AuthenticationFailed,
@@ -47,6 +50,7 @@ __all__ = [
     "InternalError",
     "InvalidParams",
     "InvalidRequest",
+    "LinkCounters",
     "MethodNotFound",
     "NotConnected",
     "NotReady",

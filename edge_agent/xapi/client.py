@@ -1,57 +1,46 @@
-"""The asyncio shell around :class:`~edge_agent.xapi.protocol.XapiProtocol`: one device link.
+"""The asyncio shell of one device link: the one reader, request futures, subscriptions.
 
-One task per device does everything that waits on the network: ``run()`` connects, then reads
-frames (the one reader), sends the WebSocket pings and the application probe from the same
-loop, and reconnects with jittered backoff. Requests are made by other tasks: their futures are
-registered before the frame is written and all fail with :class:`ConnectionLost` when the link
-goes. After each connect a short-lived task re-makes the subscriptions and then calls
-``on_connected``.
+One task per device does everything that waits on the network: ``run()`` opens the link
+(:mod:`.connect`), then reads frames (the one reader), sends the WebSocket pings and the
+application probe when :mod:`.liveness` says so, and waits as long as :mod:`.reconnect` says
+before the next attempt. Requests are made by other tasks: their futures are registered before
+the frame is written and all fail with :class:`ConnectionLost` when the link goes. After each
+connect a short-lived task re-makes the subscriptions and then calls ``on_connected``.
+
+The JSON-RPC itself is :class:`~edge_agent.xapi.protocol.XapiProtocol` (sans-I/O); the memory
+trims on websockets' internals are in :mod:`.lean`. Nothing here reports to the agent's
+metrics: :attr:`XapiClient.counters` has the numbers, the agent exports them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
-import math
 import random
-import socket
-import ssl
-import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import structlog
 from websockets.asyncio.client import ClientConnection
-from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.frames import Frame
-from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
-from websockets.version import version as websockets_version
+from websockets.exceptions import ConnectionClosed
 
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock
-from edge_agent.metrics import DEVICE_ERRORS, DEVICES_CONNECTED, RECONNECTS
 
-from . import tls
-from .endpoint import DeviceEndpoint, format_fingerprint
+from .connect import MAX_MESSAGE_SIZE, LinkOptions, open_link
+from .endpoint import DeviceEndpoint
 from .errors import (
     AuthenticationFailed,
     ConnectError,
     ConnectionLost,
-    DeviceRebooting,
-    FingerprintMismatch,
-    HandshakeFailed,
-    HttpsOnly,
     NotConnected,
     NotReady,
-    RateLimited,
     RequestTimeout,
     TlsError,
-    Unreachable,
     XapiError,
 )
+from .liveness import Dead, Liveness, LivenessTimes
 from .protocol import (
     ErrorResponse,
     Handler,
@@ -63,13 +52,41 @@ from .protocol import (
     Subscription,
     XapiProtocol,
 )
+from .reconnect import Reconnect, ReconnectPolicy
+
+__all__ = ["PROBE_PATH", "LinkCounters", "XapiClient"]
 
 OnConnected = Callable[["XapiClient"], Awaitable[Any]]
 OnDisconnected = Callable[[BaseException | None], Any]
 
 PROBE_PATH: tuple[str, ...] = ("Status", "SystemUnit", "Uptime")
-USER_AGENT = f"roomos-edge-agent websockets/{websockets_version}"
-MAX_MESSAGE_SIZE = 16 * 2**20
+DEFAULT_BACKOFF = ReconnectPolicy().backoff
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    """What happened on one client's link since it was made (all only ever grow).
+
+    The agent exports them (``edge_agent_device_reconnects``, ``edge_agent_device_errors``);
+    a new client (the session makes one per run) starts again from zero.
+    """
+
+    connects: int = 0
+    """Links opened (TCP, TLS, pin and upgrade all done)."""
+    reconnects: int = 0
+    """Connection attempts after the first one."""
+    frames: int = 0
+    """Frames received."""
+    malformed: int = 0
+    """Frames skipped as not JSON-RPC (also counted in ``errors["malformed"]``)."""
+    handler_errors: int = 0
+    """Feedback handlers (or ``on_disconnected``) that raised."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """Failures by :attr:`XapiError.kind` (``auth``, ``tls``, ``unreachable``, ``lost``,
+    ``malformed``, a refused subscription's kind...)."""
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
 class XapiClient:
@@ -83,7 +100,8 @@ class XapiClient:
             May be async (then run in a task). Errors are logged.
         request_timeout: default seconds to wait for an answer.
         open_timeout: seconds for TCP + TLS + upgrade.
-        ping_interval / ping_timeout: WebSocket keepalive (``None`` disables).
+        ping_interval / ping_timeout: WebSocket keepalive (``None`` disables; a ``None``
+            timeout sends pings without waiting for the pong).
         probe_interval / probe_timeout: application probe (an ``xGet`` of ``probe_path``) that
             catches a link whose device stopped answering while TCP stays up (``None`` disables).
         backoff: reconnect delays (jittered, capped).
@@ -106,42 +124,29 @@ class XapiClient:
         "_closing",
         "_conn",
         "_handler_tasks",
+        "_logger",
         "_pending",
         "_protocol",
         "_ready",
         "_ready_waiter",
-        "_rng",
         "_running",
         "_stopped",
         "_subscribing",
         "_wake",
-        "auth_retry_delay",
-        "backoff",
-        "close_timeout",
+        "counters",
         "device_id",
         "endpoint",
-        "frames",
-        "handler_errors",
         "last_error",
         "last_exception",
-        "malformed",
+        "link_options",
+        "liveness_times",
         "max_handler_tasks",
-        "max_queue",
-        "max_size",
         "not_ready_delay",
         "on_connected",
         "on_disconnected",
-        "open_timeout",
-        "ping_interval",
-        "ping_timeout",
-        "probe_interval",
         "probe_path",
-        "probe_timeout",
-        "reconnects",
+        "reconnect",
         "request_timeout",
-        "stable_after",
-        "write_limit",
-        "_logger",
     )
 
     def __init__(
@@ -157,7 +162,7 @@ class XapiClient:
         probe_interval: float | None = 60.0,
         probe_timeout: float = 15.0,
         probe_path: PathLike = PROBE_PATH,
-        backoff: Backoff = Backoff(initial=1.0, maximum=120.0, factor=2.0, jitter=0.3),
+        backoff: Backoff = DEFAULT_BACKOFF,
         auth_retry_delay: float = 600.0,
         stable_after: float = 60.0,
         not_ready_delay: float = 2.0,
@@ -174,23 +179,37 @@ class XapiClient:
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
         self.request_timeout = request_timeout
-        self.open_timeout = open_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.probe_interval = probe_interval
-        self.probe_timeout = probe_timeout
         self.probe_path = probe_path
-        self.backoff = backoff
-        self.auth_retry_delay = auth_retry_delay
-        self.stable_after = stable_after
         self.not_ready_delay = not_ready_delay
-        self.close_timeout = close_timeout
-        self.max_size = max_size
         self.max_handler_tasks = max_handler_tasks
-        self.max_queue = max_queue
-        self.write_limit = write_limit
+        # Options are shared by every client that has the same: 1,000 devices, one of each.
+        self.link_options = _shared(
+            LinkOptions(
+                open_timeout=open_timeout,
+                close_timeout=close_timeout,
+                max_size=max_size,
+                max_queue=max_queue,
+                write_limit=write_limit,
+                auth_retry_delay=auth_retry_delay,
+            )
+        )
+        self.liveness_times = _shared(
+            LivenessTimes(
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                probe_interval=probe_interval,
+                probe_timeout=probe_timeout,
+            )
+        )
+        self.reconnect = Reconnect(
+            _shared(
+                ReconnectPolicy(
+                    backoff=backoff, auth_retry_delay=auth_retry_delay, stable_after=stable_after
+                )
+            ),
+            rng,
+        )
         self._clock = clock
-        self._rng = rng
 
         self._logger: Any = None
         self._protocol = XapiProtocol(device=endpoint.device_id)
@@ -210,10 +229,7 @@ class XapiClient:
         """A person-readable account of the last thing that went wrong (``None`` until then)."""
         self.last_exception: BaseException | None = None
         """The typed error behind :attr:`last_error`."""
-        self.reconnects = 0
-        self.frames = 0
-        self.malformed = 0
-        self.handler_errors = 0
+        self.counters = LinkCounters()
 
     @property
     def _log(self) -> Any:
@@ -239,15 +255,32 @@ class XapiClient:
         """Requests waiting for an answer."""
         return len(self._pending)
 
+    @property
+    def reconnects(self) -> int:
+        return self.counters.reconnects
+
+    @property
+    def frames(self) -> int:
+        return self.counters.frames
+
+    @property
+    def malformed(self) -> int:
+        return self.counters.malformed
+
+    @property
+    def handler_errors(self) -> int:
+        return self.counters.handler_errors
+
     def stats(self) -> dict[str, Any]:
-        """Counters for the local API."""
+        """Counters for the local API (``/v1/devices``)."""
+        c = self.counters
         return {
             "connected": self.connected,
             "last_error": self.last_error,
-            "reconnects": self.reconnects,
-            "frames": self.frames,
-            "malformed": self.malformed,
-            "handler_errors": self.handler_errors,
+            "reconnects": c.reconnects,
+            "frames": c.frames,
+            "malformed": c.malformed,
+            "handler_errors": c.handler_errors,
             "pending": len(self._pending),
             "subscriptions": len(self._protocol.subscriptions),
         }
@@ -354,9 +387,9 @@ class XapiClient:
         For a configuration check or a test: raises the typed :class:`ConnectError`.
         Cancelling is safe.
         """
-        conn = await self._open()
+        conn = await open_link(self.endpoint, self.link_options)
         try:
-            async with asyncio.timeout(self.close_timeout):
+            async with asyncio.timeout(self.link_options.close_timeout):
                 await conn.close()
         except TimeoutError:
             conn.transport.abort()
@@ -375,30 +408,25 @@ class XapiClient:
         self._running = True
         self._stopped = loop.create_future()
         self._wake = loop.create_future()
-        attempt = 0
         first = True
         try:
             while not self._closing:
                 if not first:
-                    self.reconnects += 1
-                    RECONNECTS.labels(self.device_id).inc()
+                    self.counters.reconnects += 1
                 first = False
                 try:
                     conn = await self._interruptible_open()
                 except ConnectError as exc:
-                    attempt += 1
-                    delay = self._delay_after(exc, attempt)
+                    delay = self.reconnect.connect_failed(exc)
                     self._note_error(exc, retry_in=delay)
                     await self._interruptible_sleep(delay)
                     continue
-                started = self._clock.monotonic()
+                self.counters.connects += 1
+                self.reconnect.connected(self._clock.monotonic())
                 reason = await self._serve(conn)
                 if self._closing:
                     break
-                if self._clock.monotonic() - started >= self.stable_after:
-                    attempt = 0
-                attempt += 1
-                delay = self.backoff.delay(attempt, self._rng)
+                delay = self.reconnect.lost(self._clock.monotonic())
                 self._note_error(reason, retry_in=delay)
                 await self._interruptible_sleep(delay)
         except _Interrupted:
@@ -424,7 +452,7 @@ class XapiClient:
             self._wake.set_result(None)
         if conn is not None:
             try:
-                async with asyncio.timeout(self.close_timeout):
+                async with asyncio.timeout(self.link_options.close_timeout):
                     await conn.close()
             except TimeoutError:
                 conn.transport.abort()
@@ -491,191 +519,11 @@ class XapiClient:
 
     # --- internals: connecting ---------------------------------------------------------------
 
-    async def _open(self) -> ClientConnection:
-        ep = self.endpoint
-        try:
-            async with _opening_slot(), asyncio.timeout(self.open_timeout):
-                return await self._establish()
-        except ConnectError:
-            raise
-        except InvalidStatus as exc:
-            raise self._status_error(exc) from None
-        except ssl.SSLCertVerificationError as exc:
-            raise TlsError(
-                f"{self.device_id}: the device's certificate did not verify "
-                f"({exc.verify_message}); give the device CA in ca_file, pin its SHA-256 "
-                "fingerprint, or (last resort) set insecure = true",
-                device=self.device_id,
-            ) from None
-        except ssl.SSLError as exc:
-            raise TlsError(
-                f"{self.device_id}: TLS handshake failed ({exc.reason or exc}); check that "
-                f"{ep.ws_url} is the device's HTTPS port",
-                device=self.device_id,
-            ) from None
-        except socket.gaierror as exc:
-            raise Unreachable(
-                f"{self.device_id}: cannot resolve the device's name ({exc.strerror}); check the "
-                "host in the configuration and DNS",
-                device=self.device_id,
-            ) from None
-        except ConnectionRefusedError:
-            raise Unreachable(
-                f"{self.device_id}: connection refused by {ep.ws_url}; is the device up, the "
-                "port right, and HTTP(S) enabled on it?",
-                device=self.device_id,
-            ) from None
-        except TimeoutError:
-            raise Unreachable(
-                f"{self.device_id}: no connection to {ep.ws_url} within {self.open_timeout:g} s; "
-                "check the network path and firewall",
-                device=self.device_id,
-            ) from None
-        except OSError as exc:
-            raise Unreachable(
-                f"{self.device_id}: cannot reach {ep.ws_url} ({exc.strerror or exc}); check the "
-                "network path",
-                device=self.device_id,
-            ) from None
-        except InvalidHandshake as exc:
-            raise HandshakeFailed(
-                f"{self.device_id}: WebSocket upgrade failed ({exc}); is {ep.ws_url} the "
-                "device's xAPI endpoint?",
-                device=self.device_id,
-            ) from None
-
-    async def _establish(self) -> ClientConnection:
-        ep = self.endpoint
-        loop = asyncio.get_running_loop()
-        uri = parse_uri(ep.ws_url)
-        headers: dict[str, str] = {}
-        subprotocols: list[Subprotocol] | None = None
-        if ep.auth == "subprotocol":
-            subprotocols = [Subprotocol(ep.auth_subprotocol())]
-        else:
-            headers["Authorization"] = ep.basic_authorization()
-        # No extensions: permessage-deflate costs ~33 KiB per connection (DESIGN.md).
-        protocol = ClientProtocol(uri, subprotocols=subprotocols, max_size=self.max_size)
-        conn = _Connection(
-            protocol,
-            ping_interval=None,  # pings are sent by run()'s loop, not a task per connection
-            ping_timeout=None,
-            close_timeout=self.close_timeout,
-            max_queue=self.max_queue,
-            write_limit=self.write_limit,
-        )
-        # websockets gives each connection a LoggerAdapter holding a weakref proxy (~0.4 KiB);
-        # its debug logs lose the connection's repr (ours carry the device id).
-        conn.logger = conn.protocol.logger = _WEBSOCKETS_LOGGER
-        # Its drain waiters are a deque, which allocates a 0.7 KiB block up front; websockets
-        # only appends, removes and iterates them, so a list serves.
-        conn.drain_waiters = []  # type: ignore[assignment]
-        if uri.secure:
-            if ep.insecure and ep.fingerprint is None:
-                self._log.warning(
-                    "TLS verification is OFF for this device (insecure = true): anyone on the "
-                    "path can read its credentials; pin its fingerprint instead",
-                    url=ep.ws_url,
-                )
-            ctx = tls.context_for(ep)
-            if tls.lean_buffers_supported(loop):
-                waiter: asyncio.Future[None] = loop.create_future()
-                transport, _ = await loop.create_connection(
-                    lambda: tls.LeanSSLProtocol(
-                        loop,
-                        conn,
-                        ctx,
-                        waiter,
-                        server_side=False,
-                        server_hostname=uri.host,
-                        ssl_handshake_timeout=self.open_timeout,
-                    ),
-                    uri.host,
-                    uri.port,
-                )
-                try:
-                    await waiter
-                except BaseException:
-                    transport.abort()
-                    raise
-            else:
-                await loop.create_connection(
-                    lambda: conn, uri.host, uri.port, ssl=ctx, server_hostname=uri.host
-                )
-            # The credentials go in the upgrade request below: the pin is checked first.
-            if ep.fingerprint is not None:
-                actual = tls.peer_fingerprint(conn.transport.get_extra_info("ssl_object"))
-                if actual != ep.fingerprint:
-                    conn.transport.abort()
-                    raise FingerprintMismatch(
-                        f"{self.device_id}: the device's certificate is not the pinned one "
-                        f"(expected SHA-256 {format_fingerprint(ep.fingerprint)}, got "
-                        f"{format_fingerprint(actual)}); credentials were not sent. If the "
-                        "device's certificate was replaced, update the fingerprint",
-                        device=self.device_id,
-                        expected=ep.fingerprint,
-                        actual=actual,
-                    )
-        else:
-            await loop.create_connection(lambda: conn, uri.host, uri.port)
-        try:
-            await conn.handshake(headers, USER_AGENT)
-        except BaseException:
-            conn.transport.abort()
-            raise
-        # Neither the upgrade request (it carries the credentials) nor the response headers are
-        # needed once open: ~3 KiB per connection, which matters at 1,000 devices. The headers
-        # are cleared in place because the sans-I/O parser's suspended frame keeps the
-        # response for the life of the connection.
-        conn.request = None
-        if conn.response is not None:
-            conn.response.headers.clear()
-        return conn
-
-    def _status_error(self, exc: InvalidStatus) -> ConnectError:
-        status = exc.response.status_code
-        d = self.device_id
-        retry_after = _retry_after(exc.response.headers.get("Retry-After"))
-        if status == 403 or (status == 401 and self.endpoint.secure):
-            return AuthenticationFailed(
-                f"{d}: device refused the credentials (HTTP {status}); check the user and "
-                f"password for this device in the configuration; retrying only every "
-                f"{self.auth_retry_delay / 60:g} min, since repeated bad logins can lock the "
-                "device's account",
-                device=d,
-            )
-        if status == 401:
-            return HttpsOnly(
-                f"{d}: device accepts HTTPS only (HTTP 401 on ws://); use "
-                f"wss:// in the device's url",
-                device=d,
-            )
-        if status == 502:
-            return DeviceRebooting(f"{d}: device is rebooting (HTTP 502); retrying", device=d)
-        if status == 503:
-            return RateLimited(
-                f"{d}: device is limiting new connections (HTTP 503); retrying later",
-                device=d,
-                retry_after=retry_after,
-            )
-        return HandshakeFailed(
-            f"{d}: WebSocket upgrade refused with HTTP {status}; is "
-            f"{self.endpoint.ws_url} the device's xAPI endpoint?",
-            device=d,
-            retry_after=retry_after,
-        )
-
-    def _delay_after(self, exc: ConnectError, attempt: int) -> float:
-        delay = self.backoff.delay_honouring(attempt, exc.retry_after, self._rng)
-        if isinstance(exc, AuthenticationFailed):
-            delay = max(delay, self.auth_retry_delay)
-        return delay
-
     def _note_error(self, exc: BaseException | None, *, retry_in: float) -> None:
         if exc is None:
             return
         kind = exc.kind if isinstance(exc, XapiError) else "lost"
-        DEVICE_ERRORS.labels(kind).inc()
+        self.counters.error(kind)
         self.last_error = str(exc)
         self.last_exception = exc
         level = (
@@ -686,12 +534,12 @@ class XapiClient:
         level("device link down", error=str(exc), kind=kind, retry_in_s=round(retry_in, 3))
 
     async def _interruptible_open(self) -> ClientConnection:
-        """:meth:`_open`, cut short by :meth:`close` (raises :class:`_Interrupted`)."""
+        """:func:`.connect.open_link`, cut short by :meth:`close` (raises :class:`_Interrupted`)."""
         wake = self._wake
         assert wake is not None
         if wake.done():
             raise _Interrupted
-        opening = asyncio.ensure_future(self._open())
+        opening = asyncio.ensure_future(open_link(self.endpoint, self.link_options))
         try:
             await asyncio.wait((opening, wake), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -719,7 +567,6 @@ class XapiClient:
         """Own the open link until it ends; returns why (``None`` when closed by us)."""
         loop = asyncio.get_running_loop()
         self._conn = conn
-        DEVICES_CONNECTED.inc()
         self._log.info("connected", url=self.endpoint.ws_url)
         self._after_connect_task = loop.create_task(
             self._after_connect(conn), name=f"xapi[{self.device_id}].after_connect"
@@ -730,7 +577,6 @@ class XapiClient:
             reason = await self._read(conn)
         finally:
             self._conn = None
-            DEVICES_CONNECTED.dec()
             self._ready = False
             conn.transport.abort()
             if self._after_connect_task is not None:
@@ -750,21 +596,16 @@ class XapiClient:
         return reason
 
     async def _read(self, conn: ClientConnection) -> ConnectionLost | None:
-        """The one reader: frames in order, plus pings and probes on the same loop."""
+        """The one reader: frames in order; pings and probes when :mod:`.liveness` says."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        inf = math.inf
-        next_ping = now + self.ping_interval if self.ping_interval else inf
-        next_probe = now + self.probe_interval if self.probe_interval else inf
+        live = Liveness(self.liveness_times, loop.time())
+        write_timeout = self.liveness_times.ping_timeout or self.request_timeout
         pong: Awaitable[float] | None = None
-        pong_deadline = inf
         probe: asyncio.Future[Any] | None = None
-        probe_deadline = inf
         while True:
-            deadline = min(next_ping, pong_deadline, next_probe, probe_deadline)
             try:
                 # One timeout per tick, not per frame: frames are the hot path.
-                async with asyncio.timeout_at(None if deadline == inf else deadline):
+                async with asyncio.timeout_at(live.deadline()):
                     while True:
                         self._on_message(await conn.recv())
                         if len(self._handler_tasks) >= self.max_handler_tasks:
@@ -776,30 +617,24 @@ class XapiClient:
             except ConnectionClosed as exc:
                 return self._closed_by(exc)
             now = loop.time()
-            if pong is not None and pong_deadline == inf and _done(pong):
+            if pong is not None and _answered(pong):
+                live.pong_received()
                 pong = None
-            if pong is not None and now >= pong_deadline:
-                if not _done(pong):
-                    return self._dead(conn, f"no WebSocket pong within {self.ping_timeout:g} s")
-                pong, pong_deadline = None, inf
-            if probe is not None and now >= probe_deadline:
-                if not probe.done():
-                    return self._dead(
-                        conn, f"no answer to the liveness probe within {self.probe_timeout:g} s"
-                    )
-                probe, probe_deadline = None, inf
+            if probe is not None and probe.done():
+                live.probe_answered()
+                probe = None
+            due = live.tick(now)
+            if isinstance(due, Dead):
+                return self._dead(conn, due.why)
             try:
-                async with asyncio.timeout(self.ping_timeout or self.request_timeout):
-                    # One ping and one probe outstanding at most: the next is due an
-                    # interval after the previous one was answered or timed out.
-                    if now >= next_ping and pong is None:
-                        pong = await conn.ping()
-                        pong_deadline = now + (self.ping_timeout or inf)
-                        next_ping = max(pong_deadline, now + (self.ping_interval or inf))
-                    if now >= next_probe and probe is None:
+                async with asyncio.timeout(write_timeout):
+                    if due.ping:
+                        waiter = await conn.ping()
+                        live.ping_sent(now)
+                        pong = waiter if live.awaiting_pong else None
+                    if due.probe:
                         probe = await self._start_probe(conn)
-                        probe_deadline = now + self.probe_timeout
-                        next_probe = max(probe_deadline, now + (self.probe_interval or inf))
+                        live.probe_sent(now)
             except TimeoutError:
                 return self._dead(conn, "could not write to the device (send buffer full)")
             except ConnectionClosed as exc:
@@ -835,7 +670,7 @@ class XapiClient:
         return ConnectionLost(f"{self.device_id}: link is dead: {why}", device=self.device_id)
 
     def _on_message(self, frame: str | bytes) -> None:
-        self.frames += 1
+        self.counters.frames += 1
         for event in self._protocol.receive(frame):
             if type(event) is Notification:
                 self._deliver(event)
@@ -848,8 +683,8 @@ class XapiClient:
                 if fut is not None and not fut.done():
                     fut.set_exception(event.exception(self.device_id))
             elif type(event) is Malformed:
-                self.malformed += 1
-                DEVICE_ERRORS.labels("malformed").inc()
+                self.counters.malformed += 1
+                self.counters.error("malformed")
                 self._log.warning("skipped a frame", reason=event.reason, frame=event.preview)
 
     def _deliver(self, event: Notification) -> None:
@@ -857,7 +692,7 @@ class XapiClient:
         try:
             result = sub.handler(event.payload)
         except Exception:
-            self.handler_errors += 1
+            self.counters.handler_errors += 1
             self._log.exception("feedback handler failed", query=sub.query)
             return
         if inspect.isawaitable(result):
@@ -871,7 +706,7 @@ class XapiClient:
             return
         exc = task.exception()
         if exc is not None:
-            self.handler_errors += 1
+            self.counters.handler_errors += 1
             self._log.error("feedback handler failed", exc_info=exc)
 
     def _after_connect_done(self, task: asyncio.Task[None]) -> None:
@@ -880,46 +715,43 @@ class XapiClient:
 
     async def _after_connect(self, conn: ClientConnection) -> None:
         """Re-make every subscription (waiting out NotReady), then run ``on_connected``."""
-        try:
-            for sub in self._protocol.subscriptions:
-                while sub.device_id is None and self._conn is conn:
-                    if self._protocol.subscriptions.get(sub.key) is None:
-                        break
-                    try:
-                        await self._make_subscription(conn, sub, None)
-                    except NotReady:
-                        self._log.info(
-                            "device not ready yet; will subscribe again",
-                            retry_in_s=self.not_ready_delay,
-                        )
-                        await asyncio.sleep(self.not_ready_delay)
-                    except RequestTimeout as exc:
-                        self._log.warning("re-subscribe timed out; reconnecting", error=str(exc))
-                        conn.transport.abort()
-                        return
-                    except ConnectionLost:
-                        return
-                    except XapiError as exc:
-                        self.last_error = str(exc)
-                        DEVICE_ERRORS.labels(exc.kind).inc()
-                        self._log.error(
-                            "device refused a subscription", query=sub.query, error=str(exc)
-                        )
-                        break
-            self._ready = True
-            if self._ready_waiter is not None:
-                if not self._ready_waiter.done():
-                    self._ready_waiter.set_result(None)
-                self._ready_waiter = None
-            if self.on_connected is not None:
+        for sub in self._protocol.subscriptions:
+            while sub.device_id is None and self._conn is conn:
+                if self._protocol.subscriptions.get(sub.key) is None:
+                    break
                 try:
-                    await self.on_connected(self)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    self._log.exception("on_connected hook failed")
-        except asyncio.CancelledError:
-            raise
+                    await self._make_subscription(conn, sub, None)
+                except NotReady:
+                    self._log.info(
+                        "device not ready yet; will subscribe again",
+                        retry_in_s=self.not_ready_delay,
+                    )
+                    await asyncio.sleep(self.not_ready_delay)
+                except RequestTimeout as exc:
+                    self._log.warning("re-subscribe timed out; reconnecting", error=str(exc))
+                    conn.transport.abort()
+                    return
+                except ConnectionLost:
+                    return
+                except XapiError as exc:
+                    self.last_error = str(exc)
+                    self.counters.error(exc.kind)
+                    self._log.error(
+                        "device refused a subscription", query=sub.query, error=str(exc)
+                    )
+                    break
+        self._ready = True
+        if self._ready_waiter is not None:
+            if not self._ready_waiter.done():
+                self._ready_waiter.set_result(None)
+            self._ready_waiter = None
+        if self.on_connected is not None:
+            try:
+                await self.on_connected(self)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._log.exception("on_connected hook failed")
 
     def _call_disconnected(self, reason: BaseException | None) -> None:
         if self.on_disconnected is None:
@@ -935,61 +767,25 @@ class XapiClient:
             task.add_done_callback(self._handler_finished)
 
 
-OPENS_IN_FLIGHT = 64
-"""Opening handshakes in flight per event loop: a reconnect storm of 1,000 devices is spread
-out (TLS handshakes cost CPU) and the handshakes' temporary memory does not pile up at once."""
-
-_open_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+_T = TypeVar("_T")
+_SHARED_OPTIONS: dict[Any, Any] = {}
+_SHARED_MAX = 256  # distinct option sets remembered (a fleet has a handful)
 
 
-def _opening_slot() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    slots = _open_slots.get(loop)
-    if slots is None:
-        slots = _open_slots[loop] = asyncio.Semaphore(OPENS_IN_FLIGHT)
-    return slots
-
-
-_WEBSOCKETS_LOGGER = logging.getLogger("websockets.client")
-
-
-class _Connection(ClientConnection):
-    """websockets' client connection, without its parser pinning the last frame received.
-
-    The sans-I/O parser is a generator whose suspended frame keeps the previous ``Frame`` until
-    the next one arrives: on a quiet device, the last ``Bookings List`` reply (~1 KiB a booking)
-    for up to a ping interval, across the whole fleet after every (re)list. The assembler gets
-    a copy of each frame with a payload; the parser's own is emptied.
-    """
-
-    def process_event(self, event: Any) -> None:
-        if type(event) is Frame and len(event.data) > _FRAME_KEEP:
-            frame = event
-            event = Frame(frame.opcode, frame.data, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
-            frame.data = b""
-        super().process_event(event)
-
-
-_FRAME_KEEP = 256  # bytes: smaller payloads are not worth a copy of the frame
+def _shared(value: _T) -> _T:
+    """The one object equal to ``value`` (frozen options): ~0.3 KiB a client less."""
+    if len(_SHARED_OPTIONS) >= _SHARED_MAX:
+        _SHARED_OPTIONS.clear()  # options made by tests by the thousand: forget, stay bounded
+    got: _T = _SHARED_OPTIONS.setdefault(value, value)
+    return got
 
 
 class _Interrupted(Exception):
     """close() cut a connect attempt or a backoff sleep short."""
 
 
-def _done(aw: Awaitable[Any]) -> bool:
+def _answered(aw: Awaitable[Any]) -> bool:
     return isinstance(aw, asyncio.Future) and aw.done() and not aw.cancelled()
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def _describe_close(exc: ConnectionClosed) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 
+import pytest
+
 from edge_agent.ops import heap
 
 
@@ -12,3 +14,95 @@ def test_release_free_memory_is_safe_to_call_and_says_whether_it_did() -> None:
     libc, _ = platform.libc_ver()
     assert done is (libc == "glibc")
     assert heap.release_free_memory() is done  # and again: no state to trip on
+
+
+class FakeHeap:
+    """An RSS we set, and a trim that brings it down to what is really in use."""
+
+    def __init__(self, rss: int, in_use: int) -> None:
+        self.rss = rss
+        self.in_use = in_use
+        self.trims = 0
+
+    def read(self) -> int | None:
+        return self.rss
+
+    def trim(self) -> bool:
+        self.trims += 1
+        self.rss = self.in_use
+        return True
+
+
+MIB = 2**20
+
+
+def trimmer_for(fake: FakeHeap, threshold: int = 8 * MIB) -> heap.HeapTrimmer:
+    return heap.HeapTrimmer(threshold, read_rss=fake.read, trim=fake.trim)
+
+
+def test_a_freed_burst_is_trimmed_once() -> None:
+    fake = FakeHeap(rss=40 * MIB, in_use=40 * MIB)
+    trimmer = trimmer_for(fake)
+    assert not trimmer.check()  # the first look only sets the low
+    fake.rss = 70 * MIB  # a burst came and went: malloc keeps the pages
+    assert trimmer.check()
+    assert fake.rss == 40 * MIB and fake.trims == 1
+    for _ in range(100):  # and then it is quiet: no trim every interval
+        assert not trimmer.check()
+    assert fake.trims == 1 and trimmer.trims == 1
+
+
+def test_memory_really_in_use_is_not_trimmed_again_and_again() -> None:
+    fake = FakeHeap(rss=40 * MIB, in_use=40 * MIB)
+    trimmer = trimmer_for(fake)
+    trimmer.check()
+    fake.rss = fake.in_use = 80 * MIB  # the fleet connected: all of it in use
+    assert trimmer.check()  # one trim finds nothing to return...
+    assert fake.rss == 80 * MIB
+    for _ in range(100):
+        assert not trimmer.check()  # ...and its result is the new low
+    assert fake.trims == 1
+
+
+def test_growth_under_the_threshold_is_left_to_malloc() -> None:
+    fake = FakeHeap(rss=40 * MIB, in_use=40 * MIB)
+    trimmer = trimmer_for(fake)
+    trimmer.check()
+    fake.rss = 48 * MIB  # exactly the threshold: not more than it
+    assert not trimmer.check()
+    fake.rss += 1
+    assert trimmer.check()
+
+
+def test_the_low_follows_the_rss_down() -> None:
+    fake = FakeHeap(rss=60 * MIB, in_use=30 * MIB)
+    trimmer = trimmer_for(fake)
+    trimmer.check()
+    fake.rss = 30 * MIB  # freed by itself (e.g. mmapped blocks)
+    assert not trimmer.check()
+    fake.rss = 39 * MIB  # 9 MiB above the new low
+    assert trimmer.check()
+
+
+def test_without_a_trim_or_an_rss_nothing_happens() -> None:
+    fake = FakeHeap(rss=40 * MIB, in_use=40 * MIB)
+    no_trim = heap.HeapTrimmer(MIB, read_rss=fake.read, trim=lambda: False)
+    no_trim.check()
+    fake.rss = 100 * MIB
+    assert not no_trim.check() and no_trim.trims == 0
+    no_rss = heap.HeapTrimmer(MIB, read_rss=lambda: None, trim=fake.trim)
+    assert not no_rss.check() and fake.trims == 0
+
+
+def test_a_threshold_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        heap.HeapTrimmer(0)
+
+
+def test_the_real_rss_is_read_on_linux() -> None:
+    rss = heap.resident_bytes()
+    if platform.system() == "Linux":
+        assert rss is not None and rss > 1 * MIB
+        assert heap.HeapTrimmer().supported is (platform.libc_ver()[0] == "glibc")
+    else:
+        assert rss is None

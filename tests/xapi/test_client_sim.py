@@ -182,6 +182,7 @@ async def test_drop_without_close_frame(harness: Harness) -> None:
     device.faults.slow(0)
     await assert_recovered(harness, 1)
     assert client.reconnects >= 1
+    assert client.counters.connects >= 2 and client.counters.errors.get("lost", 0) >= 1
 
 
 async def test_silent_link_is_caught_by_the_probe(harness: Harness) -> None:

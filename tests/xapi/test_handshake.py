@@ -102,6 +102,7 @@ async def test_auth_failure_backs_off_long(tls_device: FakeDevice, ca_file: str)
             break
         await asyncio.sleep(0.01)
     assert isinstance(client.last_exception, errors.AuthenticationFailed)
+    assert client.counters.errors == {"auth": 1} and client.counters.connects == 0
     await asyncio.sleep(0.1)
     assert len(tls_device.seen_headers) == 1  # not hammered: next try in >= 10 min
     await client.close()

@@ -247,28 +247,3 @@ def test_endpoint_urls_auth_and_fingerprints() -> None:
         DeviceEndpoint("d", url="https://h/ws")
     with pytest.raises(ValueError):
         DeviceEndpoint("d")
-
-
-def test_lean_ssl_protocol_keeps_sslprotocols_defaults() -> None:
-    """Slots must not hide SSLProtocol's class-level defaults: a connection lost before its
-    handshake (or shutdown) reads them."""
-    import asyncio
-    import ssl
-
-    from edge_agent.xapi.tls import LeanSSLProtocol
-
-    loop = asyncio.new_event_loop()
-    try:
-        proto = LeanSSLProtocol(
-            loop,
-            asyncio.Protocol(),
-            ssl.create_default_context(),
-            None,
-            server_side=False,
-            server_hostname="device.invalid",
-        )
-        assert proto._shutdown_timeout_handle is None
-        assert proto._handshake_timeout_handle is None
-        proto.connection_lost(None)  # raised AttributeError before the fix
-    finally:
-        loop.close()
