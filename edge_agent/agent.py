@@ -86,7 +86,6 @@ def build_sinks(
                     ca_file=str(w.ca_file) if w.ca_file else None,
                     batch_max=w.batch_max,
                     max_connections=w.max_in_flight,
-                    engine=w.engine,
                 ),
                 {"ttl_s": float(w.ttl_s), "max_in_flight": w.max_in_flight},
             )
