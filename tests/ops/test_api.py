@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from edge_agent.ops.api import AgentView, DeviceStatus, LocalApi, SinkStatus, StoreView, readiness
 from edge_agent.metrics import RECONNECTS
+from edge_agent.ops.api import AgentView, DeviceStatus, LocalApi, SinkStatus, StoreView, readiness
 from edge_agent.store import Change, PendingRow, Store
 
 

@@ -489,10 +489,10 @@ async def test_run_under_systemd_notify(tmp_path: Path) -> None:
     import socket
 
     import httpx
-    from tests.mosquitto import free_port
-    from tests.receivers import WebhookReceiver
 
     from device_sim import DeviceFleet, SimConfig
+    from tests.mosquitto import free_port
+    from tests.receivers import WebhookReceiver
 
     password = "Run-Adm1n-Pw-0815"
     fleet = DeviceFleet(SimConfig(devices=2, password=password))

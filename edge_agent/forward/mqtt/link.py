@@ -413,9 +413,7 @@ async def open_link(
         else:
             link.abort("connect failed")
         if isinstance(exc, _ConnackRefused):
-            raise connack_error(
-                exc.reason, addr, settings.username, settings.client_id
-            ) from None
+            raise connack_error(exc.reason, addr, settings.username, settings.client_id) from None
         if isinstance(exc, BrokerLinkLost):
             raise closed_before_connack(addr) from None
         if isinstance(exc, TimeoutError):

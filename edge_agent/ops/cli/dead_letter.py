@@ -163,4 +163,3 @@ def _dead_letter_via_api(
         )
         raise Exit(EX_FAIL)
     return int(answer["replayed" if args.dl_command == "replay" else "purged"])
-
