@@ -446,7 +446,8 @@ async def read_retained(
 
     Subscribes to ``topic_filter`` and collects until no retained message came for ``quiet_s``
     (a broker sends them right after the SUBACK) or ``timeout_s`` passed. Raises
-    :class:`BrokerError` when it cannot connect, :class:`BrokerLinkLost` when the link drops.
+    :class:`BrokerError` when it cannot connect, :class:`BrokerLinkLost` when the link drops,
+    ``TimeoutError`` when no SUBACK came within ``timeout_s``.
     """
     seen: dict[str, bytes] = {}
     arrived = asyncio.Event()
