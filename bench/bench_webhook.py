@@ -1,6 +1,9 @@
 """Webhook delivery throughput and latency: store -> drainer -> WebhookSink -> receiver.
 
-Run: ``.venv/bin/python bench/bench_webhook.py [--events 6000] [--transport httpx|aiohttp]``.
+Run: ``.venv/bin/python bench/bench_webhook.py [--events 6000] [--transport aiohttp|httpx]``.
+``aiohttp`` (the default) is the agent's one HTTP stack (edge_agent/httpclient.py); ``httpx``
+swaps in httpx's own pool, with the same limits and timeout, to show the reason for that choice
+still holds.
 The receiver (tests/receivers.py, aiohttp, signature checking on) runs in its own process on
 127.0.0.1. Prints events/s for a pre-filled backlog drained with batch_max 1 and 20 at 1, 4, 8
 and 16 in flight, then p50/p99 event latency (receiver clock - data.observed_at) at a steady
@@ -25,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import httpx
 import structlog
 
 from edge_agent.clock import utc_iso
@@ -65,9 +69,18 @@ def rx_get(port: int, path: str, post: bool = False) -> Any:
 
 
 def make_sink(url: str, batch_max: int, in_flight: int, transport: str) -> WebhookSink:
-    return WebhookSink(
-        url, [SECRET], batch_max=batch_max, max_connections=in_flight, engine=transport
-    )  # type: ignore[arg-type]
+    sink = WebhookSink(url, [SECRET], batch_max=batch_max, max_connections=in_flight)
+    if transport == "httpx":
+        # The comparison only: the agent has no way to pick httpx's pool (one HTTP stack).
+        limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+        sink._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0),
+            limits=limits,
+            headers=dict(sink._client.headers),
+            follow_redirects=False,
+            trust_env=False,
+        )
+    return sink
 
 
 async def throughput(
@@ -146,7 +159,7 @@ async def latency(tmp: Path, port: int, rate: float, seconds: float, transport: 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=6000)
-    ap.add_argument("--transport", choices=["httpx", "aiohttp"], default="httpx")
+    ap.add_argument("--transport", choices=["aiohttp", "httpx"], default="aiohttp")
     ap.add_argument("--limit-s", type=float, default=30.0)
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))

@@ -18,7 +18,7 @@ import dataclasses
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,6 +41,10 @@ from edge_agent.forward.drainer import Drainer
 from edge_agent.session import DeviceSession, SessionTuning
 from edge_agent.store import Store
 
+if TYPE_CHECKING:
+    from edge_agent.forward.mqtt import MqttSink
+    from edge_agent.forward.webhook import WebhookSink
+
 log = structlog.get_logger(__name__)
 
 SAMPLE_INTERVAL_S = 5.0
@@ -55,54 +59,64 @@ def devices_by_id(cfg: AgentConfig, secrets: Secrets) -> dict[str, DeviceSetting
     return {d.id: d for d in device_settings(cfg, secrets)}
 
 
+def build_webhook_sink(cfg: AgentConfig, secrets: Secrets) -> WebhookSink:
+    """The ``[webhook]`` sink (``check-config --connect`` probes this very sink)."""
+    from edge_agent.forward.webhook import WebhookSink
+
+    assert cfg.webhook is not None
+    w = cfg.webhook
+    return WebhookSink(
+        w.url,
+        [s.get_secret_value() for s in secrets.webhook_secrets],
+        timeout_s=w.timeout_s,
+        ca_file=str(w.ca_file) if w.ca_file else None,
+        batch_max=w.batch_max,
+        max_connections=w.max_in_flight,
+    )
+
+
+def build_mqtt_sink(
+    cfg: AgentConfig, secrets: Secrets, health: Callable[[], dict[str, Any]]
+) -> MqttSink:
+    """The ``[mqtt]`` sink (``check-config --connect`` probes this very sink)."""
+    from edge_agent.forward.mqtt import MqttSink
+
+    assert cfg.mqtt is not None
+    m = cfg.mqtt
+    return MqttSink(
+        url=m.url,
+        client_id=cfg.mqtt_client_id,
+        username=m.username,
+        password=secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None,
+        ca_file=str(m.ca_file) if m.ca_file else None,
+        cert_file=str(m.cert_file) if m.cert_file else None,
+        key_file=str(m.key_file) if m.key_file else None,
+        keepalive=m.keepalive,
+        base_topic=cfg.mqtt_base_topic,
+        protocol=m.protocol,
+        site=cfg.site,
+        health=health,
+        health_interval_s=m.health_interval_s,
+    )
+
+
 def build_sinks(
     cfg: AgentConfig, secrets: Secrets, health: Callable[[], dict[str, Any]]
 ) -> list[tuple[Sink, dict[str, Any]]]:
     """The configured sinks, each with its drainer options (``ttl_s``, ``max_in_flight``)."""
     sinks: list[tuple[Sink, dict[str, Any]]] = []
     if cfg.webhook is not None:
-        from edge_agent.forward.webhook import WebhookSink
-
         w = cfg.webhook
         sinks.append(
             (
-                WebhookSink(
-                    w.url,
-                    [s.get_secret_value() for s in secrets.webhook_secrets],
-                    timeout_s=w.timeout_s,
-                    ca_file=str(w.ca_file) if w.ca_file else None,
-                    batch_max=w.batch_max,
-                    max_connections=w.max_in_flight,
-                    engine=w.engine,
-                ),
+                build_webhook_sink(cfg, secrets),
                 {"ttl_s": float(w.ttl_s), "max_in_flight": w.max_in_flight},
             )
         )
     if cfg.mqtt is not None:
-        from edge_agent.forward.mqtt import MqttSink
-
         m = cfg.mqtt
         sinks.append(
-            (
-                MqttSink(
-                    url=m.url,
-                    client_id=cfg.mqtt_client_id,
-                    username=m.username,
-                    password=secrets.mqtt_password.get_secret_value()
-                    if secrets.mqtt_password
-                    else None,
-                    ca_file=str(m.ca_file) if m.ca_file else None,
-                    cert_file=str(m.cert_file) if m.cert_file else None,
-                    key_file=str(m.key_file) if m.key_file else None,
-                    keepalive=m.keepalive,
-                    base_topic=cfg.mqtt_base_topic,
-                    protocol=m.protocol,
-                    site=cfg.site,
-                    health=health,
-                    health_interval_s=m.health_interval_s,
-                ),
-                {"ttl_s": float(m.ttl_s), "max_in_flight": 32},
-            )
+            (build_mqtt_sink(cfg, secrets, health), {"ttl_s": float(m.ttl_s), "max_in_flight": 32})
         )
     return sinks
 

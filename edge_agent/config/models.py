@@ -197,7 +197,6 @@ class WebhookConfig(_Section):
     ttl_s: PositiveInt = 86_400
     max_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
     batch_max: Annotated[int, Field(ge=1, le=1000)] = 1
-    engine: Literal["aiohttp", "httpx"] = "aiohttp"
     ca_file: Path | None = None
 
     @field_validator("secret_env")

@@ -21,13 +21,10 @@ its id); receivers dedupe by the inner ``data.event_id``. A lone event is always
 plain webhook, so a batching receiver must accept both shapes. The outcome applies to the
 whole batch.
 
-HTTP engine: httpx on aiohttp's connection pool (``engine="aiohttp"``, the default, through the
-``httpx-aiohttp`` package), or httpx's own transport (``engine="httpx"``); same API, same TLS
-settings. Measured
-on loopback, 2 cores, receiver in another process (bench/bench_webhook.py): one event per POST
-~500-720 events/s with httpx (its pool is the bound; more in flight is slower) and
-~1,450-3,100 events/s with aiohttp at 1-16 in flight; with ``batch_max=20`` ~8-12k events/s
-(httpx) and ~20-35k events/s (aiohttp).
+HTTP: the agent's one client stack (:mod:`edge_agent.httpclient`, httpx's API on aiohttp's
+pool). Measured on loopback, 2 cores, receiver in another process (bench/bench_webhook.py): one
+event per POST ~1,450-3,100 events/s at 1-16 in flight (httpx's own pool managed ~500-720);
+with ``batch_max=20`` ~20-35k events/s.
 """
 
 from __future__ import annotations
@@ -40,13 +37,13 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal
 
 import httpx
 import structlog
 
 from edge_agent.clock import utc_iso
 from edge_agent.forward.base import Delivered, Gone, OutboxEvent, Outcome, Reject, Retry
+from edge_agent.httpclient import http_client
 
 log = structlog.get_logger(__name__)
 
@@ -139,8 +136,6 @@ class WebhookSink:
         batch_max: int = 1,
         max_connections: int = 8,
         headers: dict[str, str] | None = None,
-        engine: Literal["httpx", "aiohttp"] = "aiohttp",
-        transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """
@@ -153,9 +148,6 @@ class WebhookSink:
             batch_max: events per POST (1: one standard webhook per event; >1: see module doc).
             max_connections: keep-alive pool size; match the drainer's ``max_in_flight``.
             headers: extra request headers (e.g. an API key header the receiver wants).
-            engine: ``"httpx"`` or ``"aiohttp"`` (needs the ``httpx-aiohttp`` package; about
-                3x the events/s one per POST, see the module doc).
-            transport: any other httpx transport (tests); overrides ``engine``.
             clock: unix-seconds wall clock (``webhook-timestamp``).
         """
         if not secrets:
@@ -166,35 +158,11 @@ class WebhookSink:
         self._keys = [decode_secret(s) for s in secrets]
         self._time = clock
         self._closed = False
-        verify: ssl.SSLContext | bool = True
-        if ca_file is not None:
-            verify = ssl.create_default_context(cafile=ca_file)
-        base_headers = {"content-type": "application/json", "user-agent": "roomos-edge-agent"}
-        base_headers.update(headers or {})
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        if transport is None and engine == "aiohttp":
-            try:
-                from httpx_aiohttp import AiohttpTransport
-            except ImportError as exc:
-                raise ValueError(
-                    f"{name}: engine 'aiohttp' needs the httpx-aiohttp package "
-                    "(pip install httpx-aiohttp), or use engine 'httpx'"
-                ) from exc
-            transport = AiohttpTransport(verify=verify, limits=limits, trust_env=False)
-        elif engine not in ("httpx", "aiohttp"):
-            raise ValueError(f"{name}: engine must be 'httpx' or 'aiohttp', not {engine!r}")
-        self.engine = engine
-        self._client = httpx.AsyncClient(
-            http1=True,
-            http2=False,
-            verify=verify,
-            timeout=httpx.Timeout(timeout_s),
-            limits=limits,
-            headers=base_headers,
-            follow_redirects=False,
-            transport=transport,
+        self._client = http_client(
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+            ca_file=ca_file,
+            headers={"content-type": "application/json", **(headers or {})},
         )
         self._log = log.bind(sink=name)
 
@@ -225,16 +193,27 @@ class WebhookSink:
         try:
             resp = await self._client.post(self.url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
-            # (the aiohttp engine reports refused connections and TLS failures as ConnectTimeout)
+            # (aiohttp's transport reports refused connections and TLS failures as
+            # ConnectTimeout)
             return Retry(f"timeout or connection failure: {type(exc).__name__}: {exc}")
         except httpx.HTTPError as exc:
             return Retry(f"network error: {type(exc).__name__}: {exc}")
         except ssl.SSLError as exc:
             return Retry(f"TLS error: {exc}")
-        except (OSError, ValueError) as exc:  # what the aiohttp engine lets through unmapped
+        except (OSError, ValueError) as exc:  # what aiohttp's transport lets through unmapped
             return Retry(f"network error: {type(exc).__name__}: {exc}")
         retry_after = parse_retry_after(resp.headers.get("retry-after"), now)
         return classify(resp.status_code, retry_after)
+
+    async def probe(self) -> int:
+        """One ``OPTIONS`` request to the URL, on this sink's client; its HTTP status.
+
+        Proves DNS, TCP, TLS and that an HTTP server answers, without delivering anything (a
+        signed test event would land in the receiver's data): what ``check-config`` reports.
+        Raises ``httpx.HTTPError`` (or ``OSError``) when nothing answers.
+        """
+        resp = await self._client.request("OPTIONS", self.url)
+        return resp.status_code
 
     async def close(self) -> None:
         """Close the connection pool. Safe to call twice."""

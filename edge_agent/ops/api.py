@@ -10,8 +10,8 @@ Routes:
 
   1. the store is not open (starting up, shutting down) or has failed (its writer died:
      ``store.failed`` is the reason; only a restart helps);
-  2. a sink is ``stopped`` or ``gone`` (its task ended, or the webhook answered 410): it will not
-     recover by itself and events only pile up;
+  2. a sink is ``gone`` (the webhook answered 410): it will not recover by itself and events
+     only pile up;
   3. devices are configured but none is connected.
 
   A sink that is running but cannot reach its receiver right now (``ready: false``) and single
@@ -44,7 +44,7 @@ import asyncio
 import dataclasses
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, Self, TypedDict, runtime_checkable
+from typing import Any, Literal, Protocol, Self, TypedDict, runtime_checkable
 
 import structlog
 from aiohttp import web
@@ -86,7 +86,7 @@ class SinkStatus(TypedDict, total=False):
     """One entry of ``AgentView.sinks()``."""
 
     name: str  # required: "webhook", "mqtt"
-    state: str  # required: "running" | "stopped" | "gone" | "starting"
+    state: Literal["running", "gone"]  # required; "gone": stopped for good (webhook 410)
     ready: bool  # the sink can deliver right now (Sink.ready())
     last_error: str | None
     outbox_depth: int
@@ -144,9 +144,8 @@ def readiness(agent: AgentView) -> tuple[bool, list[str]]:
         if failed:
             reasons.append(f"store failed: {failed}")
     for sink in agent.sinks():
-        state = sink.get("state", "running")
-        if state in ("stopped", "gone"):
-            reasons.append(f"sink {sink['name']} is {state}")
+        if sink.get("state") == "gone":
+            reasons.append(f"sink {sink['name']} is gone")
     devices = agent.devices()
     if devices and not any(d.get("connected") for d in devices):
         reasons.append("no device connected")
@@ -238,7 +237,7 @@ async def _selection(request: web.Request) -> tuple[list[int] | None, str | None
 
 
 class LocalApi:
-    """The HTTP server. ``await start()`` / ``await stop()``, or ``await run()`` in a TaskGroup.
+    """The HTTP server: ``await start()`` / ``await stop()``, or ``async with``.
 
     ``listen`` is ``"HOST:PORT"`` (port 0 picks a free port; read :attr:`port` after start).
     """
@@ -287,14 +286,6 @@ class LocalApi:
         runner, self._runner = self._runner, None
         if runner is not None:
             await asyncio.shield(runner.cleanup())
-
-    async def run(self) -> None:
-        """Start, serve until cancelled, then stop (for ``tg.create_task(api.run())``)."""
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -253,19 +253,10 @@ async def _mosquitto(workdir: Path) -> AsyncIterator[str]:
 
 async def _late_mqtt_view(url: str, base: str) -> dict[str, str]:
     """What a subscriber that connects now sees: the retained topics."""
-    import aiomqtt
+    from edge_agent.forward.mqtt import broker_settings, read_retained
 
-    host, port = url.removeprefix("mqtt://").split(":")
-    seen: dict[str, str] = {}
-    async with aiomqtt.Client(host, int(port), identifier="demo-late-subscriber") as client:
-        await client.subscribe(f"{base}/#", qos=1)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                async for msg in client.messages:
-                    if msg.retain:
-                        payload = bytes(msg.payload).decode()
-                        seen[str(msg.topic)] = payload
-    return seen
+    late = broker_settings(url, client_id="demo-late-subscriber")
+    return {t: p.decode() for t, p in (await read_retained(late, f"{base}/#")).items()}
 
 
 async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

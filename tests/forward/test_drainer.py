@@ -22,13 +22,6 @@ from edge_agent.forward.webhook import WebhookSink
 from edge_agent.store import Change, Store
 from tests.receivers import Delivery, Reply, WebhookReceiver
 
-try:
-    import httpx_aiohttp  # noqa: F401
-
-    ENGINES = ["httpx", "aiohttp"]
-except ImportError:  # optional engine
-    ENGINES = ["httpx"]
-
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 FAST = Backoff(initial=0.01, maximum=0.05, factor=2.0, jitter=0.0)
 
@@ -100,14 +93,13 @@ def assert_in_order(rx: WebhookReceiver, devices: int, per_device: int) -> None:
         assert [e["data"]["n"] for e in evs] == list(range(per_device))
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("batch_max", [1, 5])
 async def test_order_per_device_under_concurrency(
-    store: Store, rx: WebhookReceiver, batch_max: int, engine: Any
+    store: Store, rx: WebhookReceiver, batch_max: int
 ) -> None:
     rng = random.Random(3)
     rx.responder = lambda d: Reply(200, delay_s=rng.choice([0, 0, 0.001, 0.005]))
-    sink = WebhookSink(rx.url, [SECRET], batch_max=batch_max, engine=engine)
+    sink = WebhookSink(rx.url, [SECRET], batch_max=batch_max)
     try:
         async with running(store, sink, max_in_flight=8):
             for n in range(30):

@@ -20,10 +20,13 @@ from edge_agent import jsoncodec
 from edge_agent.forward.base import Delivered, OutboxEvent, Reject, Retry
 from edge_agent.forward.mqtt import (
     BrokerAddress,
+    BrokerError,
     MqttSink,
     Topics,
+    broker_settings,
     parse_broker_url,
     publications,
+    read_retained,
 )
 from tests.mosquitto import BrokerTls, Mosquitto, Subscriber, make_password_file
 
@@ -499,3 +502,67 @@ async def test_anonymous_refused_says_to_set_credentials(tmp_path: Path) -> None
             await until(lambda: sink.last_error is not None, what="a CONNACK refusal")
         assert "refused the connection without credentials" in (sink.last_error or "")
         assert "set [mqtt] username and password_env" in (sink.last_error or "")
+
+
+# --- the one link, used by check-config and a late subscriber ------------------------------------
+
+
+async def test_read_retained_sees_what_a_late_subscriber_sees(broker: Mosquitto) -> None:
+    snap = snapshot("room-1", ["standup"])
+    async with running(make_sink(broker)) as sink:
+        assert await sink.send([event("room-1", "device.online"), snap]) == Delivered()
+        settings = broker_settings(broker.url, client_id="late-subscriber", protocol="3.1.1")
+        retained = await read_retained(settings, f"{BASE}/#", quiet_s=0.3)
+    assert retained == {
+        f"{BASE}/bridge/state": b"online",
+        f"{BASE}/devices/room-1/availability": b"online",
+        f"{BASE}/devices/room-1/bookings": snap.body,
+    }
+
+
+async def test_read_retained_says_why_it_cannot_connect(tmp_path: Path) -> None:
+    from tests.mosquitto import free_port
+
+    settings = broker_settings(f"mqtt://127.0.0.1:{free_port()}", client_id="late")
+    with pytest.raises(BrokerError, match="cannot reach broker 127.0.0.1:.*connection refused"):
+        await read_retained(settings, f"{BASE}/#")
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_probe_connects_like_the_sink_and_publishes_nothing(
+    broker: Mosquitto, protocol: str
+) -> None:
+    with Subscriber(broker, f"{BASE}/#") as sub:
+        sink = make_sink(broker, protocol=protocol)
+        version = "MQTT 5" if protocol == "5" else "MQTT 3.1.1"
+        assert await sink.probe(client_id="check-1", timeout_s=2.0) == f"CONNACK ({version})"
+        # A running agent's sink stays connected: the probe used an id of its own.
+        async with running(make_sink(broker)) as live:
+            assert await live.probe(client_id="check-2", timeout_s=2.0)
+            assert live.ready() and await live.send([event("room-1")]) == Delivered()
+        await until(lambda: sub.on(f"{BASE}/bridge/state")[-1:] == [b"offline"], what="offline")
+    # Only the running sink's online/offline: the probes sent no will and published nothing.
+    assert sub.on(f"{BASE}/bridge/state") == [b"online", b"offline"]
+
+
+async def test_probe_failures_are_the_sinks_errors(tmp_path: Path) -> None:
+    pw = make_password_file(tmp_path, {"edge": "right-password"})
+    with Mosquitto(tmp_path, password_file=pw) as broker:
+        sink = make_sink(broker, username="edge", password="wrong-password")
+        with pytest.raises(BrokerError) as refused:
+            await sink.probe(client_id="check", timeout_s=2.0)
+        assert refused.value.kind == "auth"
+        assert str(refused.value).startswith(
+            f"mqtt: broker 127.0.0.1:{broker.port} refused the credentials for user 'edge' ("
+        )
+        assert str(refused.value).endswith("check [mqtt] username and password_env in the config")
+    tls = BrokerTls.make(tmp_path, require_certificate=True)
+    with Mosquitto(tmp_path, tls=tls) as broker:
+        sink = make_sink(broker, ca_file=str(tls.ca_file))
+        with pytest.raises(BrokerError, match="client certificate") as no_cert:
+            await sink.probe(client_id="check", timeout_s=2.0)
+        assert no_cert.value.kind == "tls"
+        missing = make_sink(broker, ca_file=str(tmp_path / "no-such-ca.pem"))
+        with pytest.raises(BrokerError, match="cannot load the TLS files") as files:
+            await missing.probe(client_id="check", timeout_s=2.0)
+        assert files.value.kind == "config"

@@ -24,13 +24,6 @@ from edge_agent.forward.webhook import (
 )
 from tests.receivers import Reply, WebhookReceiver
 
-try:
-    import httpx_aiohttp  # noqa: F401
-
-    ENGINES = ["httpx", "aiohttp"]
-except ImportError:  # optional engine
-    ENGINES = ["httpx"]
-
 SECRET = "whsec_" + base64.b64encode(b"k" * 24).decode()
 SECRET2 = "whsec_" + base64.b64encode(b"n" * 32).decode()
 
@@ -60,9 +53,9 @@ async def rx() -> Any:
     await r.stop()
 
 
-@pytest.fixture(params=ENGINES)
-async def sink(rx: WebhookReceiver, request: Any) -> Any:
-    s = WebhookSink(rx.url, [SECRET], timeout_s=2.0, engine=request.param)
+@pytest.fixture
+async def sink(rx: WebhookReceiver) -> Any:
+    s = WebhookSink(rx.url, [SECRET], timeout_s=2.0)
     yield s
     await s.close()
 
@@ -75,7 +68,7 @@ def test_decode_secret_requires_the_whsec_prefix() -> None:
             decode_secret(bad)
         assert bare not in str(exc.value)  # never echo a secret
     with pytest.raises(ValueError):
-        WebhookSink("http://127.0.0.1:9/", [bare], engine="httpx")
+        WebhookSink("http://127.0.0.1:9/", [bare])
 
 
 def test_signature_is_standard_webhooks() -> None:
@@ -142,11 +135,10 @@ async def test_answers_map_to_outcomes(rx: WebhookReceiver, sink: WebhookSink) -
     assert isinstance(await sink.send([event()]), Retry)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_unreachable_and_timeout_are_retried(rx: WebhookReceiver, engine: Any) -> None:
+async def test_unreachable_and_timeout_are_retried(rx: WebhookReceiver) -> None:
     port = rx.port
     await rx.go_down()
-    s = WebhookSink(f"http://127.0.0.1:{port}/hook", [SECRET], timeout_s=0.2, engine=engine)
+    s = WebhookSink(f"http://127.0.0.1:{port}/hook", [SECRET], timeout_s=0.2)
     try:
         out = await s.send([event()])
         assert isinstance(out, Retry) and ("connect" in out.reason.lower()), out
@@ -175,17 +167,22 @@ async def test_batch_body_and_id(rx: WebhookReceiver) -> None:
         await s.close()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_tls_with_a_private_ca(tmp_path: Path, engine: Any) -> None:
+def private_ca(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a certificate for 127.0.0.1 from a fresh CA, and that CA's PEM."""
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    ca_file = tmp_path / "ca.pem"
+    ca_file = tmp_path / f"{name}.pem"
     ca.cert_pem.write_to_path(str(ca_file))
+    return server_ctx, ca_file
+
+
+async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
+    server_ctx, ca_file = private_ca(tmp_path, "ca")
     rx = WebhookReceiver(SECRET, ssl_context=server_ctx)
     await rx.start()
-    good = WebhookSink(rx.url, [SECRET], ca_file=str(ca_file), engine=engine)
-    untrusted = WebhookSink(rx.url, [SECRET], engine=engine)  # system CAs do not know the test CA
+    good = WebhookSink(rx.url, [SECRET], ca_file=str(ca_file))
+    untrusted = WebhookSink(rx.url, [SECRET])  # system CAs do not know the test CA
     try:
         assert rx.url.startswith("https://")
         assert await good.send([event()]) == Delivered()
@@ -196,3 +193,39 @@ async def test_tls_with_a_private_ca(tmp_path: Path, engine: Any) -> None:
         await good.close()
         await untrusted.close()
         await rx.stop()
+
+
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"])
+async def test_ca_file_wins_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """The environment names the receiver's CA; ca_file names another: ca_file decides."""
+    server_ctx, receivers_ca = private_ca(tmp_path, "receivers-ca")
+    _, other_ca = private_ca(tmp_path, "other-ca")
+    monkeypatch.setenv(variable, str(receivers_ca))
+    rx = WebhookReceiver(SECRET, ssl_context=server_ctx)
+    await rx.start()
+    pinned_elsewhere = WebhookSink(rx.url, [SECRET], ca_file=str(other_ca))
+    pinned_right = WebhookSink(rx.url, [SECRET], ca_file=str(receivers_ca))
+    try:
+        out = await pinned_elsewhere.send([event()])
+        assert isinstance(out, Retry) and "certificate verify failed" in out.reason.lower(), out
+        assert await pinned_right.send([event()]) == Delivered()
+        monkeypatch.setenv(variable, str(other_ca))  # and the environment cannot take it away
+        built_later = WebhookSink(rx.url, [SECRET], ca_file=str(receivers_ca))
+        assert await built_later.send([event(n=1)]) == Delivered()
+        await built_later.close()
+        assert len(rx.accepted_ids) == 2
+    finally:
+        await pinned_elsewhere.close()
+        await pinned_right.close()
+        await rx.stop()
+
+
+async def test_probe_is_an_options_request_that_delivers_nothing(rx: WebhookReceiver) -> None:
+    s = WebhookSink(rx.url, [SECRET], timeout_s=2.0)
+    try:
+        assert await s.probe() == 405  # the receiver takes POST only
+        assert rx.requests == 0 and not rx.deliveries  # no POST reached the handler
+    finally:
+        await s.close()

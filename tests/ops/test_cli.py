@@ -176,6 +176,34 @@ async def test_check_config_connect_failures(tmp_path: Path) -> None:
     assert "0 passed" in out or "1 passed" in out  # the secret format check passes
 
 
+def test_a_config_with_the_removed_webhook_engine_is_refused(tmp_path: Path) -> None:
+    """One HTTP stack: ``webhook.engine`` is gone, and a config still naming it says so."""
+    body = WEBHOOK_ONLY.format(url="http://127.0.0.1:9/hook") + 'engine = "httpx"\n'
+    r = cli("check-config", "-c", str(write_config(tmp_path, body)), env=ENV)
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert "webhook.engine: unknown key" in r.stderr
+
+
+async def test_check_config_connect_mqtt_uses_the_sinks_errors(tmp_path: Path) -> None:
+    from tests.mosquitto import Mosquitto, make_password_file
+
+    with Mosquitto(tmp_path, password_file=make_password_file(tmp_path, {"edge": "pw"})) as broker:
+        body = f'[mqtt]\nurl = "{broker.url}"\nusername = "edge"\n'
+        body += 'password_env = "EDGE_AGENT_MQTT_PASSWORD"\n'
+        cfg = write_config(tmp_path, body)
+        code, out, err = await acli("check-config", "-c", str(cfg), "--connect", env=ENV)
+        assert code == 1, out + err
+        row = parse_table(out)[("mqtt", "connect")]
+        assert row.startswith(f"FAIL    {broker.url}: broker 127.0.0.1:{broker.port} refused the")
+        assert "credentials for user 'edge'" in row
+        assert row.endswith("check [mqtt] username and password_env in the config"), row
+        assert "mqtt-pw" not in out + err
+        right = {**ENV, "EDGE_AGENT_MQTT_PASSWORD": "pw"}
+        code, out, err = await acli("check-config", "-c", str(cfg), "--connect", env=right)
+        assert code == 0, out + err
+        assert parse_table(out)[("mqtt", "connect")] == f"ok      {broker.url}: CONNACK (MQTT 5)"
+
+
 def parse_table(out: str) -> dict[tuple[str, str], str]:
     """check-config's table: {(target, check): "RESULT DETAIL"}."""
     lines = out.splitlines()
@@ -460,10 +488,10 @@ async def test_run_under_systemd_notify(tmp_path: Path) -> None:
     import socket
 
     import httpx
-    from tests.mosquitto import free_port
-    from tests.receivers import WebhookReceiver
 
     from device_sim import DeviceFleet, SimConfig
+    from tests.mosquitto import free_port
+    from tests.receivers import WebhookReceiver
 
     password = "Run-Adm1n-Pw-0815"
     fleet = DeviceFleet(SimConfig(devices=2, password=password))

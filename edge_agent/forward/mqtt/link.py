@@ -1,0 +1,483 @@
+"""One MQTT connection: paho does the protocol, the asyncio loop drives its socket.
+
+The bridge is modelled on aiomqtt's client (``add_reader``/``add_writer`` on paho's socket,
+paho's ``loop_misc`` for keepalive), written here against paho directly so that a lost link
+fails every outstanding PUBACK at once and a PUBACK's reason code is not thrown away.
+
+:func:`open_link` is the one way the agent connects to a broker: the sink uses it for every
+connection, ``edge-agent check-config --connect`` for its probe, and :func:`read_retained`
+(what a late subscriber sees) for its subscription. Same TLS, credentials, protocol version,
+errors and hints everywhere. Every connection gets a fresh paho client, with a clean session,
+so paho never replays anything on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.forward.mqtt.errors import (
+    BrokerAddress,
+    BrokerError,
+    closed_before_connack,
+    connack_error,
+    parse_broker_url,
+    socket_error,
+    tls_files_error,
+)
+from edge_agent.forward.mqtt.topics import Publication
+
+MessageHandler = Callable[[str, bytes, bool], None]
+"""``(topic, payload, retain)`` for each message a subscription delivers (on the loop)."""
+
+
+class BrokerLinkLost(Exception):
+    """The link to the broker dropped (or was never up) while an answer was outstanding."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """How to reach and log in to a broker; build with :func:`broker_settings`."""
+
+    address: BrokerAddress
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive: int = 30
+    protocol: Literal["3.1.1", "5"] = "5"
+    connect_timeout_s: float = 10.0
+
+    @property
+    def protocol_name(self) -> str:
+        return "MQTT 5" if self.protocol == "5" else "MQTT 3.1.1"
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The verifying context: ``ca_file`` (else the system CAs), the client certificate."""
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file is not None:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise tls_files_error(exc, self.ca_file, self.cert_file, self.key_file) from None
+        # Hostname checking and CERT_REQUIRED are the defaults of create_default_context.
+        return ctx
+
+
+def broker_settings(
+    url: str,
+    *,
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    keepalive: int = 30,
+    protocol: Literal["3.1.1", "5"] = "5",
+    connect_timeout_s: float = 10.0,
+) -> BrokerSettings:
+    """Check and combine the connection options. Raises ``ValueError`` with the reason."""
+    address = parse_broker_url(url)
+    if protocol not in ("3.1.1", "5"):
+        raise ValueError(f"mqtt protocol {protocol!r}: use '3.1.1' or '5'")
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("mqtt: cert_file and key_file go together")
+    if not address.tls and (ca_file or cert_file):
+        raise ValueError("mqtt: ca_file/cert_file need an mqtts:// url")
+    return BrokerSettings(
+        address=address,
+        client_id=client_id,
+        username=username,
+        password=password,
+        ca_file=os.fspath(ca_file) if ca_file is not None else None,
+        cert_file=os.fspath(cert_file) if cert_file is not None else None,
+        key_file=os.fspath(key_file) if key_file is not None else None,
+        keepalive=keepalive,
+        protocol=protocol,
+        connect_timeout_s=connect_timeout_s,
+    )
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    # Futures failed on link loss after their waiter gave up: read the exception so asyncio does
+    # not log "Future exception was never retrieved".
+    if not fut.cancelled():
+        fut.exception()
+
+
+class _ConnackRefused(Exception):
+    def __init__(self, reason: ReasonCode) -> None:
+        super().__init__(reason.getName())
+        self.reason = reason
+
+
+class BrokerLink:
+    """One MQTT connection: a paho client whose socket the asyncio loop drives.
+
+    paho's callbacks run on the loop thread (from ``loop_read``/``loop_write``/``loop_misc``),
+    except the socket ones during the blocking connect, which runs in an executor thread and
+    hands over with ``call_soon_threadsafe``. The callbacks only resolve futures: no locks.
+    """
+
+    def __init__(
+        self,
+        client: paho.Client,
+        loop: asyncio.AbstractEventLoop,
+        on_message: MessageHandler | None = None,
+    ) -> None:
+        self.client = client
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self.connack: asyncio.Future[Properties | None] = loop.create_future()
+        self.connack.add_done_callback(_retrieve)
+        self.lost: asyncio.Future[str] = loop.create_future()
+        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._on_message_cb = on_message
+        self._fd = -1
+        # Event publishes awaiting PUBACK on this link; sized once the CONNACK is in.
+        self.window = 1
+        self.slots = asyncio.Semaphore(1)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+
+    @property
+    def up(self) -> bool:
+        return self.connack.done() and not self.connack.exception() and not self.lost.done()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool) -> asyncio.Future[ReasonCode]:
+        """Queue one QoS 1 message; the future resolves to the PUBACK's reason code.
+
+        Synchronous, so messages go on the wire in call order. Raises BrokerLinkLost.
+        """
+        if self.lost.done():
+            raise BrokerLinkLost(self.lost.result())
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BrokerLinkLost(paho.error_string(info.rc))
+        fut: asyncio.Future[ReasonCode] = self._loop.create_future()
+        fut.add_done_callback(_retrieve)
+        self._acks[info.mid] = fut
+        return fut
+
+    def subscribe(self, topic_filter: str) -> asyncio.Future[list[ReasonCode]]:
+        """Subscribe at QoS 1; the future resolves to the SUBACK's reason codes.
+
+        Messages go to the ``on_message`` handler given at construction. Raises BrokerLinkLost.
+        """
+        if self.lost.done():
+            raise BrokerLinkLost(self.lost.result())
+        rc, mid = self.client.subscribe(topic_filter, qos=1)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise BrokerLinkLost(paho.error_string(rc))
+        fut: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        fut.add_done_callback(_retrieve)
+        self._subacks[mid] = fut
+        return fut
+
+    async def keepalive(self, tick: float) -> None:
+        """PINGREQ when idle, and drop the link when PINGRESP does not come (paho's loop_misc)."""
+        while not self.lost.done():
+            if self.client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            await asyncio.sleep(tick)
+
+    def disconnect(self) -> None:
+        """Send DISCONNECT (the broker then discards the will); ``lost`` resolves once sent."""
+        if not self.lost.done():
+            self.client.disconnect()
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """DISCONNECT, wait (bounded) until it is sent, then close the socket.
+
+        Cancelling is safe: the socket is closed anyway.
+        """
+        try:
+            if self.up:
+                self.disconnect()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.lost), timeout)
+        finally:
+            self.abort("closed")
+
+    def abort(self, reason: str) -> None:
+        """Close the socket without DISCONNECT (the broker will fire the will)."""
+        self._unwatch()
+        sock = self.client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._mark_lost(reason)
+
+    # paho callbacks
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self.connack.done():
+            return
+        if reason.is_failure:
+            self.connack.set_exception(_ConnackRefused(reason))
+        else:
+            self.connack.set_result(properties)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        server = flags.is_disconnect_packet_from_server
+        who = "the broker closed the connection" if server else "connection lost"
+        self._mark_lost(f"{who} ({reason.getName()})")
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        fut = self._acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(reason)
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        fut = self._subacks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(list(reasons))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._on_message_cb is not None:
+            self._on_message_cb(message.topic, bytes(message.payload), bool(message.retain))
+
+    def _mark_lost(self, reason: str) -> None:
+        if not self.connack.done():
+            self.connack.set_exception(BrokerLinkLost(reason))
+        if not self.lost.done():
+            self.lost.set_result(reason)
+        acks, self._acks = self._acks, {}
+        subacks, self._subacks = self._subacks, {}
+        for fut in acks.values():
+            if not fut.done():
+                fut.set_exception(BrokerLinkLost(reason))
+        for sub in subacks.values():
+            if not sub.done():
+                sub.set_exception(BrokerLinkLost(reason))
+
+    # socket readiness (after aiomqtt): paho reads and writes, the loop says when
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._call(self._watch, sock)
+
+    def _watch(self, sock: Any) -> None:
+        current = self.client.socket()
+        if current is None or current is not sock or self.lost.done():
+            return
+        self._fd = current.fileno()
+        # paho leaves Nagle on: a lone PUBLISH then waits for the peer's delayed ACK (~40 ms).
+        with contextlib.suppress(OSError, AttributeError):
+            current.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _unwatch(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+            self._fd = -1
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._call(self._unwatch)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._call(self._want_write, sock)
+
+    def _want_write(self, sock: Any) -> None:
+        if self.client.socket() is sock and self._fd >= 0:
+            self._loop.add_writer(self._fd, self._writable)
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._fd >= 0:
+            self._call(self._loop.remove_writer, self._fd)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _readable(self) -> None:
+        try:
+            while self.client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                # An SSL socket can hold decrypted bytes the selector cannot see (paho #131).
+                sock = self.client.socket()
+                if sock is None or not getattr(sock, "pending", lambda: 0)():
+                    break
+        except Exception as exc:  # noqa: BLE001 - a broken socket surfaces as anything
+            self.abort(f"read failed: {exc!r}")
+
+    def _writable(self) -> None:
+        try:
+            self.client.loop_write()
+        except Exception as exc:  # noqa: BLE001
+            self.abort(f"write failed: {exc!r}")
+
+
+async def open_link(
+    settings: BrokerSettings,
+    *,
+    will: Publication | None = None,
+    max_in_flight: int = 50,
+    on_message: MessageHandler | None = None,
+) -> BrokerLink:
+    """TCP, TLS, CONNECT and CONNACK: a link that is up, or :class:`BrokerError` saying why.
+
+    ``will`` is sent at QoS 1; ``max_in_flight`` sizes :attr:`BrokerLink.slots` (lowered to the
+    broker's Receive Maximum under MQTT 5). Cancelling is safe: whatever the connect thread
+    still opens is closed.
+    """
+    loop = asyncio.get_running_loop()
+    addr = settings.address
+    v5 = settings.protocol == "5"
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=settings.client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else True,
+        reconnect_on_failure=False,
+    )
+    # The real bound is the link's semaphore; paho's is only a backstop.
+    client.max_inflight_messages_set(max_in_flight + 2)
+    client.connect_timeout = settings.connect_timeout_s
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+    link = BrokerLink(client, loop, on_message)
+
+    def connect() -> None:  # blocking: TCP, TLS handshake, CONNECT; in an executor thread
+        if addr.tls:
+            client.tls_set_context(settings.tls_context())
+        client.connect(
+            addr.host,
+            addr.port,
+            settings.keepalive,
+            clean_start=True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        )
+
+    connecting = loop.run_in_executor(None, connect)
+    try:
+        await asyncio.shield(connecting)
+        props = await asyncio.wait_for(asyncio.shield(link.connack), settings.connect_timeout_s)
+    except BaseException as exc:
+        if not connecting.done():
+            # Cancelled mid-connect: the thread still finishes; drop what it opens.
+            connecting.add_done_callback(lambda _f: link.abort("abandoned"))
+        else:
+            link.abort("connect failed")
+        if isinstance(exc, _ConnackRefused):
+            raise connack_error(exc.reason, addr, settings.username, settings.client_id) from None
+        if isinstance(exc, BrokerLinkLost):
+            raise closed_before_connack(addr) from None
+        if isinstance(exc, TimeoutError):
+            raise BrokerError(
+                f"mqtt: broker {addr} sent no CONNACK within {settings.connect_timeout_s:g} s",
+                "unreachable",
+            ) from None
+        if isinstance(exc, BrokerError):
+            raise
+        if isinstance(exc, OSError):
+            raise socket_error(exc, addr) from None
+        if isinstance(exc, ValueError):  # ssl.CertificateError is an OSError too
+            raise BrokerError(f"mqtt: cannot connect to broker {addr}: {exc}", "config") from None
+        raise
+    link.window = max_in_flight
+    receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
+    if receive_max:
+        # MQTT 5: the broker says how many unacknowledged publishes it takes (mosquitto: 20,
+        # its max_inflight_messages); going past it is a protocol error. Keep two for the
+        # bridge state and health messages.
+        link.window = max(1, min(max_in_flight, receive_max - 2))
+    link.slots = asyncio.Semaphore(link.window)
+    return link
+
+
+async def read_retained(
+    settings: BrokerSettings, topic_filter: str, *, quiet_s: float = 1.0, timeout_s: float = 10.0
+) -> dict[str, bytes]:
+    """What a subscriber that connects now sees: ``{topic: payload}`` of the retained messages.
+
+    Subscribes to ``topic_filter`` and collects until no retained message came for ``quiet_s``
+    (a broker sends them right after the SUBACK) or ``timeout_s`` passed. Raises
+    :class:`BrokerError` when it cannot connect, :class:`BrokerLinkLost` when the link drops,
+    ``TimeoutError`` when no SUBACK came within ``timeout_s``.
+    """
+    seen: dict[str, bytes] = {}
+    arrived = asyncio.Event()
+
+    def on_message(topic: str, payload: bytes, retain: bool) -> None:
+        if retain:
+            seen[topic] = payload
+            arrived.set()
+
+    link = await open_link(settings, max_in_flight=1, on_message=on_message)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            keepalive = tg.create_task(
+                link.keepalive(min(1.0, settings.keepalive / 4)),
+                name=f"mqtt[{settings.client_id}].keepalive",
+            )
+            try:
+                await asyncio.wait_for(link.subscribe(topic_filter), timeout_s)
+                deadline = loop.time() + timeout_s
+                while (left := deadline - loop.time()) > 0:
+                    arrived.clear()
+                    try:
+                        await asyncio.wait_for(arrived.wait(), min(quiet_s, left))
+                    except TimeoutError:
+                        break
+            finally:
+                keepalive.cancel()
+        if link.lost.done():
+            raise BrokerLinkLost(link.lost.result())
+    finally:
+        await link.close()
+    return seen

@@ -1,0 +1,402 @@
+"""The ``mqtt`` sink: forward the outbox to a broker at QoS 1 (topics: :mod:`.topics`).
+
+At least once. An event counts as delivered to this sink only when the broker has PUBACKed
+every message it maps to (events topic and, for availability and snapshots, the retained
+topic): :meth:`MqttSink.send` returns :class:`Delivered` only then, and the drainer marks the
+events done in the outbox only on that outcome. If the link drops with PUBACKs outstanding,
+``send`` returns :class:`Retry`; the events are still undelivered in the outbox, and after the
+reconnect the drainer hands the same batch over again and it is published again, from its
+first event. So nothing PUBACK-less is ever marked done, and nothing is lost across broker
+restarts, network loss or agent restarts (the outbox is on disk). The price is duplicates: a
+message the broker accepted but whose PUBACK was lost is published twice, and QoS 1 itself may
+duplicate. Receivers drop duplicates by ``data.event_id``. The MQTT session is clean on
+every connect (the durable queue is the outbox, not the broker's session state), and every
+connection gets a fresh paho client (:func:`.link.open_link`), so paho never replays anything
+on its own.
+
+Under MQTT 5 a PUBACK may carry a failure reason code (e.g. 0x87 "Not authorized" when an ACL
+forbids the topic); that is not a delivery: permanent refusals give :class:`Reject` (dead
+letter after a few tries), others :class:`Retry`. MQTT 3.1.1 has no such code; mosquitto then
+PUBACKs and silently drops a message the ACL forbids, which no client can detect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import structlog
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent import jsoncodec
+from edge_agent.backoff import Backoff
+from edge_agent.clock import system_clock, utc_iso
+from edge_agent.forward.base import Delivered, OutboxEvent, Outcome, Reject, Retry, SinkStats
+from edge_agent.forward.mqtt.errors import PUBACK_PERMANENT, BrokerError
+from edge_agent.forward.mqtt.link import BrokerLink, BrokerLinkLost, broker_settings, open_link
+from edge_agent.forward.mqtt.topics import OFFLINE, ONLINE, Publication, Topics, publications
+
+log = structlog.get_logger(__name__)
+
+
+def _seconds(delay: float) -> str:
+    return f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
+
+
+class MqttSink:
+    """Forwards outbox events to an MQTT broker at QoS 1; see the module docstring.
+
+    Args:
+        url: ``mqtt://host:port`` (default port 1883) or ``mqtts://host:port`` (8883; TLS with
+            the server certificate and its host name verified).
+        site: the site name, used in the default base topic.
+        client_id: MQTT client id; one per agent (two agents with one id take turns kicking
+            each other off). Default ``edge-agent-<site>``.
+        username, password: already resolved from the environment or a credentials file.
+        ca_file: CA bundle that signed the broker's certificate (default: the system store).
+        cert_file, key_file: a client certificate, for brokers that require one.
+        keepalive: seconds; the broker fires the will after 1.5 x this without traffic.
+        base_topic: default ``roomos-edge/<site>``.
+        protocol: ``"3.1.1"`` or ``"5"``.
+        health: returns the agent's figures for ``bridge/health`` (must not block).
+        health_interval_s: seconds between ``bridge/health`` messages.
+        max_batch: events handed to one :meth:`send`.
+        max_in_flight: publishes awaiting PUBACK, across all devices (20-100 is the sweet spot).
+        connect_timeout_s: TCP + TLS + CONNACK.
+        publish_timeout_s: a batch with a PUBACK still missing after this is retried.
+        backoff_initial_s, backoff_max_s: reconnect delays (jittered, exponential).
+        refused_retry_s: the first delay after the broker refused the credentials or TLS failed
+            (a person has to fix something; hammering the broker does not help).
+        stable_after_s: a link that lived this long resets the backoff.
+    """
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        site: str,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        keepalive: int = 30,
+        base_topic: str | None = None,
+        protocol: Literal["3.1.1", "5"] = "5",
+        health: Callable[[], dict[str, Any]] | None = None,
+        health_interval_s: float = 60.0,
+        max_batch: int = 50,
+        max_in_flight: int = 50,
+        connect_timeout_s: float = 10.0,
+        publish_timeout_s: float = 30.0,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        refused_retry_s: float = 300.0,
+        stable_after_s: float = 30.0,
+    ) -> None:
+        self._settings = broker_settings(
+            url,
+            client_id=client_id or f"edge-agent-{site}",
+            username=username,
+            password=password,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            keepalive=keepalive,
+            protocol=protocol,
+            connect_timeout_s=connect_timeout_s,
+        )
+        self._addr = self._settings.address
+        self._client_id = self._settings.client_id
+        self._keepalive = keepalive
+        self._protocol = protocol
+        self.max_batch = max_batch
+        self._site = site
+        self._topics = Topics((base_topic or f"roomos-edge/{site}").rstrip("/"))
+        self._health = health
+        self._health_interval_s = health_interval_s
+        self._max_in_flight = max_in_flight
+        self._publish_timeout_s = publish_timeout_s
+        self._backoff = Backoff(initial=backoff_initial_s, maximum=backoff_max_s)
+        self._refused_backoff = Backoff(
+            initial=refused_retry_s, maximum=max(refused_retry_s, 4 * refused_retry_s)
+        )
+        self._stable_after_s = stable_after_s
+
+        self._link: BrokerLink | None = None
+        self._closing = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._running = False
+        self._started = time.monotonic()
+        self._in_flight = 0
+        self._connected_since: str | None = None
+        self._connects = 0
+        self.stats = SinkStats()
+        self._log = log.bind(sink=self.name, broker=str(self._addr), client_id=self._client_id)
+
+    @property
+    def topics(self) -> Topics:
+        return self._topics
+
+    @property
+    def last_error(self) -> str | None:
+        """The last connection or delivery problem, as a sentence for a person."""
+        return self.stats.last_error
+
+    def ready(self) -> bool:
+        return self._link is not None and self._link.up
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    async def send(self, events: Sequence[OutboxEvent]) -> Outcome:
+        """Publish one device's events in order, pipelined; Delivered once every PUBACK is in.
+
+        Cancelling is safe: the events stay undelivered and are published again next time.
+        """
+        link = self._link
+        if link is None or not link.up:
+            return self._retry(f"mqtt: not connected to broker {self._addr}", count=False)
+        acks: list[asyncio.Future[ReasonCode]] = []
+        try:
+            try:
+                for event in events:
+                    for pub in publications(event, self._topics):
+                        await link.slots.acquire()
+                        try:
+                            fut = link.publish(pub.topic, pub.payload, retain=pub.retain)
+                        except BaseException:
+                            link.slots.release()
+                            raise
+                        self._in_flight += 1
+                        fut.add_done_callback(functools.partial(self._release_slot, link.slots))
+                        acks.append(fut)
+            except ValueError as exc:
+                return Reject(f"mqtt: {exc}")
+            if acks:
+                done, pending = await asyncio.wait(
+                    acks, timeout=self._publish_timeout_s, return_when=asyncio.FIRST_EXCEPTION
+                )
+                lost = next((f.exception() for f in done if f.exception() is not None), None)
+                if lost is not None:
+                    raise BrokerLinkLost(str(lost))
+                if pending:
+                    return self._retry(
+                        f"mqtt: {len(pending)} of {len(acks)} PUBACKs from broker {self._addr} "
+                        f"missing after {self._publish_timeout_s:g} s"
+                    )
+        except BrokerLinkLost as exc:
+            return self._retry(f"mqtt: link to broker {self._addr} lost before PUBACK ({exc})")
+        finally:
+            for fut in acks:
+                if not fut.done():
+                    fut.cancel()  # frees its slot; a late PUBACK finds no waiter
+        for fut in acks:
+            reason = fut.result()
+            if reason.is_failure:
+                text = f"mqtt: broker {self._addr} refused a publish ({reason.getName()})"
+                self.stats.last_error = text
+                if reason.value in PUBACK_PERMANENT:
+                    return Reject(text)
+                return self._retry(text)
+        self.stats.delivered += len(events)
+        return Delivered()
+
+    def _release_slot(self, slots: asyncio.Semaphore, _fut: asyncio.Future[ReasonCode]) -> None:
+        self._in_flight -= 1
+        slots.release()
+
+    def _retry(self, reason: str, count: bool = True) -> Retry:
+        if count:
+            self.stats.retried += 1
+        return Retry(reason)
+
+    # --- the connection loop -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, keep connected, reconnect with jittered backoff until :meth:`close`.
+
+        Cancelling is safe: a live link says ``offline`` (best effort) and disconnects.
+        """
+        if self._running:
+            raise RuntimeError("MqttSink.run() is already running (one connection loop per sink)")
+        self._running = True
+        attempt = refused = 0
+        try:
+            while not self._closing.is_set():
+                attempt += 1
+                try:
+                    lived = await self._connect_and_serve()
+                except BrokerError as exc:
+                    if exc.kind in ("auth", "tls", "config"):
+                        refused += 1
+                        delay = max(
+                            self._backoff.delay(attempt), self._refused_backoff.delay(refused)
+                        )
+                        level = "error"
+                    else:
+                        delay = self._backoff.delay(attempt)
+                        level = "warning"
+                    text = f"{exc}; retrying in {_seconds(delay)} s"
+                    self.stats.last_error = text
+                    getattr(self._log, level)(text, kind=exc.kind, attempt=attempt)
+                else:
+                    refused = 0
+                    if self._closing.is_set():
+                        break
+                    if lived >= self._stable_after_s:
+                        attempt = 1
+                    delay = self._backoff.delay(attempt)
+                    self._log.warning(
+                        "mqtt: link to broker lost; reconnecting",
+                        reason=self.stats.last_error,
+                        retry_in_s=round(delay, 3),
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
+        finally:
+            self._running = False
+            self._stopped.set()
+
+    async def _connect_and_serve(self) -> float:
+        """One connection's life; returns how long it was up. Raises BrokerError."""
+        link = await self._open()
+        up_at = time.monotonic()
+        try:
+            try:
+                await asyncio.wait_for(
+                    link.publish(self._topics.bridge_state, ONLINE, retain=True),
+                    self._publish_timeout_s,
+                )
+            except (BrokerLinkLost, TimeoutError) as exc:
+                link.abort(f"no PUBACK for the online state: {exc!r}")
+                raise BrokerError(
+                    f"mqtt: broker {self._addr} did not acknowledge {self._topics.bridge_state} "
+                    f"({exc!r})",
+                    "unreachable",
+                ) from None
+            self._connects += 1
+            self._connected_since = utc_iso(system_clock.now())
+            self._link = link
+            self.stats.last_error = None
+            self._log.info(
+                "mqtt: connected",
+                protocol=self._protocol,
+                tls=self._addr.tls,
+                in_flight_window=link.window,
+                base_topic=self._topics.base,
+            )
+            tag = f"mqtt[{self._client_id}]"
+            async with asyncio.TaskGroup() as tg:
+                keepalive = tg.create_task(
+                    link.keepalive(min(1.0, self._keepalive / 4)), name=f"{tag}.keepalive"
+                )
+                health = tg.create_task(self._health_loop(link), name=f"{tag}.health")
+                closing = tg.create_task(self._closing.wait(), name=f"{tag}.closing")
+                watched: list[asyncio.Future[Any]] = [link.lost, closing]
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                self._link = None
+                for task in (keepalive, health, closing):
+                    task.cancel()
+            if link.lost.done():
+                self.stats.last_error = (
+                    f"mqtt: link to broker {self._addr} lost ({link.lost.result()})"
+                )
+            else:
+                await self._goodbye(link)
+        except asyncio.CancelledError:
+            self._link = None
+            if link.up:
+                await self._goodbye(link)
+            raise
+        finally:
+            self._link = None
+            link.abort("closed")
+        return time.monotonic() - up_at
+
+    async def _open(self) -> BrokerLink:
+        will = Publication(self._topics.bridge_state, OFFLINE, retain=True)
+        return await open_link(self._settings, will=will, max_in_flight=self._max_in_flight)
+
+    async def probe(self, *, client_id: str, timeout_s: float) -> str:
+        """Connect once as this sink would, then disconnect: what ``check-config`` reports.
+
+        Same TLS, credentials, protocol version and errors as :meth:`run`, but under
+        ``client_id`` (the agent's own id would take over a running agent's session), with no
+        will and nothing published (a check must not say ``offline`` for a running agent).
+        Returns a sentence for a person; raises :class:`BrokerError` (its text says what to fix).
+        """
+        settings = dataclasses.replace(
+            self._settings, client_id=client_id, connect_timeout_s=timeout_s
+        )
+        link = await open_link(settings, max_in_flight=1)
+        await link.close()
+        tls = "TLS, " if self._addr.tls else ""
+        return f"CONNACK ({tls}{settings.protocol_name})"
+
+    # --- health and goodbye ------------------------------------------------------------------
+
+    async def _health_loop(self, link: BrokerLink) -> None:
+        while link.up:
+            try:
+                await asyncio.wait_for(
+                    link.publish(self._topics.bridge_health, self._health_payload(), retain=False),
+                    self._publish_timeout_s,
+                )
+            except (BrokerLinkLost, TimeoutError):
+                return
+            await asyncio.sleep(self._health_interval_s)
+
+    def _health_payload(self) -> bytes:
+        doc: dict[str, Any] = {
+            "timestamp": utc_iso(system_clock.now()),
+            "site": self._site,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "mqtt": {
+                "connects": self._connects,
+                "connected_since": self._connected_since,
+                "delivered": self.stats.delivered,
+                "retried": self.stats.retried,
+                "in_flight": self._in_flight,
+            },
+        }
+        if self._health is not None:
+            try:
+                doc.update(self._health())
+            except Exception:  # noqa: BLE001 - a broken callback must not take the link down
+                self._log.exception("mqtt: health callback failed")
+        return jsoncodec.dumpb(doc)
+
+    async def _goodbye(self, link: BrokerLink) -> None:
+        try:
+            await asyncio.wait_for(
+                link.publish(self._topics.bridge_state, OFFLINE, retain=True),
+                min(self._publish_timeout_s, 5.0),
+            )
+        except (BrokerLinkLost, TimeoutError) as exc:
+            self._log.warning("mqtt: could not publish the offline state", error=repr(exc))
+            return
+        link.disconnect()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(link.lost), 2.0)
+        self._log.info("mqtt: disconnected")
+
+    async def close(self) -> None:
+        """Say ``offline`` (retained), disconnect, and let :meth:`run` return.
+
+        Cancelling is safe; the broker then fires the will.
+        """
+        self._closing.set()
+        if self._running:
+            await self._stopped.wait()
+
+
+__all__ = ["MqttSink"]

@@ -1,0 +1,94 @@
+"""What every subcommand shares: exit codes, loading the config, printing tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from edge_agent.config import (
+    EX_CONFIG,
+    AgentConfig,
+    ConfigError,
+    Secrets,
+    load_config,
+    parse_listen,
+    resolve_secrets,
+)
+from edge_agent.ops.logs import configure_logging, resolve_level
+
+EX_OK = 0
+EX_FAIL = 1
+EX_USAGE = 2
+EX_UNAVAILABLE = 69
+EX_INTERRUPTED = 130
+DEFAULT_API_URL = "http://127.0.0.1:9780"
+
+
+class Exit(Exception):
+    """Leave the command with this exit code (its message is already printed)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def err(*lines: str) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def setup_logging(args: argparse.Namespace, cfg: AgentConfig | None = None) -> None:
+    configure_logging(
+        resolve_level(getattr(args, "log_level", None), cfg.log.level if cfg else None)
+    )
+
+
+def load_config_or_exit(path: Path, *, require_sink: bool) -> AgentConfig:
+    try:
+        return load_config(path, require_sink=require_sink)
+    except ConfigError as exc:
+        print_config_error(path, exc)
+        raise Exit(EX_CONFIG) from None
+
+
+def secrets_or_exit(path: Path, cfg: AgentConfig) -> Secrets:
+    try:
+        secrets = resolve_secrets(cfg)
+    except ConfigError as exc:
+        print_config_error(path, exc)
+        raise Exit(EX_CONFIG) from None
+    return secrets  # resolve_secrets registered the values with the log redactor
+
+
+def print_config_error(path: Path, exc: ConfigError) -> None:
+    err(f"edge-agent: invalid configuration in {path}:", *(f"  {line}" for line in exc.lines()))
+
+
+def config_api_url(cfg: AgentConfig) -> str:
+    """Where a client on this host reaches the agent's ``[api] listen``."""
+    host, port = parse_listen(cfg.api.listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def fmt(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if value is True:
+        return "yes"
+    if value is False:
+        return "no"
+    if isinstance(value, float):
+        return f"{value:.0f}s" if value >= 1 else f"{value:.1f}s"
+    return str(value)
+
+
+def print_table(headers: list[str], rows: list[list[Any]], out: TextIO | None = None) -> None:
+    out = sys.stdout if out is None else out
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    for row in [headers, *cells]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)

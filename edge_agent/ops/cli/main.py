@@ -1,0 +1,135 @@
+"""The ``edge-agent`` parser and entry point; each subcommand lives in a module of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_agent import __version__
+from edge_agent.ops.cli.check_config import cmd_check_config
+from edge_agent.ops.cli.common import DEFAULT_API_URL, EX_INTERRUPTED, EX_USAGE, Exit
+from edge_agent.ops.cli.dead_letter import cmd_dead_letter
+from edge_agent.ops.cli.demo import cmd_demo
+from edge_agent.ops.cli.run import cmd_run
+from edge_agent.ops.cli.status import cmd_status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["debug", "info", "warning", "error", "critical"],
+        type=str.lower,
+        help="log level (default: $EDGE_AGENT_LOG_LEVEL, else [log] level, else info)",
+    )
+    config_opt = argparse.ArgumentParser(add_help=False)
+    config_opt.add_argument(
+        "-c", "--config", required=True, type=Path, metavar="FILE", help="the agent's TOML config"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="RoomOS edge agent: buffers Cisco device bookings and forwards them.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", parents=[common, config_opt], help="run the agent")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "check-config",
+        parents=[common, config_opt],
+        help="validate a config (exit 78 when invalid); --connect also tries devices and sinks",
+    )
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="reach every device (TLS, credentials, Bookings permission, settings) and sink",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="per check (default 10 s)"
+    )
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser(
+        "demo", help="run the self-contained demo (simulated devices)", add_help=False
+    )
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "status", parents=[common], help="devices, sinks and outbox from the running agent"
+    )
+    p.add_argument("--api", metavar="URL", help=f"local API URL (default {DEFAULT_API_URL})")
+    p.add_argument("-c", "--config", type=Path, metavar="FILE", help="take the URL from [api]")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("outbox", help="outbox administration")
+    outbox = p.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)
+    p = outbox.add_parser("dead-letter", help="list, replay or purge dead letters")
+    dl = p.add_subparsers(dest="dl_command", metavar="ACTION", required=True)
+    selection = argparse.ArgumentParser(add_help=False)
+    selection.add_argument(
+        "--id", dest="ids", type=int, action="append", metavar="ID", help="a dead letter (repeat)"
+    )
+    selection.add_argument("--sink", help="only this sink's dead letters (webhook, mqtt)")
+    via_api = argparse.ArgumentParser(add_help=False)
+    via_api.add_argument(
+        "--api",
+        metavar="URL",
+        help="the running agent's local API (default: from [api] listen in the config)",
+    )
+    via_api.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="for the API (default 30 s)"
+    )
+    p = dl.add_parser(
+        "list",
+        parents=[common, config_opt, selection],
+        help="list dead letters (reads the database; fine while the agent runs)",
+    )
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p.add_argument("--json", action="store_true", help="one JSON document per line")
+    p.set_defaults(func=cmd_dead_letter)
+    p = dl.add_parser(
+        "replay",
+        parents=[common, config_opt, selection, via_api],
+        help="put dead letters back in the outbox (all, --id, or --sink); through the running "
+        "agent's API, or on the database when no agent runs",
+    )
+    p.set_defaults(func=cmd_dead_letter)
+    p = dl.add_parser(
+        "purge",
+        parents=[common, config_opt, selection, via_api],
+        help="delete dead letters (--id, --sink, or --all); like replay, through the agent",
+    )
+    p.add_argument("--all", action="store_true", help="delete every dead letter")
+    p.set_defaults(func=cmd_dead_letter)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``edge-agent`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        # The demo has its own parser; argparse's REMAINDER would not pass it leading options.
+        args, unknown = parser.parse_known_args(args_list)
+        if unknown and getattr(args, "func", None) is cmd_demo:
+            args.demo_args = unknown + list(args.demo_args)
+        elif unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EX_USAGE
+    try:
+        return int(args.func(args))
+    except Exit as exc:
+        return exc.code
+    except KeyboardInterrupt:
+        return EX_INTERRUPTED
