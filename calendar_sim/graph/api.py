@@ -21,12 +21,13 @@ from aiohttp import web
 from .delta import Removed, Round, SyncState, compute_round
 from .directory import spec_from_graph
 from .identity import IdentityError, TokenClaims
-from .model import GraphError, Instance, Mailbox, event_json, parse_query_datetime, zone
+from .model import EventType, GraphError, Instance, Mailbox, event_json, parse_query_datetime, zone
 
 if TYPE_CHECKING:
     from .sim import GraphSim
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CLAIMS = web.RequestKey("claims", TokenClaims)
 IDENTITY_ROUTES = {"token", "discovery", "keys", "instance"}
 READ = ("Calendars.Read", "Calendars.ReadWrite", "Calendars.ReadBasic")
 WRITE = ("Calendars.ReadWrite",)
@@ -170,7 +171,7 @@ class GraphApi:
                     fault.status, fault.code or "InjectedFault",
                     fault.message or f"injected {fault.status}", **headers,
                 )
-            request["claims"] = claims
+            request[CLAIMS] = claims
             return await handler(request)
         except GraphError as exc:
             return graph_error(exc.status, exc.code, exc.message)
@@ -181,7 +182,7 @@ class GraphApi:
                     del self.in_flight[key]
 
     def _allow(self, request: web.Request, roles: tuple[str, ...], mailbox: Mailbox | None) -> None:
-        claims: TokenClaims = request["claims"]
+        claims: TokenClaims = request[CLAIMS]
         if not any(r in claims.roles for r in roles):
             raise GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and "
                              f"try again. (needs one of {', '.join(roles)})")
@@ -369,7 +370,7 @@ class GraphApi:
         event, day = self.sim.directory.find(box, event_id)
         tz, label, _ = self._zone(request)
         if day is None:
-            kind = "seriesMaster" if event.recurrence is not None else "singleInstance"
+            kind: EventType = "seriesMaster" if event.recurrence is not None else "singleInstance"
             inst = Instance(event, event.id, event.start, event.end, kind, None)
         else:
             inst = next(
@@ -416,7 +417,7 @@ class GraphApi:
 
     async def create_subscription(self, request: web.Request) -> web.Response:
         self._allow(request, READ, None)
-        claims: TokenClaims = request["claims"]
+        claims: TokenClaims = request[CLAIMS]
         sub = await self.sim.subscriptions.create(await self._json(request), claims.client_id)
         return web.json_response(sub.json(), status=201)
 

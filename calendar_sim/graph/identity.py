@@ -170,8 +170,9 @@ class Identity:
             header = jwt.get_unverified_header(assertion)
         except jwt.PyJWTError as exc:
             raise bad(50027, f"invalid JWT token ({exc}).") from None
-        thumbprint = header.get("x5t#S256") or header.get("x5t")
-        cert = app.thumbprints().get(str(thumbprint))
+        # msal sends the thumbprint base64url-encoded with its padding; RFC 7515 without.
+        thumbprint = str(header.get("x5t#S256") or header.get("x5t") or "").rstrip("=")
+        cert = app.thumbprints().get(thumbprint)
         if cert is None:
             raise bad(
                 700027, f"the certificate with identifier '{thumbprint}' is not registered "
@@ -234,10 +235,10 @@ class Identity:
 
     def verify(self, authorization: str | None) -> TokenClaims:
         """The claims of a ``Bearer`` token, or ``ValueError`` saying why it is refused."""
-        if not authorization:
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if not token.strip() and scheme.lower() in ("", "bearer"):
             raise ValueError("Access token is empty.")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        if scheme.lower() != "bearer":
             raise ValueError("Access token validation failure. Invalid audience.")
         try:
             claims = jwt.decode(

@@ -134,6 +134,11 @@ class Subscriptions:
         self.delivered = asyncio.Condition()
         directory.listeners.append(self._on_change)
 
+    def _ssl(self, url: str) -> ssl.SSLContext | bool:
+        if not url.startswith("https:"):
+            return False
+        return self.ssl_context if self.ssl_context is not None else True
+
     # ---- the worker --------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -155,7 +160,7 @@ class Subscriptions:
             async with self._session.post(
                 url,
                 json=body,
-                ssl=self.ssl_context if url.startswith("https:") else False,
+                ssl=self._ssl(url),
                 timeout=aiohttp.ClientTimeout(total=self.notification_timeout_s),
             ) as resp:
                 status = resp.status
@@ -204,7 +209,7 @@ class Subscriptions:
                 target,
                 data=b"",
                 headers={"Content-Type": "text/plain; charset=utf-8"},
-                ssl=self.ssl_context if url.startswith("https:") else False,
+                ssl=self._ssl(url),
                 timeout=aiohttp.ClientTimeout(total=self.validation_timeout_s),
             ) as resp:
                 status = resp.status
