@@ -142,12 +142,6 @@ class GraphApi:
                 mailbox = self.sim.directory.mailbox(mailbox).address
             except GraphError:
                 pass
-        fault = self.sim.faults.match(mailbox, tags)
-        if fault is not None:
-            if fault.kind == "hold":
-                await fault.released.wait()
-            elif fault.kind == "slow":
-                await asyncio.sleep(fault.delay_s)
         key = (mailbox or "").lower()
         if mailbox is not None and self.in_flight[key] >= self.sim.config.mailbox_concurrency:
             return graph_error(
@@ -155,8 +149,13 @@ class GraphApi:
                 **{"Retry-After": "1"},
             )
         if mailbox is not None:
-            self.in_flight[key] += 1
+            self.in_flight[key] += 1  # a slow or held request holds its slot, as in Outlook
+        fault = self.sim.faults.match(mailbox, tags)
         try:
+            if fault is not None and fault.kind == "hold":
+                await fault.released.wait()
+            elif fault is not None and fault.kind == "slow":
+                await asyncio.sleep(fault.delay_s)
             if fault is not None and fault.kind == "status":
                 headers = {}
                 if fault.retry_after is not None:
@@ -350,9 +349,10 @@ class GraphApi:
             "value": [self._render(box, item, tz, label) for item in chunk],
         }
         if round_.position < len(round_.items):
-            body["@odata.nextLink"] = f"{base}?{urlencode({'$skiptoken': states.put(round_)})}"
+            # the tokens are URL-safe already; Graph's links show "$skiptoken=" unescaped
+            body["@odata.nextLink"] = f"{base}?$skiptoken={states.put(round_)}"
         else:
-            body["@odata.deltaLink"] = f"{base}?{urlencode({'$deltatoken': states.put(round_.ends_in)})}"
+            body["@odata.deltaLink"] = f"{base}?$deltatoken={states.put(round_.ends_in)}"
         return web.json_response(body, headers=headers)
 
     # ---- events ------------------------------------------------------------------------------
