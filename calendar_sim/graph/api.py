@@ -170,7 +170,8 @@ class GraphApi:
                     fault.status, fault.code or "InjectedFault",
                     fault.message or f"injected {fault.status}", **headers,
                 )
-            request[CLAIMS] = claims
+            if claims is not None:
+                request[CLAIMS] = claims
             return await handler(request)
         except GraphError as exc:
             return graph_error(exc.status, exc.code, exc.message)

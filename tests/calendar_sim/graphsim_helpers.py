@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from calendar_sim.graph import GraphSim, GraphSimConfig
 
 # A Monday, 07:00 UTC (08:00 in Oslo): every verdict is relative to this, never to the wall clock.
@@ -59,3 +61,47 @@ def make_config(**kw: Any) -> GraphSimConfig:
     return GraphSimConfig(**base)
 
 
+
+
+class NotificationReceiver:
+    """A tiny real HTTPS endpoint for Graph's validation and notifications (trustme cert)."""
+
+    def __init__(self) -> None:
+        import trustme
+
+        self.ca = trustme.CA()
+        cert = self.ca.issue_cert("127.0.0.1")
+        self.ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(self.ssl)
+        self.validations: list[str] = []
+        self.notifications: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.validation_answer: str | None = None  # None: echo the token, as required
+        app = web.Application()
+        app.router.add_post("/{path}", self._handle)
+        self._runner = web.AppRunner(app)
+        self.port = 0
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.cert_pem.bytes()
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.port}/{path}"
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        token = request.query.get("validationToken")
+        if token is not None:
+            self.validations.append(token)
+            answer = token if self.validation_answer is None else self.validation_answer
+            return web.Response(text=answer, content_type="text/plain")
+        await self.notifications.put((request.match_info["path"], await request.json()))
+        return web.Response(status=202)
