@@ -132,10 +132,14 @@ class GraphApi:
                 claims = self.sim.identity.verify(request.headers.get("Authorization"))
             except ValueError as exc:
                 return graph_error(
-                    401, "InvalidAuthenticationToken", str(exc),
-                    **{"WWW-Authenticate": 'Bearer realm="", authorization_uri="https://login.'
-                       'microsoftonline.com/common/oauth2/authorize", '
-                       'client_id="00000003-0000-0000-c000-000000000000"'},
+                    401,
+                    "InvalidAuthenticationToken",
+                    str(exc),
+                    **{
+                        "WWW-Authenticate": 'Bearer realm="", authorization_uri="https://login.'
+                        'microsoftonline.com/common/oauth2/authorize", '
+                        'client_id="00000003-0000-0000-c000-000000000000"'
+                    },
                 )
         if mailbox is not None:
             try:
@@ -145,7 +149,9 @@ class GraphApi:
         key = (mailbox or "").lower()
         if mailbox is not None and self.in_flight[key] >= self.sim.config.mailbox_concurrency:
             return graph_error(
-                429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.",
+                429,
+                "ApplicationThrottled",
+                "Application is over its MailboxConcurrency limit.",
                 **{"Retry-After": "1"},
             )
         if mailbox is not None:
@@ -162,13 +168,17 @@ class GraphApi:
                     headers["Retry-After"] = str(int(fault.retry_after))
                 if "identity" in tags:
                     body = IdentityError(
-                        fault.status, fault.code or "temporarily_unavailable", 90033,
+                        fault.status,
+                        fault.code or "temporarily_unavailable",
+                        90033,
                         fault.message or "A transient error has occurred. Please try again.",
                     ).body()
                     return web.json_response(body, status=fault.status, headers=headers)
                 return graph_error(
-                    fault.status, fault.code or "InjectedFault",
-                    fault.message or f"injected {fault.status}", **headers,
+                    fault.status,
+                    fault.code or "InjectedFault",
+                    fault.message or f"injected {fault.status}",
+                    **headers,
                 )
             if claims is not None:
                 request[CLAIMS] = claims
@@ -184,12 +194,22 @@ class GraphApi:
     def _allow(self, request: web.Request, roles: tuple[str, ...], mailbox: Mailbox | None) -> None:
         claims: TokenClaims = request[CLAIMS]
         if not any(r in claims.roles for r in roles):
-            raise GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and "
-                             f"try again. (needs one of {', '.join(roles)})")
-        app = self.sim.identity.apps.get(claims.client_id)
-        if mailbox is not None and app is not None and mailbox.address.lower() in app.denied_mailboxes:
             raise GraphError(
-                403, "ErrorAccessDenied", "Access to OData is disabled: [RAOP] : Blocked by "
+                403,
+                "ErrorAccessDenied",
+                "Access is denied. Check credentials and "
+                f"try again. (needs one of {', '.join(roles)})",
+            )
+        app = self.sim.identity.apps.get(claims.client_id)
+        if (
+            mailbox is not None
+            and app is not None
+            and mailbox.address.lower() in app.denied_mailboxes
+        ):
+            raise GraphError(
+                403,
+                "ErrorAccessDenied",
+                "Access to OData is disabled: [RAOP] : Blocked by "
                 "tenant configured AppOnly AccessPolicy settings.",
             )
 
@@ -210,7 +230,9 @@ class GraphApi:
     async def token(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
         try:
-            answer = self.sim.identity.token(request.match_info["tenant"], form, self._endpoint_urls())
+            answer = self.sim.identity.token(
+                request.match_info["tenant"], form, self._endpoint_urls()
+            )
         except IdentityError as exc:
             return web.json_response(exc.body(), status=exc.status)
         return web.json_response(answer, headers={"Cache-Control": "no-store, no-cache"})
@@ -233,7 +255,9 @@ class GraphApi:
                 "tenant_discovery_endpoint": f"{self.sim.url}/{self.sim.identity.tenant_id}"
                 "/v2.0/.well-known/openid-configuration",
                 "api-version": "1.1",
-                "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
+                "metadata": [
+                    {"preferred_network": host, "preferred_cache": host, "aliases": [host]}
+                ],
             }
         )
 
@@ -270,7 +294,9 @@ class GraphApi:
             return ZoneInfo("UTC"), "UTC", {}
         return zone(wanted), wanted, {"Preference-Applied": f'outlook.timezone="{wanted}"'}
 
-    def _render(self, box: Mailbox, item: Instance | Removed, tz: ZoneInfo, label: str) -> dict[str, Any]:
+    def _render(
+        self, box: Mailbox, item: Instance | Removed, tz: ZoneInfo, label: str
+    ) -> dict[str, Any]:
         if isinstance(item, Removed):
             return {"id": item.id, "@removed": {"reason": "deleted"}}
         return event_json(item, tz, label, box.address)
@@ -310,8 +336,10 @@ class GraphApi:
             state = states.get(skip or delta_token or "")
             if state is None or state.mailbox != box.address.lower():
                 raise GraphError(
-                    410, "SyncStateNotFound", "The sync state generation is not found: "
-                    "start a new synchronization round without a token."
+                    410,
+                    "SyncStateNotFound",
+                    "The sync state generation is not found: "
+                    "start a new synchronization round without a token.",
                 )
             if isinstance(state, SyncState):
                 items, ends_in = compute_round(box, state.start, state.end, state)
@@ -325,7 +353,9 @@ class GraphApi:
             start = parse_query_datetime(request.query.get("startDateTime"), "startDateTime")
             end = parse_query_datetime(request.query.get("endDateTime"), "endDateTime")
             if end <= start:
-                raise GraphError(400, "ErrorInvalidParameter", "endDateTime must be after startDateTime.")
+                raise GraphError(
+                    400, "ErrorInvalidParameter", "endDateTime must be after startDateTime."
+                )
             items, ends_in = compute_round(box, start, end, None)
             round_ = Round(box.address.lower(), items, 0, ends_in)
         prefer = _prefer(request)
@@ -335,12 +365,16 @@ class GraphApi:
             try:
                 page = max(1, min(MAX_PAGE, int(prefer["odata.maxpagesize"])))
             except ValueError:
-                raise GraphError(400, "BadRequest", "odata.maxpagesize must be an integer.") from None
+                raise GraphError(
+                    400, "BadRequest", "odata.maxpagesize must be an integer."
+                ) from None
             headers["Preference-Applied"] = f"odata.maxpagesize={page}"
         tz, label, tz_headers = self._zone(request)
         if tz_headers:
             headers["Preference-Applied"] = ", ".join(
-                p for p in (headers.get("Preference-Applied"), tz_headers["Preference-Applied"]) if p
+                p
+                for p in (headers.get("Preference-Applied"), tz_headers["Preference-Applied"])
+                if p
             )
         chunk = round_.items[round_.position : round_.position + page]
         round_.position += len(chunk)
@@ -375,7 +409,8 @@ class GraphApi:
             inst = Instance(event, event.id, event.start, event.end, kind, None)
         else:
             inst = next(
-                i for i in event.instances(event.start, event.end.replace(year=9000))
+                i
+                for i in event.instances(event.start, event.end.replace(year=9000))
                 if i.id == event_id
             )
         return event_json(inst, tz, label, box.address)
@@ -408,8 +443,9 @@ class GraphApi:
         event, _ = self.sim.directory.find(box, request.match_info["id"])
         if event.organizer_address.lower() != box.address.lower():
             raise GraphError(
-                400, "ErrorAccessDenied", "Your request can't be completed. You need to be an "
-                "organizer to cancel a meeting."
+                400,
+                "ErrorAccessDenied",
+                "Your request can't be completed. You need to be an organizer to cancel a meeting.",
             )
         self.sim.directory.delete(box, request.match_info["id"])
         return web.Response(status=202)
@@ -440,4 +476,3 @@ class GraphApi:
     async def reauthorize(self, request: web.Request) -> web.Response:
         self.sim.subscriptions.reauthorize(request.match_info["id"])
         return web.Response(status=204)
-

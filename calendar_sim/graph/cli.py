@@ -33,8 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("GRAPH_SIM_CLIENT_SECRET", GraphSimConfig.client_secret),
         help="the app's secret (default: $GRAPH_SIM_CLIENT_SECRET or a fixed test value)",
     )
-    p.add_argument("--client-cert", action="append", default=[], metavar="PEM",
-                   help="a certificate registered on the app (client assertions)")
+    p.add_argument(
+        "--client-cert",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="a certificate registered on the app (client assertions)",
+    )
     p.add_argument("--rooms", type=int, default=3, help="room-1..room-N@DOMAIN")
     p.add_argument("--domain", default="contoso.com")
     p.add_argument("--time-zone", default="Europe/Oslo", help="IANA zone of the rooms")
@@ -48,8 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-ca", help="write the serving certificate (PEM) to this file")
     p.add_argument("--notification-ca", help="PEM CA trusted for https notification URLs")
     p.add_argument("--allow-http-notifications", action="store_true")
-    p.add_argument("--fault", action="append", default=[], metavar="JSON",
-                   help='a fault at start, e.g. \'{"kind": "throttle", "retry_after": 5}\'')
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='a fault at start, e.g. \'{"kind": "throttle", "retry_after": 5}\'',
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -57,16 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> GraphSimConfig:
     start = None
     if args.start:
-        start = datetime.fromisoformat(args.start.replace("Z", "+00:00"))
+        start = datetime.fromisoformat(args.start)
         start = start if start.tzinfo else start.replace(tzinfo=UTC)
     return GraphSimConfig(
-        host=args.host, port=args.port, tenant_id=args.tenant_id, client_id=args.client_id,
+        host=args.host,
+        port=args.port,
+        tenant_id=args.tenant_id,
+        client_id=args.client_id,
         client_secret=args.client_secret or None,
         client_certificates=[Path(c).read_bytes() for c in args.client_cert],
-        token_lifetime_s=args.token_lifetime, start=start, speed=args.speed, seed=args.seed,
-        rooms=args.rooms, domain=args.domain, time_zone=args.time_zone,
-        generate_days=args.generate_days, cert_file=args.cert, key_file=args.key,
-        notification_ca_pem=Path(args.notification_ca).read_bytes() if args.notification_ca else None,
+        token_lifetime_s=args.token_lifetime,
+        start=start,
+        speed=args.speed,
+        seed=args.seed,
+        rooms=args.rooms,
+        domain=args.domain,
+        time_zone=args.time_zone,
+        generate_days=args.generate_days,
+        cert_file=args.cert,
+        key_file=args.key,
+        notification_ca_pem=Path(args.notification_ca).read_bytes()
+        if args.notification_ca
+        else None,
         allow_http_notifications=args.allow_http_notifications,
         control_port=args.control_port,
     )
@@ -81,9 +103,24 @@ async def _serve(args: argparse.Namespace) -> None:
         Path(args.write_ca).write_bytes(sim.cert_pem)
     info = sim.describe()
     info["control_url"] = sim.control.url if sim.control else None
-    print(json.dumps({k: info[k] for k in ("url", "authority_url", "graph_url", "tenant_id",
-                                           "client_id", "rooms", "events", "control_url")}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                k: info[k]
+                for k in (
+                    "url",
+                    "authority_url",
+                    "graph_url",
+                    "tenant_id",
+                    "client_id",
+                    "rooms",
+                    "events",
+                    "control_url",
+                )
+            }
+        ),
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,8 +133,10 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         _config(args)
         for spec in args.fault:

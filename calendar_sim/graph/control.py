@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def _time(value: Any, name: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(str(value))
     except ValueError:
         raise error(400, f"{name}: not an ISO 8601 time: {value!r}") from None
     if moment.tzinfo is None:
@@ -40,8 +40,13 @@ def _time(value: Any, name: str) -> datetime:
 
 
 def _event(e: Event) -> dict[str, Any]:
-    return {"id": e.id, "subject": e.subject, "start": e.start.isoformat(),
-            "end": e.end.isoformat(), "isCancelled": e.is_cancelled}
+    return {
+        "id": e.id,
+        "subject": e.subject,
+        "start": e.start.isoformat(),
+        "end": e.end.isoformat(),
+        "isCancelled": e.is_cancelled,
+    }
 
 
 def add_routes(app: web.Application, sim: GraphSim) -> None:
@@ -64,14 +69,19 @@ def add_routes(app: web.Application, sim: GraphSim) -> None:
 
     async def add_room(request: web.Request) -> Any:
         body = await json_body(request)
-        box = sim.add_room(str(body["address"]), body.get("display_name"),
-                           time_zone=body.get("time_zone"),
-                           generate_days=int(body.get("generate_days", 0)))
+        box = sim.add_room(
+            str(body["address"]),
+            body.get("display_name"),
+            time_zone=body.get("time_zone"),
+            generate_days=int(body.get("generate_days", 0)),
+        )
         return box.room_json()
 
     async def remove_room(request: web.Request) -> Any:
-        sim.remove_room(request.match_info["address"],
-                        keep_mailbox=request.query.get("keep_mailbox") in ("1", "true"))
+        sim.remove_room(
+            request.match_info["address"],
+            keep_mailbox=request.query.get("keep_mailbox") in ("1", "true"),
+        )
         return {"ok": True}
 
     async def list_events(request: web.Request) -> Any:
@@ -79,15 +89,26 @@ def add_routes(app: web.Application, sim: GraphSim) -> None:
 
     async def add_event(request: web.Request) -> Any:
         body = await json_body(request)
-        return _event(sim.add_event(request.match_info["address"], _time(body["start"], "start"),
-                                    int(body.get("minutes", 30)), str(body.get("subject", "Meeting"))))
+        return _event(
+            sim.add_event(
+                request.match_info["address"],
+                _time(body["start"], "start"),
+                int(body.get("minutes", 30)),
+                str(body.get("subject", "Meeting")),
+            )
+        )
 
     async def move_event(request: web.Request) -> Any:
         body = await json_body(request)
         minutes = body.get("minutes")
-        return _event(sim.move_event(request.match_info["address"], request.match_info["id"],
-                                     _time(body["start"], "start"),
-                                     None if minutes is None else int(minutes)))
+        return _event(
+            sim.move_event(
+                request.match_info["address"],
+                request.match_info["id"],
+                _time(body["start"], "start"),
+                None if minutes is None else int(minutes),
+            )
+        )
 
     async def cancel_event(request: web.Request) -> Any:
         return _event(sim.cancel_event(request.match_info["address"], request.match_info["id"]))

@@ -96,7 +96,8 @@ class SyncStates:
         gone = [
             token
             for token, state in self._states.items()
-            if box is None or state.mailbox == box
+            if box is None
+            or state.mailbox == box
             or (isinstance(state, Round) and state.ends_in.mailbox == box)
         ]
         for token in gone:

@@ -178,7 +178,9 @@ class Directory:
             master = box.events[split[0]]
             if master.recurrence is not None and split[1] not in master.cancelled_dates:
                 return master, split[1]
-        raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        raise GraphError(
+            404, "ErrorItemNotFound", "The specified object was not found in the store."
+        )
 
     def update(self, box: Mailbox, event_id: str, changes: dict[str, Any]) -> Event:
         """Apply a Graph PATCH body (subject, start, end, sensitivity, body, location, ...)."""
@@ -195,7 +197,9 @@ class Directory:
             )
         sensitivity = str(changes.get("sensitivity", event.sensitivity))
         if sensitivity not in SENSITIVITIES:
-            raise GraphError(400, "RequestBodyRead", f"Requested value '{sensitivity}' was not found.")
+            raise GraphError(
+                400, "RequestBodyRead", f"Requested value '{sensitivity}' was not found."
+            )
         event.start, event.end, event.sensitivity = start, end, sensitivity
         if "start" in changes:
             event.time_zone = str(changes["start"].get("timeZone") or event.time_zone)

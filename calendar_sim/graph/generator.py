@@ -75,9 +75,11 @@ def office_days(
                 organizer_name="Kari Berg",
                 organizer_address=f"kari.berg@{domain}",
                 recurrence=Recurrence(
-                    "weekly", first, days_of_week=("monday", "tuesday", "wednesday", "thursday",
-                                                   "friday"),
-                    range_type="endDate", end_date=first + timedelta(days=days - 1),
+                    "weekly",
+                    first,
+                    days_of_week=("monday", "tuesday", "wednesday", "thursday", "friday"),
+                    range_type="endDate",
+                    end_date=first + timedelta(days=days - 1),
                 ),
             )
         )

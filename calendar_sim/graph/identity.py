@@ -109,8 +109,11 @@ class Identity:
     def check_tenant(self, tenant: str) -> None:
         if not self.knows(tenant):
             raise IdentityError(
-                400, "invalid_request", 90002, f"Tenant '{tenant}' not found. Check to make "
-                "sure you have the correct tenant ID and are signing into the correct cloud."
+                400,
+                "invalid_request",
+                90002,
+                f"Tenant '{tenant}' not found. Check to make "
+                "sure you have the correct tenant ID and are signing into the correct cloud.",
             )
 
     def jwks(self) -> dict[str, Any]:
@@ -125,22 +128,31 @@ class Identity:
         self.check_tenant(tenant)
         if form.get("grant_type") != "client_credentials":
             raise IdentityError(
-                400, "unsupported_grant_type", 70003, "The app requested an unsupported grant "
-                f"type '{form.get('grant_type', '')}'. The simulator grants client_credentials."
+                400,
+                "unsupported_grant_type",
+                70003,
+                "The app requested an unsupported grant "
+                f"type '{form.get('grant_type', '')}'. The simulator grants client_credentials.",
             )
         client_id = form.get("client_id", "")
         app = self.apps.get(client_id)
         if app is None:
             raise IdentityError(
-                400, "unauthorized_client", 700016, f"Application with identifier '{client_id}' "
-                f"was not found in the directory '{tenant}'."
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' "
+                f"was not found in the directory '{tenant}'.",
             )
         scope = form.get("scope", "")
         if scope.split() != [f"{GRAPH_RESOURCE}/.default"]:
             raise IdentityError(
-                400, "invalid_scope", 1002012, f"The provided value for scope {scope} is not "
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {scope} is not "
                 "valid. Client credential flows must have a scope value with /.default suffixed "
-                "to the resource identifier (application ID URI)."
+                "to the resource identifier (application ID URI).",
             )
         if "client_assertion" in form:
             if form.get("client_assertion_type") != ASSERTION_TYPE:
@@ -151,14 +163,20 @@ class Identity:
         elif "client_secret" in form:
             if app.client_secret is None or form["client_secret"] != app.client_secret:
                 raise IdentityError(
-                    401, "invalid_client", 7000215, "Invalid client secret provided. Ensure the "
+                    401,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the "
                     f"secret being sent in the request is the client secret value, not the "
-                    f"client secret ID, for a secret added to app '{client_id}'."
+                    f"client secret ID, for a secret added to app '{client_id}'.",
                 )
         else:
             raise IdentityError(
-                401, "invalid_client", 7000218, "The request body must contain the following "
-                "parameter: 'client_assertion' or 'client_secret'."
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following "
+                "parameter: 'client_assertion' or 'client_secret'.",
             )
         return self._issue(app)
 
@@ -175,8 +193,9 @@ class Identity:
         cert = app.thumbprints().get(thumbprint)
         if cert is None:
             raise bad(
-                700027, f"the certificate with identifier '{thumbprint}' is not registered "
-                f"on application '{app.client_id}'."
+                700027,
+                f"the certificate with identifier '{thumbprint}' is not registered "
+                f"on application '{app.client_id}'.",
             )
         alg = header.get("alg")
         if alg not in ("RS256", "PS256"):
@@ -187,11 +206,15 @@ class Identity:
                 cert.public_key(),  # type: ignore[arg-type]
                 algorithms=[str(alg)],
                 audience=sorted(urls),
-                options={"require": ["aud", "iss", "sub", "exp"], "verify_exp": False,
-                         "verify_nbf": False, "verify_iat": False},
+                options={
+                    "require": ["aud", "iss", "sub", "exp"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.InvalidAudienceError:
-            raise bad(700212, f"the audience must be the token endpoint ({sorted(urls)[0]}).") from None
+            raise bad(700212, f"the audience must be the token endpoint ({min(urls)}).") from None
         except jwt.InvalidSignatureError:
             raise bad(700027, "signature validation failed.") from None
         except jwt.PyJWTError as exc:
@@ -265,7 +288,9 @@ class Identity:
         return {
             "token_endpoint": f"{base}/{t}/oauth2/v2.0/token",
             "token_endpoint_auth_methods_supported": [
-                "client_secret_post", "private_key_jwt", "client_secret_basic"
+                "client_secret_post",
+                "private_key_jwt",
+                "client_secret_basic",
             ],
             "jwks_uri": f"{base}/{t}/discovery/v2.0/keys",
             "response_modes_supported": ["query", "fragment", "form_post"],

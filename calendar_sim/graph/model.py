@@ -54,8 +54,10 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo(WINDOWS_ZONES.get(name, name))
     except (ZoneInfoNotFoundError, ValueError):
         raise GraphError(
-            400, "ErrorTimeZoneNotSupportedException", f"A valid TimeZone value must be specified. "
-            f"The following TimeZone value is not supported: '{name}'."
+            400,
+            "ErrorTimeZoneNotSupportedException",
+            f"A valid TimeZone value must be specified. "
+            f"The following TimeZone value is not supported: '{name}'.",
         ) from None
 
 
@@ -126,8 +128,9 @@ class Recurrence:
             kind = pattern["type"]
             if kind not in ("daily", "weekly"):
                 raise GraphError(
-                    400, "ErrorInvalidRequest", f"The simulator expands daily and weekly "
-                    f"recurrence patterns, not '{kind}'."
+                    400,
+                    "ErrorInvalidRequest",
+                    f"The simulator expands daily and weekly recurrence patterns, not '{kind}'.",
                 )
             days = tuple(str(d).lower() for d in pattern.get("daysOfWeek") or ())
             if kind == "weekly" and (not days or any(d not in DAYS_OF_WEEK for d in days)):
@@ -267,7 +270,9 @@ class Instance:
 
     def snapshot(self) -> Instance:
         """A copy that later changes to the mailbox do not alter (pages of a delta round)."""
-        return replace(self, item=replace(self.item, cancelled_dates=set(self.item.cancelled_dates)))
+        return replace(
+            self, item=replace(self.item, cancelled_dates=set(self.item.cancelled_dates))
+        )
 
 
 def event_json(inst: Instance, tz: ZoneInfo, tz_label: str, mailbox: str) -> dict[str, Any]:
@@ -308,7 +313,10 @@ def event_json(inst: Instance, tz: ZoneInfo, tz_label: str, mailbox: str) -> dic
         "allowNewTimeProposals": True,
         "isDraft": False,
         "hideAttendees": False,
-        "responseStatus": {"response": "organizer" if online else "none", "time": "0001-01-01T00:00:00Z"},
+        "responseStatus": {
+            "response": "organizer" if online else "none",
+            "time": "0001-01-01T00:00:00Z",
+        },
         "body": {"contentType": "text", "content": e.body},
         "start": {"dateTime": graph_datetime(inst.start, tz), "timeZone": tz_label},
         "end": {"dateTime": graph_datetime(inst.end, tz), "timeZone": tz_label},

@@ -1,14 +1,14 @@
 """``GraphSim``: the Microsoft Graph + identity platform fake, in process (tests) or by CLI.
 
-    sim = GraphSim(GraphSimConfig(rooms=3, start=datetime(2026, 11, 23, 7, tzinfo=UTC),
-                                  frozen=True, generate_days=5))
-    await sim.start()
-    sim.authority_url, sim.graph_url, sim.cert_pem    # what the agent is configured with
-    ev = sim.add_event("room-1@contoso.com", start, minutes=30, subject="Planning")
-    sim.move_event(...); sim.cancel_event(...); sim.delete_event(...)   # "in Outlook"
-    sim.throttle("room-1@contoso.com", retry_after=2, count=1)         # faults
-    sim.clock.advance(3600)
-    await sim.stop()
+sim = GraphSim(GraphSimConfig(rooms=3, start=datetime(2026, 11, 23, 7, tzinfo=UTC),
+                              frozen=True, generate_days=5))
+await sim.start()
+sim.authority_url, sim.graph_url, sim.cert_pem    # what the agent is configured with
+ev = sim.add_event("room-1@contoso.com", start, minutes=30, subject="Planning")
+sim.move_event(...); sim.cancel_event(...); sim.delete_event(...)   # "in Outlook"
+sim.throttle("room-1@contoso.com", retry_after=2, count=1)         # faults
+sim.clock.advance(3600)
+await sim.stop()
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import ssl
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from ..common import ControlServer, Fault, FaultTable, HttpsSite, make_clock
 from .api import GraphApi
@@ -66,7 +66,11 @@ class GraphSimConfig:
 STATUS_FAULTS: dict[str, tuple[int, str, str]] = {
     "throttle": (429, "TooManyRequests", "Too many requests, retry after the given delay."),
     "sync_reset": (410, "SyncStateNotFound", "The sync state generation is not found."),
-    "unauthorized": (401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired."),
+    "unauthorized": (
+        401,
+        "InvalidAuthenticationToken",
+        "Lifetime validation failed, the token is expired.",
+    ),
     "unavailable": (503, "ServiceNotAvailable", "The service is temporarily unavailable."),
 }
 
@@ -76,24 +80,36 @@ def fault_from_json(body: dict[str, Any]) -> Fault:
     kind = str(body.get("kind", ""))
     count = None if body.get("count") is None else int(body["count"])
     retry = None if body.get("retry_after") is None else float(body["retry_after"])
-    common: dict[str, Any] = {"mailbox": body.get("mailbox"), "route": body.get("route"),
-                              "count": count}
+    common: dict[str, Any] = {
+        "mailbox": body.get("mailbox"),
+        "route": body.get("route"),
+        "count": count,
+    }
     if kind in STATUS_FAULTS:
         status, code, message = STATUS_FAULTS[kind]
         if kind == "sync_reset":
             common["route"] = common["route"] or "delta_link"
         if kind in ("throttle", "unavailable") and retry is None:
             retry = 2.0
-        return Fault("status", status=status, code=code, message=message, retry_after=retry,
-                     **common)
+        return Fault(
+            "status", status=status, code=code, message=message, retry_after=retry, **common
+        )
     if kind == "status":
-        return Fault("status", status=int(body.get("status", 503)), code=str(body.get("code", "")),
-                     message=str(body.get("message", "")), retry_after=retry, **common)
+        return Fault(
+            "status",
+            status=int(body.get("status", 503)),
+            code=str(body.get("code", "")),
+            message=str(body.get("message", "")),
+            retry_after=retry,
+            **common,
+        )
     if kind == "slow":
         return Fault("slow", delay_s=float(body.get("delay_s", 1.0)), **common)
     if kind == "hold":
         return Fault("hold", **common)
-    raise ValueError(f"unknown fault kind {kind!r} (one of {', '.join([*STATUS_FAULTS, 'status', 'slow', 'hold'])})")
+    raise ValueError(
+        f"unknown fault kind {kind!r} (one of {', '.join([*STATUS_FAULTS, 'status', 'slow', 'hold'])})"
+    )
 
 
 class GraphSim:
@@ -107,32 +123,41 @@ class GraphSim:
             cfg.client_id, cfg.client_secret, list(cfg.client_certificates), tuple(cfg.roles)
         )
         self.identity = Identity(
-            cfg.tenant_id, cfg.tenant_domains, [self.app_registration], self.clock.now,
+            cfg.tenant_id,
+            cfg.tenant_domains,
+            [self.app_registration],
+            self.clock.now,
             cfg.token_lifetime_s,
         )
         ssl_context: ssl.SSLContext | None = None
         if cfg.notification_ca_pem is not None:
             ssl_context = ssl.create_default_context(cadata=cfg.notification_ca_pem.decode())
         self.subscriptions = Subscriptions(
-            self.directory, self.clock, cfg.tenant_id, ssl_context=ssl_context,
+            self.directory,
+            self.clock,
+            cfg.tenant_id,
+            ssl_context=ssl_context,
             allow_http=cfg.allow_http_notifications,
             validation_timeout_s=cfg.validation_timeout_s,
             notification_timeout_s=cfg.notification_timeout_s,
         )
         self.api = GraphApi(self)
-        self.site = HttpsSite(self.api.app, cfg.host, cfg.port, cert_file=cfg.cert_file,
-                              key_file=cfg.key_file)
+        self.site = HttpsSite(
+            self.api.app, cfg.host, cfg.port, cert_file=cfg.cert_file, key_file=cfg.key_file
+        )
         self.control: ControlServer | None = None
         self._runner: asyncio.Task[None] | None = None
         for k in range(1, cfg.rooms + 1):
             self.add_room(f"room-{k}@{cfg.domain}", f"Room {k}", generate_days=cfg.generate_days)
 
-    async def __aenter__(self) -> GraphSim:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
@@ -148,8 +173,9 @@ class GraphSim:
         if self.config.control_port is not None:
             from .control import add_routes
 
-            self.control = ControlServer(self.clock, self.faults, fault_from_json,
-                                         port=self.config.control_port)
+            self.control = ControlServer(
+                self.clock, self.faults, fault_from_json, port=self.config.control_port
+            )
             add_routes(self.control.app, self)
             await self.control.start()
         log.info("graph-sim: listening on %s", self.url)
@@ -197,15 +223,23 @@ class GraphSim:
     # ---- rooms ---------------------------------------------------------------------------------
 
     def add_room(
-        self, address: str, display_name: str | None = None, *, time_zone: str | None = None,
-        is_room: bool = True, generate_days: int = 0, capacity: int = 8,
+        self,
+        address: str,
+        display_name: str | None = None,
+        *,
+        time_zone: str | None = None,
+        is_room: bool = True,
+        generate_days: int = 0,
+        capacity: int = 8,
     ) -> Mailbox:
         """A room (or, with ``is_room=False``, a user mailbox); ``generate_days`` of bookings."""
         tz = time_zone or self.config.time_zone
-        box = self.directory.add_mailbox(address, display_name, time_zone=tz, is_room=is_room,
-                                         capacity=capacity)
-        for spec in office_days(self.config.seed, address, self.clock.start, tz, generate_days,
-                                self.config.domain):
+        box = self.directory.add_mailbox(
+            address, display_name, time_zone=tz, is_room=is_room, capacity=capacity
+        )
+        for spec in office_days(
+            self.config.seed, address, self.clock.start, tz, generate_days, self.config.domain
+        ):
             self.directory.create(box, spec)
         return box
 
@@ -220,17 +254,30 @@ class GraphSim:
     # ---- events "in Outlook" ------------------------------------------------------------------
 
     def add_event(
-        self, mailbox: str, start: datetime, minutes: int = 30, subject: str = "Meeting", *,
-        organizer: tuple[str, str] | None = None, join_url: str | None = None,
-        sensitivity: str = "normal", recurrence: Recurrence | None = None,
+        self,
+        mailbox: str,
+        start: datetime,
+        minutes: int = 30,
+        subject: str = "Meeting",
+        *,
+        organizer: tuple[str, str] | None = None,
+        join_url: str | None = None,
+        sensitivity: str = "normal",
+        recurrence: Recurrence | None = None,
         is_all_day: bool = False,
     ) -> Event:
         box = self.directory.mailbox(mailbox)
         name, address = organizer or ("Ola Olsen", f"ola.olsen@{self.config.domain}")
         spec = EventSpec(
-            subject=subject, start=start, end=start + timedelta(minutes=minutes),
-            time_zone=box.time_zone, organizer_name=name, organizer_address=address,
-            join_url=join_url, sensitivity=sensitivity, recurrence=recurrence,
+            subject=subject,
+            start=start,
+            end=start + timedelta(minutes=minutes),
+            time_zone=box.time_zone,
+            organizer_name=name,
+            organizer_address=address,
+            join_url=join_url,
+            sensitivity=sensitivity,
+            recurrence=recurrence,
             is_all_day=is_all_day,
         )
         event, _ = self.directory.create(box, spec)
@@ -259,8 +306,13 @@ class GraphSim:
         """Add a fault (see ``fault_from_json`` for kinds and arguments)."""
         return self.faults.add(fault_from_json({"kind": kind, "mailbox": mailbox, **args}))
 
-    def throttle(self, mailbox: str | None = None, retry_after: float = 2.0,
-                 count: int | None = 1, route: str | None = None) -> Fault:
+    def throttle(
+        self,
+        mailbox: str | None = None,
+        retry_after: float = 2.0,
+        count: int | None = 1,
+        route: str | None = None,
+    ) -> Fault:
         """429 with ``Retry-After``."""
         return self.fault("throttle", mailbox, retry_after=retry_after, count=count, route=route)
 

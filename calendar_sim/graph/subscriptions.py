@@ -86,7 +86,7 @@ class Delivery:
 
 def _parse_expiration(value: Any, now: datetime) -> datetime:
     try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(str(value))
     except ValueError:
         raise GraphError(
             400, "InvalidRequest", f"expirationDateTime '{value}' is not a date."
@@ -99,7 +99,8 @@ def _parse_expiration(value: Any, now: datetime) -> datetime:
         )
     if moment - now > MAX_EXPIRATION:
         raise GraphError(
-            400, "ExtensionError",
+            400,
+            "ExtensionError",
             "Subscription expiration can only be 10080 minutes in the future.",
         )
     return moment
@@ -127,8 +128,8 @@ class Subscriptions:
         self.items: dict[str, Subscription] = {}
         self.deliveries: deque[Delivery] = deque(maxlen=QUEUE_LIMIT)
         self.dropped = 0
-        self._queue: asyncio.Queue[tuple[Subscription, str, dict[str, Any], str]] = (
-            asyncio.Queue(QUEUE_LIMIT)
+        self._queue: asyncio.Queue[tuple[Subscription, str, dict[str, Any], str]] = asyncio.Queue(
+            QUEUE_LIMIT
         )
         self._session: aiohttp.ClientSession | None = None
         self.delivered = asyncio.Condition()
@@ -198,8 +199,10 @@ class Subscriptions:
         return url
 
     async def _validate(self, url: str, sub_id: str) -> None:
-        token = f"Validation: Testing client application reachability for subscription " \
-                f"Request-Id: {uuid.uuid4()}"
+        token = (
+            f"Validation: Testing client application reachability for subscription "
+            f"Request-Id: {uuid.uuid4()}"
+        )
         target = url + ("&" if "?" in url else "?") + "validationToken=" + quote(token, safe="")
         assert self._session is not None, "the simulator is not running"
         status: int | None = None
@@ -222,8 +225,10 @@ class Subscriptions:
         await self._record(Delivery(sub_id, "validation", url, status, error))
         if error:
             raise GraphError(
-                400, "ValidationError", "Subscription validation request failed. Notification "
-                f"endpoint must respond with 200 OK to validation request. ({error})"
+                400,
+                "ValidationError",
+                "Subscription validation request failed. Notification "
+                f"endpoint must respond with 200 OK to validation request. ({error})",
             )
 
     async def create(self, body: dict[str, Any], application_id: str) -> Subscription:
@@ -232,8 +237,9 @@ class Subscriptions:
         match = RESOURCE.fullmatch(resource)
         if match is None:
             raise GraphError(
-                400, "InvalidRequest", f"The simulator subscribes to users/{{id}}/events, "
-                f"not '{resource}'."
+                400,
+                "InvalidRequest",
+                f"The simulator subscribes to users/{{id}}/events, not '{resource}'.",
             )
         box = self.directory.mailbox(match.group(1))
         changes = tuple(c.strip() for c in str(body.get("changeType", "")).split(",") if c.strip())

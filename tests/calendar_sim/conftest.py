@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from graphsim_helpers import GraphClient, make_config
 
 from calendar_sim.graph import GraphSim
-
-from graphsim_helpers import GraphClient, make_config
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
 from calendar_sim.graph import GraphSim, GraphSimConfig
 
 # A Monday, 07:00 UTC (08:00 in Oslo): every verdict is relative to this, never to the wall clock.
@@ -59,8 +60,6 @@ def make_config(**kw: Any) -> GraphSimConfig:
     base: dict[str, Any] = {"start": START, "frozen": True, "rooms": 3, "time_zone": "Europe/Oslo"}
     base.update(kw)
     return GraphSimConfig(**base)
-
-
 
 
 class NotificationReceiver:

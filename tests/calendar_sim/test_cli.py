@@ -10,16 +10,29 @@ import sys
 from pathlib import Path
 
 import aiohttp
-
 from graphsim_helpers import SCOPE
 
 
 async def test_graph_sim_serves_and_is_driven_by_its_control_api(tmp_path: Path) -> None:
     ca = tmp_path / "graph-sim-ca.pem"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "calendar_sim.graph", "--port", "0", "--control-port", "0",
-        "--rooms", "2", "--generate-days", "1", "--start", "2026-11-23T07:00:00Z",
-        "--write-ca", str(ca), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "calendar_sim.graph",
+        "--port",
+        "0",
+        "--control-port",
+        "0",
+        "--rooms",
+        "2",
+        "--generate-days",
+        "1",
+        "--start",
+        "2026-11-23T07:00:00Z",
+        "--write-ca",
+        str(ca),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -28,22 +41,37 @@ async def test_graph_sim_serves_and_is_driven_by_its_control_api(tmp_path: Path)
         tls = ssl.create_default_context(cafile=str(ca))
         async with aiohttp.ClientSession() as http:
             token_url = f"{info['authority_url']}/{info['tenant_id']}/oauth2/v2.0/token"
-            form = {"grant_type": "client_credentials", "client_id": info["client_id"],
-                    "client_secret": "graph-sim-secret", "scope": SCOPE}
+            form = {
+                "grant_type": "client_credentials",
+                "client_id": info["client_id"],
+                "client_secret": "graph-sim-secret",
+                "scope": SCOPE,
+            }
             async with http.post(token_url, data=form, ssl=tls) as resp:
                 assert resp.status == 200
                 token = (await resp.json())["access_token"]
             control = info["control_url"]
-            async with http.post(f"{control}/mailboxes/room-1@contoso.com/events",
-                                 json={"start": "2026-11-23T12:00:00Z", "subject": "Via control"}) as resp:
+            async with http.post(
+                f"{control}/mailboxes/room-1@contoso.com/events",
+                json={"start": "2026-11-23T12:00:00Z", "subject": "Via control"},
+            ) as resp:
                 assert resp.status == 200, await resp.text()
-            async with http.post(f"{control}/faults", json={"kind": "throttle", "mailbox": "room-1@contoso.com",
-                                                            "retry_after": 4, "count": 1}) as resp:
+            async with http.post(
+                f"{control}/faults",
+                json={
+                    "kind": "throttle",
+                    "mailbox": "room-1@contoso.com",
+                    "retry_after": 4,
+                    "count": 1,
+                },
+            ) as resp:
                 assert resp.status == 200
             async with http.post(f"{control}/faults", json={"kind": "nonsense"}) as resp:
                 assert resp.status == 400 and "unknown fault" in (await resp.json())["error"]
-            view = (f"{info['graph_url']}/users/room-1@contoso.com/calendarView"
-                    "?startDateTime=2026-11-23T00:00:00Z&endDateTime=2026-11-24T00:00:00Z&$top=100")
+            view = (
+                f"{info['graph_url']}/users/room-1@contoso.com/calendarView"
+                "?startDateTime=2026-11-23T00:00:00Z&endDateTime=2026-11-24T00:00:00Z&$top=100"
+            )
             headers = {"Authorization": f"Bearer {token}"}
             async with http.get(view, headers=headers, ssl=tls) as resp:
                 assert resp.status == 429 and resp.headers["Retry-After"] == "4"
@@ -58,8 +86,13 @@ async def test_graph_sim_serves_and_is_driven_by_its_control_api(tmp_path: Path)
 
 async def test_bad_arguments_exit_2() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "calendar_sim.graph", "--start", "not-a-date",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "calendar_sim.graph",
+        "--start",
+        "not-a-date",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and b"not-a-date" in err

@@ -19,8 +19,10 @@ UTC_PREFER = 'outlook.timezone="UTC"'
 
 def first_url(mailbox: str = ROOM) -> str:
     query = urlencode(
-        {"startDateTime": WINDOW_START.isoformat().replace("+00:00", "Z"),
-         "endDateTime": WINDOW_END.isoformat().replace("+00:00", "Z")}
+        {
+            "startDateTime": WINDOW_START.isoformat().replace("+00:00", "Z"),
+            "endDateTime": WINDOW_END.isoformat().replace("+00:00", "Z"),
+        }
     )
     return f"/users/{mailbox}/calendarView/delta?{query}"
 
@@ -51,9 +53,7 @@ async def test_initial_round_pages_then_ends_with_a_delta_link(
     for hour in range(8, 13):
         sim.add_event(ROOM, START.replace(hour=hour), 30, f"Meeting {hour}")
     sim.add_event(ROOM, WINDOW_END + timedelta(hours=1), 30, "Outside the window")
-    status, headers, body = await client.get(
-        first_url(), headers={"Prefer": "odata.maxpagesize=2"}
-    )
+    status, headers, body = await client.get(first_url(), headers={"Prefer": "odata.maxpagesize=2"})
     assert status == 200 and len(body["value"]) == 2 and "@odata.nextLink" in body
     assert headers["Preference-Applied"] == "odata.maxpagesize=2"
     assert "$skiptoken=" in body["@odata.nextLink"]
@@ -63,8 +63,16 @@ async def test_initial_round_pages_then_ends_with_a_delta_link(
     first = items[0]
     assert first["start"] == {"dateTime": "2026-11-23T08:00:00.0000000", "timeZone": "UTC"}
     assert first["organizer"]["emailAddress"]["address"] == "ola.olsen@contoso.com"
-    for key in ("id", "iCalUId", "sensitivity", "isCancelled", "isAllDay", "type",
-                "seriesMasterId", "onlineMeeting"):
+    for key in (
+        "id",
+        "iCalUId",
+        "sensitivity",
+        "isCancelled",
+        "isAllDay",
+        "type",
+        "seriesMasterId",
+        "onlineMeeting",
+    ):
         assert key in first
 
 
@@ -105,17 +113,23 @@ async def test_the_next_round_holds_only_changes(sim: GraphSim, client: GraphCli
 async def test_prefer_timezone_is_honoured(sim: GraphSim, client: GraphClient) -> None:
     sim.add_event(ROOM, START.replace(hour=8), 30, "Standup")
     items, _, _ = await round_of(client, first_url(), prefer='outlook.timezone="Europe/Oslo"')
-    assert items[0]["start"] == {"dateTime": "2026-11-23T09:00:00.0000000",
-                                 "timeZone": "Europe/Oslo"}
+    assert items[0]["start"] == {
+        "dateTime": "2026-11-23T09:00:00.0000000",
+        "timeZone": "Europe/Oslo",
+    }
     items, _, _ = await round_of(client, first_url(), prefer="")
     assert items[0]["start"]["timeZone"] == "UTC"
 
 
 async def test_a_series_is_expanded_into_occurrences(sim: GraphSim, client: GraphClient) -> None:
     series = sim.add_event(
-        ROOM, START.replace(hour=7), 15, "Daily",
-        recurrence=Recurrence("daily", START.date(), range_type="numbered",
-                              number_of_occurrences=3),
+        ROOM,
+        START.replace(hour=7),
+        15,
+        "Daily",
+        recurrence=Recurrence(
+            "daily", START.date(), range_type="numbered", number_of_occurrences=3
+        ),
     )
     items, delta_link, _ = await round_of(client, first_url())
     assert [i["type"] for i in items] == ["occurrence"] * 3
@@ -162,7 +176,7 @@ async def test_429_carries_retry_after(sim: GraphSim, client: GraphClient) -> No
 async def test_503_and_global_faults(sim: GraphSim, client: GraphClient) -> None:
     sim.fault("unavailable", None, count=2, retry_after=3)
     for mailbox in (ROOM, "room-2@contoso.com"):
-        status, headers, body = await client.get(first_url(mailbox))
+        status, headers, _body = await client.get(first_url(mailbox))
         assert status == 503 and headers["Retry-After"] == "3"
     status, _, _ = await client.get(first_url())
     assert status == 200

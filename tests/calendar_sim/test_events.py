@@ -36,9 +36,13 @@ async def test_patch_get_delete(sim: GraphSim, client: GraphClient) -> None:
     _, _, made = await client.request("POST", f"/users/{ROOM}/events", json=BODY)
     url = f"/users/{ROOM}/events/{made['id']}"
     status, _, moved = await client.request(
-        "PATCH", url, json={"start": {"dateTime": "2026-11-23T12:00:00Z", "timeZone": "UTC"},
-                            "end": {"dateTime": "2026-11-23T13:00:00Z", "timeZone": "UTC"},
-                            "subject": "Moved"},
+        "PATCH",
+        url,
+        json={
+            "start": {"dateTime": "2026-11-23T12:00:00Z", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-11-23T13:00:00Z", "timeZone": "UTC"},
+            "subject": "Moved",
+        },
     )
     assert status == 200 and moved["subject"] == "Moved"
     assert moved["end"]["dateTime"] == "2026-11-23T13:00:00.0000000"
@@ -65,7 +69,10 @@ async def test_bad_bodies_are_400_and_change_nothing(sim: GraphSim, client: Grap
         assert status == 400, (body, answer)
         assert answer["error"]["code"] and answer["error"]["message"]
     status, _, answer = await client.request(
-        "POST", f"/users/{ROOM}/events", data=b"{not json", headers={"Content-Type": "application/json"}
+        "POST",
+        f"/users/{ROOM}/events",
+        data=b"{not json",
+        headers={"Content-Type": "application/json"},
     )
     assert status == 400
     assert sim.events(ROOM) == []

@@ -34,8 +34,9 @@ def test_meetings_are_on_weekdays_in_office_hours_from_the_pinned_start() -> Non
         assert 8 <= local_start.hour < 18 and local_end <= local_start.replace(hour=19, minute=30)
         assert START.date() <= local_start.date() < START.date() + timedelta(days=7)
     # Pinned a week later, the same room's calendar is the same shape a week later.
-    week_later = office_days(3, "room-9@contoso.com", START + timedelta(days=7), "Europe/Oslo",
-                             7, "contoso.com")
+    week_later = office_days(
+        3, "room-9@contoso.com", START + timedelta(days=7), "Europe/Oslo", 7, "contoso.com"
+    )
     assert [(s.start + timedelta(days=7), s.subject) for s in specs] == [
         (s.start, s.subject) for s in week_later
     ]

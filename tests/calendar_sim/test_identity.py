@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import msal
 import requests
+from graphsim_helpers import SCOPE, GraphClient, make_config
 
 from calendar_sim.graph import GraphSim
 from device_sim.tls import make_self_signed
-
-from graphsim_helpers import SCOPE, GraphClient, make_config
 
 
 def _msal_app_sync(
@@ -43,7 +43,9 @@ async def _acquire(app: msal.ConfidentialClientApplication) -> dict[str, Any]:
     return result
 
 
-async def test_msal_with_a_secret_gets_a_token_graph_accepts(sim: GraphSim, client: GraphClient, tmp_path: Any) -> None:
+async def test_msal_with_a_secret_gets_a_token_graph_accepts(
+    sim: GraphSim, client: GraphClient, tmp_path: Any
+) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_bytes(sim.cert_pem)
     result = await _acquire(await _msal_app(sim, sim.config.client_secret, str(ca)))
@@ -146,15 +148,26 @@ async def test_revoked_and_missing_tokens(sim: GraphSim, client: GraphClient) ->
 
 
 async def test_missing_permission_is_403_naming_it() -> None:
-    import aiohttp
+    async with (
+        GraphSim(make_config(roles=("Calendars.Read",))) as sim,
+        aiohttp.ClientSession() as session,
+    ):
+        c = GraphClient(sim, session)
+        await c.fetch_token()
+        status, _, body = await c.get("/places/microsoft.graph.room")
+        assert status == 403 and "Place.Read.All" in body["error"]["message"]
+        status, _, body = await c.request(
+            "POST", "/users/room-1@contoso.com/events", json={"subject": "x"}
+        )
+        assert status == 403 and "Calendars.ReadWrite" in body["error"]["message"]
 
-    async with GraphSim(make_config(roles=("Calendars.Read",))) as sim:
-        async with aiohttp.ClientSession() as session:
-            c = GraphClient(sim, session)
-            await c.fetch_token()
-            status, _, body = await c.get("/places/microsoft.graph.room")
-            assert status == 403 and "Place.Read.All" in body["error"]["message"]
-            status, _, body = await c.request(
-                "POST", "/users/room-1@contoso.com/events", json={"subject": "x"}
-            )
-            assert status == 403 and "Calendars.ReadWrite" in body["error"]["message"]
+
+async def test_an_application_access_policy_blocks_one_mailbox(
+    sim: GraphSim, client: GraphClient
+) -> None:
+    sim.app_registration.denied_mailboxes.add("room-2@contoso.com")
+    window = "calendarView?startDateTime=2026-11-23T00:00:00Z&endDateTime=2026-11-24T00:00:00Z"
+    status, _, body = await client.get(f"/users/room-2@contoso.com/{window}")
+    assert status == 403 and "AccessPolicy" in body["error"]["message"]
+    status, _, _ = await client.get(f"/users/room-1@contoso.com/{window}")
+    assert status == 200

@@ -27,7 +27,10 @@ async def test_rooms_are_listed_across_pages(sim: GraphSim, client: GraphClient)
     assert pages == 2
     addresses = sorted(str(r["emailAddress"]) for r in rooms)
     assert addresses == [
-        "Room-B@contoso.com", "room-1@contoso.com", "room-2@contoso.com", "room-3@contoso.com"
+        "Room-B@contoso.com",
+        "room-1@contoso.com",
+        "room-2@contoso.com",
+        "room-3@contoso.com",
     ]
     for room in rooms:
         assert room["@odata.type"] == "#microsoft.graph.room"

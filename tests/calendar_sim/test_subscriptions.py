@@ -25,11 +25,11 @@ async def receiver() -> AsyncIterator[NotificationReceiver]:
 
 @pytest.fixture
 async def pushed(receiver: NotificationReceiver) -> AsyncIterator[tuple[GraphSim, GraphClient]]:
-    async with GraphSim(make_config(notification_ca_pem=receiver.ca_pem)) as sim:
-        async with aiohttp.ClientSession() as session:
-            client = GraphClient(sim, session)
-            await client.fetch_token()
-            yield sim, client
+    config = make_config(notification_ca_pem=receiver.ca_pem)
+    async with GraphSim(config) as sim, aiohttp.ClientSession() as session:
+        client = GraphClient(sim, session)
+        await client.fetch_token()
+        yield sim, client
 
 
 def _body(rx: NotificationReceiver, **kw: Any) -> dict[str, Any]:
@@ -109,7 +109,8 @@ async def test_renewal_expiry_and_delete(
     status, _, _ = await client.get(f"/subscriptions/{sub['id']}")
     assert status == 404  # expired subscriptions are gone
     _, _, sub = await client.request(
-        "POST", "/subscriptions",
+        "POST",
+        "/subscriptions",
         json=_body(receiver, expirationDateTime=(sim.clock.now() + timedelta(hours=1)).isoformat()),
     )
     status, _, _ = await client.request("DELETE", f"/subscriptions/{sub['id']}")
@@ -134,6 +135,8 @@ async def test_a_failed_handshake_refuses_the_subscription(
         {"changeType": "renamed"},
         {"expirationDateTime": START.isoformat()},
     ):
-        status, _, body = await client.request("POST", "/subscriptions", json=_body(receiver, **bad))
+        status, _, body = await client.request(
+            "POST", "/subscriptions", json=_body(receiver, **bad)
+        )
         assert status in (400, 404), (bad, body)
     assert sim.subscriptions.items == {}
