@@ -278,6 +278,10 @@ class Instance:
 def event_json(inst: Instance, tz: ZoneInfo, tz_label: str, mailbox: str) -> dict[str, Any]:
     """The Graph event resource of ``inst``, start/end in ``tz`` (``Prefer: outlook.timezone``)."""
     e = inst.item
+    if e.is_all_day:
+        # All-day events float: midnight to midnight of the organizer's days, whatever zone
+        # the client prefers (Graph labels them with the preferred zone all the same).
+        tz = zone(e.time_zone)
     ical = e.ical_uid if inst.type == "singleInstance" else opaque_id(e.ical_uid, inst.id)[:40]
     online = e.join_url is not None
     return {

@@ -204,3 +204,18 @@ async def test_window_and_token_errors(client: GraphClient) -> None:
     assert status == 400 and "StartDateTime" in body["error"]["message"]
     status, _, body = await client.get(f"/users/{ROOM}/calendarView/delta?$deltatoken=made-up")
     assert status == 410
+
+
+async def test_all_day_events_span_the_local_day(sim: GraphSim, client: GraphClient) -> None:
+    oslo_midnight = START.replace(hour=0) - timedelta(hours=1)  # 2026-11-23 00:00 in Oslo
+    sim.add_event(ROOM, oslo_midnight, 24 * 60, "Offsite", is_all_day=True)
+    (item,), _, _ = await round_of(client, first_url())
+    assert item["isAllDay"] is True
+    assert item["start"]["dateTime"] == "2026-11-23T00:00:00.0000000"
+    assert item["end"]["dateTime"] == "2026-11-24T00:00:00.0000000"
+
+
+async def test_slow_answers_still_answer(sim: GraphSim, client: GraphClient) -> None:
+    slow = sim.fault("slow", ROOM, delay_s=0.05, count=1)
+    status, _, _ = await client.get(first_url())
+    assert status == 200 and slow.hits == 1 and sim.faults.faults == []
