@@ -152,15 +152,15 @@ class GoogleIdentity:
         if not scopes:
             raise OAuthError(400, "invalid_scope", "Empty or missing scope not allowed.")
         subject = claims.get("sub")
-        if subject is not None:
-            if str(subject).lower() not in self.admins or not scopes <= acct.delegated_scopes:
-                raise OAuthError(
-                    401,
-                    "unauthorized_client",
-                    "Client is unauthorized to retrieve access "
-                    "tokens using this method, or client not authorized for any of the scopes "
-                    "requested.",
-                )
+        delegated = str(subject).lower() in self.admins and scopes <= acct.delegated_scopes
+        if subject is not None and not delegated:
+            raise OAuthError(
+                401,
+                "unauthorized_client",
+                "Client is unauthorized to retrieve access "
+                "tokens using this method, or client not authorized for any of the scopes "
+                "requested.",
+            )
         token = "ya29.sim-" + secrets.token_urlsafe(32)
         expires = self.now().timestamp() + self.token_lifetime_s
         self._grants[token] = Grant(scopes, None if subject is None else str(subject), expires)

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -109,7 +109,7 @@ class GoogleSim:
         for k in range(1, cfg.rooms + 1):
             self.add_room(f"room-{k}@{cfg.domain}", f"Room {k}")
 
-    async def __aenter__(self) -> GoogleSim:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -102,5 +102,7 @@ class NotificationReceiver:
             self.validations.append(token)
             answer = token if self.validation_answer is None else self.validation_answer
             return web.Response(text=answer, content_type="text/plain")
-        await self.notifications.put((request.match_info["path"], await request.json()))
-        return web.Response(status=202)
+        raw = await request.read()
+        body = await request.json() if raw else {"headers": dict(request.headers)}
+        await self.notifications.put((request.match_info["path"], body))
+        return web.Response(status=202 if raw else 200)
