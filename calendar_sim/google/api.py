@@ -47,6 +47,7 @@ EVENT_ID = re.compile(r"[a-v0-9]{5,1024}")  # base32hex, as events.insert requir
 class SyncPoint:
     calendar: str
     seq: int
+    single_events: bool  # the token keeps the original request's singleEvents
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Page:
     items: list[dict[str, Any]]
     position: int
     sync_seq: int
+    single_events: bool
 
 
 class GoogleApi:
@@ -217,7 +219,10 @@ class GoogleApi:
             changed = sorted(
                 (e for e in cal.events.values() if e.seq > point.seq), key=lambda e: e.seq
             )
-            page = Page(cal.email.lower(), [e.json(cal.email) for e in changed], 0, cal.seq)
+            if point.single_events:
+                changed = [i for e in changed for i in e.expand()]
+            items = [e.json(cal.email) for e in changed]
+            page = Page(cal.email.lower(), items, 0, cal.seq, point.single_events)
         else:
             low = parse_rfc3339(q["timeMin"], "timeMin") if "timeMin" in q else None
             high = parse_rfc3339(q["timeMax"], "timeMax") if "timeMax" in q else None
@@ -225,9 +230,11 @@ class GoogleApi:
             if order == "startTime" and q.get("singleEvents") != "true":
                 raise GoogleError(400, "invalid", "orderBy=startTime requires singleEvents=true.")
             deleted = q.get("showDeleted") == "true"
+            single = q.get("singleEvents") == "true"
+            expanded = [i for e in cal.events.values() for i in (e.expand() if single else [e])]
             rows = [
                 e
-                for e in cal.events.values()
+                for e in expanded
                 if (deleted or e.status != "cancelled")
                 and e.overlaps(
                     low or datetime.min.replace(tzinfo=UTC),
@@ -237,7 +244,8 @@ class GoogleApi:
             rows.sort(
                 key=(lambda e: (e.start, e.id)) if order == "startTime" else (lambda e: e.seq)
             )
-            page = Page(cal.email.lower(), [e.json(cal.email) for e in rows], 0, cal.seq)
+            items = [e.json(cal.email) for e in rows]
+            page = Page(cal.email.lower(), items, 0, cal.seq, single)
         chunk = page.items[page.position : page.position + size]
         page.position += len(chunk)
         body: dict[str, Any] = {
@@ -253,7 +261,8 @@ class GoogleApi:
         if page.position < len(page.items):
             body["nextPageToken"] = self._put(page)
         else:
-            body["nextSyncToken"] = self._put(SyncPoint(page.calendar, page.sync_seq))
+            point = SyncPoint(page.calendar, page.sync_seq, page.single_events)
+            body["nextSyncToken"] = self._put(point)
         return web.json_response(body)
 
     async def insert_event(self, request: web.Request) -> web.Response:

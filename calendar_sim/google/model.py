@@ -8,8 +8,8 @@ or not (the client filters), and deleted ones as ``status: "cancelled"``.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 
@@ -63,6 +63,27 @@ class GEvent:
     visibility: str = "default"
     hangout_link: str | None = None
     sequence: int = 0
+    daily_count: int = 0  # a series: RRULE:FREQ=DAILY;COUNT=n (0: a single event)
+
+    def expand(self) -> list[GEvent]:
+        """With ``singleEvents=true``: the instances of a series (itself when single)."""
+        if not self.daily_count or self.status == "cancelled":
+            return [self]
+        out = []
+        for k in range(self.daily_count):
+            shift = timedelta(days=k)
+            inst = replace(
+                self,
+                id=f"{self.id}_{(self.start + shift):%Y%m%dT%H%M%SZ}",
+                start=self.start + shift,
+                end=self.end + shift,
+                daily_count=0,
+            )
+            inst.series = self
+            out.append(inst)
+        return out
+
+    series: GEvent | None = field(default=None, repr=False, compare=False)
 
     def overlaps(self, start: datetime, end: datetime) -> bool:
         return self.start < end and self.end > start
@@ -97,6 +118,11 @@ class GEvent:
             "reminders": {"useDefault": True},
             "eventType": "default",
         }
+        if self.daily_count:
+            out["recurrence"] = [f"RRULE:FREQ=DAILY;COUNT={self.daily_count}"]
+        if self.series is not None:
+            out["recurringEventId"] = self.series.id
+            out["originalStartTime"] = start
         if self.hangout_link:
             out["hangoutLink"] = self.hangout_link
             out["conferenceData"] = {

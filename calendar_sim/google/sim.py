@@ -196,6 +196,7 @@ class GoogleSim:
         event_id: str | None = None,
         all_day: bool = False,
         hangout_link: str | None = None,
+        daily_count: int = 0,
     ) -> GEvent:
         now = self.clock.now()
         dates = None
@@ -214,6 +215,7 @@ class GoogleSim:
             cal.bump(),
             dates,
             hangout_link=hangout_link,
+            daily_count=daily_count,
         )
         cal.events[event.id] = event
         self.channels.changed(cal.email)
@@ -227,7 +229,10 @@ class GoogleSim:
         summary: str = "Meeting",
         *,
         organizer: str | None = None,
+        daily_count: int = 0,
+        hangout_link: str | None = None,
     ) -> GEvent:
+        """An event (a daily series of ``daily_count`` when > 0) made in Google Calendar."""
         cal = self.calendars[calendar.lower()]
         return self.create(
             cal,
@@ -235,6 +240,8 @@ class GoogleSim:
             start,
             start + timedelta(minutes=minutes),
             organizer=organizer or f"ola.olsen@{self.config.domain}",
+            daily_count=daily_count,
+            hangout_link=hangout_link,
         )
 
     def add_all_day(

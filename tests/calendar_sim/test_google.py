@@ -258,3 +258,25 @@ async def test_watch_channel_sync_then_exists_then_stop(
         json={"id": "chan-1", "resourceId": channel["resourceId"]},
     )
     assert status == 404
+
+
+async def test_series_are_expanded_with_single_events(google: tuple[GoogleSim, Client]) -> None:
+    sim, client = google
+    meet = "https://meet.google.com/abc-defg-hij"
+    series = sim.add_event(
+        ROOM, START.replace(hour=8), 15, "Stand-up", daily_count=3, hangout_link=meet
+    )
+    items, sync, _ = await full_then_sync(client, WINDOW)
+    assert [i["recurringEventId"] for i in items] == [series.id] * 3
+    assert len({i["id"] for i in items}) == 3
+    assert items[1]["start"]["dateTime"] == "2026-11-24T08:00:00.000Z"
+    assert items[0]["hangoutLink"] == meet
+    status, _, body = await client.call(
+        "GET", events_path(), params={"timeMin": WINDOW["timeMin"], "timeMax": WINDOW["timeMax"]}
+    )
+    assert [i["recurrence"] for i in body["items"]] == [["RRULE:FREQ=DAILY;COUNT=3"]]
+    # the sync token remembers singleEvents: a moved series comes back as its instances
+    sim.move_event(ROOM, series.id, START.replace(hour=9))
+    status, _, body = await client.call("GET", events_path(), params={"syncToken": sync})
+    assert status == 200 and len(body["items"]) == 3
+    assert body["items"][0]["start"]["dateTime"] == "2026-11-23T09:00:00.000Z"
