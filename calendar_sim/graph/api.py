@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from .delta import Removed, Round, SyncState, compute_round
+from .delta import Cursor, Removed, Round, SyncState, compute_round
 from .directory import spec_from_graph
 from .identity import IdentityError, TokenClaims
 from .model import EventType, GraphError, Instance, Mailbox, event_json, parse_query_datetime, zone
@@ -343,12 +343,9 @@ class GraphApi:
                 )
             if isinstance(state, SyncState):
                 items, ends_in = compute_round(box, state.start, state.end, state)
-                round_ = Round(box.address.lower(), items, 0, ends_in)
-            elif isinstance(state, Round):
-                round_ = state
-                states.drop(skip or "")
-            else:  # pragma: no cover - the store holds only these two
-                raise AssertionError(state)
+                cursor = Cursor(Round(box.address.lower(), tuple(items), ends_in), 0)
+            else:
+                cursor = state
         else:
             start = parse_query_datetime(request.query.get("startDateTime"), "startDateTime")
             end = parse_query_datetime(request.query.get("endDateTime"), "endDateTime")
@@ -357,7 +354,7 @@ class GraphApi:
                     400, "ErrorInvalidParameter", "endDateTime must be after startDateTime."
                 )
             items, ends_in = compute_round(box, start, end, None)
-            round_ = Round(box.address.lower(), items, 0, ends_in)
+            cursor = Cursor(Round(box.address.lower(), tuple(items), ends_in), 0)
         prefer = _prefer(request)
         headers: dict[str, str] = {}
         page = DEFAULT_PAGE
@@ -376,16 +373,17 @@ class GraphApi:
                 for p in (headers.get("Preference-Applied"), tz_headers["Preference-Applied"])
                 if p
             )
-        chunk = round_.items[round_.position : round_.position + page]
-        round_.position += len(chunk)
+        round_ = cursor.round
+        chunk = round_.items[cursor.position : cursor.position + page]
+        position = cursor.position + len(chunk)
         base = f"{self.sim.graph_url}/users/{box.address}/calendarView/delta"
         body: dict[str, Any] = {
             "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(event)",
             "value": [self._render(box, item, tz, label) for item in chunk],
         }
-        if round_.position < len(round_.items):
+        if position < len(round_.items):
             # the tokens are URL-safe already; Graph's links show "$skiptoken=" unescaped
-            body["@odata.nextLink"] = f"{base}?$skiptoken={states.put(round_)}"
+            body["@odata.nextLink"] = f"{base}?$skiptoken={states.put(Cursor(round_, position))}"
         else:
             body["@odata.deltaLink"] = f"{base}?$deltatoken={states.put(round_.ends_in)}"
         return web.json_response(body, headers=headers)

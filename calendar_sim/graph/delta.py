@@ -39,14 +39,26 @@ class SyncState:
     known: frozenset[str]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Round:
-    """What a next link stands for: the rest of a round's items, then the state it ends in."""
+    """A round's items, frozen when it began, and the state it ends in."""
 
     mailbox: str
-    items: list[Instance | Removed]
-    position: int
+    items: tuple[Instance | Removed, ...]
     ends_in: SyncState
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """What a next link stands for: a round and where the next page starts. Immutable, so a
+    client that retries a next link (its answer was lost) gets the same page again."""
+
+    round: Round
+    position: int
+
+    @property
+    def mailbox(self) -> str:
+        return self.round.mailbox
 
 
 def compute_round(
@@ -69,26 +81,23 @@ class SyncStates:
 
     def __init__(self, limit: int = MAX_STATES) -> None:
         self.limit = limit
-        self._states: OrderedDict[str, SyncState | Round] = OrderedDict()
+        self._states: OrderedDict[str, SyncState | Cursor] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._states)
 
-    def put(self, state: SyncState | Round) -> str:
+    def put(self, state: SyncState | Cursor) -> str:
         token = secrets.token_urlsafe(24)
         self._states[token] = state
         while len(self._states) > self.limit:
             self._states.popitem(last=False)
         return token
 
-    def get(self, token: str) -> SyncState | Round | None:
+    def get(self, token: str) -> SyncState | Cursor | None:
         state = self._states.get(token)
         if state is not None:
             self._states.move_to_end(token)
         return state
-
-    def drop(self, token: str) -> None:
-        self._states.pop(token, None)
 
     def invalidate(self, mailbox: str | None = None) -> int:
         """Forget every token (or those of ``mailbox``): their next use gets 410."""

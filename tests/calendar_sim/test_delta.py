@@ -219,3 +219,21 @@ async def test_slow_answers_still_answer(sim: GraphSim, client: GraphClient) -> 
     slow = sim.fault("slow", ROOM, delay_s=0.05, count=1)
     status, _, _ = await client.get(first_url())
     assert status == 200 and slow.hits == 1 and sim.faults.faults == []
+
+
+async def test_links_can_be_followed_again(sim: GraphSim, client: GraphClient) -> None:
+    """A client whose answer was lost (or that was killed before it stored the next link)
+    follows the same link again and gets the same page; a delta link stays valid."""
+    for hour in (8, 9, 10):
+        sim.add_event(ROOM, START.replace(hour=hour), 30, f"M{hour}")
+    headers = {"Prefer": "odata.maxpagesize=2"}
+    _, _, first = await client.get(first_url(), headers=headers)
+    next_link = first["@odata.nextLink"]
+    _, _, page = await client.get(next_link, headers=headers)
+    _, _, again = await client.get(next_link, headers=headers)
+    assert page["value"] == again["value"] and [e["subject"] for e in page["value"]] == ["M10"]
+    delta_link = page["@odata.deltaLink"]
+    sim.add_event(ROOM, START.replace(hour=11), 30, "M11")
+    for _ in range(2):
+        items, _, _ = await round_of(client, delta_link)
+        assert [i["subject"] for i in items] == ["M11"]
