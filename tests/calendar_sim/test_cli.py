@@ -96,3 +96,49 @@ async def test_bad_arguments_exit_2() -> None:
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and b"not-a-date" in err
+
+
+async def test_google_sim_serves_with_the_key_it_wrote(tmp_path: Path) -> None:
+    import time
+
+    import jwt
+
+    ca, key_file = tmp_path / "ca.pem", tmp_path / "key.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "calendar_sim.google", "--port", "0", "--control-port", "0",
+        "--start", "2026-11-23T07:00:00Z", "--write-ca", str(ca), "--write-key", str(key_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        key = json.loads(key_file.read_text())
+        now = int(time.time())
+        signed = jwt.encode(
+            {"iss": key["client_email"], "sub": info["admin"], "aud": key["token_uri"],
+             "scope": "https://www.googleapis.com/auth/calendar.readonly",
+             "iat": now, "exp": now + 3600},
+            key["private_key"], algorithm="RS256", headers={"kid": key["private_key_id"]},
+        )  # fmt: skip
+        tls = ssl.create_default_context(cafile=str(ca))
+        async with aiohttp.ClientSession() as http:
+            form = {
+                "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "assertion": signed,
+            }
+            async with http.post(key["token_uri"], data=form, ssl=tls) as resp:
+                assert resp.status == 200, await resp.text()
+                token = (await resp.json())["access_token"]
+            control = info["control_url"]
+            async with http.post(
+                f"{control}/calendars/room-1@example.com/events",
+                json={"start": "2026-11-23T12:00:00Z", "summary": "Via control"},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+            url = f"{info['calendar_url']}/calendars/room-1@example.com/events"
+            async with http.get(url, headers={"Authorization": f"Bearer {token}"}, ssl=tls) as resp:
+                assert resp.status == 200
+                assert [e["summary"] for e in (await resp.json())["items"]] == ["Via control"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
