@@ -144,21 +144,27 @@ class Subscriptions:
 
     async def run(self) -> None:
         """Deliver queued notifications one by one until cancelled (safe to cancel)."""
-        self._session = aiohttp.ClientSession()
+        self._client()
         try:
             while True:
                 sub, kind, body, url = await self._queue.get()
                 await self._post(sub.id, kind, url, body)
         finally:
-            await self._session.close()
+            if self._session is not None:
+                await self._session.close()
             self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use: a subscription can be created before the worker's first step.
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
 
     async def _post(self, sub_id: str, kind: str, url: str, body: dict[str, Any]) -> None:
         status: int | None = None
         error: str | None = None
-        assert self._session is not None
         try:
-            async with self._session.post(
+            async with self._client().post(
                 url,
                 json=body,
                 ssl=self._ssl(url),
@@ -204,11 +210,10 @@ class Subscriptions:
             f"Request-Id: {uuid.uuid4()}"
         )
         target = url + ("&" if "?" in url else "?") + "validationToken=" + quote(token, safe="")
-        assert self._session is not None, "the simulator is not running"
         status: int | None = None
         error: str | None = None
         try:
-            async with self._session.post(
+            async with self._client().post(
                 target,
                 data=b"",
                 headers={"Content-Type": "text/plain; charset=utf-8"},
