@@ -265,8 +265,8 @@ class Rig:
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-            preexec_fn=child_setup,
-        )  # noqa: PLW1509 - before any thread
+            preexec_fn=child_setup,  # noqa: PLW1509 - it only calls prctl
+        )
         out.close()
         self.procs.append(proc)
         return proc
@@ -342,7 +342,12 @@ class Rig:
                 f"{MQTT_BASE}/devices/+/events",
             ]
         else:
-            argv = [sys.executable, str(Path(__file__).resolve()), "--receiver-ready", str(rx_ready)]
+            argv = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--receiver-ready",
+                str(rx_ready),
+            ]
         rx = self.spawn(argv, "receiver.log")
         info = await wait_file(rx_ready, rx, f"the {self.rx_name}", 30)
         self.rx = f"http://127.0.0.1:{info['port']}"
@@ -509,6 +514,8 @@ class Burst:
     delivered: int
     times: list[float] = field(repr=False)
     cpu_pct: float
+    rss_after: float  # MiB, 2 s after the last delivery (or the timeout)
+    rss_peak: float  # VmHWM, the whole run so far
 
     @property
     def last(self) -> float:
@@ -679,12 +686,15 @@ async def burst(rig: Rig, target: Target, at: datetime, meeting: str) -> Burst:
             if typ == "booking.started" and mid == meeting:
                 started.setdefault(dev, arr)
     cpu = (cpu_s(target.pid) - cpu0) / (time.time() - w0) * 100
-    r = Burst(n, len(started), sorted(t - crossing for t in started.values()), cpu)
+    await asyncio.sleep(2)
+    rss, peak = rss_mib(target.pid), rss_mib(target.pid, "VmHWM")
+    r = Burst(n, len(started), sorted(t - crossing for t in started.values()), cpu, rss, peak)
     print(
         f"{target.name} burst at {utc_z(at)}: {r.delivered}/{n} booking.started delivered; "
         f"after the simulator clock reached it: first {r.times[0] if r.times else 0:.2f} s, "
         f"median {pct(r.times, 0.5):.2f} s, last {r.last:.2f} s ({target.name} CPU {cpu:.0f}%)"
     )
+    print(f"  {target.name} RSS after the burst {rss:.1f} MiB, peak over its run {peak:.1f} MiB")
     return r
 
 

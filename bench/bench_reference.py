@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,8 +53,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _harness as h  # noqa: E402
-import orjson  # noqa: E402
+import _harness as h
+import orjson
 
 MQTT_IN_FLIGHT = 32
 Row = tuple[int, str, str, bytes]  # seq, device id, event id, envelope
@@ -79,17 +80,23 @@ class Reference:
         self.ready: asyncio.Queue[Row] = asyncio.Queue()  # committed
         self.depth = 0
         self.connected: dict[str, bool] = {d["id"]: False for d in cfg["devices"]}
+        # One context for every device, no CA store loaded: the certificate is pinned instead.
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.tls.check_hostname, self.tls.verify_mode = False, ssl.CERT_NONE
 
     # ---- devices ----------------------------------------------------------------------------
 
     async def device(self, dev: dict[str, str]) -> None:
         from websockets.asyncio.client import connect
 
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # pinned below instead
+        ctx = self.tls
         token = base64.b64encode(f"{h.USERNAME}:{h.PASSWORD}".encode()).decode()
-        sub = {"jsonrpc": "2.0", "id": 1, "method": "xFeedback/Subscribe",
-               "params": {"Query": ["Event", "Bookings"], "NotifyCurrentValue": False}}  # fmt: skip
+        sub = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "xFeedback/Subscribe",
+            "params": {"Query": ["Event", "Bookings"], "NotifyCurrentValue": False},
+        }
         while True:
             try:
                 async with connect(
@@ -179,8 +186,14 @@ class Reference:
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
         )
         client.max_inflight_messages_set(MQTT_IN_FLIGHT)
-        client.on_connect = lambda c, u, f, rc, p: loop.call_soon_threadsafe(up.set)
-        client.on_publish = lambda c, u, mid, rc, p: loop.call_soon_threadsafe(acked, mid)
+
+        def on_connect(c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+            loop.call_soon_threadsafe(up.set)
+
+        def on_publish(c: Any, u: Any, mid: int, rc: Any, p: Any) -> None:  # paho's thread
+            loop.call_soon_threadsafe(acked, mid)
+
+        client.on_connect, client.on_publish = on_connect, on_publish
         client.connect("127.0.0.1", self.cfg["mqtt_port"], keepalive=30)
         client.loop_start()
         try:
@@ -212,8 +225,13 @@ class Reference:
                     msg_id, body = rows[0][2], bodies[0]
                 else:
                     msg_id = f"batch_{rows[0][2]}_{len(rows)}"
-                    body = (b'{"type":"batch","timestamp":"' + iso(time.time()).encode()
-                            + b'","data":{"events":[' + b",".join(bodies) + b"]}}")  # fmt: skip
+                    body = (
+                        b'{"type":"batch","timestamp":"'
+                        + iso(time.time()).encode()
+                        + b'","data":{"events":['
+                        + b",".join(bodies)
+                        + b"]}}"
+                    )
                 while True:
                     ts = str(int(time.time()))
                     mac = hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256)
@@ -316,9 +334,7 @@ def variants(sink: str, batch_max: int) -> list[Variant]:
     return [Variant("reference"), Variant(f"reference batch {batch_max}", batch_max)]
 
 
-def start(
-    rig: h.Rig, variant: Variant, *, max_in_flight: int, mqtt_protocol: str
-) -> h.Target:
+def start(rig: h.Rig, variant: Variant, *, max_in_flight: int, mqtt_protocol: str) -> h.Target:
     """Spawn the reference pipeline as a child of ``rig``, on a fresh store."""
     slug = variant.label.replace(" ", "-")
     api_port = h.free_port()
@@ -338,8 +354,9 @@ def start(
     path = rig.tmp / f"{slug}.json"
     path.write_text(json.dumps(cfg))
     log = f"{slug}.log"
-    proc = rig.spawn([sys.executable, str(Path(__file__).resolve()), "pipeline", "--config",
-                      str(path)], log)  # fmt: skip
+    proc = rig.spawn(
+        [sys.executable, str(Path(__file__).resolve()), "pipeline", "--config", str(path)], log
+    )
     return h.Target(variant.label, proc, f"http://127.0.0.1:{api_port}", rig.tmp / log)
 
 
@@ -356,18 +373,30 @@ class Run:
 
 
 async def phases(
-    rig: h.Rig, target: h.Target, args: argparse.Namespace, burst_k: int, t0: float
+    rig: h.Rig,
+    target: h.Target,
+    args: argparse.Namespace,
+    burst_k: int,
+    t0: float,
+    on_phase: Callable[[str], None] = lambda _: None,
 ) -> Run:
-    """Every phase ``args`` asks for, against ``target``; the bench runs the agent the same."""
+    """Every phase ``args`` asks for, against ``target`` (the agent goes through the same):
+    ``burst_k`` picks the rig's burst minute, ``t0`` is when the process started,
+    ``on_phase(name)`` runs before each phase (bench_pipeline's profiler)."""
     run = Run(target.name)
+    on_phase("connect")
     run.connect = await h.connected(rig, target, t0)
     if not args.skip_latency:
+        on_phase("latency")
         run.latency = await h.latency(rig, target, args.latency_rate, args.latency_s)
+    on_phase("sustained")
     run.sustained = await h.sustained(rig, target, args.rate, args.duration)
     if not args.skip_burst:
+        on_phase("burst")
         at, meeting = rig.burst_times[burst_k]
         run.burst = await h.burst(rig, target, at, meeting)
     if args.backlog and not rig.mqtt:
+        on_phase("backlog")
         run.backlog = await h.backlog(rig, target, args.backlog, args.backlog_rate)
     return run
 
@@ -383,8 +412,13 @@ def add_load_args(ap: argparse.ArgumentParser, devices: int) -> None:
     ap.add_argument("--batch-max", type=int, default=20, help="[webhook] events per batch")
     ap.add_argument("--max-in-flight", type=int, default=8, help="[webhook] requests at once")
     ap.add_argument("--mqtt-protocol", choices=["3.1.1", "5"], default="5")
-    ap.add_argument("--broker-inflight", type=int, default=52,
-                    help="mosquitto max_inflight_messages")  # fmt: skip
+    ap.add_argument(
+        "--broker-inflight",
+        type=int,
+        default=52,
+        help="mosquitto max_inflight_messages (MQTT 5: the Receive Maximum a client gets; the "
+        "agent keeps 2 spare, so 52 lets its 50-publish window run)",
+    )
     ap.add_argument(
         "--flood-bookings",
         type=int,
@@ -393,10 +427,20 @@ def add_load_args(ap: argparse.ArgumentParser, devices: int) -> None:
         "repeats within the agent's 5 s duplicate horizon: 12 at <= 3.6 events/s "
         "per device, up to 40, where 80 > the agent's 64 remembered events)",
     )
-    ap.add_argument("--backlog", type=int, default=0,
-                    help="[webhook] events queued while the receiver answers 503, then the "
-                    "drain time (0: skip)")  # fmt: skip
-    ap.add_argument("--backlog-rate", type=float, default=3000.0, help="offered while down")
+    ap.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="[webhook] events queued while the receiver answers 503, then the "
+        "drain time (0: skip)",
+    )
+    ap.add_argument(
+        "--backlog-rate",
+        type=float,
+        default=0.0,
+        help="events/s offered while the receiver is down (default: --rate, so no device "
+        "repeats an event inside the agent's duplicate horizon)",
+    )
     ap.add_argument("--skip-burst", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--time-limit", type=float, default=600.0, help="whole run, s")
@@ -404,8 +448,9 @@ def add_load_args(ap: argparse.ArgumentParser, devices: int) -> None:
 
 
 def settle_args(args: argparse.Namespace) -> None:
+    args.backlog_rate = args.backlog_rate or args.rate
     if not args.flood_bookings:
-        per_device = max(args.rate, args.latency_rate) / max(1, args.devices)
+        per_device = max(args.rate, args.latency_rate, args.backlog_rate) / max(1, args.devices)
         args.flood_bookings = max(12, min(h.FLOOD_BOOKINGS, int(2.5 * per_device) + 4))
 
 
@@ -413,19 +458,27 @@ async def standalone(args: argparse.Namespace) -> None:
     limit = h.raise_nofile()
     if limit < 2 * args.devices + 200:
         raise SystemExit(f"RLIMIT_NOFILE {limit} is too low for {args.devices} devices")
-    variant = Variant("reference" if args.batch_max <= 1 else f"reference batch {args.batch_max}",
-                      max(1, args.batch_max) if args.sink == "webhook" else 1)  # fmt: skip
+    variant = Variant(
+        "reference" if args.batch_max <= 1 else f"reference batch {args.batch_max}",
+        max(1, args.batch_max) if args.sink == "webhook" else 1,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-reference-") as t:
-        rig = h.Rig(Path(t), sink=args.sink, devices=args.devices,
-                    flood_bookings=args.flood_bookings, bursts=0 if args.skip_burst else 1,
-                    broker_inflight=args.broker_inflight)  # fmt: skip
+        rig = h.Rig(
+            Path(t),
+            sink=args.sink,
+            devices=args.devices,
+            flood_bookings=args.flood_bookings,
+            bursts=0 if args.skip_burst else 1,
+            broker_inflight=args.broker_inflight,
+        )
         target: h.Target | None = None
         try:
             async with asyncio.timeout(args.time_limit):
                 await rig.start()
                 t0 = time.monotonic()
-                target = start(rig, variant, max_in_flight=args.max_in_flight,
-                               mqtt_protocol=args.mqtt_protocol)  # fmt: skip
+                target = start(
+                    rig, variant, max_in_flight=args.max_in_flight, mqtt_protocol=args.mqtt_protocol
+                )
                 run = await phases(rig, target, args, 0, t0)
             if run.sustained is not None:
                 print(f"\n{run.name}: {run.sustained.per_cpu_s:.0f} events per CPU-second")
