@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -730,6 +731,116 @@ async def backlog(rig: Rig, target: Target, events: int, rate: float) -> Backlog
         f"{r.pipeline_cpu_s:.1f} CPU s)"
     )
     return r
+
+
+@dataclass
+class Run:
+    """The figures of one pipeline run through the phases."""
+
+    name: str
+    connect: Connect | None = None
+    latency: Latency | None = None
+    sustained: Sustained | None = None
+    burst: Burst | None = None
+    backlog: Backlog | None = None
+
+
+async def phases(
+    rig: Rig,
+    target: Target,
+    args: argparse.Namespace,
+    burst_k: int,
+    t0: float,
+    on_phase: Callable[[str], None] = lambda _: None,
+) -> Run:
+    """Every phase ``args`` asks for, against ``target`` (the agent goes through the same):
+    ``burst_k`` picks the rig's burst minute, ``t0`` is when the process started,
+    ``on_phase(name)`` runs before each phase (bench_pipeline's profiler)."""
+    run = Run(target.name)
+    on_phase("connect")
+    run.connect = await connected(rig, target, t0)
+    if not args.skip_latency:
+        on_phase("latency")
+        run.latency = await latency(rig, target, args.latency_rate, args.latency_s)
+    on_phase("sustained")
+    run.sustained = await sustained(rig, target, args.rate, args.duration)
+    if not args.skip_burst:
+        on_phase("burst")
+        at, meeting = rig.burst_times[burst_k]
+        run.burst = await burst(rig, target, at, meeting)
+    if args.backlog and not rig.mqtt:
+        on_phase("backlog")
+        run.backlog = await backlog(rig, target, args.backlog, args.backlog_rate)
+    return run
+
+
+def add_load_args(ap: argparse.ArgumentParser, devices: int) -> None:
+    """The options both benches take (the rig, the load, the phases)."""
+    ap.add_argument("--sink", choices=["webhook", "mqtt"], default="webhook")
+    ap.add_argument("--devices", type=int, default=devices)
+    ap.add_argument("--duration", type=float, default=25.0, help="sustained phase, s")
+    ap.add_argument("--rate", type=float, default=3000.0, help="sustained offered events/s")
+    ap.add_argument("--latency-rate", type=float, default=200.0)
+    ap.add_argument("--latency-s", type=float, default=10.0)
+    ap.add_argument("--batch-max", type=int, default=20, help="[webhook] events per batch")
+    ap.add_argument("--max-in-flight", type=int, default=8, help="[webhook] requests at once")
+    ap.add_argument("--mqtt-protocol", choices=["3.1.1", "5"], default="5")
+    ap.add_argument(
+        "--broker-inflight",
+        type=int,
+        default=52,
+        help="mosquitto max_inflight_messages (MQTT 5: the Receive Maximum a client gets; the "
+        "agent keeps 2 spare, so 52 lets its 50-publish window run)",
+    )
+    ap.add_argument(
+        "--flood-bookings",
+        type=int,
+        default=0,
+        help="bookings per device to cycle through (default: enough that no event "
+        "repeats within the agent's 5 s duplicate horizon: 12 at <= 3.6 events/s "
+        "per device, up to 40, where 80 > the agent's 64 remembered events)",
+    )
+    ap.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="[webhook] events queued while the receiver answers 503, then the "
+        "drain time (0: skip)",
+    )
+    ap.add_argument(
+        "--backlog-rate",
+        type=float,
+        default=0.0,
+        help="events/s offered while the receiver is down (default: --rate, so no device "
+        "repeats an event inside the agent's duplicate horizon)",
+    )
+    ap.add_argument("--skip-burst", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--time-limit", type=float, default=600.0, help="whole run, s")
+    ap.add_argument("--keep-logs", metavar="DIR", help="copy the processes' logs here")
+
+
+def settle_args(args: argparse.Namespace) -> None:
+    args.backlog_rate = args.backlog_rate or args.rate
+    if not args.flood_bookings:
+        per_device = max(args.rate, args.latency_rate, args.backlog_rate) / max(1, args.devices)
+        args.flood_bookings = max(12, min(FLOOD_BOOKINGS, int(2.5 * per_device) + 4))
+
+
+def bench_main(
+    ap: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+) -> None:
+    """Parse the options, check the file limit, run ``run(args)``; Ctrl-C stops the children."""
+    args = ap.parse_args()
+    settle_args(args)
+    limit = raise_nofile()
+    if limit < 2 * args.devices + 200:
+        raise SystemExit(f"RLIMIT_NOFILE {limit} is too low for {args.devices} devices")
+    try:
+        asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print("interrupted; children stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 # --------------------------------------------------------------------------------------------

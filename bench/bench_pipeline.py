@@ -88,7 +88,7 @@ class Bench:
             broker_inflight=args.broker_inflight,
         )
         self.rows: list[tuple[str, str, str, str, str]] = []  # figure, value, goal, met, context
-        self.runs: list[ref.Run] = []
+        self.runs: list[h.Run] = []
         self.agent: h.Target | None = None
         self.spy: subprocess.Popen[bytes] | None = None
 
@@ -188,7 +188,7 @@ class Bench:
         await rig.start()
         t0 = time.monotonic()
         agent = self.start_agent()
-        self.runs.append(await ref.phases(rig, agent, a, 0, t0, on_phase=self.profile))
+        self.runs.append(await h.phases(rig, agent, a, 0, t0, on_phase=self.profile))
         self.profile_stop()
         self.agent_rows(self.runs[0])
         rig.stop(agent.proc)  # drains, then exits: the devices are free for the reference
@@ -199,11 +199,11 @@ class Bench:
                 rig, variant, max_in_flight=a.max_in_flight, mqtt_protocol=a.mqtt_protocol
             )
             try:
-                self.runs.append(await ref.phases(rig, target, a, k, t0))
+                self.runs.append(await h.phases(rig, target, a, k, t0))
             finally:
                 rig.stop(target.proc)
 
-    def agent_rows(self, run: ref.Run) -> None:
+    def agent_rows(self, run: h.Run) -> None:
         """The agent's figures against the README's absolute goals."""
         a, n, rx = self.args, self.args.devices, self.rig.rx_name
         bookings = f"{a.flood_bookings + len(self.rig.burst_times)} bookings/device in window"
@@ -336,9 +336,6 @@ class Bench:
 
 
 async def run(args: argparse.Namespace) -> None:
-    limit = h.raise_nofile()
-    if limit < 2 * args.devices + 200:
-        raise SystemExit(f"RLIMIT_NOFILE {limit} is too low for {args.devices} devices")
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as t:
         bench = Bench(args, Path(t))
         try:
@@ -360,7 +357,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ref.add_load_args(ap, devices=1000)
+    h.add_load_args(ap, devices=1000)
     ap.add_argument(
         "--reference",
         action=argparse.BooleanOptionalAction,
@@ -373,13 +370,7 @@ def main() -> None:
         metavar="DIR",
         help="py-spy the agent (raw stacks per phase, needs py-spy in the venv)",
     )
-    args = ap.parse_args()
-    ref.settle_args(args)
-    try:
-        asyncio.run(run(args))
-    except KeyboardInterrupt:
-        print("interrupted; children stopped", file=sys.stderr)
-        sys.exit(130)
+    h.bench_main(ap, run)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -360,104 +359,7 @@ def start(rig: h.Rig, variant: Variant, *, max_in_flight: int, mqtt_protocol: st
     return h.Target(variant.label, proc, f"http://127.0.0.1:{api_port}", rig.tmp / log)
 
 
-@dataclass
-class Run:
-    """The figures of one pipeline run through the phases."""
-
-    name: str
-    connect: h.Connect | None = None
-    latency: h.Latency | None = None
-    sustained: h.Sustained | None = None
-    burst: h.Burst | None = None
-    backlog: h.Backlog | None = None
-
-
-async def phases(
-    rig: h.Rig,
-    target: h.Target,
-    args: argparse.Namespace,
-    burst_k: int,
-    t0: float,
-    on_phase: Callable[[str], None] = lambda _: None,
-) -> Run:
-    """Every phase ``args`` asks for, against ``target`` (the agent goes through the same):
-    ``burst_k`` picks the rig's burst minute, ``t0`` is when the process started,
-    ``on_phase(name)`` runs before each phase (bench_pipeline's profiler)."""
-    run = Run(target.name)
-    on_phase("connect")
-    run.connect = await h.connected(rig, target, t0)
-    if not args.skip_latency:
-        on_phase("latency")
-        run.latency = await h.latency(rig, target, args.latency_rate, args.latency_s)
-    on_phase("sustained")
-    run.sustained = await h.sustained(rig, target, args.rate, args.duration)
-    if not args.skip_burst:
-        on_phase("burst")
-        at, meeting = rig.burst_times[burst_k]
-        run.burst = await h.burst(rig, target, at, meeting)
-    if args.backlog and not rig.mqtt:
-        on_phase("backlog")
-        run.backlog = await h.backlog(rig, target, args.backlog, args.backlog_rate)
-    return run
-
-
-def add_load_args(ap: argparse.ArgumentParser, devices: int) -> None:
-    """The options both benches take (the rig, the load, the phases)."""
-    ap.add_argument("--sink", choices=["webhook", "mqtt"], default="webhook")
-    ap.add_argument("--devices", type=int, default=devices)
-    ap.add_argument("--duration", type=float, default=25.0, help="sustained phase, s")
-    ap.add_argument("--rate", type=float, default=3000.0, help="sustained offered events/s")
-    ap.add_argument("--latency-rate", type=float, default=200.0)
-    ap.add_argument("--latency-s", type=float, default=10.0)
-    ap.add_argument("--batch-max", type=int, default=20, help="[webhook] events per batch")
-    ap.add_argument("--max-in-flight", type=int, default=8, help="[webhook] requests at once")
-    ap.add_argument("--mqtt-protocol", choices=["3.1.1", "5"], default="5")
-    ap.add_argument(
-        "--broker-inflight",
-        type=int,
-        default=52,
-        help="mosquitto max_inflight_messages (MQTT 5: the Receive Maximum a client gets; the "
-        "agent keeps 2 spare, so 52 lets its 50-publish window run)",
-    )
-    ap.add_argument(
-        "--flood-bookings",
-        type=int,
-        default=0,
-        help="bookings per device to cycle through (default: enough that no event "
-        "repeats within the agent's 5 s duplicate horizon: 12 at <= 3.6 events/s "
-        "per device, up to 40, where 80 > the agent's 64 remembered events)",
-    )
-    ap.add_argument(
-        "--backlog",
-        type=int,
-        default=0,
-        help="[webhook] events queued while the receiver answers 503, then the "
-        "drain time (0: skip)",
-    )
-    ap.add_argument(
-        "--backlog-rate",
-        type=float,
-        default=0.0,
-        help="events/s offered while the receiver is down (default: --rate, so no device "
-        "repeats an event inside the agent's duplicate horizon)",
-    )
-    ap.add_argument("--skip-burst", action="store_true")
-    ap.add_argument("--skip-latency", action="store_true")
-    ap.add_argument("--time-limit", type=float, default=600.0, help="whole run, s")
-    ap.add_argument("--keep-logs", metavar="DIR", help="copy the processes' logs here")
-
-
-def settle_args(args: argparse.Namespace) -> None:
-    args.backlog_rate = args.backlog_rate or args.rate
-    if not args.flood_bookings:
-        per_device = max(args.rate, args.latency_rate, args.backlog_rate) / max(1, args.devices)
-        args.flood_bookings = max(12, min(h.FLOOD_BOOKINGS, int(2.5 * per_device) + 4))
-
-
 async def standalone(args: argparse.Namespace) -> None:
-    limit = h.raise_nofile()
-    if limit < 2 * args.devices + 200:
-        raise SystemExit(f"RLIMIT_NOFILE {limit} is too low for {args.devices} devices")
     variant = Variant(
         "reference" if args.batch_max <= 1 else f"reference batch {args.batch_max}",
         max(1, args.batch_max) if args.sink == "webhook" else 1,
@@ -479,7 +381,7 @@ async def standalone(args: argparse.Namespace) -> None:
                 target = start(
                     rig, variant, max_in_flight=args.max_in_flight, mqtt_protocol=args.mqtt_protocol
                 )
-                run = await phases(rig, target, args, 0, t0)
+                run = await h.phases(rig, target, args, 0, t0)
             if run.sustained is not None:
                 print(f"\n{run.name}: {run.sustained.per_cpu_s:.0f} events per CPU-second")
         except BaseException:
@@ -500,15 +402,9 @@ def main() -> None:
         pipeline_main(ap.parse_args().config)
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_load_args(ap, devices=500)
+    h.add_load_args(ap, devices=500)
     ap.set_defaults(batch_max=1)
-    args = ap.parse_args()
-    settle_args(args)
-    try:
-        asyncio.run(standalone(args))
-    except KeyboardInterrupt:
-        print("interrupted; children stopped", file=sys.stderr)
-        sys.exit(130)
+    h.bench_main(ap, standalone)
 
 
 if __name__ == "__main__":
