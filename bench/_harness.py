@@ -58,6 +58,7 @@ BURST_LEAD_S = 8.0
 BURST_SPACING = timedelta(minutes=20)  # one burst booking per pipeline run, 15 min each
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MS = 1000.0
+TIME_PER_RUN_S = 300.0  # one pipeline through every phase, setup included, at 1,000 devices
 
 
 # --------------------------------------------------------------------------------------------
@@ -816,7 +817,12 @@ def add_load_args(ap: argparse.ArgumentParser, devices: int) -> None:
     )
     ap.add_argument("--skip-burst", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
-    ap.add_argument("--time-limit", type=float, default=600.0, help="whole run, s")
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help=f"whole run, s (default: {TIME_PER_RUN_S:.0f} s per pipeline run)",
+    )
     ap.add_argument("--keep-logs", metavar="DIR", help="copy the processes' logs here")
 
 

@@ -324,14 +324,14 @@ class Bench:
         for run in self.runs[1:]:
             r = figures[run.name]
 
-            def ratio(key: str, r: dict[str, float] = r) -> str:
+            def ratio(key: str, unit: str = "x", r: dict[str, float] = r) -> str:
                 q = agent[key] / r[key] if r[key] else nan
-                return "-" if math.isnan(q) else f"{q:.2f}"
+                return "-" if math.isnan(q) else f"{q:.2f}{unit}"
 
             print(
-                f"agent / {run.name}: events per CPU-second {ratio('per_cpu_s')} (goal >= 0.5); "
-                f"p99 {ratio('p99')}x, burst {ratio('burst')}x, backlog drain "
-                f"{ratio('backlog')}x (goals <= 2)"
+                f"agent / {run.name}: events per CPU-second {ratio('per_cpu_s', '')} (goal >= "
+                f"0.5); p99 {ratio('p99')}, burst {ratio('burst')}, backlog drain "
+                f"{ratio('backlog')} (goals <= 2x)"
             )
 
 
@@ -339,7 +339,9 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as t:
         bench = Bench(args, Path(t))
         try:
-            async with asyncio.timeout(args.time_limit):
+            async with asyncio.timeout(
+                args.time_limit or h.TIME_PER_RUN_S * (1 + len(bench.variants))
+            ):
                 await bench.run()
             bench.table()
         except BaseException:

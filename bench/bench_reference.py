@@ -328,9 +328,12 @@ class Variant:
 
 
 def variants(sink: str, batch_max: int) -> list[Variant]:
-    if sink == "mqtt":
-        return [Variant("reference")]
-    return [Variant("reference"), Variant(f"reference batch {batch_max}", batch_max)]
+    """What the agent is compared with: MQTT one way; webhooks one POST per event and, when
+    ``batch_max > 1``, ``batch_max`` events per POST."""
+    out = [Variant("reference")]
+    if sink == "webhook" and batch_max > 1:
+        out.append(Variant(f"reference batch {batch_max}", batch_max))
+    return out
 
 
 def start(rig: h.Rig, variant: Variant, *, max_in_flight: int, mqtt_protocol: str) -> h.Target:
@@ -360,10 +363,7 @@ def start(rig: h.Rig, variant: Variant, *, max_in_flight: int, mqtt_protocol: st
 
 
 async def standalone(args: argparse.Namespace) -> None:
-    variant = Variant(
-        "reference" if args.batch_max <= 1 else f"reference batch {args.batch_max}",
-        max(1, args.batch_max) if args.sink == "webhook" else 1,
-    )
+    variant = variants(args.sink, args.batch_max)[-1]
     with tempfile.TemporaryDirectory(prefix="bench-reference-") as t:
         rig = h.Rig(
             Path(t),
@@ -375,7 +375,7 @@ async def standalone(args: argparse.Namespace) -> None:
         )
         target: h.Target | None = None
         try:
-            async with asyncio.timeout(args.time_limit):
+            async with asyncio.timeout(args.time_limit or h.TIME_PER_RUN_S):
                 await rig.start()
                 t0 = time.monotonic()
                 target = start(
