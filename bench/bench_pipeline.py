@@ -279,30 +279,25 @@ class Bench:
         print()
         print(
             f"side by side, {a.sink}, {a.devices} devices, same run{agent_batch} "
-            f"(CPU: the pipeline process, 100% = one core)"
+            f"(CPU: the pipeline process, 100% = one core; RSS after the burst, else connected)"
         )
-        cols = (
-            "pipeline",
-            "offered/s",
-            "delivered/s",
-            "CPU %",
-            "events/CPU-s",
-            "p50 ms",
-            "p99 ms",
-            "burst s",
-            "backlog s",
-        )
-        widths = (20, 9, 11, 6, 12, 7, 7, 8, 9)
-        print(
-            " ".join(
-                f"{c:>{w}}" if i else f"{c:{w}}"
-                for i, (c, w) in enumerate(zip(cols, widths, strict=True))
-            )
-        )
+        # (header, figure, width, digits)
+        cols = [
+            ("offered/s", "offered", 9, 0),
+            ("delivered/s", "delivered", 11, 0),
+            ("CPU %", "cpu", 6, 0),
+            ("events/CPU-s", "per_cpu_s", 12, 0),
+            ("p50 ms", "p50", 7, 1),
+            ("p99 ms", "p99", 7, 1),
+            ("burst s", "burst", 8, 2),
+            ("backlog s", "backlog", 9, 2),
+            ("RSS MiB", "rss", 7, 0),
+        ]
+        print(f"{'pipeline':20} " + " ".join(f"{c:>{w}}" for c, _, w, _ in cols))
         figures: dict[str, dict[str, float]] = {}
         for run in self.runs:
-            s, lat, b, bl = run.sustained, run.latency, run.burst, run.backlog
-            f = {
+            c, s, lat, b, bl = run.connect, run.sustained, run.latency, run.burst, run.backlog
+            f = figures[run.name] = {
                 "offered": s.rate if s else nan,
                 "delivered": s.avg if s else nan,
                 "cpu": s.cpu_pct[run.name] if s else nan,
@@ -311,15 +306,13 @@ class Bench:
                 "p99": h.pct(lat.e2e, 0.99) * h.MS if lat else nan,
                 "burst": b.last if b and b.delivered == b.devices else nan,
                 "backlog": bl.drain_s if bl and bl.left == 0 else nan,
+                "rss": b.rss_after if b else c.rss if c else nan,
             }
-            figures[run.name] = f
-            keys = ("offered", "delivered", "cpu", "per_cpu_s", "p50", "p99", "burst", "backlog")
-            digits = (0, 0, 0, 0, 1, 1, 2, 2)
-            cells = [f"{run.name:20}"] + [
-                f"{'-' if math.isnan(f[k]) else f'{f[k]:.{d}f}':>{w}}"
-                for k, d, w in zip(keys, digits, widths[1:], strict=True)
-            ]
-            print(" ".join(cells))
+            cells = ("-" if math.isnan(f[k]) else f"{f[k]:.{d}f}" for _, k, _, d in cols)
+            print(
+                f"{run.name:20} "
+                + " ".join(f"{v:>{w}}" for v, (_, _, w, _) in zip(cells, cols, strict=True))
+            )
         agent = figures[self.runs[0].name]
         for run in self.runs[1:]:
             r = figures[run.name]

@@ -21,7 +21,10 @@ what is waiting up to N events in one ``{"type":"batch","data":{"events":[...]}}
 most ``--max-in-flight`` requests; any non-2xx or network error is retried after 1 s.
 
 What it leaves out, on purpose: reconnect backoff, re-listing, booking state, duplicate
-filters, metrics, logging. Two differences a reader of its figures must know: order per
+filters, statuses (it subscribes to ``Event Bookings`` only, so a burst brings it one
+``booking.started`` per device where the agent also forwards ``room.availability``), metrics,
+logging. Memory: committed events wait for their sink in memory (the agent reads them back
+from its store), so a large backlog costs the reference RAM. Two differences a reader of its figures must know: order per
 device is not enforced across concurrent requests (the agent keeps it), and a batch takes
 events of any device (the agent's batches hold one device's events).
 
