@@ -7,8 +7,10 @@ flood itself. A :class:`Target` is the pipeline under test (the agent or the ref
 process id for CPU accounting (``/proc/<pid>/stat`` utime + stime) and a local API that answers
 ``GET /v1/devices`` (``{"devices": [{"connected": bool}, ...]}``) and ``GET /v1/outbox``
 (``{"sinks": {name: {"depth": n}}}``). The phases (:func:`latency`, :func:`sustained`,
-:func:`burst`, :func:`backlog`) drive the rig against one target and return figures; they never
-look inside the target, so both pipelines go through exactly the same measurement.
+:func:`burst`, :func:`backlog`, in that order by :func:`phases`) drive the rig against one
+target and return figures; they never look inside the target, so both pipelines go through
+exactly the same measurement. :func:`add_load_args` and :func:`bench_main` are both benches'
+command line.
 
 Latency is device -> receiver: the simulator's emission time (flood trace) to the receiver's
 arrival time, both this machine's wall clock; ``data.observed_at`` (when the pipeline read the

@@ -1,5 +1,6 @@
-"""Benchmark: the agent end to end, every part in its own process, on 127.0.0.1, side by side
-with a lean reference pipeline measured in the same run.
+"""Benchmark: the agent end to end on 127.0.0.1, side by side with a lean reference pipeline.
+
+Every part runs in its own process; the reference is measured in the same run, on the same load.
 
     .venv/bin/python bench/bench_pipeline.py [--sink webhook|mqtt] [--devices 1000]
         [--duration 25] [--rate 3000] [--latency-rate 200] [--latency-s 10] [--batch-max 20]
