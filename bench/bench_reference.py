@@ -17,16 +17,17 @@ event waiting goes in one transaction, with the deletes of what was acknowledged
 -> deliver -> delete the row on acknowledgement. Sinks: MQTT QoS 1 with paho (its network
 thread; at most 32 PUBLISH unacknowledged; delete on PUBACK), or Standard Webhooks over httpx
 on aiohttp's transport (the agent's engine): one POST per event or, with ``--batch-max N``,
-what is waiting up to N events in one ``{"type":"batch","data":{"events":[...]}}`` POST; at
-most ``--max-in-flight`` requests; any non-2xx or network error is retried after 1 s.
+up to N waiting events of one device in one ``{"type":"batch","data":{"events":[...]}}`` POST
+(the agent's batch); one request at a time per device, so its order holds, and at most
+``--max-in-flight`` in all; any non-2xx or network error is retried after 1 s.
 
 What it leaves out, on purpose: reconnect backoff, re-listing, booking state, duplicate
 filters, statuses (it subscribes to ``Event Bookings`` only, so a burst brings it one
 ``booking.started`` per device where the agent also forwards ``room.availability``), metrics,
 logging. Memory: committed events wait for their sink in memory (the agent reads them back
-from its store), so a large backlog costs the reference RAM. Two differences a reader of its figures must know: order per
-device is not enforced across concurrent requests (the agent keeps it), and a batch takes
-events of any device (the agent's batches hold one device's events).
+from its store), so a large backlog costs the reference RAM. What it keeps, as the agent: durable before
+sent, at least once (a row goes only on acknowledgement; a restart resends what is left), in
+order per device (MQTT: one connection, QoS 1; webhooks: one request per device at a time).
 
 Its local API (``GET /v1/devices``, ``GET /v1/outbox``) answers in the agent's shapes, so the
 harness drives both pipelines the same way.
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -215,13 +217,17 @@ class Reference:
 
         cfg = self.cfg
         n_max, key = cfg["batch_max"], base64.b64decode(cfg["secret"].removeprefix("whsec_"))
-        in_flight = asyncio.Semaphore(cfg["max_in_flight"])
         limits = httpx.Limits(max_connections=cfg["max_in_flight"])
         transport = AiohttpTransport(limits=limits, trust_env=False)
         headers = {"content-type": "application/json"}
+        # As the agent: one request at a time per device (its order kept), a batch holds one
+        # device's events, at most max_in_flight requests in all.
+        waiting: dict[str, deque[Row]] = defaultdict(deque)  # committed, per device, in order
+        turn: deque[str] = deque()  # devices with events waiting and no request in flight
+        busy: set[str] = set()
         async with httpx.AsyncClient(transport=transport, headers=headers, timeout=10) as client:
 
-            async def post(rows: list[Row]) -> None:
+            async def post(device: str, rows: list[Row]) -> None:
                 bodies = [b for _, _, _, b in rows]
                 if len(rows) == 1:
                     msg_id, body = rows[0][2], bodies[0]
@@ -247,15 +253,31 @@ class Reference:
                         pass
                     await asyncio.sleep(1)
                 self.ack([s for s, _, _, _ in rows])
-                in_flight.release()
+                busy.discard(device)
+                if waiting[device]:
+                    turn.append(device)
+                start_requests()
+
+            def start_requests() -> None:
+                while turn and len(busy) < cfg["max_in_flight"]:
+                    device = turn.popleft()
+                    q = waiting[device]
+                    rows = [q.popleft() for _ in range(min(n_max, len(q)))]
+                    busy.add(device)
+                    tg.create_task(post(device, rows))
 
             async with asyncio.TaskGroup() as tg:
                 while True:
-                    rows = [await self.ready.get()]
-                    while len(rows) < n_max and not self.ready.empty():
-                        rows.append(self.ready.get_nowait())
-                    await in_flight.acquire()
-                    tg.create_task(post(rows))
+                    row = await self.ready.get()
+                    while True:
+                        q = waiting[row[1]]
+                        q.append(row)
+                        if len(q) == 1 and row[1] not in busy:
+                            turn.append(row[1])
+                        if self.ready.empty():
+                            break
+                        row = self.ready.get_nowait()
+                    start_requests()
 
     # ---- local API and the whole ------------------------------------------------------------
 
