@@ -249,8 +249,10 @@ class Reference:
                         r = await client.post(cfg["webhook_url"], content=body, headers=hdrs)
                         if 200 <= r.status_code < 300:
                             break
-                    except httpx.HTTPError:
-                        pass
+                        if r.status_code < 500 and r.status_code not in (408, 429):
+                            print(f"{msg_id}: HTTP {r.status_code}; again in 1 s", file=sys.stderr)
+                    except httpx.HTTPError as exc:
+                        print(f"{msg_id}: {exc!r}; again in 1 s", file=sys.stderr)
                     await asyncio.sleep(1)
                 self.ack([s for s, _, _, _ in rows])
                 busy.discard(device)
