@@ -120,7 +120,6 @@ class Bench:
                     'secret_env = "BENCH_WEBHOOK_SECRET"',
                     f"batch_max = {a.batch_max}",
                     f"max_in_flight = {a.max_in_flight}",
-                    'engine = "aiohttp"',
                 ]
             ),
             "[api]",
