@@ -277,7 +277,9 @@ class CalendarPoller:
             except (CalendarSourceError, AuthError) as e:
                 attempt += 1
                 delay = self._error_backoff.delay(attempt, self._rng)
-                log.error(f"{self._name} room discovery failed", error=str(e), retry_in_s=round(delay))
+                log.error(
+                    f"{self._name} room discovery failed", error=str(e), retry_in_s=round(delay)
+                )
                 if not self._tasks:  # the configured rooms need not wait for the directory
                     await self._set_rooms(list(self._configured.values()))
                     self.rooms_ready.set()
