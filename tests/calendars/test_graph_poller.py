@@ -21,7 +21,6 @@ from edge_agent.calendars.graph.poller import (
     first_poll_delay,
     next_poll_delay,
 )
-from edge_agent.calendars.sync import SyncState
 from tests.calendars.graphfake import FakeGraph, Reply, graph_event
 from tests.calendars.support import MemoryStore, PinnedClock
 

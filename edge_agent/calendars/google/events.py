@@ -26,7 +26,7 @@ from edge_agent.bookings.window import local_midnight
 from edge_agent.calendars.model import CalendarBooking
 from edge_agent.calendars.sync import DeltaItem, Removal, Unreadable, Upsert
 
-__all__ = ["parse_event_time", "to_delta_items", "to_booking"]
+__all__ = ["parse_event_time", "to_booking", "to_delta_items"]
 
 
 def parse_event_time(value: Any, tz: ZoneInfo) -> datetime:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -158,8 +158,12 @@ class FakeGoogle:
         self.seq += 1
         cal = calendar.lower()
         old = self.events[cal][eid]
-        self.events[cal][eid] = {"kind": "calendar#event", "id": eid, "status": "cancelled",
-                                 "etag": old["etag"]}
+        self.events[cal][eid] = {
+            "kind": "calendar#event",
+            "id": eid,
+            "status": "cancelled",
+            "etag": old["etag"],
+        }
         self.changed[cal][eid] = self.seq
 
     def purge(self, calendar: str, eid: str) -> None:
@@ -205,14 +209,19 @@ class FakeGoogle:
     def _json(status: int, body: Any, retry_after: str | None = None) -> web.Response:
         headers = {"Retry-After": retry_after} if retry_after else None
         return web.Response(
-            status=status, body=jsoncodec.dumpb(body), content_type="application/json",
+            status=status,
+            body=jsoncodec.dumpb(body),
+            content_type="application/json",
             headers=headers,
         )
 
     async def _record(self, request: web.Request) -> Seen:
         form = dict(await request.post()) if request.method == "POST" else {}
         seen = Seen(
-            request.method, request.path, dict(request.query), dict(request.headers),
+            request.method,
+            request.path,
+            dict(request.query),
+            dict(request.headers),
             {k: str(v) for k, v in form.items()},
         )
         self.requests.append(seen)
@@ -305,13 +314,15 @@ class FakeGoogle:
             if known is None or known[0] != cal:
                 return self._json(
                     410,
-                    google_error(410, "fullSyncRequired", "Sync token is no longer valid, a "
-                                 "full sync is required.", "calendar"),
+                    google_error(
+                        410,
+                        "fullSyncRequired",
+                        "Sync token is no longer valid, a full sync is required.",
+                        "calendar",
+                    ),
                 )
             since = known[1]
-            ids = sorted(
-                (s, eid) for eid, s in self.changed.get(cal, {}).items() if s > since
-            )
+            ids = sorted((s, eid) for eid, s in self.changed.get(cal, {}).items() if s > since)
             listed = [self.events[cal][eid] for _, eid in ids]
         else:
             t_min = datetime.fromisoformat(q["timeMin"]) if "timeMin" in q else None

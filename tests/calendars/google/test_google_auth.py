@@ -25,7 +25,10 @@ class Monotonic:
 
 def tokens(key_file: Path, ca_file: str, **kw: object) -> ServiceAccountTokens:
     return ServiceAccountTokens(
-        service_account_file=str(key_file), subject=ADMIN, ca_file=ca_file, **kw  # type: ignore[arg-type]
+        service_account_file=str(key_file),
+        subject=ADMIN,
+        ca_file=ca_file,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -127,8 +130,9 @@ async def test_missing_and_malformed_keys_are_clear_and_echo_no_key(
 ) -> None:
     with pytest.raises(AuthError, match="cannot read the service account key"):
         await tokens(tmp_path / "absent.json", ca_file).token()
-    doc = json.loads(write_key_file(tmp_path / "k.json", keys, "https://127.0.0.1:1/token")
-                     .read_text())
+    doc = json.loads(
+        write_key_file(tmp_path / "k.json", keys, "https://127.0.0.1:1/token").read_text()
+    )
     body = keys.private_pem.splitlines()
     doc["private_key"] = "\n".join([body[0], *body[1:4], body[-1]])  # truncated key
     bad = tmp_path / "bad.json"

@@ -23,7 +23,13 @@ from edge_agent.calendars.google.errors import (
 )
 from edge_agent.calendars.ratelimit import RequestRateLimiter
 from tests.calendars.google.conftest import ADMIN
-from tests.calendars.google.googlefake import FakeGoogle, Reply, google_error, google_event, rate_limited
+from tests.calendars.google.googlefake import (
+    FakeGoogle,
+    Reply,
+    google_error,
+    google_event,
+    rate_limited,
+)
 
 ROOM = "c_1888abc@resource.calendar.google.com"
 WINDOW = WindowBounds(
@@ -56,7 +62,9 @@ def sleeps() -> Sleeps:
 def client(
     gfake: FakeGoogle, http: httpx.AsyncClient, key_file: Path, ca_file: str, sleeps: Sleeps
 ) -> GoogleClient:
-    tokens = ServiceAccountTokens(service_account_file=str(key_file), subject=ADMIN, ca_file=ca_file)
+    tokens = ServiceAccountTokens(
+        service_account_file=str(key_file), subject=ADMIN, ca_file=ca_file
+    )
     return GoogleClient(
         http,
         tokens,
@@ -82,8 +90,12 @@ def seed(gfake: FakeGoogle) -> None:
 
 async def test_directory_every_page(gfake: FakeGoogle, client: GoogleClient) -> None:
     gfake.rooms = [
-        {"kind": "admin#directory#resources#calendars#CalendarResource", "resourceId": f"r{i}",
-         "resourceName": f"Room {i}", "resourceEmail": f"c_{i}@resource.calendar.google.com"}
+        {
+            "kind": "admin#directory#resources#calendars#CalendarResource",
+            "resourceId": f"r{i}",
+            "resourceName": f"Room {i}",
+            "resourceEmail": f"c_{i}@resource.calendar.google.com",
+        }
         for i in range(5)
     ] + [{"resourceId": "broken", "resourceName": "No mail"}]
     rooms = await client.list_rooms()
@@ -112,7 +124,9 @@ async def test_full_sync_pages_then_sync_token_alone(
     gfake.put(ROOM, ev("e4", "26T09:00:00", "26T10:00:00"))
     inc = await client.list_events("room", ROOM, WINDOW, full.sync_token)
     assert [(v["id"], v["status"]) for v in inc.values] == [
-        ("e2", "confirmed"), ("e3", "cancelled"), ("e4", "confirmed")
+        ("e2", "confirmed"),
+        ("e3", "cancelled"),
+        ("e4", "confirmed"),
     ]
     assert inc.sync_token != full.sync_token
     for s in gfake.of("/events")[2:]:
@@ -141,8 +155,8 @@ async def test_gone_sync_token_is_resync_required(gfake: FakeGoogle, client: Goo
 
 
 @pytest.mark.parametrize(
-    "status,reason", [(403, "rateLimitExceeded"), (403, "userRateLimitExceeded"),
-                      (429, "rateLimitExceeded")]
+    "status,reason",
+    [(403, "rateLimitExceeded"), (403, "userRateLimitExceeded"), (429, "rateLimitExceeded")],
 )
 async def test_rate_limit_backs_off_exponentially(
     gfake: FakeGoogle, client: GoogleClient, sleeps: Sleeps, status: int, reason: str
@@ -208,10 +222,17 @@ async def test_every_request_takes_a_slot_of_the_subjects_limiter(
     seed(gfake)
     clock, waits = Monotonic(), Sleeps()
     limiter = RequestRateLimiter(per_minute=60, burst=2, monotonic=clock, sleep=waits)
-    tokens = ServiceAccountTokens(service_account_file=str(key_file), subject=ADMIN, ca_file=ca_file)
+    tokens = ServiceAccountTokens(
+        service_account_file=str(key_file), subject=ADMIN, ca_file=ca_file
+    )
     client = GoogleClient(
-        http, tokens, subject=ADMIN, directory_url=gfake.base, calendar_url=gfake.calendar_url,
-        max_results=1, limiter=limiter,
+        http,
+        tokens,
+        subject=ADMIN,
+        directory_url=gfake.base,
+        calendar_url=gfake.calendar_url,
+        max_results=1,
+        limiter=limiter,
     )
     await client.list_events("room", ROOM, WINDOW, None)  # 3 pages at one instant
     assert len(gfake.of("/events")) == 3
