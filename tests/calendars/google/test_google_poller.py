@@ -225,3 +225,4 @@ async def test_debug_logs_of_a_full_run_hold_no_part_of_the_key(
     leaked = [ln for ln in body if ln[:24] in logs]
     assert leaked == []
     assert "PRIVATE KEY" not in logs
+    assert "ya29.fake" not in logs  # nor a token
