@@ -226,3 +226,23 @@ async def test_debug_logs_of_a_full_run_hold_no_part_of_the_key(
     assert leaked == []
     assert "PRIVATE KEY" not in logs
     assert "ya29.fake" not in logs  # nor a token
+
+
+@pytest.mark.usefixtures("directory")
+async def test_poke_fetches_the_changes_now(
+    gfake: FakeGoogle, client: GoogleClient, store: MemoryStore, clock: PinnedClock
+) -> None:
+    rooms = [CalendarRoom(RA, A, OSLO)]
+    poller = make_poller(client, store, clock, rooms=rooms, discover=False, poll_interval_s=3600.0)
+    task = await run_until(poller)
+    try:
+        await poller.rooms_ready.wait()
+        assert poller.poke(RA) and not poller.poke("no-such-room")
+        await store.wait_for(lambda: len(store.changes(RA)) == 3)
+        gfake.put(A, ev("a7", "27T09:00:00", "27T10:00:00"))
+        assert poller.poke(RA)
+        await store.wait_for(lambda: ("booking.created", "a7") in store.changes(RA))
+        assert "syncToken" in gfake.of(f"/{A}/events")[-1].query
+        assert poller.status()[RA].rounds == 2
+    finally:
+        await stop(task)
