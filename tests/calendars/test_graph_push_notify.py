@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +21,7 @@ SECRET = "client-state-of-room-a"
 
 @dataclass
 class Target:
-    subs: dict[str, tuple[str, str]] = field(
-        default_factory=lambda: {"sub-a": ("room-a", SECRET)}
-    )
+    subs: dict[str, tuple[str, str]] = field(default_factory=lambda: {"sub-a": ("room-a", SECRET)})
     lifecycles: list[tuple[str, str, str]] = field(default_factory=list)
 
     def match(self, subscription_id: str, client_state: str | None) -> RoomMatch:
@@ -45,13 +43,21 @@ class Served:
     endpoint: GraphNotifications
     target: Target
     pokes: list[str]
+    on_poke: list[Callable[[str], None]]
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     target = Target()
     pokes: list[str] = []
-    endpoint = GraphNotifications(target, pokes.append, max_body_bytes=4096)
+    on_poke: list[Callable[[str], None]] = []
+
+    def poke(room_id: str) -> None:
+        pokes.append(room_id)
+        for then in on_poke:
+            then(room_id)
+
+    endpoint = GraphNotifications(target, poke, max_body_bytes=4096)
     app = web.Application()
     app.add_routes(endpoint.routes())
     runner = web.AppRunner(app)
@@ -60,7 +66,7 @@ async def served() -> AsyncIterator[Served]:
     await site.start()
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as session:
-        yield Served(f"http://127.0.0.1:{port}", session, endpoint, target, pokes)
+        yield Served(f"http://127.0.0.1:{port}", session, endpoint, target, pokes, on_poke)
     await runner.cleanup()
 
 
@@ -76,7 +82,9 @@ def note(sub_id: str = "sub-a", state: str | None = SECRET, **kw: Any) -> dict[s
     }
 
 
-@pytest.mark.parametrize("path", ["/v1/notifications/microsoft", "/v1/notifications/microsoft/lifecycle"])
+@pytest.mark.parametrize(
+    "path", ["/v1/notifications/microsoft", "/v1/notifications/microsoft/lifecycle"]
+)
 async def test_validation_echoes_the_decoded_token_as_text_plain(served: Served, path: str) -> None:
     # Graph encodes the token's spaces as '+' and its colon as %3a; the echo is decoded.
     raw = "Validation%3a+Testing+client+application+reachability+for+subscription+Request-Id%3a+42"
@@ -125,12 +133,12 @@ async def test_unverified_notifications_are_ignored_and_counted(
 async def test_the_202_does_not_wait_for_the_delta_fetch(served: Served) -> None:
     """The poke only starts the fetch: the answer goes out while the fetch is still held."""
     gate = asyncio.Event()
-    fetches: list[asyncio.Task[None]] = []
+    fetches: list[asyncio.Task[bool]] = []
 
-    def poke(room_id: str) -> None:
-        fetches.append(asyncio.create_task(gate.wait(), name=f"fetch[{room_id}]"))  # type: ignore[arg-type]
+    def fetch(room_id: str) -> None:  # what GraphPoller.poke does: wake a task, return at once
+        fetches.append(asyncio.create_task(gate.wait(), name=f"fetch[{room_id}]"))
 
-    served.endpoint._poke = poke
+    served.on_poke.append(fetch)
     async with served.session.post(
         f"{served.url}/v1/notifications/microsoft", json={"value": [note()]}
     ) as resp:

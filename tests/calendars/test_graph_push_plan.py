@@ -119,6 +119,8 @@ def test_the_client_state_never_shows_in_repr() -> None:
         ("https://agent.example.com", {"renew_margin": 4 * DAY}, "renew_margin"),
     ],
 )
-def test_bad_settings_are_refused_with_the_reason(url: str, kw: dict[str, timedelta], needle: str) -> None:
+def test_bad_settings_are_refused_with_the_reason(
+    url: str, kw: dict[str, timedelta], needle: str
+) -> None:
     with pytest.raises(ValueError, match=needle):
         PushManager(None, None, notification_url=url, poke=print, **kw)  # type: ignore[arg-type]

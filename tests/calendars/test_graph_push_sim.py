@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import httpx
-import pytest
 from aiohttp import web
 
 from calendar_sim.graph import GraphSim, GraphSimConfig
@@ -180,7 +179,9 @@ async def test_a_forged_notification_for_a_real_subscription_is_ignored(tmp_path
     async with rig(tmp_path) as r, aiohttp.ClientSession() as session:
         await r.push.settle()
         (sub,) = r.subs()
-        forged = {"value": [{"subscriptionId": sub.id, "clientState": "guess", "changeType": "created"}]}
+        forged = {
+            "value": [{"subscriptionId": sub.id, "clientState": "guess", "changeType": "created"}]
+        }
         async with session.post(f"{r.base_url}/v1/notifications/microsoft", json=forged) as resp:
             assert resp.status == 202
         assert r.endpoint.counters["client_state_mismatch"] == 1
@@ -311,7 +312,9 @@ async def test_an_unreachable_notification_url_says_what_to_fix(tmp_path: Path) 
         await r.push.settle()
         assert r.subs() == []
         err = r.push.status(ROOM)["push_error"]
-        assert "validate" in err and "public HTTPS URL" in err and "/v1/notifications/microsoft" in err
+        assert (
+            "validate" in err and "public HTTPS URL" in err and "/v1/notifications/microsoft" in err
+        )
         assert r.push.poll_interval_s(ROOM, 60.0) == 60.0
         # the room waits for its backoff instead of asking Graph again at once
         await r.push.settle()

@@ -51,9 +51,9 @@ from edge_agent.forward.webhook import parse_retry_after
 __all__ = [
     "CHANGE_TYPES",
     "HEALTHY_POLL_FACTOR",
+    "LIFECYCLE_PATH",
     "MAX_EVENT_LIFETIME",
     "NOTIFY_PATH",
-    "LIFECYCLE_PATH",
     "Create",
     "Delete",
     "PushError",
@@ -78,6 +78,7 @@ CLOCK_SKEW = timedelta(minutes=5)  # our clock vs Graph's: never ask beyond the 
 HEALTHY_POLL_FACTOR = 10.0  # 60 s polling becomes 10 min while push works
 FAILURE_BACKOFF = Backoff(initial=30.0, maximum=3600.0)
 MAX_BODY_BYTES = 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
@@ -502,7 +503,9 @@ class PushManager:
 
     async def _renew(self, action: Renew) -> None:
         body = {"expirationDateTime": _iso(action.expires_at)}
-        doc = await self._call("PATCH", f"/subscriptions/{action.subscription_id}", action.room_id, body)
+        doc = await self._call(
+            "PATCH", f"/subscriptions/{action.subscription_id}", action.room_id, body
+        )
         sub = self._subs.get(action.room_id)
         if sub is None or sub.subscription_id != action.subscription_id:
             return  # replaced meanwhile
@@ -533,10 +536,14 @@ class PushManager:
             while url is not None and pages < 50:
                 pages += 1
                 doc = await self._call("GET", url, "subscriptions")
-                for s in doc.get("value", []) if isinstance(doc.get("value"), list) else []:
-                    if isinstance(s, dict) and s.get("notificationUrl") == self.notification_url:
-                        if isinstance(s.get("id"), str):
-                            stale.append(s["id"])
+                values = doc.get("value")
+                stale.extend(
+                    s["id"]
+                    for s in (values if isinstance(values, list) else [])
+                    if isinstance(s, dict)
+                    and s.get("notificationUrl") == self.notification_url
+                    and isinstance(s.get("id"), str)
+                )
                 nxt = doc.get("@odata.nextLink")
                 url = nxt if isinstance(nxt, str) and nxt.startswith(self._graph + "/") else None
             for sub_id in stale:
@@ -640,7 +647,9 @@ def _refusal(
         )
     if status == 429:
         ra = parse_retry_after(headers.get("retry-after"), clock.now().timestamp())
-        return PushError(room_id, f"throttled ({what}); retry after {ra or 'a while'} s", status=429)
+        return PushError(
+            room_id, f"throttled ({what}); retry after {ra or 'a while'} s", status=429
+        )
     return PushError(room_id, f"Graph refused {method} /subscriptions ({what})", status=status)
 
 
