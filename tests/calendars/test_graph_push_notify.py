@@ -143,10 +143,10 @@ async def test_the_202_does_not_wait_for_the_delta_fetch(served: Served) -> None
         f"{served.url}/v1/notifications/microsoft", json={"value": [note()]}
     ) as resp:
         assert resp.status == 202
-    (fetch,) = fetches
-    assert not fetch.done()
+    (started,) = fetches
+    assert not started.done()
     gate.set()
-    await fetch
+    await started
 
 
 async def test_an_oversize_body_is_refused_declared_or_chunked(served: Served) -> None:
