@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import httpx
+import structlog.testing
 from aiohttp import web
 
 from calendar_sim.graph import GraphSim, GraphSimConfig
@@ -71,7 +72,11 @@ def _free_socket() -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def rig(
-    tmp_path: Path, *, roles: tuple[str, ...] | None = None, serve: bool = True
+    tmp_path: Path,
+    *,
+    roles: tuple[str, ...] | None = None,
+    serve: bool = True,
+    start_rooms: bool = True,
 ) -> AsyncIterator[Rig]:
     cfg = GraphSimConfig(start=START, frozen=True, rooms=2, allow_http_notifications=True)
     if roles is not None:
@@ -133,7 +138,8 @@ async def rig(
                         tg.create_task(poller.run(), name="graph-poller"),
                         tg.create_task(push.run(), name="graph-push"),
                     ]
-                    push.set_rooms({ROOM: MBX})
+                    if start_rooms:
+                        push.set_rooms({ROOM: MBX})
                     yield Rig(
                         sim, clock, store, poller, push, endpoint, pokes, base_url, http, tokens
                     )
@@ -319,3 +325,34 @@ async def test_an_unreachable_notification_url_says_what_to_fix(tmp_path: Path) 
         # the room waits for its backoff instead of asking Graph again at once
         await r.push.settle()
         assert r.push.counters["failed"] == 1
+
+
+async def test_throttled_subscription_waits_for_retry_after(tmp_path: Path) -> None:
+    async with rig(tmp_path, start_rooms=False) as r:
+        await r.push.settle()  # the startup sweep of old subscriptions is done
+        r.sim.fault("throttle", None, route="subscriptions", count=1, retry_after=900)
+        r.push.set_rooms({ROOM: MBX})
+        await r.push.settle()
+        assert r.subs() == []
+        assert "429" in r.push.status(ROOM)["push_error"]
+        r.advance(timedelta(seconds=899))
+        await r.push.settle()
+        assert r.subs() == []  # Retry-After not over yet
+        r.advance(timedelta(seconds=2))
+        await r.push.settle()
+        assert len(r.subs()) == 1
+        assert r.push.status(ROOM)["push_error"] is None
+        assert r.push.healthy(ROOM)
+
+
+async def test_the_client_state_is_never_logged(tmp_path: Path) -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with rig(tmp_path) as r:
+            await r.push.settle()
+            (sub,) = r.subs()
+            r.sim.lifecycle(sub.id, "subscriptionRemoved")
+            await r.sim.subscriptions.wait_deliveries(1, "subscriptionRemoved")
+            await r.push.settle()
+            states = [sub.client_state, *(s.client_state for s in r.subs())]
+    assert len(logs) >= 4  # created, lifecycle, created again: the lines were captured
+    assert not any(state in repr(line) for state in states for line in logs)

@@ -189,11 +189,20 @@ class RoomMatch:
 class PushError(Exception):
     """A subscription call failed; the message names the room and what to do."""
 
-    def __init__(self, room_id: str, message: str, *, status: int = 0, gone: bool = False):
+    def __init__(
+        self,
+        room_id: str,
+        message: str,
+        *,
+        status: int = 0,
+        gone: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{room_id}: {message}")
         self.room_id = room_id
         self.status = status
         self.gone = gone  # 404: the subscription no longer exists at Graph
+        self.retry_after = retry_after  # a 429's Retry-After, in seconds
 
 
 @dataclass(slots=True)
@@ -436,8 +445,10 @@ class PushManager:
                 await self._renew(action)
             else:
                 await self._delete(action)
-        except (PushError, AuthError) as e:
+        except Exception as e:  # noqa: BLE001 - one room's failure must not stop the rest
             self.counters["failed"] += 1
+            if not isinstance(e, PushError | AuthError):
+                log.exception("graph push action crashed", room=rid)
             if isinstance(e, PushError) and e.gone and rid in self._subs:
                 sub = self._subs[rid]
                 self._forget(rid)
@@ -455,6 +466,8 @@ class PushManager:
             delay = self._backoff.delay(st.failures, self._rng)
             if isinstance(e, PushError) and e.status in (400, 403):
                 delay = max(delay, 600.0)  # a config problem: no point asking every 30 s
+            if isinstance(e, PushError) and e.retry_after is not None:
+                delay = max(delay, e.retry_after)
             st.retry_at = self._clock.now() + timedelta(seconds=delay)
             log.error(
                 "graph push subscription failed; polling continues at the normal pace",
@@ -497,7 +510,7 @@ class PushManager:
         )
         self._subs[room_id] = sub
         self._by_id[sub_id] = room_id
-        self._state.pop(room_id, None)
+        self._granted(room_id, sub.expires_at)
         self.counters["created"] += 1
         log.info("graph subscription created", room=room_id, expires=sub.expires_at.isoformat())
 
@@ -509,10 +522,9 @@ class PushManager:
         sub = self._subs.get(action.room_id)
         if sub is None or sub.subscription_id != action.subscription_id:
             return  # replaced meanwhile
-        self._subs[action.room_id] = replace(
-            sub, expires_at=_expiry(doc, action.expires_at), reauthorize=False
-        )
-        self._state.pop(action.room_id, None)
+        granted = _expiry(doc, action.expires_at)
+        self._subs[action.room_id] = replace(sub, expires_at=granted, reauthorize=False)
+        self._granted(action.room_id, granted)
         self.counters["renewed"] += 1
         log.info("graph subscription renewed", room=action.room_id)
 
@@ -552,11 +564,21 @@ class PushManager:
                 except PushError as e:
                     if not e.gone:
                         raise
-        except (PushError, AuthError) as e:
+        except Exception as e:  # noqa: BLE001 - a failed cleanup must not keep push from starting
             log.warning("could not clear the previous run's subscriptions", error=str(e))
             return
         if stale:
             log.info("previous run's graph subscriptions deleted", count=len(stale))
+
+    def _granted(self, room_id: str, expires_at: datetime) -> None:
+        """A success clears the room's failures. Graph may grant less than asked: when that is
+        inside the renewal margin, the next renewal waits for half the remaining life instead
+        of following at once (and again, and again)."""
+        self._state.pop(room_id, None)
+        now = self._clock.now()
+        if expires_at - now <= self._margin:
+            st = self._state[room_id] = _RoomState()
+            st.retry_at = now + max((expires_at - now) / 2, timedelta(seconds=1))
 
     def _forget(self, room_id: str) -> None:
         sub = self._subs.get(room_id)
@@ -586,7 +608,7 @@ class PushManager:
                         content=None if body is None else jsoncodec.dumps(body),
                     ) as resp:
                         raw = await _read_bounded(resp)
-            except (httpx.TransportError, TimeoutError) as e:
+            except (httpx.HTTPError, TimeoutError) as e:
                 raise PushError(
                     room_id, f"Graph unreachable for {method} {path}: {type(e).__name__}: {e}"
                 ) from e
@@ -647,9 +669,7 @@ def _refusal(
         )
     if status == 429:
         ra = parse_retry_after(headers.get("retry-after"), clock.now().timestamp())
-        return PushError(
-            room_id, f"throttled ({what}); retry after {ra or 'a while'} s", status=429
-        )
+        return PushError(room_id, f"throttled ({what})", status=429, retry_after=ra)
     return PushError(room_id, f"Graph refused {method} /subscriptions ({what})", status=status)
 
 
