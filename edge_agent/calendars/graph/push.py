@@ -599,6 +599,8 @@ class PushManager:
         while True:
             token = await self._tokens.token(renew=renewed)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
             try:
                 async with asyncio.timeout(self._timeout):
                     async with self._http.stream(
