@@ -440,11 +440,24 @@ class MqttSink:
             except BaseException:
                 link.slots.release()
                 raise
-            fut.add_done_callback(functools.partial(self._release_refresh_slot, link.slots))
+            fut.add_done_callback(functools.partial(self._refreshed, link.slots, topic, payload))
 
-    @staticmethod
-    def _release_refresh_slot(slots: asyncio.Semaphore, _fut: asyncio.Future[ReasonCode]) -> None:
+    def _refreshed(
+        self, slots: asyncio.Semaphore, topic: str, payload: bytes, fut: asyncio.Future[ReasonCode]
+    ) -> None:
         slots.release()
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        reason = fut.result()
+        if reason.is_failure and reason.value in PUBACK_PERMANENT:
+            # The broker will never take it (an ACL): stop resending it every interval.
+            if self._retained.get(topic) == payload:
+                del self._retained[topic]
+            self._log.warning(
+                "mqtt: broker refused a retained refresh; not refreshing it again",
+                topic=topic,
+                reason=reason.getName(),
+            )
 
     def _health_payload(self) -> bytes:
         doc: dict[str, Any] = {
