@@ -41,7 +41,7 @@ async def test_reload_after_fixing_the_password_file_reconnects_at_once(
             await eventually(lambda: sink.last_error, what="the refusal")
             error = sink.last_error or ""
             # (b) the hint names what is configured, not password_env
-            assert f"check [mqtt] username and the password in password_file {secret}" in error
+            assert f"check [mqtt] username and password_file {secret} in the config" in error
             assert "password_env" not in error
             secret.write_text("right-password\n")
             toml = tmp_path / "agent.toml"

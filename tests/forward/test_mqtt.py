@@ -490,8 +490,7 @@ async def test_refused_credentials_give_a_clear_error(tmp_path: Path, protocol: 
             f"mqtt: broker 127.0.0.1:{broker.port} refused the credentials for user 'edge' ("
         ), error
         assert (
-            "check [mqtt] username and the password in password_env MQTT_PASSWORD in the "
-            "config; retrying in"
+            "check [mqtt] username and password_env MQTT_PASSWORD in the config; retrying in"
         ) in error
         errors = [e for e in logs if e["log_level"] == "error"]
         assert errors and "refused the credentials" in errors[0]["event"]

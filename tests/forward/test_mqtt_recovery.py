@@ -115,7 +115,7 @@ async def test_the_hint_names_the_configured_password_source(tmp_path: Path) -> 
         async with running(sink, wait_ready=False):
             await until(lambda: sink.last_error is not None, what="a CONNACK refusal")
         error = sink.last_error or ""
-        assert "check [mqtt] username and the password in " + source in error, error
+        assert "check [mqtt] username and " + source + " in the config" in error, error
         assert "password_env" not in error
         unknown = make_sink(broker, username="edge", password="wrong")
         async with running(unknown, wait_ready=False):

@@ -79,11 +79,7 @@ def connack_error(
                 "set [mqtt] username and password_env or password_file in the config",
                 "auth",
             )
-        where = (
-            f"the password in {password_source}"
-            if password_source
-            else "password_env or password_file"
-        )
+        where = password_source or "password_env or password_file"
         return BrokerError(
             f"mqtt: broker {addr} refused the credentials for user {username!r} ({name}); "
             f"check [mqtt] username and {where} in the config",
