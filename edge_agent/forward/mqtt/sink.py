@@ -315,8 +315,9 @@ class MqttSink:
 
     async def _wait_before_retry(self, delay: float) -> bool:
         """Sleep ``delay`` unless closing or poked; True when poked."""
-        closing = asyncio.ensure_future(self._closing.wait())
-        poked = asyncio.ensure_future(self._poke.wait())
+        tag = f"mqtt[{self._client_id}]"
+        closing = asyncio.create_task(self._closing.wait(), name=f"{tag}.wait.closing")
+        poked = asyncio.create_task(self._poke.wait(), name=f"{tag}.wait.poked")
         try:
             await asyncio.wait([closing, poked], timeout=delay, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -359,6 +360,7 @@ class MqttSink:
             self._connects += 1
             self._connected_since = utc_iso(system_clock.now())
             self._link = link
+            self._poke.clear()  # connected: a poke during the connect has done its job
             self.stats.last_error = None
             self._log.info(
                 "mqtt: connected",
