@@ -112,7 +112,9 @@ async def request_bounded(
     deadline_s: float,
     content: bytes | None = None,
     headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
     max_bytes: int = MAX_ANSWER_BYTES,
+    decoded: bool = False,
 ) -> BoundedResponse:
     """Send one request; read the status, the headers and at most ``max_bytes`` of the body.
 
@@ -122,18 +124,22 @@ async def request_bounded(
     ``max_bytes``, the rest is not read and the connection is closed (aiohttp does not pool a
     connection whose answer is unfinished); an answer read to its end keeps its connection.
 
+    ``decoded``: the body with its ``Content-Encoding`` undone (a source that parses JSON);
+    ``max_bytes`` then counts decoded bytes, each read inflating at most one transport chunk.
+    Off by default: an answer that only feeds an excerpt is never decompressed.
+
     Raises:
         httpx.TimeoutException: past ``deadline_s`` (the message says so), or the client's own
             connect/read/write/pool timeouts.
         httpx.HTTPError, OSError, ssl.SSLError: as ``client.send`` does.
     """
-    request = client.build_request(method, url, content=content, headers=headers)
+    request = client.build_request(method, url, content=content, headers=headers, params=params)
     deadline = asyncio.timeout(deadline_s)
     try:
         async with deadline:
             response = await client.send(request, stream=True)
             try:
-                body, truncated = await _read_prefix(response, max_bytes)
+                body, truncated = await _read_prefix(response, max_bytes, decoded)
             finally:
                 await response.aclose()
     except TimeoutError:
@@ -146,11 +152,15 @@ async def request_bounded(
     return BoundedResponse(response.status_code, response.headers, body, truncated)
 
 
-async def _read_prefix(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
-    """Up to ``max_bytes`` of the raw body; True when more was coming."""
+async def _read_prefix(
+    response: httpx.Response, max_bytes: int, decoded: bool
+) -> tuple[bytes, bool]:
+    """Up to ``max_bytes`` of the body; True when more was coming."""
     parts: list[bytes] = []
     have = 0
-    chunks = response.aiter_raw()  # an async generator: closed below, even when left early
+    chunks = (
+        response.aiter_bytes() if decoded else response.aiter_raw()
+    )  # an async generator: closed below, even when left early
     async with contextlib.aclosing(chunks):  # type: ignore[type-var]
         async for chunk in chunks:
             if have + len(chunk) > max_bytes:

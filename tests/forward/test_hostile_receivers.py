@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gzip
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -183,3 +184,40 @@ def test_the_excerpt_is_one_bounded_printable_line() -> None:
     assert BoundedResponse(503, h, b"", False).excerpt_text() == ""
     assert classify(400, None, "bad id") == Reject("HTTP 400: bad id", 400)
     assert classify(503, 2.0, "") == Retry("HTTP 503", 2.0)
+
+
+async def test_decoded_bodies_and_params_for_sources_that_parse_the_answer() -> None:
+    """A calendar source reads a gzip JSON answer decoded; the webhook's excerpt stays raw."""
+    from aiohttp import web
+
+    doc = b'{"value": [' + b",".join(b'{"n": %d}' % i for i in range(2000)) + b"]}"
+
+    async def handle(request: web.Request) -> web.Response:
+        assert request.query["top"] == "5"
+        return web.Response(
+            body=gzip.compress(doc), headers={"content-encoding": "gzip"}, content_type="text/json"
+        )
+
+    app = web.Application()
+    app.router.add_get("/events", handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = http_client(timeout_s=5.0, max_connections=1)
+    url = f"http://127.0.0.1:{port}/events"
+    try:
+        got = await request_bounded(
+            client, "GET", url, params={"top": "5"}, deadline_s=5.0, max_bytes=1 << 20, decoded=True
+        )
+        assert got.status == 200 and not got.truncated and got.body == doc
+        small = await request_bounded(
+            client, "GET", url, params={"top": "5"}, deadline_s=5.0, max_bytes=100, decoded=True
+        )
+        assert small.truncated and small.body == doc[:100]
+        raw = await request_bounded(client, "GET", url, params={"top": "5"}, deadline_s=5.0)
+        assert raw.body[:2] == b"\x1f\x8b" and len(raw.body) <= MAX_ANSWER_BYTES  # gzip, as sent
+    finally:
+        await client.aclose()
+        await runner.cleanup()
