@@ -88,6 +88,13 @@ def build_mqtt_sink(
         client_id=cfg.mqtt_client_id,
         username=m.username,
         password=secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None,
+        password_source=(
+            f"password_file {m.password_file}"
+            if m.password_file
+            else f"password_env {m.password_env}"
+            if m.password_env
+            else None
+        ),
         ca_file=str(m.ca_file) if m.ca_file else None,
         cert_file=str(m.cert_file) if m.cert_file else None,
         key_file=str(m.key_file) if m.key_file else None,
@@ -455,11 +462,23 @@ class Agent:
             await self._forget(d)
         self._secrets = secrets
         self._settings = new
+        self._poke_mqtt(cfg, secrets)
         for d in added + changed:
             self._start_device(new[d])
         metrics.DEVICES_CONFIGURED.set(len(new))
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
         sdnotify.ready()
+
+    def _poke_mqtt(self, cfg: AgentConfig, secrets: Secrets) -> None:
+        """A reload may follow a fixed credential (here or at the broker): retry now, with the
+        reloaded credentials, instead of waiting out the refused backoff."""
+        from edge_agent.forward.mqtt import MqttSink
+
+        password = secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None
+        for sink, _ in self._sinks:
+            if isinstance(sink, MqttSink):
+                creds = (cfg.mqtt.username, password) if cfg.mqtt is not None else None
+                sink.reconnect_now(credentials=creds)
 
     async def _forget(self, device_id: str) -> None:
         """A device left the configuration: drop its window, pending requests and state (its

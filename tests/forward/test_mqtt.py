@@ -474,7 +474,13 @@ async def test_tls_verification_failures_are_clear(
 async def test_refused_credentials_give_a_clear_error(tmp_path: Path, protocol: str) -> None:
     pw = make_password_file(tmp_path, {"edge": "right-password"})
     with Mosquitto(tmp_path, password_file=pw) as broker:
-        sink = make_sink(broker, username="edge", password="wrong-password", protocol=protocol)
+        sink = make_sink(
+            broker,
+            username="edge",
+            password="wrong-password",
+            password_source="password_env MQTT_PASSWORD",
+            protocol=protocol,
+        )
         with structlog.testing.capture_logs() as logs:
             async with running(sink, wait_ready=False):
                 await until(lambda: sink.last_error is not None, what="a CONNACK refusal")
@@ -483,7 +489,9 @@ async def test_refused_credentials_give_a_clear_error(tmp_path: Path, protocol: 
         assert error.startswith(
             f"mqtt: broker 127.0.0.1:{broker.port} refused the credentials for user 'edge' ("
         ), error
-        assert "check [mqtt] username and password_env in the config; retrying in" in error
+        assert (
+            "check [mqtt] username and password_env MQTT_PASSWORD in the config; retrying in"
+        ) in error
         errors = [e for e in logs if e["log_level"] == "error"]
         assert errors and "refused the credentials" in errors[0]["event"]
         assert "wrong-password" not in repr(logs)
@@ -555,7 +563,9 @@ async def test_probe_failures_are_the_sinks_errors(tmp_path: Path) -> None:
         assert str(refused.value).startswith(
             f"mqtt: broker 127.0.0.1:{broker.port} refused the credentials for user 'edge' ("
         )
-        assert str(refused.value).endswith("check [mqtt] username and password_env in the config")
+        assert str(refused.value).endswith(
+            "check [mqtt] username and password_env or password_file in the config"
+        )
     tls = BrokerTls.make(tmp_path, require_certificate=True)
     with Mosquitto(tmp_path, tls=tls) as broker:
         sink = make_sink(broker, ca_file=str(tls.ca_file))
