@@ -171,6 +171,8 @@ class DeviceSession:
         self.client = self._new_client()
         self.lists = 0
         self.dropped_feedback = 0
+        self.dropped_inputs = 0
+        self.skipped_entries = 0
         self.store_errors = 0
 
     # --- the local API's view ------------------------------------------------------------------
@@ -189,6 +191,7 @@ class DeviceSession:
             "availability": st.availability.to_dict() if st and st.availability else None,
             "lists": self.lists,
             "dropped_feedback": self.dropped_feedback,
+            "skipped_entries": self.skipped_entries,
         }
 
     # --- running -------------------------------------------------------------------------------
@@ -351,7 +354,18 @@ class DeviceSession:
         assert self.state is not None
         if isinstance(item, _Tick):
             self._tick_queued = False
-        step = self._transition(self.state, item, self._clock.now())
+        try:
+            step = self._transition(self.state, item, self._clock.now())
+        except Exception:  # noqa: BLE001 - the transitions never raise; if one does, it costs
+            # that input, never the session (a restart would cost device.offline/online and
+            # the same input would fail again).
+            self.dropped_inputs += 1
+            self._log.exception(
+                "could not apply device input; dropped it and re-listing",
+                input=type(item).__name__.lstrip("_"),
+            )
+            self._request_relist()
+            return
         await self._apply(step)
         if isinstance(item, _Tick):
             self._reschedule.set()
@@ -362,6 +376,7 @@ class DeviceSession:
                 return on_availability(state, item.payload, now)
             return on_event(state, item.payload, now)
         if isinstance(item, _Listed):
+            self.skipped_entries += len(item.page.skipped)
             return on_list(state, item.page, now)
         if isinstance(item, _LinkChange):
             if item.online:
@@ -376,6 +391,8 @@ class DeviceSession:
         backoff, logged) rather than dropped: the events in it are the ones not to lose."""
         for note in step.notes:
             self._log.info("bookings", detail=note)
+        for warning in step.warnings:
+            self._log.warning("bookings", detail=warning)
         if step.needs_commit:
             change = Change(
                 self.device_id,

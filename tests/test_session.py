@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from edge_agent.backoff import Backoff
 from edge_agent.config import DeviceSettings, config_from_dict, device_settings, resolve_secrets
@@ -193,6 +194,7 @@ class Running:
     recorder: Recorder
     clock: FakeClock
     path: Path
+    task: asyncio.Task[None]
 
 
 @pytest.fixture
@@ -221,7 +223,7 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     task = asyncio.create_task(session.run())
     try:
         await asyncio.wait_for(links[-1].subscribed.wait(), WAIT_S)
-        yield Running(session, links[-1], store, recorder, clock, path)
+        yield Running(session, links[-1], store, recorder, clock, path, task)
     finally:
         recorder.gate.set()
         task.cancel()
@@ -372,3 +374,73 @@ async def test_a_store_failure_is_retried_without_losing_events(running: Running
     await r.recorder.next_with("bookings.snapshot")
     # Stored exactly once each, in order: the failed attempts wrote nothing.
     assert [e["type"] for e in outbox(r.path)] == ["device.online", "bookings.snapshot"]
+
+
+# --- poison values (issue 10, item 2): one odd value costs its entry or event, never the room --
+
+
+def assert_never_restarted(r: Running) -> None:
+    """The session's run() is still the first one and no device.offline was ever emitted."""
+    assert not r.task.done(), r.task.exception() if r.task.done() else None
+    assert "device.offline" not in [e["type"] for e in outbox(r.path)]
+
+
+POISON_LIST_ENTRIES: list[tuple[str, dict[str, Any]]] = [
+    ("end out of range", list_entry(pos=1, Id="1", EndTime="9999-12-31T23:59:59-01:00")),
+    ("start out of range", list_entry(pos=1, Id="1", StartTime="0001-01-01T00:00:00+01:00")),
+]
+
+
+@pytest.mark.parametrize(
+    ("why", "bad"), POISON_LIST_ENTRIES, ids=[w for w, _ in POISON_LIST_ENTRIES]
+)
+async def test_a_poisoned_list_entry_costs_that_entry_only(
+    running: Running, why: str, bad: dict[str, Any]
+) -> None:
+    r = running
+    r.link.bookings = [
+        bad,
+        list_entry(
+            pos=2,
+            Id="2",
+            MeetingId="B",
+            StartTime="2026-11-23T11:00:00Z",
+            EndTime="2026-11-23T12:00:00Z",
+        ),
+    ]
+    with structlog.testing.capture_logs() as logs:
+        await r.link.go_online()
+        assert types(await r.recorder.next()) == ["device.online"]
+        snap = await r.recorder.next_with("bookings.snapshot")
+    assert [b["meeting_id"] for b in snap.events[-1]["data"]["bookings"]] == ["B"]
+    assert set(await r.store.load_window(DEVICE)) == {"B"}
+    assert r.session.skipped_entries == 1 and r.session.info()["skipped_entries"] == 1
+    skipped = [e for e in logs if e["log_level"] == "warning" and "skipped" in e.get("detail", "")]
+    assert len(skipped) == 1 and skipped[0]["device"] == DEVICE and "Id=1" in skipped[0]["detail"]
+    # Every later list fails the same entry and still applies the rest: the room is not blind.
+    r.link.feed("Updated")
+    await r.recorder.next_with("bookings.snapshot")
+    assert r.session.lists == 2 and r.session.skipped_entries == 2
+    assert_never_restarted(r)
+
+
+async def test_a_poisoned_event_is_dropped_and_the_next_one_applies(running: Running) -> None:
+    r = running
+    await online_and_listed(r)
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"a": deep}
+    with structlog.testing.capture_logs() as logs:
+        r.link.feed("BookingCreated", Id="9", StartTime="9999-12-31T23:00:00Z", Duration="120")
+        r.link.feed("BookingCreated", Id="9", StartTime="0001-01-01T00:00:00+01:00")
+        r.link.feed("BookingRequested", BookingRequestUUID="u-x", Duration="inf", StartTime="")
+        r.link.feed("BookingCreated", Id="9", MeetingId="M9", Extra=deep)
+        r.link.feed("BookingRequested", BookingRequestUUID="u-1", Duration=30, StartTime="")
+        # Whatever the poisoned ones did, the good event behind them is stored.
+        await r.recorder.next_with("booking.requested")
+        while "u-1" not in {p.booking_request_uuid for p in await r.store.load_pending(DEVICE)}:
+            await r.recorder.next()
+    deep_drop = [e for e in logs if e["log_level"] == "warning" and "deep" in e.get("detail", "")]
+    assert len(deep_drop) == 1 and deep_drop[0]["device"] == DEVICE
+    assert r.session.dropped_inputs == 0  # every poison value was handled by the parsers
+    assert_never_restarted(r)

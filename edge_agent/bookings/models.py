@@ -7,9 +7,10 @@ odd booking from a calendar backend must not blind the agent to the rest of the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -27,6 +28,7 @@ __all__ = [
     "next_page_offset",
     "parse_device_time",
     "parse_list_result",
+    "plus_minutes",
 ]
 
 
@@ -69,18 +71,36 @@ def parse_device_time(value: Any) -> datetime | None:
         return None
     try:
         return parse_utc(s)
-    except ValueError:
+    except (ValueError, OverflowError):
+        # OverflowError: year 1 east of UTC or year 9999 west of it has no UTC instant.
         return None
 
 
+DEVICE_INT_MAX = 10**12
+"""Largest magnitude :func:`device_int` accepts: beyond any count, offset or duration a device
+means (10^12 minutes is ~1.9 million years) and far inside what ``timedelta`` can hold."""
+
+
 def device_int(value: Any) -> int | None:
-    """A device number (``"30"``, ``"30.0"``) -> int; empty or unparsable -> None."""
+    """A device number (``"30"``, ``"30.0"``) -> int; empty, unparsable, not finite or beyond
+    :data:`DEVICE_INT_MAX` -> None."""
     s = device_str(value)
     if s is None:
         return None
     try:
-        return int(float(s))
+        n = float(s)
     except ValueError:
+        return None
+    if not math.isfinite(n) or abs(n) > DEVICE_INT_MAX:
+        return None
+    return int(n)
+
+
+def plus_minutes(start: datetime, minutes: int) -> datetime | None:
+    """``start + minutes``, or None where that leaves the calendar (a start in year 9999)."""
+    try:
+        return start + timedelta(minutes=minutes)
+    except OverflowError:
         return None
 
 
@@ -443,6 +463,8 @@ def parse_list_result(result: Mapping[str, Any] | Any) -> ListPage:
             skipped.append(f"booking {label} skipped: {errs}")
         except ValueError as exc:
             skipped.append(f"booking {label} skipped: {exc}")
+        except Exception as exc:  # noqa: BLE001 - "never raises": one entry, never the list
+            skipped.append(f"booking {label} skipped: {type(exc).__name__}: {exc}")
         skipped_ids.append(bid)
     total: int | None = None
     info = result.get("ResultInfo")

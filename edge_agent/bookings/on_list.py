@@ -16,6 +16,8 @@ from edge_agent.clock import utc_iso
 
 __all__ = ["on_list"]
 
+_SKIPPED_SHOWN = 5
+
 
 def on_list(
     state: DeviceBookings,
@@ -34,13 +36,24 @@ def on_list(
     entry was skipped is kept as it was, an entry skipped without a readable ``Id`` suppresses
     every deletion. The next clean list reconciles what this one could not.
     """
+    warnings: tuple[str, ...] = ()
+    notes: list[str] = []
     if isinstance(result, ListPage):
         fresh = result.bookings
-        notes = list(result.skipped)
         skipped_ids = {i for i in result.skipped_ids if i}
         complete = not result.skipped_unidentified
+        if result.skipped:
+            # One line per list, however many entries: a calendar with a bad entry would
+            # otherwise log it on every list, and 500 bad entries would be 500 lines.
+            shown = "; ".join(result.skipped[:_SKIPPED_SHOWN])
+            more = len(result.skipped) - _SKIPPED_SHOWN
+            warnings = (
+                f"Bookings List: {len(result.skipped)} of {result.received or len(result.skipped)}"
+                f" entries skipped (the rest of the list is applied): {shown}"
+                + (f"; and {more} more" if more > 0 else ""),
+            )
     else:
-        fresh, notes, skipped_ids, complete = tuple(result), [], set(), True
+        fresh, skipped_ids, complete = tuple(result), set(), True
     b = bounds or window_bounds(now, state.tz)
     rec = reconcile(state.window, fresh, b, now=now, skipped_ids=skipped_ids, complete=complete)
     notes.extend(rec.notes)
@@ -133,4 +146,5 @@ def on_list(
         device_state=new.device_state_row(),
         events=tuple(events),
         notes=tuple(notes),
+        warnings=warnings,
     )
