@@ -37,7 +37,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 
 from edge_agent.backoff import Backoff
-from edge_agent.bookings.models import ListPage, join_pages, next_page_offset, parse_list_result
+from edge_agent.bookings.models import (
+    MAX_LIST_PAGES,
+    MAX_LIST_ROWS,
+    ListPage,
+    join_pages,
+    next_page_offset,
+    page_cap_reached,
+    parse_list_result,
+    repeats,
+)
 from edge_agent.bookings.on_event import on_event
 from edge_agent.bookings.on_list import on_list
 from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
@@ -173,6 +182,7 @@ class DeviceSession:
         self.dropped_feedback = 0
         self.dropped_inputs = 0
         self.skipped_entries = 0
+        self.lists_cut_short = 0
         self.store_errors = 0
 
     # --- the local API's view ------------------------------------------------------------------
@@ -192,6 +202,7 @@ class DeviceSession:
             "lists": self.lists,
             "dropped_feedback": self.dropped_feedback,
             "skipped_entries": self.skipped_entries,
+            "lists_cut_short": self.lists_cut_short,
         }
 
     # --- running -------------------------------------------------------------------------------
@@ -482,7 +493,9 @@ class DeviceSession:
             del page  # this frame waits for the next re-list: do not keep a second window alive
 
     async def _list_all(self) -> ListPage:
-        """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many)."""
+        """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many), but
+        never more than the caps allow nor past a page that repeats the one before it: a device
+        that lies about ``TotalRows`` gets what was read, marked cut short (no deletions)."""
         pages: list[ListPage] = []
         offset = 0
         while True:
@@ -490,11 +503,33 @@ class DeviceSession:
                 "Bookings List", DayOffset=0, Days=2, Limit=LIST_PAGE_SIZE, Offset=offset
             )
             page = parse_list_result(result)
+            if pages and repeats(page, pages[-1]):
+                return self._cut_short(
+                    pages, page, f"the page at Offset {offset} repeats the previous page"
+                )
             pages.append(page)
             nxt = next_page_offset(page, offset)
             if nxt is None:
                 return join_pages(pages)
+            cap = page_cap_reached(pages)
+            if cap is not None:
+                return self._cut_short(pages, page, cap)
             offset = nxt
+
+    def _cut_short(self, pages: list[ListPage], last: ListPage, why: str) -> ListPage:
+        joined = join_pages(pages, cut_short=why)
+        self.lists_cut_short += 1
+        self._log.warning(
+            "Bookings List cut short: the device claims more rows than it sends; applying what "
+            "was read, deleting nothing until a whole list arrives",
+            reason=why,
+            total_rows=last.total_rows,
+            pages_read=len(pages),
+            bookings_kept=len(joined.bookings),
+            max_pages=MAX_LIST_PAGES,
+            max_rows=MAX_LIST_ROWS,
+        )
+        return joined
 
     # --- time passing ---------------------------------------------------------------------------
 

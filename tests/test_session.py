@@ -21,6 +21,7 @@ import pytest
 import structlog
 
 from edge_agent.backoff import Backoff
+from edge_agent.bookings.models import MAX_LIST_PAGES
 from edge_agent.config import DeviceSettings, config_from_dict, device_settings, resolve_secrets
 from edge_agent.session import DeviceSession, SessionTuning
 from edge_agent.store import Change, Store, StoreError
@@ -74,6 +75,8 @@ class FakeLink:
             "Status SystemUnit Software Version": "ce11.20",
         }
         self.list_calls = 0
+        self.list_answer: Callable[[int, int], Any] | None = None
+        """Answers ``Bookings List (Offset, Limit)`` instead of ``bookings`` (a lying device)."""
         self.subscribed = asyncio.Event()
         self._closed = asyncio.Event()
 
@@ -95,7 +98,10 @@ class FakeLink:
         assert self.connected, "the session sent a command while the link was down"
         assert path == "Bookings List", path
         self.list_calls += 1
+        await asyncio.sleep(0)  # a real link suspends here: let the test's timeouts run
         offset, limit = int(args.get("Offset", 0)), int(args.get("Limit", 100))
+        if self.list_answer is not None:
+            return self.list_answer(offset, limit)
         page = self.bookings[offset : offset + limit]
         return {"ResultInfo": {"TotalRows": str(len(self.bookings))}, "Booking": page}
 
@@ -444,3 +450,69 @@ async def test_a_poisoned_event_is_dropped_and_the_next_one_applies(running: Run
     assert len(deep_drop) == 1 and deep_drop[0]["device"] == DEVICE
     assert r.session.dropped_inputs == 0  # every poison value was handled by the parsers
     assert_never_restarted(r)
+
+
+# --- a device that lies about TotalRows (issue 10, item 5) --------------------------------------
+
+
+def _lying_page(ids: range) -> dict[str, Any]:
+    entries = [
+        list_entry(pos=i, Id=str(i), MeetingId=f"M{i}", StartTime="2026-11-23T09:00:00Z")
+        for i in ids
+    ]
+    return {"ResultInfo": {"TotalRows": str(10**9)}, "Booking": entries}
+
+
+async def test_a_device_repeating_the_same_page_forever_is_read_once(running: Running) -> None:
+    r = running
+    r.link.list_answer = lambda offset, limit: _lying_page(range(1, 4))  # ignores Offset
+    with structlog.testing.capture_logs() as logs:
+        await r.link.go_online()
+        snap = await r.recorder.next_with("bookings.snapshot")
+    assert r.link.list_calls == 2  # the first page, and the one that repeated it
+    assert [b["meeting_id"] for b in snap.events[-1]["data"]["bookings"]] == ["M1", "M2", "M3"]
+    (warning,) = [e for e in logs if "cut short" in e["event"]]
+    assert warning["device"] == DEVICE and warning["bookings_kept"] == 3
+    assert "repeats" in warning["reason"] and warning["total_rows"] == 10**9
+    assert r.session.info()["lists_cut_short"] == 1
+    # The slot was released: the next list runs (and is cut short the same way).
+    r.link.feed("Updated")
+    await r.recorder.next_with("bookings.snapshot")
+    assert r.link.list_calls == 4 and r.session.lists == 2
+
+
+async def test_a_device_paging_forever_is_capped(running: Running) -> None:
+    r = running
+    # Fresh Ids on every page, TotalRows 10^9: only the page cap stops it.
+    r.link.list_answer = lambda offset, limit: _lying_page(range(offset, offset + 2))
+    with structlog.testing.capture_logs() as logs:
+        await r.link.go_online()
+        snap = await r.recorder.next_with("bookings.snapshot")
+    assert r.link.list_calls == MAX_LIST_PAGES
+    assert len(snap.events[-1]["data"]["bookings"]) == 2 * MAX_LIST_PAGES
+    (warning,) = [e for e in logs if "cut short" in e["event"]]
+    assert "page cap" in warning["reason"] and warning["device"] == DEVICE
+
+
+async def test_a_list_cut_short_deletes_nothing(running: Running) -> None:
+    r = running
+    r.link.bookings = [
+        list_entry(pos=1, Id="1", MeetingId="A", StartTime="2026-11-23T09:00:00Z"),
+        list_entry(
+            pos=2,
+            Id="2",
+            MeetingId="B",
+            StartTime="2026-11-23T11:00:00Z",
+            EndTime="2026-11-23T12:00:00Z",
+        ),
+    ]
+    await online_and_listed(r)
+    # Now the device lies: it repeats a page that lacks B. B must not read as deleted.
+    r.link.list_answer = lambda offset, limit: {
+        "ResultInfo": {"TotalRows": str(10**9)},
+        "Booking": [list_entry(pos=1, Id="1", MeetingId="A", StartTime="2026-11-23T09:00:00Z")],
+    }
+    r.link.feed("Updated")
+    snap = await r.recorder.next_with("bookings.snapshot")
+    assert "booking.deleted" not in types(snap)
+    assert set(await r.store.load_window(DEVICE)) == {"A", "B"}

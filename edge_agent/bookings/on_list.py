@@ -41,7 +41,7 @@ def on_list(
     if isinstance(result, ListPage):
         fresh = result.bookings
         skipped_ids = {i for i in result.skipped_ids if i}
-        complete = not result.skipped_unidentified
+        complete = result.complete
         if result.skipped:
             # One line per list, however many entries: a calendar with a bad entry would
             # otherwise log it on every list, and 500 bad entries would be 500 lines.
@@ -58,11 +58,12 @@ def on_list(
     rec = reconcile(state.window, fresh, b, now=now, skipped_ids=skipped_ids, complete=complete)
     notes.extend(rec.notes)
     if rec.kept:
-        why = (
-            "an entry without a readable Id was skipped, so no deletions from this list"
-            if not complete
-            else "their list entries were skipped"
-        )
+        if isinstance(result, ListPage) and result.cut_short is not None:
+            why = "the list was cut short, so no deletions from this list"
+        elif not complete:
+            why = "an entry without a readable Id was skipped, so no deletions from this list"
+        else:
+            why = "their list entries were skipped"
         kept = ", ".join(f"{booking_key(x)!r} (Id {x.id})" for x in rec.kept)
         notes.append(f"kept {len(rec.kept)} stored booking(s) as they were ({why}): {kept}")
     notes.extend(f"booking re-keyed {o!r} -> {n!r}" for o, n in rec.rekeyed)

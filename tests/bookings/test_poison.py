@@ -116,8 +116,9 @@ POISON_ENTRIES: list[tuple[str, dict[str, Any]]] = [
 def test_a_poisoned_list_entry_costs_that_entry_only(
     state: DeviceBookings, why: str, bad: dict[str, Any]
 ) -> None:
-    good = list_entry(pos=2, Id="2", MeetingId="B", StartTime="2026-11-23T11:00:00Z",
-                      EndTime="2026-11-23T12:00:00Z")
+    good = list_entry(
+        pos=2, Id="2", MeetingId="B", StartTime="2026-11-23T11:00:00Z", EndTime="2026-11-23T12:00:00Z"
+    )
     page = parse_list_result({"ResultInfo": {"TotalRows": "2"}, "Booking": [bad, good]})
     assert "B" in {b.meeting_id for b in page.bookings}
     step = on_list(state, page, NOW)
