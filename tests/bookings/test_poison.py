@@ -107,7 +107,10 @@ POISON_ENTRIES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("end out of range", list_entry(Id="1", MeetingId="A", EndTime="9999-12-31T23:59:59-01:00")),
-    ("start out of range", list_entry(Id="1", MeetingId="A", StartTime="0001-01-01T00:00:00+01:00")),
+    (
+        "start out of range",
+        list_entry(Id="1", MeetingId="A", StartTime="0001-01-01T00:00:00+01:00"),
+    ),
     ("nested 300 deep", list_entry(Id="1", MeetingId="A", Title=nested(300), Extra=nested(300))),
 ]
 
@@ -117,7 +120,11 @@ def test_a_poisoned_list_entry_costs_that_entry_only(
     state: DeviceBookings, why: str, bad: dict[str, Any]
 ) -> None:
     good = list_entry(
-        pos=2, Id="2", MeetingId="B", StartTime="2026-11-23T11:00:00Z", EndTime="2026-11-23T12:00:00Z"
+        pos=2,
+        Id="2",
+        MeetingId="B",
+        StartTime="2026-11-23T11:00:00Z",
+        EndTime="2026-11-23T12:00:00Z",
     )
     page = parse_list_result({"ResultInfo": {"TotalRows": "2"}, "Booking": [bad, good]})
     assert "B" in {b.meeting_id for b in page.bookings}
