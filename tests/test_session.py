@@ -73,6 +73,7 @@ class FakeLink:
             "Configuration Time Zone": "UTC",
             "Configuration Bookings AdhocBooking BookingTimeout": 60,
             "Status SystemUnit Software Version": "ce11.20",
+            "Status Time SystemTime": "2026-11-23T08:00:03Z",  # 3 s ahead of T0: in step
         }
         self.list_calls = 0
         self.list_answer: Callable[[int, int], Any] | None = None
@@ -516,3 +517,56 @@ async def test_a_list_cut_short_deletes_nothing(running: Running) -> None:
     snap = await r.recorder.next_with("bookings.snapshot")
     assert "booking.deleted" not in types(snap)
     assert set(await r.store.load_window(DEVICE)) == {"A", "B"}
+
+
+# --- the device's clock and zone (issue 10, item 8) --------------------------------------------
+
+
+def warnings_of(logs: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["log_level"] == "warning" and text in e["event"]]
+
+
+@pytest.mark.parametrize("device_time", ["2099-11-23T08:00:00Z", "1971-01-01T00:00:00Z"])
+async def test_a_device_clock_far_off_is_reported_and_the_window_is_the_agents(
+    running: Running, device_time: str
+) -> None:
+    r = running
+    r.link.settings["Status Time SystemTime"] = device_time
+    r.link.bookings = [list_entry(Id="1", MeetingId="A", StartTime="2026-11-23T09:00:00Z")]
+    with structlog.testing.capture_logs() as logs:
+        await r.link.go_online()
+        snap = await r.recorder.next_with("bookings.snapshot")
+    (warning,) = warnings_of(logs, "device clock is off")
+    assert warning["device"] == DEVICE
+    assert warning["device_time"] == device_time.replace("Z", ".000Z")
+    assert warning["agent_time"] == "2026-11-23T08:00:00.000Z"
+    assert "window follows the agent's clock" in warning["event"]
+    assert abs(r.session.info()["clock_skew_s"]) > 300
+    # The window is the agent's day, whatever the device's clock says.
+    window = snap.events[-1]["data"]["window"]
+    assert window == {"start": "2026-11-23T00:00:00.000Z", "end": "2026-11-24T08:00:00.000Z"}
+    assert [b["meeting_id"] for b in snap.events[-1]["data"]["bookings"]] == ["A"]
+
+
+async def test_a_device_clock_in_step_is_not_reported(running: Running) -> None:
+    r = running
+    with structlog.testing.capture_logs() as logs:
+        await online_and_listed(r)
+    assert warnings_of(logs, "clock") == []
+    assert r.session.info()["clock_skew_s"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("zone", "text"),
+    [("Mars/Olympus_Mons", "unknown time zone"), (5, "not a name"), ({"x": 1}, "not a name")],
+)
+async def test_a_bad_device_zone_is_reported_with_the_device(
+    running: Running, zone: Any, text: str
+) -> None:
+    r = running
+    r.link.settings["Configuration Time Zone"] = zone
+    with structlog.testing.capture_logs() as logs:
+        await online_and_listed(r)
+    (warning,) = warnings_of(logs, text)
+    assert warning["device"] == DEVICE and warning["source"] == "the device"
+    assert r.session.info()["time_zone"] == "UTC"  # the configured zone is kept
