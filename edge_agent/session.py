@@ -195,7 +195,6 @@ class DeviceSession:
         self.client = self._new_client()
         self.lists = 0
         self.dropped_feedback = 0
-        self.dropped_inputs = 0
         self.skipped_entries = 0
         self.lists_cut_short = 0
         self.clock_skew_s: float | None = None
@@ -452,18 +451,9 @@ class DeviceSession:
         assert self.state is not None
         if isinstance(item, _Tick):
             self._tick_queued = False
-        try:
-            step = self._transition(self.state, item, self._clock.now())
-        except Exception:  # noqa: BLE001 - the transitions never raise; if one does, it costs
-            # that input, never the session (a restart would cost device.offline/online and
-            # the same input would fail again).
-            self.dropped_inputs += 1
-            self._log.exception(
-                "could not apply device input; dropped it and re-listing",
-                input=type(item).__name__.lstrip("_"),
-            )
-            self._request_relist()
-            return
+        # The parsers and on_event never raise on device input (one odd value costs its entry
+        # or event); a bug that raises anyway ends run() and the agent's supervisor restarts it.
+        step = self._transition(self.state, item, self._clock.now())
         await self._apply(step)
         if isinstance(item, _Tick):
             self._reschedule.set()

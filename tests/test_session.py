@@ -449,7 +449,6 @@ async def test_a_poisoned_event_is_dropped_and_the_next_one_applies(running: Run
             await r.recorder.next()
     deep_drop = [e for e in logs if e["log_level"] == "warning" and "deep" in e.get("detail", "")]
     assert len(deep_drop) == 1 and deep_drop[0]["device"] == DEVICE
-    assert r.session.dropped_inputs == 0  # every poison value was handled by the parsers
     assert_never_restarted(r)
 
 
