@@ -29,6 +29,7 @@ from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock, unix_time
 from edge_agent.config import (
     AgentConfig,
+    EX_CONFIG,
     ConfigError,
     DeviceSettings,
     Secrets,
@@ -253,6 +254,8 @@ class Agent:
             clock=unix_time(self._clock),
         )
         try:
+            if self._with_api and not await self._start_api():
+                return EX_CONFIG
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self._start(tg)
@@ -279,9 +282,6 @@ class Agent:
             # The drainer runs the sink's connection loop itself.
             name = f"drainer[{sink.name}]"
             self._sink_tasks.append(tg.create_task(self._supervise(name, drainer.run), name=name))
-        if self._with_api:
-            self.api = LocalApi(self, self.config.api.listen)
-            await self.api.start()
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
         for settings in self._settings.values():
@@ -291,6 +291,27 @@ class Agent:
         self._other_tasks.append(
             tg.create_task(sdnotify.watchdog_loop(self._healthy), name="agent.watchdog")
         )
+
+    async def _start_api(self) -> bool:
+        """Bind the local API before anything else starts; False (logged) when the address
+        cannot be bound. That is a configuration problem, not a crash: ``run`` exits 78, which
+        the unit's ``RestartPreventExitStatus=`` does not restart (a taken port stays taken)."""
+        listen = self.config.api.listen
+        api = LocalApi(self, listen)
+        try:
+            await api.start()
+        except OSError as exc:
+            # EADDRINUSE, EADDRNOTAVAIL (not an address of this machine), EACCES (a port below
+            # 1024), or a host name that does not resolve (gaierror).
+            log.error(
+                f"cannot listen on api.listen = {listen!r}: {exc.strerror or exc}; set [api] "
+                "listen to a free address of this machine in the configuration",
+                key="api.listen",
+                listen=listen,
+            )
+            return False
+        self.api = api
+        return True
 
     def _start_device(self, settings: DeviceSettings) -> None:
         assert self._tg is not None and self._store is not None
