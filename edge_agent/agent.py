@@ -202,7 +202,8 @@ class Agent:
             entry: SinkStatus = {
                 "name": sink.name,
                 "state": "gone" if st.stopped_reason else "running",
-                "ready": sink.ready(),
+                # A gone sink never delivers again, whatever its connection says.
+                "ready": sink.ready() and not st.stopped_reason,
                 "last_error": st.last_error or getattr(sink, "last_error", None),
             }
             d = depth.get(sink.name)

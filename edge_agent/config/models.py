@@ -345,7 +345,7 @@ class ApiConfig(_Section):
 
 
 class LogConfig(_Section):
-    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "info"
 
     @field_validator("level", mode="before")
     @classmethod

@@ -152,6 +152,11 @@ def readiness(agent: AgentView) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
+def _gone_not_ready(sink: SinkStatus) -> SinkStatus:
+    """A gone sink never delivers again, whatever its connection says: never ``ready``."""
+    return {**sink, "ready": False} if sink.get("state") == "gone" else sink
+
+
 def _local_host(host: str) -> bool:
     """Whether an HTTP ``Host`` header names this machine's loopback (any port)."""
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -339,7 +344,7 @@ class LocalApi:
             "reasons": reasons,
             "store": {"open": store is not None},
             "devices": list(self._agent.devices()),
-            "sinks": list(self._agent.sinks()),
+            "sinks": [_gone_not_ready(s) for s in self._agent.sinks()],
         }
         return _json(body, status=200 if ok else 503)
 
