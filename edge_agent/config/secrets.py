@@ -73,7 +73,15 @@ def _read_secret(
             )
             return None
         if not value:
-            problems.append((f"{key}_file", f"{path} is empty"))
+            hint = ""
+            if cred_dir and path.parent == Path(cred_dir):
+                # The unit's SetCredential= fallback: its LoadCredential= file is missing.
+                hint = (
+                    f" (systemd credential {path.name}: the file the unit loads it from, e.g. "
+                    f"/etc/edge-agent/credentials/{path.name}, is missing or empty; create it "
+                    "and restart)"
+                )
+            problems.append((f"{key}_file", f"{path} is empty{hint}"))
             return None
         _warn_if_others_may_read(path, f"{key}_file")
         return SecretStr(value)
