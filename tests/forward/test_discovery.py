@@ -280,3 +280,30 @@ def test_discovery_is_off_by_default() -> None:
     cfg = config_from_dict({"site": "hq", "mqtt": {"url": "mqtt://127.0.0.1"}}, env={})
     assert cfg.mqtt is not None
     assert cfg.mqtt.discovery is False and cfg.mqtt.discovery_prefix == "homeassistant"
+
+
+async def test_rooms_removed_while_the_agent_was_stopped_are_cleared_at_start(
+    broker: Mosquitto,
+) -> None:
+    """The common path: edit the config, `systemctl restart`. The new process never knew the
+    removed room, so it reads what the broker retains and clears the rooms not configured."""
+    async with running(make_sink(broker, discovery=True)) as sink:
+        await sink.set_rooms(["room-1", "room-old"])
+        ready = [event(r, "device.online") for r in ("room-1", "room-old")]
+        snaps = [snapshot(r, ["standup"]) for r in ("room-1", "room-old")]
+        assert await sink.send(ready + snaps) == Delivered()
+    before = await retained(broker, "#")
+    assert f"{BASE}/devices/room-old/bookings" in before
+    assert configs_of("room-old")["booked"] in before
+
+    with Subscriber(broker, "#") as sub:
+        async with running(make_sink(broker, discovery=True)) as sink:
+            await sink.set_rooms(["room-1"])
+            old = f"{BASE}/devices/room-old/bookings"
+            await until(lambda: b"" in sub.on(old), 10, "room-old's bookings cleared")
+            await until(
+                lambda: b"" in sub.on(configs_of("room-old")["booked"]), 10, "its config cleared"
+            )
+    after = await retained(broker, "#")
+    assert not [t for t in after if "room-old" in t], after
+    assert f"{BASE}/devices/room-1/bookings" in after and configs_of("room-1")["booked"] in after

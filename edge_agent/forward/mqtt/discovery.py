@@ -10,8 +10,11 @@ message (MQTT 3.1.1 section 3.3.1.3, MQTT 5 section 3.3.1.3), and Home Assistant
 entities whose discovery config became empty. Undelivered events of the removed room are
 still delivered to its ``events`` topic, but no longer re-create its retained topics (its
 ``device.offline`` is committed on removal, and delivered after the clearing). Only rooms
-removed while the agent runs are known; one removed while it was stopped keeps its retained
-topics until cleared by hand (``mosquitto_pub -r -n -t TOPIC``).
+removed while the agent runs are compared with the list; for rooms removed while it was stopped, the
+sink reads once per process (on a connection of its own, as a late subscriber would) what the
+broker retains under ``<base>/devices/`` and clears the rooms it finds there that are not in
+the list. Agents that share a base topic must therefore share the room list (fleet members
+with one config do; the default base has the site name in it).
 
 **Home Assistant discovery** (opt-in: ``[mqtt] discovery = true``; ``discovery_prefix``,
 default ``homeassistant``). Per room, retained discovery configs on
@@ -114,6 +117,39 @@ class RoomTopics:
         for room in added:
             for pub in self.configs(room):
                 self._pending[pub.topic] = pub.payload
+        return cleared
+
+    @property
+    def known(self) -> bool:
+        """Whether the agent has told the room list yet."""
+        return self._rooms is not None
+
+    @property
+    def sweep_filter(self) -> str:
+        """The topics a room's retained state lives under (the availability and bookings of
+        every room the agent published for, under this base)."""
+        return f"{self.topics.base}/devices/#"
+
+    def clear_unknown(self, retained: Mapping[str, bytes]) -> list[str]:
+        """Retained topics on the broker (under :attr:`sweep_filter`) -> clear every room they
+        show that is not in the room list (removed while the agent was stopped); returns the
+        topics made due, like :meth:`set_rooms`."""
+        if self._rooms is None:
+            return []
+        prefix = f"{self.topics.base}/devices/"
+        stale = sorted(
+            {
+                t.removeprefix(prefix).split("/", 1)[0]
+                for t, payload in retained.items()
+                if t.startswith(prefix) and payload
+            }
+            - self._rooms
+        )
+        cleared: list[str] = []
+        for room in stale:
+            for topic in self.retained_topics(room):
+                self._pending[topic] = CLEARED
+                cleared.append(topic)
         return cleared
 
     def exists(self, room: str) -> bool:

@@ -52,7 +52,13 @@ from edge_agent.clock import system_clock, utc_iso
 from edge_agent.forward.base import Delivered, OutboxEvent, Outcome, Reject, Retry, SinkStats
 from edge_agent.forward.mqtt.discovery import DEFAULT_PREFIX, RoomTopics
 from edge_agent.forward.mqtt.errors import PUBACK_PERMANENT, BrokerError
-from edge_agent.forward.mqtt.link import BrokerLink, BrokerLinkLost, broker_settings, open_link
+from edge_agent.forward.mqtt.link import (
+    BrokerLink,
+    BrokerLinkLost,
+    broker_settings,
+    open_link,
+    read_retained,
+)
 from edge_agent.forward.mqtt.topics import OFFLINE, ONLINE, Publication, Topics, publications
 
 log = structlog.get_logger(__name__)
@@ -169,6 +175,7 @@ class MqttSink:
         # order is the update order, so the first entry is the one to drop past the bound.
         self._retained: dict[str, bytes] = {}
         self._max_retained = max(1, max_retained_kept)
+        self._swept = False  # removed rooms' leftovers on the broker cleared once (_sweep_once)
         self._stopped = asyncio.Event()
         self._running = False
         self._started = time.monotonic()
@@ -267,13 +274,35 @@ class MqttSink:
     async def set_rooms(self, rooms: Iterable[str]) -> None:
         """The rooms that exist now (the agent: on start and after every reload). Removed rooms'
         retained topics are cleared, discovery configs published (:mod:`.discovery`); what the
-        broker has not acknowledged is sent again after the next connect. Cancelling is safe."""
+        broker has not acknowledged is sent again after the next connect. The first time the
+        list and a link meet, rooms the broker still retains but the list lacks (removed while
+        the agent was stopped) are cleared too. Cancelling is safe."""
         for topic in self._rooms.set_rooms(rooms):
             self._retained.pop(topic, None)
         link = self._link
         if link is not None and link.up:
             with contextlib.suppress(BrokerLinkLost):
                 await self._announce(link)
+                await self._sweep_once(link)
+
+    async def _sweep_once(self, link: BrokerLink) -> None:
+        """Once per process, when the room list is known: clear what the broker still retains
+        for rooms removed while the agent was stopped (read as a late subscriber would, on a
+        connection of its own)."""
+        if self._swept or not self._rooms.known:
+            return
+        self._swept = True
+        settings = dataclasses.replace(self._settings, client_id=f"{self._client_id}-sweep")
+        try:
+            seen = await read_retained(settings, self._rooms.sweep_filter, timeout_s=10.0)
+        except (BrokerError, BrokerLinkLost, TimeoutError) as exc:
+            self._log.warning(
+                "mqtt: cannot read the retained topics of removed rooms", error=str(exc)
+            )
+            return
+        for topic in self._rooms.clear_unknown(seen):
+            self._retained.pop(topic, None)
+        await self._announce(link)
 
     async def _announce(self, link: BrokerLink, *, reconnected: bool = False) -> None:
         """Publish what the room list made due; does not wait for the PUBACKs (each one marks
@@ -466,6 +495,7 @@ class MqttSink:
                     self._publish_timeout_s,
                 )
                 await self._refresh_retained(link)
+                await self._sweep_once(link)
             except (BrokerLinkLost, TimeoutError):
                 return
             await asyncio.sleep(self._health_interval_s)
