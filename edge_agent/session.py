@@ -151,7 +151,7 @@ DUPLICATE_WARNING_INTERVAL_S = 60.0
 """Shortest time between two warnings about duplicates dropped (each says how many)."""
 
 
-class _DropWarnings:
+class _DuplicateDrops:
     """Bookings events dropped as repeats: counted, and warned about on the first and then at
     most every :data:`DUPLICATE_WARNING_INTERVAL_S` with how many since the last warning (a
     device or proxy repeating frames can repeat every one of them)."""
@@ -169,7 +169,7 @@ class _DropWarnings:
     def dropped(self, payload: Mapping[str, Any]) -> None:
         self.total += 1
         self._unwarned += 1
-        self._last = str(payload)[:200]
+        self._last = str(dict(payload))[:200]
         self.flush()
 
     def flush(self) -> None:
@@ -230,7 +230,7 @@ class DeviceSession:
         self.lists = 0
         self.dropped_feedback = 0
         self.store_errors = 0
-        self._duplicates = _DropWarnings(self._log, clock.monotonic)
+        self._duplicates = _DuplicateDrops(self._log, clock.monotonic)
 
     # --- the local API's view ------------------------------------------------------------------
 
