@@ -29,7 +29,6 @@ from tests.test_session import (  # noqa: F401  (running is a fixture)
     online_and_listed,
     outbox,
     running,
-    types,
 )
 
 START = {"Id": "1", "MeetingId": "A"}  # every Start of booking A looks the same
