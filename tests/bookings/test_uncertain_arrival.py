@@ -8,6 +8,8 @@ event only when it surely arrived within the horizon of its twin; the reader's
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
 
 from edge_agent.bookings import DeviceBookings, on_event
@@ -145,3 +147,27 @@ def test_a_second_stall_during_a_catch_up_keeps_the_earliest_start() -> None:
     c = CatchUp()
     assert c.read(108.0, beat=100.0, beat_interval=BEAT, stall=None) == 100.0
     assert c.read(110.0, beat=108.1, beat_interval=BEAT, stall=(100.0, 108.1)) == 100.0
+
+
+# --- the loop's heartbeat (the client's, one per loop) ----------------------------------------
+
+
+async def test_the_heartbeat_sees_a_blocked_loop_as_a_stall() -> None:
+    """The loop is blocked 1.5 s (past BEAT_INTERVAL_S + STALL_AFTER_S): until the heartbeat
+    turns again a reader sees it overdue, and then it records the stall's span."""
+    from edge_agent.xapi.client import BEAT_INTERVAL_S, _LoopBeat
+
+    beat = _LoopBeat.acquire()
+    try:
+        before = beat.last
+        time.sleep(BEAT_INTERVAL_S + STALL_AFTER_S + 0.25)  # the stall itself, not a wait
+        c = CatchUp()
+        assert c.read(beat.time(), beat.last, BEAT_INTERVAL_S, beat.stall) == before
+        for _ in range(100):  # the overdue turn runs within a loop iteration or two
+            if beat.stalls:
+                break
+            await asyncio.sleep(0)
+        assert beat.stalls == 1 and beat.stall is not None and beat.stall[0] == before
+        assert c.read(beat.time(), beat.last, BEAT_INTERVAL_S, beat.stall) == before
+    finally:
+        _LoopBeat.release()
