@@ -70,8 +70,9 @@ async def check_integrity(conn: aiosqlite.Connection, path: Path) -> None:
 
     A file with garbage inside its pages otherwise opens fine and fails later, in whichever
     session or drainer reads the damaged page, over and over ("database disk image is
-    malformed"), while the agent looks ready. quick_check reads every page once (about a
-    second per GiB) but skips the index-vs-table comparison of ``integrity_check``.
+    malformed"), while the agent looks ready. quick_check reads every page once (0.27 s for a
+    237 MB file in the page cache; a cold disk adds its read time) but skips the index-vs-table
+    comparison of ``integrity_check``.
 
     Raises:
         StoreCorrupt: it found problems (the first few are named).

@@ -222,6 +222,7 @@ class GroupWriter:
                 self._db_cursor[sink][device] = done
 
     def start(self) -> None:
+        self.health()  # edge_agent_store_healthy starts at 1 for an open store
         self._task = asyncio.create_task(self._write_loop(), name=f"store[{self.path.name}].writer")
         self._task.add_done_callback(self._done)
 
