@@ -29,7 +29,6 @@ from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock, unix_time
 from edge_agent.config import (
-    EX_CONFIG,
     AgentConfig,
     EX_CONFIG,
     ConfigError,

@@ -85,7 +85,7 @@ def test_the_unit_does_not_restart_on_78() -> None:
     assert "RestartPreventExitStatus=78" in unit.splitlines()
 
 
-# -- failing writes: not ready ----------------------------------------------------------------------
+# -- failing writes: not ready ------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ async def test_one_failed_commit_does_not_make_it_unready(store: Store) -> None:
     assert readiness(FakeAgent(store=store)) == (True, [])
 
 
-# -- failing writes: systemd's STATUS= and the watchdog -----------------------------------------------
+# -- failing writes: systemd's STATUS= and the watchdog ------------------------------------------
 
 
 @pytest.fixture
