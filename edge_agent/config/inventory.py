@@ -100,7 +100,7 @@ def read_inventory(raw: Mapping[str, Any], *, config_file: Path, config_text: st
     base = config_file.parent
     main_devices = raw.get("devices")
     if isinstance(main_devices, list):
-        lines = _devices_header_lines(config_text, len(main_devices))
+        lines = devices_header_lines(config_text, len(main_devices))
         for i, entry in enumerate(main_devices):
             origin = Origin("config", config_file, lines[i], config_file.name, i)
             inv.add(entry, origin)
@@ -143,7 +143,7 @@ def _label(base: Path, path: Path) -> str:
 _DEVICES_HEADER = re.compile(r"^\s*\[\[\s*devices\s*\]\]\s*(#.*)?$")
 
 
-def _devices_header_lines(text: str, count: int) -> list[int | None]:
+def devices_header_lines(text: str, count: int) -> list[int | None]:
     """1-based lines of the ``[[devices]]`` headers; all None unless there is one per entry
     (an inline ``devices = [...]`` array has no headers to point at)."""
     found = [n for n, line in enumerate(text.splitlines(), 1) if _DEVICES_HEADER.match(line)]
@@ -169,7 +169,7 @@ def _read_toml_into(inv: Inventory, path: Path, label: str) -> None:
     if not isinstance(devices, list):
         inv.problems.append((label, "devices must be [[devices]] tables"))
         return
-    lines = _devices_header_lines(text, len(devices))
+    lines = devices_header_lines(text, len(devices))
     for i, entry in enumerate(devices):
         origin = Origin("include", path, lines[i], label, i)
         inv.add(entry, origin)
@@ -366,8 +366,8 @@ def _hub_layout(
                 + ", ".join(f.value for f in header.fields),
             )
         ]
-    columns = {"host": host_col}
     assert host_col is not None
+    columns = {"host": host_col}
     for key in ("fingerprint", "username", "time_zone", "calendar"):
         if key in keys:
             columns[key] = keys.index(key)
@@ -379,7 +379,7 @@ def _read_csv_into(inv: Inventory, base: Path, name: str) -> None:
     path = path if path.is_absolute() else base / path
     try:
         csv_text = CsvText.read(path)
-        records = [r for r in csv_text.records() if not _blank_or_comment(r)]
+        records = [r for r in csv_text.records() if not blank_or_comment(r)]
     except FileNotFoundError:
         inv.problems.append(("devices_file", f"{name}: no such file"))
         return
@@ -408,7 +408,7 @@ def _read_csv_into(inv: Inventory, base: Path, name: str) -> None:
         inv.add(entry, origin)
 
 
-def _blank_or_comment(record: CsvRecord) -> bool:
+def blank_or_comment(record: CsvRecord) -> bool:
     first = record.fields[0].value.strip() if record.fields else ""
     return first.startswith("#") or all(not f.value.strip() for f in record.fields)
 
