@@ -320,23 +320,16 @@ def csv_layout(path_label: str, records: list[CsvRecord]) -> tuple[CsvLayout | N
     columns: dict[str, int] = {}
     for i, key in enumerate(keys):
         if key in _SECRET_COLUMNS:
-            problems.append(
-                (
-                    where,
-                    f"column {header.fields[i].value!r}: secrets are not accepted in the "
-                    "inventory; set password_env or password_file in [defaults]",
-                )
+            msg = (
+                f"column {header.fields[i].value!r}: secrets are not accepted in the inventory; "
+                "set password_env or password_file in [defaults]"
             )
+            problems.append((where, msg))
         elif key not in CSV_COLUMNS:
             close = difflib.get_close_matches(key, CSV_COLUMNS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(
-                (
-                    where,
-                    f"unknown column {header.fields[i].value!r}{hint}; "
-                    f"allowed: {', '.join(CSV_COLUMNS)}",
-                )
-            )
+            msg = f"unknown column {header.fields[i].value!r}{hint}; "
+            problems.append((where, msg + f"allowed: {', '.join(CSV_COLUMNS)}"))
         elif key in columns:
             problems.append((where, f"column {key!r} appears twice"))
         else:
@@ -362,7 +355,9 @@ def _hub_layout(
         return None, [
             (
                 where,
-                "looks like a Control Hub export but lacks " + " and ".join(missing) + "; found: "
+                "looks like a Control Hub export but lacks "
+                + " and ".join(missing)
+                + "; found: "
                 + ", ".join(f.value for f in header.fields),
             )
         ]
@@ -395,17 +390,12 @@ def _read_csv_into(inv: Inventory, base: Path, name: str) -> None:
         return
     for index, record in enumerate(records[1:]):
         origin = Origin("csv", path, record.line, name, index)
-        entry = csv_entry(layout, record)
-        if len(record.fields) > len(layout.header.fields):
-            inv.problems.append(
-                (
-                    f"{origin.where()}",
-                    f"{len(record.fields)} cells but the header names "
-                    f"{len(layout.header.fields)} columns (a stray delimiter?)",
-                )
-            )
+        width = len(layout.header.fields)
+        if len(record.fields) > width:
+            msg = f"{len(record.fields)} cells but the header names {width} columns"
+            inv.problems.append((origin.where(), msg + " (a stray delimiter?)"))
             continue
-        inv.add(entry, origin)
+        inv.add(csv_entry(layout, record), origin)
 
 
 def blank_or_comment(record: CsvRecord) -> bool:

@@ -90,7 +90,9 @@ def test_status_without_c_falls_back_to_the_api_default_when_no_config_exists(
 
 def test_status_takes_the_api_url_from_the_default_config(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(EXAMPLE.read_text().replace('listen = "127.0.0.1:9780"', 'listen = "127.0.0.1:1"'))
+    cfg.write_text(
+        EXAMPLE.read_text().replace('listen = "127.0.0.1:9780"', 'listen = "127.0.0.1:1"')
+    )
     assert 'listen = "127.0.0.1:1"' in cfg.read_text()
     r = cli("status", "--timeout", "0.5", env=ENV | {"EDGE_AGENT_CONFIG": str(cfg)})
     assert r.returncode == 69, r.stderr

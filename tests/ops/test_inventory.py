@@ -105,7 +105,9 @@ def test_csv_problems_name_the_file_line_and_room(tmp_path: Path) -> None:
 
 def test_the_same_device_in_two_files_is_named_by_both(tmp_path: Path) -> None:
     (tmp_path / "rooms.csv").write_text("id,url\nroom-1,wss://10.0.0.1/ws\n")
-    cfg = site(tmp_path, 'devices_file = "rooms.csv"\n', '[[devices]]\nid = "a"\nhost = "10.0.0.1"\n')
+    cfg = site(
+        tmp_path, 'devices_file = "rooms.csv"\n', '[[devices]]\nid = "a"\nhost = "10.0.0.1"\n'
+    )
     r = cli("check-config", "-c", str(cfg), env=ENV)
     assert r.returncode == 78
     assert "rooms.csv:2: room-1.url: the same device as devices[0] (a, agent.toml:10)" in r.stderr
@@ -286,4 +288,3 @@ async def test_sighup_rereads_the_csv_and_the_includes(tmp_path: Path) -> None:
         notify.close()
         await rx.stop()
         await fleet.stop()
-

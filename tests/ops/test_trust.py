@@ -115,7 +115,9 @@ async def test_first_install_pins_where_each_room_is_listed(
     code, out, err = await edge_agent("trust", "-c", str(cfg), "lab-1", "--yes", stdin="y\n")
     assert code == 0, out + err
     assert inc.read_bytes() == before[inc].replace(OTHER_FP.encode(), fp.encode())
-    code, out, err = await edge_agent("trust", "-c", str(cfg), "--check", "lobby", "room-4a", "lab-1")
+    code, out, err = await edge_agent(
+        "trust", "-c", str(cfg), "--check", "lobby", "room-4a", "lab-1"
+    )
     assert code == 0, out + err
     assert "3 match, 0 changed" in out
     no_credentials_reached(fleet)
@@ -156,9 +158,7 @@ async def test_check_lists_rooms_whose_certificate_changed(
     )
     csv.write_text(original)
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(
-        'site = "hq"\ndevices_file = "rooms.csv"\n[defaults]\npassword_env = "X"\n'
-    )
+    cfg.write_text('site = "hq"\ndevices_file = "rooms.csv"\n[defaults]\npassword_env = "X"\n')
     code, out, err = await edge_agent("trust", "-c", str(cfg), "--check")
     assert code == 1, out + err
     assert "room-2: certificate changed (rooms.csv:3)" in out

@@ -135,9 +135,7 @@ async def _read_all(selected: list[tuple[DeviceConfig, Origin]], timeout: float)
             return await _read_one(dev, origin, ctx, timeout)
 
     async with asyncio.TaskGroup() as tg:
-        tasks = [
-            tg.create_task(one(d, o), name=f"trust[{d.id}]") for d, o in selected
-        ]
+        tasks = [tg.create_task(one(d, o), name=f"trust[{d.id}]") for d, o in selected]
     return [t.result() for t in tasks]
 
 
@@ -233,9 +231,8 @@ def _pin(seen: list[Seen], *, yes: bool) -> int:
     changed = [s for s in seen if s.state == "CHANGED"]
     unreachable = [s for s in seen if s.state == "unreachable"]
     to_write = list(new)
-    if new and not yes:
-        if not _confirm(f"Pin the certificates of {len(new)} room(s) shown as new?"):
-            to_write = []
+    if new and not yes and not _confirm(f"Pin the certificates of {len(new)} room(s) shown new?"):
+        to_write = []
     if changed:
         ids = ", ".join(s.device.id for s in changed)
         print(
