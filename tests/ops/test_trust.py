@@ -205,3 +205,15 @@ async def test_a_config_that_cannot_be_edited_safely_is_left_alone(
     assert "nothing written to agent.toml" in err
     assert f'inline: fingerprint = "{fleet.cert_sha256}"' in err
     assert cfg.read_text() == text
+
+
+def test_pins_in_a_control_hub_export_keep_its_encoding(tmp_path: Path) -> None:
+    """The export stays UTF-16 with its BOM, tabs and CRLF; a fingerprint column is added."""
+    from edge_agent.config.pins import write_csv_pins
+
+    rows = ["Workspace\tIP Address\tSerial Number", "Room 4A\t10.0.4.1\tFOC1", "Huddle\t10.0.4.2\t"]
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"\xff\xfe" + ("\r\n".join(rows) + "\r\n").encode("utf-16-le"))
+    write_csv_pins(path, {3: OTHER_FP})
+    expected = [rows[0] + "\tfingerprint", rows[1] + "\t", rows[2] + "\t" + OTHER_FP]
+    assert path.read_bytes() == b"\xff\xfe" + ("\r\n".join(expected) + "\r\n").encode("utf-16-le")
