@@ -138,6 +138,34 @@ def test_without_discovery_nothing_is_added_and_removed_rooms_lose_only_retained
     assert [(p.topic, p.retain) for p in pubs] == [(f"{BASE}/devices/room-2/events", False)]
 
 
+def test_a_room_back_before_its_clearing_went_out_keeps_its_state() -> None:
+    """Removed, then re-added while the broker was away: the queued clears must not wipe
+    what it publishes again."""
+    r = rooms()
+    r.set_rooms(["room-1", "room-2"])
+    r.set_rooms(["room-1"])
+    assert any(p.payload == b"" for p in r.due())
+    r.set_rooms(["room-1", "room-2"])
+    assert [p.topic for p in r.due() if p.payload == b""] == []
+    assert r.exists("room-2")
+
+
+def test_the_start_sweep_clears_every_leaf_the_broker_shows() -> None:
+    r = rooms()
+    r.set_rooms(["room-1"])
+    assert set(r.due()) and r.clear_unknown({}) == []
+    seen = {
+        f"{BASE}/devices/room-1/bookings": b"{}",
+        f"{BASE}/devices/room-9/bookings": b"{}",
+        f"{BASE}/devices/room-9/some-later-leaf": b"x",
+        f"{BASE}/devices/room-8/bookings": b"",  # already cleared: nothing to do
+    }
+    cleared = r.clear_unknown(seen)
+    assert f"{BASE}/devices/room-9/some-later-leaf" in cleared
+    assert config_topic("binary_sensor", "room-9", "booked") in cleared
+    assert not [t for t in cleared if "room-1" in t or "room-8" in t]
+
+
 def test_room_ids_become_discovery_ids() -> None:
     r = rooms()
     r.set_rooms(["Room 4.A"])

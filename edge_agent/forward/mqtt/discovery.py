@@ -110,13 +110,20 @@ class RoomTopics:
         self._rooms = new
         cleared: list[str] = []
         for room in removed:
-            self._counting.discard(room)
-            for topic in self.retained_topics(room):
-                self._pending[topic] = CLEARED
-                cleared.append(topic)
+            cleared += self._clear(room, self.retained_topics(room))
         for room in added:
+            for topic in self.retained_topics(room):  # back before its clearing went out
+                if self._pending.get(topic) == CLEARED:
+                    del self._pending[topic]
             for pub in self.configs(room):
                 self._pending[pub.topic] = pub.payload
+        return cleared
+
+    def _clear(self, room: str, topics: Iterable[str]) -> list[str]:
+        self._counting.discard(room)
+        cleared = list(topics)
+        for topic in cleared:
+            self._pending[topic] = CLEARED
         return cleared
 
     @property
@@ -137,19 +144,14 @@ class RoomTopics:
         if self._rooms is None:
             return []
         prefix = f"{self.topics.base}/devices/"
-        stale = sorted(
-            {
-                t.removeprefix(prefix).split("/", 1)[0]
-                for t, payload in retained.items()
-                if t.startswith(prefix) and payload
-            }
-            - self._rooms
-        )
+        by_room: dict[str, set[str]] = {}
+        for topic, payload in retained.items():
+            if topic.startswith(prefix) and payload:
+                by_room.setdefault(topic.removeprefix(prefix).split("/", 1)[0], set()).add(topic)
         cleared: list[str] = []
-        for room in stale:
-            for topic in self.retained_topics(room):
-                self._pending[topic] = CLEARED
-                cleared.append(topic)
+        for room in sorted(set(by_room) - self._rooms):
+            # What the broker showed (whatever leaf), and what the agent knows it publishes.
+            cleared += self._clear(room, sorted(by_room[room] | set(self.retained_topics(room))))
         return cleared
 
     def exists(self, room: str) -> bool:
