@@ -87,9 +87,11 @@ async def test_readyz_never_lists_a_gone_sink_as_ready(tmp_path: Path) -> None:
 
     store = await Store.open(tmp_path / "agent.db", sinks=("webhook",))
     try:
-        async with LocalApi(GoneView(store), "127.0.0.1:0") as api:
-            async with httpx.AsyncClient(base_url=api.url) as http:
-                r = await http.get("/readyz")
+        async with (
+            LocalApi(GoneView(store), "127.0.0.1:0") as api,
+            httpx.AsyncClient(base_url=api.url) as http,
+        ):
+            r = await http.get("/readyz")
         assert r.status_code == 503 and r.json()["sinks"][0]["ready"] is False
     finally:
         await store.close()
