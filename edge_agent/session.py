@@ -55,7 +55,7 @@ from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
 from edge_agent.store import Change, PendingRow, Store, StoreError
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
-from edge_agent.xapi.errors import ConnectionLost, RequestTimeout
+from edge_agent.xapi.errors import ConnectionLost, NotConnected, RequestTimeout
 from edge_agent.xapi.protocol import Handler, PathLike
 
 log = structlog.get_logger(__name__)
@@ -557,6 +557,12 @@ class DeviceSession:
         args = book_args(order, request_uuid)
         try:
             await self.client.command("Bookings Book", **args)
+        except NotConnected as exc:
+            # The link went down between the check and the send: nothing reached the device.
+            await self._store.resolve_request(
+                request_uuid, "failed", {"cause": "NotConnected", "detail": str(exc)}
+            )
+            raise DeviceOffline(f"{self.device_id}: the device is not connected; try again later")
         except (ConnectionLost, RequestTimeout) as exc:
             self._log.warning(
                 "Bookings Book: no answer; the request stays pending until its outcome arrives, "
@@ -564,6 +570,7 @@ class DeviceSession:
                 booking_request_uuid=request_uuid,
                 error=str(exc),
             )
+            self._open_request(request_uuid, args)
             return BookingSent(request_uuid, deadline, answered=False)
         except XapiError as exc:
             cause = getattr(exc, "cause", None) or type(exc).__name__
@@ -574,7 +581,18 @@ class DeviceSession:
                 f"{self.device_id}: the device refused Bookings Book: {exc}", request_uuid
             ) from exc
         self._log.info("Bookings Book sent", booking_request_uuid=request_uuid, **args)
+        self._open_request(request_uuid, args)
         return BookingSent(request_uuid, deadline, answered=True)
+
+    def _open_request(self, request_uuid: str, args: Mapping[str, Any]) -> None:
+        """Track the request the way the device's ``BookingRequested`` opens it, through the
+        worker like any feedback: the outcome is then matched (by its events, the next list, or
+        the deadline) even when that event is lost with the link, or the software never sends
+        it. The device's own ``BookingRequested`` then finds it pending and changes nothing."""
+        requested = {
+            k: v for k, v in args.items() if k in ("BookingRequestUUID", "Duration", "StartTime", "Title")
+        }
+        self._offer(_Feedback({"Event": {"Bookings": {"BookingRequested": requested}}}))
 
     async def release(self, booking_id: str) -> Booking:
         """Send ``Bookings Delete Id`` for a booking in the window; ``booking.deleted`` follows.
