@@ -280,6 +280,7 @@ class Agent:
         if self._with_api:
             self.api = self._local_api()
             await self.api.start()
+        self._start_mqtt_requests(tg)
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
         for settings in self._settings.values():
@@ -507,6 +508,35 @@ class Agent:
             return None
         row = await self._store.load_request(request_uuid)
         return request_view(row, self._clock.now()) if row is not None else None
+
+    def _start_mqtt_requests(self, tg: asyncio.TaskGroup) -> None:
+        """With ``[mqtt]``: the booking mirror on ``<base>/bridge/request/{book,release}``."""
+        m = self.config.mqtt
+        mqtt_sink = next((s for s, _ in self._sinks if s.name == "mqtt"), None)
+        if m is None or mqtt_sink is None:
+            return
+        from edge_agent.forward.mqtt.link import broker_settings
+        from edge_agent.forward.mqtt.requests import BridgeRequests
+
+        password = self._secrets.mqtt_password
+        settings = broker_settings(
+            m.url,
+            client_id=f"{self.config.mqtt_client_id}-requests",
+            username=m.username,
+            password=password.get_secret_value() if password else None,
+            ca_file=m.ca_file,
+            cert_file=m.cert_file,
+            key_file=m.key_file,
+            keepalive=m.keepalive,
+            protocol=m.protocol,
+        )
+        self.mqtt_requests = BridgeRequests(
+            settings, self.config.mqtt_base_topic, self, mqtt_sink.ready
+        )
+        name = "mqtt.requests"
+        self._sink_tasks.append(
+            tg.create_task(self._supervise(name, self.mqtt_requests.run), name=name)
+        )
 
     def _local_api(self) -> LocalApi:
         api = self.config.api
