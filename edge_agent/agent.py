@@ -544,9 +544,7 @@ class Agent:
         tls = None
         if api.cert_file is not None and api.key_file is not None:
             tls = server_ssl_context(api.cert_file, api.key_file)
-        return LocalApi(
-            self, api.listen, guard=ApiGuard.from_config(api, tokens), ssl_context=tls
-        )
+        return LocalApi(self, api.listen, guard=ApiGuard.from_config(api, tokens), ssl_context=tls)
 
 
 async def run_agent(

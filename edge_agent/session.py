@@ -590,7 +590,9 @@ class DeviceSession:
         the deadline) even when that event is lost with the link, or the software never sends
         it. The device's own ``BookingRequested`` then finds it pending and changes nothing."""
         requested = {
-            k: v for k, v in args.items() if k in ("BookingRequestUUID", "Duration", "StartTime", "Title")
+            k: v
+            for k, v in args.items()
+            if k in ("BookingRequestUUID", "Duration", "StartTime", "Title")
         }
         self._offer(_Feedback({"Event": {"Bookings": {"BookingRequested": requested}}}))
 

@@ -87,7 +87,9 @@ def parse_order(body: Any) -> BookingOrder:
         OrderInvalid: naming the first field that is wrong.
     """
     if not isinstance(body, Mapping):
-        raise OrderInvalid("body", "must be a JSON object {title, start?, duration_min, organizer?}")
+        raise OrderInvalid(
+            "body", "must be a JSON object {title, start?, duration_min, organizer?}"
+        )
     unknown = sorted(set(body) - _KEYS)
     if unknown:
         raise OrderInvalid(unknown[0], f"unknown field; allowed: {', '.join(sorted(_KEYS))}")
@@ -104,7 +106,7 @@ def parse_order(body: Any) -> BookingOrder:
         if not isinstance(raw_start, str):
             raise OrderInvalid("start", "must be an ISO 8601 time with a UTC offset")
         try:
-            start = datetime.fromisoformat(raw_start.replace("Z", "+00:00"))
+            start = datetime.fromisoformat(raw_start)
         except ValueError:
             raise OrderInvalid("start", "must be an ISO 8601 time with a UTC offset") from None
         if start.tzinfo is None:

@@ -334,7 +334,9 @@ class ApiConfig(_Section):
         if self.token_env is not None and self.token_file is not None:
             raise ValueError("set token_env or token_file, not both")
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("set both cert_file and key_file to serve the API over TLS, or neither")
+            raise ValueError(
+                "set both cert_file and key_file to serve the API over TLS, or neither"
+            )
         if not self.loopback and self.token_env is None and self.token_file is None:
             raise ValueError(
                 f"listen = {self.listen!r} is not a loopback address: set api.token_env (or "

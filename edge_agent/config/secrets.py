@@ -144,7 +144,9 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
     return secrets
 
 
-def _api_tokens(cfg: AgentConfig, env: Mapping[str, str], problems: list[Problem]) -> list[SecretStr]:
+def _api_tokens(
+    cfg: AgentConfig, env: Mapping[str, str], problems: list[Problem]
+) -> list[SecretStr]:
     secret = _read_secret(
         "api.token",
         env_name=cfg.api.token_env,
@@ -159,8 +161,11 @@ def _api_tokens(cfg: AgentConfig, env: Mapping[str, str], problems: list[Problem
         key = "api.token_env" if cfg.api.token_env else "api.token_file"
         # The message names the rule, never the value.
         problems.append(
-            (key, f"each API token must be at least {MIN_API_TOKEN_LEN} characters (e.g. "
-             "`openssl rand -hex 32`); separate several with spaces")
+            (
+                key,
+                f"each API token must be at least {MIN_API_TOKEN_LEN} characters (e.g. "
+                "`openssl rand -hex 32`); separate several with spaces",
+            )
         )
         return []
     return [SecretStr(t) for t in tokens]

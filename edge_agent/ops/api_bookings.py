@@ -95,7 +95,9 @@ def request_view(row: BookingRequestRow, now: datetime) -> dict[str, Any]:
     return view
 
 
-def _answer(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
+def _answer(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=jsoncodec.dumpb(dict(body)),
         status=status,

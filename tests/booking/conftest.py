@@ -21,8 +21,8 @@ OLD_TOKEN = "booking-old-token-9876543210"
 
 @pytest.fixture
 async def booked(
-    make_fleet: Callable[..., Awaitable[DeviceFleet]],
-    receiver: WebhookReceiver,
+    make_fleet: Callable[..., Awaitable[DeviceFleet]],  # noqa: F811
+    receiver: WebhookReceiver,  # noqa: F811
     tmp_path: Path,
     ca_file: Path,  # noqa: F811
     env: dict[str, str],  # noqa: F811

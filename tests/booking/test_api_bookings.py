@@ -28,7 +28,7 @@ async def _status(http: httpx.AsyncClient, uuid: str) -> dict[str, Any]:
 
 
 async def test_book_is_accepted_then_created_with_our_uuid(booked, receiver) -> None:
-    fleet, running, http = await booked(mode="hybrid", confirm_delay_s=2.0)
+    fleet, _, http = await booked(mode="hybrid", confirm_delay_s=2.0)
     dev = fleet.devices[0]
     r = await http.post(
         f"/v1/rooms/{dev.device_id}/bookings",
@@ -73,7 +73,9 @@ async def test_declined_request_is_failed_with_the_cause(booked, receiver) -> No
     fleet, _, http = await booked(mode="hybrid", confirm_delay_s=1.0)
     dev = fleet.devices[0]
     dev.calendar.decline_next()
-    r = await http.post(f"/v1/rooms/{dev.device_id}/bookings", json={"title": "No", "duration_min": 30})
+    r = await http.post(
+        f"/v1/rooms/{dev.device_id}/bookings", json={"title": "No", "duration_min": 30}
+    )
     assert r.status_code == 202, r.text
     uuid = r.json()["request_uuid"]
     fleet.clock.advance(2)
@@ -141,7 +143,8 @@ async def test_malformed_json_is_400(booked) -> None:
     fleet, _, http = await booked()
     r = await http.post(
         f"/v1/rooms/{fleet.devices[0].device_id}/bookings",
-        content=b"{", headers={"Content-Type": "application/json"},
+        content=b"{",
+        headers={"Content-Type": "application/json"},
     )
     assert r.status_code == 400
 
@@ -162,7 +165,11 @@ async def test_overlap_with_the_stored_window_is_409_and_sends_nothing(booked, r
     await eventually(lambda: running.agent.devices()[0]["window_size"] == 1)
     r = await http.post(
         f"/v1/rooms/{dev.device_id}/bookings",
-        json={"title": "Clash", "duration_min": 30, "start": (start + timedelta(minutes=30)).isoformat()},
+        json={
+            "title": "Clash",
+            "duration_min": 30,
+            "start": (start + timedelta(minutes=30)).isoformat(),
+        },
     )
     assert r.status_code == 409, r.text
     assert r.json()["conflict"] == existing.id
@@ -171,7 +178,11 @@ async def test_overlap_with_the_stored_window_is_409_and_sends_nothing(booked, r
     # right after it is free: accepted
     r = await http.post(
         f"/v1/rooms/{dev.device_id}/bookings",
-        json={"title": "After", "duration_min": 30, "start": (start + timedelta(hours=1)).isoformat()},
+        json={
+            "title": "After",
+            "duration_min": 30,
+            "start": (start + timedelta(hours=1)).isoformat(),
+        },
     )
     assert r.status_code == 202, r.text
 
@@ -181,7 +192,9 @@ async def test_offline_device_is_503_and_sends_nothing(booked, receiver) -> None
     dev = fleet.devices[0]
     dev.faults.reboot(down_s=60, not_ready_s=0)
     await eventually(lambda: not running.agent.devices()[0]["connected"])
-    r = await http.post(f"/v1/rooms/{dev.device_id}/bookings", json={"title": "T", "duration_min": 5})
+    r = await http.post(
+        f"/v1/rooms/{dev.device_id}/bookings", json={"title": "T", "duration_min": 5}
+    )
     assert r.status_code == 503, r.text
     assert r.headers["Retry-After"] == "30" and "not connected" in r.json()["error"]
     r = await http.delete(f"/v1/rooms/{dev.device_id}/bookings/1")
@@ -221,7 +234,9 @@ async def test_a_book_without_an_answer_is_never_sent_again(booked, receiver) ->
     fleet, running, http = await booked(extra={"defaults": {"request_timeout_s": 0.5}})
     dev = fleet.devices[0]
     dev.faults.slow(2000, duration_s=1.5)
-    r = await http.post(f"/v1/rooms/{dev.device_id}/bookings", json={"title": "Once", "duration_min": 20})
+    r = await http.post(
+        f"/v1/rooms/{dev.device_id}/bookings", json={"title": "Once", "duration_min": 20}
+    )
     assert r.status_code == 202, r.text
     uuid = r.json()["request_uuid"]
     dev.faults.drop()

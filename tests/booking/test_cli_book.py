@@ -13,9 +13,7 @@ from tests.ops.test_cli import acli
 
 def _config(tmp_path: Path, port: int) -> str:
     path = tmp_path / "cli.toml"
-    path.write_text(
-        f'site = "test"\n[api]\nlisten = "127.0.0.1:{port}"\ntoken_env = "API_TOKEN"\n'
-    )
+    path.write_text(f'site = "test"\n[api]\nlisten = "127.0.0.1:{port}"\ntoken_env = "API_TOKEN"\n')
     return str(path)
 
 
@@ -27,8 +25,20 @@ async def test_book_and_release_through_the_running_agent(booked, receiver, tmp_
     env = {"API_TOKEN": TOKEN}
     start = (SIM_START + timedelta(hours=1)).isoformat()
     code, out, err = await acli(
-        "book", dev.device_id, "--title", "From the CLI", "--minutes", "25", "--start", start,
-        "--organizer-email", "kari@example.com", "--wait", "-c", cfg, env=env,
+        "book",
+        dev.device_id,
+        "--title",
+        "From the CLI",
+        "--minutes",
+        "25",
+        "--start",
+        start,
+        "--organizer-email",
+        "kari@example.com",
+        "--wait",
+        "-c",
+        cfg,
+        env=env,
     )
     assert code == 0, out + err
     assert out.startswith("requested ") and "created booking" in out
@@ -55,9 +65,7 @@ async def test_cli_errors_say_what_the_agent_answered(booked, tmp_path) -> None:
         "book", dev, "--title", "T", "--minutes", "2000", "-c", cfg, env={"API_TOKEN": TOKEN}
     )
     assert code == 1 and "HTTP 422" in err and "[field duration_min]" in err
-    code, _, err = await acli(
-        "release", "no-such-room", "1", "-c", cfg, env={"API_TOKEN": TOKEN}
-    )
+    code, _, err = await acli("release", "no-such-room", "1", "-c", cfg, env={"API_TOKEN": TOKEN})
     assert code == 1 and "HTTP 404" in err
     code, _, err = await acli("book", dev, "--title", "T", "--minutes", "5", "-c", cfg, env={})
     assert code == 78 and "API_TOKEN" in err  # the named source is not set

@@ -36,7 +36,9 @@ async def test_cross_site_form_post_books_nothing(booked, receiver) -> None:
         )
         assert r.status_code == 401
     # and a client holding the token still cannot send a form
-    r = await http.post(url, content=form, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = await http.post(
+        url, content=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert r.status_code == 415
     assert dev.calendar.bookings() == []
     assert not of_type(receiver.events, "booking.requested")

@@ -38,7 +38,9 @@ async def test_book_and_release_over_mqtt(booked, receiver, tmp_path) -> None:
         fleet, running, _ = await booked(extra={"mqtt": {"url": broker.url, "keepalive": 5}})
         mirror = running.agent.mqtt_requests
         await asyncio.wait_for(mirror.subscribed.wait(), 10)
-        await eventually(lambda: any(s["name"] == "mqtt" and s["ready"] for s in running.agent.sinks()))
+        await eventually(
+            lambda: any(s["name"] == "mqtt" and s["ready"] for s in running.agent.sinks())
+        )
         dev = fleet.devices[0]
         with Subscriber(broker, f"{BASE}/bridge/response/+") as sub:
             _publish(
@@ -60,12 +62,21 @@ async def test_book_and_release_over_mqtt(booked, receiver, tmp_path) -> None:
             assert row is not None and row.status == "created"
 
             # refusals answer with the transaction and send nothing
-            _publish(broker, f"{BASE}/bridge/request/book",
-                     {"room": dev.device_id, "title": "Clash", "duration_min": 10, "transaction": "t2"})
-            _publish(broker, f"{BASE}/bridge/request/book",
-                     {"room": "nope", "title": "T", "duration_min": 10, "transaction": "t3"})
-            _publish(broker, f"{BASE}/bridge/request/book",
-                     {"room": dev.device_id, "title": "T", "duration_min": 0, "transaction": "t4"})
+            _publish(
+                broker,
+                f"{BASE}/bridge/request/book",
+                {"room": dev.device_id, "title": "Clash", "duration_min": 10, "transaction": "t2"},
+            )
+            _publish(
+                broker,
+                f"{BASE}/bridge/request/book",
+                {"room": "nope", "title": "T", "duration_min": 10, "transaction": "t3"},
+            )
+            _publish(
+                broker,
+                f"{BASE}/bridge/request/book",
+                {"room": dev.device_id, "title": "T", "duration_min": 0, "transaction": "t4"},
+            )
             _publish(broker, f"{BASE}/bridge/request/book", b"not json")
             await eventually(lambda: len(_answers(sub, "book")) == 5)
             errors = {a.get("transaction"): a for a in _answers(sub, "book")[1:]}
@@ -75,8 +86,11 @@ async def test_book_and_release_over_mqtt(booked, receiver, tmp_path) -> None:
             assert "duration_min" in errors["t4"]["error"]
             assert "not valid JSON" in errors[None]["error"]
 
-            _publish(broker, f"{BASE}/bridge/request/release",
-                     {"room": dev.device_id, "id": made.id, "transaction": {"n": 1}})
+            _publish(
+                broker,
+                f"{BASE}/bridge/request/release",
+                {"room": dev.device_id, "id": made.id, "transaction": {"n": 1}},
+            )
             await eventually(lambda: _answers(sub, "release"))
             [released] = _answers(sub, "release")
             assert released["status"] == "ok" and released["transaction"] == {"n": 1}
@@ -103,7 +117,9 @@ async def test_only_the_base_topic_and_never_retained(booked, receiver, tmp_path
             _publish(broker, f"{BASE}/devices/sim-0000/bridge/request/book", order)
             # a marker request after them: once it is answered, the others were seen and skipped
             _publish(
-                broker, f"{BASE}/bridge/request/release", {"room": "nope", "id": "1", "transaction": "m"}
+                broker,
+                f"{BASE}/bridge/request/release",
+                {"room": "nope", "id": "1", "transaction": "m"},
             )
             await eventually(lambda: _answers(sub, "release"))
             assert _answers(sub, "release")[0]["transaction"] == "m"
@@ -122,7 +138,8 @@ async def test_requests_wait_for_the_mqtt_sink() -> None:
     from edge_agent.forward.mqtt.requests import BridgeRequests, RequestError
 
     class Desk:
-        booked: list[str] = []
+        def __init__(self) -> None:
+            self.booked: list[str] = []
 
         def booking_room(self, room_id: str) -> str | None:
             return "device"

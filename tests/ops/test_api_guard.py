@@ -130,21 +130,25 @@ async def test_no_token_configured_refuses_every_change(store) -> None:
 async def test_reads_are_open_on_loopback_unless_configured(http, store) -> None:
     for path in ("/healthz", "/v1/devices", "/v1/dead-letters", "/metrics"):
         assert (await http.get(path)).status_code == 200, path
-    async with _api(store, tokens=[NEW], read_requires_token=True) as api:
-        async with httpx.AsyncClient(base_url=api.url) as strict:
-            r = await strict.get("/v1/dead-letters")
-            assert r.status_code == 401 and "WWW-Authenticate" in r.headers
-            assert (await strict.get("/v1/dead-letters", headers=bearer(NEW))).status_code == 200
+    async with (
+        _api(store, tokens=[NEW], read_requires_token=True) as api,
+        httpx.AsyncClient(base_url=api.url) as strict,
+    ):
+        r = await strict.get("/v1/dead-letters")
+        assert r.status_code == 401 and "WWW-Authenticate" in r.headers
+        assert (await strict.get("/v1/dead-letters", headers=bearer(NEW))).status_code == 200
 
 
 async def test_reads_need_the_token_when_not_listening_on_loopback(store) -> None:
     # The guard of an API on 0.0.0.0 (served here on 127.0.0.1: tests stay on loopback).
     guard = ApiGuard("0.0.0.0:9780", [NEW], allowed_hosts=["127.0.0.1"])
     assert guard.read_requires_token
-    async with LocalApi(FakeAgent(store), "127.0.0.1:0", guard=guard) as api:
-        async with httpx.AsyncClient(base_url=api.url) as http:
-            assert (await http.get("/v1/devices")).status_code == 401
-            assert (await http.get("/v1/devices", headers=bearer(NEW))).status_code == 200
+    async with (
+        LocalApi(FakeAgent(store), "127.0.0.1:0", guard=guard) as api,
+        httpx.AsyncClient(base_url=api.url) as http,
+    ):
+        assert (await http.get("/v1/devices")).status_code == 401
+        assert (await http.get("/v1/devices", headers=bearer(NEW))).status_code == 200
 
 
 # -- Host and Origin -------------------------------------------------------------------------
@@ -160,12 +164,14 @@ async def test_foreign_host_is_421(http, store, host) -> None:
 
 
 async def test_allowed_hosts_are_accepted(store) -> None:
-    async with _api(store, tokens=[NEW], allowed_hosts=["agent.example"]) as api:
-        async with httpx.AsyncClient(base_url=api.url) as http:
-            r = await http.get("/v1/devices", headers={"Host": f"agent.example:{api.port}"})
-            assert r.status_code == 200
-            r = await http.get("/v1/devices", headers={"Host": "other.example"})
-            assert r.status_code == 421
+    async with (
+        _api(store, tokens=[NEW], allowed_hosts=["agent.example"]) as api,
+        httpx.AsyncClient(base_url=api.url) as http,
+    ):
+        r = await http.get("/v1/devices", headers={"Host": f"agent.example:{api.port}"})
+        assert r.status_code == 200
+        r = await http.get("/v1/devices", headers={"Host": "other.example"})
+        assert r.status_code == 421
 
 
 @pytest.mark.parametrize(
@@ -175,7 +181,9 @@ async def test_allowed_hosts_are_accepted(store) -> None:
 async def test_foreign_origin_is_403(api, http, store, origin) -> None:
     r = await purge(http, headers={**bearer(NEW), "Origin": origin.format(port=api.port)})
     assert r.status_code == 403 and "Origin" in r.json()["error"]
-    assert (await http.get("/v1/devices", headers={"Origin": "http://evil.example"})).status_code == 403
+    assert (
+        await http.get("/v1/devices", headers={"Origin": "http://evil.example"})
+    ).status_code == 403
     assert await untouched(store)
 
 

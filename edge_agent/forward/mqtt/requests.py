@@ -37,7 +37,7 @@ from edge_agent.forward.mqtt.link import BrokerLink, BrokerLinkLost, BrokerSetti
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["ACTIONS", "BridgeRequests", "MAX_PAYLOAD_BYTES"]
+__all__ = ["ACTIONS", "MAX_PAYLOAD_BYTES", "BridgeRequests"]
 
 ACTIONS = ("book", "release")
 MAX_PAYLOAD_BYTES = 16 * 1024
@@ -77,13 +77,13 @@ class BridgeRequests:
         desk: BookingDesk,
         sink_ready: Callable[[], bool],
         *,
-        backoff: Backoff = Backoff(initial=1.0, maximum=60.0),
+        backoff: Backoff | None = None,
     ) -> None:
         self._settings = settings
         self._base = base_topic.rstrip("/")
         self._desk = desk
         self._sink_ready = sink_ready
-        self._backoff = backoff
+        self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_MAX)
         self._link: BrokerLink | None = None
         self._log = log.bind(client_id=settings.client_id)
@@ -108,9 +108,7 @@ class BridgeRequests:
                 attempt = 0
             except BrokerError as exc:
                 delay = self._backoff.delay(attempt)
-                self._log.warning(
-                    f"mqtt requests: {exc}; retrying in {delay:.0f} s", kind=exc.kind
-                )
+                self._log.warning(f"mqtt requests: {exc}; retrying in {delay:.0f} s", kind=exc.kind)
                 await asyncio.sleep(delay)
                 continue
             await asyncio.sleep(self._backoff.delay(1))
@@ -130,9 +128,9 @@ class BridgeRequests:
                     )
                 self._link = link
                 self.subscribed.set()
-                self._log.info("mqtt requests: listening", topics=[
-                    self.request_topic(a) for a in ACTIONS
-                ])
+                self._log.info(
+                    "mqtt requests: listening", topics=[self.request_topic(a) for a in ACTIONS]
+                )
                 worker = tg.create_task(self._work(), name=f"{name}.worker")
                 await link.lost
                 self._log.warning("mqtt requests: link lost", reason=link.lost.result())
@@ -199,7 +197,9 @@ class BridgeRequests:
         if kind is None:
             raise RequestError(f"unknown room {room!r}")
         if kind != "device":
-            raise RequestError(f"{room} is a calendar-only room: not bookable through the agent yet")
+            raise RequestError(
+                f"{room} is a calendar-only room: not bookable through the agent yet"
+            )
         try:
             if action == "book":
                 order = parse_order(body)

@@ -46,8 +46,9 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--minutes", type=int, required=True, metavar="N", help="duration, 1..1440 minutes"
     )
     p.add_argument(
-        "--start", metavar="TIME", help="ISO 8601 start with offset, e.g. 2026-11-23T09:00Z "
-        "(default: now)"
+        "--start",
+        metavar="TIME",
+        help="ISO 8601 start with offset, e.g. 2026-11-23T09:00Z (default: now)",
     )
     p.add_argument("--organizer-name", metavar="NAME")
     p.add_argument("--organizer-email", metavar="EMAIL")
@@ -148,9 +149,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     client, url = _client(args)
-    route = (
-        f"/v1/rooms/{quote(args.room, safe='')}/bookings/{quote(args.booking_id, safe='')}"
-    )
+    route = f"/v1/rooms/{quote(args.room, safe='')}/bookings/{quote(args.booking_id, safe='')}"
     with client:
         status, body = _call(client, url, "DELETE", route)
     if status != 202:
