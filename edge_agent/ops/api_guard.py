@@ -87,6 +87,9 @@ class ApiGuard:
         read_requires_token: read routes need a token on loopback too.
         allowed_hosts: extra ``Host`` names (lower-case, no port).
         tls: the API is served over HTTPS (the accepted ``Origin`` scheme).
+        self_authenticating: path prefixes whose routes check their callers themselves (the
+            Graph change notifications: ``clientState``, validation tokens as ``text/plain``):
+            no bearer token or JSON rule there; the Host and Origin rules still hold.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class ApiGuard:
         read_requires_token: bool = False,
         allowed_hosts: Iterable[str] = (),
         tls: bool = False,
+        self_authenticating: Iterable[str] = (),
     ) -> None:
         host, _ = parse_listen(listen)
         self.loopback = _is_loopback(host)
@@ -109,6 +113,7 @@ class ApiGuard:
             names.update(_LOOPBACK_NAMES)
         self.hosts = frozenset(names)
         self._scheme = "https" if tls else "http"
+        self._self_authenticating = tuple(self_authenticating)
 
     @classmethod
     def from_config(cls, api: ApiConfig, tokens: Sequence[str]) -> ApiGuard:
@@ -156,6 +161,8 @@ class ApiGuard:
             return _refusal(403, f"cross-origin requests are refused (Origin {origin!r})")
         if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
             return _refusal(403, "cross-site requests are refused (Sec-Fetch-Site)")
+        if self._self_authenticating and request.path.startswith(self._self_authenticating):
+            return None
         changes_state = request.method not in _READ_METHODS
         if changes_state or self.read_requires_token:
             authorization = request.headers.get("Authorization")

@@ -196,6 +196,18 @@ async def test_own_origin_is_accepted_but_not_a_cross_site_fetch(api, http, stor
     assert r.status_code == 200
 
 
+async def test_self_authenticating_routes_skip_the_token_not_the_host(store) -> None:
+    guard = ApiGuard("127.0.0.1:0", [NEW], self_authenticating=["/v1/notifications/"])
+    local = LocalApi(FakeAgent(store), "127.0.0.1:0", guard=guard)
+    async with local as api, httpx.AsyncClient(base_url=api.url) as http:
+        r = await http.post("/v1/notifications/microsoft", content=b"x")
+        assert r.status_code == 404  # past the guard: no such route in this test
+        r = await http.post("/v1/notifications/microsoft", headers={"Host": "evil.example"})
+        assert r.status_code == 421
+        assert (await purge(http)).status_code == 401
+    assert await untouched(store)
+
+
 # -- the body --------------------------------------------------------------------------------
 
 
