@@ -538,11 +538,37 @@ class DeviceSession:
             BookingRejected: the device answered the command with an error (recorded as failed).
             StoreError: the request could not be recorded (nothing was sent).
         """
+        # One order at a time per device, and the next one checked only once the worker has
+        # taken this one in as pending (bounded: a stuck store must not hold the API).
+        async with self._booking_lock:
+            sent = await self._book(request_uuid, order)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BOOK_SETTLE_S):
+                    await self._inputs.join()
+            return sent
+
+    @property
+    def _booking_lock(self) -> asyncio.Lock:
+        # Made on first use (in the running loop) and kept with the session; not in __init__
+        # so that booking stays in this section of the file.
+        lock = self.__dict__.get("_booking_lock_")
+        if lock is None:
+            lock = self.__dict__["_booking_lock_"] = asyncio.Lock()
+        assert isinstance(lock, asyncio.Lock)
+        return lock
+
+    async def _book(self, request_uuid: str, order: BookingOrder) -> BookingSent:
         state = self.state
         if state is None or not self.client.connected:
             raise DeviceOffline(f"{self.device_id}: the device is not connected; try again later")
         now = self._clock.now()
-        start = check_order(order, state.window.values(), state.current_bounds(now), now)
+        start = check_order(
+            order,
+            state.window.values(),
+            state.current_bounds(now),
+            now,
+            pending=state.pending.values(),
+        )
         deadline = deadline_for(now, state.booking_timeout_s, state.grace_s)
         await self._store.record_request(
             request_uuid,
@@ -618,6 +644,11 @@ class DeviceSession:
             ) from exc
         self._log.info("Bookings Delete sent", booking_id=booking_id)
         return booking
+
+
+BOOK_SETTLE_S = 1.0
+"""How long a booking order waits for the session to take it in as pending before the next
+order of that device is checked."""
 
 
 class DeviceOffline(Exception):

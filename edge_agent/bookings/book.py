@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edge_agent.bookings.models import Booking
+from edge_agent.bookings.pending import PendingRequest
 from edge_agent.bookings.window import WindowBounds
 from edge_agent.clock import utc_iso
 
@@ -41,10 +42,18 @@ class OrderRefused(Exception):
     """The order is well formed but cannot be booked: ``reason`` is ``overlap`` (HTTP 409)
     or ``outside_window`` (HTTP 422, field ``start``)."""
 
-    def __init__(self, reason: str, message: str, conflict: Booking | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        conflict: Booking | None = None,
+        pending: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.conflict = conflict
+        self.pending = pending
+        """The request UUID of a pending request it overlaps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +135,18 @@ def parse_order(body: Any) -> BookingOrder:
 
 
 def check_order(
-    order: BookingOrder, window: Iterable[Booking], bounds: WindowBounds, now: datetime
+    order: BookingOrder,
+    window: Iterable[Booking],
+    bounds: WindowBounds,
+    now: datetime,
+    pending: Iterable[PendingRequest] = (),
 ) -> datetime:
     """The order's start (``now`` when it has none) once it fits the device's window.
 
     Raises:
         OrderRefused: it starts outside ``bounds`` or in the past (``outside_window``), or
-            overlaps a booking in the window (``overlap``).
+            overlaps a booking in the window or a request still pending (``overlap``; a
+            double-tapped kiosk button must not send two Books the device would decline).
     """
     start = order.start or now
     end = start + timedelta(minutes=order.duration_min)
@@ -148,6 +162,15 @@ def check_order(
                 "overlap",
                 f"overlaps booking {b.id} ({utc_iso(b.start)} - {utc_iso(b.end)})",
                 conflict=b,
+            )
+    for p in pending:
+        p_start = p.start or p.requested_at
+        if p_start < end and start < p_start + timedelta(minutes=p.duration_min):
+            raise OrderRefused(
+                "overlap",
+                f"overlaps request {p.booking_request_uuid}, still pending "
+                f"({utc_iso(p_start)}, {p.duration_min} min)",
+                pending=p.booking_request_uuid,
             )
     return start
 

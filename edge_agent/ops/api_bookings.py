@@ -5,7 +5,8 @@
   /v1/requests/{uuid}``. Refused before anything is sent: **404** unknown room, **422** naming
   the field (``{"error", "field"}``: title required and at most 128 characters, duration_min
   1..1440, start an ISO 8601 time inside the device's window), **409** overlapping a booking of
-  the stored window (``{"error", "conflict"}``), **503** device offline (``Retry-After``),
+  the stored window or a request still pending (``{"error", "conflict"}``: the booking id or
+  the request UUID), **503** device offline (``Retry-After``),
   **501** a calendar-only room (not bookable through the agent yet). **502** when the device
   answers ``Bookings Book`` with an error (the request is then ``failed``).
 - ``GET /v1/requests/{uuid}`` -> ``{request_uuid, room_id, status, request, created_at,
@@ -199,7 +200,7 @@ async def _book(desk: BookingDesk, room_id: str, order: BookingOrder) -> web.Res
         return _offline(exc)
     except OrderRefused as exc:
         if exc.reason == "overlap":
-            conflict = exc.conflict.id if exc.conflict else None
+            conflict = exc.conflict.id if exc.conflict else exc.pending
             return _answer(409, {"error": str(exc), "conflict": conflict})
         return _answer(422, {"error": f"start: {exc}", "field": "start"})
     except BookingRejected as exc:

@@ -246,3 +246,21 @@ async def test_a_book_without_an_answer_is_never_sent_again(booked, receiver) ->
     assert [b.title for b in dev.calendar.bookings()].count("Once") == 1
     assert view["booking"]["title"] == "Once"
     assert len([e for e in _requested(receiver)]) == 1
+
+
+async def test_a_double_tap_books_once(booked, receiver) -> None:
+    """Two overlapping orders at once (a kiosk button pressed twice): the second is refused
+    while the first is pending, before anything is sent."""
+    fleet, _, http = await booked(mode="hybrid", confirm_delay_s=5.0)
+    dev = fleet.devices[0]
+    order = {"title": "Tap", "duration_min": 30}
+    route = f"/v1/rooms/{dev.device_id}/bookings"
+    first, second = await asyncio.gather(http.post(route, json=order), http.post(route, json=order))
+    assert sorted([first.status_code, second.status_code]) == [202, 409], (first.text, second.text)
+    accepted, refused = (first, second) if first.status_code == 202 else (second, first)
+    assert refused.json()["conflict"] == accepted.json()["request_uuid"]
+    assert "still pending" in refused.json()["error"]
+    fleet.clock.advance(6)
+    await _wait_status(http, accepted.json()["request_uuid"], "created")
+    assert [b.title for b in dev.calendar.bookings()] == ["Tap"]
+    assert len(_requested(receiver)) == 1
