@@ -80,3 +80,20 @@ async def test_cli_book_without_an_agent_is_69(tmp_path) -> None:
         "book", "room", "--title", "T", "--minutes", "5", "-c", cfg, env={"API_TOKEN": TOKEN}
     )
     assert code == 69 and "did not answer" in err
+
+
+async def test_status_sends_the_token_when_reads_need_it(booked, tmp_path) -> None:
+    _, running, _ = await booked(
+        extra={"api": {"token_env": "API_TOKEN", "read_requires_token": True}}
+    )
+    assert running.agent.api is not None
+    port = running.agent.api.port
+    path = tmp_path / "status.toml"
+    path.write_text(
+        f'site = "test"\n[api]\nlisten = "127.0.0.1:{port}"\ntoken_env = "API_TOKEN"\n'
+        "read_requires_token = true\n"
+    )
+    code, out, err = await acli("status", "-c", str(path), env={"API_TOKEN": TOKEN})
+    assert code == 0 and "READY" in out, out + err
+    code, out, err = await acli("status", "--api", running.agent.api.url)
+    assert code == 69 and "401" in err, out + err
