@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock, unix_time
 from edge_agent.config import (
     AgentConfig,
+    EX_CONFIG,
     ConfigError,
     DeviceSettings,
     Secrets,
@@ -44,7 +46,7 @@ from edge_agent.bookings.models import Booking
 from edge_agent.ops.api_bookings import request_view
 from edge_agent.ops.api_guard import ApiGuard, server_ssl_context
 from edge_agent.session import BookingSent, DeviceSession, SessionTuning
-from edge_agent.store import Store
+from edge_agent.store import Store, StoreUnusable
 
 if TYPE_CHECKING:
     from edge_agent.forward.mqtt import MqttSink
@@ -93,6 +95,13 @@ def build_mqtt_sink(
         client_id=cfg.mqtt_client_id,
         username=m.username,
         password=secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None,
+        password_source=(
+            f"password_file {m.password_file}"
+            if m.password_file
+            else f"password_env {m.password_env}"
+            if m.password_env
+            else None
+        ),
         ca_file=str(m.ca_file) if m.ca_file else None,
         cert_file=str(m.cert_file) if m.cert_file else None,
         key_file=str(m.key_file) if m.key_file else None,
@@ -251,6 +260,8 @@ class Agent:
             clock=unix_time(self._clock),
         )
         try:
+            if self._with_api and not await self._start_api():
+                return EX_CONFIG
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self._start(tg)
@@ -277,9 +288,6 @@ class Agent:
             # The drainer runs the sink's connection loop itself.
             name = f"drainer[{sink.name}]"
             self._sink_tasks.append(tg.create_task(self._supervise(name, drainer.run), name=name))
-        if self._with_api:
-            self.api = self._local_api()
-            await self.api.start()
         self._start_mqtt_requests(tg)
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
@@ -290,6 +298,27 @@ class Agent:
         self._other_tasks.append(
             tg.create_task(sdnotify.watchdog_loop(self._healthy), name="agent.watchdog")
         )
+
+    async def _start_api(self) -> bool:
+        """Bind the local API before anything else starts; False (logged) when the address
+        cannot be bound. That is a configuration problem, not a crash: ``run`` exits 78, which
+        the unit's ``RestartPreventExitStatus=`` does not restart (a taken port stays taken)."""
+        listen = self.config.api.listen
+        try:
+            api = self._local_api()  # the guard, and TLS when [api] cert_file is set
+            await api.start()
+        except OSError as exc:
+            # EADDRINUSE, EADDRNOTAVAIL (not an address of this machine), EACCES (a port below
+            # 1024), or a host name that does not resolve (gaierror).
+            log.error(
+                f"cannot listen on api.listen = {listen!r}: {exc.strerror or exc}; set [api] "
+                "listen to a free address of this machine in the configuration",
+                key="api.listen",
+                listen=listen,
+            )
+            return False
+        self.api = api
+        return True
 
     def _start_device(self, settings: DeviceSettings) -> None:
         assert self._tg is not None and self._store is not None
@@ -356,8 +385,12 @@ class Agent:
 
     def _healthy(self) -> bool:
         # The watchdog loop runs on the event loop, so a ping already proves the loop turns;
-        # beyond that the agent is healthy while its store is open.
-        return self._store is not None and self._store.failed is None
+        # beyond that the agent is healthy while its store is open and its writes are not
+        # failing in a way a restart can clear. A full disk is not: a restart frees no space
+        # and drops what the sessions hold and retry (see "Health" in edge_agent.store.writer).
+        if self._store is None or self._store.failed is not None:
+            return False
+        return not self._store.health().restart_helps
 
     async def _sample_loop(self) -> None:
         """Keep the gauges that are cheaper to read than to maintain, and systemd's STATUS."""
@@ -376,10 +409,17 @@ class Agent:
 
     async def sample(self) -> Mapping[str, Any]:
         assert self._store is not None
+        health = self._store.health()  # also sets edge_agent_store_healthy
+        trouble = ""
+        if not health.healthy:
+            then = "withholding the watchdog" if health.restart_helps else "retrying"
+            trouble = f"NOT READY: {health.problem}; {then}; "
         try:
             self._last_stats = await self._store.stats()
         except Exception:
             log.exception("cannot read store statistics")
+            if trouble:
+                sdnotify.status(trouble.removesuffix("; "))
             return self._last_stats
         connected = sum(1 for s in self._sessions.values() if s.client.connected)
         metrics.DEVICES_CONNECTED.set(connected)
@@ -392,7 +432,7 @@ class Agent:
         sinks = self._last_stats.get("sinks", {})
         depth = sum(int(v.get("depth", 0)) for v in sinks.values()) if sinks else 0
         sdnotify.status(
-            f"{connected}/{len(self._sessions)} devices connected; outbox {depth}; "
+            f"{trouble}{connected}/{len(self._sessions)} devices connected; outbox {depth}; "
             f"pending requests {pending}"
         )
         return self._last_stats
@@ -461,11 +501,23 @@ class Agent:
             await self._forget(d)
         self._secrets = secrets
         self._settings = new
+        self._poke_mqtt(cfg, secrets)
         for d in added + changed:
             self._start_device(new[d])
         metrics.DEVICES_CONFIGURED.set(len(new))
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
         sdnotify.ready()
+
+    def _poke_mqtt(self, cfg: AgentConfig, secrets: Secrets) -> None:
+        """A reload may follow a fixed credential (here or at the broker): retry now, with the
+        reloaded credentials, instead of waiting out the refused backoff."""
+        from edge_agent.forward.mqtt import MqttSink
+
+        password = secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None
+        for sink, _ in self._sinks:
+            if isinstance(sink, MqttSink):
+                creds = (cfg.mqtt.username, password) if cfg.mqtt is not None else None
+                sink.reconnect_now(credentials=creds)
 
     async def _forget(self, device_id: str) -> None:
         """A device left the configuration: drop its window, pending requests and state (its
@@ -474,6 +526,9 @@ class Agent:
         await self._store.forget_device(device_id)
         with contextlib.suppress(KeyError):
             metrics.RECONNECTS.remove(device_id)
+        for reason in ("duplicate", "queue_full"):
+            with contextlib.suppress(KeyError):
+                metrics.FEEDBACK_DROPPED.remove(device_id, reason)
         self._link_export.forget(device_id)
 
     # --- booking through the agent (api_bookings.BookingDesk: local API, MQTT mirror) ---------
@@ -567,6 +622,11 @@ async def run_agent(
     loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     try:
         return await agent.run()
+    except StoreUnusable as exc:
+        # A damaged or too-new database: a restart cannot fix it, so the exit code is the one
+        # the systemd unit does not restart on (RestartPreventExitStatus=78), with one line.
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EX_CONFIG
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -80,6 +80,25 @@ DEAD_LETTER_DROPPED = Counter(
     registry=REGISTRY,
 )
 
+FEEDBACK_DROPPED = Counter(
+    "edge_agent_feedback_dropped",
+    "Device feedback a session dropped, by reason: duplicate (identical to one that arrived"
+    " < 5 s before it), queue_full (the session's inbox was full; a re-list catches up)",
+    ["device", "reason"],
+    registry=REGISTRY,
+)
+STORE_ERRORS = Counter(
+    "edge_agent_store_errors",
+    "Store writes that failed, by kind (full, io, corrupt, readonly, conflict, other)",
+    ["kind"],
+    registry=REGISTRY,
+)
+STORE_HEALTHY = Gauge(
+    "edge_agent_store_healthy",
+    "1 while store writes get in; 0 once they keep failing (the agent is not ready then)",
+    registry=REGISTRY,
+)
+
 
 class LinkCountersExport:
     """Carries each device link's counters (``XapiClient.counters``, which the xapi layer keeps

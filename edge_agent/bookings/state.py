@@ -67,7 +67,9 @@ class DeviceBookings:
     availability: Availability | None = None
     current_id: str | None = None
     online: bool | None = None
-    recent: tuple[tuple[bytes, datetime], ...] = ()
+    recent: tuple[tuple[bytes, datetime, datetime], ...] = ()
+    """Fingerprints of the last Bookings events with when each ARRIVED (for the dedupe): the
+    earliest and the latest it can have (the same unless read in a catch-up after a stall)."""
     entropy: Entropy = field(default=prng_bytes, compare=False, repr=False)
 
     # ------------------------------------------------------------------ persistence
@@ -197,6 +199,7 @@ class DeviceBookings:
         xevent: str | None = None,
         booking: Booking | Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
+        observed_at: datetime | None = None,
     ) -> dict[str, Any]:
         return make_envelope(
             type,
@@ -206,6 +209,7 @@ class DeviceBookings:
             xevent=xevent,
             booking=booking,
             extra=extra,
+            observed_at=observed_at,
             entropy=self.entropy,
         )
 
@@ -217,7 +221,12 @@ class Step:
     ``window_replace`` (when not None) replaces the device's whole window; else
     ``window_upsert``/``window_delete`` patch it. ``pending_delete`` holds request UUIDs.
     ``device_state`` (when not None) is the new device state row. ``events`` are envelopes, in
-    order. ``relist``: run ``Bookings List`` (then :func:`on_list`). ``notes``: log lines.
+    order. ``relist``: run ``Bookings List`` (then :func:`on_list`). ``notes``: log lines;
+    ``warnings``: log lines a person should see (input the device sent that was dropped).
+    ``duplicate``: the input was dropped as a repeat of one that arrived just before (the shell
+    counts and warns: a drop is never silent). ``kept_uncertain``: the input is identical to
+    one read just before, but either's arrival is uncertain (read in a catch-up after a stall),
+    so it was kept rather than dropped (the shell counts it and says so).
     """
 
     state: DeviceBookings
@@ -230,6 +239,9 @@ class Step:
     events: tuple[dict[str, Any], ...] = ()
     relist: bool = False
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    duplicate: bool = False
+    kept_uncertain: bool = False
 
     @property
     def needs_commit(self) -> bool:
