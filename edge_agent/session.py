@@ -54,9 +54,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 
 from edge_agent.backoff import Backoff
+from edge_agent.bookings.book import BookingOrder, book_args, check_order
 from edge_agent.bookings.models import (
     MAX_LIST_PAGES,
     MAX_LIST_ROWS,
+    Booking,
     ListPage,
     join_pages,
     next_page_offset,
@@ -68,6 +70,7 @@ from edge_agent.bookings.models import (
 from edge_agent.bookings.on_event import on_event
 from edge_agent.bookings.on_list import on_list
 from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
+from edge_agent.bookings.pending import deadline_for
 from edge_agent.bookings.state import DeviceBookings, Step
 from edge_agent.clock import Clock, system_clock, utc_iso
 from edge_agent.config import DeviceSettings
@@ -75,7 +78,7 @@ from edge_agent.mailbox import Flag, Inbox
 from edge_agent.metrics import FEEDBACK_DROPPED
 from edge_agent.store import Change, PendingRow, Store, StoreError
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
-from edge_agent.xapi.errors import ConnectionLost
+from edge_agent.xapi.errors import ConnectionLost, NotConnected, RequestTimeout
 from edge_agent.xapi.protocol import Feedback, Handler, PathLike
 
 log = structlog.get_logger(__name__)
@@ -830,3 +833,157 @@ class DeviceSession:
                 self._tick_queued = True
                 await self._inputs.put(_Tick())
 
+    # --- booking through the agent (local API, MQTT mirror) -------------------------------------
+
+    async def book(self, request_uuid: str, order: BookingOrder) -> BookingSent:
+        """Send ``Bookings Book`` with our ``request_uuid``, once; the outcome comes as events.
+
+        Checked first against the window (:func:`~edge_agent.bookings.book.check_order`), then
+        recorded as a pending request in the store, then sent. The command is never replayed:
+        when the link drops (or the device is slow to answer) after the send, the request stays
+        pending and is closed by the outcome events, by the next list, or by its deadline.
+        Cancelling is safe once the request is recorded (it then simply expires or resolves).
+
+        Raises:
+            DeviceOffline: the device is not connected (nothing was recorded or sent).
+            OrderRefused: overlap or outside the window (nothing was recorded or sent).
+            BookingRejected: the device answered the command with an error (recorded as failed).
+            StoreError: the request could not be recorded (nothing was sent).
+        """
+        # One order at a time per device, and the next one checked only once the worker has
+        # taken this one in as pending (bounded: a stuck store must not hold the API).
+        async with self._booking_lock:
+            sent = await self._book(request_uuid, order)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BOOK_SETTLE_S):
+                    await self._inputs.join()
+            return sent
+
+    @property
+    def _booking_lock(self) -> asyncio.Lock:
+        # Made on first use (in the running loop) and kept with the session; not in __init__
+        # so that booking stays in this section of the file.
+        lock = self.__dict__.get("_booking_lock_")
+        if lock is None:
+            lock = self.__dict__["_booking_lock_"] = asyncio.Lock()
+        assert isinstance(lock, asyncio.Lock)
+        return lock
+
+    async def _book(self, request_uuid: str, order: BookingOrder) -> BookingSent:
+        state = self.state
+        if state is None or not self.client.connected:
+            raise DeviceOffline(f"{self.device_id}: the device is not connected; try again later")
+        now = self._clock.now()
+        start = check_order(
+            order,
+            state.window.values(),
+            state.current_bounds(now),
+            now,
+            pending=state.pending.values(),
+        )
+        deadline = deadline_for(now, state.booking_timeout_s, state.grace_s)
+        await self._store.record_request(
+            request_uuid,
+            self.device_id,
+            {
+                **order.to_dict(),
+                "start": utc_iso(start),
+                "requested_at": utc_iso(now),
+                "expires_at": utc_iso(deadline),
+            },
+        )
+        args = book_args(order, request_uuid)
+        try:
+            await self.client.command("Bookings Book", **args)
+        except NotConnected as exc:
+            # The link went down between the check and the send: nothing reached the device.
+            await self._store.resolve_request(
+                request_uuid, "failed", {"cause": "NotConnected", "detail": str(exc)}
+            )
+            raise DeviceOffline(f"{self.device_id}: the device is not connected; try again later")
+        except (ConnectionLost, RequestTimeout) as exc:
+            self._log.warning(
+                "Bookings Book: no answer; the request stays pending until its outcome arrives, "
+                "a list shows it, or it expires (it is never sent again)",
+                booking_request_uuid=request_uuid,
+                error=str(exc),
+            )
+            self._open_request(request_uuid, args, now)
+            return BookingSent(request_uuid, deadline, answered=False)
+        except XapiError as exc:
+            cause = getattr(exc, "cause", None) or type(exc).__name__
+            await self._store.resolve_request(
+                request_uuid, "failed", {"cause": str(cause), "detail": str(exc)}
+            )
+            raise BookingRejected(
+                f"{self.device_id}: the device refused Bookings Book: {exc}", request_uuid
+            ) from exc
+        self._log.info("Bookings Book sent", booking_request_uuid=request_uuid, **args)
+        self._open_request(request_uuid, args, now)
+        return BookingSent(request_uuid, deadline, answered=True)
+
+    def _open_request(
+        self, request_uuid: str, args: Mapping[str, Any], requested_at: datetime
+    ) -> None:
+        """Track the request the way the device's ``BookingRequested`` opens it, through the
+        worker like any feedback: the outcome is then matched (by its events, the next list, or
+        the deadline) even when that event is lost with the link, or the software never sends
+        it. The device's own ``BookingRequested`` then finds it pending and changes nothing."""
+        requested = {
+            k: v
+            for k, v in args.items()
+            if k in ("BookingRequestUUID", "Duration", "StartTime", "Title")
+        }
+        self._offer(
+            _Feedback({"Event": {"Bookings": {"BookingRequested": requested}}}, requested_at)
+        )
+
+    async def release(self, booking_id: str) -> Booking:
+        """Send ``Bookings Delete Id`` for a booking in the window; ``booking.deleted`` follows.
+
+        Raises:
+            DeviceOffline: the device is not connected.
+            LookupError: no booking ``booking_id`` in the window.
+            BookingRejected: the device answered with an error.
+        """
+        state = self.state
+        if state is None or not self.client.connected:
+            raise DeviceOffline(f"{self.device_id}: the device is not connected; try again later")
+        booking = next((b for b in state.window.values() if b.id == booking_id), None)
+        if booking is None:
+            raise LookupError(f"{self.device_id}: no booking {booking_id!r} in the window")
+        try:
+            await self.client.command("Bookings Delete", Id=booking_id)
+        except XapiError as exc:
+            raise BookingRejected(
+                f"{self.device_id}: the device refused Bookings Delete {booking_id}: {exc}"
+            ) from exc
+        self._log.info("Bookings Delete sent", booking_id=booking_id)
+        return booking
+
+
+BOOK_SETTLE_S = 1.0
+"""How long a booking order waits for the session to take it in as pending before the next
+order of that device is checked."""
+
+
+class DeviceOffline(Exception):
+    """The device is not connected: a booking order cannot be sent now."""
+
+
+class BookingRejected(Exception):
+    """The device answered a booking command with an error (``request_uuid``: of a Book)."""
+
+    def __init__(self, message: str, request_uuid: str | None = None) -> None:
+        super().__init__(message)
+        self.request_uuid = request_uuid
+
+
+@dataclass(frozen=True, slots=True)
+class BookingSent:
+    """A ``Bookings Book`` that went out: the request is pending until ``deadline``;
+    ``answered`` False when the link dropped (or timed out) before the device's OK."""
+
+    request_uuid: str
+    deadline: datetime
+    answered: bool

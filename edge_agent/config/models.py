@@ -328,12 +328,63 @@ class MqttConfig(_Section):
 
 class ApiConfig(_Section):
     listen: str = DEFAULT_API_LISTEN
+    token_env: str | None = None
+    """Environment variable holding the bearer token(s), space-separated (rotation)."""
+    token_file: str | None = None
+    """File holding the bearer token(s), space-separated (relative: ``$CREDENTIALS_DIRECTORY``)."""
+    read_requires_token: bool = False
+    """Read routes need the token on loopback too (always when ``listen`` is not loopback)."""
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = []
+    """``Host`` names accepted besides the listen address (and loopback names on loopback)."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         parse_listen(v)
         return v
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, v: str | None) -> str | None:
+        return _check_env_name(v)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if any(c in name for c in "/@ ") or name.count(":") == 1:
+                raise ValueError(f"{name!r}: a host name or IP address, without scheme or port")
+        return [name.strip("[]").lower() for name in v]
+
+    @model_validator(mode="after")
+    def _api_checks(self) -> ApiConfig:
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError("set token_env or token_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "set both cert_file and key_file to serve the API over TLS, or neither"
+            )
+        if not self.loopback and self.token_env is None and self.token_file is None:
+            raise ValueError(
+                f"listen = {self.listen!r} is not a loopback address: set api.token_env (or "
+                "api.token_file) to the bearer token(s) every client must send, or listen on "
+                "127.0.0.1"
+            )
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``listen`` binds a loopback address only (``localhost`` counts)."""
+        # parse_listen's rule, inline: the default ApiConfig() is built before it is defined.
+        host = self.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def host(self) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent import __version__
+from edge_agent.ops.cli import book
 from edge_agent.ops.cli.check_config import cmd_check_config
 from edge_agent.ops.cli.common import (
     CONFIG_ENV,
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
     p.set_defaults(func=cmd_status)
+
+    book.add_parsers(sub, [common, config_opt])
 
     p = sub.add_parser("outbox", help="outbox administration")
     outbox = p.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)
