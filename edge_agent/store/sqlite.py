@@ -25,7 +25,7 @@ import structlog
 
 from edge_agent import jsoncodec
 from edge_agent.forward.schedule import OutboxEvent, RetryState, SinkProgress
-from edge_agent.store import deadletter, schema
+from edge_agent.store import deadletter, occupancy, schema
 from edge_agent.store.base import Change, PendingRow, StoreError, Synchronous
 from edge_agent.store.lock import lock_database
 from edge_agent.store.plan import ProgressOp, prepare, stream_seqs
@@ -379,3 +379,19 @@ class SqliteStore:
                 await self._wconn.execute(stmt, (device_id,))
 
         await self._writer.call(forget)
+
+    # -- occupancy (edge_agent.store.occupancy) -------------------------------------------------
+
+    async def save_occupancy(self, change: occupancy.OccupancyWrite) -> None:
+        """Write one device's occupancy rows in their own transaction; return once durable."""
+
+        async def save() -> None:
+            await occupancy.write(self._wconn, change)
+
+        await self._writer.call(save)
+
+    async def load_occupancy(
+        self, device_id: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The open occupancy interval and the unfinished booking tracks of ``device_id``."""
+        return await occupancy.load(self._rconn, device_id)
