@@ -40,11 +40,13 @@ from edge_agent.backoff import Backoff
 from edge_agent.bookings.models import ListPage, join_pages, next_page_offset, parse_list_result
 from edge_agent.bookings.on_event import on_event
 from edge_agent.bookings.on_list import on_list
+from edge_agent.bookings.occupancy import OccupancyPolicy
 from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
 from edge_agent.bookings.state import DeviceBookings, Step
 from edge_agent.clock import Clock, system_clock
 from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
+from edge_agent.session_occupancy import RoomWatch
 from edge_agent.store import Change, PendingRow, Store, StoreError
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost
@@ -130,7 +132,17 @@ class _Tick:
     pass
 
 
-_Input = _Feedback | _Listed | _LinkChange | _Tick
+@dataclass(frozen=True, slots=True)
+class _Occupancy:
+    """Status RoomAnalytics feedback (``payload``), an occupancy tick (None), or the outcome
+    of releasing a ghost booking (``released``: booking id, error)."""
+
+    payload: Mapping[str, Any] | None
+    at: datetime
+    released: tuple[str, str | None] | None = None
+
+
+_Input = _Feedback | _Listed | _LinkChange | _Tick | _Occupancy
 
 
 class DeviceSession:
@@ -172,6 +184,17 @@ class DeviceSession:
         self.lists = 0
         self.dropped_feedback = 0
         self.store_errors = 0
+        self.room = RoomWatch(
+            site=site,
+            device_id=settings.id,
+            policy=OccupancyPolicy(
+                ghost_after_s=settings.ghost_after_s,
+                release_after_s=settings.release_after_s or None,
+                min_interval_s=settings.occupancy_min_interval_s,
+            ),
+            store=store,
+            clock=clock,
+        )
 
     # --- the local API's view ------------------------------------------------------------------
 
@@ -189,6 +212,7 @@ class DeviceSession:
             "availability": st.availability.to_dict() if st and st.availability else None,
             "lists": self.lists,
             "dropped_feedback": self.dropped_feedback,
+            "occupancy": self.room.info(),
         }
 
     # --- running -------------------------------------------------------------------------------
@@ -213,6 +237,7 @@ class DeviceSession:
         if self.client.closed:
             self.client = self._new_client()
         self.state = await self._restore()
+        await self.room.restore()
         await self.client.subscribe(["Event", "Bookings"], self._on_feedback)
         await self.client.subscribe(["Status", "Bookings"], self._on_feedback, True)
         self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
@@ -223,6 +248,7 @@ class DeviceSession:
                 tg.create_task(self._work(), name=f"{name}.worker")
                 tg.create_task(self._list_loop(), name=f"{name}.lister")
                 tg.create_task(self._clock_loop(), name=f"{name}.clock")
+                tg.create_task(self._occupancy_loop(), name=f"{name}.occupancy")
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.client.close())
@@ -273,6 +299,7 @@ class DeviceSession:
 
     async def _on_connected(self, client: DeviceLink) -> None:
         tz, timeout, software = await self._read_device_settings(client)
+        await self.room.on_connected(client, self._on_room_analytics)
         # The online transition asks for the list (Step.relist), after the settings are applied.
         self._offer(_LinkChange(online=True, software=software, tz=tz, booking_timeout_s=timeout))
 
@@ -349,9 +376,13 @@ class DeviceSession:
 
     async def _handle(self, item: _Input) -> None:
         assert self.state is not None
+        if isinstance(item, _Occupancy):
+            await self._handle_occupancy(item)
+            return
         if isinstance(item, _Tick):
             self._tick_queued = False
         step = self._transition(self.state, item, self._clock.now())
+        step = await self.room.on_step(step, self._clock.now())
         await self._apply(step)
         if isinstance(item, _Tick):
             self._reschedule.set()
@@ -432,6 +463,47 @@ class DeviceSession:
             booking_request_uuid=booking.get("booking_request_uuid")
             or data.get("booking_request_uuid"),
         )
+
+    # --- occupancy (edge_agent.session_occupancy; the pure side is bookings.occupancy) -----------
+
+    def _on_room_analytics(self, payload: Mapping[str, Any]) -> None:
+        self._offer(_Occupancy(payload, self._clock.now()))
+
+    async def _handle_occupancy(self, item: _Occupancy) -> None:
+        assert self.state is not None
+        if item.released is not None:
+            booking_id, error = item.released
+            ostep = self.room.released(booking_id, item.at, error)
+        elif item.payload is not None:
+            found = self.room.reading(item.payload, item.at)
+            if found is None:
+                return
+            ostep = found
+        else:
+            ostep = self.room.tick(item.at)
+        await self.room.adopt(ostep)
+        if ostep.events:
+            await self._apply(Step(state=self.state, events=ostep.events))
+
+    async def _occupancy_loop(self) -> None:
+        async def tick() -> None:
+            await self._inputs.put(_Occupancy(None, self._clock.now()))
+
+        async def delete(booking_id: str) -> str | None:
+            if not self.client.connected:
+                return "the device is offline"
+            try:
+                await self.client.command("Bookings Delete", Id=booking_id)
+            except ConnectionLost as exc:
+                return str(exc) or "connection lost"
+            except XapiError as exc:
+                return str(exc)
+            return None
+
+        async def released(booking_id: str, error: str | None) -> None:
+            await self._inputs.put(_Occupancy(None, self._clock.now(), (booking_id, error)))
+
+        await self.room.run(tick, delete, released, self.tuning.tick_max_s)
 
     # --- listing ---------------------------------------------------------------------------------
 

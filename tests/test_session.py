@@ -71,6 +71,7 @@ class FakeLink:
             "Configuration Time Zone": "UTC",
             "Configuration Bookings AdhocBooking BookingTimeout": 60,
             "Status SystemUnit Software Version": "ce11.20",
+            "Configuration RoomAnalytics": {"PeopleCountOutOfCall": "On"},
         }
         self.list_calls = 0
         self.subscribed = asyncio.Event()

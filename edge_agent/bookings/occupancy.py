@@ -20,7 +20,7 @@ not change while nobody reads it; the first reading after the restart closes the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -211,7 +211,7 @@ def restore(
     device_id: str,
     policy: OccupancyPolicy,
     open_row: Mapping[str, Any] | None,
-    booking_rows: list[Mapping[str, Any]],
+    booking_rows: Sequence[Mapping[str, Any]],
 ) -> RoomOccupancy:
     """The state after a restart, from the stored open interval and unfinished bookings."""
     open_interval = None

@@ -97,6 +97,9 @@ class _DeviceKeys(_Section):
     time_zone: str | None = None
     relist_interval_s: Annotated[float, Field(ge=10)] | None = None
     request_timeout_s: Annotated[float, Field(gt=0, le=300)] | None = None
+    ghost_after_s: Annotated[float, Field(ge=1)] | None = None
+    release_after_s: Annotated[float, Field(ge=0)] | None = None  # 0: never release
+    occupancy_min_interval_s: Annotated[float, Field(ge=0)] | None = None
 
     @field_validator("password_env")
     @classmethod
@@ -124,6 +127,9 @@ class DeviceDefaults(_DeviceKeys):
     time_zone: str | None = "UTC"
     relist_interval_s: Annotated[float, Field(ge=10)] | None = 300.0
     request_timeout_s: Annotated[float, Field(gt=0, le=300)] | None = 10.0
+    ghost_after_s: Annotated[float, Field(ge=1)] | None = 600.0
+    release_after_s: Annotated[float, Field(ge=0)] | None = 0.0
+    occupancy_min_interval_s: Annotated[float, Field(ge=0)] | None = 10.0
 
 
 class DeviceConfig(_DeviceKeys):
