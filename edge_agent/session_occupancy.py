@@ -189,7 +189,8 @@ class RoomWatch:
     async def on_step(self, step: Step, now: datetime) -> Step:
         """Track the bookings a bookings step starts and ends; ``booking.ended`` gets
         ``data.occupancy``. Returns the step with those envelopes amended."""
-        if not any(e.get("type") in ("booking.started", "booking.ended") for e in step.events):
+        kinds = ("booking.started", "booking.ended", "booking.deleted")
+        if not any(e.get("type") in kinds for e in step.events):
             return step
         events = []
         rows: list[occ.OccupancyRows] = []
@@ -204,6 +205,10 @@ class RoomWatch:
                 self.state = s.state
                 rows.append(s.rows)
                 env = {**env, "data": {**env["data"], "occupancy": summary}}
+            elif env.get("type") == "booking.deleted" and isinstance(booking, Mapping):
+                s = occ.on_booking_deleted(self.state, str(booking.get("id")), now)
+                self.state = s.state
+                rows.append(s.rows)
             events.append(env)
         for r in rows:
             await self.save(r)

@@ -342,6 +342,15 @@ def on_booking_ended(
     return OccupancyStep(st, rows=OccupancyRows(bookings=(done,))), summary
 
 
+def on_booking_deleted(state: RoomOccupancy, booking_id: str, now: datetime) -> OccupancyStep:
+    """A started booking was deleted (released, or cancelled mid-meeting): its track ends here.
+    A booking deleted before it started was never tracked: nothing to do."""
+    if booking_id not in state.bookings:
+        return OccupancyStep(state)
+    step, _ = on_booking_ended(state, state.bookings[booking_id].booking, now)
+    return step
+
+
 def on_tick(state: RoomOccupancy, now: datetime) -> OccupancyStep:
     """Time passed: a held ``room.occupancy``, ghost bookings, releases due."""
     events: list[dict[str, Any]] = []
@@ -494,6 +503,7 @@ __all__ = [
     "OccupancyStep",
     "Reading",
     "RoomOccupancy",
+    "on_booking_deleted",
     "on_booking_ended",
     "on_booking_started",
     "on_reading",

@@ -155,3 +155,13 @@ def test_release_failure_sends_nothing() -> None:
     step = on_tick(st, at(1))
     assert [e["type"] for e in step.events] == ["booking.ghost"] and step.release
     assert on_released(step.state, "7", at(2), error="refused").events == ()
+
+
+def test_deleted_closes_a_started_booking_only() -> None:
+    from edge_agent.bookings.occupancy import on_booking_deleted
+
+    st = read(room(), at(-1), count=0, presence="No").state
+    assert on_booking_deleted(st, "7", at(0)).rows.bookings == ()
+    st = on_booking_started(st, BOOKING, at(0)).state
+    step = on_booking_deleted(st, "7", at(60))
+    assert step.state.bookings == {} and step.rows.bookings[0].ended_at == at(60)
