@@ -106,6 +106,7 @@ class BookingTrack:
     ghost: bool = False
     released: bool = False
     release_asked: bool = False
+    releasing: bool = False  # a Bookings Delete in flight: its outcome closes the track
     ended_at: datetime | None = None
 
     @property
@@ -345,9 +346,11 @@ def on_booking_ended(
 def on_booking_deleted(state: RoomOccupancy, booking_id: str, now: datetime) -> OccupancyStep:
     """A started booking was deleted (released, or cancelled mid-meeting): its track ends here.
     A booking deleted before it started was never tracked: nothing to do."""
-    if booking_id not in state.bookings:
+    track = state.bookings.get(booking_id)
+    if track is None or track.releasing:
+        # Our own Bookings Delete: the device's Deleted can come before its reply.
         return OccupancyStep(state)
-    step, _ = on_booking_ended(state, state.bookings[booking_id].booking, now)
+    step, _ = on_booking_ended(state, track.booking, now)
     return step
 
 
@@ -382,7 +385,7 @@ def on_tick(state: RoomOccupancy, now: datetime) -> OccupancyStep:
                 and not track.release_asked
                 and empty_s >= st._release_after()
             ):
-                track = replace(track, release_asked=True)
+                track = replace(track, release_asked=True, releasing=True)
                 release.append(track.booking)
             bookings[bid] = track
     st = replace(st, bookings=bookings)
@@ -400,20 +403,18 @@ def on_released(
         return OccupancyStep(state)
     if error is not None:
         # Not retried: the booking ends on its own, and a person may have deleted it already.
-        return OccupancyStep(state)
-    track = replace(track, released=True)
-    empty_s = track.empty_s
-    if state.open is not None and state.open.state == "empty":
-        empty_s += (now - max(state.open.start, track.started_at)).total_seconds()
+        track = replace(track, releasing=False)
+        return OccupancyStep(replace(state, bookings={**state.bookings, booking_id: track}))
+    step, summary = on_booking_ended(state, track.booking, now)
+    done = replace(step.rows.bookings[0], released=True, releasing=False)
     env = _envelope(
         state,
         "booking.released",
         now,
         booking=track.booking,
-        extra={"empty_s": round(empty_s, 3), "reason": "ghost"},
+        extra={"empty_s": summary["empty_s"], "reason": "ghost"},
     )
-    st = replace(state, bookings={**state.bookings, booking_id: track})
-    return OccupancyStep(st, (env,), OccupancyRows(bookings=(track,)))
+    return OccupancyStep(step.state, (env,), OccupancyRows(bookings=(done,)))
 
 
 def summary_of(track: BookingTrack, open_interval: Interval | None, now: datetime) -> dict[str, Any]:

@@ -101,8 +101,14 @@ def test_ghost_once_then_release() -> None:
     step = on_tick(st, at(900))
     assert [b["id"] for b in step.release] == ["7"]
     assert on_tick(step.state, at(901)).release == ()  # asked once
+    # The device's Deleted may come before the command's reply: the release closes it.
+    from edge_agent.bookings.occupancy import on_booking_deleted
+
+    assert on_booking_deleted(step.state, "7", at(901)).state is step.state
     rel = on_released(step.state, "7", at(901))
     assert [e["type"] for e in rel.events] == ["booking.released"]
+    assert rel.events[0]["data"]["empty_s"] == 901
+    assert rel.rows.bookings[0].released and rel.state.bookings == {}
 
 
 def test_no_ghost_when_someone_came_or_unknown() -> None:
@@ -154,7 +160,11 @@ def test_release_failure_sends_nothing() -> None:
     st = on_booking_started(st, BOOKING, at(0)).state
     step = on_tick(st, at(1))
     assert [e["type"] for e in step.events] == ["booking.ghost"] and step.release
-    assert on_released(step.state, "7", at(2), error="refused").events == ()
+    failed = on_released(step.state, "7", at(2), error="refused")
+    assert failed.events == () and not failed.state.bookings["7"].releasing
+    from edge_agent.bookings.occupancy import on_booking_deleted
+
+    assert on_booking_deleted(failed.state, "7", at(3)).state.bookings == {}
 
 
 def test_deleted_closes_a_started_booking_only() -> None:

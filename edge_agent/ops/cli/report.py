@@ -80,7 +80,7 @@ class RoomReport:
             d.pop(k)
         for k, v in d.items():
             if isinstance(v, float):
-                d[k] = round(v, 3)
+                d[k] = round(v, 6)
         return d
 
 
