@@ -299,7 +299,7 @@ class DeviceSession:
 
     async def _on_connected(self, client: DeviceLink) -> None:
         tz, timeout, software = await self._read_device_settings(client)
-        await self.room.on_connected(client, self._on_room_analytics)
+        await self.room.on_connected(client, self._on_room_analytics, software)
         # The online transition asks for the list (Step.relist), after the settings are applied.
         self._offer(_LinkChange(online=True, software=software, tz=tz, booking_timeout_s=timeout))
 
@@ -484,6 +484,14 @@ class DeviceSession:
         await self.room.adopt(ostep)
         if ostep.events:
             await self._apply(Step(state=self.state, events=ostep.events))
+
+    async def set_room_in_use(self, in_use: bool, sensor: str, duration_s: int | None) -> None:
+        """``xCommand RoomAnalytics RoomInUse Set`` for a third-party sensor (RoomOS 26.8+).
+
+        Raises:
+            RoomInUseRefused: the device is offline, its software predates 26.8, or it refused.
+        """
+        await self.room.set_in_use(self.client, in_use, sensor, duration_s)
 
     async def _occupancy_loop(self) -> None:
         async def tick() -> None:

@@ -29,7 +29,7 @@ from edge_agent.clock import Clock
 from edge_agent.mailbox import Flag
 from edge_agent.store.occupancy import OccupancyWrite
 from edge_agent.xapi import XapiError
-from edge_agent.xapi.errors import ConnectionLost, PermissionDenied
+from edge_agent.xapi.errors import ConnectionLost, MethodNotFound, PermissionDenied
 
 if TYPE_CHECKING:
     from edge_agent.bookings.state import Step
@@ -50,6 +50,22 @@ HINT_PERMISSION = (
     "Integrator or Admin role, and enable RoomAnalytics PeopleCountOutOfCall / "
     "PeoplePresenceDetector"
 )
+
+
+class RoomInUseRefused(Exception):
+    """A sensor reading the device could not take (the text says why and what to do)."""
+
+
+def software_version(text: str | None) -> tuple[int, int] | None:
+    """``"ce26.4.1.4 5f9a2c81b3e 2026-03-12"`` -> (26, 4); None when unreadable."""
+    if not text:
+        return None
+    head = text.split()[0].lstrip("cesCE")
+    parts = head.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def is_room_analytics(payload: Mapping[str, Any]) -> bool:
@@ -85,6 +101,8 @@ class RoomWatch:
         self.config: dict[str, str] = {}
         self._warned: set[str] = set()
         self.releases_failed = 0
+        self.software: str | None = None
+        self.sensor_readings = 0
 
     # --- the local API's and check-config's view -------------------------------------------
 
@@ -125,10 +143,14 @@ class RoomWatch:
             self._log.info("occupancy restored", bookings=len(tracks))
 
     async def on_connected(
-        self, client: DeviceLink, handler: Callable[[Mapping[str, Any]], None]
+        self,
+        client: DeviceLink,
+        handler: Callable[[Mapping[str, Any]], None],
+        software: str | None = None,
     ) -> None:
         """Subscribe (NotifyCurrentValue) and read the RoomAnalytics configuration. A refusal
         is remembered and warned about once; the bookings side goes on regardless."""
+        self.software = software
         try:
             await client.subscribe(ROOM_ANALYTICS, handler, True)
             self.subscribed, self.denied = True, False
@@ -214,6 +236,38 @@ class RoomWatch:
             await self.save(r)
         self._wake.set()
         return replace(step, events=tuple(events))
+
+    # --- third-party sensors -------------------------------------------------------------------
+
+    async def set_in_use(
+        self, client: DeviceLink, in_use: bool, sensor: str, duration_s: int | None
+    ) -> None:
+        """Pass a sensor's reading to the device; raises :class:`RoomInUseRefused`."""
+        if not client.connected:
+            raise RoomInUseRefused(f"{self.device_id}: the device is offline; reading not passed")
+        version = software_version(self.software)
+        if version is not None and version < (26, 8):
+            raise RoomInUseRefused(
+                f"{self.device_id}: RoomOS {self.software} has no xCommand RoomAnalytics "
+                "RoomInUse Set (RoomOS 26.8 or later); upgrade the device to feed it a sensor"
+            )
+        args: dict[str, Any] = {"State": "True" if in_use else "False"}
+        if duration_s:
+            args["Duration"] = duration_s
+        if sensor:
+            args["ID"] = sensor
+        try:
+            await client.command("RoomAnalytics RoomInUse Set", **args)
+        except MethodNotFound:
+            raise RoomInUseRefused(
+                f"{self.device_id}: the device has no xCommand RoomAnalytics RoomInUse Set "
+                "(RoomOS 26.8 or later); upgrade it to feed it a sensor"
+            ) from None
+        except XapiError as exc:
+            raise RoomInUseRefused(
+                f"{self.device_id}: the device refused RoomAnalytics RoomInUse Set: {exc}"
+            ) from None
+        self.sensor_readings += 1
 
     # --- its own task --------------------------------------------------------------------------
 
