@@ -50,14 +50,19 @@ class Reading:
     presence: str | None = None
     in_use: bool | None = None
 
+    @property
+    def count(self) -> int | None:
+        """The head count; None when unknown or not counting (-1)."""
+        n = self.people_count
+        return n if n is not None and n >= 0 else None
+
     def public(self) -> dict[str, Any]:
         """``room.occupancy`` data: a count of -1 (not counting) is ``null``."""
-        count = self.people_count if self.people_count is not None and self.people_count >= 0 else None
-        return {"people_count": count, "presence": self.presence, "in_use": self.in_use}
+        return {"people_count": self.count, "presence": self.presence, "in_use": self.in_use}
 
     @property
     def state(self) -> RoomState:
-        count = self.people_count if self.people_count is not None and self.people_count >= 0 else None
+        count = self.count
         if self.in_use is True or (count is not None and count > 0) or self.presence == "Yes":
             return "occupied"
         if count == 0 or self.presence == "No":
@@ -417,7 +422,9 @@ def on_released(
     return OccupancyStep(step.state, (env,), OccupancyRows(bookings=(done,)))
 
 
-def summary_of(track: BookingTrack, open_interval: Interval | None, now: datetime) -> dict[str, Any]:
+def summary_of(
+    track: BookingTrack, open_interval: Interval | None, now: datetime
+) -> dict[str, Any]:
     """``{occupied_s, empty_s, people_max}`` of ``track`` up to ``now``."""
     occupied_s, empty_s, people_max = track.occupied_s, track.empty_s, track.people_max
     if open_interval is not None:
@@ -437,11 +444,14 @@ def summary_of(track: BookingTrack, open_interval: Interval | None, now: datetim
 # --------------------------------------------------------------------------- helpers
 
 
-def _maybe_send(state: RoomOccupancy, now: datetime, events: list[dict[str, Any]]) -> RoomOccupancy:
+def _maybe_send(
+    state: RoomOccupancy, now: datetime, events: list[dict[str, Any]]
+) -> RoomOccupancy:
     data = state.reading.public()
     if data == state.sent:
         return replace(state, unsent=False) if state.unsent else state
-    if state.sent_at is not None and (now - state.sent_at).total_seconds() < state.policy.min_interval_s:
+    since_sent = None if state.sent_at is None else (now - state.sent_at).total_seconds()
+    if since_sent is not None and since_sent < state.policy.min_interval_s:
         return state if state.unsent else replace(state, unsent=True)
     events.append(_envelope(state, "room.occupancy", now, extra=data))
     return replace(state, sent=data, sent_at=now, unsent=False)

@@ -90,7 +90,8 @@ def test_counting_off_and_presence_off() -> None:
     assert got["PeopleCount"]["Current"] == -1 and got["PeoplePresence"] == "Unknown"
     conf = client.result("xGet", Path=["Configuration", "RoomAnalytics"])
     assert conf == {"PeopleCountOutOfCall": "Off", "PeoplePresenceDetector": "Off"}
-    client.result("xSet", Path=["Configuration", "RoomAnalytics", "PeopleCountOutOfCall"], Value="On")
+    path = ["Configuration", "RoomAnalytics", "PeopleCountOutOfCall"]
+    client.result("xSet", Path=path, Value="On")
     assert _analytics(client)["PeopleCount"]["Current"] == 4
 
 

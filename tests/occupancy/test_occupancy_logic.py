@@ -26,7 +26,11 @@ def at(s: float) -> datetime:
 
 
 def room(**policy: float | None) -> RoomOccupancy:
-    return RoomOccupancy(site="hq", device_id="room-1", policy=OccupancyPolicy(**policy))  # type: ignore[arg-type]
+    return RoomOccupancy(
+        site="hq",
+        device_id="room-1",
+        policy=OccupancyPolicy(**policy),  # type: ignore[arg-type]
+    )
 
 
 def feed(count: int | None = None, presence: str | None = None, in_use: bool | None = None):

@@ -40,6 +40,10 @@ def _track(bid: str, start: float, end: float, *, ghost: bool = False, seen: boo
     }
 
 
+def _occupied(start: float, end: float, people: int) -> dict:
+    return {"start": start, "end": end, "state": "occupied", "people_max": people}
+
+
 def week() -> dict[str, OccupancyWrite]:
     """room-a: three meetings a day (the 11:00 one a ghost on Tuesday and Thursday), a walk-in
     at 16:00; room-b: one long meeting a day, half used."""
@@ -53,18 +57,17 @@ def week() -> dict[str, OccupancyWrite]:
                 for n, (h0, h1, people) in enumerate(((9, 10, 4), (11, 12.5, 6), (14, 15, 2))):
                     bid = f"a{day}{n}"
                     is_ghost = ghost and n == 1
-                    tracks.append(_track(bid, _t(day, h0), _t(day, h1), ghost=is_ghost,
-                                         seen=not is_ghost))  # fmt: skip
+                    tracks.append(
+                        _track(bid, _t(day, h0), _t(day, h1), ghost=is_ghost, seen=not is_ghost)
+                    )
                     if not is_ghost:
                         late = 0.1 if n == 0 else 0
-                        intervals.append({"start": _t(day, h0 + late), "end": _t(day, h1 - 0.05),
-                                          "state": "occupied", "people_max": people + day % 2})  # fmt: skip
-                intervals.append({"start": _t(day, 16), "end": _t(day, 16.4),
-                                  "state": "occupied", "people_max": 1})  # fmt: skip
+                        intervals.append(_occupied(_t(day, h0 + late), _t(day, h1 - 0.05),
+                                                   people + day % 2))  # fmt: skip
+                intervals.append(_occupied(_t(day, 16), _t(day, 16.4), 1))
             else:
                 tracks.append(_track(f"b{day}", _t(day, 10), _t(day, 14)))
-                intervals.append({"start": _t(day, 10.5), "end": _t(day, 12.5),
-                                  "state": "occupied", "people_max": 8})  # fmt: skip
+                intervals.append(_occupied(_t(day, 10.5), _t(day, 12.5), 8))
         out[room] = OccupancyWrite(room, closed=intervals, bookings=tracks)
     return out
 
@@ -122,7 +125,7 @@ async def test_report_formats_and_missing_store(tmp_path: Path) -> None:
 CHROMIUM = shutil.which("chromium")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (scripts/install-system-deps.sh)")
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (scripts/install-system-deps.sh)")
 async def test_html_report_in_headless_chromium(tmp_path: Path) -> None:
     cfg = await _fill(tmp_path)
     base = ("report", "-c", str(cfg), "--since", "5d", "--until", UNTIL)
