@@ -155,3 +155,49 @@ def test_room_analytics_statuses_validate_against_the_schema(profile: str) -> No
                 assert value in space["Values"]
             else:
                 assert isinstance(value, int) and not isinstance(value, bool)
+
+
+async def test_control_route_forces_counts_and_switches_counting() -> None:
+    import aiohttp
+
+    from device_sim import ControlServer, DeviceFleet, SimConfig
+
+    from simtest_helpers import SIM_START
+
+    fleet = DeviceFleet(SimConfig(devices=2, http=True, start=SIM_START))
+    await fleet.start()
+    control = ControlServer(fleet)
+    await control.start()
+    base = f"http://127.0.0.1:{control.port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/devices/0/occupancy", json={"people_count": 4}) as r:
+                assert r.status == 200
+                got = await r.json()
+            assert got["PeopleCount"]["Current"] == 4 and got["PeoplePresence"] == "Yes"
+            async with http.post(f"{base}/devices/1/occupancy", json={"counting": False}) as r:
+                assert (await r.json())["PeopleCount"]["Current"] == -1
+            async with http.post(f"{base}/devices/0/occupancy", json={"people_count": -3}) as r:
+                assert r.status == 400 and "people_count" in (await r.json())["error"]
+            async with http.post(f"{base}/devices/all/occupancy", json={"clear": True}) as r:
+                assert r.status == 200 and len(await r.json()) == 2
+    finally:
+        await control.stop()
+        await fleet.stop()
+
+
+def test_cli_flags() -> None:
+    from device_sim.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--device-profile", "0=current", "--counting-off", "1", "--presence-off", "1",
+         "--extra-user", "kiosk:pw:RoomControl", "--attendance", "0.5", "--no-jitter"]
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg.profiles == {0: "current"} and cfg.counting_off == {1} and cfg.presence_off == {1}
+    assert cfg.users == {"kiosk": ("pw", "RoomControl")}
+    assert cfg.sensing.attendance == 0.5 and not cfg.sensing.jitter
+    for bad in (["--device-profile", "0=ancient"], ["--extra-user", "nobody"],
+                ["--attendance", "2"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            config_from_args(build_parser().parse_args(bad))

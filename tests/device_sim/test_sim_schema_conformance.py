@@ -117,7 +117,7 @@ def _scenario(profile: str, mode: str) -> tuple[list[dict[str, Any]], list[Any]]
     run("Bookings List", DayOffset=0, Days=2)
     run("Bookings List", DayOffset=0, Days=1, Limit=1, Offset=0)
     run("Bookings Get", Id=booking.id)
-    if profile == "modern":
+    if profile in ("current", "modern"):
         run("Bookings Extend", Id=booking.id, Duration=10)
         run("Bookings Edit", MeetingId="mx", Title="Edited")
         run("Bookings NotificationSnooze", Id=booking.id)
