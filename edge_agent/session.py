@@ -18,7 +18,15 @@ Backpressure: feedback is queued (bounded). Should the queue overflow (the store
 further feedback is dropped and a re-list is scheduled: the device's calendar is the truth, and
 reconciliation reports what the dropped events would have. Link changes (online/offline) are never
 dropped: no list brings them back, so they join the queue past its bound, in order with the rest
-(each one takes a reconnect, and reconnects back off, so there are never many of them).
+(each one takes a reconnect, and reconnects back off, so there are never many of them). Every
+drop (an overflow, a repeated frame) is counted (``info()``,
+``edge_agent_feedback_dropped_total{device,reason}``) and warned about.
+
+Time: every input carries the time its fact happened (a frame's arrival, stamped by the client's
+reader; a list's or a link change's, stamped here), so a backlog (a store on a full disk, a
+burst) changes when an input is applied, never what it means: repeats are told from new events
+by arrival, and ``observed_at`` is the arrival. A process stopped outright (SIGSTOP) is the
+limit: the frames the kernel buffered meanwhile are read, and stamped, together on resume.
 
 Stopping (:meth:`DeviceSession.stop`): the link is closed first, so nothing new arrives; what was
 already received is then applied and committed (bounded by a timeout) before ``run()`` ends.
@@ -37,25 +45,40 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 
 from edge_agent.backoff import Backoff
-from edge_agent.bookings.models import ListPage, join_pages, next_page_offset, parse_list_result
+from edge_agent.bookings.models import (
+    MAX_LIST_PAGES,
+    MAX_LIST_ROWS,
+    ListPage,
+    join_pages,
+    next_page_offset,
+    page_cap_reached,
+    parse_device_time,
+    parse_list_result,
+    repeats,
+)
 from edge_agent.bookings.on_event import on_event
 from edge_agent.bookings.on_list import on_list
 from edge_agent.bookings.occupancy import OccupancyPolicy
 from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
 from edge_agent.bookings.state import DeviceBookings, Step
-from edge_agent.clock import Clock, system_clock
+from edge_agent.clock import Clock, system_clock, utc_iso
 from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
+from edge_agent.metrics import FEEDBACK_DROPPED
 from edge_agent.session_occupancy import RoomWatch
 from edge_agent.store import Change, PendingRow, Store, StoreError
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost
-from edge_agent.xapi.protocol import Handler, PathLike
+from edge_agent.xapi.protocol import Feedback, Handler, PathLike
 
 log = structlog.get_logger(__name__)
 
 LIST_PAGE_SIZE = 100
 """``Limit`` of one ``Bookings List`` page; more pages follow while ``TotalRows`` says so."""
+CLOCK_SKEW_MAX_S = 300.0
+"""How far the device's ``Status Time SystemTime`` may be from the agent's clock before the
+agent warns. The device lists and times bookings by its own clock (``DayOffset 0`` is the
+device's today); a device in 2099 or 1971 lists days the agent's window does not hold."""
 
 
 class DeviceLink(Protocol):
@@ -110,17 +133,32 @@ class SessionTuning:
 @dataclass(frozen=True, slots=True)
 class _Feedback:
     payload: Mapping[str, Any]
+    arrived_at: datetime
+    """When the frame arrived (the reader's stamp), not when the worker gets to it."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Listed:
     page: ListPage
     applied: asyncio.Future[None]
+    observed_at: datetime
+    """When the last page arrived: the window and the expiries are judged as of then."""
+
+
+@dataclass(frozen=True, slots=True)
+class _DeviceConfig:
+    """What the session reads from the device on each connect."""
+
+    tz: ZoneInfo | None = None
+    booking_timeout_s: int | None = None
+    software: str | None = None
+    system_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _LinkChange:
     online: bool
+    observed_at: datetime
     reason: str | None = None
     software: str | None = None
     tz: ZoneInfo | None = None
@@ -143,6 +181,49 @@ class _Occupancy:
 
 
 _Input = _Feedback | _Listed | _LinkChange | _Tick | _Occupancy
+
+
+DUPLICATE_WARNING_INTERVAL_S = 60.0
+"""Shortest time between two warnings about duplicates dropped (each says how many)."""
+
+
+class _DuplicateDrops:
+    """Bookings events dropped as repeats: counted, and warned about on the first and then at
+    most every :data:`DUPLICATE_WARNING_INTERVAL_S` with how many since the last warning (a
+    device or proxy repeating frames can repeat every one of them)."""
+
+    __slots__ = ("total", "_log", "_monotonic", "_unwarned", "_last", "_warned_at")
+
+    def __init__(self, log: Any, monotonic: Callable[[], float]) -> None:
+        self.total = 0
+        self._log = log
+        self._monotonic = monotonic
+        self._unwarned = 0
+        self._last = ""
+        self._warned_at: float | None = None
+
+    def dropped(self, payload: Mapping[str, Any]) -> None:
+        self.total += 1
+        self._unwarned += 1
+        self._last = str(dict(payload))[:200]
+        self.flush()
+
+    def flush(self) -> None:
+        """Warn about the drops not yet warned about, if the interval allows it now."""
+        if not self._unwarned:
+            return
+        now = self._monotonic()
+        if self._warned_at is not None and now - self._warned_at < DUPLICATE_WARNING_INTERVAL_S:
+            return
+        self._log.warning(
+            "dropped device events as duplicates: each was identical to one that arrived less"
+            " than 5 s before it (the device or a proxy repeated frames)",
+            dropped=self._unwarned,
+            dropped_total=self.total,
+            last=self._last,
+        )
+        self._unwarned = 0
+        self._warned_at = now
 
 
 class DeviceSession:
@@ -177,13 +258,19 @@ class DeviceSession:
         self._reschedule = Flag()
         self._tick_queued = False
         self._overflowing = False
+        self._overflow_dropped_before = 0
         self._next_safety_relist = 0.0
         self._stop_reason: str | None = None
         self.state: DeviceBookings | None = None
         self.client = self._new_client()
         self.lists = 0
         self.dropped_feedback = 0
+        self.skipped_entries = 0
+        self.lists_cut_short = 0
+        self.clock_skew_s: float | None = None
+        """Device clock minus the agent's at the last connect (None: not read)."""
         self.store_errors = 0
+        self._duplicates = _DuplicateDrops(self._log, clock.monotonic)
         self.room = RoomWatch(
             site=site,
             device_id=settings.id,
@@ -212,8 +299,17 @@ class DeviceSession:
             "availability": st.availability.to_dict() if st and st.availability else None,
             "lists": self.lists,
             "dropped_feedback": self.dropped_feedback,
+            "skipped_entries": self.skipped_entries,
+            "lists_cut_short": self.lists_cut_short,
+            "clock_skew_s": self.clock_skew_s,
+            "duplicates_dropped": self.duplicates_dropped,
             "occupancy": self.room.info(),
         }
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """Bookings events dropped as repeats of one that arrived less than 5 s before."""
+        return self._duplicates.total
 
     # --- running -------------------------------------------------------------------------------
 
@@ -268,7 +364,11 @@ class DeviceSession:
         window = await self._store.load_window(self.device_id)
         pending = await self._store.load_pending(self.device_id)
         dstate = await self._store.load_device_state(self.device_id) or {}
-        tz = _zone(dstate.get("time_zone")) or _zone(s.time_zone) or ZoneInfo("UTC")
+        tz = (
+            self._zone(dstate.get("time_zone"), "the stored device state")
+            or self._zone(s.time_zone, "the configuration")
+            or ZoneInfo("UTC")
+        )
         timeout = dstate.get("booking_timeout_s")
         state, notes = DeviceBookings.restore(
             site=self.site,
@@ -291,17 +391,55 @@ class DeviceSession:
     # --- inputs from the client (called by its reader: must not block) --------------------------
 
     def _on_feedback(self, payload: Mapping[str, Any]) -> None:
-        self._offer(_Feedback(payload))
+        # XapiClient stamps each frame as its reader takes it off the link. A link that does not
+        # (a test's fake) calls this from its reader too, so the session's clock reads the same.
+        at = payload.arrived_at if isinstance(payload, Feedback) else self._clock.now()
+        self._offer(_Feedback(payload, at))
 
     def _on_disconnected(self, exc: BaseException | None) -> None:
         reason = str(exc) if exc is not None else (self._stop_reason or "closed")
-        self._offer(_LinkChange(online=False, reason=reason))
+        self._offer(_LinkChange(online=False, observed_at=self._clock.now(), reason=reason))
 
     async def _on_connected(self, client: DeviceLink) -> None:
-        tz, timeout, software = await self._read_device_settings(client)
-        await self.room.on_connected(client, self._on_room_analytics, software)
+        dev = await self._read_device_settings(client)
+        self._check_clock(dev.system_time)
+        await self.room.on_connected(client, self._on_room_analytics, dev.software)
         # The online transition asks for the list (Step.relist), after the settings are applied.
-        self._offer(_LinkChange(online=True, software=software, tz=tz, booking_timeout_s=timeout))
+        self._offer(
+            _LinkChange(
+                online=True,
+                observed_at=self._clock.now(),
+                software=dev.software,
+                tz=dev.tz,
+                booking_timeout_s=dev.booking_timeout_s,
+            )
+        )
+
+    def _check_clock(self, device_time: datetime | None) -> None:
+        """Warn when the device's clock is off by more than :data:`CLOCK_SKEW_MAX_S`.
+
+        The window, deadlines and ``observed_at`` always follow the agent's clock (the one
+        injected clock); a skewed device still lists, and stamps its events, by its own, so its
+        bookings may fall outside the agent's window until its clock is fixed."""
+        if device_time is None:
+            self.clock_skew_s = None
+            return
+        agent_time = self._clock.now()
+        skew = (device_time - agent_time).total_seconds()
+        was_skewed = self.clock_skew_s is not None and abs(self.clock_skew_s) > CLOCK_SKEW_MAX_S
+        self.clock_skew_s = round(skew, 3)
+        if abs(skew) > CLOCK_SKEW_MAX_S:
+            self._log.warning(
+                "device clock is off: the booking window follows the agent's clock, but the "
+                "device lists its own days, so bookings may be missing; fix the device's time "
+                "(NTP: Configuration NetworkServices NTP)",
+                device_time=utc_iso(device_time),
+                agent_time=utc_iso(agent_time),
+                skew_s=round(skew),
+                max_skew_s=CLOCK_SKEW_MAX_S,
+            )
+        elif was_skewed:
+            self._log.info("device clock is back in step", skew_s=round(skew, 1))
 
     def _offer(self, item: _Input) -> None:
         if isinstance(item, _LinkChange):
@@ -313,26 +451,39 @@ class DeviceSession:
             self._inputs.put_nowait(item)
         except asyncio.QueueFull:
             self.dropped_feedback += 1
+            FEEDBACK_DROPPED.labels(self.device_id, "queue_full").inc()
             if not self._overflowing:
                 self._overflowing = True
+                self._overflow_dropped_before = self.dropped_feedback - 1
                 self._log.warning(
                     "feedback queue full: dropping device feedback and re-listing to catch up",
                     queue_max=self.tuning.queue_max,
                 )
             self._request_relist()
         else:
-            if self._overflowing and self._inputs.qsize() <= self.tuning.queue_max // 2:
-                self._overflowing = False
+            self._end_overflow_if_drained()
 
-    async def _read_device_settings(
-        self, client: DeviceLink
-    ) -> tuple[ZoneInfo | None, int | None, str | None]:
-        """Time zone and BookingTimeout from the device; None where it may not be read."""
+    def _end_overflow_if_drained(self) -> None:
+        if self._overflowing and self._inputs.qsize() <= self.tuning.queue_max // 2:
+            self._overflowing = False
+            # Each episode is said twice: when it starts, and what it cost once it is over.
+            self._log.warning(
+                "feedback queue drained: device feedback was dropped while it was full;"
+                " the re-list reports what it would have",
+                dropped=self.dropped_feedback - self._overflow_dropped_before,
+                dropped_total=self.dropped_feedback,
+                queue_max=self.tuning.queue_max,
+            )
+
+    async def _read_device_settings(self, client: DeviceLink) -> _DeviceConfig:
+        """Time zone, BookingTimeout, software and clock from the device; None where it may
+        not be read."""
         tz: ZoneInfo | None = None
         timeout: int | None = None
         software: str | None = None
+        system_time: datetime | None = None
         try:
-            tz = _zone(await client.get(["Configuration", "Time", "Zone"]))
+            tz = self._zone(await client.get(["Configuration", "Time", "Zone"]), "the device")
         except ConnectionLost:
             raise
         except XapiError as exc:
@@ -359,7 +510,38 @@ class DeviceSession:
             raise
         except XapiError:
             pass
-        return tz, timeout, software
+        try:
+            raw_time = await client.get(["Status", "Time", "SystemTime"])
+            system_time = parse_device_time(raw_time)
+            if system_time is None:
+                self._log.info("unreadable Status Time SystemTime", value=str(raw_time)[:64])
+        except ConnectionLost:
+            raise
+        except XapiError as exc:
+            self._log.info("cannot read Status Time SystemTime", error=str(exc))
+        return _DeviceConfig(tz, timeout, software, system_time)
+
+    def _zone(self, name: Any, source: str) -> ZoneInfo | None:
+        """``name`` as a zone; None (and a warning naming the device) when it is not one."""
+        if name is None or name == "":
+            return None
+        if not isinstance(name, str):
+            self._log.warning(
+                "time zone is not a name; ignored, keeping the zone in use",
+                source=source,
+                value=repr(name)[:64],
+                type=type(name).__name__,
+            )
+            return None
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self._log.warning(
+                "unknown time zone name; ignored, keeping the zone in use",
+                source=source,
+                time_zone=name,
+            )
+            return None
 
     # --- the worker: the one owner of the state --------------------------------------------------
 
@@ -381,6 +563,8 @@ class DeviceSession:
             return
         if isinstance(item, _Tick):
             self._tick_queued = False
+        # The parsers and on_event never raise on device input (one odd value costs its entry
+        # or event); a bug that raises anyway ends run() and the agent's supervisor restarts it.
         step = self._transition(self.state, item, self._clock.now())
         step = await self.room.on_step(step, self._clock.now())
         await self._apply(step)
@@ -388,17 +572,33 @@ class DeviceSession:
             self._reschedule.set()
 
     def _transition(self, state: DeviceBookings, item: _Input, now: datetime) -> Step:
+        """The pure transition for ``item`` processed at ``now``; each input brings the time its
+        fact happened (the transitions judge by that, ``now`` only dates the envelopes)."""
+        self._duplicates.flush()
+        self._end_overflow_if_drained()
         if isinstance(item, _Feedback):
             if "Status" in item.payload:
-                return on_availability(state, item.payload, now)
-            return on_event(state, item.payload, now)
+                return on_availability(state, item.payload, now, observed_at=item.arrived_at)
+            step = on_event(state, item.payload, now, arrived_at=item.arrived_at)
+            if step.duplicate:
+                FEEDBACK_DROPPED.labels(self.device_id, "duplicate").inc()
+                self._duplicates.dropped(item.payload)
+            return step
         if isinstance(item, _Listed):
-            return on_list(state, item.page, now)
+            self.skipped_entries += len(item.page.skipped)
+            # on_list's ``now`` is when the list was received: the window it was asked for, and
+            # whether a request had expired by then, are judged as of the answer.
+            return on_list(state, item.page, item.observed_at)
         if isinstance(item, _LinkChange):
             if item.online:
                 state = state.with_config(tz=item.tz, booking_timeout_s=item.booking_timeout_s)
             return on_connection(
-                state, item.online, now, reason=item.reason, software=item.software
+                state,
+                item.online,
+                now,
+                reason=item.reason,
+                software=item.software,
+                observed_at=item.observed_at,
             )
         return on_tick(state, now)
 
@@ -407,6 +607,8 @@ class DeviceSession:
         backoff, logged) rather than dropped: the events in it are the ones not to lose."""
         for note in step.notes:
             self._log.info("bookings", detail=note)
+        for warning in step.warnings:
+            self._log.warning("bookings", detail=warning)
         if step.needs_commit:
             change = Change(
                 self.device_id,
@@ -467,7 +669,8 @@ class DeviceSession:
     # --- occupancy (edge_agent.session_occupancy; the pure side is bookings.occupancy) -----------
 
     def _on_room_analytics(self, payload: Mapping[str, Any]) -> None:
-        self._offer(_Occupancy(payload, self._clock.now()))
+        at = payload.arrived_at if isinstance(payload, Feedback) else self._clock.now()
+        self._offer(_Occupancy(payload, at))
 
     async def _handle_occupancy(self, item: _Occupancy) -> None:
         assert self.state is not None
@@ -531,7 +734,7 @@ class DeviceSession:
                     page = await self._list_all()
                     # Applied inside the slot, so the parse and the snapshot are done with too.
                     applied = asyncio.get_running_loop().create_future()
-                    await self._inputs.put(_Listed(page, applied))
+                    await self._inputs.put(_Listed(page, applied, self._clock.now()))
                     await applied
             except ConnectionLost:
                 continue
@@ -545,7 +748,9 @@ class DeviceSession:
             del page  # this frame waits for the next re-list: do not keep a second window alive
 
     async def _list_all(self) -> ListPage:
-        """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many)."""
+        """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many), but
+        never more than the caps allow nor past a page that repeats the one before it: a device
+        that lies about ``TotalRows`` gets what was read, marked cut short (no deletions)."""
         pages: list[ListPage] = []
         offset = 0
         while True:
@@ -553,11 +758,33 @@ class DeviceSession:
                 "Bookings List", DayOffset=0, Days=2, Limit=LIST_PAGE_SIZE, Offset=offset
             )
             page = parse_list_result(result)
+            if pages and repeats(page, pages[-1]):
+                return self._cut_short(
+                    pages, page, f"the page at Offset {offset} repeats the previous page"
+                )
             pages.append(page)
             nxt = next_page_offset(page, offset)
             if nxt is None:
                 return join_pages(pages)
+            cap = page_cap_reached(pages)
+            if cap is not None:
+                return self._cut_short(pages, page, cap)
             offset = nxt
+
+    def _cut_short(self, pages: list[ListPage], last: ListPage, why: str) -> ListPage:
+        joined = join_pages(pages, cut_short=why)
+        self.lists_cut_short += 1
+        self._log.warning(
+            "Bookings List cut short: the device claims more rows than it sends; applying what "
+            "was read, deleting nothing until a whole list arrives",
+            reason=why,
+            total_rows=last.total_rows,
+            pages_read=len(pages),
+            bookings_kept=len(joined.bookings),
+            max_pages=MAX_LIST_PAGES,
+            max_rows=MAX_LIST_ROWS,
+        )
+        return joined
 
     # --- time passing ---------------------------------------------------------------------------
 
@@ -593,12 +820,3 @@ class DeviceSession:
                 self._tick_queued = True
                 await self._inputs.put(_Tick())
 
-
-def _zone(name: Any) -> ZoneInfo | None:
-    if not isinstance(name, str) or not name:
-        return None
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        log.warning("unknown time zone name", time_zone=name)
-        return None
