@@ -566,7 +566,8 @@ class DeviceSession:
         # The parsers and on_event never raise on device input (one odd value costs its entry
         # or event); a bug that raises anyway ends run() and the agent's supervisor restarts it.
         step = self._transition(self.state, item, self._clock.now())
-        step = await self.room.on_step(step, self._clock.now())
+        at = item.arrived_at if isinstance(item, _Feedback) else self._clock.now()
+        step = await self.room.on_step(step, at)  # booking starts and ends, for occupancy
         await self._apply(step)
         if isinstance(item, _Tick):
             self._reschedule.set()

@@ -64,7 +64,7 @@ class Site:
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
     fleet = DeviceFleet(
         SimConfig(
-            devices=3,
+            devices=4,
             password=PASSWORD,
             profiles={0: "current"},
             counting_off=frozenset({2}),
@@ -102,7 +102,7 @@ url = "{d[2].url}"
 fingerprint = "{fleet.cert_sha256}"
 [[devices]]
 id = "kiosk"
-url = "{d[1].url}"
+url = "{d[3].url}"
 fingerprint = "{fleet.cert_sha256}"
 username = "kiosk"
 password_env = "KIOSK_PW"
@@ -182,7 +182,6 @@ async def test_ghost_release_restart_report_and_degraded_devices(site: Site) -> 
         assert released["booking"]["id"] == b2.id
         assert b2.id not in {b.id for b in fleet.devices[1].calendar.bookings()}
         await eventually(lambda: of(rx, "booking.deleted", "room-2"), "room-2's deletion")
-        assert of(rx, "booking.ghost", "kiosk") == []  # it sees the booking, not the room
 
         # Late arrivals in room-1, then the agent restarts mid-meeting.
         fleet.devices[0].calendar.people(3)
