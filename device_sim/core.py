@@ -285,6 +285,13 @@ class DeviceCore:
         if path[0].lower() == "status":
             self._check_status_roles(session, path)
 
+    def _may_read_room_analytics(self, session: Session) -> bool:
+        try:
+            self._check_status_roles(session, ("Status", "RoomAnalytics"))
+        except RpcError:
+            return False
+        return True
+
     def _check_status_roles(self, session: Session, pattern: Path) -> None:
         """The schema's roles of the RoomAnalytics statuses (people count and presence, marked
         ``privacyimpact``): a user whose role is not listed is refused (-31999). Other statuses
@@ -317,6 +324,8 @@ class DeviceCore:
             if pattern[0].lower() == "configuration":
                 raise RpcError(rpc.PERMISSION_DENIED, "the Admin role is needed for configuration")
             root = {"Status": root["Status"]}
+            if not self._may_read_room_analytics(session):
+                root["Status"] = {k: v for k, v in root["Status"].items() if k != "RoomAnalytics"}
         found = tree.query(root, pattern)
         if found is None:
             raise RpcError(rpc.INVALID_PARAMS, "No match on Query argument")

@@ -115,6 +115,8 @@ def test_a_role_without_roomanalytics_is_refused() -> None:
     assert reply["error"]["code"] == -31999
     reply = kiosk.call("xGet", Path=["Status", "RoomAnalytics", "PeopleCount", "Current"])
     assert reply["error"]["code"] == -31999
+    everything = kiosk.result("xQuery", Query=["Status", "**"])
+    assert "RoomAnalytics" not in everything["Status"] and "Bookings" in everything["Status"]
     # Bookings stay readable for it (the simulator's lenient default)
     assert "result" in kiosk.call("xGet", Path=["Status", "Bookings"])
     user = Client(core, role="User")
