@@ -50,6 +50,7 @@ from edge_agent.store import Store, StoreUnusable
 
 if TYPE_CHECKING:
     from edge_agent.forward.mqtt import MqttSink
+    from edge_agent.forward.mqtt.commands import RoomInUseSender, SensorState
     from edge_agent.forward.webhook import WebhookSink
 
 log = structlog.get_logger(__name__)
@@ -83,10 +84,14 @@ def build_webhook_sink(cfg: AgentConfig, secrets: Secrets) -> WebhookSink:
 
 
 def build_mqtt_sink(
-    cfg: AgentConfig, secrets: Secrets, health: Callable[[], dict[str, Any]]
+    cfg: AgentConfig,
+    secrets: Secrets,
+    health: Callable[[], dict[str, Any]],
+    room_in_use: RoomInUseSender | None = None,
 ) -> MqttSink:
     """The ``[mqtt]`` sink (``check-config --connect`` probes this very sink)."""
     from edge_agent.forward.mqtt import MqttSink
+    from edge_agent.forward.mqtt.commands import SensorCommands
 
     assert cfg.mqtt is not None
     m = cfg.mqtt
@@ -111,11 +116,19 @@ def build_mqtt_sink(
         site=cfg.site,
         health=health,
         health_interval_s=m.health_interval_s,
+        commands=(
+            None
+            if room_in_use is None
+            else lambda base: SensorCommands(base, room_in_use)  # occupancy/set, see .commands
+        ),
     )
 
 
 def build_sinks(
-    cfg: AgentConfig, secrets: Secrets, health: Callable[[], dict[str, Any]]
+    cfg: AgentConfig,
+    secrets: Secrets,
+    health: Callable[[], dict[str, Any]],
+    room_in_use: RoomInUseSender | None = None,
 ) -> list[tuple[Sink, dict[str, Any]]]:
     """The configured sinks, each with its drainer options (``ttl_s``, ``max_in_flight``)."""
     sinks: list[tuple[Sink, dict[str, Any]]] = []
@@ -130,7 +143,10 @@ def build_sinks(
     if cfg.mqtt is not None:
         m = cfg.mqtt
         sinks.append(
-            (build_mqtt_sink(cfg, secrets, health), {"ttl_s": float(m.ttl_s), "max_in_flight": 32})
+            (
+                build_mqtt_sink(cfg, secrets, health, room_in_use),
+                {"ttl_s": float(m.ttl_s), "max_in_flight": 32},
+            )
         )
     return sinks
 
@@ -276,7 +292,7 @@ class Agent:
 
     async def _start(self, tg: asyncio.TaskGroup) -> None:
         assert self._store is not None
-        for sink, opts in build_sinks(self.config, self._secrets, self.health):
+        for sink, opts in build_sinks(self.config, self._secrets, self.health, self._room_in_use):
             drainer = Drainer(
                 self._store,
                 sink,
@@ -339,6 +355,13 @@ class Agent:
         self._device_tasks[settings.id] = self._tg.create_task(
             self._supervise(name, session.run), name=name
         )
+
+    async def _room_in_use(self, state: SensorState) -> None:
+        """A third-party sensor's reading (MQTT occupancy/set) to the room's device."""
+        session = self._sessions.get(state.room)
+        if session is None:
+            raise LookupError(f"no device {state.room!r} in this agent's configuration")
+        await session.set_room_in_use(state.in_use, state.sensor, state.duration_s)
 
     async def _stop_device(self, device_id: str, reason: str) -> None:
         """Close the device's link, commit what it already sent, then end its session."""

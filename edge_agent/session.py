@@ -69,6 +69,7 @@ from edge_agent.bookings.models import (
 )
 from edge_agent.bookings.on_event import on_event
 from edge_agent.bookings.on_list import on_list
+from edge_agent.bookings.occupancy import OccupancyPolicy
 from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
 from edge_agent.bookings.pending import deadline_for
 from edge_agent.bookings.state import DeviceBookings, Step
@@ -76,6 +77,7 @@ from edge_agent.clock import Clock, system_clock, utc_iso
 from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
 from edge_agent.metrics import FEEDBACK_DROPPED
+from edge_agent.session_occupancy import RoomWatch
 from edge_agent.store import Change, PendingRow, Store, StoreError
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost, NotConnected, RequestTimeout
@@ -183,7 +185,17 @@ class _Tick:
     pass
 
 
-_Input = _Feedback | _Listed | _LinkChange | _Tick
+@dataclass(frozen=True, slots=True)
+class _Occupancy:
+    """Status RoomAnalytics feedback (``payload``), an occupancy tick (None), or the outcome
+    of releasing a ghost booking (``released``: booking id, error)."""
+
+    payload: Mapping[str, Any] | None
+    at: datetime
+    released: tuple[str, str | None] | None = None
+
+
+_Input = _Feedback | _Listed | _LinkChange | _Tick | _Occupancy
 
 
 DUPLICATE_WARNING_INTERVAL_S = 60.0
@@ -311,6 +323,17 @@ class DeviceSession:
         """Re-lists asked for by device events and not made: the device's clock is off."""
         self._skewed_relist_at: float | None = None  # monotonic; the last one let through
         self._skew_throttle_said = False
+        self.room = RoomWatch(
+            site=site,
+            device_id=settings.id,
+            policy=OccupancyPolicy(
+                ghost_after_s=settings.ghost_after_s,
+                release_after_s=settings.release_after_s or None,
+                min_interval_s=settings.occupancy_min_interval_s,
+            ),
+            store=store,
+            clock=clock,
+        )
 
     # --- the local API's view ------------------------------------------------------------------
 
@@ -334,6 +357,7 @@ class DeviceSession:
             "duplicates_dropped": self.duplicates_dropped,
             "repeats_kept_uncertain": self._kept_uncertain.total,
             "relists_throttled": self.relists_throttled,
+            "occupancy": self.room.info(),
         }
 
     @property
@@ -363,6 +387,7 @@ class DeviceSession:
         if self.client.closed:
             self.client = self._new_client()
         self.state = await self._restore()
+        await self.room.restore()
         await self.client.subscribe(["Event", "Bookings"], self._on_feedback)
         await self.client.subscribe(["Status", "Bookings"], self._on_feedback, True)
         self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
@@ -373,6 +398,7 @@ class DeviceSession:
                 tg.create_task(self._work(), name=f"{name}.worker")
                 tg.create_task(self._list_loop(), name=f"{name}.lister")
                 tg.create_task(self._clock_loop(), name=f"{name}.clock")
+                tg.create_task(self._occupancy_loop(), name=f"{name}.occupancy")
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.client.close())
@@ -433,6 +459,7 @@ class DeviceSession:
     async def _on_connected(self, client: DeviceLink) -> None:
         dev = await self._read_device_settings(client)
         self._check_clock(dev.system_time)
+        await self.room.on_connected(client, self._on_room_analytics, dev.software)
         # The online transition asks for the list (Step.relist), after the settings are applied.
         self._offer(
             _LinkChange(
@@ -615,11 +642,16 @@ class DeviceSession:
 
     async def _handle(self, item: _Input) -> None:
         assert self.state is not None
+        if isinstance(item, _Occupancy):
+            await self._handle_occupancy(item)
+            return
         if isinstance(item, _Tick):
             self._tick_queued = False
         # The parsers and on_event never raise on device input (one odd value costs its entry
         # or event); a bug that raises anyway ends run() and the agent's supervisor restarts it.
         step = self._transition(self.state, item, self._clock.now())
+        at = item.arrived_at if isinstance(item, _Feedback) else self._clock.now()
+        step = await self.room.on_step(step, at)  # booking starts and ends, for occupancy
         await self._apply(step)
         if isinstance(item, _Tick):
             self._reschedule.set()
@@ -728,6 +760,56 @@ class DeviceSession:
             booking_request_uuid=booking.get("booking_request_uuid")
             or data.get("booking_request_uuid"),
         )
+
+    # --- occupancy (edge_agent.session_occupancy; the pure side is bookings.occupancy) -----------
+
+    def _on_room_analytics(self, payload: Mapping[str, Any]) -> None:
+        at = payload.arrived_at if isinstance(payload, Feedback) else self._clock.now()
+        self._offer(_Occupancy(payload, at))
+
+    async def _handle_occupancy(self, item: _Occupancy) -> None:
+        assert self.state is not None
+        if item.released is not None:
+            booking_id, error = item.released
+            ostep = self.room.released(booking_id, item.at, error)
+        elif item.payload is not None:
+            found = self.room.reading(item.payload, item.at)
+            if found is None:
+                return
+            ostep = found
+        else:
+            ostep = self.room.tick(item.at)
+        await self.room.adopt(ostep)
+        if ostep.events:
+            await self._apply(Step(state=self.state, events=ostep.events))
+
+    async def set_room_in_use(self, in_use: bool, sensor: str, duration_s: int | None) -> None:
+        """``xCommand RoomAnalytics RoomInUse Set`` for a third-party sensor (RoomOS 26.8+).
+
+        Raises:
+            RoomInUseRefused: the device is offline, its software predates 26.8, or it refused.
+        """
+        await self.room.set_in_use(self.client, in_use, sensor, duration_s)
+
+    async def _occupancy_loop(self) -> None:
+        async def tick() -> None:
+            await self._inputs.put(_Occupancy(None, self._clock.now()))
+
+        async def delete(booking_id: str) -> str | None:
+            if not self.client.connected:
+                return "the device is offline"
+            try:
+                await self.client.command("Bookings Delete", Id=booking_id)
+            except ConnectionLost as exc:
+                return str(exc) or "connection lost"
+            except XapiError as exc:
+                return str(exc)
+            return None
+
+        async def released(booking_id: str, error: str | None) -> None:
+            await self._inputs.put(_Occupancy(None, self._clock.now(), (booking_id, error)))
+
+        await self.room.run(tick, delete, released, self.tuning.tick_max_s)
 
     # --- listing ---------------------------------------------------------------------------------
 

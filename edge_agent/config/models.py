@@ -122,6 +122,9 @@ class _DeviceKeys(_Section):
     time_zone: str | None = None
     relist_interval_s: RelistSeconds | None = None
     request_timeout_s: RequestSeconds | None = None
+    ghost_after_s: Annotated[float, Field(ge=1)] | None = None
+    release_after_s: Annotated[float, Field(ge=0)] | None = None  # 0: never release
+    occupancy_min_interval_s: Annotated[float, Field(ge=0)] | None = None
 
     @field_validator("password_env")
     @classmethod
@@ -149,6 +152,9 @@ class DeviceDefaults(_DeviceKeys):
     time_zone: str | None = "UTC"
     relist_interval_s: RelistSeconds | None = 300.0
     request_timeout_s: RequestSeconds | None = 10.0
+    ghost_after_s: Annotated[float, Field(ge=1)] | None = 600.0
+    release_after_s: Annotated[float, Field(ge=0)] | None = 0.0
+    occupancy_min_interval_s: Annotated[float, Field(ge=0)] | None = 10.0
 
 
 class DeviceConfig(_DeviceKeys):

@@ -89,6 +89,19 @@ MIGRATIONS: tuple[str, ...] = (
         ) WITHOUT ROWID;
     CREATE INDEX booking_request_by_age ON booking_request (created_at);
     """,
+    # 4: what each room saw (edge_agent.store.occupancy): intervals of one state and the
+    # bookings measured against them, kept for `edge-agent report` (pruned by age there).
+    """
+    CREATE TABLE occupancy_interval (
+        device_id TEXT NOT NULL, start REAL NOT NULL, end REAL,
+        state TEXT NOT NULL, people_max INTEGER NOT NULL,
+        PRIMARY KEY (device_id, start)) WITHOUT ROWID;
+    CREATE TABLE occupancy_booking (
+        device_id TEXT NOT NULL, booking_id TEXT NOT NULL, started_at REAL NOT NULL,
+        ended_at REAL, row BLOB NOT NULL,
+        PRIMARY KEY (device_id, booking_id, started_at)) WITHOUT ROWID;
+    CREATE INDEX occupancy_booking_open ON occupancy_booking (device_id, ended_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -25,7 +25,7 @@ import structlog
 
 from edge_agent import jsoncodec
 from edge_agent.forward.schedule import OutboxEvent, RetryState, SinkProgress
-from edge_agent.store import deadletter, schema
+from edge_agent.store import deadletter, occupancy, schema
 from edge_agent.store.base import (
     Change,
     PendingRow,
@@ -488,3 +488,19 @@ class SqliteStore:
         """The stored request ``uuid`` (kept a day), or ``None``."""
         rows = list(await self._rconn.execute_fetchall(schema.SELECT_BOOKING_REQUEST, (uuid,)))
         return row_from_db(uuid, tuple(rows[0])) if rows else None
+
+    # -- occupancy (edge_agent.store.occupancy) -------------------------------------------------
+
+    async def save_occupancy(self, change: occupancy.OccupancyWrite) -> None:
+        """Write one device's occupancy rows in their own transaction; return once durable."""
+
+        async def save() -> None:
+            await occupancy.write(self._wconn, change)
+
+        await self._writer.call(save)
+
+    async def load_occupancy(
+        self, device_id: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The open occupancy interval and the unfinished booking tracks of ``device_id``."""
+        return await occupancy.load(self._rconn, device_id)

@@ -23,6 +23,7 @@ from edge_agent.ops.cli.common import (
 from edge_agent.ops.cli.config_cmd import add_config_parser
 from edge_agent.ops.cli.dead_letter import cmd_dead_letter
 from edge_agent.ops.cli.demo import cmd_demo
+from edge_agent.ops.cli.report import add_parser as add_report_parser
 from edge_agent.ops.cli.run import cmd_run
 from edge_agent.ops.cli.status import cmd_status
 from edge_agent.ops.cli.trust import add_trust_parser
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     book.add_parsers(sub, [common, config_opt])
+    add_report_parser(sub, [common, config_opt])
 
     p = sub.add_parser("outbox", help="outbox administration")
     outbox = p.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)
