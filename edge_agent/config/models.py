@@ -40,6 +40,9 @@ TtlSeconds = Annotated[int, Field(ge=1, le=31_536_000)]  # up to a year
 GraceSeconds = Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)]
 RelistSeconds = Annotated[float, Field(ge=10, le=86_400, allow_inf_nan=False)]
 RequestSeconds = Annotated[float, Field(ge=0.1, le=300, allow_inf_nan=False)]
+GhostSeconds = Annotated[float, Field(ge=1, le=86_400, allow_inf_nan=False)]
+ReleaseSeconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]  # 0: never
+OccupancyIntervalSeconds = Annotated[float, Field(ge=0, le=3_600, allow_inf_nan=False)]
 
 
 def _check_env_name(v: str | None) -> str | None:
@@ -122,9 +125,9 @@ class _DeviceKeys(_Section):
     time_zone: str | None = None
     relist_interval_s: RelistSeconds | None = None
     request_timeout_s: RequestSeconds | None = None
-    ghost_after_s: Annotated[float, Field(ge=1)] | None = None
-    release_after_s: Annotated[float, Field(ge=0)] | None = None  # 0: never release
-    occupancy_min_interval_s: Annotated[float, Field(ge=0)] | None = None
+    ghost_after_s: GhostSeconds | None = None
+    release_after_s: ReleaseSeconds | None = None
+    occupancy_min_interval_s: OccupancyIntervalSeconds | None = None
 
     @field_validator("password_env")
     @classmethod
@@ -152,9 +155,9 @@ class DeviceDefaults(_DeviceKeys):
     time_zone: str | None = "UTC"
     relist_interval_s: RelistSeconds | None = 300.0
     request_timeout_s: RequestSeconds | None = 10.0
-    ghost_after_s: Annotated[float, Field(ge=1)] | None = 600.0
-    release_after_s: Annotated[float, Field(ge=0)] | None = 0.0
-    occupancy_min_interval_s: Annotated[float, Field(ge=0)] | None = 10.0
+    ghost_after_s: GhostSeconds | None = 600.0
+    release_after_s: ReleaseSeconds | None = 0.0
+    occupancy_min_interval_s: OccupancyIntervalSeconds | None = 10.0
 
 
 class DeviceConfig(_DeviceKeys):
