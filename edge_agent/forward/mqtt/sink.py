@@ -50,6 +50,7 @@ from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.clock import system_clock, utc_iso
 from edge_agent.forward.base import Delivered, OutboxEvent, Outcome, Reject, Retry, SinkStats
+from edge_agent.forward.mqtt.commands import SensorCommands
 from edge_agent.forward.mqtt.discovery import DEFAULT_PREFIX, RoomTopics
 from edge_agent.forward.mqtt.errors import PUBACK_PERMANENT, BrokerError
 from edge_agent.forward.mqtt.link import (
@@ -135,6 +136,7 @@ class MqttSink:
         max_retained_kept: int = MAX_RETAINED_KEPT,
         discovery: bool = False,
         discovery_prefix: str = DEFAULT_PREFIX,
+        commands: Callable[[str], SensorCommands] | None = None,
     ) -> None:
         self._settings = broker_settings(
             url,
@@ -167,6 +169,8 @@ class MqttSink:
         self._backoff = Backoff(initial=backoff_initial_s, maximum=backoff_max_s)
         self._refused_backoff = Backoff(initial=min(5.0, refused_retry_s), maximum=refused_retry_s)
         self._stable_after_s = stable_after_s
+        # Sensor commands in (occupancy/set): built on the base topic; see .commands.
+        self.commands = commands(self._topics.base) if commands is not None else None
 
         self._link: BrokerLink | None = None
         self._closing = asyncio.Event()
@@ -443,11 +447,15 @@ class MqttSink:
                     link.keepalive(min(1.0, self._keepalive / 4)), name=f"{tag}.keepalive"
                 )
                 health = tg.create_task(self._health_loop(link), name=f"{tag}.health")
+                commands = []
+                if self.commands is not None:
+                    await self.commands.subscribe(link, self._publish_timeout_s)
+                    commands.append(tg.create_task(self.commands.run(), name=f"{tag}.commands"))
                 closing = tg.create_task(self._closing.wait(), name=f"{tag}.closing")
                 watched: list[asyncio.Future[Any]] = [link.lost, closing]
                 await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 self._link = None
-                for task in (keepalive, health, closing):
+                for task in (keepalive, health, closing, *commands):
                     task.cancel()
             if link.lost.done():
                 self.stats.last_error = (
@@ -467,7 +475,12 @@ class MqttSink:
 
     async def _open(self) -> BrokerLink:
         will = Publication(self._topics.bridge_state, OFFLINE, retain=True)
-        return await open_link(self._settings, will=will, max_in_flight=self._max_in_flight)
+        return await open_link(
+            self._settings,
+            will=will,
+            max_in_flight=self._max_in_flight,
+            on_message=self.commands.on_message if self.commands is not None else None,
+        )
 
     async def probe(self, *, client_id: str, timeout_s: float) -> str:
         """Connect once as this sink would, then disconnect: what ``check-config`` reports.
