@@ -23,6 +23,7 @@ from edge_agent.config.models import (
     PositiveFloat,
     PositiveInt,
     StoreConfig,
+    FleetConfig,
     WebhookConfig,
     parse_listen,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Problem",
     "Secrets",
     "StoreConfig",
+    "FleetConfig",
     "WebhookConfig",
     "config_from_dict",
     "device_settings",

@@ -27,6 +27,8 @@ class Secrets:
     webhook_secrets: list[SecretStr] = field(default_factory=list)
     """One or more ``whsec_...`` signing secrets (several during key rotation)."""
     mqtt_password: SecretStr | None = None
+    store_password: SecretStr | None = None
+    """The PostgreSQL password (``[store] password_env`` / ``password_file``)."""
 
     def values(self) -> list[str]:
         """Every secret as plain text, for the log redactor (it masks them wherever they occur)."""
@@ -34,6 +36,8 @@ class Secrets:
         out += [s.get_secret_value() for s in self.webhook_secrets]
         if self.mqtt_password is not None:
             out.append(self.mqtt_password.get_secret_value())
+        if self.store_password is not None:
+            out.append(self.store_password.get_secret_value())
         return [v for v in out if v]
 
 
@@ -127,9 +131,16 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
             env=env,
             problems=problems,
         )
+    store_password = _read_secret(
+        "store.password",
+        env_name=cfg.store.password_env,
+        file_name=cfg.store.password_file,
+        env=env,
+        problems=problems,
+    )
     if problems:
         raise ConfigError(problems)
-    secrets = Secrets(passwords, webhook_secrets, mqtt_password)
+    secrets = Secrets(passwords, webhook_secrets, mqtt_password, store_password)
     # Every path that reads secrets (start, SIGHUP reload, check-config) hands them to the log
     # redactor here, so none can forget to.
     register_secrets(secrets.values())
