@@ -112,8 +112,11 @@ class StoreConfig(_Section):
 
     @model_validator(mode="after")
     def _postgres_keys(self) -> StoreConfig:
-        pg_only = [k for k in ("password_env", "password_file", "sslmode", "ca_file")
-                   if getattr(self, k) is not None]
+        pg_only = [
+            k
+            for k in ("password_env", "password_file", "sslmode", "ca_file")
+            if getattr(self, k) is not None
+        ]
         if self.url is None and pg_only:
             raise ValueError(f"{', '.join(pg_only)} need [store] url (a postgresql:// URL)")
         if self.password_env is not None and self.password_file is not None:
