@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,9 +40,10 @@ from edge_agent.config import (
 from edge_agent.forward.base import Sink
 from edge_agent.forward.drainer import Drainer
 from edge_agent.session import DeviceSession, SessionTuning
-from edge_agent.store import Store
+from edge_agent.store import Store, StoreBackend
 
 if TYPE_CHECKING:
+    from edge_agent.fleet import FleetMember
     from edge_agent.forward.mqtt import MqttSink
     from edge_agent.forward.webhook import WebhookSink
 
@@ -156,7 +158,8 @@ class Agent:
         self._drainer_overrides = dict(drainer_overrides or {})
         self._drain_timeout_s = drain_timeout_s
         self._with_api = api
-        self._store: Store | None = None
+        self._store: StoreBackend | None = None
+        self._fleet: FleetMember | None = None  # fleet mode: [store] url is postgresql
         self._sessions: dict[str, DeviceSession] = {}
         self._link_export = metrics.LinkCountersExport()
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
@@ -177,7 +180,7 @@ class Agent:
     # --- AgentView -----------------------------------------------------------------------------
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> StoreBackend | None:
         return self._store
 
     def devices(self) -> list[DeviceStatus]:
@@ -237,14 +240,7 @@ class Agent:
     async def run(self) -> int:
         """Run until :meth:`request_stop`; returns the exit status. Not meant to be cancelled
         mid-start; cancelling while running stops everything without the drain."""
-        cfg = self.config
-        self._store = await Store.open(
-            cfg.store_path,
-            sinks=tuple(cfg.sink_names()) or ("webhook",),
-            outbox_max_events=cfg.store.outbox_max_events,
-            synchronous=cfg.store.synchronous,
-            clock=unix_time(self._clock),
-        )
+        self._store = await self._open_store()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -277,8 +273,7 @@ class Agent:
             await self.api.start()
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
-        for settings in self._settings.values():
-            self._start_device(settings)
+        self._start_devices(tg)
         self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
         self._other_tasks.append(tg.create_task(self._trim_loop(), name="agent.heap-trim"))
         self._other_tasks.append(
@@ -392,6 +387,7 @@ class Agent:
         return self._last_stats
 
     async def _shutdown(self) -> None:
+        await self._leave_fleet()
         await asyncio.gather(
             *(self._stop_device(d, "agent stopping") for d in list(self._device_tasks))
         )
@@ -456,7 +452,9 @@ class Agent:
         self._secrets = secrets
         self._settings = new
         for d in added + changed:
-            self._start_device(new[d])
+            self._start_if_mine(new[d])
+        if self._fleet is not None:
+            self._fleet.set_devices(new)
         metrics.DEVICES_CONFIGURED.set(len(new))
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
         sdnotify.ready()
@@ -469,6 +467,88 @@ class Agent:
         with contextlib.suppress(KeyError):
             metrics.RECONNECTS.remove(device_id)
         self._link_export.forget(device_id)
+
+    # --- fleet mode (DESIGN.md "Fleet mode"): the store in PostgreSQL, devices by lease --------
+
+    async def _open_store(self) -> StoreBackend:
+        """SQLite by default; PostgreSQL (and fleet membership) when ``[store] url`` is set."""
+        cfg = self.config
+        sinks = tuple(cfg.sink_names()) or ("webhook",)
+        if cfg.store.url is None:
+            return await Store.open(
+                cfg.store_path,
+                sinks=sinks,
+                outbox_max_events=cfg.store.outbox_max_events,
+                synchronous=cfg.store.synchronous,
+                clock=unix_time(self._clock),
+            )
+        from edge_agent.store.postgres import PostgresStore
+
+        password = self._secrets.store_password
+        return await PostgresStore.open(
+            cfg.store.url,
+            password=None if password is None else password.get_secret_value(),
+            sslmode=cfg.store.sslmode,
+            ca_file=cfg.store.ca_file,
+            sinks=sinks,
+            outbox_max_events=cfg.store.outbox_max_events,
+            member_id=self.member_id,
+            idle_in_transaction_s=max(1.0, cfg.fleet.lease_s / 3),
+            clock=unix_time(self._clock),
+        )
+
+    @property
+    def member_id(self) -> str:
+        return self.config.fleet.member_id or socket.gethostname()
+
+    def _start_devices(self, tg: asyncio.TaskGroup) -> None:
+        """Alone: every configured device. In a fleet: those whose lease this member wins,
+        as it wins them (the membership task starts and stops their sessions)."""
+        if self.config.store.url is None:
+            for settings in self._settings.values():
+                self._start_device(settings)
+            return
+        from edge_agent.fleet import FleetMember
+        from edge_agent.store.postgres import PostgresStore
+
+        assert isinstance(self._store, PostgresStore)
+        self._fleet = FleetMember(
+            self._store,
+            member_id=self.member_id,
+            lease_s=self.config.fleet.lease_s,
+            devices=list(self._settings),
+            start_session=self._start_leased,
+            stop_session=self._stop_leased,
+            info={"site": self.config.site, "api": self.config.api.listen},
+        )
+        self._other_tasks.append(
+            tg.create_task(self._supervise("fleet", self._fleet.run), name="agent.fleet")
+        )
+
+    def _start_leased(self, device_id: str) -> None:
+        settings = self._settings.get(device_id)
+        if settings is not None and device_id not in self._device_tasks:
+            self._start_device(settings)
+
+    async def _stop_leased(self, device_id: str) -> None:
+        await self._stop_device(device_id, "fleet lease given up or lost")
+
+    def _start_if_mine(self, settings: DeviceSettings) -> None:
+        """After a reload: alone, start it; in a fleet, only if this member holds its lease
+        (a new device is taken by whichever member wins it, at its next round)."""
+        if self._fleet is None or settings.id in self._fleet.held:
+            self._start_device(settings)
+
+    async def _leave_fleet(self) -> None:
+        """SIGTERM in a fleet: stop the sessions and release the leases at once."""
+        if self._fleet is not None:
+            await self._fleet.leave()
+
+    async def fleet_status(self) -> dict[str, Any] | None:
+        """``/v1/fleet``: the members, their devices and lease ages; ``None`` when alone."""
+        if self._fleet is None:
+            return None
+        return await self._fleet.snapshot()
 
 
 async def run_agent(

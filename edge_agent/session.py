@@ -45,7 +45,7 @@ from edge_agent.bookings.state import DeviceBookings, Step
 from edge_agent.clock import Clock, system_clock
 from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
-from edge_agent.store import Change, PendingRow, Store, StoreError
+from edge_agent.store import Change, PendingRow, StoreBackend, StoreError
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost
 from edge_agent.xapi.protocol import Handler, PathLike
@@ -141,7 +141,7 @@ class DeviceSession:
         settings: DeviceSettings,
         *,
         site: str,
-        store: Store,
+        store: StoreBackend,
         clock: Clock = system_clock,
         tuning: SessionTuning = SessionTuning(),
         store_backoff: Backoff = Backoff(initial=0.5, maximum=30.0),
