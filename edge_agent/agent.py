@@ -530,8 +530,20 @@ class Agent:
         if settings is not None and device_id not in self._device_tasks:
             self._start_device(settings)
 
-    async def _stop_leased(self, device_id: str) -> None:
-        await self._stop_device(device_id, "fleet lease given up or lost")
+    async def _stop_leased(self, device_id: str, lost: bool) -> None:
+        if not lost:
+            await self._stop_device(device_id, "handed over to another fleet member")
+            return
+        # The lease is gone: whatever the session still holds cannot be committed (the store
+        # refuses it); close the socket now rather than wait for commits that cannot happen.
+        task = self._device_tasks.pop(device_id, None)
+        session = self._sessions.pop(device_id, None)
+        if session is not None:
+            await session.stop(0.0, "fleet lease lost")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _start_if_mine(self, settings: DeviceSettings) -> None:
         """After a reload: alone, start it; in a fleet, only if this member holds its lease

@@ -17,7 +17,6 @@ their way: the fencing token is checked in the commit's own transaction).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -49,7 +48,7 @@ class FleetMember:
         lease_s: float,
         devices: Iterable[str],
         start_session: Callable[[str], None],
-        stop_session: Callable[[str], Awaitable[None]],
+        stop_session: Callable[[str, bool], Awaitable[None]],
         info: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -60,7 +59,8 @@ class FleetMember:
             lease_s: how long a lease lasts without renewal (and a heartbeat counts as live).
             devices: the configured device ids (every member should have the same list).
             start_session: start the device's session (called once the lease is held).
-            stop_session: stop it and wait until its socket is closed.
+            stop_session: stop it and wait until its socket is closed; the flag says the
+                lease is already lost (nothing it still holds can be committed: do not wait).
             info: shown with this member in ``/v1/fleet`` (version, API address...).
             clock: monotonic seconds (local lease deadlines).
         """
@@ -172,15 +172,15 @@ class FleetMember:
             live.append(me)
         self.live = sorted(live)
         FLEET_MEMBERS_LIVE.set(len(self.live))
-        for device in list(self.held):
+        for device in self.held:
             if device in renewed:
                 self._deadline[device] = t0 + self.lease_s
-            else:
-                await self._lose(device, "the database refused the renewal")
+        await self._lose(
+            [d for d in self.held if d not in renewed], "the database refused the renewal"
+        )
         wanted = {d for d in self._devices if owner(d, self.live) == me}
         give = sorted(d for d in self.held if d not in wanted)
-        for device in give:
-            await self._hand_over(device)
+        await self._hand_over(give)
         if give:
             async with store.pool.connection() as conn:
                 await leases.release(conn, me, give)
@@ -211,8 +211,7 @@ class FleetMember:
         out on their own.
         """
         self._leaving = True
-        for device in sorted(self.held):
-            await self._hand_over(device)
+        await self._hand_over(sorted(self.held))
         try:
             async with asyncio.timeout(self.lease_s):
                 async with self.store.pool.connection() as conn:
@@ -231,37 +230,45 @@ class FleetMember:
     async def check_deadlines(self) -> None:
         """Drop every device whose local lease deadline has passed (no database needed)."""
         now = self._clock()
-        for device in [d for d, t in self._deadline.items() if t <= now]:
-            await self._lose(device, "the lease could not be renewed in time")
+        await self._lose(
+            [d for d, t in self._deadline.items() if t <= now],
+            "the lease could not be renewed in time",
+        )
 
-    async def _lose(self, device: str, why: str) -> None:
-        """The lease is gone: refuse the device's commits at once, then close its socket."""
-        self.store.release(device)
-        self.held.pop(device, None)
-        self._deadline.pop(device, None)
-        self._since.pop(device, None)
-        FLEET_LEASE_LOSSES.inc()
-        FLEET_OWNERSHIP_CHANGES.labels(change="lost").inc()
+    async def _lose(self, devices: list[str], why: str) -> None:
+        """The leases are gone: refuse the devices' commits at once, then close their sockets,
+        all together (a member waking from a freeze may have lost every lease at once)."""
+        if not devices:
+            return
+        for device in devices:
+            self.store.release(device)
+            self._forget(device)
+        FLEET_LEASE_LOSSES.inc(len(devices))
+        FLEET_OWNERSHIP_CHANGES.labels(change="lost").inc(len(devices))
         FLEET_DEVICES_OWNED.set(len(self.held))
         self._log.warning(
-            "lost a device lease; its session is closed and another member takes it",
-            device=device,
+            "lost device leases; their sessions are closed and other members take them",
+            devices=devices if len(devices) <= 10 else len(devices),
             reason=why,
         )
-        with contextlib.suppress(Exception):
-            await self._stop(device)
+        await asyncio.gather(*(self._stop(d, True) for d in devices), return_exceptions=True)
 
-    async def _hand_over(self, device: str) -> None:
-        """Give ``device`` up on purpose: stop the session (its last commits still carry the
-        token), then stop committing for it; the caller releases the lease row."""
-        with contextlib.suppress(Exception):
-            await self._stop(device)
-        self.store.release(device)
+    async def _hand_over(self, devices: list[str]) -> None:
+        """Give ``devices`` up on purpose: stop their sessions (their last commits still carry
+        the token), then stop committing for them; the caller releases the lease rows."""
+        if not devices:
+            return
+        await asyncio.gather(*(self._stop(d, False) for d in devices), return_exceptions=True)
+        for device in devices:
+            self.store.release(device)
+            self._forget(device)
+        FLEET_OWNERSHIP_CHANGES.labels(change="released").inc(len(devices))
+        FLEET_DEVICES_OWNED.set(len(self.held))
+
+    def _forget(self, device: str) -> None:
         self.held.pop(device, None)
         self._deadline.pop(device, None)
         self._since.pop(device, None)
-        FLEET_OWNERSHIP_CHANGES.labels(change="released").inc()
-        FLEET_DEVICES_OWNED.set(len(self.held))
 
 
 __all__ = ["FleetMember"]

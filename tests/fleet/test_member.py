@@ -34,7 +34,7 @@ class Sessions:
         return lambda d: self.of(member).add(d)
 
     def stop(self, member: str) -> Any:
-        async def stop(d: str) -> None:
+        async def stop(d: str, lost: bool) -> None:
             self.of(member).discard(d)
             self.stopped.append((member, d))
 
