@@ -50,6 +50,16 @@ RELEASE = (
 RELEASE_ALL = (
     "UPDATE edge_lease SET member_id = NULL, expires_at = clock_timestamp() WHERE member_id = %s"
 )
+# Transactions of members whose heartbeat is older than a lease (frozen, cut off): ended, so
+# the lease rows they hold locked (the fence's FOR SHARE) can be taken over. The server's
+# idle_in_transaction_session_timeout does not cover a client frozen in the middle of a
+# pipeline (the backend is not idle then), so the takeover has to end them itself.
+END_STALE_TRANSACTIONS = (
+    "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a JOIN edge_member m "
+    "ON a.application_name = 'edge-agent ' || m.member_id "
+    "WHERE m.last_seen <= clock_timestamp() - make_interval(secs => %s) "
+    "AND a.datname = current_database() AND a.state <> 'idle' AND a.pid <> pg_backend_pid()"
+)
 MEMBERS = (
     "SELECT member_id, extract(epoch FROM clock_timestamp() - last_seen), "
     "extract(epoch FROM clock_timestamp() - started_at), info FROM edge_member ORDER BY member_id"
@@ -88,6 +98,12 @@ async def acquire(
         )
         rows = await (await conn.execute(ACQUIRE, (member_id, lease_s, sorted(devices)))).fetchall()
     return {str(d): int(t) for d, t in rows}
+
+
+async def end_stale_transactions(conn: Conn, lease_s: float) -> int:
+    """End the open transactions of members not live any more; returns how many."""
+    row = await (await conn.execute(END_STALE_TRANSACTIONS, (lease_s,))).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 async def renew(conn: Conn, member_id: str, held: Mapping[str, int], lease_s: float) -> set[str]:
@@ -148,6 +164,7 @@ __all__ = [
     "LeaseRow",
     "MemberRow",
     "acquire",
+    "end_stale_transactions",
     "heartbeat",
     "leave",
     "listing",

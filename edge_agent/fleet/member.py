@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+import psycopg
 import structlog
 
 from edge_agent.fleet import leases
@@ -190,7 +191,18 @@ class FleetMember:
             return
         t1 = self._clock()
         async with store.pool.connection() as conn:
-            got = await leases.acquire(conn, me, take, self.lease_s, self.lease_s / 4)
+            try:
+                got = await leases.acquire(conn, me, take, self.lease_s, self.lease_s / 4)
+            except psycopg.errors.LockNotAvailable:
+                # A member that stopped heartbeating holds a lease row locked in a transaction
+                # it will never finish (frozen mid-commit): end it; take the leases next round.
+                ended = await leases.end_stale_transactions(conn, self.lease_s)
+                self._log.warning(
+                    "a lease row was locked by a member that is no longer live; ended its "
+                    "transactions",
+                    ended=ended,
+                )
+                return
         for device, token in got.items():
             self.held[device] = token
             self._deadline[device] = t1 + self.lease_s

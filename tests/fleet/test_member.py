@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import psycopg
 import pytest
 
 from edge_agent.fleet import FleetMember, assign
@@ -180,3 +181,32 @@ async def test_the_outbox_is_shared_and_a_dead_members_events_are_delivered(
     assert all(ns == ([1] if d == first.device_id else [0, 1]) for d, ns in per_room.items())
     assert first.event_id not in {e.event_id for e in got}  # what a delivered is not sent again
     assert not {e.event_id for e in got_b} & {e.event_id for e in got}
+
+
+async def test_a_member_frozen_mid_commit_does_not_block_the_takeover(fleet: Fleet) -> None:
+    a = await fleet.member("a")
+    await a.round()
+    # a's commit froze inside its transaction: the lease rows stay locked FOR SHARE and the
+    # server's idle timeout does not apply (a client frozen mid-pipeline is not idle).
+    frozen = await psycopg.AsyncConnection.connect(
+        fleet.url, password=pg.PASSWORD, application_name="edge-agent a", autocommit=True
+    )
+    try:
+        await frozen.execute("BEGIN")
+        await frozen.execute(
+            "SELECT token FROM edge_lease WHERE device_id = ANY(%s) FOR SHARE", (DEVICES,)
+        )
+        b = await fleet.member("b")
+        # once a's heartbeat is older than a lease, b ends a's transaction and takes over
+        await until(lambda: set(b.held) == set(DEVICES), b)
+        assert frozen.broken or frozen.closed or await _is_gone(frozen)
+    finally:
+        await frozen.close()
+
+
+async def _is_gone(conn: psycopg.AsyncConnection[Any]) -> bool:
+    try:
+        await conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False
