@@ -129,7 +129,7 @@ def print_fleet(fleet: dict[str, Any], out: TextIO | None = None) -> None:
             ]
         )
     print_table(
-        ["MEMBER", "STATE", "SEEN (S AGO)", "DEVICES", "NEWEST LEASE", "OLDEST LEASE"],
+        ["MEMBER", "STATE", "LAST SEEN", "DEVICES", "NEWEST LEASE", "OLDEST LEASE"],
         rows,
         out=out,
     )
