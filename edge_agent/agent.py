@@ -494,6 +494,7 @@ class Agent:
             outbox_max_events=cfg.store.outbox_max_events,
             member_id=self.member_id,
             idle_in_transaction_s=max(1.0, cfg.fleet.lease_s / 3),
+            lock_timeout_s=cfg.fleet.lease_s,
             clock=unix_time(self._clock),
         )
 

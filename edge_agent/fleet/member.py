@@ -191,6 +191,15 @@ class FleetMember:
             return
         t1 = self._clock()
         async with store.pool.connection() as conn:
+            # Taking over from a member that stopped heartbeating: end what it left open first.
+            # Frozen mid-commit, it holds row locks (lease rows FOR SHARE, its devices' cursor
+            # rows) that would stall our own commits until it woke up.
+            ended = await leases.end_stale_transactions(conn, self.lease_s)
+            if ended:
+                self._log.warning(
+                    "ended the open transactions of members that are no longer live",
+                    ended=ended,
+                )
             try:
                 got = await leases.acquire(conn, me, take, self.lease_s, self.lease_s / 4)
             except psycopg.errors.LockNotAvailable:

@@ -143,6 +143,7 @@ class PostgresStore:
         member_id: str | None = None,
         connect_timeout_s: float = 10.0,
         idle_in_transaction_s: float = 5.0,
+        lock_timeout_s: float = 15.0,
         clock: Callable[[], float] = time.time,
     ) -> PostgresStore:
         """Connect (creating or migrating the schema) and start the writer task.
@@ -154,6 +155,7 @@ class PostgresStore:
             member_id: this fleet member (enables fencing); ``None`` for a lone agent.
             idle_in_transaction_s: the server ends a transaction left idle this long (a member
                 frozen mid-commit must not hold a lease row locked for ever).
+            lock_timeout_s: the longest any statement waits for a row lock.
             Others: as :meth:`edge_agent.store.sqlite.SqliteStore.open`.
 
         Raises:
@@ -172,7 +174,13 @@ class PostgresStore:
             "autocommit": True,
             "connect_timeout": max(1, int(connect_timeout_s)),
             "application_name": f"edge-agent {member_id or ''}".strip(),
-            "options": f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_s * 1000)}",
+            # A frozen member must not hold rows for ever, nor stall our writer behind its locks:
+            # its idle transaction is ended by the server, and no statement of ours waits for
+            # a lock longer than lock_timeout_s (the group fails and is retried).
+            "options": (
+                f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_s * 1000)} "
+                f"-c lock_timeout={int(lock_timeout_s * 1000)}"
+            ),
         }
         if password is not None:
             kwargs["password"] = password

@@ -210,3 +210,30 @@ async def _is_gone(conn: psycopg.AsyncConnection[Any]) -> bool:
     except psycopg.OperationalError:
         return True
     return False
+
+
+async def test_a_member_frozen_mid_commit_does_not_stall_the_new_owners_writes(
+    fleet: Fleet,
+) -> None:
+    a = await fleet.member("a")
+    await a.round()
+    device = DEVICES[0]
+    await a.store.commit(Change(device, events=[env(device, 0)]))
+    # a froze inside a group that was writing its delivery progress: the cursor row is locked
+    frozen = await psycopg.AsyncConnection.connect(
+        fleet.url, password=pg.PASSWORD, application_name="edge-agent a", autocommit=True
+    )
+    try:
+        await frozen.execute("BEGIN")
+        await frozen.execute(
+            "INSERT INTO edge_sink_cursor (sink, device_id, done_seq) VALUES ('webhook', %s, 0)",
+            (device,),
+        )
+        b = await fleet.member("b")
+        await until(lambda: device in b.held, b)
+        # b delivers the event and writes the cursor row a had locked
+        async with asyncio.timeout(10):
+            [e] = await drain_all(b.store)  # type: ignore[arg-type]
+        assert e.event_id == f"{device}-0"
+    finally:
+        await frozen.close()
