@@ -179,6 +179,8 @@ def main() -> None:
         db = psycopg.connect(url, password=pg.PASSWORD, autocommit=True)
 
         def held(members: list[str]) -> int:
+            if db.execute("SELECT to_regclass('edge_lease')").fetchone() == (None,):
+                return 0  # not migrated yet
             row = db.execute(
                 "SELECT count(*) FROM edge_lease WHERE member_id = ANY(%s) "
                 "AND expires_at > clock_timestamp()",
