@@ -51,6 +51,7 @@ class FleetMember:
         start_session: Callable[[str], None],
         stop_session: Callable[[str, bool], Awaitable[None]],
         info: Mapping[str, Any] | None = None,
+        take_per_round: int = 500,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """
@@ -63,6 +64,7 @@ class FleetMember:
             stop_session: stop it and wait until its socket is closed; the flag says the
                 lease is already lost (nothing it still holds can be committed: do not wait).
             info: shown with this member in ``/v1/fleet`` (version, API address...).
+            take_per_round: most leases taken in one round (paces a connect storm).
             clock: monotonic seconds (local lease deadlines).
         """
         self.store = store
@@ -74,6 +76,8 @@ class FleetMember:
         self._stop = stop_session
         self._info = dict(info or {})
         self._clock = clock
+        self._take_per_round = max(1, take_per_round)
+        self._db_timeout_s = max(1.0, lease_s / 2)
         self.held: dict[str, int] = {}  # device -> fencing token
         self._deadline: dict[str, float] = {}  # device -> local monotonic deadline
         self._since: dict[str, float] = {}  # device -> when this member took it (monotonic)
@@ -142,8 +146,7 @@ class FleetMember:
         while not self._leaving:
             await self.check_deadlines()
             try:
-                async with asyncio.timeout(max(1.0, self.lease_s / 2)):
-                    await self.round()
+                await self.round()
                 if self._failures:
                     self._log.info("fleet database reachable again", failures=self._failures)
                 self._failures = 0
@@ -165,7 +168,10 @@ class FleetMember:
         """One round: heartbeat, renew, give up what is another's, take what is ours."""
         store, me = self.store, self.member_id
         t0 = self._clock()
-        async with store.pool.connection() as conn:
+        # Only the database calls are bounded here (stopping and starting sessions are not:
+        # cancelling those midway would leave a session half-stopped); the local deadlines
+        # are what keeps a slow round safe.
+        async with asyncio.timeout(self._db_timeout_s), store.pool.connection() as conn:
             await leases.heartbeat(conn, me, self._info | {"devices": len(self.held)})
             live = await leases.live_members(conn, self.lease_s)
             renewed = await leases.renew(conn, me, self.held, self.lease_s)
@@ -183,14 +189,17 @@ class FleetMember:
         give = sorted(d for d in self.held if d not in wanted)
         await self._hand_over(give)
         if give:
-            async with store.pool.connection() as conn:
+            async with asyncio.timeout(self._db_timeout_s), store.pool.connection() as conn:
                 await leases.release(conn, me, give)
             self._log.info("handed devices over", devices=len(give))
-        take = sorted(wanted - set(self.held))
+        # At most take_per_round new devices a round: a member starting alone, or taking a
+        # dead member's share, paces its TLS handshake storm instead of starving its own
+        # event loop (and with it the renewals of the leases it already holds).
+        take = sorted(wanted - set(self.held))[: self._take_per_round]
         if not take:
             return
         t1 = self._clock()
-        async with store.pool.connection() as conn:
+        async with asyncio.timeout(self._db_timeout_s), store.pool.connection() as conn:
             # Taking over from a member that stopped heartbeating: end what it left open first.
             # Frozen mid-commit, it holds row locks (lease rows FOR SHARE, its devices' cursor
             # rows) that would stall our own commits until it woke up.
@@ -221,9 +230,16 @@ class FleetMember:
         FLEET_DEVICES_OWNED.set(len(self.held))
         if got:
             self._log.info("took device leases", devices=len(got), held=len(self.held))
-            await store.refresh_streams(sorted(got))
             for device in sorted(got):
                 self._start(device)
+            # The drainers learn what the previous owners left undelivered. Should this fail,
+            # the first commit of each new session tells them too (a stream's top covers all
+            # that is below it).
+            try:
+                async with asyncio.timeout(self._db_timeout_s):
+                    await store.refresh_streams(sorted(got))
+            except Exception as exc:  # noqa: BLE001 - late delivery, not loss
+                self._log.warning("could not read the new devices' outbox tops", error=repr(exc))
 
     async def leave(self) -> None:
         """Stop every session, release every lease and leave the fleet (SIGTERM).
