@@ -18,6 +18,7 @@ import dataclasses
 import signal
 import sys
 import uuid
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,9 +47,10 @@ from edge_agent.bookings.models import Booking
 from edge_agent.ops.api_bookings import request_view
 from edge_agent.ops.api_guard import ApiGuard, server_ssl_context
 from edge_agent.session import BookingSent, DeviceSession, SessionTuning
-from edge_agent.store import Store, StoreUnusable
+from edge_agent.store import Store, StoreBackend, StoreUnusable
 
 if TYPE_CHECKING:
+    from edge_agent.fleet import FleetMember
     from edge_agent.forward.mqtt import MqttSink
     from edge_agent.forward.mqtt.commands import RoomInUseSender, SensorState
     from edge_agent.forward.webhook import WebhookSink
@@ -188,7 +190,8 @@ class Agent:
         self._drainer_overrides = dict(drainer_overrides or {})
         self._drain_timeout_s = drain_timeout_s
         self._with_api = api
-        self._store: Store | None = None
+        self._store: StoreBackend | None = None
+        self._fleet: FleetMember | None = None  # fleet mode: [store] url is postgresql
         self._sessions: dict[str, DeviceSession] = {}
         self._link_export = metrics.LinkCountersExport()
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
@@ -209,7 +212,7 @@ class Agent:
     # --- AgentView -----------------------------------------------------------------------------
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> StoreBackend | None:
         return self._store
 
     def devices(self) -> list[DeviceStatus]:
@@ -270,14 +273,7 @@ class Agent:
     async def run(self) -> int:
         """Run until :meth:`request_stop`; returns the exit status. Not meant to be cancelled
         mid-start; cancelling while running stops everything without the drain."""
-        cfg = self.config
-        self._store = await Store.open(
-            cfg.store_path,
-            sinks=tuple(cfg.sink_names()) or ("webhook",),
-            outbox_max_events=cfg.store.outbox_max_events,
-            synchronous=cfg.store.synchronous,
-            clock=unix_time(self._clock),
-        )
+        self._store = await self._open_store()
         try:
             if self._with_api and not await self._start_api():
                 return EX_CONFIG
@@ -310,8 +306,7 @@ class Agent:
         self._start_mqtt_requests(tg)
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
-        for settings in self._settings.values():
-            self._start_device(settings)
+        self._start_devices(tg)
         await self._announce_rooms()
         self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
         self._other_tasks.append(tg.create_task(self._trim_loop(), name="agent.heap-trim"))
@@ -465,6 +460,7 @@ class Agent:
         return self._last_stats
 
     async def _shutdown(self) -> None:
+        await self._leave_fleet()
         await asyncio.gather(
             *(self._stop_device(d, "agent stopping") for d in list(self._device_tasks))
         )
@@ -530,7 +526,9 @@ class Agent:
         self._settings = new
         self._poke_mqtt(cfg, secrets)
         for d in added + changed:
-            self._start_device(new[d])
+            self._start_if_mine(new[d])
+        if self._fleet is not None:
+            self._fleet.set_devices(new)
         await self._announce_rooms()
         metrics.DEVICES_CONFIGURED.set(len(new))
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
@@ -637,6 +635,101 @@ class Agent:
         if api.cert_file is not None and api.key_file is not None:
             tls = server_ssl_context(api.cert_file, api.key_file)
         return LocalApi(self, api.listen, guard=ApiGuard.from_config(api, tokens), ssl_context=tls)
+
+    # --- fleet mode (DESIGN.md "Fleet mode"): the store in PostgreSQL, devices by lease --------
+
+    async def _open_store(self) -> StoreBackend:
+        """SQLite by default; PostgreSQL (and fleet membership) when ``[store] url`` is set."""
+        cfg = self.config
+        sinks = tuple(cfg.sink_names()) or ("webhook",)
+        if cfg.store.url is None:
+            return await Store.open(
+                cfg.store_path,
+                sinks=sinks,
+                outbox_max_events=cfg.store.outbox_max_events,
+                synchronous=cfg.store.synchronous,
+                clock=unix_time(self._clock),
+            )
+        from edge_agent.store.postgres import PostgresStore
+
+        password = self._secrets.store_password
+        return await PostgresStore.open(
+            cfg.store.url,
+            password=None if password is None else password.get_secret_value(),
+            sslmode=cfg.store.sslmode,
+            ca_file=cfg.store.ca_file,
+            sinks=sinks,
+            outbox_max_events=cfg.store.outbox_max_events,
+            member_id=self.member_id,
+            idle_in_transaction_s=max(1.0, cfg.fleet.lease_s / 3),
+            lock_timeout_s=cfg.fleet.lease_s,
+            clock=unix_time(self._clock),
+        )
+
+    @property
+    def member_id(self) -> str:
+        return self.config.fleet.member_id or socket.gethostname()
+
+    def _start_devices(self, tg: asyncio.TaskGroup) -> None:
+        """Alone: every configured device. In a fleet: those whose lease this member wins,
+        as it wins them (the membership task starts and stops their sessions)."""
+        if self.config.store.url is None:
+            for settings in self._settings.values():
+                self._start_device(settings)
+            return
+        from edge_agent.fleet import FleetMember
+        from edge_agent.store.postgres import PostgresStore
+
+        assert isinstance(self._store, PostgresStore)
+        self._fleet = FleetMember(
+            self._store,
+            member_id=self.member_id,
+            lease_s=self.config.fleet.lease_s,
+            devices=list(self._settings),
+            start_session=self._start_leased,
+            stop_session=self._stop_leased,
+            info={"site": self.config.site, "api": self.config.api.listen},
+        )
+        self._other_tasks.append(
+            tg.create_task(self._supervise("fleet", self._fleet.run), name="agent.fleet")
+        )
+
+    def _start_leased(self, device_id: str) -> None:
+        settings = self._settings.get(device_id)
+        if settings is not None and device_id not in self._device_tasks:
+            self._start_device(settings)
+
+    async def _stop_leased(self, device_id: str, lost: bool) -> None:
+        if not lost:
+            await self._stop_device(device_id, "handed over to another fleet member")
+            return
+        # The lease is gone: whatever the session still holds cannot be committed (the store
+        # refuses it); close the socket now rather than wait for commits that cannot happen.
+        task = self._device_tasks.pop(device_id, None)
+        session = self._sessions.pop(device_id, None)
+        if session is not None:
+            await session.stop(0.0, "fleet lease lost")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _start_if_mine(self, settings: DeviceSettings) -> None:
+        """After a reload: alone, start it; in a fleet, only if this member holds its lease
+        (a new device is taken by whichever member wins it, at its next round)."""
+        if self._fleet is None or settings.id in self._fleet.held:
+            self._start_device(settings)
+
+    async def _leave_fleet(self) -> None:
+        """SIGTERM in a fleet: stop the sessions and release the leases at once."""
+        if self._fleet is not None:
+            await self._fleet.leave()
+
+    async def fleet_status(self) -> dict[str, Any] | None:
+        """``/v1/fleet``: the members, their devices and lease ages; ``None`` when alone."""
+        if self._fleet is None:
+            return None
+        return await self._fleet.snapshot()
 
 
 async def run_agent(

@@ -78,7 +78,7 @@ from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
 from edge_agent.metrics import FEEDBACK_DROPPED
 from edge_agent.session_occupancy import RoomWatch
-from edge_agent.store import Change, PendingRow, Store, StoreError
+from edge_agent.store import Change, PendingRow, Store, StoreBackend, StoreError
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost, NotConnected, RequestTimeout
 from edge_agent.xapi.protocol import Feedback, Handler, PathLike
@@ -281,7 +281,7 @@ class DeviceSession:
         settings: DeviceSettings,
         *,
         site: str,
-        store: Store,
+        store: StoreBackend,
         clock: Clock = system_clock,
         tuning: SessionTuning = SessionTuning(),
         store_backoff: Backoff = Backoff(initial=0.5, maximum=30.0),

@@ -110,6 +110,59 @@ class StoreConfig(_Section):
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
 
+    # -- fleet mode: PostgreSQL instead of the SQLite file (DESIGN.md "Fleet mode") -----------
+    url: str | None = None
+    """``postgresql://user@host:5432/db``: the store lives in PostgreSQL and the agent runs as a
+    fleet member. No password in it: ``password_env`` / ``password_file``."""
+    password_env: str | None = None
+    password_file: str | None = None
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    ca_file: Path | None = None
+
+    _check_password_env = field_validator("password_env")(_check_env_name)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("expected postgresql://user@host:5432/db")
+        if parts.password is not None:
+            # The URL is shown in logs and /v1/fleet; the message must not repeat it.
+            raise ValueError(
+                "no password in the URL: put it in [store] password_env or password_file"
+            )
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("expected postgresql://user@host:5432/db (host and database)")
+        return v
+
+    @model_validator(mode="after")
+    def _postgres_keys(self) -> StoreConfig:
+        pg_only = [
+            k
+            for k in ("password_env", "password_file", "sslmode", "ca_file")
+            if getattr(self, k) is not None
+        ]
+        if self.url is None and pg_only:
+            raise ValueError(f"{', '.join(pg_only)} need [store] url (a postgresql:// URL)")
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None
+
+
+class FleetConfig(_Section):
+    """Fleet membership (only with ``[store] url``): who this member is, how long a lease lasts."""
+
+    member_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """Default: the host name."""
+    lease_s: Annotated[float, Field(ge=2.0, le=3600.0)] = 15.0
+
 
 class _DeviceKeys(_Section):
     """Keys that may be set in ``[defaults]`` and overridden per device."""
@@ -439,6 +492,7 @@ class AgentConfig(_Section):
     mqtt: MqttConfig | None = None
     api: ApiConfig = ApiConfig()
     log: LogConfig = LogConfig()
+    fleet: FleetConfig = FleetConfig()
 
     @field_validator("site")
     @classmethod

@@ -37,6 +37,8 @@ class Secrets:
     mqtt_password: SecretStr | None = None
     api_tokens: list[SecretStr] = field(default_factory=list)
     """The local API's bearer tokens (``[api] token_env`` / ``token_file``; several: rotation)."""
+    store_password: SecretStr | None = None
+    """The PostgreSQL password (``[store] password_env`` / ``password_file``)."""
 
     def values(self) -> list[str]:
         """Every secret as plain text, for the log redactor (it masks them wherever they occur)."""
@@ -45,6 +47,8 @@ class Secrets:
         if self.mqtt_password is not None:
             out.append(self.mqtt_password.get_secret_value())
         out += [s.get_secret_value() for s in self.api_tokens]
+        if self.store_password is not None:
+            out.append(self.store_password.get_secret_value())
         return [v for v in out if v]
 
 
@@ -170,10 +174,23 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
             env=env,
             problems=problems,
         )
+    store_password = _read_secret(
+        "store.password",
+        env_name=cfg.store.password_env,
+        file_name=cfg.store.password_file,
+        env=env,
+        problems=problems,
+    )
     api_tokens = _api_tokens(cfg, env, problems)
     if problems:
         raise ConfigError(problems)
-    secrets = Secrets(passwords, webhook_secrets, mqtt_password, api_tokens)
+    secrets = Secrets(
+        passwords,
+        webhook_secrets,
+        mqtt_password,
+        api_tokens=api_tokens,
+        store_password=store_password,
+    )
     # Every path that reads secrets (start, SIGHUP reload, check-config) hands them to the log
     # redactor here, so none can forget to.
     register_secrets(secrets.values())

@@ -25,6 +25,7 @@ Routes:
 - ``GET /v1/devices/{id}/bookings`` — the buffered window from the store, sorted by start;
   404 for an unknown device.
 - ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
+- ``GET /v1/fleet`` — fleet mode: members, their devices and lease ages (404 when alone).
 - ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
 - ``GET /v1/dead-letters`` — ``{"count", "dead_letters": [...]}``, oldest first
   (``?limit=N``, default 100, at most 10000; ``?sink=NAME``).
@@ -323,6 +324,7 @@ class LocalApi:
         app.router.add_post("/v1/dead-letters/replay", self._replay)
         app.router.add_post("/v1/dead-letters/purge", self._purge)
         api_bookings.add_routes(app, self._agent)
+        app.router.add_get("/v1/fleet", self._fleet)
         return app
 
     @web.middleware
@@ -408,3 +410,11 @@ class LocalApi:
         n = await self._store().purge_dead_letters(ids, sink=sink)
         log.info("dead letters purged through the local API", purged=n, sink=sink, ids=ids)
         return _json({"purged": n})
+
+    async def _fleet(self, request: web.Request) -> web.Response:
+        # Fleet mode only (the agent has ``fleet_status``; an agent alone answers 404).
+        status = getattr(self._agent, "fleet_status", None)
+        body = None if status is None else await status()
+        if body is None:
+            raise web.HTTPNotFound(reason="not in fleet mode ([store] url is not postgresql)")
+        return _json(body)
