@@ -45,6 +45,8 @@ class DeviceSettings:
     """Fallback when the device's ``Configuration Time Zone`` cannot be read."""
     relist_interval_s: float
     request_timeout_s: float
+    calendar: str | None = None
+    """The linked room mailbox: the room's window comes from the calendar source (precedence)."""
 
     def endpoint(self) -> DeviceEndpoint:
         """The :class:`edge_agent.xapi.DeviceEndpoint` for this device."""
@@ -87,6 +89,7 @@ def device_settings(cfg: AgentConfig, secrets: Secrets) -> list[DeviceSettings]:
                 time_zone=pick("time_zone"),
                 relist_interval_s=pick("relist_interval_s"),
                 request_timeout_s=pick("request_timeout_s"),
+                calendar=dev.calendar,
             )
         )
     return out

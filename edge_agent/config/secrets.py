@@ -27,13 +27,18 @@ class Secrets:
     webhook_secrets: list[SecretStr] = field(default_factory=list)
     """One or more ``whsec_...`` signing secrets (several during key rotation)."""
     mqtt_password: SecretStr | None = None
+    microsoft_client_secret: SecretStr | None = None
+    """``[microsoft]`` client secret (absent when a certificate is configured)."""
+    microsoft_private_key: SecretStr | None = None
+    """``[microsoft] key_file``: the certificate's PEM private key."""
 
     def values(self) -> list[str]:
         """Every secret as plain text, for the log redactor (it masks them wherever they occur)."""
         out = [s.get_secret_value() for s in self.device_passwords.values()]
         out += [s.get_secret_value() for s in self.webhook_secrets]
-        if self.mqtt_password is not None:
-            out.append(self.mqtt_password.get_secret_value())
+        for extra in (self.mqtt_password, self.microsoft_client_secret, self.microsoft_private_key):
+            if extra is not None:
+                out.append(extra.get_secret_value())
         return [v for v in out if v]
 
 
@@ -127,9 +132,24 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
             env=env,
             problems=problems,
         )
+    ms_secret = ms_key = None
+    if cfg.microsoft is not None:
+        ms = cfg.microsoft
+        ms_secret = _read_secret(
+            "microsoft.client_secret",
+            env_name=ms.client_secret_env,
+            file_name=ms.client_secret_file,
+            env=env,
+            problems=problems,
+        )
+        if ms.key_file is not None:
+            ms_key = _read_secret(
+                "microsoft.key", env_name=None, file_name=str(ms.key_file), env=env,
+                problems=problems,
+            )
     if problems:
         raise ConfigError(problems)
-    secrets = Secrets(passwords, webhook_secrets, mqtt_password)
+    secrets = Secrets(passwords, webhook_secrets, mqtt_password, ms_secret, ms_key)
     # Every path that reads secrets (start, SIGHUP reload, check-config) hands them to the log
     # redactor here, so none can forget to.
     register_secrets(secrets.values())

@@ -14,6 +14,7 @@ from edge_agent import jsoncodec
 from edge_agent.clock import parse_utc
 from edge_agent.forward.schedule import OutboxEvent
 from edge_agent.store.base import Change
+from edge_agent.store.calendar import PreparedCalendar, prepare_calendar
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class PreparedChange:
     device_state: bytes | None
     events: list[PreparedEvent]
     future: asyncio.Future[None]
+    calendar: PreparedCalendar | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +111,7 @@ def prepare(change: Change, future: asyncio.Future[None]) -> PreparedChange:
         device_state=None if change.device_state is None else dumpb(change.device_state),
         events=events,
         future=future,
+        calendar=None if change.calendar is None else prepare_calendar(change.calendar),
     )
 
 

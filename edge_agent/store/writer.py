@@ -52,6 +52,7 @@ from edge_agent.backoff import Backoff
 from edge_agent.metrics import DEAD_LETTER_DROPPED, EVENTS, OUTBOX_DROPPED
 from edge_agent.store import schema
 from edge_agent.store.base import StoreError
+from edge_agent.store.calendar import write_calendars
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
 
 log = structlog.get_logger(__name__)
@@ -407,6 +408,7 @@ class GroupWriter:
             await c.executemany(schema.PUT_PENDING, pput)
         if states:
             await c.executemany(schema.PUT_DEVICE_STATE, states)
+        await write_calendars(c, [ch.calendar for ch in changes if ch.calendar is not None])
         now = self._time()
         rows = []
         new_devices: dict[str, int] = {}
