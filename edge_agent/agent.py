@@ -7,7 +7,15 @@ Shutdown (SIGTERM, SIGINT): the device sessions stop first, so no new events are
 drainers then get ``drain_timeout_s`` to deliver what is in flight and queued; whatever is left
 stays in the outbox for the next start; the store is closed last. Exit status 0.
 SIGHUP re-reads the configuration file and applies its device list: new devices start, removed
-ones stop, changed ones restart; sinks and the store keep running.
+ones stop, changed ones restart; sinks and the store keep running. Room changes (``[microsoft]``,
+``[[rooms]]``, a device's ``calendar``) are not applied by SIGHUP: a WARNING says a restart is
+needed (the directory itself is re-read every ``refresh_rooms_s``).
+
+Rooms (DESIGN.md "Rooms and calendar sources"): with ``[microsoft]``, a :class:`GraphPoller`
+runs the Graph rooms (linked devices, ``[[rooms]]``, and the directory's when
+``discover_rooms``) as the supervised task ``graph``; its rounds commit through
+:class:`edge_agent.store.calendar.RoomCalendarStore` into the same outbox the device sessions
+use, so the drainers forward them to the webhook and MQTT with the device events.
 """
 
 from __future__ import annotations
@@ -42,6 +50,11 @@ from edge_agent.session import DeviceSession, SessionTuning
 from edge_agent.store import Store
 
 if TYPE_CHECKING:
+    import httpx
+
+    from edge_agent.calendars.graph.auth import ClientCredentials
+    from edge_agent.calendars.graph.client import GraphClient
+    from edge_agent.calendars.graph.poller import CalendarRoom, GraphPoller
     from edge_agent.forward.mqtt import MqttSink
     from edge_agent.forward.webhook import WebhookSink
 
@@ -121,6 +134,82 @@ def build_sinks(
     return sinks
 
 
+def _zone(name: str | None, fallback: str) -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name or fallback)
+
+
+def graph_rooms(cfg: AgentConfig) -> list[CalendarRoom]:
+    """The Graph rooms the config names: each linked device (room id = device id, the device's
+    time zone) and each ``[[rooms]]`` entry (its ``time_zone``, else ``[microsoft]``'s, else
+    ``[defaults]``'s)."""
+    from edge_agent.calendars.graph.poller import CalendarRoom
+
+    ms = cfg.microsoft
+    default_tz = (ms.time_zone if ms else None) or cfg.defaults.time_zone or "UTC"
+    rooms: list[CalendarRoom] = []
+    for dev in cfg.devices:
+        if dev.calendar is not None and (dev.calendar_source or "microsoft") == "microsoft":
+            tz = _zone(dev.time_zone or cfg.defaults.time_zone, "UTC")
+            rooms.append(CalendarRoom(dev.id, dev.calendar, tz, device_id=dev.id))
+    for r in cfg.rooms:
+        if r.source == "microsoft":
+            rooms.append(CalendarRoom(r.id, r.calendar, _zone(r.time_zone, default_tz)))
+    return rooms
+
+
+def certificate_thumbprint(cert_file: Path) -> str:
+    """SHA-1 of the certificate's DER (what Entra ID shows as the thumbprint), hex."""
+    import hashlib
+    import ssl
+
+    der = ssl.PEM_cert_to_DER_cert(cert_file.read_text(encoding="ascii"))
+    return hashlib.sha1(der).hexdigest().upper()  # noqa: S324 - the platform's thumbprint
+
+
+def build_graph_client(
+    cfg: AgentConfig, secrets: Secrets, *, max_connections: int = 64
+) -> tuple[GraphClient, ClientCredentials, httpx.AsyncClient]:
+    """The Graph client the agent and ``check-config --connect`` use, its token source and its
+    HTTP client (the caller closes it). Raises ValueError / OSError for an unreadable
+    certificate."""
+    from edge_agent.calendars.graph.auth import CertificateCredential, ClientCredentials
+    from edge_agent.calendars.graph.client import GraphClient
+    from edge_agent.httpclient import http_client
+
+    ms = cfg.microsoft
+    assert ms is not None
+    ca = str(ms.ca_file) if ms.ca_file else None
+    cert = None
+    if ms.certificate_file is not None:
+        assert secrets.microsoft_private_key is not None
+        cert = CertificateCredential(
+            certificate_thumbprint(ms.certificate_file),
+            secrets.microsoft_private_key.get_secret_value(),
+        )
+    secret = secrets.microsoft_client_secret
+    tokens = ClientCredentials(
+        tenant_id=ms.tenant_id,
+        client_id=ms.client_id,
+        secret=secret.get_secret_value() if secret is not None else None,
+        certificate=cert,
+        authority_url=ms.authority_url,
+        ca_file=ca,
+    )
+    http = http_client(timeout_s=30.0, max_connections=max_connections, ca_file=ca)
+    return GraphClient(http, tokens, graph_url=ms.graph_url), tokens, http
+
+
+def _rooms_key(cfg: AgentConfig) -> Any:
+    """What SIGHUP cannot apply to the rooms without a restart."""
+    return (
+        cfg.microsoft,
+        tuple(cfg.rooms),
+        tuple((d.id, d.calendar, d.calendar_source) for d in cfg.devices if d.calendar),
+    )
+
+
 class Agent:
     """The running agent. Implements :class:`edge_agent.ops.api.AgentView` for the local API.
 
@@ -134,6 +223,7 @@ class Agent:
         session_overrides: :class:`SessionTuning` fields for every device (tests, demo).
         drainer_overrides: extra :class:`Drainer` keyword arguments (tests: fast backoff).
         drain_timeout_s: how long shutdown waits for in-flight and queued deliveries.
+        graph_overrides: extra :class:`GraphPoller` keyword arguments (tests, demo).
     """
 
     def __init__(
@@ -147,6 +237,7 @@ class Agent:
         drainer_overrides: Mapping[str, Any] | None = None,
         drain_timeout_s: float = 5.0,
         api: bool = True,
+        graph_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self._secrets = secrets
@@ -170,6 +261,11 @@ class Agent:
         self._list_slots = asyncio.Semaphore(LIST_CONCURRENCY)
         self._started = clock.monotonic()
         self._last_stats: Mapping[str, Any] = {}
+        self._graph: GraphPoller | None = None
+        self._graph_http: httpx.AsyncClient | None = None
+        self._graph_client: GraphClient | None = None
+        self._graph_task: asyncio.Task[None] | None = None
+        self._graph_overrides = dict(graph_overrides or {})
         self.api: LocalApi | None = None
         self.ready = asyncio.Event()
         """Set once the store is open and every task started (tests wait on it)."""
@@ -203,6 +299,56 @@ class Agent:
             extra = {k: v for k, v in dataclasses.asdict(st).items() if k not in entry}
             out.append({**entry, **extra})  # type: ignore[typeddict-item]
         return out
+
+    def rooms(self) -> list[dict[str, Any]]:
+        """Every room (``/v1/rooms``, ``edge-agent status``): a device without a calendar is a
+        room of source ``device``; calendar rooms (linked or not) come from the poller."""
+        out: dict[str, dict[str, Any]] = {}
+        for dev_id, session in self._sessions.items():
+            if session.settings.calendar is not None:
+                continue
+            info = session.info()
+            out[dev_id] = {
+                "id": dev_id,
+                "source": "device",
+                "device_id": dev_id,
+                "calendar": None,
+                "connected": info.get("connected"),
+                "last_sync": None,
+                "last_error": info.get("last_error"),
+                "window_size": info.get("window_size"),
+            }
+        status = self._graph.status() if self._graph is not None else {}
+        for rid, st in status.items():
+            room = st.room
+            out[rid] = {
+                "id": rid,
+                "source": "microsoft",
+                "device_id": room.device_id,
+                "calendar": room.mailbox,
+                "display_name": room.display_name,
+                "discovered": room.discovered,
+                "time_zone": str(room.time_zone),
+                "last_sync": st.last_sync,
+                "last_error": st.last_error,
+                "window_size": st.window_size,
+                "rounds": st.rounds,
+            }
+        if self.config.microsoft is not None:
+            for room in graph_rooms(self.config):  # not running yet (the poller is starting)
+                out.setdefault(
+                    room.room_id,
+                    {
+                        "id": room.room_id,
+                        "source": "microsoft",
+                        "device_id": room.device_id,
+                        "calendar": room.mailbox,
+                        "last_sync": None,
+                        "last_error": None,
+                        "window_size": 0,
+                    },
+                )
+        return [out[k] for k in sorted(out)]
 
     def health(self) -> dict[str, Any]:
         """The MQTT ``bridge/health`` payload."""
@@ -279,11 +425,52 @@ class Agent:
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
         for settings in self._settings.values():
             self._start_device(settings)
+        if self.config.microsoft is not None:
+            self._graph_task = tg.create_task(
+                self._supervise("graph", self._run_graph), name="graph"
+            )
         self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
         self._other_tasks.append(tg.create_task(self._trim_loop(), name="agent.heap-trim"))
         self._other_tasks.append(
             tg.create_task(sdnotify.watchdog_loop(self._healthy), name="agent.watchdog")
         )
+
+    async def _run_graph(self) -> None:
+        """One poller per run: a restart by the supervisor starts from the stored state."""
+        from edge_agent.calendars.graph.poller import GraphPoller
+        from edge_agent.store.calendar import RoomCalendarStore
+
+        assert self._store is not None
+        cfg = self.config
+        ms = cfg.microsoft
+        assert ms is not None
+        if self._graph_client is None:
+            self._graph_client, _, self._graph_http = build_graph_client(cfg, self._secrets)
+        store = RoomCalendarStore(self._store, site=cfg.site, source="microsoft")
+        opts: dict[str, Any] = {
+            "rooms": graph_rooms(cfg),
+            "discover": ms.discover_rooms,
+            "default_zone": _zone(ms.time_zone or cfg.defaults.time_zone, "UTC"),
+            "poll_interval_s": ms.poll_interval_s,
+            "refresh_rooms_s": ms.refresh_rooms_s,
+            "horizon_days": ms.horizon_days,
+            "clock": self._clock,
+            **self._graph_overrides,
+        }
+        self._graph = GraphPoller(self._graph_client, store, **opts)
+        if ms.notification_url:
+            log.warning(
+                "[microsoft] notification_url is set but push subscriptions are not built yet; "
+                "delta polling every poll_interval_s is used",
+                notification_url=ms.notification_url,
+            )
+        log.info(
+            "graph calendar source starting",
+            rooms_configured=len(opts["rooms"]),
+            discover=ms.discover_rooms,
+            graph_url=ms.graph_url,
+        )
+        await self._graph.run()
 
     def _start_device(self, settings: DeviceSettings) -> None:
         assert self._tg is not None and self._store is not None
@@ -392,6 +579,12 @@ class Agent:
         return self._last_stats
 
     async def _shutdown(self) -> None:
+        # The calendar rounds stop first, with the sessions: no new events, then the drain. A
+        # round cut mid-commit is either stored whole or not at all (one transaction).
+        if self._graph_task is not None:
+            self._graph_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._graph_task
         await asyncio.gather(
             *(self._stop_device(d, "agent stopping") for d in list(self._device_tasks))
         )
@@ -416,6 +609,9 @@ class Agent:
         if self.api is not None:
             with contextlib.suppress(Exception):
                 await self.api.stop()
+        if self._graph_http is not None:
+            with contextlib.suppress(Exception):
+                await self._graph_http.aclose()
         if self._store is not None:
             await self._store.close()
 
@@ -444,6 +640,11 @@ class Agent:
             )
             sdnotify.ready()
             return
+        if _rooms_key(cfg) != _rooms_key(self.config):
+            log.warning(
+                "room changes ([microsoft], [[rooms]], devices' calendar) need a restart to take "
+                "effect; the running rooms are kept (systemctl restart edge-agent)"
+            )
         new = devices_by_id(cfg, secrets)
         removed = [d for d in self._settings if d not in new]
         added = [d for d in new if d not in self._settings]
