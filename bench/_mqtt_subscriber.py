@@ -1,4 +1,4 @@
-"""The MQTT counterpart of bench_pipeline.py's webhook receiver, run in its own process.
+"""The MQTT counterpart of the benches' webhook receiver (bench/_harness.py), in its own process.
 
     python bench/_mqtt_subscriber.py --ready FILE --port BROKER_PORT --topic 'BASE/devices/+/events'
 

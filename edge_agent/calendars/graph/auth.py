@@ -1,9 +1,7 @@
 """Client-credentials tokens for Microsoft Graph, from msal, cached and renewed before expiry.
 
-msal runs on ``requests``, and ``requests`` lets the ``REQUESTS_CA_BUNDLE`` (or
-``CURL_CA_BUNDLE``) environment variable replace a session's ``verify`` -- only a ``verify``
-passed with each request wins over it. The configured ``ca_file`` must win (an on-prem proxy's
-CA, or the tests' fake authority), so msal gets an ``http_client`` that passes it on every call.
+msal runs on ``requests``; it gets a :class:`~edge_agent.calendars.auth.PinnedCaSession` as its
+``http_client``, so the configured ``ca_file`` wins over ``REQUESTS_CA_BUNDLE``.
 
 msal blocks (it does the OpenID discovery in its constructor and the token POST in
 ``acquire_token_for_client``), so both run in a worker thread, each under a timeout. A token is
@@ -17,11 +15,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import msal
 import requests
 import structlog
+
+from edge_agent.calendars.auth import RENEW_BEFORE_S, AuthError, PinnedCaSession, TokenSource
 
 __all__ = [
     "GRAPH_SCOPE",
@@ -35,17 +35,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
-RENEW_BEFORE_S = 300.0  # renew five minutes before expiry: a token must not die mid-round
-
-
-class TokenSource(Protocol):
-    async def token(self, *, renew: bool = False) -> str:
-        """A valid bearer token; ``renew`` forces a fresh one (after a 401)."""
-        ...
-
-
-class AuthError(Exception):
-    """The identity platform refused or could not be reached; the message says what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,22 +44,6 @@ class CertificateCredential:
     thumbprint: str
     private_key_pem: str
     passphrase: str | None = None
-
-
-class PinnedCaSession(requests.Session):
-    """A requests session whose every request verifies against ``ca_file`` (or the system
-    store when None), whatever ``REQUESTS_CA_BUNDLE`` says, and times out after ``timeout_s``."""
-
-    def __init__(self, ca_file: str | None, timeout_s: float) -> None:
-        super().__init__()
-        self._verify: str | bool = ca_file if ca_file else True
-        self._timeout_s = timeout_s
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        kwargs["verify"] = self._verify
-        kwargs.setdefault("timeout", self._timeout_s)
-        m = method.decode() if isinstance(method, bytes) else method
-        return super().request(m, url, *args, **kwargs)
 
 
 class ClientCredentials:

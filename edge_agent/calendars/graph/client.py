@@ -36,7 +36,7 @@ import structlog
 from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.bookings.window import WindowBounds
-from edge_agent.calendars.graph.auth import TokenSource
+from edge_agent.calendars.auth import TokenSource
 from edge_agent.calendars.graph.errors import (
     GraphAuthError,
     GraphPermissionError,
@@ -45,6 +45,7 @@ from edge_agent.calendars.graph.errors import (
     MailboxNotFound,
     ResyncRequired,
 )
+from edge_agent.calendars.http import TOO_LARGE, bounded_get
 from edge_agent.forward.webhook import parse_retry_after
 
 __all__ = ["MAILBOX_CONCURRENCY", "DeltaRound", "GraphClient", "GraphRoom"]
@@ -298,24 +299,12 @@ class GraphClient:
         hdrs = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         if headers:
             hdrs.update(headers)
-        async with asyncio.timeout(self._timeout):
-            async with self._http.stream("GET", url, headers=hdrs) as resp:
-                declared = resp.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-                    return resp.status_code, resp.headers, "<body too large>"
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > self._max_body:
-                        return resp.status_code, resp.headers, "<body too large>"
-                    chunks.append(chunk)
-                if resp.status_code == 200 and size == 0:
-                    return 200, resp.headers, "{}"
-                return resp.status_code, resp.headers, b"".join(chunks).decode("utf-8", "replace")
+        return await bounded_get(
+            self._http, url, hdrs, timeout_s=self._timeout, max_body=self._max_body
+        )
 
     def _parse(self, body: str, subject: str) -> dict[str, Any]:
-        if body == "<body too large>":
+        if body == TOO_LARGE:
             raise GraphRequestError(
                 subject, f"Graph answer above {self._max_body} bytes refused (max_body_bytes)"
             )

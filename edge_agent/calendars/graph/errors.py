@@ -3,6 +3,8 @@ what a person can do about it (STYLE.md rule 10)."""
 
 from __future__ import annotations
 
+from edge_agent.calendars import errors as source_errors
+
 __all__ = [
     "GraphAuthError",
     "GraphError",
@@ -14,15 +16,11 @@ __all__ = [
 ]
 
 
-class GraphError(Exception):
+class GraphError(source_errors.CalendarSourceError):
     """Base: ``subject`` is the room id (or ``"directory"`` for places)."""
 
-    def __init__(self, subject: str, message: str) -> None:
-        super().__init__(f"{subject}: {message}")
-        self.subject = subject
 
-
-class ResyncRequired(GraphError):
+class ResyncRequired(GraphError, source_errors.ResyncRequired):
     """The delta link is dead (410 Gone, ``SyncStateNotFound``): list the window in full again."""
 
 
