@@ -47,9 +47,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     secrets = secrets_or_exit(args.config, cfg)
     setup_logging(args, cfg)
     sinks = ", ".join(cfg.sink_names())
+    rooms = ""
+    if cfg.microsoft is not None:
+        linked = sum(1 for d in cfg.devices if d.calendar)
+        found = " + the directory's" if cfg.microsoft.discover_rooms else ""
+        rooms = f", microsoft rooms: {len(cfg.rooms)} listed, {linked} linked{found}"
     print(
-        f"{args.config}: OK (site {cfg.site}, {len(cfg.devices)} device(s), sinks: {sinks}, "
-        f"store {cfg.store_path})"
+        f"{args.config}: OK (site {cfg.site}, {len(cfg.devices)} device(s){rooms}, "
+        f"sinks: {sinks}, store {cfg.store_path})"
     )
     if not args.connect:
         return EX_OK
