@@ -26,14 +26,35 @@ same meeting when the iCalendar UIDs match (``meeting_id``), or else when both s
 instant with the same title (case and surrounding spaces ignored) -- the device's Hybrid
 Calendar meeting id is not always the mailbox's iCalUId. The calendar booking stays in the
 window and the snapshot either way.
+
+The other order (:func:`awaited_by_request`): Hybrid Calendar may write the panel's meeting into
+the mailbox before the device confirms the request. While a request made on the device is
+pending, a calendar ``booking.created`` that matches it is not reported either: the device's
+``booking.created`` resolving the request (with its ``booking_request_uuid``) reports it. It
+matches when the titles agree (when the request has one) and the start is the request's start,
+or, for a "book now" request without a start, lies within ``NOW_SLACK`` of when it was made.
+If the request then fails or expires, the meeting is still in the calendar's snapshots.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
-__all__ = ["WINDOW_CHANGES", "already_reported", "forwarded", "forwarded_by_linked_device"]
+from edge_agent.clock import parse_utc
+
+__all__ = [
+    "NOW_SLACK",
+    "WINDOW_CHANGES",
+    "already_reported",
+    "awaited_by_request",
+    "forwarded",
+    "forwarded_by_linked_device",
+]
+
+NOW_SLACK = timedelta(minutes=5)
+"""How far a "book now" meeting's start may lie from the request's time and still be it."""
 
 WINDOW_CHANGES = frozenset({"booking.created", "booking.moved", "booking.deleted"})
 
@@ -74,5 +95,35 @@ def already_reported(booking: Mapping[str, Any], device_window: Sequence[Mapping
         if row.get("start") == booking.get("start") and _same_title(
             row.get("title"), booking.get("title")
         ):
+            return True
+    return False
+
+
+def _instant(value: Any) -> Any:
+    try:
+        return parse_utc(value) if isinstance(value, str) and value else None
+    except ValueError:
+        return None
+
+
+def awaited_by_request(
+    booking: Mapping[str, Any], pending: Sequence[Mapping[str, Any]]
+) -> bool:
+    """True when ``booking`` (a calendar ``data.booking`` dict) is the meeting of a request
+    still pending on the linked device (``PendingRequest.to_row()`` dicts; rules above)."""
+    start = _instant(booking.get("start"))
+    if start is None:
+        return False
+    for req in pending:
+        title = req.get("title")
+        if title and not _same_title(title, booking.get("title")):
+            continue
+        asked = _instant(req.get("start"))
+        if asked is not None:
+            if asked == start:
+                return True
+            continue
+        made = _instant(req.get("requested_at"))
+        if made is not None and abs(start - made) <= NOW_SLACK:
             return True
     return False

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.bookings.events import make_envelope
-from edge_agent.bookings.precedence import already_reported
+from edge_agent.bookings.precedence import already_reported, awaited_by_request
 from edge_agent.clock import utc_iso
 
 if TYPE_CHECKING:
@@ -24,11 +24,16 @@ __all__ = ["room_update_envelopes"]
 
 
 def room_update_envelopes(
-    update: RoomUpdate, *, site: str, device_window: Sequence[Mapping[str, Any]] = ()
+    update: RoomUpdate,
+    *,
+    site: str,
+    device_window: Sequence[Mapping[str, Any]] = (),
+    device_pending: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """The envelopes of ``update``. ``device_window``: the linked device's stored window rows,
-    so a meeting it already reported as created is not created again
-    (:func:`edge_agent.bookings.precedence.already_reported`)."""
+    """The envelopes of ``update``. ``device_window`` / ``device_pending``: the linked device's
+    stored window rows and pending requests, so a meeting the device reported (or will report)
+    as the resolution of a request made on it is not created twice
+    (:mod:`edge_agent.bookings.precedence`)."""
     now = update.observed_at
     common: dict[str, Any] = {
         "site": site,
@@ -42,9 +47,10 @@ def room_update_envelopes(
     for change in update.changes:
         booking = change.booking.to_dict()
         extra: dict[str, Any] | None = None
-        if change.type == "booking.created" and device_window:
-            if already_reported(booking, device_window):
-                continue
+        if change.type == "booking.created" and (
+            already_reported(booking, device_window) or awaited_by_request(booking, device_pending)
+        ):
+            continue
         if change.type == "booking.moved" and change.before is not None:
             extra = {
                 "previous": {

@@ -12,8 +12,9 @@ its stream with the device's own events, so order is per room. Its window rows s
 ``schema.calendar_window_owner(room, source)``, apart from the device's own window.
 
 For a linked room, a ``booking.created`` the calendar reports for a meeting the device has
-already reported as the resolution of a request made on it is not reported again
-(:func:`edge_agent.bookings.precedence.already_reported`); it stays in the window and the snapshot.
+already reported as the resolution of a request made on it, or that a request still pending on
+the device is about to resolve, is not reported (:mod:`edge_agent.bookings.precedence`); it
+stays in the window and the snapshot.
 """
 
 from __future__ import annotations
@@ -137,11 +138,17 @@ class RoomCalendarStore:
         events: list[dict[str, Any]] = []
         if update is not None:
             device_rows: list[dict[str, Any]] = []
+            pending: list[dict[str, Any]] = []
             if update.device_id is not None and any(
                 c.type == "booking.created" for c in update.changes
             ):
+                # Pending first: a request resolved between the two reads is then seen in one
+                # of them (pending before, or the window after), never in neither.
+                pending = [p.row for p in await self._store.load_pending(update.device_id)]
                 device_rows = list((await self._store.load_window(update.device_id)).values())
-            events = room_update_envelopes(update, site=self.site, device_window=device_rows)
+            events = room_update_envelopes(
+                update, site=self.site, device_window=device_rows, device_pending=pending
+            )
         await self._store.commit(Change(room_id, events=events, calendar=write))
 
     async def rooms(self) -> dict[str, dict[str, Any]]:

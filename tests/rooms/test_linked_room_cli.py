@@ -34,7 +34,9 @@ def of_room(events: list[dict[str, Any]], *types: str) -> list[dict[str, Any]]:
 async def test_linked_room_calendar_wins_device_signals_flow(
     make_fleet, receiver, tmp_path: Path, ca_file: Path, spawn  # noqa: F811
 ):
-    fleet = await make_fleet(mode="hybrid", confirm_delay_s=1.0, start=datetime.now(UTC))
+    # The calendar backend confirms a panel request only when the test moves the device's
+    # clock past this delay: the test decides which side sees a meeting first.
+    fleet = await make_fleet(mode="hybrid", confirm_delay_s=30.0, start=datetime.now(UTC))
     dev = fleet.devices[0]
     graph = GraphSim(GraphSimConfig(client_secret=SIM_SECRET, time_zone="UTC"))
     graph.add_room(MAILBOX, "Room 4A")
@@ -95,6 +97,8 @@ calendar = "{MAILBOX}"
         dev.calendar.add(soon, 30, title="Hybrid only")
         # a request made on the panel: its requested/created flow, as the device's signals
         uuid = dev.calendar.request(duration_min=30, title="Ad hoc")
+        await eventually(lambda: of_room(receiver.events, "booking.requested"), timeout=30)
+        fleet.clock.advance(31)
         created = await booking_created(receiver.events, uuid, timeout=30)
         assert created["source"] == "device" and created["pending_ms"] >= 0
         assert of_room(receiver.events, "booking.requested")
@@ -125,6 +129,30 @@ calendar = "{MAILBOX}"
             if e["data"]["booking"].get("title") == "Ad hoc"
         ]
         assert len(ad_hoc) == 1 and ad_hoc[0]["data"]["source"] == "device"
+
+        # the other order: the mailbox has the panel's meeting while the request is pending
+        early = (datetime.now(UTC) + timedelta(hours=3)).replace(second=0, microsecond=0)
+        uuid2 = dev.calendar.request(duration_min=30, start=early, title="Early bird")
+        await eventually(
+            lambda: len(of_room(receiver.events, "booking.requested")) == 2, timeout=30
+        )
+        graph.add_event(MAILBOX, early, 30, "Early bird")
+        await eventually(
+            lambda: any(
+                b.get("title") == "Early bird"
+                for b in of_room(receiver.events, "bookings.snapshot")[-1]["data"]["bookings"]
+            ),
+            "the calendar's snapshot with the pending request's meeting",
+            timeout=30,
+        )
+        fleet.clock.advance(31)
+        early_created = await booking_created(receiver.events, uuid2, timeout=30)
+        assert early_created["source"] == "device"
+        early_ones = [
+            e for e in of_room(receiver.events, "booking.created")
+            if e["data"]["booking"].get("title") == "Early bird"
+        ]
+        assert len(early_ones) == 1
 
         # calendar changes of the linked room carry the device id too
         graph.move_event(MAILBOX, board.id, midnight + timedelta(days=3, hours=9))

@@ -12,7 +12,7 @@ import pytest
 
 from edge_agent import jsoncodec
 from edge_agent.bookings.events import make_envelope
-from edge_agent.bookings.precedence import already_reported, forwarded
+from edge_agent.bookings.precedence import already_reported, awaited_by_request, forwarded
 from edge_agent.bookings.window import WindowBounds
 from edge_agent.calendars.envelopes import room_update_envelopes
 from edge_agent.calendars.model import CalendarBooking
@@ -108,6 +108,18 @@ def test_already_reported_by_meeting_id_or_start_and_title() -> None:
     assert not already_reported(b, [])
 
 
+def test_awaited_by_a_pending_request() -> None:
+    b = booking("graph-1", hour=9, title="Ad hoc").to_dict()
+    at_start = {"title": "Ad hoc", "start": b["start"], "requested_at": "2026-11-24T08:00:00Z"}
+    assert awaited_by_request(b, [at_start])
+    assert not awaited_by_request(b, [{**at_start, "title": "Other"}])
+    assert not awaited_by_request(b, [{**at_start, "start": "2026-11-24T10:00:00Z"}])
+    book_now = {"title": None, "start": None, "requested_at": "2026-11-24T08:57:00Z"}
+    assert awaited_by_request(b, [book_now])
+    assert not awaited_by_request(b, [{**book_now, "requested_at": "2026-11-24T08:00:00Z"}])
+    assert not awaited_by_request(b, [])
+
+
 def test_calendar_envelopes_in_order_and_deduplicated() -> None:
     a, moved_to, gone = booking("a"), booking("m", 14), booking("g", 16)
     update = RoomUpdate(
@@ -138,6 +150,9 @@ def test_calendar_envelopes_in_order_and_deduplicated() -> None:
     device_row = {"booking_request_uuid": "u", "start": a.to_dict()["start"], "title": "Standup"}
     deduped = room_update_envelopes(update, site="hq", device_window=[device_row])
     assert [e["type"] for e in deduped] == ["booking.moved", "booking.deleted", "bookings.snapshot"]
+    waiting = {"title": "Standup", "start": a.to_dict()["start"], "requested_at": "x"}
+    deduped = room_update_envelopes(update, site="hq", device_pending=[waiting])
+    assert [e["type"] for e in deduped][0] == "booking.moved"
     removed = RoomUpdate("room-b", "microsoft", (), (), None, NOW)
     (snap,) = room_update_envelopes(removed, site="hq")
     assert snap["data"]["bookings"] == [] and snap["data"]["window"] is None
