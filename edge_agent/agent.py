@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from edge_agent.calendars.graph.auth import ClientCredentials
     from edge_agent.calendars.graph.client import GraphClient
     from edge_agent.calendars.graph.poller import CalendarRoom, GraphPoller
+    from edge_agent.calendars.graph.push import PushManager
     from edge_agent.forward.mqtt import MqttSink
     from edge_agent.forward.webhook import WebhookSink
 
@@ -264,6 +265,8 @@ class Agent:
         self._graph: GraphPoller | None = None
         self._graph_http: httpx.AsyncClient | None = None
         self._graph_client: GraphClient | None = None
+        self._graph_tokens: ClientCredentials | None = None
+        self._push: PushManager | None = None
         self._graph_task: asyncio.Task[None] | None = None
         self._graph_overrides = dict(graph_overrides or {})
         self.api: LocalApi | None = None
@@ -334,6 +337,8 @@ class Agent:
                 "window_size": st.window_size,
                 "rounds": st.rounds,
             }
+            if self._push is not None:
+                out[rid].update(self._push.status(rid))
         if self.config.microsoft is not None:
             for room in graph_rooms(self.config):  # not running yet (the poller is starting)
                 out.setdefault(
@@ -418,8 +423,11 @@ class Agent:
             # The drainer runs the sink's connection loop itself.
             name = f"drainer[{sink.name}]"
             self._sink_tasks.append(tg.create_task(self._supervise(name, drainer.run), name=name))
+        routes, open_paths = self._graph_setup()
         if self._with_api:
-            self.api = LocalApi(self, self.config.api.listen)
+            self.api = LocalApi(
+                self, self.config.api.listen, routes=routes, open_paths=open_paths
+            )
             await self.api.start()
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
@@ -435,8 +443,44 @@ class Agent:
             tg.create_task(sdnotify.watchdog_loop(self._healthy), name="agent.watchdog")
         )
 
+    def _graph_setup(self) -> tuple[list[Any], frozenset[str]]:
+        """The Graph client and, with ``notification_url``, the push manager and the local
+        API's notification routes. A credential that cannot be built (an unreadable
+        certificate) is logged; the ``graph`` task retries it."""
+        ms = self.config.microsoft
+        if ms is None:
+            return [], frozenset()
+        try:
+            self._graph_client, self._graph_tokens, self._graph_http = build_graph_client(
+                self.config, self._secrets
+            )
+        except (OSError, ValueError) as exc:
+            log.error("cannot build the Graph client; retrying", error=str(exc))
+            return [], frozenset()
+        if not ms.notification_url:
+            return [], frozenset()
+        from edge_agent.calendars.graph.push import LIFECYCLE_PATH, NOTIFY_PATH, PushManager
+        from edge_agent.calendars.notify import GraphNotifications
+
+        self._push = PushManager(
+            self._graph_http,
+            self._graph_tokens,
+            notification_url=ms.notification_url,
+            poke=self._poke_room,
+            graph_url=ms.graph_url,
+            clock=self._clock,
+        )
+        notify = GraphNotifications(self._push, self._poke_room)
+        return notify.routes(), frozenset({NOTIFY_PATH, LIFECYCLE_PATH})
+
+    def _poke_room(self, room_id: str) -> bool:
+        """A Graph notification for ``room_id``: fetch its delta now (the poller of this run)."""
+        return self._graph.poke(room_id) if self._graph is not None else False
+
     async def _run_graph(self) -> None:
-        """One poller per run: a restart by the supervisor starts from the stored state."""
+        """One poller per run: a restart by the supervisor starts from the stored state. With
+        push, the subscriptions (task ``graph-push``) follow the poller's rooms and stretch
+        their polling while healthy; they are deleted when the task ends."""
         from edge_agent.calendars.graph.poller import GraphPoller
         from edge_agent.store.calendar import RoomCalendarStore
 
@@ -445,7 +489,9 @@ class Agent:
         ms = cfg.microsoft
         assert ms is not None
         if self._graph_client is None:
-            self._graph_client, _, self._graph_http = build_graph_client(cfg, self._secrets)
+            self._graph_client, self._graph_tokens, self._graph_http = build_graph_client(
+                cfg, self._secrets
+            )
         store = RoomCalendarStore(self._store, site=cfg.site, source="microsoft")
         opts: dict[str, Any] = {
             "rooms": graph_rooms(cfg),
@@ -457,20 +503,30 @@ class Agent:
             "clock": self._clock,
             **self._graph_overrides,
         }
-        self._graph = GraphPoller(self._graph_client, store, **opts)
-        if ms.notification_url:
-            log.warning(
-                "[microsoft] notification_url is set but push subscriptions are not built yet; "
-                "delta polling every poll_interval_s is used",
-                notification_url=ms.notification_url,
+        push = self._push
+        if push is not None:
+            opts["interval_for"] = push.poll_interval_s
+            opts["on_rooms"] = lambda rooms: push.set_rooms(
+                {rid: r.mailbox for rid, r in rooms.items()}
             )
+        self._graph = GraphPoller(self._graph_client, store, **opts)
         log.info(
             "graph calendar source starting",
             rooms_configured=len(opts["rooms"]),
             discover=ms.discover_rooms,
             graph_url=ms.graph_url,
+            push=push.notification_url if push is not None else None,
         )
-        await self._graph.run()
+        if push is None:
+            await self._graph.run()
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._graph.run(), name="graph-poller")
+                tg.create_task(push.run(), name="graph-push")
+        finally:
+            # Delete the subscriptions (bounded): their clientState dies with this run.
+            await asyncio.shield(push.stop())
 
     def _start_device(self, settings: DeviceSettings) -> None:
         assert self._tg is not None and self._store is not None

@@ -28,6 +28,9 @@ Routes:
   ``last_sync``, ``last_error``, ``window_size``.
 - ``GET /v1/rooms/{id}/bookings`` — the room's forwarded window from the store (a calendar
   room's, or a device room's own), sorted by start; 404 for an unknown room.
+- ``POST /v1/notifications/microsoft`` and ``.../lifecycle`` — Graph change and lifecycle
+  notifications (:mod:`edge_agent.calendars.notify`), mounted only with ``[microsoft]
+  notification_url``; a reverse proxy forwards ``<notification_url>/v1/notifications/...`` here.
 - ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
 - ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
 - ``GET /v1/dead-letters`` — ``{"count", "dead_letters": [...]}``, oldest first
@@ -261,11 +264,25 @@ class LocalApi:
     ``listen`` is ``"HOST:PORT"`` (port 0 picks a free port; read :attr:`port` after start).
     """
 
-    def __init__(self, agent: AgentView, listen: str = DEFAULT_API_LISTEN) -> None:
+    def __init__(
+        self,
+        agent: AgentView,
+        listen: str = DEFAULT_API_LISTEN,
+        *,
+        routes: Sequence[web.RouteDef] = (),
+        open_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        """``routes``: more handlers (the Graph notification endpoints); ``open_paths``: the
+        POST paths among them that a reverse proxy forwards with the public ``Host`` (they
+        authenticate each request themselves, by ``clientState``, and can only trigger a
+        delta fetch)."""
         self._agent = agent
         self._host, self._port = parse_listen(listen)
         self._runner: web.AppRunner | None = None
+        self._open_paths = open_paths
         self.app = self._make_app()
+        if routes:
+            self.app.add_routes(routes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -334,7 +351,11 @@ class LocalApi:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.method == "POST" and not _local_host(request.host):
+            if (
+                request.method == "POST"
+                and request.path not in self._open_paths
+                and not _local_host(request.host)
+            ):
                 # A web page on another origin can make a browser POST here through DNS
                 # rebinding; such a request names the attacker's host, never a loopback one.
                 raise web.HTTPForbidden(reason="POST only with a loopback Host header")
