@@ -31,8 +31,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from edge_agent import metrics
-from edge_agent.ops import heap, sdnotify
-from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock, unix_time
 from edge_agent.config import (
@@ -46,6 +44,8 @@ from edge_agent.config import (
 )
 from edge_agent.forward.base import Sink
 from edge_agent.forward.drainer import Drainer
+from edge_agent.ops import heap, sdnotify
+from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.session import DeviceSession, SessionTuning
 from edge_agent.store import Store
 
@@ -166,7 +166,7 @@ def certificate_thumbprint(cert_file: Path) -> str:
     import ssl
 
     der = ssl.PEM_cert_to_DER_cert(cert_file.read_text(encoding="ascii"))
-    return hashlib.sha1(der).hexdigest().upper()  # noqa: S324 - the platform's thumbprint
+    return hashlib.sha1(der).hexdigest().upper()  # the platform's thumbprint is SHA-1
 
 
 def build_graph_client(
@@ -425,9 +425,7 @@ class Agent:
             self._sink_tasks.append(tg.create_task(self._supervise(name, drainer.run), name=name))
         routes, open_paths = self._graph_setup()
         if self._with_api:
-            self.api = LocalApi(
-                self, self.config.api.listen, routes=routes, open_paths=open_paths
-            )
+            self.api = LocalApi(self, self.config.api.listen, routes=routes, open_paths=open_paths)
             await self.api.start()
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))

@@ -151,7 +151,13 @@ def make_envelope(
     data["source"] = source
     if extra:
         clash = set(extra) & {
-            "event_id", "site", "device_id", "room_id", "source", "xevent", "observed_at"
+            "event_id",
+            "site",
+            "device_id",
+            "room_id",
+            "source",
+            "xevent",
+            "observed_at",
         }
         if clash:
             raise ValueError(f"extra may not overwrite {sorted(clash)}")

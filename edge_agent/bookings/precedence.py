@@ -83,7 +83,9 @@ def _same_title(a: Any, b: Any) -> bool:
     return isinstance(a, str) and isinstance(b, str) and a.strip().lower() == b.strip().lower()
 
 
-def already_reported(booking: Mapping[str, Any], device_window: Sequence[Mapping[str, Any]]) -> bool:
+def already_reported(
+    booking: Mapping[str, Any], device_window: Sequence[Mapping[str, Any]]
+) -> bool:
     """True when ``booking`` (a calendar ``data.booking`` dict) is a meeting the linked device
     already reported as created for a request made on it (rules in the module docstring)."""
     mid = booking.get("meeting_id")
@@ -106,9 +108,7 @@ def _instant(value: Any) -> Any:
         return None
 
 
-def awaited_by_request(
-    booking: Mapping[str, Any], pending: Sequence[Mapping[str, Any]]
-) -> bool:
+def awaited_by_request(booking: Mapping[str, Any], pending: Sequence[Mapping[str, Any]]) -> bool:
     """True when ``booking`` (a calendar ``data.booking`` dict) is the meeting of a request
     still pending on the linked device (``PendingRequest.to_row()`` dicts; rules above)."""
     start = _instant(booking.get("start"))

@@ -303,7 +303,9 @@ def _with_paths(cfg: AgentConfig, base_dir: Path | None, env: Mapping[str, str])
             update={**paths, "password_file": secret_file(cfg.mqtt.password_file)}
         )
     if cfg.microsoft is not None:
-        ms_paths = {k: rel(getattr(cfg.microsoft, k)) for k in ("ca_file", "certificate_file", "key_file")}
+        ms_paths = {
+            k: rel(getattr(cfg.microsoft, k)) for k in ("ca_file", "certificate_file", "key_file")
+        }
         updates["microsoft"] = cfg.microsoft.model_copy(
             update={**ms_paths, "client_secret_file": secret_file(cfg.microsoft.client_secret_file)}
         )

@@ -144,7 +144,10 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
         )
         if ms.key_file is not None:
             ms_key = _read_secret(
-                "microsoft.key", env_name=None, file_name=str(ms.key_file), env=env,
+                "microsoft.key",
+                env_name=None,
+                file_name=str(ms.key_file),
+                env=env,
                 problems=problems,
             )
     if problems:

@@ -71,9 +71,7 @@ async def write_calendars(conn: aiosqlite.Connection, writes: Sequence[PreparedC
             continue
         await conn.execute(schema.PUT_CALENDAR_SYNC, (w.room_id, w.source, w.state))
         if w.window:
-            await conn.executemany(
-                schema.PUT_WINDOW, [(owner, k, v) for k, v in w.window.items()]
-            )
+            await conn.executemany(schema.PUT_WINDOW, [(owner, k, v) for k, v in w.window.items()])
 
 
 def state_row(state: SyncState) -> dict[str, Any]:
@@ -99,7 +97,7 @@ class RoomCalendarStore:
 
         # The store's read connection: committed rows only, never blocked by the writer.
         rows = list(
-            await self._store._rconn.execute_fetchall(  # noqa: SLF001 - same package
+            await self._store._rconn.execute_fetchall(  # same package
                 schema.SELECT_CALENDAR_SYNC, (room_id, self.source)
             )
         )
@@ -153,7 +151,7 @@ class RoomCalendarStore:
 
     async def rooms(self) -> dict[str, dict[str, Any]]:
         """Every stored room of this source: ``{room_id: state row}`` (status, tests)."""
-        rows = await self._store._rconn.execute_fetchall(  # noqa: SLF001 - same package
+        rows = await self._store._rconn.execute_fetchall(  # same package
             schema.SELECT_CALENDAR_SYNCS
         )
         return {r: jsoncodec.loads(st) for r, src, st in rows if src == self.source}

@@ -13,7 +13,7 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import trustme
 from aiohttp import web
 
 from tests.calendars.graphfake import FakeGraph, Seen
+from tests.e2e.conftest import make_fleet  # noqa: F401 - the device simulator fixture
 from tests.e2e.harness import SECRET
 from tests.receivers import WebhookReceiver
 
@@ -104,7 +105,7 @@ def rooms_config(
     cfg.write_text(
         f"""site = "rooms"
 [store]
-path = "{tmp_path / 'agent.db'}"
+path = "{tmp_path / "agent.db"}"
 [webhook]
 url = "{receiver.url}"
 secret_env = "WEBHOOK_SECRET"
@@ -139,6 +140,10 @@ def agent_env(**more: str) -> dict[str, str]:
     return env
 
 
+def _log_file(path: Path) -> Any:
+    return path.open("wb")  # the child writes it; the test reads it afterwards (logs())
+
+
 @pytest.fixture
 async def spawn(
     tmp_path: Path,
@@ -146,7 +151,7 @@ async def spawn(
     procs: list[asyncio.subprocess.Process] = []
 
     async def start(cfg: Path, **env: str) -> asyncio.subprocess.Process:
-        log = open(tmp_path / f"agent-{len(procs)}.log", "wb")  # noqa: SIM115 - kept for the test
+        log = _log_file(tmp_path / f"agent-{len(procs)}.log")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -174,6 +179,4 @@ async def spawn(
 
 
 def logs(tmp_path: Path) -> str:
-    return "".join(
-        p.read_text(errors="replace") for p in sorted(tmp_path.glob("agent-*.log"))
-    )
+    return "".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("agent-*.log")))

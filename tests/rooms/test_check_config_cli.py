@@ -17,7 +17,13 @@ pytestmark = pytest.mark.slow
 
 async def check(cfg: Path) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_agent", "check-config", "-c", str(cfg), "--connect",
+        sys.executable,
+        "-m",
+        "edge_agent",
+        "check-config",
+        "-c",
+        str(cfg),
+        "--connect",
         env=agent_env(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

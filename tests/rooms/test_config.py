@@ -33,8 +33,12 @@ def test_defaults_and_rooms() -> None:
             "microsoft": MS,
             "rooms": [{"id": "boardroom", "calendar": "Boardroom@contoso.com"}],
             "devices": [
-                {"id": "room-4a", "host": "10.0.0.1", "password_env": "P",
-                 "calendar": "room-4a@contoso.com"}
+                {
+                    "id": "room-4a",
+                    "host": "10.0.0.1",
+                    "password_env": "P",
+                    "calendar": "room-4a@contoso.com",
+                }
             ],
         },
         env={},
@@ -44,7 +48,10 @@ def test_defaults_and_rooms() -> None:
     assert ms.authority_url == "https://login.microsoftonline.com"
     assert ms.graph_url == "https://graph.microsoft.com/v1.0"
     assert (ms.discover_rooms, ms.refresh_rooms_s, ms.poll_interval_s, ms.horizon_days) == (
-        True, 86400.0, 60.0, 7
+        True,
+        86400.0,
+        60.0,
+        7,
     )
     assert ms.notification_url is None
     assert cfg.rooms[0].source == "microsoft" and cfg.devices[0].calendar == "room-4a@contoso.com"
@@ -53,42 +60,75 @@ def test_defaults_and_rooms() -> None:
 @pytest.mark.parametrize(
     ("raw", "key", "words"),
     [
-        ({"microsoft": {"client_id": "c", "client_secret_env": "S"}}, "microsoft.tenant_id",
-         "required"),
+        (
+            {"microsoft": {"client_id": "c", "client_secret_env": "S"}},
+            "microsoft.tenant_id",
+            "required",
+        ),
         ({"microsoft": {"tenant_id": "t", "client_id": "c"}}, "microsoft", "no client credential"),
         ({"microsoft": {**MS, "client_secret_file": "f"}}, "microsoft", "not both"),
-        ({"microsoft": {**MS, "certificate_file": "c.pem", "key_file": "k.pem"}}, "microsoft",
-         "not both"),
-        ({"microsoft": {"tenant_id": "t", "client_id": "c", "certificate_file": "c.pem"}},
-         "microsoft", "both certificate_file and key_file"),
-        ({"microsoft": {**MS, "graph_url": "http://graph.local"}}, "microsoft.graph_url",
-         "https"),
+        (
+            {"microsoft": {**MS, "certificate_file": "c.pem", "key_file": "k.pem"}},
+            "microsoft",
+            "not both",
+        ),
+        (
+            {"microsoft": {"tenant_id": "t", "client_id": "c", "certificate_file": "c.pem"}},
+            "microsoft",
+            "both certificate_file and key_file",
+        ),
+        ({"microsoft": {**MS, "graph_url": "http://graph.local"}}, "microsoft.graph_url", "https"),
         ({"microsoft": {**MS, "horizon_days": 0}}, "microsoft.horizon_days", ""),
         ({"microsoft": {**MS, "poll_interval_s": 0}}, "microsoft.poll_interval_s", ""),
         ({"microsoft": {**MS, "time_zone": "Mars/Base"}}, "microsoft.time_zone", "time zone"),
         ({"microsoft": {**MS, "discover": True}}, "microsoft.discover", "discover_rooms"),
-        ({"microsoft": {**MS, "client_secret": "x"}}, "microsoft.client_secret",
-         "not accepted"),
-        ({"rooms": [{"id": "r", "calendar": "r@contoso.com"}]}, "rooms[0].source",
-         "[microsoft]"),
-        ({"microsoft": MS, "rooms": [{"id": "Bad Id", "calendar": "r@contoso.com"}]},
-         "rooms[0].id", ""),
-        ({"microsoft": MS, "rooms": [{"id": "r", "calendar": "not-a-mailbox"}]},
-         "rooms[0].calendar", "mailbox"),
-        ({"microsoft": MS, "rooms": [{"id": "r", "calendar": "r@c.com", "source": "exchange"}]},
-         "rooms[0].source", ""),
-        ({"microsoft": MS, "rooms": [{"id": "r", "calendar": "a@c.com"},
-                                     {"id": "r", "calendar": "b@c.com"}]},
-         "rooms[1].id", "already used"),
-        ({"microsoft": MS, "rooms": [{"id": "a", "calendar": "x@c.com"},
-                                     {"id": "b", "calendar": "X@c.com"}]},
-         "rooms[1].calendar", "already used"),
-        ({"devices": [{"id": "d", "host": "h", "password_env": "P", "calendar": "d@c.com"}]},
-         "devices[0].calendar", "[microsoft]"),
-        ({"microsoft": MS,
-          "devices": [{"id": "d", "host": "h", "password_env": "P", "calendar": "d@c.com"}],
-          "rooms": [{"id": "d", "calendar": "e@c.com"}]},
-         "rooms[0].id", "devices[0]"),
+        ({"microsoft": {**MS, "client_secret": "x"}}, "microsoft.client_secret", "not accepted"),
+        ({"rooms": [{"id": "r", "calendar": "r@contoso.com"}]}, "rooms[0].source", "[microsoft]"),
+        (
+            {"microsoft": MS, "rooms": [{"id": "Bad Id", "calendar": "r@contoso.com"}]},
+            "rooms[0].id",
+            "",
+        ),
+        (
+            {"microsoft": MS, "rooms": [{"id": "r", "calendar": "not-a-mailbox"}]},
+            "rooms[0].calendar",
+            "mailbox",
+        ),
+        (
+            {"microsoft": MS, "rooms": [{"id": "r", "calendar": "r@c.com", "source": "exchange"}]},
+            "rooms[0].source",
+            "",
+        ),
+        (
+            {
+                "microsoft": MS,
+                "rooms": [{"id": "r", "calendar": "a@c.com"}, {"id": "r", "calendar": "b@c.com"}],
+            },
+            "rooms[1].id",
+            "already used",
+        ),
+        (
+            {
+                "microsoft": MS,
+                "rooms": [{"id": "a", "calendar": "x@c.com"}, {"id": "b", "calendar": "X@c.com"}],
+            },
+            "rooms[1].calendar",
+            "already used",
+        ),
+        (
+            {"devices": [{"id": "d", "host": "h", "password_env": "P", "calendar": "d@c.com"}]},
+            "devices[0].calendar",
+            "[microsoft]",
+        ),
+        (
+            {
+                "microsoft": MS,
+                "devices": [{"id": "d", "host": "h", "password_env": "P", "calendar": "d@c.com"}],
+                "rooms": [{"id": "d", "calendar": "e@c.com"}],
+            },
+            "rooms[0].id",
+            "devices[0]",
+        ),
     ],
 )
 def test_bad_keys_are_named(raw: dict[str, Any], key: str, words: str) -> None:
@@ -110,8 +150,15 @@ def test_secret_resolved_and_registered_with_the_redactor(tmp_path: Path) -> Non
 
 def test_certificate_key_file_is_read_as_a_secret(tmp_path: Path) -> None:
     (tmp_path / "k.pem").write_text("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n")
-    raw = {**BASE, "microsoft": {"tenant_id": "t", "client_id": "c",
-                                 "certificate_file": "c.pem", "key_file": "k.pem"}}
+    raw = {
+        **BASE,
+        "microsoft": {
+            "tenant_id": "t",
+            "client_id": "c",
+            "certificate_file": "c.pem",
+            "key_file": "k.pem",
+        },
+    }
     cfg = config_from_dict(raw, env={}, base_dir=tmp_path)
     assert cfg.microsoft is not None and cfg.microsoft.key_file == tmp_path / "k.pem"
     secrets = resolve_secrets(cfg, env={"WH": WHSEC})
@@ -127,13 +174,17 @@ def test_cli_exits_78_naming_the_key(tmp_path: Path) -> None:
     cfg.write_text(
         'site = "hq"\n[webhook]\nurl = "https://example.com/h"\nsecret_env = "WH"\n'
         '[microsoft]\ntenant_id = "t"\nclient_id = "c"\nclient_secret = "hunter2"\n'
-        'horizon_days = 0\n'
+        "horizon_days = 0\n"
         '[[rooms]]\nid = "r"\ncalendar = "nope"\n'
     )
     for command in ("check-config", "run"):
         r = subprocess.run(
             [sys.executable, "-m", "edge_agent", command, "-c", str(cfg)],
-            capture_output=True, text=True, timeout=60, env={"WH": WHSEC, "PATH": "/usr/bin"},
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=60,
+            env={"WH": WHSEC, "PATH": "/usr/bin"},
         )
         assert r.returncode == 78, r.stderr
         for key in ("microsoft.client_secret", "microsoft.horizon_days", "rooms[0].calendar"):

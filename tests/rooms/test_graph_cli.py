@@ -6,7 +6,6 @@ import asyncio
 import signal
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,8 +32,10 @@ async def test_discovery_create_move_delete_leave(graph, receiver, ca_file, tmp_
     graph.put(ROOMS[0], graph_event("e1", day_at(1, 9), day_at(1, 10), "Standup"))
     proc = await spawn(rooms_config(tmp_path, graph, receiver, ca_file))
     await eventually(
-        lambda: {e["data"]["room_id"] for e in of_type(receiver.events, "bookings.snapshot")}
-        >= {"room-a", "room-b", "room-c"},
+        lambda: (
+            {e["data"]["room_id"] for e in of_type(receiver.events, "bookings.snapshot")}
+            >= {"room-a", "room-b", "room-c"}
+        ),
         "a snapshot of every discovered room",
         timeout=30,
     )
@@ -99,8 +100,10 @@ async def test_resync_on_410_and_429_honoured(graph, receiver, ca_file, tmp_path
     graph.events[mbox].pop("e1")
     graph.put(mbox, graph_event("e3", day_at(3, 9), day_at(3, 10)))
     await eventually(
-        lambda: of_room(receiver.events, "room-a", "booking.deleted")
-        and of_room(receiver.events, "room-a", "booking.created"),
+        lambda: (
+            of_room(receiver.events, "room-a", "booking.deleted")
+            and of_room(receiver.events, "room-a", "booking.created")
+        ),
         "e1 swept and e3 created after the 410",
         timeout=30,
     )
@@ -113,9 +116,7 @@ async def test_resync_on_410_and_429_honoured(graph, receiver, ca_file, tmp_path
     seen = len(graph.arrived)
     graph.put(mbox, graph_event("e4", day_at(4, 9), day_at(4, 10)))
     await eventually(lambda: created_ids(receiver.events, "room-a")["e4"] == 1, timeout=30)
-    calls = [
-        t for t, s in graph.arrived[seen:] if f"/users/{mbox}/calendarView/delta" in s.path
-    ]
+    calls = [t for t, s in graph.arrived[seen:] if f"/users/{mbox}/calendarView/delta" in s.path]
     throttled_at, after = calls[0], calls[1]
     assert after - throttled_at >= 2.0
     assert max(graph.max_in_flight.values()) <= 4
@@ -143,7 +144,9 @@ async def test_kill9_resumes_from_stored_delta_link(graph, receiver, ca_file, tm
     resumed = graph.delta_requests(mbox)[before]
     assert "$deltatoken" in resumed.query, "the restart resumed from the stored delta link"
     assert created_ids(receiver.events, "room-a") == Counter({"e1": 1, "e2": 1, "e3": 1})
-    deleted = [e["data"]["booking"]["id"] for e in of_room(receiver.events, "room-a", "booking.deleted")]
+    deleted = [
+        e["data"]["booking"]["id"] for e in of_room(receiver.events, "room-a", "booking.deleted")
+    ]
     assert deleted == ["e2"]
 
 
@@ -182,6 +185,7 @@ async def test_rooms_api_and_status(graph, receiver, ca_file, tmp_path, spawn):
 
     url = f"http://{load_config(cfg).api.listen}"
     async with httpx.AsyncClient(base_url=url) as http:
+
         async def synced() -> dict[str, Any] | None:
             rooms = (await http.get("/v1/rooms")).json()["rooms"]
             return next((r for r in rooms if r["id"] == "room-a" and r["last_sync"]), None)
@@ -199,8 +203,14 @@ async def test_rooms_api_and_status(graph, receiver, ca_file, tmp_path, spawn):
         assert [b["id"] for b in got["bookings"]] == ["e1"]
         assert (await http.get("/v1/rooms/nope/bookings")).status_code == 404
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_agent", "status", "-c", str(cfg),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "edge_agent",
+        "status",
+        "-c",
+        str(cfg),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, _ = await proc.communicate()
     assert b"room-a" in out and b"microsoft" in out

@@ -8,7 +8,6 @@ import asyncio
 import signal
 import ssl
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import httpx
@@ -52,9 +51,10 @@ class ReverseProxy:
         headers = {"Host": "agent.example.com"}
         if request.content_type:
             headers["Content-Type"] = request.headers["Content-Type"]
-        async with aiohttp.ClientSession() as s, s.post(
-            self.upstream + request.path_qs, data=body, headers=headers
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(self.upstream + request.path_qs, data=body, headers=headers) as resp,
+        ):
             return web.Response(
                 status=resp.status, body=await resp.read(), content_type=resp.content_type
             )
@@ -76,9 +76,7 @@ async def proxy_and_sim(ca: trustme.CA) -> AsyncIterator[tuple[ReverseProxy, Gra
 
 async def test_a_notification_triggers_the_delta_fetch(proxy_and_sim, receiver, tmp_path, spawn):
     proxy, sim, port = proxy_and_sim
-    cfg = write_config(
-        tmp_path, sim, receiver, extra=f'notification_url = "{proxy.url}"'
-    )
+    cfg = write_config(tmp_path, sim, receiver, extra=f'notification_url = "{proxy.url}"')
     text = cfg.read_text().replace("poll_interval_s = 3", "poll_interval_s = 2")
     text = text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
     cfg.write_text(text)
@@ -86,14 +84,18 @@ async def test_a_notification_triggers_the_delta_fetch(proxy_and_sim, receiver, 
     mbox = "room-1@contoso.com"
 
     def snapshots() -> list[dict]:
-        return [e for e in of_type(receiver.events, "bookings.snapshot")
-                if e["data"]["room_id"] == "room-1"]
+        return [
+            e
+            for e in of_type(receiver.events, "bookings.snapshot")
+            if e["data"]["room_id"] == "room-1"
+        ]
 
     await eventually(snapshots, timeout=30)
     # the subscription: created with both URLs validated through the proxy
     await eventually(lambda: len(sim.subscriptions.active()) == 1, timeout=30)
     assert any("validationToken" in p for p in proxy.forwarded)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
         async def healthy() -> bool:
             rooms = (await http.get("/v1/rooms")).json()["rooms"]
             return any(r["id"] == "room-1" and r.get("push") for r in rooms)
@@ -107,8 +109,10 @@ async def test_a_notification_triggers_the_delta_fetch(proxy_and_sim, receiver, 
         before = len(proxy.forwarded)
         ev = sim.add_event(mbox, at(1, 9), 30, "Pushed")
         await eventually(
-            lambda: any(e["data"]["booking"]["id"] == ev.id
-                        for e in of_type(receiver.events, "booking.created")),
+            lambda: any(
+                e["data"]["booking"]["id"] == ev.id
+                for e in of_type(receiver.events, "booking.created")
+            ),
             "booking.created of the pushed event",
             timeout=20,
         )

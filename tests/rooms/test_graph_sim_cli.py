@@ -8,7 +8,6 @@ whole days from today's UTC midnight, so no verdict depends on the hour (conftes
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from collections import Counter
@@ -79,7 +78,7 @@ def write_config(tmp_path: Path, sim: GraphSim, receiver: WebhookReceiver, extra
     cfg.write_text(
         f"""site = "sim"
 [store]
-path = "{tmp_path / 'agent.db'}"
+path = "{tmp_path / "agent.db"}"
 [webhook]
 url = "{receiver.url}"
 secret_env = "WEBHOOK_SECRET"
@@ -118,8 +117,10 @@ async def test_sim_discovery_changes_resync_throttle_kill9(sim, receiver, tmp_pa
 
     # discovery across both pages: a snapshot of every room, each on its own room id
     await eventually(
-        lambda: len({e["data"]["room_id"] for e in of_type(receiver.events, "bookings.snapshot")})
-        >= 105,
+        lambda: (
+            len({e["data"]["room_id"] for e in of_type(receiver.events, "bookings.snapshot")})
+            >= 105
+        ),
         "a snapshot of each of the 105 rooms",
         timeout=60,
     )
@@ -140,7 +141,9 @@ async def test_sim_discovery_changes_resync_throttle_kill9(sim, receiver, tmp_pa
     await eventually(
         lambda: len(of_room(receiver.events, "room-7", "booking.deleted")) == 2, timeout=20
     )
-    deleted = [e["data"]["booking"]["id"] for e in of_room(receiver.events, "room-7", "booking.deleted")]
+    deleted = [
+        e["data"]["booking"]["id"] for e in of_room(receiver.events, "room-7", "booking.deleted")
+    ]
     assert deleted == [ev.id, first.id]
 
     # 410: the simulator forgets the delta links; the agent lists in full and sweeps
@@ -151,8 +154,13 @@ async def test_sim_discovery_changes_resync_throttle_kill9(sim, receiver, tmp_pa
     fresh = g.add_event(mbox, at(3, 11), 30, "After the reset")
     await eventually(lambda: created(receiver.events, "room-7")[fresh.id] == 1, timeout=30)
     await eventually(
-        lambda: gone.id
-        in [e["data"]["booking"]["id"] for e in of_room(receiver.events, "room-7", "booking.deleted")],
+        lambda: (
+            gone.id
+            in [
+                e["data"]["booking"]["id"]
+                for e in of_room(receiver.events, "room-7", "booking.deleted")
+            ]
+        ),
         timeout=20,
     )
     assert any("startDateTime" in q for _, q in sim.delta(mbox)[1:])  # a second full listing

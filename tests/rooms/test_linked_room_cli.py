@@ -18,7 +18,6 @@ import pytest
 
 from calendar_sim.graph import GraphSim, GraphSimConfig
 from edge_agent.clock import parse_utc
-from tests.e2e.conftest import make_fleet  # noqa: F401 - the fixture
 from tests.e2e.harness import PASSWORD, booking_created, eventually, of_type
 
 pytestmark = pytest.mark.slow
@@ -32,7 +31,11 @@ def of_room(events: list[dict[str, Any]], *types: str) -> list[dict[str, Any]]:
 
 
 async def test_linked_room_calendar_wins_device_signals_flow(
-    make_fleet, receiver, tmp_path: Path, ca_file: Path, spawn  # noqa: F811
+    make_fleet,
+    receiver,
+    tmp_path: Path,
+    ca_file: Path,
+    spawn,
 ):
     # The calendar backend confirms a panel request only when the test moves the device's
     # clock past this delay: the test decides which side sees a meeting first.
@@ -51,7 +54,7 @@ async def test_linked_room_calendar_wins_device_signals_flow(
         cfg.write_text(
             f"""site = "linked"
 [store]
-path = "{tmp_path / 'agent.db'}"
+path = "{tmp_path / "agent.db"}"
 [defaults]
 username = "{fleet.config.username}"
 password_env = "SIM_PASSWORD"
@@ -108,7 +111,9 @@ calendar = "{MAILBOX}"
         assert {s["data"]["source"] for s in snaps} == {"microsoft"}
         assert all(s["data"]["device_id"] == "room-4a" for s in snaps)
         assert [b["id"] for b in snaps[0]["data"]["bookings"]] == [board.id]
-        titles = {e["data"]["booking"].get("title") for e in of_room(receiver.events, "booking.created")}
+        titles = {
+            e["data"]["booking"].get("title") for e in of_room(receiver.events, "booking.created")
+        }
         assert "Hybrid only" not in titles
 
         # Hybrid Calendar writes the panel's meeting into the mailbox: the calendar has it in
@@ -125,7 +130,8 @@ calendar = "{MAILBOX}"
             timeout=30,
         )
         ad_hoc = [
-            e for e in of_room(receiver.events, "booking.created")
+            e
+            for e in of_room(receiver.events, "booking.created")
             if e["data"]["booking"].get("title") == "Ad hoc"
         ]
         assert len(ad_hoc) == 1 and ad_hoc[0]["data"]["source"] == "device"
@@ -149,7 +155,8 @@ calendar = "{MAILBOX}"
         early_created = await booking_created(receiver.events, uuid2, timeout=30)
         assert early_created["source"] == "device"
         early_ones = [
-            e for e in of_room(receiver.events, "booking.created")
+            e
+            for e in of_room(receiver.events, "booking.created")
             if e["data"]["booking"].get("title") == "Early bird"
         ]
         assert len(early_ones) == 1

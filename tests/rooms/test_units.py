@@ -32,7 +32,9 @@ def env(type: str, **extra: Any) -> dict[str, Any]:
     return make_envelope(type, site="hq", device_id="room-4a", now=NOW, extra=extra or None)
 
 
-def booking(bid: str, hour: int = 9, title: str = "Standup", mid: str | None = None) -> CalendarBooking:
+def booking(
+    bid: str, hour: int = 9, title: str = "Standup", mid: str | None = None
+) -> CalendarBooking:
     start = datetime(2026, 11, 24, hour, tzinfo=UTC)
     return CalendarBooking(bid, start, start + timedelta(hours=1), title=title, meeting_id=mid)
 
@@ -44,7 +46,12 @@ def test_device_envelopes_carry_room_id_and_source() -> None:
     data = env("booking.started")["data"]
     assert (data["device_id"], data["room_id"], data["source"]) == ("room-4a", "room-4a", "device")
     calendar_only = make_envelope(
-        "bookings.snapshot", site="hq", device_id=None, room_id="room-b", source="microsoft", now=NOW
+        "bookings.snapshot",
+        site="hq",
+        device_id=None,
+        room_id="room-b",
+        source="microsoft",
+        now=NOW,
     )["data"]
     assert "device_id" not in calendar_only
     assert (calendar_only["room_id"], calendar_only["source"]) == ("room-b", "microsoft")
@@ -99,8 +106,12 @@ def test_already_reported_by_meeting_id_or_start_and_title() -> None:
     b = booking("graph-1", mid="UID-1").to_dict()
     requested = {"booking_request_uuid": "u1", "meeting_id": "UID-1", "start": "x", "title": "y"}
     assert already_reported(b, [requested])
-    same_slot = {"booking_request_uuid": "u1", "meeting_id": "dev-9", "start": b["start"],
-                 "title": " standup "}
+    same_slot = {
+        "booking_request_uuid": "u1",
+        "meeting_id": "dev-9",
+        "start": b["start"],
+        "title": " standup ",
+    }
     assert already_reported(b, [same_slot])
     # not a request made on the device: the calendar reports it
     assert not already_reported(b, [{**same_slot, "booking_request_uuid": None}])
@@ -137,11 +148,16 @@ def test_calendar_envelopes_in_order_and_deduplicated() -> None:
     )
     out = room_update_envelopes(update, site="hq")
     assert [e["type"] for e in out] == [
-        "booking.created", "booking.moved", "booking.deleted", "bookings.snapshot"
+        "booking.created",
+        "booking.moved",
+        "booking.deleted",
+        "bookings.snapshot",
     ]
     for e in out:
         assert (e["data"]["room_id"], e["data"]["source"], e["data"]["device_id"]) == (
-            "room-4a", "microsoft", "room-4a"
+            "room-4a",
+            "microsoft",
+            "room-4a",
         )
         assert e["data"]["xevent"] is None
     assert out[1]["data"]["previous"]["start"] == "2026-11-24T11:00:00.000Z"
@@ -152,7 +168,7 @@ def test_calendar_envelopes_in_order_and_deduplicated() -> None:
     assert [e["type"] for e in deduped] == ["booking.moved", "booking.deleted", "bookings.snapshot"]
     waiting = {"title": "Standup", "start": a.to_dict()["start"], "requested_at": "x"}
     deduped = room_update_envelopes(update, site="hq", device_pending=[waiting])
-    assert [e["type"] for e in deduped][0] == "booking.moved"
+    assert [e["type"] for e in deduped] == ["booking.moved", "booking.deleted", "bookings.snapshot"]
     removed = RoomUpdate("room-b", "microsoft", (), (), None, NOW)
     (snap,) = room_update_envelopes(removed, site="hq")
     assert snap["data"]["bookings"] == [] and snap["data"]["window"] is None
@@ -163,24 +179,50 @@ def test_calendar_envelopes_in_order_and_deduplicated() -> None:
 
 
 def outbox_event(envelope: dict[str, Any], stream: str) -> OutboxEvent:
-    return OutboxEvent(1, stream, envelope["data"]["event_id"], envelope["type"], envelope,
-                       jsoncodec.dumpb(envelope), 0.0)
+    return OutboxEvent(
+        1,
+        stream,
+        envelope["data"]["event_id"],
+        envelope["type"],
+        envelope,
+        jsoncodec.dumpb(envelope),
+        0.0,
+    )
 
 
 def test_calendar_only_rooms_publish_under_rooms_once() -> None:
     t = Topics("roomos-edge/hq")
-    snap = make_envelope("bookings.snapshot", site="hq", device_id=None, room_id="room-b",
-                         source="microsoft", now=NOW, extra={"bookings": [], "window": None})
+    snap = make_envelope(
+        "bookings.snapshot",
+        site="hq",
+        device_id=None,
+        room_id="room-b",
+        source="microsoft",
+        now=NOW,
+        extra={"bookings": [], "window": None},
+    )
     got = [(p.topic, p.retain) for p in publications(outbox_event(snap, "room-b"), t)]
-    assert got == [("roomos-edge/hq/rooms/room-b/events", False),
-                   ("roomos-edge/hq/rooms/room-b/bookings", True)]
-    linked = make_envelope("bookings.snapshot", site="hq", device_id="room-4a", room_id="room-4a",
-                           source="microsoft", now=NOW, extra={"bookings": [], "window": None})
+    assert got == [
+        ("roomos-edge/hq/rooms/room-b/events", False),
+        ("roomos-edge/hq/rooms/room-b/bookings", True),
+    ]
+    linked = make_envelope(
+        "bookings.snapshot",
+        site="hq",
+        device_id="room-4a",
+        room_id="room-4a",
+        source="microsoft",
+        now=NOW,
+        extra={"bookings": [], "window": None},
+    )
     got = [(p.topic, p.retain) for p in publications(outbox_event(linked, "room-4a"), t)]
-    assert got == [("roomos-edge/hq/devices/room-4a/events", False),
-                   ("roomos-edge/hq/devices/room-4a/bookings", True)]
-    created = make_envelope("booking.created", site="hq", device_id=None, room_id="room-b",
-                            source="microsoft", now=NOW)
+    assert got == [
+        ("roomos-edge/hq/devices/room-4a/events", False),
+        ("roomos-edge/hq/devices/room-4a/bookings", True),
+    ]
+    created = make_envelope(
+        "booking.created", site="hq", device_id=None, room_id="room-b", source="microsoft", now=NOW
+    )
     got = [p.topic for p in publications(outbox_event(created, "room-b"), t)]
     assert got == ["roomos-edge/hq/rooms/room-b/events"]
 
@@ -195,8 +237,9 @@ async def test_save_and_load_sync_state_in_one_change(tmp_path: Path) -> None:
         assert await cal.load_sync_state("room-b") is None
         a, b = booking("a"), booking("b", 11)
         state = SyncState(BOUNDS, "https://graph/delta?$deltatoken=1", {"b": b, "a": a})
-        update = RoomUpdate("room-b", "microsoft", (BookingChange("booking.created", b),),
-                            (a, b), BOUNDS, NOW)
+        update = RoomUpdate(
+            "room-b", "microsoft", (BookingChange("booking.created", b),), (a, b), BOUNDS, NOW
+        )
         await cal.save_sync_state("room-b", state, update)
         got = await cal.load_sync_state("room-b")
         assert got is not None
@@ -204,7 +247,10 @@ async def test_save_and_load_sync_state_in_one_change(tmp_path: Path) -> None:
         assert list(got.bookings) == ["a", "b"] and got.bookings["a"] == a
         # the room's window rows are apart from a device of the same id
         assert await store.load_window("room-b") == {}
-        assert set(await store.load_window(calendar_window_owner("room-b", "microsoft"))) == {"a", "b"}
+        assert set(await store.load_window(calendar_window_owner("room-b", "microsoft"))) == {
+            "a",
+            "b",
+        }
         stats = await store.stats()
         assert stats["outbox_total"] == 2
         # forgetting the room: row and window gone, its empty snapshot stored
@@ -234,7 +280,9 @@ async def test_a_failed_commit_stores_neither_link_nor_window_nor_events(tmp_pat
     # reopened (a restart): the same state
     store = await Store.open(tmp_path / "agent.db")
     try:
-        got = await RoomCalendarStore(store, site="hq", source="microsoft").load_sync_state("room-b")
+        got = await RoomCalendarStore(store, site="hq", source="microsoft").load_sync_state(
+            "room-b"
+        )
         assert got is not None and got.delta_link == "link-1" and list(got.bookings) == ["a"]
     finally:
         await store.close()

@@ -331,8 +331,13 @@ async def _check_graph(cfg: AgentConfig, secrets: Secrets, timeout: float) -> li
                     room.room_id,
                     "room",
                     True,
-                    f"{room.mailbox}" + (f", linked to device {room.device_id}" if room.device_id
-                                         else ", calendar-only") + f", zone {room.time_zone}",
+                    f"{room.mailbox}"
+                    + (
+                        f", linked to device {room.device_id}"
+                        if room.device_id
+                        else ", calendar-only"
+                    )
+                    + f", zone {room.time_zone}",
                 )
             )
         probe = configured[0].mailbox if configured else (found[0][0] if found else None)
