@@ -35,6 +35,7 @@ from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock, unix_time
 from edge_agent.config import (
     AgentConfig,
+    EX_CONFIG,
     ConfigError,
     DeviceSettings,
     Secrets,
@@ -102,6 +103,13 @@ def build_mqtt_sink(
         client_id=cfg.mqtt_client_id,
         username=m.username,
         password=secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None,
+        password_source=(
+            f"password_file {m.password_file}"
+            if m.password_file
+            else f"password_env {m.password_env}"
+            if m.password_env
+            else None
+        ),
         ca_file=str(m.ca_file) if m.ca_file else None,
         cert_file=str(m.cert_file) if m.cert_file else None,
         key_file=str(m.key_file) if m.key_file else None,
@@ -397,6 +405,10 @@ class Agent:
             clock=unix_time(self._clock),
         )
         try:
+            if self._with_api and not await self._start_api():
+                return EX_CONFIG
+            if not self._with_api:
+                self._graph_setup()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self._start(tg)
@@ -423,10 +435,6 @@ class Agent:
             # The drainer runs the sink's connection loop itself.
             name = f"drainer[{sink.name}]"
             self._sink_tasks.append(tg.create_task(self._supervise(name, drainer.run), name=name))
-        routes, open_paths = self._graph_setup()
-        if self._with_api:
-            self.api = LocalApi(self, self.config.api.listen, routes=routes, open_paths=open_paths)
-            await self.api.start()
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
         for settings in self._settings.values():
@@ -525,6 +533,28 @@ class Agent:
         finally:
             # Delete the subscriptions (bounded): their clientState dies with this run.
             await asyncio.shield(push.stop())
+
+    async def _start_api(self) -> bool:
+        """Bind the local API before anything else starts; False (logged) when the address
+        cannot be bound. That is a configuration problem, not a crash: ``run`` exits 78, which
+        the unit's ``RestartPreventExitStatus=`` does not restart (a taken port stays taken)."""
+        listen = self.config.api.listen
+        routes, open_paths = self._graph_setup()  # the Graph notification routes, with push
+        api = LocalApi(self, listen, routes=routes, open_paths=open_paths)
+        try:
+            await api.start()
+        except OSError as exc:
+            # EADDRINUSE, EADDRNOTAVAIL (not an address of this machine), EACCES (a port below
+            # 1024), or a host name that does not resolve (gaierror).
+            log.error(
+                f"cannot listen on api.listen = {listen!r}: {exc.strerror or exc}; set [api] "
+                "listen to a free address of this machine in the configuration",
+                key="api.listen",
+                listen=listen,
+            )
+            return False
+        self.api = api
+        return True
 
     def _start_device(self, settings: DeviceSettings) -> None:
         assert self._tg is not None and self._store is not None
@@ -710,11 +740,23 @@ class Agent:
             await self._forget(d)
         self._secrets = secrets
         self._settings = new
+        self._poke_mqtt(cfg, secrets)
         for d in added + changed:
             self._start_device(new[d])
         metrics.DEVICES_CONFIGURED.set(len(new))
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
         sdnotify.ready()
+
+    def _poke_mqtt(self, cfg: AgentConfig, secrets: Secrets) -> None:
+        """A reload may follow a fixed credential (here or at the broker): retry now, with the
+        reloaded credentials, instead of waiting out the refused backoff."""
+        from edge_agent.forward.mqtt import MqttSink
+
+        password = secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None
+        for sink, _ in self._sinks:
+            if isinstance(sink, MqttSink):
+                creds = (cfg.mqtt.username, password) if cfg.mqtt is not None else None
+                sink.reconnect_now(credentials=creds)
 
     async def _forget(self, device_id: str) -> None:
         """A device left the configuration: drop its window, pending requests and state (its

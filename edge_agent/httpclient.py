@@ -10,18 +10,31 @@ Trust: a ``ca_file`` is the only CA the client trusts, whatever the environment 
 (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``REQUESTS_CA_BUNDLE``); without one, the system store.
 The environment never adds proxies either (``trust_env`` is off): an agent's traffic goes where
 its config says.
+
+Hostile or broken servers: send requests with :func:`request_bounded`, not ``client.post()``.
+httpx reads a whole answer into memory (a 200 MiB body took the agent from 58 to 340 MiB, an
+endless chunked one to 4.7 GB) and its timeouts are per socket operation (a server sending one
+byte every 2 s never times out). :func:`request_bounded` reads at most ``max_bytes`` of the
+body (raw, never decompressed: no gzip bombs), drops the connection when more was coming (a
+finished answer keeps its keep-alive connection), and puts one deadline on the whole exchange.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 USER_AGENT = "roomos-edge-agent"
+MAX_ANSWER_BYTES = 4096
+"""How much of an answer's body :func:`request_bounded` reads by default: status and headers
+are what a webhook's outcome depends on; this is room for an error message's excerpt."""
 
 
 def tls_context(ca_file: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
@@ -67,3 +80,92 @@ def http_client(
         trust_env=False,
         transport=AiohttpTransport(verify=verify, limits=limits, trust_env=False),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BoundedResponse:
+    """An answer of which at most ``max_bytes`` of the body were read.
+
+    ``truncated``: the body went on past ``body`` (the connection was dropped, not reused).
+    """
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    truncated: bool
+
+    def excerpt_text(self, limit: int = 200) -> str:
+        """The body's start as one printable line of at most ``limit`` characters (for logs
+        and error messages: a receiver's answer is untrusted text)."""
+        text = self.body[: limit * 4].decode("utf-8", "replace")
+        line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+        if len(line) > limit or (self.truncated and line):
+            return line[:limit] + "..."
+        return line
+
+
+async def request_bounded(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    deadline_s: float,
+    content: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    max_bytes: int = MAX_ANSWER_BYTES,
+    decoded: bool = False,
+) -> BoundedResponse:
+    """Send one request; read the status, the headers and at most ``max_bytes`` of the body.
+
+    The whole exchange (connect, sending the body, the answer's head and the bytes read) has
+    to finish within ``deadline_s``: the client's own timeouts are per socket operation, so a
+    server trickling bytes would hold the request for ever. When the body goes on past
+    ``max_bytes``, the rest is not read and the connection is closed (aiohttp does not pool a
+    connection whose answer is unfinished); an answer read to its end keeps its connection.
+
+    ``decoded``: the body with its ``Content-Encoding`` undone (a source that parses JSON);
+    ``max_bytes`` then counts decoded bytes, each read inflating at most one transport chunk.
+    Off by default: an answer that only feeds an excerpt is never decompressed.
+
+    Raises:
+        httpx.TimeoutException: past ``deadline_s`` (the message says so), or the client's own
+            connect/read/write/pool timeouts.
+        httpx.HTTPError, OSError, ssl.SSLError: as ``client.send`` does.
+    """
+    request = client.build_request(method, url, content=content, headers=headers, params=params)
+    deadline = asyncio.timeout(deadline_s)
+    try:
+        async with deadline:
+            response = await client.send(request, stream=True)
+            try:
+                body, truncated = await _read_prefix(response, max_bytes, decoded)
+            finally:
+                await response.aclose()
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise httpx.TimeoutException(
+            f"no complete answer within {deadline_s:g} s (the request's deadline)",
+            request=request,
+        ) from None
+    return BoundedResponse(response.status_code, response.headers, body, truncated)
+
+
+async def _read_prefix(
+    response: httpx.Response, max_bytes: int, decoded: bool
+) -> tuple[bytes, bool]:
+    """Up to ``max_bytes`` of the body; True when more was coming."""
+    parts: list[bytes] = []
+    have = 0
+    chunks = (
+        response.aiter_bytes() if decoded else response.aiter_raw()
+    )  # an async generator: closed below, even when left early
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async for chunk in chunks:
+            if have + len(chunk) > max_bytes:
+                parts.append(chunk[: max_bytes - have])
+                return b"".join(parts), True
+            parts.append(chunk)
+            have += len(chunk)
+    return b"".join(parts), False

@@ -37,13 +37,23 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 
 from edge_agent.backoff import Backoff
-from edge_agent.bookings.models import ListPage, join_pages, next_page_offset, parse_list_result
+from edge_agent.bookings.models import (
+    MAX_LIST_PAGES,
+    MAX_LIST_ROWS,
+    ListPage,
+    join_pages,
+    next_page_offset,
+    page_cap_reached,
+    parse_device_time,
+    parse_list_result,
+    repeats,
+)
 from edge_agent.bookings.on_event import on_event
 from edge_agent.bookings.on_list import on_list
 from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
 from edge_agent.bookings.precedence import forwarded
 from edge_agent.bookings.state import DeviceBookings, Step
-from edge_agent.clock import Clock, system_clock
+from edge_agent.clock import Clock, system_clock, utc_iso
 from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
 from edge_agent.store import Change, PendingRow, Store, StoreError
@@ -55,6 +65,10 @@ log = structlog.get_logger(__name__)
 
 LIST_PAGE_SIZE = 100
 """``Limit`` of one ``Bookings List`` page; more pages follow while ``TotalRows`` says so."""
+CLOCK_SKEW_MAX_S = 300.0
+"""How far the device's ``Status Time SystemTime`` may be from the agent's clock before the
+agent warns. The device lists and times bookings by its own clock (``DayOffset 0`` is the
+device's today); a device in 2099 or 1971 lists days the agent's window does not hold."""
 
 
 class DeviceLink(Protocol):
@@ -118,6 +132,16 @@ class _Listed:
 
 
 @dataclass(frozen=True, slots=True)
+class _DeviceConfig:
+    """What the session reads from the device on each connect."""
+
+    tz: ZoneInfo | None = None
+    booking_timeout_s: int | None = None
+    software: str | None = None
+    system_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _LinkChange:
     online: bool
     reason: str | None = None
@@ -172,6 +196,10 @@ class DeviceSession:
         self.client = self._new_client()
         self.lists = 0
         self.dropped_feedback = 0
+        self.skipped_entries = 0
+        self.lists_cut_short = 0
+        self.clock_skew_s: float | None = None
+        """Device clock minus the agent's at the last connect (None: not read)."""
         self.store_errors = 0
 
     # --- the local API's view ------------------------------------------------------------------
@@ -190,6 +218,9 @@ class DeviceSession:
             "availability": st.availability.to_dict() if st and st.availability else None,
             "lists": self.lists,
             "dropped_feedback": self.dropped_feedback,
+            "skipped_entries": self.skipped_entries,
+            "lists_cut_short": self.lists_cut_short,
+            "clock_skew_s": self.clock_skew_s,
         }
 
     # --- running -------------------------------------------------------------------------------
@@ -243,7 +274,11 @@ class DeviceSession:
         window = await self._store.load_window(self.device_id)
         pending = await self._store.load_pending(self.device_id)
         dstate = await self._store.load_device_state(self.device_id) or {}
-        tz = _zone(dstate.get("time_zone")) or _zone(s.time_zone) or ZoneInfo("UTC")
+        tz = (
+            self._zone(dstate.get("time_zone"), "the stored device state")
+            or self._zone(s.time_zone, "the configuration")
+            or ZoneInfo("UTC")
+        )
         timeout = dstate.get("booking_timeout_s")
         state, notes = DeviceBookings.restore(
             site=self.site,
@@ -273,9 +308,43 @@ class DeviceSession:
         self._offer(_LinkChange(online=False, reason=reason))
 
     async def _on_connected(self, client: DeviceLink) -> None:
-        tz, timeout, software = await self._read_device_settings(client)
+        dev = await self._read_device_settings(client)
+        self._check_clock(dev.system_time)
         # The online transition asks for the list (Step.relist), after the settings are applied.
-        self._offer(_LinkChange(online=True, software=software, tz=tz, booking_timeout_s=timeout))
+        self._offer(
+            _LinkChange(
+                online=True,
+                software=dev.software,
+                tz=dev.tz,
+                booking_timeout_s=dev.booking_timeout_s,
+            )
+        )
+
+    def _check_clock(self, device_time: datetime | None) -> None:
+        """Warn when the device's clock is off by more than :data:`CLOCK_SKEW_MAX_S`.
+
+        The window, deadlines and ``observed_at`` always follow the agent's clock (the one
+        injected clock); a skewed device still lists, and stamps its events, by its own, so its
+        bookings may fall outside the agent's window until its clock is fixed."""
+        if device_time is None:
+            self.clock_skew_s = None
+            return
+        agent_time = self._clock.now()
+        skew = (device_time - agent_time).total_seconds()
+        was_skewed = self.clock_skew_s is not None and abs(self.clock_skew_s) > CLOCK_SKEW_MAX_S
+        self.clock_skew_s = round(skew, 3)
+        if abs(skew) > CLOCK_SKEW_MAX_S:
+            self._log.warning(
+                "device clock is off: the booking window follows the agent's clock, but the "
+                "device lists its own days, so bookings may be missing; fix the device's time "
+                "(NTP: Configuration NetworkServices NTP)",
+                device_time=utc_iso(device_time),
+                agent_time=utc_iso(agent_time),
+                skew_s=round(skew),
+                max_skew_s=CLOCK_SKEW_MAX_S,
+            )
+        elif was_skewed:
+            self._log.info("device clock is back in step", skew_s=round(skew, 1))
 
     def _offer(self, item: _Input) -> None:
         if isinstance(item, _LinkChange):
@@ -298,15 +367,15 @@ class DeviceSession:
             if self._overflowing and self._inputs.qsize() <= self.tuning.queue_max // 2:
                 self._overflowing = False
 
-    async def _read_device_settings(
-        self, client: DeviceLink
-    ) -> tuple[ZoneInfo | None, int | None, str | None]:
-        """Time zone and BookingTimeout from the device; None where it may not be read."""
+    async def _read_device_settings(self, client: DeviceLink) -> _DeviceConfig:
+        """Time zone, BookingTimeout, software and clock from the device; None where it may
+        not be read."""
         tz: ZoneInfo | None = None
         timeout: int | None = None
         software: str | None = None
+        system_time: datetime | None = None
         try:
-            tz = _zone(await client.get(["Configuration", "Time", "Zone"]))
+            tz = self._zone(await client.get(["Configuration", "Time", "Zone"]), "the device")
         except ConnectionLost:
             raise
         except XapiError as exc:
@@ -333,7 +402,38 @@ class DeviceSession:
             raise
         except XapiError:
             pass
-        return tz, timeout, software
+        try:
+            raw_time = await client.get(["Status", "Time", "SystemTime"])
+            system_time = parse_device_time(raw_time)
+            if system_time is None:
+                self._log.info("unreadable Status Time SystemTime", value=str(raw_time)[:64])
+        except ConnectionLost:
+            raise
+        except XapiError as exc:
+            self._log.info("cannot read Status Time SystemTime", error=str(exc))
+        return _DeviceConfig(tz, timeout, software, system_time)
+
+    def _zone(self, name: Any, source: str) -> ZoneInfo | None:
+        """``name`` as a zone; None (and a warning naming the device) when it is not one."""
+        if name is None or name == "":
+            return None
+        if not isinstance(name, str):
+            self._log.warning(
+                "time zone is not a name; ignored, keeping the zone in use",
+                source=source,
+                value=repr(name)[:64],
+                type=type(name).__name__,
+            )
+            return None
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self._log.warning(
+                "unknown time zone name; ignored, keeping the zone in use",
+                source=source,
+                time_zone=name,
+            )
+            return None
 
     # --- the worker: the one owner of the state --------------------------------------------------
 
@@ -352,6 +452,8 @@ class DeviceSession:
         assert self.state is not None
         if isinstance(item, _Tick):
             self._tick_queued = False
+        # The parsers and on_event never raise on device input (one odd value costs its entry
+        # or event); a bug that raises anyway ends run() and the agent's supervisor restarts it.
         step = self._transition(self.state, item, self._clock.now())
         await self._apply(step)
         if isinstance(item, _Tick):
@@ -363,6 +465,7 @@ class DeviceSession:
                 return on_availability(state, item.payload, now)
             return on_event(state, item.payload, now)
         if isinstance(item, _Listed):
+            self.skipped_entries += len(item.page.skipped)
             return on_list(state, item.page, now)
         if isinstance(item, _LinkChange):
             if item.online:
@@ -377,6 +480,8 @@ class DeviceSession:
         backoff, logged) rather than dropped: the events in it are the ones not to lose."""
         for note in step.notes:
             self._log.info("bookings", detail=note)
+        for warning in step.warnings:
+            self._log.warning("bookings", detail=warning)
         if step.needs_commit:
             change = Change(
                 self.device_id,
@@ -466,7 +571,9 @@ class DeviceSession:
             del page  # this frame waits for the next re-list: do not keep a second window alive
 
     async def _list_all(self) -> ListPage:
-        """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many)."""
+        """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many), but
+        never more than the caps allow nor past a page that repeats the one before it: a device
+        that lies about ``TotalRows`` gets what was read, marked cut short (no deletions)."""
         pages: list[ListPage] = []
         offset = 0
         while True:
@@ -474,11 +581,33 @@ class DeviceSession:
                 "Bookings List", DayOffset=0, Days=2, Limit=LIST_PAGE_SIZE, Offset=offset
             )
             page = parse_list_result(result)
+            if pages and repeats(page, pages[-1]):
+                return self._cut_short(
+                    pages, page, f"the page at Offset {offset} repeats the previous page"
+                )
             pages.append(page)
             nxt = next_page_offset(page, offset)
             if nxt is None:
                 return join_pages(pages)
+            cap = page_cap_reached(pages)
+            if cap is not None:
+                return self._cut_short(pages, page, cap)
             offset = nxt
+
+    def _cut_short(self, pages: list[ListPage], last: ListPage, why: str) -> ListPage:
+        joined = join_pages(pages, cut_short=why)
+        self.lists_cut_short += 1
+        self._log.warning(
+            "Bookings List cut short: the device claims more rows than it sends; applying what "
+            "was read, deleting nothing until a whole list arrives",
+            reason=why,
+            total_rows=last.total_rows,
+            pages_read=len(pages),
+            bookings_kept=len(joined.bookings),
+            max_pages=MAX_LIST_PAGES,
+            max_rows=MAX_LIST_ROWS,
+        )
+        return joined
 
     # --- time passing ---------------------------------------------------------------------------
 
@@ -514,12 +643,3 @@ class DeviceSession:
                 self._tick_queued = True
                 await self._inputs.put(_Tick())
 
-
-def _zone(name: Any) -> ZoneInfo | None:
-    if not isinstance(name, str) or not name:
-        return None
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        log.warning("unknown time zone name", time_zone=name)
-        return None

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from edge_agent.backoff import Backoff
+from edge_agent.bookings.models import MAX_LIST_PAGES
 from edge_agent.config import DeviceSettings, config_from_dict, device_settings, resolve_secrets
 from edge_agent.session import DeviceSession, SessionTuning
 from edge_agent.store import Change, Store, StoreError
@@ -71,8 +73,11 @@ class FakeLink:
             "Configuration Time Zone": "UTC",
             "Configuration Bookings AdhocBooking BookingTimeout": 60,
             "Status SystemUnit Software Version": "ce11.20",
+            "Status Time SystemTime": "2026-11-23T08:00:03Z",  # 3 s ahead of T0: in step
         }
         self.list_calls = 0
+        self.list_answer: Callable[[int, int], Any] | None = None
+        """Answers ``Bookings List (Offset, Limit)`` instead of ``bookings`` (a lying device)."""
         self.subscribed = asyncio.Event()
         self._closed = asyncio.Event()
 
@@ -94,7 +99,10 @@ class FakeLink:
         assert self.connected, "the session sent a command while the link was down"
         assert path == "Bookings List", path
         self.list_calls += 1
+        await asyncio.sleep(0)  # a real link suspends here: let the test's timeouts run
         offset, limit = int(args.get("Offset", 0)), int(args.get("Limit", 100))
+        if self.list_answer is not None:
+            return self.list_answer(offset, limit)
         page = self.bookings[offset : offset + limit]
         return {"ResultInfo": {"TotalRows": str(len(self.bookings))}, "Booking": page}
 
@@ -193,6 +201,7 @@ class Running:
     recorder: Recorder
     clock: FakeClock
     path: Path
+    task: asyncio.Task[None]
 
 
 @pytest.fixture
@@ -221,7 +230,7 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     task = asyncio.create_task(session.run())
     try:
         await asyncio.wait_for(links[-1].subscribed.wait(), WAIT_S)
-        yield Running(session, links[-1], store, recorder, clock, path)
+        yield Running(session, links[-1], store, recorder, clock, path, task)
     finally:
         recorder.gate.set()
         task.cancel()
@@ -372,3 +381,191 @@ async def test_a_store_failure_is_retried_without_losing_events(running: Running
     await r.recorder.next_with("bookings.snapshot")
     # Stored exactly once each, in order: the failed attempts wrote nothing.
     assert [e["type"] for e in outbox(r.path)] == ["device.online", "bookings.snapshot"]
+
+
+# --- poison values (issue 10, item 2): one odd value costs its entry or event, never the room --
+
+
+def assert_never_restarted(r: Running) -> None:
+    """The session's run() is still the first one and no device.offline was ever emitted."""
+    assert not r.task.done(), r.task.exception() if r.task.done() else None
+    assert "device.offline" not in [e["type"] for e in outbox(r.path)]
+
+
+POISON_LIST_ENTRIES: list[tuple[str, dict[str, Any]]] = [
+    ("end out of range", list_entry(pos=1, Id="1", EndTime="9999-12-31T23:59:59-01:00")),
+    ("start out of range", list_entry(pos=1, Id="1", StartTime="0001-01-01T00:00:00+01:00")),
+]
+
+
+@pytest.mark.parametrize(
+    ("why", "bad"), POISON_LIST_ENTRIES, ids=[w for w, _ in POISON_LIST_ENTRIES]
+)
+async def test_a_poisoned_list_entry_costs_that_entry_only(
+    running: Running, why: str, bad: dict[str, Any]
+) -> None:
+    r = running
+    r.link.bookings = [
+        bad,
+        list_entry(
+            pos=2,
+            Id="2",
+            MeetingId="B",
+            StartTime="2026-11-23T11:00:00Z",
+            EndTime="2026-11-23T12:00:00Z",
+        ),
+    ]
+    with structlog.testing.capture_logs() as logs:
+        await r.link.go_online()
+        assert types(await r.recorder.next()) == ["device.online"]
+        snap = await r.recorder.next_with("bookings.snapshot")
+    assert [b["meeting_id"] for b in snap.events[-1]["data"]["bookings"]] == ["B"]
+    assert set(await r.store.load_window(DEVICE)) == {"B"}
+    assert r.session.skipped_entries == 1 and r.session.info()["skipped_entries"] == 1
+    skipped = [e for e in logs if e["log_level"] == "warning" and "skipped" in e.get("detail", "")]
+    assert len(skipped) == 1 and skipped[0]["device"] == DEVICE and "Id=1" in skipped[0]["detail"]
+    # Every later list fails the same entry and still applies the rest: the room is not blind.
+    r.link.feed("Updated")
+    await r.recorder.next_with("bookings.snapshot")
+    assert r.session.lists == 2 and r.session.skipped_entries == 2
+    assert_never_restarted(r)
+
+
+async def test_a_poisoned_event_is_dropped_and_the_next_one_applies(running: Running) -> None:
+    r = running
+    await online_and_listed(r)
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"a": deep}
+    with structlog.testing.capture_logs() as logs:
+        r.link.feed("BookingCreated", Id="9", StartTime="9999-12-31T23:00:00Z", Duration="120")
+        r.link.feed("BookingCreated", Id="9", StartTime="0001-01-01T00:00:00+01:00")
+        r.link.feed("BookingRequested", BookingRequestUUID="u-x", Duration="inf", StartTime="")
+        r.link.feed("BookingCreated", Id="9", MeetingId="M9", Extra=deep)
+        r.link.feed("BookingRequested", BookingRequestUUID="u-1", Duration=30, StartTime="")
+        # Whatever the poisoned ones did, the good event behind them is stored.
+        await r.recorder.next_with("booking.requested")
+        while "u-1" not in {p.booking_request_uuid for p in await r.store.load_pending(DEVICE)}:
+            await r.recorder.next()
+    deep_drop = [e for e in logs if e["log_level"] == "warning" and "deep" in e.get("detail", "")]
+    assert len(deep_drop) == 1 and deep_drop[0]["device"] == DEVICE
+    assert_never_restarted(r)
+
+
+# --- a device that lies about TotalRows (issue 10, item 5) --------------------------------------
+
+
+def _lying_page(ids: range) -> dict[str, Any]:
+    entries = [
+        list_entry(pos=i, Id=str(i), MeetingId=f"M{i}", StartTime="2026-11-23T09:00:00Z")
+        for i in ids
+    ]
+    return {"ResultInfo": {"TotalRows": str(10**9)}, "Booking": entries}
+
+
+async def test_a_device_repeating_the_same_page_forever_is_read_once(running: Running) -> None:
+    r = running
+    r.link.list_answer = lambda offset, limit: _lying_page(range(1, 4))  # ignores Offset
+    with structlog.testing.capture_logs() as logs:
+        await r.link.go_online()
+        snap = await r.recorder.next_with("bookings.snapshot")
+    assert r.link.list_calls == 2  # the first page, and the one that repeated it
+    assert [b["meeting_id"] for b in snap.events[-1]["data"]["bookings"]] == ["M1", "M2", "M3"]
+    (warning,) = [e for e in logs if "cut short" in e["event"]]
+    assert warning["device"] == DEVICE and warning["bookings_kept"] == 3
+    assert "repeats" in warning["reason"] and warning["total_rows"] == 10**9
+    assert r.session.info()["lists_cut_short"] == 1
+    # The slot was released: the next list runs (and is cut short the same way).
+    r.link.feed("Updated")
+    await r.recorder.next_with("bookings.snapshot")
+    assert r.link.list_calls == 4 and r.session.lists == 2
+
+
+async def test_a_device_paging_forever_is_capped(running: Running) -> None:
+    r = running
+    # Fresh Ids on every page, TotalRows 10^9: only the page cap stops it.
+    r.link.list_answer = lambda offset, limit: _lying_page(range(offset, offset + 2))
+    with structlog.testing.capture_logs() as logs:
+        await r.link.go_online()
+        snap = await r.recorder.next_with("bookings.snapshot")
+    assert r.link.list_calls == MAX_LIST_PAGES
+    assert len(snap.events[-1]["data"]["bookings"]) == 2 * MAX_LIST_PAGES
+    (warning,) = [e for e in logs if "cut short" in e["event"]]
+    assert "page cap" in warning["reason"] and warning["device"] == DEVICE
+
+
+async def test_a_list_cut_short_deletes_nothing(running: Running) -> None:
+    r = running
+    r.link.bookings = [
+        list_entry(pos=1, Id="1", MeetingId="A", StartTime="2026-11-23T09:00:00Z"),
+        list_entry(
+            pos=2,
+            Id="2",
+            MeetingId="B",
+            StartTime="2026-11-23T11:00:00Z",
+            EndTime="2026-11-23T12:00:00Z",
+        ),
+    ]
+    await online_and_listed(r)
+    # Now the device lies: it repeats a page that lacks B. B must not read as deleted.
+    r.link.list_answer = lambda offset, limit: {
+        "ResultInfo": {"TotalRows": str(10**9)},
+        "Booking": [list_entry(pos=1, Id="1", MeetingId="A", StartTime="2026-11-23T09:00:00Z")],
+    }
+    r.link.feed("Updated")
+    snap = await r.recorder.next_with("bookings.snapshot")
+    assert "booking.deleted" not in types(snap)
+    assert set(await r.store.load_window(DEVICE)) == {"A", "B"}
+
+
+# --- the device's clock and zone (issue 10, item 8) --------------------------------------------
+
+
+def warnings_of(logs: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["log_level"] == "warning" and text in e["event"]]
+
+
+@pytest.mark.parametrize("device_time", ["2099-11-23T08:00:00Z", "1971-01-01T00:00:00Z"])
+async def test_a_device_clock_far_off_is_reported_and_the_window_is_the_agents(
+    running: Running, device_time: str
+) -> None:
+    r = running
+    r.link.settings["Status Time SystemTime"] = device_time
+    r.link.bookings = [list_entry(Id="1", MeetingId="A", StartTime="2026-11-23T09:00:00Z")]
+    with structlog.testing.capture_logs() as logs:
+        await r.link.go_online()
+        snap = await r.recorder.next_with("bookings.snapshot")
+    (warning,) = warnings_of(logs, "device clock is off")
+    assert warning["device"] == DEVICE
+    assert warning["device_time"] == device_time.replace("Z", ".000Z")
+    assert warning["agent_time"] == "2026-11-23T08:00:00.000Z"
+    assert "window follows the agent's clock" in warning["event"]
+    assert abs(r.session.info()["clock_skew_s"]) > 300
+    # The window is the agent's day, whatever the device's clock says.
+    window = snap.events[-1]["data"]["window"]
+    assert window == {"start": "2026-11-23T00:00:00.000Z", "end": "2026-11-24T08:00:00.000Z"}
+    assert [b["meeting_id"] for b in snap.events[-1]["data"]["bookings"]] == ["A"]
+
+
+async def test_a_device_clock_in_step_is_not_reported(running: Running) -> None:
+    r = running
+    with structlog.testing.capture_logs() as logs:
+        await online_and_listed(r)
+    assert warnings_of(logs, "clock") == []
+    assert r.session.info()["clock_skew_s"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("zone", "text"),
+    [("Mars/Olympus_Mons", "unknown time zone"), (5, "not a name"), ({"x": 1}, "not a name")],
+)
+async def test_a_bad_device_zone_is_reported_with_the_device(
+    running: Running, zone: Any, text: str
+) -> None:
+    r = running
+    r.link.settings["Configuration Time Zone"] = zone
+    with structlog.testing.capture_logs() as logs:
+        await online_and_listed(r)
+    (warning,) = warnings_of(logs, text)
+    assert warning["device"] == DEVICE and warning["source"] == "the device"
+    assert r.session.info()["time_zone"] == "UTC"  # the configured zone is kept

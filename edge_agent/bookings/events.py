@@ -23,6 +23,7 @@ from edge_agent.bookings.models import (
     device_int,
     device_str,
     parse_device_time,
+    plus_minutes,
 )
 from edge_agent.clock import utc_iso
 
@@ -30,11 +31,13 @@ __all__ = [
     "ENVELOPE_TYPES",
     "EVENT_TYPES",
     "IGNORED_EVENTS",
+    "MAX_EVENT_DEPTH",
     "RELIST_EVENTS",
     "Entropy",
     "EventFields",
     "make_envelope",
     "merge",
+    "nesting_depth",
     "new_event_id",
     "parse_event",
     "partial_booking_dict",
@@ -204,6 +207,33 @@ class EventFields:
         return None
 
 
+MAX_EVENT_DEPTH: Final = 16
+"""Deepest nesting a Bookings event may have. Real ones are three or four levels deep; the
+fingerprint's JSON encoder (orjson) refuses documents past 254 levels, and nothing that deep is
+an event."""
+
+
+def nesting_depth(value: Any, limit: int = MAX_EVENT_DEPTH) -> int:
+    """How deep ``value``'s objects and arrays nest, counting up to ``limit + 1`` at most
+    (iterative: a hostile document cannot exhaust the stack)."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, Mapping):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        todo.extend((c, depth) for c in children)
+    return deepest
+
+
 def parse_event(payload: Mapping[str, Any]) -> EventFields | None:
     """Parse a Bookings event notification; None when it is not one.
 
@@ -232,7 +262,7 @@ def parse_event(payload: Mapping[str, Any]) -> EventFields | None:
     if duration is None:
         duration = device_int(body.get("ScheduledDuration"))
     if end is None and start is not None and duration is not None and name != "ExtensionRequested":
-        end = start + timedelta(minutes=duration)
+        end = plus_minutes(start, duration)
     cause = device_str(body.get("FailureCause")) or device_str(body.get("Cause"))
     org_name = device_str(body.get("OrganizerName"))
     return EventFields(
@@ -268,7 +298,10 @@ def merge(stored: Booking | None, ev: EventFields) -> Booking | None:
     if end is None and stored is not None:
         end = stored.end
         if ev.start is not None and ev.duration_min is None:
-            end = ev.start + (stored.end - stored.start)  # moved, length kept
+            try:
+                end = ev.start + (stored.end - stored.start)  # moved, length kept
+            except OverflowError:  # moved to the calendar's last day: the length cannot fit
+                end = None
     if bid is None or start is None or end is None:
         return None
     so = stored.organizer if stored else Organizer()

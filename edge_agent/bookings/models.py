@@ -7,9 +7,10 @@ odd booking from a calendar backend must not blind the agent to the rest of the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -17,6 +18,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from edge_agent.clock import parse_utc, utc_iso
 
 __all__ = [
+    "MAX_LIST_PAGES",
+    "MAX_LIST_ROWS",
     "Booking",
     "ListPage",
     "Organizer",
@@ -25,8 +28,11 @@ __all__ = [
     "device_str",
     "join_pages",
     "next_page_offset",
+    "page_cap_reached",
     "parse_device_time",
     "parse_list_result",
+    "plus_minutes",
+    "repeats",
 ]
 
 
@@ -69,18 +75,36 @@ def parse_device_time(value: Any) -> datetime | None:
         return None
     try:
         return parse_utc(s)
-    except ValueError:
+    except (ValueError, OverflowError):
+        # OverflowError: year 1 east of UTC or year 9999 west of it has no UTC instant.
         return None
 
 
+DEVICE_INT_MAX = 10**12
+"""Largest magnitude :func:`device_int` accepts: beyond any count, offset or duration a device
+means (10^12 minutes is ~1.9 million years) and far inside what ``timedelta`` can hold."""
+
+
 def device_int(value: Any) -> int | None:
-    """A device number (``"30"``, ``"30.0"``) -> int; empty or unparsable -> None."""
+    """A device number (``"30"``, ``"30.0"``) -> int; empty, unparsable, not finite or beyond
+    :data:`DEVICE_INT_MAX` -> None."""
     s = device_str(value)
     if s is None:
         return None
     try:
-        return int(float(s))
+        n = float(s)
     except ValueError:
+        return None
+    if not math.isfinite(n) or abs(n) > DEVICE_INT_MAX:
+        return None
+    return int(n)
+
+
+def plus_minutes(start: datetime, minutes: int) -> datetime | None:
+    """``start + minutes``, or None where that leaves the calendar (a start in year 9999)."""
+    try:
+        return start + timedelta(minutes=minutes)
+    except OverflowError:
         return None
 
 
@@ -222,6 +246,15 @@ class ListPage:
     last_updated: datetime | None = None
     skipped: tuple[str, ...] = ()
     skipped_ids: tuple[str | None, ...] = ()
+    cut_short: str | None = None
+    """Why paging stopped before ``TotalRows`` said the list ends (:func:`page_cap_reached`,
+    :func:`repeats`); None for a whole list. A list cut short is incomplete: no deletions."""
+
+    @property
+    def complete(self) -> bool:
+        """Every booking the device listed is here or named in ``skipped_ids``: only then may
+        a booking missing from the list read as deleted."""
+        return self.cut_short is None and not self.skipped_unidentified
 
     @property
     def skipped_unidentified(self) -> bool:
@@ -233,10 +266,11 @@ class ListPage:
         return len(self.skipped_ids) < len(self.skipped) or None in self.skipped_ids
 
 
-def join_pages(pages: Iterable[ListPage]) -> ListPage:
+def join_pages(pages: Iterable[ListPage], *, cut_short: str | None = None) -> ListPage:
     """The pages of one ``Bookings List`` (fetched in ``Offset`` order) as one ListPage.
 
     ``total_rows`` and ``last_updated`` are the last page's; the rest is concatenated.
+    ``cut_short``: why paging stopped early (see :attr:`ListPage.cut_short`).
     """
     bookings: list[Booking] = []
     skipped: list[str] = []
@@ -258,7 +292,42 @@ def join_pages(pages: Iterable[ListPage]) -> ListPage:
         last_updated=last.last_updated,
         skipped=tuple(skipped),
         skipped_ids=tuple(skipped_ids),
+        cut_short=cut_short,
     )
+
+
+MAX_LIST_PAGES = 20
+"""Most ``Bookings List`` pages one list reads. Two days of one room's bookings fit in a page or
+two; a device claiming ``TotalRows`` 10^9 (seen: one ignoring ``Offset``) made the agent page
+12,524 times in 60 s and hold a list slot for good."""
+MAX_LIST_ROWS = 2_000
+"""Most entries one list keeps (pages may be shorter than ``Limit``)."""
+
+
+def repeats(page: ListPage, previous: ListPage) -> bool:
+    """``page`` has the same content as the page before it: the device ignored ``Offset``.
+    Real pages never do (every entry has its own ``Id``)."""
+    return (
+        page.received > 0
+        and page.received == previous.received
+        and page.bookings == previous.bookings
+        and page.skipped == previous.skipped
+    )
+
+
+def page_cap_reached(
+    pages: Iterable[ListPage], *, max_pages: int = MAX_LIST_PAGES, max_rows: int = MAX_LIST_ROWS
+) -> str | None:
+    """Why no further page may be read after ``pages`` (None: reading on is fine)."""
+    count = rows = 0
+    for page in pages:
+        count += 1
+        rows += page.received
+    if count >= max_pages:
+        return f"page cap reached ({max_pages} pages, {rows} entries read)"
+    if rows >= max_rows:
+        return f"row cap reached ({rows} entries read, cap {max_rows})"
+    return None
 
 
 def next_page_offset(page: ListPage, offset: int) -> int | None:
@@ -443,6 +512,8 @@ def parse_list_result(result: Mapping[str, Any] | Any) -> ListPage:
             skipped.append(f"booking {label} skipped: {errs}")
         except ValueError as exc:
             skipped.append(f"booking {label} skipped: {exc}")
+        except Exception as exc:  # noqa: BLE001 - "never raises": one entry, never the list
+            skipped.append(f"booking {label} skipped: {type(exc).__name__}: {exc}")
         skipped_ids.append(bid)
     total: int | None = None
     info = result.get("ResultInfo")

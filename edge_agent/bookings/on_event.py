@@ -26,9 +26,11 @@ from edge_agent import jsoncodec
 from edge_agent.bookings.events import (
     EVENT_TYPES,
     IGNORED_EVENTS,
+    MAX_EVENT_DEPTH,
     RELIST_EVENTS,
     EventFields,
     merge,
+    nesting_depth,
     parse_event,
     partial_booking_dict,
 )
@@ -106,7 +108,47 @@ def _patch_window(
 
 
 def on_event(state: DeviceBookings, payload: Mapping[str, Any], now: datetime) -> Step:
-    """An ``Event Bookings`` notification (the handler payload) observed at ``now``."""
+    """An ``Event Bookings`` notification (the handler payload) observed at ``now``.
+
+    Never raises: an event the agent cannot take in (nested past :data:`MAX_EVENT_DEPTH`, a
+    value no parser foresaw) is dropped with a warning and costs that event only. The device's
+    calendar still holds the booking, so the drop asks for a re-list."""
+    depth = nesting_depth(payload)
+    if depth > MAX_EVENT_DEPTH:
+        return Step(
+            state,
+            relist=True,
+            warnings=(
+                f"Bookings event {_name_of(payload)} nested more than {MAX_EVENT_DEPTH} levels "
+                f"deep dropped; re-listing instead",
+            ),
+        )
+    try:
+        return _on_event(state, payload, now)
+    except Exception as exc:  # noqa: BLE001 - one odd event must not cost the session
+        return Step(
+            state,
+            relist=True,
+            warnings=(
+                f"Bookings event {_name_of(payload)} dropped ({type(exc).__name__}: {exc}); "
+                f"re-listing instead",
+            ),
+        )
+
+
+def _name_of(payload: Mapping[str, Any]) -> str:
+    node: Any = payload
+    for key in ("Event", "Bookings"):
+        if isinstance(node, Mapping) and isinstance(node.get(key), Mapping):
+            node = node[key]
+    if isinstance(node, Mapping):
+        name = next((k for k in node if k not in ("id", "Id")), None)
+        if isinstance(name, str):
+            return name[:64]
+    return "<unnamed>"
+
+
+def _on_event(state: DeviceBookings, payload: Mapping[str, Any], now: datetime) -> Step:
     ev = parse_event(payload)
     if ev is None:
         return Step(state, notes=(f"not a Bookings event: {str(payload)[:200]}",))

@@ -16,6 +16,8 @@ from edge_agent.clock import utc_iso
 
 __all__ = ["on_list"]
 
+_SKIPPED_SHOWN = 5
+
 
 def on_list(
     state: DeviceBookings,
@@ -34,22 +36,34 @@ def on_list(
     entry was skipped is kept as it was, an entry skipped without a readable ``Id`` suppresses
     every deletion. The next clean list reconciles what this one could not.
     """
+    warnings: tuple[str, ...] = ()
+    notes: list[str] = []
     if isinstance(result, ListPage):
         fresh = result.bookings
-        notes = list(result.skipped)
         skipped_ids = {i for i in result.skipped_ids if i}
-        complete = not result.skipped_unidentified
+        complete = result.complete
+        if result.skipped:
+            # One line per list, however many entries: a calendar with a bad entry would
+            # otherwise log it on every list, and 500 bad entries would be 500 lines.
+            shown = "; ".join(result.skipped[:_SKIPPED_SHOWN])
+            more = len(result.skipped) - _SKIPPED_SHOWN
+            warnings = (
+                f"Bookings List: {len(result.skipped)} of {result.received or len(result.skipped)}"
+                f" entries skipped (the rest of the list is applied): {shown}"
+                + (f"; and {more} more" if more > 0 else ""),
+            )
     else:
-        fresh, notes, skipped_ids, complete = tuple(result), [], set(), True
+        fresh, skipped_ids, complete = tuple(result), set(), True
     b = bounds or window_bounds(now, state.tz)
     rec = reconcile(state.window, fresh, b, now=now, skipped_ids=skipped_ids, complete=complete)
     notes.extend(rec.notes)
     if rec.kept:
-        why = (
-            "an entry without a readable Id was skipped, so no deletions from this list"
-            if not complete
-            else "their list entries were skipped"
-        )
+        if isinstance(result, ListPage) and result.cut_short is not None:
+            why = "the list was cut short, so no deletions from this list"
+        elif not complete:
+            why = "an entry without a readable Id was skipped, so no deletions from this list"
+        else:
+            why = "their list entries were skipped"
         kept = ", ".join(f"{booking_key(x)!r} (Id {x.id})" for x in rec.kept)
         notes.append(f"kept {len(rec.kept)} stored booking(s) as they were ({why}): {kept}")
     notes.extend(f"booking re-keyed {o!r} -> {n!r}" for o, n in rec.rekeyed)
@@ -133,4 +147,5 @@ def on_list(
         device_state=new.device_state_row(),
         events=tuple(events),
         notes=tuple(notes),
+        warnings=warnings,
     )

@@ -217,7 +217,8 @@ class Step:
     ``window_replace`` (when not None) replaces the device's whole window; else
     ``window_upsert``/``window_delete`` patch it. ``pending_delete`` holds request UUIDs.
     ``device_state`` (when not None) is the new device state row. ``events`` are envelopes, in
-    order. ``relist``: run ``Bookings List`` (then :func:`on_list`). ``notes``: log lines.
+    order. ``relist``: run ``Bookings List`` (then :func:`on_list`). ``notes``: log lines;
+    ``warnings``: log lines a person should see (input the device sent that was dropped).
     """
 
     state: DeviceBookings
@@ -230,6 +231,7 @@ class Step:
     events: tuple[dict[str, Any], ...] = ()
     relist: bool = False
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def needs_commit(self) -> bool:

@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -92,10 +93,34 @@ def config_from_dict(
     except ValidationError as exc:
         problems.extend(p for p in _problems(exc) if p[0] not in secret_paths)
     problems.extend(_cross_checks(cleaned, require_sink=require_sink))
+    if cfg is not None:
+        problems.extend(_same_device_twice(cfg))
     if problems:
         raise ConfigError(problems, source=source)
     assert cfg is not None
     return _with_paths(cfg, base_dir, env)
+
+
+_DEFAULT_PORTS = {"ws": 80, "wss": 443}
+
+
+def _same_device_twice(cfg: AgentConfig) -> Iterator[Problem]:
+    """Two entries reaching the same device (the same URL, or a ``host`` and a ``url`` that
+    come to the same endpoint) would run two sessions on it: every event delivered twice."""
+    seen: dict[tuple[str, str, int, str], int] = {}
+    for i, dev in enumerate(cfg.devices):
+        parts = urlsplit(dev.endpoint_url)
+        host = (parts.hostname or "").lower().rstrip(".")
+        key = (parts.scheme, host, parts.port or _DEFAULT_PORTS[parts.scheme], parts.path)
+        if key in seen:
+            j = seen[key]
+            yield (
+                f"devices[{i}].{'url' if dev.url is not None else 'host'}",
+                f"the same device as devices[{j}] ({cfg.devices[j].id}, {dev.endpoint_url}): "
+                "two sessions on one device deliver every event twice; keep one entry",
+            )
+        else:
+            seen[key] = i
 
 
 def _secret_keys(node: Any, loc: tuple[str | int, ...]) -> Iterator[Problem]:

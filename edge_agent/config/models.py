@@ -10,7 +10,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,8 +30,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+# Every number has a finite, sensible range: a value that passes check-config must not break
+# ``run`` (``timeout_s = inf`` never times out; ``health_interval_s = 1e-9`` published 27,846
+# messages in 12 s).
 PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+TtlSeconds = Annotated[int, Field(ge=1, le=31_536_000)]  # up to a year
+"""How long an undelivered event is kept for a sink."""
+GraceSeconds = Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)]
+RelistSeconds = Annotated[float, Field(ge=10, le=86_400, allow_inf_nan=False)]
+RequestSeconds = Annotated[float, Field(ge=0.1, le=300, allow_inf_nan=False)]
 
 
 def _check_env_name(v: str | None) -> str | None:
@@ -59,6 +67,23 @@ def _check_no_userinfo(netloc: str, message: str = _NO_URL_CREDENTIALS) -> None:
         raise ValueError(message)
 
 
+def _is_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_port(parts: SplitResult, what: str) -> None:
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{what} must be a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError(f"{what} must be a number from 1 to 65535")
+
+
 def _normalize_fingerprint(v: str | None) -> str | None:
     if v is None:
         return v
@@ -74,7 +99,7 @@ class StoreConfig(_Section):
     path: Path | None = None
     """SQLite file; ``None`` in the file means ``$STATE_DIRECTORY/agent.db`` or ``./edge-agent.db``
     (filled in by :func:`load_config`)."""
-    outbox_max_events: PositiveInt = 1_000_000
+    outbox_max_events: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
     synchronous: Literal["normal", "full"] = "normal"
 
     @field_validator("synchronous", mode="before")
@@ -93,10 +118,10 @@ class _DeviceKeys(_Section):
     ca_file: Path | None = None
     insecure: bool | None = None
     booking_timeout_s: Annotated[int, Field(ge=60, le=300)] | None = None
-    request_grace_s: Annotated[float, Field(ge=0, le=600)] | None = None
+    request_grace_s: GraceSeconds | None = None
     time_zone: str | None = None
-    relist_interval_s: Annotated[float, Field(ge=10)] | None = None
-    request_timeout_s: Annotated[float, Field(gt=0, le=300)] | None = None
+    relist_interval_s: RelistSeconds | None = None
+    request_timeout_s: RequestSeconds | None = None
 
     @field_validator("password_env")
     @classmethod
@@ -120,10 +145,10 @@ class DeviceDefaults(_DeviceKeys):
     auth: Literal["basic", "subprotocol"] | None = "basic"
     insecure: bool | None = False
     booking_timeout_s: Annotated[int, Field(ge=60, le=300)] | None = BOOKING_TIMEOUT_DEFAULT_S
-    request_grace_s: Annotated[float, Field(ge=0, le=600)] | None = DEFAULT_GRACE_S
+    request_grace_s: GraceSeconds | None = DEFAULT_GRACE_S
     time_zone: str | None = "UTC"
-    relist_interval_s: Annotated[float, Field(ge=10)] | None = 300.0
-    request_timeout_s: Annotated[float, Field(gt=0, le=300)] | None = 10.0
+    relist_interval_s: RelistSeconds | None = 300.0
+    request_timeout_s: RequestSeconds | None = 10.0
 
 
 class DeviceConfig(_DeviceKeys):
@@ -161,6 +186,8 @@ class DeviceConfig(_DeviceKeys):
             raise ValueError("a host name or IP address (with an optional :port), not a URL")
         if v is not None:
             _check_no_userinfo(v)
+            if not _is_ip(v):  # a bare IPv6 address is all colons, no port
+                _check_port(urlsplit("//" + v), "the port in host")
         return v
 
     @field_validator("url")
@@ -176,6 +203,7 @@ class DeviceConfig(_DeviceKeys):
             )
         if not parts.hostname:
             raise ValueError("the device URL has no host")
+        _check_port(parts, "the port in the device URL")
         return urlunsplit((parts.scheme, parts.netloc, parts.path or "/ws", parts.query, ""))
 
     @model_validator(mode="after")
@@ -203,8 +231,8 @@ class WebhookConfig(_Section):
     url: str
     secret_env: str | None = None
     secret_file: str | None = None
-    timeout_s: PositiveFloat = 10.0
-    ttl_s: PositiveInt = 86_400
+    timeout_s: Annotated[float, Field(ge=0.1, le=300, allow_inf_nan=False)] = 10.0
+    ttl_s: TtlSeconds = 86_400
     max_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
     batch_max: Annotated[int, Field(ge=1, le=1000)] = 1
     ca_file: Path | None = None
@@ -225,6 +253,7 @@ class WebhookConfig(_Section):
         )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("expected an http:// or https:// URL")
+        _check_port(parts, "the port in the webhook URL")
         return v
 
     @model_validator(mode="after")
@@ -250,8 +279,8 @@ class MqttConfig(_Section):
     base_topic: str | None = None
     """Default ``roomos-edge/<site>``."""
     protocol: Literal["3.1.1", "5"] = "5"
-    ttl_s: PositiveInt = 86_400
-    health_interval_s: PositiveFloat = 60.0
+    ttl_s: TtlSeconds = 86_400
+    health_interval_s: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 60.0
 
     @field_validator("password_env")
     @classmethod
@@ -485,7 +514,18 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9780")
     port = int(port_s)
     if port > 65535:
-        raise ValueError("port out of range")
+        raise ValueError("port out of range (0 to 65535)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host or "127.0.0.1", port
+    host = host or "127.0.0.1"
+    # An address to bind, not a name to resolve: a name that does not resolve (or resolves
+    # elsewhere later) passed check-config and then failed every start.
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"{host!r} is not an IP address; listen on an address of this machine, "
+                "e.g. 127.0.0.1:9780, [::1]:9780 or localhost:9780"
+            ) from None
+    return host, port

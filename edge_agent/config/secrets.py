@@ -68,6 +68,11 @@ def _read_secret(
         except OSError as exc:
             problems.append((f"{key}_file", f"cannot read {path}: {exc.strerror or exc}"))
             return None
+        except UnicodeDecodeError:
+            problems.append(
+                (f"{key}_file", f"{path} is not UTF-8 text; write the secret as one line of text")
+            )
+            return None
         if not value:
             problems.append((f"{key}_file", f"{path} is empty"))
             return None

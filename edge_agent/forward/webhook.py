@@ -8,6 +8,11 @@ Each event is one POST whose body is the stored envelope, byte for byte, with th
   (``whsec_<base64 key>``), space-separated, so a receiver keeps verifying while the secrets
   are rotated.
 
+Answers are read with :func:`edge_agent.httpclient.request_bounded`: status and headers decide,
+at most a few KiB of the body are read (an excerpt goes in the reason of a failed delivery), a
+longer body's connection is dropped, and ``timeout_s`` bounds the whole request, so a receiver
+that trickles its answer costs one attempt of ``timeout_s`` and is retried like a timeout.
+
 Answers: 2xx delivered; 408, 429, 5xx, network errors and timeouts retried (``Retry-After`` in
 seconds or as an HTTP date is honoured); 410 stops the sink; other 4xx reject the event (the
 drainer dead-letters it after a few tries); 3xx is retried (a redirect is a misconfigured URL,
@@ -43,7 +48,7 @@ import structlog
 
 from edge_agent.clock import utc_iso
 from edge_agent.forward.base import Delivered, Gone, OutboxEvent, Outcome, Reject, Retry
-from edge_agent.httpclient import http_client
+from edge_agent.httpclient import BoundedResponse, http_client, request_bounded
 
 log = structlog.get_logger(__name__)
 
@@ -109,17 +114,18 @@ def batch_body(events: Sequence[OutboxEvent], now: float) -> bytes:
     )
 
 
-def classify(status: int, retry_after: float | None) -> Outcome:
-    """The outcome of an HTTP answer (pure)."""
+def classify(status: int, retry_after: float | None, excerpt: str = "") -> Outcome:
+    """The outcome of an HTTP answer (pure); ``excerpt`` (the body's start) ends the reason."""
+    said = f": {excerpt}" if excerpt else ""
     if 200 <= status < 300:
         return Delivered()
     if status == 410:
-        return Gone("HTTP 410 Gone")
+        return Gone(f"HTTP 410 Gone{said}")
     if status in _RETRY_STATUSES or status >= 500:
-        return Retry(f"HTTP {status}", retry_after)
+        return Retry(f"HTTP {status}{said}", retry_after)
     if 400 <= status < 500:
-        return Reject(f"HTTP {status}", status)
-    return Retry(f"HTTP {status} (unexpected; check the URL)", retry_after)
+        return Reject(f"HTTP {status}{said}", status)
+    return Retry(f"HTTP {status} (unexpected; check the URL){said}", retry_after)
 
 
 class WebhookSink:
@@ -143,7 +149,7 @@ class WebhookSink:
             url: the receiver (``https://`` verified against the system CAs or ``ca_file``).
             secrets: one or more ``whsec_`` secrets (several while rotating); never logged.
             name: the outbox progress key.
-            timeout_s: connect/read/write/pool timeout of one POST.
+            timeout_s: the deadline of one POST, from connecting to the answer's last byte read.
             ca_file: PEM CA bundle to verify the receiver with, instead of the system's.
             batch_max: events per POST (1: one standard webhook per event; >1: see module doc).
             max_connections: keep-alive pool size; match the drainer's ``max_in_flight``.
@@ -158,6 +164,7 @@ class WebhookSink:
         self._keys = [decode_secret(s) for s in secrets]
         self._time = clock
         self._closed = False
+        self._timeout_s = timeout_s
         self._client = http_client(
             timeout_s=timeout_s,
             max_connections=max_connections,
@@ -191,7 +198,7 @@ class WebhookSink:
             "webhook-signature": sign(self._keys, msg_id, ts, body),
         }
         try:
-            resp = await self._client.post(self.url, content=body, headers=headers)
+            resp = await self._request("POST", body, headers)
         except httpx.TimeoutException as exc:
             # (aiohttp's transport reports refused connections and TLS failures as
             # ConnectTimeout)
@@ -203,7 +210,21 @@ class WebhookSink:
         except (OSError, ValueError) as exc:  # what aiohttp's transport lets through unmapped
             return Retry(f"network error: {type(exc).__name__}: {exc}")
         retry_after = parse_retry_after(resp.headers.get("retry-after"), now)
-        return classify(resp.status_code, retry_after)
+        if 200 <= resp.status < 300:
+            return Delivered()
+        return classify(resp.status, retry_after, resp.excerpt_text())
+
+    async def _request(
+        self, method: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> BoundedResponse:
+        return await request_bounded(
+            self._client,
+            method,
+            self.url,
+            content=body,
+            headers=headers,
+            deadline_s=self._timeout_s,
+        )
 
     async def probe(self) -> int:
         """One ``OPTIONS`` request to the URL, on this sink's client; its HTTP status.
@@ -212,8 +233,7 @@ class WebhookSink:
         signed test event would land in the receiver's data): what ``check-config`` reports.
         Raises ``httpx.HTTPError`` (or ``OSError``) when nothing answers.
         """
-        resp = await self._client.request("OPTIONS", self.url)
-        return resp.status_code
+        return (await self._request("OPTIONS")).status
 
     async def close(self) -> None:
         """Close the connection pool. Safe to call twice."""

@@ -479,7 +479,7 @@ def test_malformed_entry_of_a_stored_booking_is_not_a_deletion(state: DeviceBook
     )
     assert types(step) == ["bookings.snapshot"]
     assert step.window_replace is not None and step.window_replace["B"] == stored_b
-    assert any("Id=2" in n for n in step.notes)
+    assert any("Id=2" in w for w in step.warnings)
     assert any("kept 1 stored booking" in n and "'B'" in n for n in step.notes)
     # Once the device sends it well-formed again: nothing was missed, so nothing is reported.
     again = listed(

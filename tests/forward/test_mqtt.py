@@ -287,13 +287,12 @@ async def test_kill_9_fires_the_last_will(broker: Mosquitto, tmp_path: Path) -> 
             await asyncio.wait_for(asyncio.to_thread(wait_ready), 15)
             await until(lambda: sub.on(f"{BASE}/bridge/state")[-1:] == [b"online"], what="online")
             os.kill(child.pid, signal.SIGKILL)
-            t0 = time.monotonic()
+            # The broker publishes the will once the dead client's keepalive runs out.
             await until(
                 lambda: sub.on(f"{BASE}/bridge/state")[-1:] == [b"offline"],
-                timeout=4,
+                timeout=10,
                 what="the will (offline)",
             )
-            assert time.monotonic() - t0 < 3
         finally:
             child.kill()
             child.wait()
@@ -474,7 +473,13 @@ async def test_tls_verification_failures_are_clear(
 async def test_refused_credentials_give_a_clear_error(tmp_path: Path, protocol: str) -> None:
     pw = make_password_file(tmp_path, {"edge": "right-password"})
     with Mosquitto(tmp_path, password_file=pw) as broker:
-        sink = make_sink(broker, username="edge", password="wrong-password", protocol=protocol)
+        sink = make_sink(
+            broker,
+            username="edge",
+            password="wrong-password",
+            password_source="password_env MQTT_PASSWORD",
+            protocol=protocol,
+        )
         with structlog.testing.capture_logs() as logs:
             async with running(sink, wait_ready=False):
                 await until(lambda: sink.last_error is not None, what="a CONNACK refusal")
@@ -483,7 +488,9 @@ async def test_refused_credentials_give_a_clear_error(tmp_path: Path, protocol: 
         assert error.startswith(
             f"mqtt: broker 127.0.0.1:{broker.port} refused the credentials for user 'edge' ("
         ), error
-        assert "check [mqtt] username and password_env in the config; retrying in" in error
+        assert (
+            "check [mqtt] username and password_env MQTT_PASSWORD in the config; retrying in"
+        ) in error
         errors = [e for e in logs if e["log_level"] == "error"]
         assert errors and "refused the credentials" in errors[0]["event"]
         assert "wrong-password" not in repr(logs)
@@ -555,7 +562,9 @@ async def test_probe_failures_are_the_sinks_errors(tmp_path: Path) -> None:
         assert str(refused.value).startswith(
             f"mqtt: broker 127.0.0.1:{broker.port} refused the credentials for user 'edge' ("
         )
-        assert str(refused.value).endswith("check [mqtt] username and password_env in the config")
+        assert str(refused.value).endswith(
+            "check [mqtt] username and password_env or password_file in the config"
+        )
     tls = BrokerTls.make(tmp_path, require_certificate=True)
     with Mosquitto(tmp_path, tls=tls) as broker:
         sink = make_sink(broker, ca_file=str(tls.ca_file))

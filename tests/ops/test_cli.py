@@ -196,7 +196,9 @@ async def test_check_config_connect_mqtt_uses_the_sinks_errors(tmp_path: Path) -
         row = parse_table(out)[("mqtt", "connect")]
         assert row.startswith(f"FAIL    {broker.url}: broker 127.0.0.1:{broker.port} refused the")
         assert "credentials for user 'edge'" in row
-        assert row.endswith("check [mqtt] username and password_env in the config"), row
+        assert row.endswith(
+            "check [mqtt] username and password_env EDGE_AGENT_MQTT_PASSWORD in the config"
+        ), row
         assert "mqtt-pw" not in out + err
         right = {**ENV, "EDGE_AGENT_MQTT_PASSWORD": "pw"}
         code, out, err = await acli("check-config", "-c", str(cfg), "--connect", env=right)

@@ -60,20 +60,29 @@ class BrokerError(Exception):
 
 
 def connack_error(
-    reason: ReasonCode, addr: BrokerAddress, username: str | None, client_id: str
+    reason: ReasonCode,
+    addr: BrokerAddress,
+    username: str | None,
+    client_id: str,
+    password_source: str | None = None,
 ) -> BrokerError:
-    """The broker answered CONNECT with a failure reason code."""
+    """The broker answered CONNECT with a failure reason code.
+
+    ``password_source`` names where the password came from, as the config says it (e.g.
+    ``"password_file /etc/roomos-edge/mqtt.password"``), so the hint points at what is set.
+    """
     name = reason.getName().lower()
     if reason.value in _CONNACK_BAD_CREDENTIALS:
         if username is None:
             return BrokerError(
                 f"mqtt: broker {addr} refused the connection without credentials ({name}); "
-                "set [mqtt] username and password_env in the config",
+                "set [mqtt] username and password_env or password_file in the config",
                 "auth",
             )
+        where = password_source or "password_env or password_file"
         return BrokerError(
             f"mqtt: broker {addr} refused the credentials for user {username!r} ({name}); "
-            "check [mqtt] username and password_env in the config",
+            f"check [mqtt] username and {where} in the config",
             "auth",
         )
     if reason.value == _CONNACK_BAD_CLIENT_ID:

@@ -55,6 +55,8 @@ class BrokerSettings:
     client_id: str
     username: str | None = None
     password: str | None = None
+    password_source: str | None = None
+    """Where the password came from, as the config says (``"password_env MQTT_PW"``): hints."""
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -84,6 +86,7 @@ def broker_settings(
     client_id: str,
     username: str | None = None,
     password: str | None = None,
+    password_source: str | None = None,
     ca_file: str | os.PathLike[str] | None = None,
     cert_file: str | os.PathLike[str] | None = None,
     key_file: str | os.PathLike[str] | None = None,
@@ -104,6 +107,7 @@ def broker_settings(
         client_id=client_id,
         username=username,
         password=password,
+        password_source=password_source,
         ca_file=os.fspath(ca_file) if ca_file is not None else None,
         cert_file=os.fspath(cert_file) if cert_file is not None else None,
         key_file=os.fspath(key_file) if key_file is not None else None,
@@ -413,7 +417,13 @@ async def open_link(
         else:
             link.abort("connect failed")
         if isinstance(exc, _ConnackRefused):
-            raise connack_error(exc.reason, addr, settings.username, settings.client_id) from None
+            raise connack_error(
+                exc.reason,
+                addr,
+                settings.username,
+                settings.client_id,
+                settings.password_source,
+            ) from None
         if isinstance(exc, BrokerLinkLost):
             raise closed_before_connack(addr) from None
         if isinstance(exc, TimeoutError):

@@ -18,6 +18,18 @@ Under MQTT 5 a PUBACK may carry a failure reason code (e.g. 0x87 "Not authorized
 forbids the topic); that is not a delivery: permanent refusals give :class:`Reject` (dead
 letter after a few tries), others :class:`Retry`. MQTT 3.1.1 has no such code; mosquitto then
 PUBACKs and silently drops a message the ACL forbids, which no client can detect.
+
+Retained state is the agent's: the sink keeps the last retained message it published for each
+device (``availability``, ``bookings``; one entry per device and leaf, bounded by
+``max_retained_kept``) and publishes them again with every ``bridge/health`` message, and after
+every connect. Another client that overwrites a device's retained window (or a broker that
+lost it) is corrected within one ``health_interval_s``. The cost: per interval, one message
+per device and leaf (1,000 devices with 5 KiB windows: ~5 MB a minute at the 60 s default).
+
+Refused credentials, TLS and config errors are retried with a backoff from a few seconds up to
+``refused_retry_s`` (60 s): slow enough not to hammer a broker, soon enough after the broker
+is fixed. :meth:`MqttSink.reconnect_now` (the agent's SIGHUP reload) retries at once, with the
+reloaded credentials when given.
 """
 
 from __future__ import annotations
@@ -59,6 +71,8 @@ class MqttSink:
         client_id: MQTT client id; one per agent (two agents with one id take turns kicking
             each other off). Default ``edge-agent-<site>``.
         username, password: already resolved from the environment or a credentials file.
+        password_source: where the password came from, as the config names it (e.g.
+            ``"password_file /etc/roomos-edge/mqtt.password"``): the refusal hint names it.
         ca_file: CA bundle that signed the broker's certificate (default: the system store).
         cert_file, key_file: a client certificate, for brokers that require one.
         keepalive: seconds; the broker fires the will after 1.5 x this without traffic.
@@ -71,12 +85,20 @@ class MqttSink:
         connect_timeout_s: TCP + TLS + CONNACK.
         publish_timeout_s: a batch with a PUBACK still missing after this is retried.
         backoff_initial_s, backoff_max_s: reconnect delays (jittered, exponential).
-        refused_retry_s: the first delay after the broker refused the credentials or TLS failed
-            (a person has to fix something; hammering the broker does not help).
+        refused_retry_s: the longest delay between attempts after the broker refused the
+            credentials or TLS failed (a person has to fix something; hammering the broker does
+            not help, but once it is fixed the agent should be back soon). The delays grow from
+            a few seconds to this cap; :meth:`reconnect_now` cuts the wait short.
+        max_retained_kept: retained messages kept for the health-timer refresh (two per
+            device; the oldest updated one is dropped past it).
         stable_after_s: a link that lived this long resets the backoff.
     """
 
     name = "mqtt"
+    REFUSED_RETRY_MAX_S = 60.0
+    """The default cap of the delay after a refusal (was a fixed ~4 min growing to 20)."""
+    MAX_RETAINED_KEPT = 20_000
+    """Two retained topics per device, for 10,000 devices."""
 
     def __init__(
         self,
@@ -86,6 +108,7 @@ class MqttSink:
         client_id: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        password_source: str | None = None,
         ca_file: str | os.PathLike[str] | None = None,
         cert_file: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
@@ -100,14 +123,16 @@ class MqttSink:
         publish_timeout_s: float = 30.0,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
-        refused_retry_s: float = 300.0,
+        refused_retry_s: float = REFUSED_RETRY_MAX_S,
         stable_after_s: float = 30.0,
+        max_retained_kept: int = MAX_RETAINED_KEPT,
     ) -> None:
         self._settings = broker_settings(
             url,
             client_id=client_id or f"edge-agent-{site}",
             username=username,
             password=password,
+            password_source=password_source,
             ca_file=ca_file,
             cert_file=cert_file,
             key_file=key_file,
@@ -127,13 +152,16 @@ class MqttSink:
         self._max_in_flight = max_in_flight
         self._publish_timeout_s = publish_timeout_s
         self._backoff = Backoff(initial=backoff_initial_s, maximum=backoff_max_s)
-        self._refused_backoff = Backoff(
-            initial=refused_retry_s, maximum=max(refused_retry_s, 4 * refused_retry_s)
-        )
+        self._refused_backoff = Backoff(initial=min(5.0, refused_retry_s), maximum=refused_retry_s)
         self._stable_after_s = stable_after_s
 
         self._link: BrokerLink | None = None
         self._closing = asyncio.Event()
+        self._poke = asyncio.Event()  # reconnect_now(): end the wait before the next attempt
+        # The last retained message published per topic, refreshed on the health timer; dict
+        # order is the update order, so the first entry is the one to drop past the bound.
+        self._retained: dict[str, bytes] = {}
+        self._max_retained = max(1, max_retained_kept)
         self._stopped = asyncio.Event()
         self._running = False
         self._started = time.monotonic()
@@ -176,6 +204,10 @@ class MqttSink:
                         except BaseException:
                             link.slots.release()
                             raise
+                        if pub.retain:
+                            # At publish time, in publish order: the refresh never sends an
+                            # older window after a newer one.
+                            self.keep_retained(pub.topic, pub.payload)
                         self._in_flight += 1
                         fut.add_done_callback(functools.partial(self._release_slot, link.slots))
                         acks.append(fut)
@@ -214,6 +246,17 @@ class MqttSink:
         self._in_flight -= 1
         slots.release()
 
+    def keep_retained(self, topic: str, payload: bytes) -> None:
+        """Remember ``payload`` as the agent's retained message on ``topic`` (bounded)."""
+        self._retained.pop(topic, None)
+        self._retained[topic] = payload
+        while len(self._retained) > self._max_retained:
+            del self._retained[next(iter(self._retained))]
+
+    def retained_kept(self) -> dict[str, bytes]:
+        """The retained messages the health timer publishes again (a copy)."""
+        return dict(self._retained)
+
     def _retry(self, reason: str, count: bool = True) -> Retry:
         if count:
             self.stats.retried += 1
@@ -233,6 +276,9 @@ class MqttSink:
         try:
             while not self._closing.is_set():
                 attempt += 1
+                # A poke during this attempt (which may use the old credentials) ends the wait
+                # after it.
+                self._poke.clear()
                 try:
                     lived = await self._connect_and_serve()
                 except BrokerError as exc:
@@ -260,11 +306,39 @@ class MqttSink:
                         reason=self.stats.last_error,
                         retry_in_s=round(delay, 3),
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), delay)
+                if await self._wait_before_retry(delay):
+                    self._log.info("mqtt: reconnecting now (reload)")
+                    attempt = refused = 0
         finally:
             self._running = False
             self._stopped.set()
+
+    async def _wait_before_retry(self, delay: float) -> bool:
+        """Sleep ``delay`` unless closing or poked; True when poked."""
+        tag = f"mqtt[{self._client_id}]"
+        closing = asyncio.create_task(self._closing.wait(), name=f"{tag}.wait.closing")
+        poked = asyncio.create_task(self._poke.wait(), name=f"{tag}.wait.poked")
+        try:
+            await asyncio.wait([closing, poked], timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            poked.cancel()
+        return self._poke.is_set() and not self._closing.is_set()
+
+    def reconnect_now(self, *, credentials: tuple[str | None, str | None] | None = None) -> None:
+        """Retry connecting at once instead of waiting out the backoff (the agent's SIGHUP).
+
+        ``credentials``: ``(username, password)`` as reloaded, used from the next attempt on.
+        A link that is up is left alone (it keeps working; new credentials apply on the next
+        connect).
+        """
+        if credentials is not None:
+            username, password = credentials
+            self._settings = dataclasses.replace(
+                self._settings, username=username, password=password
+            )
+        if not self.ready():
+            self._poke.set()
 
     async def _connect_and_serve(self) -> float:
         """One connection's life; returns how long it was up. Raises BrokerError."""
@@ -286,6 +360,7 @@ class MqttSink:
             self._connects += 1
             self._connected_since = utc_iso(system_clock.now())
             self._link = link
+            self._poke.clear()  # connected: a poke during the connect has done its job
             self.stats.last_error = None
             self._log.info(
                 "mqtt: connected",
@@ -351,9 +426,40 @@ class MqttSink:
                     link.publish(self._topics.bridge_health, self._health_payload(), retain=False),
                     self._publish_timeout_s,
                 )
+                await self._refresh_retained(link)
             except (BrokerLinkLost, TimeoutError):
                 return
             await asyncio.sleep(self._health_interval_s)
+
+    async def _refresh_retained(self, link: BrokerLink) -> None:
+        """Publish every kept retained message again (a client may have overwritten it, or a
+        broker without persistence lost it). Takes the link's slots like events do, so it
+        never passes the broker's Receive Maximum; does not wait for the PUBACKs."""
+        for topic, payload in list(self._retained.items()):
+            await link.slots.acquire()
+            try:
+                fut = link.publish(topic, payload, retain=True)
+            except BaseException:
+                link.slots.release()
+                raise
+            fut.add_done_callback(functools.partial(self._refreshed, link.slots, topic, payload))
+
+    def _refreshed(
+        self, slots: asyncio.Semaphore, topic: str, payload: bytes, fut: asyncio.Future[ReasonCode]
+    ) -> None:
+        slots.release()
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        reason = fut.result()
+        if reason.is_failure and reason.value in PUBACK_PERMANENT:
+            # The broker will never take it (an ACL): stop resending it every interval.
+            if self._retained.get(topic) == payload:
+                del self._retained[topic]
+            self._log.warning(
+                "mqtt: broker refused a retained refresh; not refreshing it again",
+                topic=topic,
+                reason=reason.getName(),
+            )
 
     def _health_payload(self) -> bytes:
         doc: dict[str, Any] = {
