@@ -507,6 +507,8 @@ class Agent:
             "refresh_rooms_s": ms.refresh_rooms_s,
             "horizon_days": ms.horizon_days,
             "clock": self._clock,
+            # A device without a calendar is a room under its id: the directory cannot take it.
+            "reserved_ids": [d.id for d in cfg.devices if d.calendar is None],
             **self._graph_overrides,
         }
         push = self._push

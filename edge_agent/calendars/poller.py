@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -226,10 +226,13 @@ class CalendarPoller:
         rng: random.Random | None = None,
         interval_for: Callable[[str, float], float] | None = None,
         on_rooms: Callable[[Mapping[str, CalendarRoom]], None] | None = None,
+        reserved_ids: Collection[str] = (),
     ) -> None:
         """``interval_for(room_id, poll_interval_s)``: a room's interval (push stretches it
         while its subscription is healthy); ``on_rooms(rooms)``: told the running set after each
-        change (push subscribes those rooms)."""
+        change (push subscribes those rooms); ``reserved_ids``: room ids taken by something
+        else (devices without a calendar): a directory room with one of them is skipped."""
+        self._reserved = frozenset(reserved_ids)
         self._source = source
         self._interval_for = interval_for
         self._on_rooms = on_rooms
@@ -302,6 +305,15 @@ class CalendarPoller:
                     rid = room_id_from_mailbox(g.mailbox)
                 except ValueError as e:
                     log.warning("directory room skipped", error=str(e))
+                    continue
+                if rid in self._reserved and rid not in self._configured:
+                    log.error(
+                        "a directory room has the id of a device; the room is skipped",
+                        room=rid,
+                        mailbox=g.mailbox,
+                        fix=f"link the device to it ([[devices]] calendar = {g.mailbox!r}) or "
+                        "list the room in [[rooms]] with its own id",
+                    )
                     continue
                 if rid in rooms:
                     log.error(

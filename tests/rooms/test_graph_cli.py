@@ -222,3 +222,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_sighup_says_room_changes_need_a_restart(graph, receiver, ca_file, tmp_path, spawn):
+    graph.rooms = [place("room-a@contoso.com")]
+    cfg = rooms_config(tmp_path, graph, receiver, ca_file)
+    proc = await spawn(cfg)
+    await eventually(lambda: of_room(receiver.events, "room-a", "bookings.snapshot"), timeout=30)
+    cfg.write_text(cfg.read_text() + '\n[[rooms]]\nid = "extra"\ncalendar = "extra@contoso.com"\n')
+    proc.send_signal(signal.SIGHUP)
+    await eventually(lambda: "need a restart" in logs(tmp_path), timeout=20)
+    assert proc.returncode is None  # still running, with the rooms it had
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
