@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures are imported from tests/calendars
 """The poller hooks the agent uses: reserved ids (devices), the running-room callback (push),
 the per-room interval (push stretches it)."""
 
@@ -28,7 +29,7 @@ async def test_reserved_ids_interval_and_room_callback(
     fake: FakeGraph,
     client: GraphClient,
     store: MemoryStore,
-    clock: PinnedClock,  # noqa: F811 - the imported fixtures
+    clock: PinnedClock,
 ) -> None:
     told: list[set[str]] = []
     asked: list[str] = []
