@@ -347,6 +347,9 @@ class Agent:
             }
             if self._push is not None:
                 out[rid].update(self._push.status(rid))
+            linked = self._sessions.get(room.device_id) if room.device_id else None
+            if linked is not None:
+                out[rid]["connected"] = linked.client.connected
         if self.config.microsoft is not None:
             for room in graph_rooms(self.config):  # not running yet (the poller is starting)
                 out.setdefault(
