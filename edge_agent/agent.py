@@ -770,6 +770,9 @@ class Agent:
         await self._store.forget_device(device_id)
         with contextlib.suppress(KeyError):
             metrics.RECONNECTS.remove(device_id)
+        for reason in ("duplicate", "queue_full"):
+            with contextlib.suppress(KeyError):
+                metrics.FEEDBACK_DROPPED.remove(device_id, reason)
         self._link_export.forget(device_id)
 
 

@@ -80,6 +80,14 @@ DEAD_LETTER_DROPPED = Counter(
     registry=REGISTRY,
 )
 
+FEEDBACK_DROPPED = Counter(
+    "edge_agent_feedback_dropped",
+    "Device feedback a session dropped, by reason: duplicate (identical to one that arrived"
+    " < 5 s before it), queue_full (the session's inbox was full; a re-list catches up)",
+    ["device", "reason"],
+    registry=REGISTRY,
+)
+
 
 class LinkCountersExport:
     """Carries each device link's counters (``XapiClient.counters``, which the xapi layer keeps

@@ -18,7 +18,15 @@ Backpressure: feedback is queued (bounded). Should the queue overflow (the store
 further feedback is dropped and a re-list is scheduled: the device's calendar is the truth, and
 reconciliation reports what the dropped events would have. Link changes (online/offline) are never
 dropped: no list brings them back, so they join the queue past its bound, in order with the rest
-(each one takes a reconnect, and reconnects back off, so there are never many of them).
+(each one takes a reconnect, and reconnects back off, so there are never many of them). Every
+drop (an overflow, a repeated frame) is counted (``info()``,
+``edge_agent_feedback_dropped_total{device,reason}``) and warned about.
+
+Time: every input carries the time its fact happened (a frame's arrival, stamped by the client's
+reader; a list's or a link change's, stamped here), so a backlog (a store on a full disk, a
+burst) changes when an input is applied, never what it means: repeats are told from new events
+by arrival, and ``observed_at`` is the arrival. A process stopped outright (SIGSTOP) is the
+limit: the frames the kernel buffered meanwhile are read, and stamped, together on resume.
 
 Stopping (:meth:`DeviceSession.stop`): the link is closed first, so nothing new arrives; what was
 already received is then applied and committed (bounded by a timeout) before ``run()`` ends.
@@ -56,10 +64,11 @@ from edge_agent.bookings.state import DeviceBookings, Step
 from edge_agent.clock import Clock, system_clock, utc_iso
 from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
+from edge_agent.metrics import FEEDBACK_DROPPED
 from edge_agent.store import Change, PendingRow, Store, StoreError
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost
-from edge_agent.xapi.protocol import Handler, PathLike
+from edge_agent.xapi.protocol import Feedback, Handler, PathLike
 
 log = structlog.get_logger(__name__)
 
@@ -123,12 +132,16 @@ class SessionTuning:
 @dataclass(frozen=True, slots=True)
 class _Feedback:
     payload: Mapping[str, Any]
+    arrived_at: datetime
+    """When the frame arrived (the reader's stamp), not when the worker gets to it."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Listed:
     page: ListPage
     applied: asyncio.Future[None]
+    observed_at: datetime
+    """When the last page arrived: the window and the expiries are judged as of then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +157,7 @@ class _DeviceConfig:
 @dataclass(frozen=True, slots=True)
 class _LinkChange:
     online: bool
+    observed_at: datetime
     reason: str | None = None
     software: str | None = None
     tz: ZoneInfo | None = None
@@ -156,6 +170,49 @@ class _Tick:
 
 
 _Input = _Feedback | _Listed | _LinkChange | _Tick
+
+
+DUPLICATE_WARNING_INTERVAL_S = 60.0
+"""Shortest time between two warnings about duplicates dropped (each says how many)."""
+
+
+class _DuplicateDrops:
+    """Bookings events dropped as repeats: counted, and warned about on the first and then at
+    most every :data:`DUPLICATE_WARNING_INTERVAL_S` with how many since the last warning (a
+    device or proxy repeating frames can repeat every one of them)."""
+
+    __slots__ = ("total", "_log", "_monotonic", "_unwarned", "_last", "_warned_at")
+
+    def __init__(self, log: Any, monotonic: Callable[[], float]) -> None:
+        self.total = 0
+        self._log = log
+        self._monotonic = monotonic
+        self._unwarned = 0
+        self._last = ""
+        self._warned_at: float | None = None
+
+    def dropped(self, payload: Mapping[str, Any]) -> None:
+        self.total += 1
+        self._unwarned += 1
+        self._last = str(dict(payload))[:200]
+        self.flush()
+
+    def flush(self) -> None:
+        """Warn about the drops not yet warned about, if the interval allows it now."""
+        if not self._unwarned:
+            return
+        now = self._monotonic()
+        if self._warned_at is not None and now - self._warned_at < DUPLICATE_WARNING_INTERVAL_S:
+            return
+        self._log.warning(
+            "dropped device events as duplicates: each was identical to one that arrived less"
+            " than 5 s before it (the device or a proxy repeated frames)",
+            dropped=self._unwarned,
+            dropped_total=self.total,
+            last=self._last,
+        )
+        self._unwarned = 0
+        self._warned_at = now
 
 
 class DeviceSession:
@@ -190,6 +247,7 @@ class DeviceSession:
         self._reschedule = Flag()
         self._tick_queued = False
         self._overflowing = False
+        self._overflow_dropped_before = 0
         self._next_safety_relist = 0.0
         self._stop_reason: str | None = None
         self.state: DeviceBookings | None = None
@@ -201,6 +259,7 @@ class DeviceSession:
         self.clock_skew_s: float | None = None
         """Device clock minus the agent's at the last connect (None: not read)."""
         self.store_errors = 0
+        self._duplicates = _DuplicateDrops(self._log, clock.monotonic)
 
     # --- the local API's view ------------------------------------------------------------------
 
@@ -221,7 +280,13 @@ class DeviceSession:
             "skipped_entries": self.skipped_entries,
             "lists_cut_short": self.lists_cut_short,
             "clock_skew_s": self.clock_skew_s,
+            "duplicates_dropped": self.duplicates_dropped,
         }
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """Bookings events dropped as repeats of one that arrived less than 5 s before."""
+        return self._duplicates.total
 
     # --- running -------------------------------------------------------------------------------
 
@@ -301,11 +366,14 @@ class DeviceSession:
     # --- inputs from the client (called by its reader: must not block) --------------------------
 
     def _on_feedback(self, payload: Mapping[str, Any]) -> None:
-        self._offer(_Feedback(payload))
+        # XapiClient stamps each frame as its reader takes it off the link. A link that does not
+        # (a test's fake) calls this from its reader too, so the session's clock reads the same.
+        at = payload.arrived_at if isinstance(payload, Feedback) else self._clock.now()
+        self._offer(_Feedback(payload, at))
 
     def _on_disconnected(self, exc: BaseException | None) -> None:
         reason = str(exc) if exc is not None else (self._stop_reason or "closed")
-        self._offer(_LinkChange(online=False, reason=reason))
+        self._offer(_LinkChange(online=False, observed_at=self._clock.now(), reason=reason))
 
     async def _on_connected(self, client: DeviceLink) -> None:
         dev = await self._read_device_settings(client)
@@ -314,6 +382,7 @@ class DeviceSession:
         self._offer(
             _LinkChange(
                 online=True,
+                observed_at=self._clock.now(),
                 software=dev.software,
                 tz=dev.tz,
                 booking_timeout_s=dev.booking_timeout_s,
@@ -356,16 +425,29 @@ class DeviceSession:
             self._inputs.put_nowait(item)
         except asyncio.QueueFull:
             self.dropped_feedback += 1
+            FEEDBACK_DROPPED.labels(self.device_id, "queue_full").inc()
             if not self._overflowing:
                 self._overflowing = True
+                self._overflow_dropped_before = self.dropped_feedback - 1
                 self._log.warning(
                     "feedback queue full: dropping device feedback and re-listing to catch up",
                     queue_max=self.tuning.queue_max,
                 )
             self._request_relist()
         else:
-            if self._overflowing and self._inputs.qsize() <= self.tuning.queue_max // 2:
-                self._overflowing = False
+            self._end_overflow_if_drained()
+
+    def _end_overflow_if_drained(self) -> None:
+        if self._overflowing and self._inputs.qsize() <= self.tuning.queue_max // 2:
+            self._overflowing = False
+            # Each episode is said twice: when it starts, and what it cost once it is over.
+            self._log.warning(
+                "feedback queue drained: device feedback was dropped while it was full;"
+                " the re-list reports what it would have",
+                dropped=self.dropped_feedback - self._overflow_dropped_before,
+                dropped_total=self.dropped_feedback,
+                queue_max=self.tuning.queue_max,
+            )
 
     async def _read_device_settings(self, client: DeviceLink) -> _DeviceConfig:
         """Time zone, BookingTimeout, software and clock from the device; None where it may
@@ -460,18 +542,33 @@ class DeviceSession:
             self._reschedule.set()
 
     def _transition(self, state: DeviceBookings, item: _Input, now: datetime) -> Step:
+        """The pure transition for ``item`` processed at ``now``; each input brings the time its
+        fact happened (the transitions judge by that, ``now`` only dates the envelopes)."""
+        self._duplicates.flush()
+        self._end_overflow_if_drained()
         if isinstance(item, _Feedback):
             if "Status" in item.payload:
-                return on_availability(state, item.payload, now)
-            return on_event(state, item.payload, now)
+                return on_availability(state, item.payload, now, observed_at=item.arrived_at)
+            step = on_event(state, item.payload, now, arrived_at=item.arrived_at)
+            if step.duplicate:
+                FEEDBACK_DROPPED.labels(self.device_id, "duplicate").inc()
+                self._duplicates.dropped(item.payload)
+            return step
         if isinstance(item, _Listed):
             self.skipped_entries += len(item.page.skipped)
-            return on_list(state, item.page, now)
+            # on_list's ``now`` is when the list was received: the window it was asked for, and
+            # whether a request had expired by then, are judged as of the answer.
+            return on_list(state, item.page, item.observed_at)
         if isinstance(item, _LinkChange):
             if item.online:
                 state = state.with_config(tz=item.tz, booking_timeout_s=item.booking_timeout_s)
             return on_connection(
-                state, item.online, now, reason=item.reason, software=item.software
+                state,
+                item.online,
+                now,
+                reason=item.reason,
+                software=item.software,
+                observed_at=item.observed_at,
             )
         return on_tick(state, now)
 
@@ -557,7 +654,7 @@ class DeviceSession:
                     page = await self._list_all()
                     # Applied inside the slot, so the parse and the snapshot are done with too.
                     applied = asyncio.get_running_loop().create_future()
-                    await self._inputs.put(_Listed(page, applied))
+                    await self._inputs.put(_Listed(page, applied, self._clock.now()))
                     await applied
             except ConnectionLost:
                 continue

@@ -5,8 +5,14 @@ Decisions:
 - ``booking.created`` is emitted once per booking: a ``BookingCreated`` for a booking already in
   the window with the same times (a duplicate, or one a re-list already reported) only updates the
   window.
-- An identical Bookings event arriving again within :data:`DUPLICATE_HORIZON` is dropped (devices
-  and proxies do repeat frames). Lost events are the re-list's job, not this.
+- An identical Bookings event that ARRIVED again within :data:`DUPLICATE_HORIZON` of the first is
+  dropped (devices and proxies do repeat frames); the Step says so (``Step.duplicate``) for the
+  shell to count and warn. Arrival, not processing: behind a backlog (a stuck store, a stopped
+  process) events the device sent minutes apart are processed milliseconds apart, and are not
+  repeats. Lost events are the re-list's job, not this.
+- Times: ``now`` is when the input is processed (the envelope's ``timestamp``); ``arrived_at``
+  is when its frame arrived, and decides what the device did when: the dedupe, a request's
+  ``requested_at`` (so its deadline), ``pending_ms``, and every envelope's ``observed_at``.
 - A booking event naming a booking the window does not hold (``Start {Id}`` from older software,
   a move of an unknown booking) still produces its envelope, from what the event carries, and asks
   for a re-list to learn the booking.
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -55,6 +61,18 @@ and a hybrid calendar may have changed more than it says."""
 # ---------------------------------------------------------------------- helpers
 
 
+@dataclass(frozen=True, slots=True)
+class _When:
+    """The two times of one event: ``now``, when it is processed (the envelope's ``timestamp``),
+    and ``at``, when its frame arrived (what the device did when: ``observed_at``, deadlines)."""
+
+    now: datetime
+    at: datetime
+
+    def envelope(self, state: DeviceBookings, type: str, **fields: Any) -> dict[str, Any]:
+        return state._envelope(type, self.now, observed_at=self.at, **fields)
+
+
 def _find(window: Mapping[str, Booking], ev: EventFields) -> tuple[str, Booking] | None:
     for k in (ev.meeting_id, ev.original_meeting_id, ("id:" + ev.id) if ev.id else None):
         if k and k in window:
@@ -74,9 +92,14 @@ def _fingerprint(ev: EventFields) -> bytes:
     ).digest()
 
 
-def _remember(state: DeviceBookings, fp: bytes, now: datetime) -> DeviceBookings:
-    recent = tuple(r for r in state.recent if now - r[1] < DUPLICATE_HORIZON)[-(_RECENT_MAX - 1) :]
-    return replace(state, recent=recent + ((fp, now),))
+def _within_horizon(a: datetime, b: datetime) -> bool:
+    # Either way round: after a wall-clock step back, a later arrival may carry an earlier stamp.
+    return abs(a - b) < DUPLICATE_HORIZON
+
+
+def _remember(state: DeviceBookings, fp: bytes, at: datetime) -> DeviceBookings:
+    recent = tuple(r for r in state.recent if _within_horizon(at, r[1]))[-(_RECENT_MAX - 1) :]
+    return replace(state, recent=recent + ((fp, at),))
 
 
 def _patch_window(
@@ -107,8 +130,15 @@ def _patch_window(
 # ---------------------------------------------------------------------- transitions
 
 
-def on_event(state: DeviceBookings, payload: Mapping[str, Any], now: datetime) -> Step:
-    """An ``Event Bookings`` notification (the handler payload) observed at ``now``.
+def on_event(
+    state: DeviceBookings,
+    payload: Mapping[str, Any],
+    now: datetime,
+    *,
+    arrived_at: datetime | None = None,
+) -> Step:
+    """An ``Event Bookings`` notification (the handler payload) processed at ``now``, its frame
+    arrived at ``arrived_at`` (the reader's stamp; ``now`` when not given).
 
     Never raises: an event the agent cannot take in (nested past :data:`MAX_EVENT_DEPTH`, a
     value no parser foresaw) is dropped with a warning and costs that event only. The device's
@@ -124,7 +154,7 @@ def on_event(state: DeviceBookings, payload: Mapping[str, Any], now: datetime) -
             ),
         )
     try:
-        return _on_event(state, payload, now)
+        return _on_event(state, payload, now, now if arrived_at is None else arrived_at)
     except Exception as exc:  # noqa: BLE001 - one odd event must not cost the session
         return Step(
             state,
@@ -148,7 +178,9 @@ def _name_of(payload: Mapping[str, Any]) -> str:
     return "<unnamed>"
 
 
-def _on_event(state: DeviceBookings, payload: Mapping[str, Any], now: datetime) -> Step:
+def _on_event(
+    state: DeviceBookings, payload: Mapping[str, Any], now: datetime, at: datetime
+) -> Step:
     ev = parse_event(payload)
     if ev is None:
         return Step(state, notes=(f"not a Bookings event: {str(payload)[:200]}",))
@@ -160,25 +192,23 @@ def _on_event(state: DeviceBookings, payload: Mapping[str, Any], now: datetime) 
     if etype is None:
         return Step(state, notes=(f"unknown Bookings event {ev.name!r} ignored",))
     fp = _fingerprint(ev)
-    if any(f == fp and now - t < DUPLICATE_HORIZON for f, t in state.recent):
-        return Step(state, notes=(f"duplicate {ev.xevent} dropped",))
-    state = _remember(state, fp, now)
-    bounds = window_bounds(now, state.tz)
+    if any(f == fp and _within_horizon(at, t) for f, t in state.recent):
+        return Step(state, duplicate=True, notes=(f"duplicate {ev.xevent} dropped",))
+    state = _remember(state, fp, at)
+    bounds = window_bounds(at, state.tz)
     handler = _HANDLERS.get(ev.name, _on_booking_event)
-    step = handler(state, ev, now, bounds)
+    step = handler(state, ev, _When(now, at), bounds)
     if ev.name in CALENDAR_CHANGES and not step.relist:
         step = replace(step, relist=True)
     return step
 
 
-def _on_requested(
-    state: DeviceBookings, ev: EventFields, now: datetime, bounds: WindowBounds
-) -> Step:
+def _on_requested(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
     duration = ev.duration_min or _DEFAULT_AD_HOC_MIN
     uuid = ev.booking_request_uuid
     partial = partial_booking_dict(ev)
     if uuid is None:
-        env = state._envelope("booking.requested", now, xevent=ev.xevent, booking=partial)
+        env = t.envelope(state, "booking.requested", xevent=ev.xevent, booking=partial)
         return Step(
             state,
             events=(env,),
@@ -192,13 +222,13 @@ def _on_requested(
         title=ev.title,
         start=ev.start,
         duration_min=duration,
-        requested_at=now,
+        requested_at=t.at,
         booking_timeout_s=state.booking_timeout_s,
         grace_s=state.grace_s,
     )
-    env = state._envelope(
+    env = t.envelope(
+        state,
         "booking.requested",
-        now,
         xevent=ev.xevent,
         booking=partial,
         extra={"request": req.to_dict()},
@@ -207,9 +237,7 @@ def _on_requested(
     return Step(new, pending_upsert=(req,), events=(env,))
 
 
-def _on_created(
-    state: DeviceBookings, ev: EventFields, now: datetime, bounds: WindowBounds
-) -> Step:
+def _on_created(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
     found = _find(state.window, ev)
     old_key, stored = found if found else (None, None)
     booking = merge(stored, ev)
@@ -220,13 +248,13 @@ def _on_created(
     if req is not None:
         pending = {k: v for k, v in state.pending.items() if k != req.booking_request_uuid}
         pending_delete = (req.booking_request_uuid,)
-        extra["pending_ms"] = Resolution("created", req, now).pending_ms
+        extra["pending_ms"] = Resolution("created", req, t.at).pending_ms
         if booking is not None:
             booking = replace(booking, booking_request_uuid=req.booking_request_uuid)
     if booking is None:
-        env = state._envelope(
+        env = t.envelope(
+            state,
             "booking.created",
-            now,
             xevent=ev.xevent,
             booking=partial_booking_dict(ev),
             extra=extra or None,
@@ -247,8 +275,8 @@ def _on_created(
     events: tuple[dict[str, Any], ...] = ()
     if not duplicate:
         events = (
-            state._envelope(
-                "booking.created", now, xevent=ev.xevent, booking=booking, extra=extra or None
+            t.envelope(
+                state, "booking.created", xevent=ev.xevent, booking=booking, extra=extra or None
             ),
         )
     return Step(
@@ -261,32 +289,30 @@ def _on_created(
     )
 
 
-def _on_failed(state: DeviceBookings, ev: EventFields, now: datetime, bounds: WindowBounds) -> Step:
+def _on_failed(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
     uuid = ev.booking_request_uuid
     req = state.pending.get(uuid) if uuid else None
     extra: dict[str, Any] = {"booking_request_uuid": uuid, "cause": ev.cause}
     if req is not None:
         extra["request"] = req.to_dict()
-        extra["pending_ms"] = Resolution("failed", req, now).pending_ms
+        extra["pending_ms"] = Resolution("failed", req, t.at).pending_ms
         pending = {k: v for k, v in state.pending.items() if k != uuid}
-        env = state._envelope("booking.failed", now, xevent=ev.xevent, extra=extra)
+        env = t.envelope(state, "booking.failed", xevent=ev.xevent, extra=extra)
         return Step(
             replace(state, pending=pending),
             pending_delete=(req.booking_request_uuid,),
             events=(env,),
         )
-    env = state._envelope("booking.failed", now, xevent=ev.xevent, extra=extra)
+    env = t.envelope(state, "booking.failed", xevent=ev.xevent, extra=extra)
     return Step(state, events=(env,))
 
 
-def _on_moved(state: DeviceBookings, ev: EventFields, now: datetime, bounds: WindowBounds) -> Step:
+def _on_moved(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
     found = _find(state.window, ev)
     old_key, stored = found if found else (None, None)
     booking = merge(stored, ev)
     if booking is None:
-        env = state._envelope(
-            "booking.moved", now, xevent=ev.xevent, booking=partial_booking_dict(ev)
-        )
+        env = t.envelope(state, "booking.moved", xevent=ev.xevent, booking=partial_booking_dict(ev))
         return Step(state, events=(env,), relist=True)
     if stored is not None and (stored.start, stored.end) == (booking.start, booking.end):
         return Step(state, notes=(f"{ev.xevent} to the same time: no event",))
@@ -296,7 +322,7 @@ def _on_moved(state: DeviceBookings, ev: EventFields, now: datetime, bounds: Win
         if stored is not None
         else None
     )
-    env = state._envelope("booking.moved", now, xevent=ev.xevent, booking=booking, extra=extra)
+    env = t.envelope(state, "booking.moved", xevent=ev.xevent, booking=booking, extra=extra)
     return Step(
         replace(state, window=window),
         window_upsert=upsert,
@@ -306,16 +332,14 @@ def _on_moved(state: DeviceBookings, ev: EventFields, now: datetime, bounds: Win
     )
 
 
-def _on_deleted(
-    state: DeviceBookings, ev: EventFields, now: datetime, bounds: WindowBounds
-) -> Step:
+def _on_deleted(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
     found = _find(state.window, ev)
     extra = {"cause": ev.cause}
     if found is None:
         b = merge(None, ev)
-        env = state._envelope(
+        env = t.envelope(
+            state,
             "booking.deleted",
-            now,
             xevent=ev.xevent,
             booking=b if b is not None else partial_booking_dict(ev),
             extra=extra,
@@ -323,14 +347,14 @@ def _on_deleted(
         return Step(state, events=(env,))
     key, stored = found
     window = {k: v for k, v in state.window.items() if k != key}
-    env = state._envelope(
-        "booking.deleted", now, xevent=ev.xevent, booking=merge(stored, ev), extra=extra
+    env = t.envelope(
+        state, "booking.deleted", xevent=ev.xevent, booking=merge(stored, ev), extra=extra
     )
     return Step(replace(state, window=window), window_delete=(key,), events=(env,))
 
 
 def _on_booking_event(
-    state: DeviceBookings, ev: EventFields, now: datetime, bounds: WindowBounds
+    state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds
 ) -> Step:
     """Start, End, CheckedIn, ExtensionRequested/Failed, EditRequested/Failed."""
     etype = EVENT_TYPES[ev.name]
@@ -345,8 +369,8 @@ def _on_booking_event(
         start = parse_device_time(ev.raw.get("ExtensionStart"))
         extra["extension_start"] = utc_iso(start) if start else None
     if found is None:
-        env = state._envelope(
-            etype, now, xevent=ev.xevent, booking=partial_booking_dict(ev), extra=extra or None
+        env = t.envelope(
+            state, etype, xevent=ev.xevent, booking=partial_booking_dict(ev), extra=extra or None
         )
         # Older software sends Start/End with Id only: learn the booking from a list.
         return Step(state, events=(env,), relist=ev.name in ("Start", "End", "CheckedIn"))
@@ -355,7 +379,7 @@ def _on_booking_event(
     booking = stored
     if ev.name == "CheckedIn":
         booking = replace(stored, checked_in=True)
-    env = state._envelope(etype, now, xevent=ev.xevent, booking=booking, extra=extra or None)
+    env = t.envelope(state, etype, xevent=ev.xevent, booking=booking, extra=extra or None)
     if booking is stored:
         return Step(state, events=(env,))
     window = {**state.window, key: booking}

@@ -35,8 +35,15 @@ def _availability_node(payload: Mapping[str, Any]) -> Mapping[str, Any]:
     return node if isinstance(node, Mapping) else {}
 
 
-def on_availability(state: DeviceBookings, payload: Mapping[str, Any], now: datetime) -> Step:
-    """``Status Bookings`` (an ``xGet`` result or a status feedback, whole or partial).
+def on_availability(
+    state: DeviceBookings,
+    payload: Mapping[str, Any],
+    now: datetime,
+    *,
+    observed_at: datetime | None = None,
+) -> Step:
+    """``Status Bookings`` (an ``xGet`` result or a status feedback, whole or partial) processed
+    at ``now``, its frame arrived at ``observed_at`` (the envelope's ``observed_at``).
 
     Emits ``room.availability {status, until}`` only when the value changed. ``Current Id`` is
     kept in the state (no event)."""
@@ -67,6 +74,7 @@ def on_availability(state: DeviceBookings, payload: Mapping[str, Any], now: date
                 now,
                 xevent="Bookings.Availability",
                 extra={"availability": new_avail.to_dict()},
+                observed_at=observed_at,
             ),
         )
     return Step(new, device_state=new.device_state_row(), events=events)
@@ -79,8 +87,10 @@ def on_connection(
     *,
     reason: str | None = None,
     software: str | None = None,
+    observed_at: datetime | None = None,
 ) -> Step:
-    """The device link came up (``online``) or went down. ``device.online`` carries
+    """The device link came up (``online``) or went down, seen at ``observed_at`` (the
+    envelope's ``observed_at``) and processed at ``now``. ``device.online`` carries
     ``data.software`` (``SystemUnit Software Version``) when given; ``device.offline`` carries
     ``data.reason``. Only a change emits; going online also asks for a re-list (events sent while
     the link was down are lost)."""
@@ -88,7 +98,9 @@ def on_connection(
         return Step(state)
     new = replace(state, online=online)
     if online:
-        env = new._envelope("device.online", now, extra={"software": software})
+        env = new._envelope(
+            "device.online", now, extra={"software": software}, observed_at=observed_at
+        )
         return Step(new, events=(env,), relist=True)
-    env = new._envelope("device.offline", now, extra={"reason": reason})
+    env = new._envelope("device.offline", now, extra={"reason": reason}, observed_at=observed_at)
     return Step(new, events=(env,))

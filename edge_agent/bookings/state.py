@@ -68,6 +68,7 @@ class DeviceBookings:
     current_id: str | None = None
     online: bool | None = None
     recent: tuple[tuple[bytes, datetime], ...] = ()
+    """Fingerprints of the last Bookings events with when each ARRIVED (for the dedupe)."""
     entropy: Entropy = field(default=prng_bytes, compare=False, repr=False)
 
     # ------------------------------------------------------------------ persistence
@@ -197,6 +198,7 @@ class DeviceBookings:
         xevent: str | None = None,
         booking: Booking | Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
+        observed_at: datetime | None = None,
     ) -> dict[str, Any]:
         return make_envelope(
             type,
@@ -206,6 +208,7 @@ class DeviceBookings:
             xevent=xevent,
             booking=booking,
             extra=extra,
+            observed_at=observed_at,
             entropy=self.entropy,
         )
 
@@ -219,6 +222,8 @@ class Step:
     ``device_state`` (when not None) is the new device state row. ``events`` are envelopes, in
     order. ``relist``: run ``Bookings List`` (then :func:`on_list`). ``notes``: log lines;
     ``warnings``: log lines a person should see (input the device sent that was dropped).
+    ``duplicate``: the input was dropped as a repeat of one that arrived just before (the shell
+    counts and warns: a drop is never silent).
     """
 
     state: DeviceBookings
@@ -232,6 +237,7 @@ class Step:
     relist: bool = False
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    duplicate: bool = False
 
     @property
     def needs_commit(self) -> bool:

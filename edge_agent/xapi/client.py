@@ -114,7 +114,7 @@ class XapiClient:
         max_handler_tasks: async feedback handlers running at once; at the bound, reading
             pauses until one finishes (back-pressure to the device).
         max_queue / write_limit: websockets' receive queue (frames) and write buffer (bytes).
-        clock: monotonic time source.
+        clock: monotonic time (timeouts, backoff) and wall time (feedback arrival stamps).
         rng: randomness for the backoff jitter (tests pass a seeded one).
     """
 
@@ -350,9 +350,11 @@ class XapiClient:
         The subscription is kept for the life of the client and re-made after every reconnect
         (subscribe once, not in ``on_connected``; an identical call returns the same id). When
         not connected it is registered and made on connect. ``handler(payload)`` gets the
-        notification params without ``Id``, e.g. ``{"Event": {"Bookings": {...}}}``; it may be
-        sync or async; its errors are logged. A device refusal (:class:`TooManySubscriptions`,
-        :class:`PermissionDenied`) unregisters it and is raised. Cancelling is safe.
+        notification params without ``Id``, e.g. ``{"Event": {"Bookings": {...}}}``, as a
+        :class:`~.protocol.Feedback` (a dict) whose ``arrived_at`` is when the frame was read
+        (``clock.now()``); it may be sync or async; its errors are logged. A device refusal
+        (:class:`TooManySubscriptions`, :class:`PermissionDenied`) unregisters it and is
+        raised. Cancelling is safe.
         """
         sub = self._protocol.subscriptions.add(query, handler, notify_current_value)
         conn = self._conn
@@ -671,7 +673,10 @@ class XapiClient:
 
     def _on_message(self, frame: str | bytes) -> None:
         self.counters.frames += 1
-        for event in self._protocol.receive(frame):
+        # The arrival stamp is taken here, in the one reader, as the frame comes off the link:
+        # whoever handles the feedback later (behind a stuck store, say) still knows when the
+        # device sent it, and dedupes and stamps ``observed_at`` by that, not by its own delay.
+        for event in self._protocol.receive(frame, self._clock.now()):
             if type(event) is Notification:
                 self._deliver(event)
             elif type(event) is Response:

@@ -12,6 +12,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from edge_agent import jsoncodec
@@ -21,8 +22,29 @@ from .errors import XapiError, error_for_code
 PathLike = str | Sequence[str | int]
 """``"Configuration Time Zone"`` (space or ``/`` separated) or ``["Configuration", "Time", ...]``."""
 
-Handler = Callable[[dict[str, Any]], Any]
-"""A feedback handler: called with the notification params without ``Id``; may be async."""
+
+
+class Feedback(dict[str, Any]):
+    """A notification's params without ``Id`` (``{"Event": {"Bookings": {...}}}``), stamped
+    with ``arrived_at``: the wall-clock time its frame was read off the link.
+
+    A dict, so a handler that only reads the payload needs nothing else; one that decides by
+    time (dedupe, deadlines, ``observed_at``) takes ``arrived_at`` rather than the time it gets
+    round to the payload, which after a backlog (a stuck store, a stopped process) is later.
+    """
+
+    __slots__ = ("arrived_at",)
+
+    def __init__(self, params: dict[str, Any], arrived_at: datetime) -> None:
+        super().__init__(params)
+        self.arrived_at = arrived_at
+
+    def __repr__(self) -> str:
+        return f"Feedback({dict.__repr__(self)}, arrived_at={self.arrived_at!r})"
+
+
+Handler = Callable[[Feedback], Any]
+"""A feedback handler: called with the notification's :class:`Feedback`; may be async."""
 
 FEEDBACK_METHOD = "xFeedback/Event"
 SUBSCRIBE_METHOD = "xFeedback/Subscribe"
@@ -99,10 +121,11 @@ class ErrorResponse:
 
 @dataclass(slots=True)
 class Notification:
-    """A feedback notification; ``payload`` is the params without ``Id``."""
+    """A feedback notification; ``payload`` is the params without ``Id``, stamped with the
+    arrival of the frame that carried it (also when it was held for a subscribe answer)."""
 
     subscription: Subscription
-    payload: dict[str, Any]
+    payload: Feedback
 
 
 @dataclass(slots=True)
@@ -221,7 +244,8 @@ class XapiProtocol:
     subscriptions: SubscriptionRegistry = field(default_factory=SubscriptionRegistry)
     _outstanding: dict[int, _Outstanding] = field(default_factory=dict)
     _next_id: int = 1
-    _held: deque[dict[str, Any]] | None = None  # made on first use: most links never need it
+    # Made on first use: most links never need it. Each keeps its frame's arrival time.
+    _held: deque[tuple[dict[str, Any], datetime]] | None = None
     _subscribes_in_flight: int = 0
 
     # --- requests out ---
@@ -293,8 +317,11 @@ class XapiProtocol:
 
     # --- frames in ---
 
-    def receive(self, frame: str | bytes) -> list[Event]:
-        """Decode one WebSocket message into events (usually one; never raises)."""
+    def receive(self, frame: str | bytes, arrived_at: datetime) -> list[Event]:
+        """Decode one WebSocket message into events (usually one; never raises).
+
+        ``arrived_at`` is when the shell read the frame: notifications carry it
+        (:attr:`Feedback.arrived_at`)."""
         if not isinstance(frame, str):
             return [Malformed("binary frame", _preview(frame))]
         try:
@@ -306,7 +333,7 @@ class XapiProtocol:
         method = doc.get("method")
         if method is not None:
             if method == FEEDBACK_METHOD:
-                return self._notification(doc, frame)
+                return self._notification(doc, frame, arrived_at)
             return [Malformed(f"unexpected method {method!r}", _preview(frame))]
         if "id" in doc and ("result" in doc or "error" in doc):
             return self._answer(doc, frame)
@@ -348,12 +375,12 @@ class XapiProtocol:
         if not self._subscribes_in_flight and self._held is not None:
             events.extend(
                 Malformed(f"feedback for unknown subscription {p.get('Id')}", _preview(repr(p)))
-                for p in self._held
+                for p, _ in self._held
             )
             self._held = None
         return events
 
-    def _notification(self, doc: dict[str, Any], frame: str) -> list[Event]:
+    def _notification(self, doc: dict[str, Any], frame: str, arrived_at: datetime) -> list[Event]:
         params = doc.get("params")
         device_id = params.get("Id") if isinstance(params, dict) else None
         if not isinstance(params, dict) or not isinstance(device_id, int):
@@ -363,24 +390,24 @@ class XapiProtocol:
             if self._subscribes_in_flight:
                 if self._held is None:
                     self._held = deque(maxlen=HELD_NOTIFICATIONS_MAX)
-                self._held.append(params)
+                self._held.append((params, arrived_at))
                 return []
             return [Malformed(f"feedback for unknown subscription {device_id}", _preview(frame))]
         del params["Id"]
-        return [Notification(sub, params)]
+        return [Notification(sub, Feedback(params, arrived_at))]
 
     def _release_held(self, device_id: int) -> list[Event]:
         if not self._held:
             return []
         sub = self.subscriptions.by_device_id(device_id)
-        keep: deque[dict[str, Any]] = deque(maxlen=HELD_NOTIFICATIONS_MAX)
+        keep: deque[tuple[dict[str, Any], datetime]] = deque(maxlen=HELD_NOTIFICATIONS_MAX)
         out: list[Event] = []
-        for params in self._held:
+        for params, arrived_at in self._held:
             if params.get("Id") == device_id and sub is not None:
                 del params["Id"]
-                out.append(Notification(sub, params))
+                out.append(Notification(sub, Feedback(params, arrived_at)))
             else:
-                keep.append(params)
+                keep.append((params, arrived_at))
         self._held = keep
         return out
 

@@ -268,6 +268,53 @@ def test_moved_deleted_and_duplicates(state: DeviceBookings) -> None:
     assert dl.window_delete == ("A",) and dl.state.window == {}
 
 
+def test_dedupe_is_by_arrival_not_by_processing(state: DeviceBookings) -> None:
+    """Behind a backlog (a store on a full disk, a stopped process) events the device sent far
+    apart are processed close together: they are not repeats. Frames that arrived close
+    together are, however late they are processed."""
+    s = listed(state, list_entry(Id="1", MeetingId="A")).state
+    start = ev("Start", Id="1", MeetingId="A")
+    ms = timedelta(milliseconds=1)
+    later = NOW + timedelta(minutes=5)  # both processed five minutes late, 1 ms apart
+    first = on_event(s, start, later, arrived_at=NOW)
+    second = on_event(first.state, start, later + ms, arrived_at=NOW + timedelta(seconds=10))
+    assert types(first) == types(second) == ["booking.started"]
+    assert not first.duplicate and not second.duplicate
+    repeat = on_event(first.state, start, later + 30 * 1000 * ms, arrived_at=NOW + 1000 * ms)
+    assert repeat.events == () and repeat.duplicate and not repeat.needs_commit
+    assert repeat.notes == ("duplicate Bookings.Start dropped",)
+    # A wall clock stepped back: a repeat may carry an earlier stamp; still a repeat.
+    assert on_event(first.state, start, later, arrived_at=NOW - 2000 * ms).duplicate
+
+
+def test_event_times_come_from_the_arrival(state: DeviceBookings) -> None:
+    """``observed_at``, a request's deadline and ``pending_ms`` are what the device did when;
+    only ``timestamp`` says when the agent got round to it."""
+    s = listed(state).state
+    processed = NOW + timedelta(minutes=3)
+    req = ev("BookingRequested", BookingRequestUUID="u-1", Duration=30, Title="Ad hoc")
+    step = on_event(s, req, processed, arrived_at=NOW)
+    (env,) = step.events
+    assert env["data"]["observed_at"] == "2026-11-23T08:00:00.000Z"
+    assert env["timestamp"] == "2026-11-23T08:03:00.000Z"
+    assert env["data"]["request"]["deadline"] == "2026-11-23T08:01:15.000Z"  # 60 s + 15 s grace
+    created = ev(
+        "BookingCreated",
+        Id="7",
+        MeetingId="M7",
+        BookingRequestUUID="u-1",
+        Duration=30,
+        StartTime="2026-11-23T10:00:00Z",
+    )
+    arrived = NOW + timedelta(seconds=4, milliseconds=250)
+    done = on_event(step.state, created, processed + timedelta(milliseconds=1), arrived_at=arrived)
+    data = done.events[0]["data"]
+    assert data["pending_ms"] == 4250 and data["observed_at"] == "2026-11-23T08:00:04.250Z"
+    # Without a stamp (a caller that has none) the event is taken as arriving when processed.
+    alone = on_event(s, req, processed)
+    assert alone.events[0]["data"]["observed_at"] == alone.events[0]["timestamp"]
+
+
 def test_created_for_known_booking_is_not_repeated(state: DeviceBookings) -> None:
     s = listed(state).state
     s = listed(s, list_entry(Id="7", MeetingId="M7")).state  # reported as reconciled created

@@ -156,6 +156,16 @@ def test_envelope_shape(entropy: Callable[[int], bytes]) -> None:
     assert m.data.site == "hq"
 
 
+def test_envelope_observed_at_is_when_the_device_event_arrived() -> None:
+    arrived, made = utc(2026, 11, 23, 9), utc(2026, 11, 23, 9, 2)
+    env = make_envelope("booking.started", site="hq", device_id="d", now=made, observed_at=arrived)
+    validate(env)
+    assert env["data"]["observed_at"] == "2026-11-23T09:00:00.000Z"
+    assert env["timestamp"] == "2026-11-23T09:02:00.000Z"
+    plain = make_envelope("device.online", site="hq", device_id="d", now=made)
+    assert plain["data"]["observed_at"] == plain["timestamp"]
+
+
 def test_envelope_rejects_unknown_type_and_clobbering() -> None:
     with pytest.raises(ValueError):
         make_envelope("booking.updated", site="s", device_id="d", now=utc(2026, 1, 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from device_sim import DeviceFleet, SimConfig
 from device_sim.server import Device
 from edge_agent.backoff import Backoff
 from edge_agent.xapi import DeviceEndpoint, XapiClient, errors
+from edge_agent.xapi.protocol import Feedback
 
 FAST = dict(
     request_timeout=1.0,
@@ -324,5 +325,33 @@ async def test_backoff_resets_only_after_a_stable_period(device: Device, ca_file
             await until(lambda: h.connects > n)
             gaps.append(loop.time() - t)
         assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2  # growing: not stable
+    finally:
+        await h.stop()
+
+
+class PinnedClock:
+    """Wall time the test sets; real monotonic time for the client's timeouts."""
+
+    def __init__(self, now: datetime) -> None:
+        self.wall = now
+
+    def now(self) -> datetime:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+
+async def test_feedback_is_stamped_with_its_arrival_by_the_clients_clock(
+    device: Device, ca_file: str
+) -> None:
+    clock = PinnedClock(datetime(2026, 11, 23, 8, 0, tzinfo=UTC))
+    h = Harness(device, ca_file, clock=clock)
+    await h.start()
+    try:
+        clock.wall = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+        await h.add_booking_and_hear_it()
+        heard = h.booking_created()[-1]
+        assert isinstance(heard, Feedback) and heard.arrived_at == clock.wall
     finally:
         await h.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +20,8 @@ from edge_agent.xapi.protocol import (
     command_method,
     split_path,
 )
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # when a frame arrived: pinned
 
 
 def sent(req: Any) -> dict[str, Any]:
@@ -89,7 +92,7 @@ def test_subscribe_and_unsubscribe_requests() -> None:
     req = p.subscribe(sub)
     assert sent(req)["method"] == "xFeedback/Subscribe"
     assert sent(req)["params"] == {"Query": ["Event", "Bookings"], "NotifyCurrentValue": True}
-    [resp] = p.receive(answer(req.request_id, {"Id": 7}))
+    [resp] = p.receive(answer(req.request_id, {"Id": 7}), T0)
     assert isinstance(resp, Response) and resp.result == {"Id": 7}
     assert sub.device_id == 7
     unsub = p.unsubscribe(sub.key)
@@ -104,7 +107,7 @@ def test_subscribe_and_unsubscribe_requests() -> None:
 def test_response_and_error_decoded_and_typed() -> None:
     p = XapiProtocol(device="room-4a")
     a, b = p.get("Status SystemUnit Uptime"), p.command("Bookings Book", {})
-    [ok] = p.receive(answer(a.request_id, 1234))
+    [ok] = p.receive(answer(a.request_id, 1234), T0)
     assert ok == Response(a.request_id, "xGet", 1234)
     [err] = p.receive(
         jsoncodec.dumps(
@@ -113,7 +116,8 @@ def test_response_and_error_decoded_and_typed() -> None:
                 "id": b.request_id,
                 "error": {"code": 1, "message": "Command failed", "data": {"Cause": "NoSlot"}},
             }
-        )
+        ),
+        T0,
     )
     assert isinstance(err, ErrorResponse)
     exc = err.exception("room-4a")
@@ -145,30 +149,48 @@ def test_error_table(code: int, cls: type[errors.XapiError]) -> None:
 def test_notification_routed_by_device_id_and_rekeyed_after_reconnect() -> None:
     p = XapiProtocol()
     sub = p.subscriptions.add(["Event", "Bookings"], noop, False)
-    p.receive(answer(p.subscribe(sub).request_id, {"Id": 3}))
-    [n] = p.receive(feedback(3, {"Event": {"Bookings": {"Start": {"Id": "1"}}}}))
+    p.receive(answer(p.subscribe(sub).request_id, {"Id": 3}), T0)
+    [n] = p.receive(feedback(3, {"Event": {"Bookings": {"Start": {"Id": "1"}}}}), T0)
     assert isinstance(n, Notification) and n.subscription is sub
     assert n.payload == {"Event": {"Bookings": {"Start": {"Id": "1"}}}}
 
     assert p.connection_lost() == []
     assert sub.device_id is None
-    [m] = p.receive(feedback(3, {"Event": {}}))
+    [m] = p.receive(feedback(3, {"Event": {}}), T0)
     assert isinstance(m, Malformed) and "unknown subscription" in m.reason
 
-    p.receive(answer(p.subscribe(sub).request_id, {"Id": 9}))
+    p.receive(answer(p.subscribe(sub).request_id, {"Id": 9}), T0)
     assert sub.device_id == 9
-    assert isinstance(p.receive(feedback(9, {"Event": {}}))[0], Notification)
-    assert isinstance(p.receive(feedback(3, {"Event": {}}))[0], Malformed)
+    assert isinstance(p.receive(feedback(9, {"Event": {}}), T0)[0], Notification)
+    assert isinstance(p.receive(feedback(3, {"Event": {}}), T0)[0], Malformed)
 
 
 def test_current_value_before_subscribe_answer_is_held_then_delivered() -> None:
     p = XapiProtocol()
     sub = p.subscriptions.add("Status Bookings Availability", noop, True)
     req = p.subscribe(sub)
-    assert p.receive(feedback(5, {"Status": {"Bookings": {}}})) == []
-    resp, n = p.receive(answer(req.request_id, {"Id": 5}))
+    assert p.receive(feedback(5, {"Status": {"Bookings": {}}}), T0) == []
+    resp, n = p.receive(answer(req.request_id, {"Id": 5}), T0)
     assert isinstance(resp, Response) and isinstance(n, Notification)
     assert n.payload == {"Status": {"Bookings": {}}}
+
+
+def test_notifications_carry_the_arrival_of_their_frame_even_when_held() -> None:
+    p = XapiProtocol()
+    sub = p.subscriptions.add("Status Bookings", noop, True)
+    req = p.subscribe(sub)
+    held_at = T0 + timedelta(seconds=1)
+    assert p.receive(feedback(5, {"Status": {"Bookings": {}}}), held_at) == []
+    # The subscribe answer comes 30 s later: the held value still says when it arrived.
+    _, held = p.receive(answer(req.request_id, {"Id": 5}), T0 + timedelta(seconds=31))
+    later = T0 + timedelta(seconds=40)
+    [live] = p.receive(feedback(5, {"Status": {"Bookings": {"Current": {}}}}), later)
+    assert isinstance(held, Notification) and isinstance(live, Notification)
+    assert held.payload.arrived_at == held_at and live.payload.arrived_at == later
+    # Handlers that only read the payload see a plain dict.
+    assert isinstance(live.payload, dict)
+    assert live.payload == {"Status": {"Bookings": {"Current": {}}}}
+    assert "arrived_at" in repr(live.payload)
 
 
 def test_held_notifications_for_nobody_become_malformed_and_are_bounded() -> None:
@@ -176,8 +198,8 @@ def test_held_notifications_for_nobody_become_malformed_and_are_bounded() -> Non
     sub = p.subscriptions.add("Event", noop, False)
     req = p.subscribe(sub)
     for _ in range(HELD_NOTIFICATIONS_MAX + 10):
-        assert p.receive(feedback(99, {"Event": {}})) == []
-    events = p.receive(answer(req.request_id, {"Id": 1}))
+        assert p.receive(feedback(99, {"Event": {}}), T0) == []
+    events = p.receive(answer(req.request_id, {"Id": 1}), T0)
     assert isinstance(events[0], Response)
     assert len(events) == 1 + HELD_NOTIFICATIONS_MAX
     assert all(isinstance(e, Malformed) for e in events[1:])
@@ -202,7 +224,7 @@ def test_held_notifications_for_nobody_become_malformed_and_are_bounded() -> Non
 )
 def test_malformed_frames_are_reported_not_raised(frame: str | bytes, reason: str) -> None:
     p = XapiProtocol()
-    [event] = p.receive(frame)
+    [event] = p.receive(frame, T0)
     assert isinstance(event, Malformed) and reason in event.reason
 
 
@@ -210,7 +232,7 @@ def test_late_answer_after_forget_is_malformed() -> None:
     p = XapiProtocol()
     req = p.get("Status")
     p.forget(req.request_id)
-    assert isinstance(p.receive(answer(req.request_id, 1))[0], Malformed)
+    assert isinstance(p.receive(answer(req.request_id, 1), T0)[0], Malformed)
 
 
 def test_connection_lost_returns_outstanding_ids() -> None:
