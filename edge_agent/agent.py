@@ -177,6 +177,25 @@ def certificate_thumbprint(cert_file: Path) -> str:
     return hashlib.sha1(der).hexdigest().upper()  # the platform's thumbprint is SHA-1
 
 
+def check_rsa_key(key_pem: str) -> None:
+    """Raise ValueError unless ``key_pem`` is an unencrypted RSA private key: Entra ID takes
+    client assertions signed RS256/PS256 only (msal would fail deep inside PyJWT otherwise)."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"[microsoft] key_file is not a readable unencrypted PEM private key ({exc})"
+        ) from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ValueError(
+            f"[microsoft] key_file is not an RSA key ({type(key).__name__}); Entra ID needs an "
+            "RSA key for the certificate credential"
+        )
+
+
 def build_graph_client(
     cfg: AgentConfig, secrets: Secrets, *, max_connections: int = 64
 ) -> tuple[GraphClient, ClientCredentials, httpx.AsyncClient]:
@@ -193,10 +212,9 @@ def build_graph_client(
     cert = None
     if ms.certificate_file is not None:
         assert secrets.microsoft_private_key is not None
-        cert = CertificateCredential(
-            certificate_thumbprint(ms.certificate_file),
-            secrets.microsoft_private_key.get_secret_value(),
-        )
+        key_pem = secrets.microsoft_private_key.get_secret_value()
+        check_rsa_key(key_pem)
+        cert = CertificateCredential(certificate_thumbprint(ms.certificate_file), key_pem)
     secret = secrets.microsoft_client_secret
     tokens = ClientCredentials(
         tenant_id=ms.tenant_id,

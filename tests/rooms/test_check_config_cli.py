@@ -64,3 +64,33 @@ async def test_check_config_connect_wrong_secret(receiver, tmp_path) -> None:
         await sim.stop()
     assert code == 1, out
     assert "refused the client credentials" in out and SIM_SECRET not in out
+
+
+@pytest.mark.parametrize("key_type", ["RSA", "ECDSA"])
+async def test_certificate_credential(receiver, tmp_path, key_type) -> None:
+    import trustme
+
+    kind = trustme.KeyType[key_type]
+    leaf = trustme.CA(key_type=kind).issue_cert("edge-agent.contoso.com", key_type=kind)
+    cert_pem = leaf.cert_chain_pems[0].bytes()
+    (tmp_path / "graph-cert.pem").write_bytes(cert_pem)
+    (tmp_path / "graph-key.pem").write_bytes(leaf.private_key_pem.bytes())
+    sim = GraphSim(GraphSimConfig(rooms=1, client_secret=None, client_certificates=[cert_pem]))
+    await sim.start()
+    try:
+        cfg = write_config(tmp_path, sim, receiver)
+        text = cfg.read_text().replace(
+            'client_secret_file = "graph-secret"',
+            'certificate_file = "graph-cert.pem"\nkey_file = "graph-key.pem"',
+        )
+        cfg.write_text(text)
+        code, out = await check(cfg)
+    finally:
+        await sim.stop()
+    assert "PRIVATE KEY" not in out and "Traceback" not in out
+    if key_type == "RSA":
+        assert code == 0, out
+        assert "certificate accepted" in out and "1 room(s)" in out
+    else:
+        assert code == 1, out
+        assert "credential" in out and "needs an RSA key" in out
