@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+import structlog
 
 from edge_agent import jsoncodec
 from edge_agent.store import schema
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from edge_agent.calendars.graph.poller import RoomUpdate
     from edge_agent.calendars.sync import SyncState
     from edge_agent.store.sqlite import SqliteStore
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "PreparedCalendar",
@@ -95,7 +98,8 @@ class RoomCalendarStore:
         from edge_agent.calendars.sync import SyncState
         from edge_agent.clock import parse_utc
 
-        # The store's read connection: committed rows only, never blocked by the writer.
+        # The store's read connection: committed rows only, never blocked by the writer. Only
+        # this room's own task writes its state, so the two reads see one version of it.
         rows = list(
             await self._store._rconn.execute_fetchall(  # same package
                 schema.SELECT_CALENDAR_SYNC, (room_id, self.source)
@@ -103,22 +107,42 @@ class RoomCalendarStore:
         )
         if not rows:
             return None
-        doc = jsoncodec.loads(rows[0][0])
-        win = doc.get("window") if isinstance(doc, dict) else None
-        bounds = None
-        if isinstance(win, dict):
-            bounds = WindowBounds(parse_utc(win["start"]), parse_utc(win["end"]))
-        link = doc.get("delta_link") if isinstance(doc, dict) else None
         owner = schema.calendar_window_owner(room_id, self.source)
         stored = await self._store.load_window(owner)
+        resync = False
+        bounds, link = None, None
+        try:
+            doc = jsoncodec.loads(rows[0][0])
+            win = doc.get("window")
+            if win is not None:
+                bounds = WindowBounds(parse_utc(win["start"]), parse_utc(win["end"]))
+            link = doc.get("delta_link")
+            if link is not None and not isinstance(link, str):
+                raise TypeError("delta_link is not a string")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            resync, bounds, link = True, None, None
+            log.warning(
+                "calendar sync state unreadable; listing the room in full",
+                room=room_id,
+                error=repr(exc),
+            )
         bookings = {}
-        for row in stored.values():
-            b = CalendarBooking.from_row(row)
+        for key, row in stored.items():
+            try:
+                b = CalendarBooking.from_row(row)
+            except (ValueError, TypeError, AttributeError) as exc:
+                # One odd row must not stop the room: the full listing puts back what is real.
+                resync = True
+                log.warning(
+                    "calendar window row unreadable; listing the room in full",
+                    room=room_id,
+                    key=key,
+                    error=repr(exc),
+                )
+                continue
             bookings[b.id] = b
         ordered = dict(sorted(bookings.items(), key=lambda kv: (kv[1].start, kv[1].end, kv[0])))
-        return SyncState(
-            window=bounds, delta_link=link if isinstance(link, str) else None, bookings=ordered
-        )
+        return SyncState(window=bounds, delta_link=None if resync else link, bookings=ordered)
 
     async def save_sync_state(
         self, room_id: str, state: SyncState, update: RoomUpdate | None

@@ -303,3 +303,20 @@ async def test_migration_adds_calendar_sync_to_an_older_database(tmp_path: Path)
         assert (await cal.rooms())["r"]["delta_link"] == "l"
     finally:
         await store.close()
+
+
+async def test_an_unreadable_stored_row_means_a_full_listing_not_a_stuck_room(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(tmp_path / "agent.db")
+    try:
+        cal = RoomCalendarStore(store, site="hq", source="microsoft")
+        await cal.save_sync_state("r", SyncState(BOUNDS, "link", {"a": booking("a")}), None)
+        owner = calendar_window_owner("r", "microsoft")
+        await store.commit(Change(owner, window_upsert={"bad": {"id": "bad", "start": "soon"}}))
+        got = await cal.load_sync_state("r")
+        assert got is not None
+        assert got.delta_link is None  # the next round lists in full and sweeps
+        assert list(got.bookings) == ["a"] and got.window == BOUNDS
+    finally:
+        await store.close()
