@@ -356,6 +356,8 @@ class Device:
         self.host = ""
         self.port = 0
         self.handshakes: dict[int, int] = {}
+        self.credentials_received = 0
+        """Upgrade requests that carried credentials (Basic header or auth subprotocol)."""
         self._server: Server | None = None
 
     @property
@@ -407,6 +409,8 @@ class Device:
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         faults = self.faults
+        if parse_credentials(request) is not None:
+            self.credentials_received += 1
         if request.path.split("?")[0] != "/ws":
             return self._answer(ws, HTTPStatus.NOT_FOUND, "Not Found")
         if faults.state.down:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ from edge_agent.forward.drainer import Drainer
 from edge_agent.ops import heap, sdnotify
 from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.session import DeviceSession, SessionTuning
-from edge_agent.store import Store
+from edge_agent.store import Store, StoreUnusable
 
 if TYPE_CHECKING:
     import httpx
@@ -644,8 +645,12 @@ class Agent:
 
     def _healthy(self) -> bool:
         # The watchdog loop runs on the event loop, so a ping already proves the loop turns;
-        # beyond that the agent is healthy while its store is open.
-        return self._store is not None and self._store.failed is None
+        # beyond that the agent is healthy while its store is open and its writes are not
+        # failing in a way a restart can clear. A full disk is not: a restart frees no space
+        # and drops what the sessions hold and retry (see "Health" in edge_agent.store.writer).
+        if self._store is None or self._store.failed is not None:
+            return False
+        return not self._store.health().restart_helps
 
     async def _sample_loop(self) -> None:
         """Keep the gauges that are cheaper to read than to maintain, and systemd's STATUS."""
@@ -664,10 +669,17 @@ class Agent:
 
     async def sample(self) -> Mapping[str, Any]:
         assert self._store is not None
+        health = self._store.health()  # also sets edge_agent_store_healthy
+        trouble = ""
+        if not health.healthy:
+            then = "withholding the watchdog" if health.restart_helps else "retrying"
+            trouble = f"NOT READY: {health.problem}; {then}; "
         try:
             self._last_stats = await self._store.stats()
         except Exception:
             log.exception("cannot read store statistics")
+            if trouble:
+                sdnotify.status(trouble.removesuffix("; "))
             return self._last_stats
         connected = sum(1 for s in self._sessions.values() if s.client.connected)
         metrics.DEVICES_CONNECTED.set(connected)
@@ -680,7 +692,7 @@ class Agent:
         sinks = self._last_stats.get("sinks", {})
         depth = sum(int(v.get("depth", 0)) for v in sinks.values()) if sinks else 0
         sdnotify.status(
-            f"{connected}/{len(self._sessions)} devices connected; outbox {depth}; "
+            f"{trouble}{connected}/{len(self._sessions)} devices connected; outbox {depth}; "
             f"pending requests {pending}"
         )
         return self._last_stats
@@ -814,6 +826,11 @@ async def run_agent(
     loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     try:
         return await agent.run()
+    except StoreUnusable as exc:
+        # A damaged or too-new database: a restart cannot fix it, so the exit code is the one
+        # the systemd unit does not restart on (RestartPreventExitStatus=78), with one line.
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EX_CONFIG
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

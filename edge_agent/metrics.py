@@ -87,6 +87,17 @@ FEEDBACK_DROPPED = Counter(
     ["device", "reason"],
     registry=REGISTRY,
 )
+STORE_ERRORS = Counter(
+    "edge_agent_store_errors",
+    "Store writes that failed, by kind (full, io, corrupt, readonly, conflict, other)",
+    ["kind"],
+    registry=REGISTRY,
+)
+STORE_HEALTHY = Gauge(
+    "edge_agent_store_healthy",
+    "1 while store writes get in; 0 once they keep failing (the agent is not ready then)",
+    registry=REGISTRY,
+)
 
 
 class LinkCountersExport:

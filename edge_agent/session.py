@@ -26,7 +26,16 @@ Time: every input carries the time its fact happened (a frame's arrival, stamped
 reader; a list's or a link change's, stamped here), so a backlog (a store on a full disk, a
 burst) changes when an input is applied, never what it means: repeats are told from new events
 by arrival, and ``observed_at`` is the arrival. A process stopped outright (SIGSTOP) is the
-limit: the frames the kernel buffered meanwhile are read, and stamped, together on resume.
+limit: the frames the kernel buffered meanwhile are read, and stamped, together on resume. The
+reader sees the stall and marks those frames' arrival uncertain (``Feedback.arrived_after``);
+identical events among them are kept rather than dropped as repeats, counted
+(``repeats_kept_uncertain``) and said at info level.
+
+A device whose clock is off past :data:`CLOCK_SKEW_MAX_S` lists its own days, so an event about
+a booking the agent's window lacks asks for a re-list that cannot find it: while the skew
+lasts, re-lists asked for by device events are throttled to one per ``relist_interval_s``
+(counted, ``relists_throttled``, and said once per episode); connects, ticks and the safety net
+still list.
 
 Stopping (:meth:`DeviceSession.stop`): the link is closed first, so nothing new arrives; what was
 already received is then applied and committed (bounded by a timeout) before ``run()`` ends.
@@ -37,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -134,6 +143,9 @@ class _Feedback:
     payload: Mapping[str, Any]
     arrived_at: datetime
     """When the frame arrived (the reader's stamp), not when the worker gets to it."""
+    arrived_after: datetime | None = None
+    """When set, the arrival is only known to lie between this and ``arrived_at`` (the frame
+    was read in the catch-up after a stall)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +227,38 @@ class _DuplicateDrops:
         self._warned_at = now
 
 
+class _KeptUncertain:
+    """Bookings events kept although identical to one read just before, because either's
+    arrival was uncertain (a catch-up after a stall): counted, and said at info level on the
+    first and then at most every :data:`DUPLICATE_WARNING_INTERVAL_S` (a catch-up after a long
+    stop can hold hundreds)."""
+
+    __slots__ = ("total", "_log", "_monotonic", "_unsaid", "_said_at")
+
+    def __init__(self, log: Any, monotonic: Callable[[], float]) -> None:
+        self.total = 0
+        self._log = log
+        self._monotonic = monotonic
+        self._unsaid = 0
+        self._said_at: float | None = None
+
+    def kept(self) -> None:
+        self.total += 1
+        self._unsaid += 1
+        now = self._monotonic()
+        if self._said_at is not None and now - self._said_at < DUPLICATE_WARNING_INTERVAL_S:
+            return
+        self._log.info(
+            "kept device events identical to one read just before: they were read in the "
+            "catch-up after a stall, so the device may have sent them far apart (delivered at "
+            "least once rather than maybe lost)",
+            kept=self._unsaid,
+            kept_total=self.total,
+        )
+        self._unsaid = 0
+        self._said_at = now
+
+
 class DeviceSession:
     """Keeps one device's window, pending requests and events flowing into the store."""
 
@@ -260,6 +304,11 @@ class DeviceSession:
         """Device clock minus the agent's at the last connect (None: not read)."""
         self.store_errors = 0
         self._duplicates = _DuplicateDrops(self._log, clock.monotonic)
+        self._kept_uncertain = _KeptUncertain(self._log, clock.monotonic)
+        self.relists_throttled = 0
+        """Re-lists asked for by device events and not made: the device's clock is off."""
+        self._skewed_relist_at: float | None = None  # monotonic; the last one let through
+        self._skew_throttle_said = False
 
     # --- the local API's view ------------------------------------------------------------------
 
@@ -281,6 +330,8 @@ class DeviceSession:
             "lists_cut_short": self.lists_cut_short,
             "clock_skew_s": self.clock_skew_s,
             "duplicates_dropped": self.duplicates_dropped,
+            "repeats_kept_uncertain": self._kept_uncertain.total,
+            "relists_throttled": self.relists_throttled,
         }
 
     @property
@@ -368,8 +419,10 @@ class DeviceSession:
     def _on_feedback(self, payload: Mapping[str, Any]) -> None:
         # XapiClient stamps each frame as its reader takes it off the link. A link that does not
         # (a test's fake) calls this from its reader too, so the session's clock reads the same.
-        at = payload.arrived_at if isinstance(payload, Feedback) else self._clock.now()
-        self._offer(_Feedback(payload, at))
+        if isinstance(payload, Feedback):
+            self._offer(_Feedback(payload, payload.arrived_at, payload.arrived_after))
+        else:
+            self._offer(_Feedback(payload, self._clock.now()))
 
     def _on_disconnected(self, exc: BaseException | None) -> None:
         reason = str(exc) if exc is not None else (self._stop_reason or "closed")
@@ -414,6 +467,34 @@ class DeviceSession:
             )
         elif was_skewed:
             self._log.info("device clock is back in step", skew_s=round(skew, 1))
+            self._skew_throttle_said = False
+            self._skewed_relist_at = None
+
+    @property
+    def _clock_skewed(self) -> bool:
+        return self.clock_skew_s is not None and abs(self.clock_skew_s) > CLOCK_SKEW_MAX_S
+
+    def _throttle_skewed_relist(self, step: Step) -> Step:
+        """``step`` with its re-list dropped if the device's clock is off and one was let
+        through less than ``relist_interval_s`` ago. A skewed device lists its own days: the
+        booking an event names is not in them, and every event would re-list for nothing.
+        ``DayOffset`` cannot make up for the skew: Cisco documents no negative offsets, and a
+        device in 2099 would need ~-26,000. The limit stays until the device's time is fixed."""
+        now = self._clock.monotonic()
+        last = self._skewed_relist_at
+        if last is None or now - last >= self.settings.relist_interval_s:
+            self._skewed_relist_at = now
+            return step
+        self.relists_throttled += 1
+        if not self._skew_throttle_said:
+            self._skew_throttle_said = True
+            self._log.warning(
+                "device clock is off: re-lists asked for by its events are throttled (the "
+                "device lists its own days, which do not hold the bookings its events name)",
+                skew_s=round(self.clock_skew_s or 0.0),
+                at_most_every_s=self.settings.relist_interval_s,
+            )
+        return replace(step, relist=False)
 
     def _offer(self, item: _Input) -> None:
         if isinstance(item, _LinkChange):
@@ -549,10 +630,20 @@ class DeviceSession:
         if isinstance(item, _Feedback):
             if "Status" in item.payload:
                 return on_availability(state, item.payload, now, observed_at=item.arrived_at)
-            step = on_event(state, item.payload, now, arrived_at=item.arrived_at)
+            step = on_event(
+                state,
+                item.payload,
+                now,
+                arrived_at=item.arrived_at,
+                arrived_after=item.arrived_after,
+            )
             if step.duplicate:
                 FEEDBACK_DROPPED.labels(self.device_id, "duplicate").inc()
                 self._duplicates.dropped(item.payload)
+            if step.kept_uncertain:
+                self._kept_uncertain.kept()
+            if step.relist and self._clock_skewed:
+                step = self._throttle_skewed_relist(step)
             return step
         if isinstance(item, _Listed):
             self.skipped_entries += len(item.page.skipped)

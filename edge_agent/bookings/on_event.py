@@ -10,6 +10,11 @@ Decisions:
   shell to count and warn. Arrival, not processing: behind a backlog (a stuck store, a stopped
   process) events the device sent minutes apart are processed milliseconds apart, and are not
   repeats. Lost events are the re-list's job, not this.
+- An arrival may be known only as a span (``arrived_after`` .. ``arrived_at``): the frames the
+  kernel buffered while the process was stopped are read together on resume. An event is a
+  repeat only when it surely arrived within the horizon of its twin, i.e. the spans' farthest
+  ends are within it; an identical event that may have arrived farther apart is kept (at least
+  once beats a silent loss) and the Step says so (``Step.kept_uncertain``).
 - Times: ``now`` is when the input is processed (the envelope's ``timestamp``); ``arrived_at``
   is when its frame arrived, and decides what the device did when: the dedupe, a request's
   ``requested_at`` (so its deadline), ``pending_ms``, and every envelope's ``observed_at``.
@@ -97,9 +102,16 @@ def _within_horizon(a: datetime, b: datetime) -> bool:
     return abs(a - b) < DUPLICATE_HORIZON
 
 
-def _remember(state: DeviceBookings, fp: bytes, at: datetime) -> DeviceBookings:
+def _surely_within(after: datetime, at: datetime, r_after: datetime, r_at: datetime) -> bool:
+    """Whether two arrivals, each known to lie in its span, were surely within the horizon:
+    the farthest apart they can have been is."""
+    return _within_horizon(at, r_after) and _within_horizon(r_at, after)
+
+
+def _remember(state: DeviceBookings, fp: bytes, after: datetime, at: datetime) -> DeviceBookings:
+    # Kept while a later arrival may still be surely within the horizon of it.
     recent = tuple(r for r in state.recent if _within_horizon(at, r[1]))[-(_RECENT_MAX - 1) :]
-    return replace(state, recent=recent + ((fp, at),))
+    return replace(state, recent=recent + ((fp, after, at),))
 
 
 def _patch_window(
@@ -136,9 +148,11 @@ def on_event(
     now: datetime,
     *,
     arrived_at: datetime | None = None,
+    arrived_after: datetime | None = None,
 ) -> Step:
     """An ``Event Bookings`` notification (the handler payload) processed at ``now``, its frame
-    arrived at ``arrived_at`` (the reader's stamp; ``now`` when not given).
+    arrived at ``arrived_at`` (the reader's stamp; ``now`` when not given), or, when
+    ``arrived_after`` is given, at some time between the two (read in a catch-up after a stall).
 
     Never raises: an event the agent cannot take in (nested past :data:`MAX_EVENT_DEPTH`, a
     value no parser foresaw) is dropped with a warning and costs that event only. The device's
@@ -154,7 +168,9 @@ def on_event(
             ),
         )
     try:
-        return _on_event(state, payload, now, now if arrived_at is None else arrived_at)
+        at = now if arrived_at is None else arrived_at
+        after = at if arrived_after is None else min(arrived_after, at)
+        return _on_event(state, payload, now, at, after)
     except Exception as exc:  # noqa: BLE001 - one odd event must not cost the session
         return Step(
             state,
@@ -179,7 +195,7 @@ def _name_of(payload: Mapping[str, Any]) -> str:
 
 
 def _on_event(
-    state: DeviceBookings, payload: Mapping[str, Any], now: datetime, at: datetime
+    state: DeviceBookings, payload: Mapping[str, Any], now: datetime, at: datetime, after: datetime
 ) -> Step:
     ev = parse_event(payload)
     if ev is None:
@@ -192,14 +208,20 @@ def _on_event(
     if etype is None:
         return Step(state, notes=(f"unknown Bookings event {ev.name!r} ignored",))
     fp = _fingerprint(ev)
-    if any(f == fp and _within_horizon(at, t) for f, t in state.recent):
+    twins = [(a, t) for f, a, t in state.recent if f == fp and _within_horizon(at, t)]
+    if any(_surely_within(after, at, a, t) for a, t in twins):
         return Step(state, duplicate=True, notes=(f"duplicate {ev.xevent} dropped",))
-    state = _remember(state, fp, at)
+    state = _remember(state, fp, after, at)
     bounds = window_bounds(at, state.tz)
     handler = _HANDLERS.get(ev.name, _on_booking_event)
     step = handler(state, ev, _When(now, at), bounds)
     if ev.name in CALENDAR_CHANGES and not step.relist:
         step = replace(step, relist=True)
+    if twins:
+        # Read within the horizon of an identical one, but either may have waited out a stall
+        # in the kernel's buffer: the device may have sent them far apart. Kept, and said.
+        note = f"{ev.xevent} identical to one read just before kept: arrival uncertain"
+        step = replace(step, kept_uncertain=True, notes=(*step.notes, note))
     return step
 
 

@@ -67,8 +67,9 @@ class DeviceBookings:
     availability: Availability | None = None
     current_id: str | None = None
     online: bool | None = None
-    recent: tuple[tuple[bytes, datetime], ...] = ()
-    """Fingerprints of the last Bookings events with when each ARRIVED (for the dedupe)."""
+    recent: tuple[tuple[bytes, datetime, datetime], ...] = ()
+    """Fingerprints of the last Bookings events with when each ARRIVED (for the dedupe): the
+    earliest and the latest it can have (the same unless read in a catch-up after a stall)."""
     entropy: Entropy = field(default=prng_bytes, compare=False, repr=False)
 
     # ------------------------------------------------------------------ persistence
@@ -223,7 +224,9 @@ class Step:
     order. ``relist``: run ``Bookings List`` (then :func:`on_list`). ``notes``: log lines;
     ``warnings``: log lines a person should see (input the device sent that was dropped).
     ``duplicate``: the input was dropped as a repeat of one that arrived just before (the shell
-    counts and warns: a drop is never silent).
+    counts and warns: a drop is never silent). ``kept_uncertain``: the input is identical to
+    one read just before, but either's arrival is uncertain (read in a catch-up after a stall),
+    so it was kept rather than dropped (the shell counts it and says so).
     """
 
     state: DeviceBookings
@@ -238,6 +241,7 @@ class Step:
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     duplicate: bool = False
+    kept_uncertain: bool = False
 
     @property
     def needs_commit(self) -> bool:

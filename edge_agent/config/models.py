@@ -476,6 +476,13 @@ class AgentConfig(_Section):
     store: StoreConfig = StoreConfig()
     defaults: DeviceDefaults = DeviceDefaults()
     devices: list[DeviceConfig] = []
+    """Every device: the ``[[devices]]`` here, then ``devices_file``, then ``include`` (merged by
+    :mod:`edge_agent.config.inventory`)."""
+    devices_file: Path | None = None
+    """An inventory CSV (columns id, host or url, fingerprint, calendar, time_zone, username),
+    relative to this file; or a Control Hub device export."""
+    include: list[str] = []
+    """TOML files of ``[[devices]]`` entries, globs relative to this file (``devices.d/*.toml``)."""
     webhook: WebhookConfig | None = None
     mqtt: MqttConfig | None = None
     api: ApiConfig = ApiConfig()

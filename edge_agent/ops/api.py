@@ -163,8 +163,11 @@ def readiness(agent: AgentView) -> tuple[bool, list[str]]:
         reasons.append("store not open")
     else:
         failed = getattr(agent.store, "failed", None)
+        unhealthy = getattr(agent.store, "unhealthy", None)  # writes keep failing (disk full)
         if failed:
             reasons.append(f"store failed: {failed}")
+        elif unhealthy:
+            reasons.append(unhealthy)
     for sink in agent.sinks():
         if sink.get("state") == "gone":
             reasons.append(f"sink {sink['name']} is gone")

@@ -28,7 +28,7 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
-from edge_agent.store.base import StoreError
+from edge_agent.store.base import StoreTooNew
 
 log = structlog.get_logger(__name__)
 
@@ -94,15 +94,12 @@ async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
     """Bring the database at ``path`` to :data:`SCHEMA_VERSION`, one transaction per step.
 
     Raises:
-        StoreError: the database is newer than this code.
+        StoreTooNew: the database is newer than this code.
     """
     rows = list(await conn.execute_fetchall("PRAGMA user_version"))
     version = int(rows[0][0])
     if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"the database at {path} has schema version {version}, newer than this agent "
-            f"understands ({SCHEMA_VERSION}); upgrade the agent or move the file aside"
-        )
+        raise StoreTooNew(path, version, SCHEMA_VERSION)
     for target in range(version + 1, SCHEMA_VERSION + 1):
         await conn.execute("BEGIN IMMEDIATE")
         try:

@@ -19,6 +19,7 @@ import inspect
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -42,6 +43,8 @@ from .errors import (
 )
 from .liveness import Dead, Liveness, LivenessTimes
 from .protocol import (
+    STALL_AFTER_S,
+    CatchUp,
     ErrorResponse,
     Handler,
     Malformed,
@@ -81,6 +84,9 @@ class LinkCounters:
     """Frames skipped as not JSON-RPC (also counted in ``errors["malformed"]``)."""
     handler_errors: int = 0
     """Feedback handlers (or ``on_disconnected``) that raised."""
+    catch_up_frames: int = 0
+    """Frames read in the catch-up after a stall, their arrival uncertain
+    (:attr:`~.protocol.Feedback.arrived_after`)."""
     errors: dict[str, int] = field(default_factory=dict)
     """Failures by :attr:`XapiError.kind` (``auth``, ``tls``, ``unreachable``, ``lost``,
     ``malformed``, a refused subscription's kind...)."""
@@ -120,6 +126,8 @@ class XapiClient:
 
     __slots__ = (
         "_after_connect_task",
+        "_beat",
+        "_catch_up",
         "_clock",
         "_closing",
         "_conn",
@@ -224,6 +232,8 @@ class XapiClient:
         self._ready = False  # connected and the subscriptions re-made
         self._ready_waiter: asyncio.Future[None] | None = None  # made only when someone waits
         self._stopped: asyncio.Future[None] | None = None
+        self._beat: _LoopBeat | None = None  # the loop's heartbeat while the reader runs
+        self._catch_up = CatchUp()
 
         self.last_error: str | None = None
         """A person-readable account of the last thing that went wrong (``None`` until then)."""
@@ -575,9 +585,12 @@ class XapiClient:
         )
         self._after_connect_task.add_done_callback(self._after_connect_done)
         reason: BaseException | None = None
+        self._beat = _LoopBeat.acquire()
         try:
             reason = await self._read(conn)
         finally:
+            _LoopBeat.release()
+            self._beat = None
             self._conn = None
             self._ready = False
             conn.transport.abort()
@@ -676,7 +689,18 @@ class XapiClient:
         # The arrival stamp is taken here, in the one reader, as the frame comes off the link:
         # whoever handles the feedback later (behind a stuck store, say) still knows when the
         # device sent it, and dedupes and stamps ``observed_at`` by that, not by its own delay.
-        for event in self._protocol.receive(frame, self._clock.now()):
+        # Except after a stall (SIGSTOP, a blocked loop): then what the kernel buffered is read
+        # now, back to back, and only known to have arrived since the stall began.
+        now = self._clock.now()
+        after = None
+        beat = self._beat
+        if beat is not None:
+            t = beat.time()
+            start = self._catch_up.read(t, beat.last, BEAT_INTERVAL_S, beat.stall)
+            if start is not None:
+                self.counters.catch_up_frames += 1
+                after = now - timedelta(seconds=t - start)
+        for event in self._protocol.receive(frame, now, after):
             if type(event) is Notification:
                 self._deliver(event)
             elif type(event) is Response:
@@ -771,6 +795,73 @@ class XapiClient:
             self._handler_tasks.add(task)
             task.add_done_callback(self._handler_finished)
 
+
+BEAT_INTERVAL_S = 0.25
+"""How often the loop's heartbeat turns (one timer per process, not per link)."""
+
+
+class _LoopBeat:
+    """The event loop's heartbeat: one timer every :data:`BEAT_INTERVAL_S` for all the links
+    on a loop, noting when the loop last turned. A turn later than due by more than
+    :data:`~.protocol.STALL_AFTER_S` is a stall (the process was stopped, the loop blocked):
+    the frames buffered meanwhile are read together on resume, and each link's
+    :class:`~.protocol.CatchUp` marks them. Loop time, not the injected clock: a stall is
+    of this process, whatever time the agent is told it is (a simulated clock jumps, the
+    loop does not stall). Runs while at least one reader does."""
+
+    __slots__ = ("_handle", "_loop", "_users", "last", "stall", "stalls")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._users = 0
+        self.last = loop.time()
+        self.stall: tuple[float, float] | None = None
+        """The last stall seen: loop times of the last turn before it and the first after."""
+        self.stalls = 0
+        self._handle: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def acquire(cls) -> _LoopBeat:
+        loop = asyncio.get_running_loop()
+        beat = _BEATS.get(loop)
+        if beat is None:
+            beat = _BEATS[loop] = cls(loop)
+            beat._handle = loop.call_later(BEAT_INTERVAL_S, beat._turn)
+        beat._users += 1
+        return beat
+
+    @staticmethod
+    def release() -> None:
+        loop = asyncio.get_running_loop()
+        beat = _BEATS.get(loop)
+        if beat is None:
+            return
+        beat._users -= 1
+        if beat._users <= 0:
+            del _BEATS[loop]  # the dict holds the loop only while a reader runs on it
+            if beat._handle is not None:
+                beat._handle.cancel()
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def _turn(self) -> None:
+        now = self._loop.time()
+        late = now - self.last - BEAT_INTERVAL_S
+        if late > STALL_AFTER_S:
+            self.stall = (self.last, now)
+            self.stalls += 1
+            structlog.get_logger(__name__).warning(
+                "the process was stalled (stopped, or its event loop blocked): the device "
+                "frames buffered meanwhile are read now, their arrival uncertain; identical "
+                "events among them are not deduped",
+                stalled_s=round(late + BEAT_INTERVAL_S, 1),
+            )
+        self.last = now
+        self._handle = self._loop.call_later(BEAT_INTERVAL_S, self._turn)
+
+
+_BEATS: dict[asyncio.AbstractEventLoop, _LoopBeat] = {}
 
 _T = TypeVar("_T")
 _SHARED_OPTIONS: dict[Any, Any] = {}

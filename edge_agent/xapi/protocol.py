@@ -31,17 +31,83 @@ class Feedback(dict[str, Any]):
     A dict, so a handler that only reads the payload needs nothing else; one that decides by
     time (dedupe, deadlines, ``observed_at``) takes ``arrived_at`` rather than the time it gets
     round to the payload, which after a backlog (a stuck store, a stopped process) is later.
+
+    ``arrived_after`` is ``None`` when the read time is the arrival. After the process or its
+    loop stalled (SIGSTOP, a blocked loop), the frames the kernel buffered meanwhile are all
+    read on resume: for those the arrival is only known to lie between ``arrived_after`` (the
+    loop's last turn before the stall) and ``arrived_at``; the device may have sent them far
+    apart (:class:`CatchUp`).
     """
 
-    __slots__ = ("arrived_at",)
+    __slots__ = ("arrived_after", "arrived_at")
 
-    def __init__(self, params: dict[str, Any], arrived_at: datetime) -> None:
+    def __init__(
+        self, params: dict[str, Any], arrived_at: datetime, arrived_after: datetime | None = None
+    ) -> None:
         super().__init__(params)
         self.arrived_at = arrived_at
+        self.arrived_after = arrived_after
+
+    @property
+    def uncertain(self) -> bool:
+        """Whether the frame was read in the catch-up after a stall (arrival not known)."""
+        return self.arrived_after is not None
 
     def __repr__(self) -> str:
-        return f"Feedback({dict.__repr__(self)}, arrived_at={self.arrived_at!r})"
+        return (
+            f"Feedback({dict.__repr__(self)}, arrived_at={self.arrived_at!r}, "
+            f"arrived_after={self.arrived_after!r})"
+        )
 
+
+STALL_AFTER_S = 1.0
+"""A loop turn this much later than due means the process or its loop was stalled."""
+CATCH_UP_QUIET_S = 0.25
+"""After a stall, the catch-up burst on a link ends at the first frame read after the link was
+quiet this long (its buffer had drained): frames read back to back are the buffered ones."""
+
+
+class CatchUp:
+    """Which frames one link read in the catch-up burst after a stall (sans-I/O: loop times in).
+
+    The stall itself is seen by the loop's heartbeat (the shell's, one per loop): ``beat`` is
+    the loop time of its last turn, ``stall`` the last stall it saw (``(start, end)``). A frame
+    read while the heartbeat is overdue, or soon after a stall ended with no quiet gap on this
+    link since, may have waited in the kernel's buffer from ``start`` on: :meth:`read` returns
+    that ``start`` (the earliest the frame can have arrived), else ``None`` (the read time is
+    the arrival). Wrongly ending a catch-up early costs a dedupe of frames the device sent far
+    apart; staying in it costs only a dedupe of true repeats (at least once beats a loss), so
+    every doubt keeps it going.
+    """
+
+    __slots__ = ("_from", "_last_read")
+
+    def __init__(self) -> None:
+        self._from: float | None = None
+        self._last_read: float | None = None
+
+    def read(
+        self, now: float, beat: float, beat_interval: float, stall: tuple[float, float] | None
+    ) -> float | None:
+        start: float | None = None
+        last = self._last_read
+        if now - beat > beat_interval + STALL_AFTER_S:
+            start = beat  # stalled and not yet noticed by the heartbeat: the resume's first turns
+        elif stall is not None and (last is None or stall[1] > last):
+            if now - stall[1] < CATCH_UP_QUIET_S:
+                start = stall[0]  # the first read after a stall, right after it ended
+        if start is None and self._from is not None:
+            if last is not None and now - last < CATCH_UP_QUIET_S:
+                start = self._from  # still back to back: still the buffered frames
+        if start is not None and self._from is not None:
+            start = min(start, self._from)
+        self._from = start
+        self._last_read = now
+        return start
+
+
+_Arrival = tuple[datetime, datetime | None]
+"""A frame's ``(arrived_at, arrived_after)``."""
 
 Handler = Callable[[Feedback], Any]
 """A feedback handler: called with the notification's :class:`Feedback`; may be async."""
@@ -245,7 +311,7 @@ class XapiProtocol:
     _outstanding: dict[int, _Outstanding] = field(default_factory=dict)
     _next_id: int = 1
     # Made on first use: most links never need it. Each keeps its frame's arrival time.
-    _held: deque[tuple[dict[str, Any], datetime]] | None = None
+    _held: deque[tuple[dict[str, Any], _Arrival]] | None = None
     _subscribes_in_flight: int = 0
 
     # --- requests out ---
@@ -317,11 +383,14 @@ class XapiProtocol:
 
     # --- frames in ---
 
-    def receive(self, frame: str | bytes, arrived_at: datetime) -> list[Event]:
+    def receive(
+        self, frame: str | bytes, arrived_at: datetime, arrived_after: datetime | None = None
+    ) -> list[Event]:
         """Decode one WebSocket message into events (usually one; never raises).
 
-        ``arrived_at`` is when the shell read the frame: notifications carry it
-        (:attr:`Feedback.arrived_at`)."""
+        ``arrived_at`` is when the shell read the frame, ``arrived_after`` the earliest it can
+        have arrived when that is uncertain (a catch-up after a stall): notifications carry
+        both (:class:`Feedback`)."""
         if not isinstance(frame, str):
             return [Malformed("binary frame", _preview(frame))]
         try:
@@ -333,7 +402,7 @@ class XapiProtocol:
         method = doc.get("method")
         if method is not None:
             if method == FEEDBACK_METHOD:
-                return self._notification(doc, frame, arrived_at)
+                return self._notification(doc, frame, (arrived_at, arrived_after))
             return [Malformed(f"unexpected method {method!r}", _preview(frame))]
         if "id" in doc and ("result" in doc or "error" in doc):
             return self._answer(doc, frame)
@@ -380,7 +449,7 @@ class XapiProtocol:
             self._held = None
         return events
 
-    def _notification(self, doc: dict[str, Any], frame: str, arrived_at: datetime) -> list[Event]:
+    def _notification(self, doc: dict[str, Any], frame: str, arrival: _Arrival) -> list[Event]:
         params = doc.get("params")
         device_id = params.get("Id") if isinstance(params, dict) else None
         if not isinstance(params, dict) or not isinstance(device_id, int):
@@ -390,24 +459,24 @@ class XapiProtocol:
             if self._subscribes_in_flight:
                 if self._held is None:
                     self._held = deque(maxlen=HELD_NOTIFICATIONS_MAX)
-                self._held.append((params, arrived_at))
+                self._held.append((params, arrival))
                 return []
             return [Malformed(f"feedback for unknown subscription {device_id}", _preview(frame))]
         del params["Id"]
-        return [Notification(sub, Feedback(params, arrived_at))]
+        return [Notification(sub, Feedback(params, *arrival))]
 
     def _release_held(self, device_id: int) -> list[Event]:
         if not self._held:
             return []
         sub = self.subscriptions.by_device_id(device_id)
-        keep: deque[tuple[dict[str, Any], datetime]] = deque(maxlen=HELD_NOTIFICATIONS_MAX)
+        keep: deque[tuple[dict[str, Any], _Arrival]] = deque(maxlen=HELD_NOTIFICATIONS_MAX)
         out: list[Event] = []
-        for params, arrived_at in self._held:
+        for params, arrival in self._held:
             if params.get("Id") == device_id and sub is not None:
                 del params["Id"]
-                out.append(Notification(sub, Feedback(params, arrived_at)))
+                out.append(Notification(sub, Feedback(params, *arrival)))
             else:
-                keep.append((params, arrived_at))
+                keep.append((params, arrival))
         self._held = keep
         return out
 

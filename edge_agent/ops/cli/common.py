@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from edge_agent.config import (
     EX_CONFIG,
@@ -24,6 +26,8 @@ EX_USAGE = 2
 EX_UNAVAILABLE = 69
 EX_INTERRUPTED = 130
 DEFAULT_API_URL = "http://127.0.0.1:9780"
+DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
+CONFIG_ENV = "EDGE_AGENT_CONFIG"
 
 
 class Exit(Exception):
@@ -37,6 +41,39 @@ class Exit(Exception):
 def err(*lines: str) -> None:
     for line in lines:
         print(line, file=sys.stderr)
+
+
+def resolve_config_path(
+    args: argparse.Namespace,
+    need: Literal["required", "optional"],
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Fill in ``args.config`` when ``-c`` was not given: ``$EDGE_AGENT_CONFIG``, else
+    ``/etc/edge-agent/agent.toml``.
+
+    ``required``: no file there is an error (exit 78) that says which paths were tried.
+    ``optional`` (``status``, which can do without): the default is taken only when it exists.
+    """
+    if getattr(args, "config", None) is not None:
+        return
+    env = os.environ if env is None else env
+    from_env = env.get(CONFIG_ENV)
+    if from_env:
+        # Set but missing is a mistake to report, not a reason to fall back to another file.
+        path, tried = Path(from_env), f"${CONFIG_ENV}={from_env}"
+    else:
+        path, tried = DEFAULT_CONFIG, f"{DEFAULT_CONFIG} (${CONFIG_ENV} is not set)"
+    if path.is_file():
+        args.config = path
+        return
+    if need == "optional":
+        return
+    err(
+        f"edge-agent: no configuration file: -c was not given; tried {tried}: no such file",
+        f"  give -c FILE, or set {CONFIG_ENV}; `edge-agent config example` prints an annotated "
+        "example to start from",
+    )
+    raise Exit(EX_CONFIG)
 
 
 def setup_logging(args: argparse.Namespace, cfg: AgentConfig | None = None) -> None:

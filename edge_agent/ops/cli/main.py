@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent import __version__
 from edge_agent.ops.cli.check_config import cmd_check_config
-from edge_agent.ops.cli.common import DEFAULT_API_URL, EX_INTERRUPTED, EX_USAGE, Exit
+from edge_agent.ops.cli.common import (
+    CONFIG_ENV,
+    DEFAULT_API_URL,
+    DEFAULT_CONFIG,
+    EX_INTERRUPTED,
+    EX_USAGE,
+    Exit,
+    resolve_config_path,
+)
+from edge_agent.ops.cli.config_cmd import add_config_parser
 from edge_agent.ops.cli.dead_letter import cmd_dead_letter
 from edge_agent.ops.cli.demo import cmd_demo
 from edge_agent.ops.cli.run import cmd_run
 from edge_agent.ops.cli.status import cmd_status
+from edge_agent.ops.cli.trust import add_trust_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_opt = argparse.ArgumentParser(add_help=False)
     config_opt.add_argument(
-        "-c", "--config", required=True, type=Path, metavar="FILE", help="the agent's TOML config"
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"the agent's TOML config (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
     )
+    config_opt.set_defaults(config_need="required")
 
     parser = argparse.ArgumentParser(
         prog="edge-agent",
@@ -66,7 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="devices, sinks and outbox from the running agent"
     )
     p.add_argument("--api", metavar="URL", help=f"local API URL (default {DEFAULT_API_URL})")
-    p.add_argument("-c", "--config", type=Path, metavar="FILE", help="take the URL from [api]")
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"take the URL from [api] (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG} if it "
+        "exists)",
+    )
+    p.set_defaults(config_need="optional")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
     p.set_defaults(func=cmd_status)
@@ -111,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--all", action="store_true", help="delete every dead letter")
     p.set_defaults(func=cmd_dead_letter)
+
+    add_trust_parser(sub, parents=[common, config_opt])
+    add_config_parser(sub)
     return parser
 
 
@@ -128,6 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EX_USAGE
     try:
+        need = getattr(args, "config_need", None)
+        if need == "required" or (
+            need == "optional"
+            and not getattr(args, "api", None)
+            and not os.environ.get("EDGE_AGENT_API")
+        ):
+            resolve_config_path(args, need)
         return int(args.func(args))
     except Exit as exc:
         return exc.code
