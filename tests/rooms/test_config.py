@@ -190,3 +190,18 @@ def test_cli_exits_78_naming_the_key(tmp_path: Path) -> None:
         for key in ("microsoft.client_secret", "microsoft.horizon_days", "rooms[0].calendar"):
             assert key in r.stderr, (key, r.stderr)
         assert "hunter2" not in r.stderr + r.stdout
+
+
+def test_a_csv_calendar_link_without_a_source_names_the_row(tmp_path: Path) -> None:
+    from edge_agent.config.load import load_config_and_inventory
+
+    (tmp_path / "rooms.csv").write_text("id,host,calendar\nroom-4a,10.0.4.1,room-4a@contoso.com\n")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        'site = "hq"\ndevices_file = "rooms.csv"\n[defaults]\npassword_env = "P"\n'
+        '[webhook]\nurl = "https://example.com/h"\nsecret_env = "WH"\n'
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config_and_inventory(cfg)
+    text = exc.value.format()
+    assert "rooms.csv:2" in text and "calendar" in text and "[microsoft]" in text
