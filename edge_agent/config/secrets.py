@@ -19,6 +19,10 @@ from edge_agent.config.models import AgentConfig, _DeviceKeys
 from edge_agent.ops.logs import register_secrets
 
 
+MIN_API_TOKEN_LEN = 16
+"""Shorter bearer tokens are refused: the local API may face the network."""
+
+
 @dataclass(frozen=True)
 class Secrets:
     """Secret values read from the environment or from files; ``SecretStr`` hides them in reprs."""
@@ -27,6 +31,8 @@ class Secrets:
     webhook_secrets: list[SecretStr] = field(default_factory=list)
     """One or more ``whsec_...`` signing secrets (several during key rotation)."""
     mqtt_password: SecretStr | None = None
+    api_tokens: list[SecretStr] = field(default_factory=list)
+    """The local API's bearer tokens (``[api] token_env`` / ``token_file``; several: rotation)."""
     microsoft_client_secret: SecretStr | None = None
     """``[microsoft]`` client secret (absent when a certificate is configured)."""
     microsoft_private_key: SecretStr | None = None
@@ -39,6 +45,7 @@ class Secrets:
         for extra in (self.mqtt_password, self.microsoft_client_secret, self.microsoft_private_key):
             if extra is not None:
                 out.append(extra.get_secret_value())
+        out += [s.get_secret_value() for s in self.api_tokens]
         return [v for v in out if v]
 
 
@@ -155,10 +162,60 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
                 env=env,
                 problems=problems,
             )
+    api_tokens = _api_tokens(cfg, env, problems)
     if problems:
         raise ConfigError(problems)
-    secrets = Secrets(passwords, webhook_secrets, mqtt_password, ms_secret, ms_key)
+    secrets = Secrets(
+        passwords,
+        webhook_secrets,
+        mqtt_password,
+        api_tokens,
+        microsoft_client_secret=ms_secret,
+        microsoft_private_key=ms_key,
+    )
     # Every path that reads secrets (start, SIGHUP reload, check-config) hands them to the log
     # redactor here, so none can forget to.
     register_secrets(secrets.values())
     return secrets
+
+
+def _api_tokens(
+    cfg: AgentConfig, env: Mapping[str, str], problems: list[Problem]
+) -> list[SecretStr]:
+    secret = _read_secret(
+        "api.token",
+        env_name=cfg.api.token_env,
+        file_name=cfg.api.token_file,
+        env=env,
+        problems=problems,
+    )
+    if secret is None:
+        return []
+    tokens = secret.get_secret_value().split()
+    if any(len(t) < MIN_API_TOKEN_LEN for t in tokens):
+        key = "api.token_env" if cfg.api.token_env else "api.token_file"
+        # The message names the rule, never the value.
+        problems.append(
+            (
+                key,
+                f"each API token must be at least {MIN_API_TOKEN_LEN} characters (e.g. "
+                "`openssl rand -hex 32`); separate several with spaces",
+            )
+        )
+        return []
+    return [SecretStr(t) for t in tokens]
+
+
+def resolve_api_tokens(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> list[str]:
+    """The local API's bearer tokens alone (what the CLI sends; it needs no device password).
+
+    Raises :class:`ConfigError` when ``[api]`` names a source that is unset or unreadable.
+    The values are registered with the log redactor.
+    """
+    problems: list[Problem] = []
+    tokens = _api_tokens(cfg, os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems)
+    values = [t.get_secret_value() for t in tokens]
+    register_secrets(values)
+    return values

@@ -78,7 +78,11 @@ async def test_a_notification_triggers_the_delta_fetch(proxy_and_sim, receiver, 
     proxy, sim, port = proxy_and_sim
     cfg = write_config(tmp_path, sim, receiver, extra=f'notification_url = "{proxy.url}"')
     text = cfg.read_text().replace("poll_interval_s = 3", "poll_interval_s = 2")
-    text = text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+    # the proxy forwards with the public name: the local API must know it
+    text = text.replace(
+        'listen = "127.0.0.1:0"',
+        f'listen = "127.0.0.1:{port}"\nallowed_hosts = ["agent.example.com"]',
+    )
     cfg.write_text(text)
     proc = await spawn(cfg)
     mbox = "room-1@contoso.com"
