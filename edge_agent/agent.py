@@ -7,7 +7,15 @@ Shutdown (SIGTERM, SIGINT): the device sessions stop first, so no new events are
 drainers then get ``drain_timeout_s`` to deliver what is in flight and queued; whatever is left
 stays in the outbox for the next start; the store is closed last. Exit status 0.
 SIGHUP re-reads the configuration file and applies its device list: new devices start, removed
-ones stop, changed ones restart; sinks and the store keep running.
+ones stop, changed ones restart; sinks and the store keep running. Room changes (``[microsoft]``,
+``[[rooms]]``, a device's ``calendar``) are not applied by SIGHUP: a WARNING says a restart is
+needed (the directory itself is re-read every ``refresh_rooms_s``).
+
+Rooms (DESIGN.md "Rooms and calendar sources"): with ``[microsoft]``, a :class:`GraphPoller`
+runs the Graph rooms (linked devices, ``[[rooms]]``, and the directory's when
+``discover_rooms``) as the supervised task ``graph``; its rounds commit through
+:class:`edge_agent.store.calendar.RoomCalendarStore` into the same outbox the device sessions
+use, so the drainers forward them to the webhook and MQTT with the device events.
 """
 
 from __future__ import annotations
@@ -26,8 +34,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 
 from edge_agent import metrics
-from edge_agent.ops import heap, sdnotify
-from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock, unix_time
 from edge_agent.config import (
@@ -44,6 +50,8 @@ from edge_agent.forward.base import Sink
 from edge_agent.forward.drainer import Drainer
 from edge_agent.bookings.book import BookingOrder
 from edge_agent.bookings.models import Booking
+from edge_agent.ops import heap, sdnotify
+from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.ops.api_bookings import request_view
 from edge_agent.ops.api_guard import ApiGuard, server_ssl_context
 from edge_agent.session import BookingSent, DeviceSession, SessionTuning
@@ -51,6 +59,12 @@ from edge_agent.store import Store, StoreBackend, StoreUnusable
 
 if TYPE_CHECKING:
     from edge_agent.fleet import FleetMember
+    import httpx
+
+    from edge_agent.calendars.graph.auth import ClientCredentials
+    from edge_agent.calendars.graph.client import GraphClient
+    from edge_agent.calendars.graph.poller import CalendarRoom, GraphPoller
+    from edge_agent.calendars.graph.push import PushManager
     from edge_agent.forward.mqtt import MqttSink
     from edge_agent.forward.mqtt.commands import RoomInUseSender, SensorState
     from edge_agent.forward.webhook import WebhookSink
@@ -155,6 +169,100 @@ def build_sinks(
     return sinks
 
 
+def _zone(name: str | None, fallback: str) -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name or fallback)
+
+
+def graph_rooms(cfg: AgentConfig) -> list[CalendarRoom]:
+    """The Graph rooms the config names: each linked device (room id = device id, the device's
+    time zone) and each ``[[rooms]]`` entry (its ``time_zone``, else ``[microsoft]``'s, else
+    ``[defaults]``'s)."""
+    from edge_agent.calendars.graph.poller import CalendarRoom
+
+    ms = cfg.microsoft
+    default_tz = (ms.time_zone if ms else None) or cfg.defaults.time_zone or "UTC"
+    rooms: list[CalendarRoom] = []
+    for dev in cfg.devices:
+        if dev.calendar is not None and (dev.calendar_source or "microsoft") == "microsoft":
+            tz = _zone(dev.time_zone or cfg.defaults.time_zone, "UTC")
+            rooms.append(CalendarRoom(dev.id, dev.calendar, tz, device_id=dev.id))
+    for r in cfg.rooms:
+        if r.source == "microsoft":
+            rooms.append(CalendarRoom(r.id, r.calendar, _zone(r.time_zone, default_tz)))
+    return rooms
+
+
+def certificate_thumbprint(cert_file: Path) -> str:
+    """SHA-1 of the certificate's DER (what Entra ID shows as the thumbprint), hex."""
+    import hashlib
+    import ssl
+
+    der = ssl.PEM_cert_to_DER_cert(cert_file.read_text(encoding="ascii"))
+    return hashlib.sha1(der).hexdigest().upper()  # the platform's thumbprint is SHA-1
+
+
+def check_rsa_key(key_pem: str) -> None:
+    """Raise ValueError unless ``key_pem`` is an unencrypted RSA private key: Entra ID takes
+    client assertions signed RS256/PS256 only (msal would fail deep inside PyJWT otherwise)."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"[microsoft] key_file is not a readable unencrypted PEM private key ({exc})"
+        ) from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ValueError(
+            f"[microsoft] key_file is not an RSA key ({type(key).__name__}); Entra ID needs an "
+            "RSA key for the certificate credential"
+        )
+
+
+def build_graph_client(
+    cfg: AgentConfig, secrets: Secrets, *, max_connections: int = 64
+) -> tuple[GraphClient, ClientCredentials, httpx.AsyncClient]:
+    """The Graph client the agent and ``check-config --connect`` use, its token source and its
+    HTTP client (the caller closes it). Raises ValueError / OSError for an unreadable
+    certificate."""
+    from edge_agent.calendars.graph.auth import CertificateCredential, ClientCredentials
+    from edge_agent.calendars.graph.client import GraphClient
+    from edge_agent.httpclient import http_client
+
+    ms = cfg.microsoft
+    assert ms is not None
+    ca = str(ms.ca_file) if ms.ca_file else None
+    cert = None
+    if ms.certificate_file is not None:
+        assert secrets.microsoft_private_key is not None
+        key_pem = secrets.microsoft_private_key.get_secret_value()
+        check_rsa_key(key_pem)
+        cert = CertificateCredential(certificate_thumbprint(ms.certificate_file), key_pem)
+    secret = secrets.microsoft_client_secret
+    tokens = ClientCredentials(
+        tenant_id=ms.tenant_id,
+        client_id=ms.client_id,
+        secret=secret.get_secret_value() if secret is not None else None,
+        certificate=cert,
+        authority_url=ms.authority_url,
+        ca_file=ca,
+    )
+    http = http_client(timeout_s=30.0, max_connections=max_connections, ca_file=ca)
+    return GraphClient(http, tokens, graph_url=ms.graph_url), tokens, http
+
+
+def _rooms_key(cfg: AgentConfig) -> Any:
+    """What SIGHUP cannot apply to the rooms without a restart."""
+    return (
+        cfg.microsoft,
+        tuple(cfg.rooms),
+        tuple((d.id, d.calendar, d.calendar_source) for d in cfg.devices if d.calendar),
+    )
+
+
 class Agent:
     """The running agent. Implements :class:`edge_agent.ops.api.AgentView` for the local API.
 
@@ -168,6 +276,7 @@ class Agent:
         session_overrides: :class:`SessionTuning` fields for every device (tests, demo).
         drainer_overrides: extra :class:`Drainer` keyword arguments (tests: fast backoff).
         drain_timeout_s: how long shutdown waits for in-flight and queued deliveries.
+        graph_overrides: extra :class:`GraphPoller` keyword arguments (tests, demo).
     """
 
     def __init__(
@@ -181,6 +290,7 @@ class Agent:
         drainer_overrides: Mapping[str, Any] | None = None,
         drain_timeout_s: float = 5.0,
         api: bool = True,
+        graph_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self._secrets = secrets
@@ -205,6 +315,13 @@ class Agent:
         self._list_slots = asyncio.Semaphore(LIST_CONCURRENCY)
         self._started = clock.monotonic()
         self._last_stats: Mapping[str, Any] = {}
+        self._graph: GraphPoller | None = None
+        self._graph_http: httpx.AsyncClient | None = None
+        self._graph_client: GraphClient | None = None
+        self._graph_tokens: ClientCredentials | None = None
+        self._push: PushManager | None = None
+        self._graph_task: asyncio.Task[None] | None = None
+        self._graph_overrides = dict(graph_overrides or {})
         self.api: LocalApi | None = None
         self.ready = asyncio.Event()
         """Set once the store is open and every task started (tests wait on it)."""
@@ -239,6 +356,61 @@ class Agent:
             extra = {k: v for k, v in dataclasses.asdict(st).items() if k not in entry}
             out.append({**entry, **extra})  # type: ignore[typeddict-item]
         return out
+
+    def rooms(self) -> list[dict[str, Any]]:
+        """Every room (``/v1/rooms``, ``edge-agent status``): a device without a calendar is a
+        room of source ``device``; calendar rooms (linked or not) come from the poller."""
+        out: dict[str, dict[str, Any]] = {}
+        for dev_id, session in self._sessions.items():
+            if session.settings.calendar is not None:
+                continue
+            info = session.info()
+            out[dev_id] = {
+                "id": dev_id,
+                "source": "device",
+                "device_id": dev_id,
+                "calendar": None,
+                "connected": info.get("connected"),
+                "last_sync": None,
+                "last_error": info.get("last_error"),
+                "window_size": info.get("window_size"),
+            }
+        status = self._graph.status() if self._graph is not None else {}
+        for rid, st in status.items():
+            room = st.room
+            out[rid] = {
+                "id": rid,
+                "source": "microsoft",
+                "device_id": room.device_id,
+                "calendar": room.mailbox,
+                "display_name": room.display_name,
+                "discovered": room.discovered,
+                "time_zone": str(room.time_zone),
+                "last_sync": st.last_sync,
+                "last_error": st.last_error,
+                "window_size": st.window_size,
+                "rounds": st.rounds,
+            }
+            if self._push is not None:
+                out[rid].update(self._push.status(rid))
+            linked = self._sessions.get(room.device_id) if room.device_id else None
+            if linked is not None:
+                out[rid]["connected"] = linked.client.connected
+        if self.config.microsoft is not None:
+            for room in graph_rooms(self.config):  # not running yet (the poller is starting)
+                out.setdefault(
+                    room.room_id,
+                    {
+                        "id": room.room_id,
+                        "source": "microsoft",
+                        "device_id": room.device_id,
+                        "calendar": room.mailbox,
+                        "last_sync": None,
+                        "last_error": None,
+                        "window_size": 0,
+                    },
+                )
+        return [out[k] for k in sorted(out)]
 
     def health(self) -> dict[str, Any]:
         """The MQTT ``bridge/health`` payload."""
@@ -277,6 +449,8 @@ class Agent:
         try:
             if self._with_api and not await self._start_api():
                 return EX_CONFIG
+            if not self._with_api:
+                self._graph_setup()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self._start(tg)
@@ -307,12 +481,103 @@ class Agent:
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
         self._start_devices(tg)
+        if self.config.microsoft is not None:
+            self._graph_task = tg.create_task(
+                self._supervise("graph", self._run_graph), name="graph"
+            )
         await self._announce_rooms()
         self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
         self._other_tasks.append(tg.create_task(self._trim_loop(), name="agent.heap-trim"))
         self._other_tasks.append(
             tg.create_task(sdnotify.watchdog_loop(self._healthy), name="agent.watchdog")
         )
+
+    def _graph_setup(self) -> tuple[list[Any], tuple[str, ...]]:
+        """The Graph client and, with ``notification_url``, the push manager and the local
+        API's notification routes. A credential that cannot be built (an unreadable
+        certificate) is logged; the ``graph`` task retries it."""
+        ms = self.config.microsoft
+        if ms is None:
+            return [], ()
+        try:
+            self._graph_client, self._graph_tokens, self._graph_http = build_graph_client(
+                self.config, self._secrets
+            )
+        except (OSError, ValueError) as exc:
+            log.error("cannot build the Graph client; retrying", error=str(exc))
+            return [], ()
+        if not ms.notification_url:
+            return [], ()
+        from edge_agent.calendars.graph.push import LIFECYCLE_PATH, NOTIFY_PATH, PushManager
+        from edge_agent.calendars.notify import GraphNotifications
+
+        self._push = PushManager(
+            self._graph_http,
+            self._graph_tokens,
+            notification_url=ms.notification_url,
+            poke=self._poke_room,
+            graph_url=ms.graph_url,
+            clock=self._clock,
+        )
+        notify = GraphNotifications(self._push, self._poke_room)
+        return notify.routes(), (NOTIFY_PATH, LIFECYCLE_PATH)
+
+    def _poke_room(self, room_id: str) -> bool:
+        """A Graph notification for ``room_id``: fetch its delta now (the poller of this run)."""
+        return self._graph.poke(room_id) if self._graph is not None else False
+
+    async def _run_graph(self) -> None:
+        """One poller per run: a restart by the supervisor starts from the stored state. With
+        push, the subscriptions (task ``graph-push``) follow the poller's rooms and stretch
+        their polling while healthy; they are deleted when the task ends."""
+        from edge_agent.calendars.graph.poller import GraphPoller
+        from edge_agent.store.calendar import RoomCalendarStore
+
+        assert self._store is not None
+        cfg = self.config
+        ms = cfg.microsoft
+        assert ms is not None
+        if self._graph_client is None:
+            self._graph_client, self._graph_tokens, self._graph_http = build_graph_client(
+                cfg, self._secrets
+            )
+        store = RoomCalendarStore(self._store, site=cfg.site, source="microsoft")
+        opts: dict[str, Any] = {
+            "rooms": graph_rooms(cfg),
+            "discover": ms.discover_rooms,
+            "default_zone": _zone(ms.time_zone or cfg.defaults.time_zone, "UTC"),
+            "poll_interval_s": ms.poll_interval_s,
+            "refresh_rooms_s": ms.refresh_rooms_s,
+            "horizon_days": ms.horizon_days,
+            "clock": self._clock,
+            # A device without a calendar is a room under its id: the directory cannot take it.
+            "reserved_ids": [d.id for d in cfg.devices if d.calendar is None],
+            **self._graph_overrides,
+        }
+        push = self._push
+        if push is not None:
+            opts["interval_for"] = push.poll_interval_s
+            opts["on_rooms"] = lambda rooms: push.set_rooms(
+                {rid: r.mailbox for rid, r in rooms.items()}
+            )
+        self._graph = GraphPoller(self._graph_client, store, **opts)
+        log.info(
+            "graph calendar source starting",
+            rooms_configured=len(opts["rooms"]),
+            discover=ms.discover_rooms,
+            graph_url=ms.graph_url,
+            push=push.notification_url if push is not None else None,
+        )
+        if push is None:
+            await self._graph.run()
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._graph.run(), name="graph-poller")
+                tg.create_task(push.run(), name="graph-push")
+        finally:
+            # Delete the subscriptions (bounded): their clientState dies with this run.
+            await asyncio.shield(push.stop())
 
     async def _start_api(self) -> bool:
         """Bind the local API before anything else starts; False (logged) when the address
@@ -461,6 +726,12 @@ class Agent:
 
     async def _shutdown(self) -> None:
         await self._leave_fleet()
+        # The calendar rounds stop first, with the sessions: no new events, then the drain. A
+        # round cut mid-commit is either stored whole or not at all (one transaction).
+        if self._graph_task is not None:
+            self._graph_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._graph_task
         await asyncio.gather(
             *(self._stop_device(d, "agent stopping") for d in list(self._device_tasks))
         )
@@ -485,6 +756,9 @@ class Agent:
         if self.api is not None:
             with contextlib.suppress(Exception):
                 await self.api.stop()
+        if self._graph_http is not None:
+            with contextlib.suppress(Exception):
+                await self._graph_http.aclose()
         if self._store is not None:
             await self._store.close()
 
@@ -513,6 +787,11 @@ class Agent:
             )
             sdnotify.ready()
             return
+        if _rooms_key(cfg) != _rooms_key(self.config):
+            log.warning(
+                "room changes ([microsoft], [[rooms]], devices' calendar) need a restart to take "
+                "effect; the running rooms are kept (systemctl restart edge-agent)"
+            )
         new = devices_by_id(cfg, secrets)
         removed = [d for d in self._settings if d not in new]
         added = [d for d in new if d not in self._settings]
@@ -634,7 +913,17 @@ class Agent:
         tls = None
         if api.cert_file is not None and api.key_file is not None:
             tls = server_ssl_context(api.cert_file, api.key_file)
-        return LocalApi(self, api.listen, guard=ApiGuard.from_config(api, tokens), ssl_context=tls)
+        routes, open_paths = self._graph_setup()  # the Graph notification routes, with push
+        guard = ApiGuard(
+            api.listen,
+            tokens,
+            read_requires_token=api.read_requires_token,
+            allowed_hosts=api.allowed_hosts,
+            tls=api.cert_file is not None,
+            # Graph's notifications carry no bearer token: each item is checked by clientState.
+            self_authenticating=open_paths,
+        )
+        return LocalApi(self, api.listen, guard=guard, ssl_context=tls, routes=routes)
 
     # --- fleet mode (DESIGN.md "Fleet mode"): the store in PostgreSQL, devices by lease --------
 

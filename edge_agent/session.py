@@ -72,6 +72,7 @@ from edge_agent.bookings.on_list import on_list
 from edge_agent.bookings.occupancy import OccupancyPolicy
 from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
 from edge_agent.bookings.pending import deadline_for
+from edge_agent.bookings.precedence import forwarded
 from edge_agent.bookings.state import DeviceBookings, Step
 from edge_agent.clock import Clock, system_clock, utc_iso
 from edge_agent.config import DeviceSettings
@@ -721,7 +722,7 @@ class DeviceSession:
                 ],
                 pending_delete=list(step.pending_delete),
                 device_state=dict(step.device_state) if step.device_state is not None else None,
-                events=list(step.events),
+                events=forwarded(step.events, linked=self.settings.calendar is not None),
             )
             attempt = 0
             while True:

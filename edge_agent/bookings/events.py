@@ -116,8 +116,10 @@ def make_envelope(
     type: str,
     *,
     site: str,
-    device_id: str,
+    device_id: str | None,
     now: datetime,
+    room_id: str | None = None,
+    source: str = "device",
     xevent: str | None = None,
     booking: Booking | Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -127,8 +129,12 @@ def make_envelope(
 ) -> dict[str, Any]:
     """One contract envelope::
 
-        {"type", "timestamp", "data": {"event_id", "site", "device_id", ["booking"],
-                                        "xevent", "observed_at", **extra}}
+        {"type", "timestamp", "data": {"event_id", "site", ["device_id"], ["booking"], "xevent",
+                                        "observed_at", "room_id", "source", **extra}}
+
+    ``room_id`` is the room the event is about (default: the device id, DESIGN.md "Rooms and
+    calendar sources"), ``source`` where the fact came from (``device``, ``microsoft``...);
+    ``device_id`` None leaves it out (a calendar-only room's event).
 
     ``timestamp`` is ``now``; ``observed_at`` when the agent saw the device event (defaults to
     ``now``). ``xevent`` is ``"Bookings.<Name>"`` or None for agent-made events (snapshot,
@@ -137,17 +143,28 @@ def make_envelope(
     """
     if type not in ENVELOPE_TYPES:
         raise ValueError(f"not an envelope type of the contract: {type!r}")
-    data: dict[str, Any] = {
-        "event_id": event_id or new_event_id(now, entropy),
-        "site": site,
-        "device_id": device_id,
-    }
+    data: dict[str, Any] = {"event_id": event_id or new_event_id(now, entropy), "site": site}
+    if device_id is not None:
+        data["device_id"] = device_id
+    rid = room_id if room_id is not None else device_id
+    if rid is None:
+        raise ValueError("an envelope needs a room_id or a device_id")
     if booking is not None:
         data["booking"] = booking.to_dict() if isinstance(booking, Booking) else dict(booking)
     data["xevent"] = xevent
     data["observed_at"] = utc_iso(observed_at or now)
+    data["room_id"] = rid
+    data["source"] = source
     if extra:
-        clash = set(extra) & {"event_id", "site", "device_id", "xevent", "observed_at"}
+        clash = set(extra) & {
+            "event_id",
+            "site",
+            "device_id",
+            "room_id",
+            "source",
+            "xevent",
+            "observed_at",
+        }
         if clash:
             raise ValueError(f"extra may not overwrite {sorted(clash)}")
         data.update(extra)

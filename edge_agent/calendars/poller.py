@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -224,8 +224,18 @@ class CalendarPoller:
         error_backoff: Backoff = ROOM_ERROR_BACKOFF,
         clock: Clock = system_clock,
         rng: random.Random | None = None,
+        interval_for: Callable[[str, float], float] | None = None,
+        on_rooms: Callable[[Mapping[str, CalendarRoom]], None] | None = None,
+        reserved_ids: Collection[str] = (),
     ) -> None:
+        """``interval_for(room_id, poll_interval_s)``: a room's interval (push stretches it
+        while its subscription is healthy); ``on_rooms(rooms)``: told the running set after each
+        change (push subscribes those rooms); ``reserved_ids``: room ids taken by something
+        else (devices without a calendar): a directory room with one of them is skipped."""
+        self._reserved = frozenset(reserved_ids)
         self._source = source
+        self._interval_for = interval_for
+        self._on_rooms = on_rooms
         self._name = source.name
         self._store = store
         self._configured = {r.room_id: r for r in rooms}
@@ -296,6 +306,15 @@ class CalendarPoller:
                 except ValueError as e:
                     log.warning("directory room skipped", error=str(e))
                     continue
+                if rid in self._reserved and rid not in self._configured:
+                    log.error(
+                        "a directory room has the id of a device; the room is skipped",
+                        room=rid,
+                        mailbox=g.mailbox,
+                        fix=f"link the device to it ([[devices]] calendar = {g.mailbox!r}) or "
+                        "list the room in [[rooms]] with its own id",
+                    )
+                    continue
                 if rid in rooms:
                     log.error(
                         "two rooms would share one id; the second is skipped",
@@ -339,6 +358,8 @@ class CalendarPoller:
             self._tasks[rid] = _RoomTask(room, task, poke)
             self._status.setdefault(rid, RoomStatus(room))
             self._status[rid].room = room
+        if self._on_rooms is not None:
+            self._on_rooms({rid: rt.room for rid, rt in self._tasks.items()})
 
     async def _stop_room(self, room_id: str, *, forget: bool = True) -> None:
         rt = self._tasks.pop(room_id)
@@ -396,9 +417,10 @@ class CalendarPoller:
                 async with self._rounds:
                     state = await self._round(room, state, rlog)
                 failures = 0
-                delay = next_poll_delay(
-                    self._clock.now(), self._interval, room.time_zone, self._rng
-                )
+                interval = self._interval
+                if self._interval_for is not None:
+                    interval = self._interval_for(room.room_id, interval)
+                delay = next_poll_delay(self._clock.now(), interval, room.time_zone, self._rng)
             except ResyncRequired as e:
                 rlog.warning("delta round lost; full resync", reason=str(e))
                 # Not stored: after a restart the old link gets its 410 again, with the same result.

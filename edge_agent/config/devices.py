@@ -49,6 +49,8 @@ class DeviceSettings:
     release_after_s: float = 0.0
     """0: never release a ghost booking."""
     occupancy_min_interval_s: float = 10.0
+    calendar: str | None = None
+    """The linked room mailbox: the room's window comes from the calendar source (precedence)."""
 
     def endpoint(self) -> DeviceEndpoint:
         """The :class:`edge_agent.xapi.DeviceEndpoint` for this device."""
@@ -94,6 +96,7 @@ def device_settings(cfg: AgentConfig, secrets: Secrets) -> list[DeviceSettings]:
                 ghost_after_s=pick("ghost_after_s"),
                 release_after_s=pick("release_after_s"),
                 occupancy_min_interval_s=pick("occupancy_min_interval_s"),
+                calendar=dev.calendar,
             )
         )
     return out

@@ -24,7 +24,9 @@ from edge_agent.config.models import DEFAULT_STORE_NAME, AgentConfig
 EX_CONFIG = 78
 """Exit status for an invalid configuration (sysexits.h ``EX_CONFIG``)."""
 
-_SECRET_KEYS = frozenset({"password", "secret", "secrets", "token", "passphrase", "key_password"})
+_SECRET_KEYS = frozenset(
+    {"password", "secret", "secrets", "token", "passphrase", "key_password", "client_secret"}
+)
 
 Problem = tuple[str, str]
 
@@ -150,6 +152,8 @@ def _secret_keys(node: Any, loc: tuple[str | int, ...]) -> Iterator[Problem]:
         for key, value in node.items():
             if isinstance(key, str) and key.lower() in _SECRET_KEYS:
                 hint = "secret" if "secret" in key.lower() else "password"
+                if key.lower() == "client_secret":
+                    hint = "client_secret"
                 msg = (
                     f"secrets are not accepted in the config file; use {hint}_env (an "
                     f"environment variable) or {hint}_file (a file, e.g. a systemd credential)"
@@ -248,8 +252,54 @@ def _cross_checks(raw: Mapping[str, Any], *, require_sink: bool) -> Iterator[Pro
         if not default_source and not any(k in dev for k in ("password_env", "password_file")):
             msg = "no device password source: set password_env or password_file here or in "
             yield f"devices[{i}]", msg + "[defaults]"
+    yield from _room_checks(raw)
     if require_sink and raw.get("webhook") is None and raw.get("mqtt") is None:
         yield "", "no sink configured: add a [webhook] or an [mqtt] section (or both)"
+
+
+def _room_checks(raw: Mapping[str, Any]) -> Iterator[Problem]:
+    """Rooms and calendar links (DESIGN.md "Rooms and calendar sources"): one id per room, one
+    room per mailbox, and a configured source behind every calendar."""
+    sources = {name for name in ("microsoft",) if isinstance(raw.get(name), Mapping)}
+    ids: dict[str, str] = {}
+    mailboxes: dict[str, str] = {}
+    devices = raw.get("devices")
+    for i, dev in enumerate(devices if isinstance(devices, list) else []):
+        if isinstance(dev, Mapping) and isinstance(dev.get("id"), str):
+            ids.setdefault(dev["id"], f"devices[{i}]")
+        if not isinstance(dev, Mapping) or not isinstance(dev.get("calendar"), str):
+            continue
+        src = dev.get("calendar_source") or "microsoft"
+        if src not in sources:
+            yield (
+                f"devices[{i}].calendar",
+                f"the device is linked to a calendar but no [{src}] section is configured",
+            )
+        mail = dev["calendar"].strip().lower()
+        if mail in mailboxes:
+            yield f"devices[{i}].calendar", f"mailbox already used by {mailboxes[mail]}"
+        else:
+            mailboxes[mail] = f"devices[{i}]"
+    rooms = raw.get("rooms")
+    for i, room in enumerate(rooms if isinstance(rooms, list) else []):
+        if not isinstance(room, Mapping):
+            continue
+        rid = room.get("id")
+        if isinstance(rid, str):
+            if rid in ids:
+                yield f"rooms[{i}].id", f"room id {rid!r} is already used by {ids[rid]}"
+            else:
+                ids[rid] = f"rooms[{i}]"
+        src = room.get("source") or "microsoft"
+        if isinstance(src, str) and src not in sources:
+            yield f"rooms[{i}].source", f"calendar source {src!r} has no [{src}] section"
+        mail = room.get("calendar")
+        if isinstance(mail, str):
+            key = mail.strip().lower()
+            if key in mailboxes:
+                yield f"rooms[{i}].calendar", f"mailbox already used by {mailboxes[key]}"
+            else:
+                mailboxes[key] = f"rooms[{i}]"
 
 
 def _with_paths(cfg: AgentConfig, base_dir: Path | None, env: Mapping[str, str]) -> AgentConfig:
@@ -300,5 +350,12 @@ def _with_paths(cfg: AgentConfig, base_dir: Path | None, env: Mapping[str, str])
         paths = {k: rel(getattr(cfg.mqtt, k)) for k in ("ca_file", "cert_file", "key_file")}
         updates["mqtt"] = cfg.mqtt.model_copy(
             update={**paths, "password_file": secret_file(cfg.mqtt.password_file)}
+        )
+    if cfg.microsoft is not None:
+        ms_paths = {
+            k: rel(getattr(cfg.microsoft, k)) for k in ("ca_file", "certificate_file", "key_file")
+        }
+        updates["microsoft"] = cfg.microsoft.model_copy(
+            update={**ms_paths, "client_secret_file": secret_file(cfg.microsoft.client_secret_file)}
         )
     return cfg.model_copy(update=updates)

@@ -218,6 +218,16 @@ class DeviceConfig(_DeviceKeys):
     host: str | None = None
     url: str | None = None
     fingerprint: str | None = None
+    calendar: str | None = None
+    """The room mailbox whose calendar this device's room takes its window from (a linked room,
+    DESIGN.md "Rooms and calendar sources"): ``room-4a@contoso.com``."""
+    calendar_source: Literal["microsoft"] | None = None
+    """Which calendar source holds ``calendar``; default the one configured ([microsoft])."""
+
+    @field_validator("calendar")
+    @classmethod
+    def _calendar(cls, v: str | None) -> str | None:
+        return _check_mailbox(v)
 
     @field_validator("fingerprint")
     @classmethod
@@ -476,6 +486,114 @@ class LogConfig(_Section):
         return v.lower() if isinstance(v, str) else v
 
 
+def _check_mailbox(v: str | None) -> str | None:
+    if v is None:
+        return v
+    local, at, domain = v.partition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in v):
+        raise ValueError(f"{v!r} is not a mailbox address such as 'room-4a@contoso.com'")
+    return v
+
+
+def _check_https_url(v: str) -> str:
+    parts = urlsplit(v)
+    _check_no_userinfo(parts.netloc, "credentials go in client_secret_env / client_secret_file")
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("expected an https:// URL")
+    return v.rstrip("/")
+
+
+class MicrosoftConfig(_Section):
+    """``[microsoft]``: Microsoft 365 (Graph) as a calendar source (DESIGN.md "Rooms and
+    calendar sources"). Client credentials: a secret (``client_secret_env`` /
+    ``client_secret_file``) or a certificate (``certificate_file`` + ``key_file``)."""
+
+    tenant_id: Annotated[str, Field(min_length=1)]
+    client_id: Annotated[str, Field(min_length=1)]
+    client_secret_env: str | None = None
+    client_secret_file: str | None = None
+    certificate_file: Path | None = None
+    key_file: Path | None = None
+    authority_url: str = "https://login.microsoftonline.com"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    ca_file: Path | None = None
+    discover_rooms: bool = True
+    refresh_rooms_s: Annotated[float, Field(ge=60)] = 86_400.0
+    poll_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    horizon_days: Annotated[int, Field(ge=1, le=366)] = 7
+    notification_url: str | None = None
+    time_zone: str | None = None
+    """Zone of discovered rooms' windows (default ``[defaults] time_zone``)."""
+
+    @field_validator("client_secret_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        return _check_env_name(v)
+
+    @field_validator("authority_url", "graph_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        return _check_https_url(v)
+
+    @field_validator("notification_url")
+    @classmethod
+    def _notify(cls, v: str | None) -> str | None:
+        return None if v is None else _check_https_url(v)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        return _check_time_zone(v)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> MicrosoftConfig:
+        secret = [k for k in ("client_secret_env", "client_secret_file") if getattr(self, k)]
+        cert = self.certificate_file is not None or self.key_file is not None
+        if len(secret) > 1:
+            raise ValueError("set client_secret_env or client_secret_file, not both")
+        if secret and cert:
+            raise ValueError(
+                "set a client secret (client_secret_env / client_secret_file) or a certificate "
+                "(certificate_file + key_file), not both"
+            )
+        if not secret and not cert:
+            raise ValueError(
+                "no client credential: set client_secret_env or client_secret_file, or "
+                "certificate_file + key_file"
+            )
+        if cert and (self.certificate_file is None or self.key_file is None):
+            raise ValueError("set both certificate_file and key_file for a certificate")
+        return self
+
+
+class RoomConfig(_Section):
+    """``[[rooms]]``: a calendar-only room listed by hand (or one the directory does not list)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    calendar: str
+    source: Literal["microsoft"] = "microsoft"
+    time_zone: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use lower-case letters, digits, '-' and '_' only")
+        return v
+
+    @field_validator("calendar")
+    @classmethod
+    def _calendar(cls, v: str) -> str:
+        checked = _check_mailbox(v)
+        assert checked is not None
+        return checked
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        return _check_time_zone(v)
+
+
 class AgentConfig(_Section):
     site: Annotated[str, Field(min_length=1, max_length=64)]
     store: StoreConfig = StoreConfig()
@@ -493,6 +611,8 @@ class AgentConfig(_Section):
     api: ApiConfig = ApiConfig()
     log: LogConfig = LogConfig()
     fleet: FleetConfig = FleetConfig()
+    microsoft: MicrosoftConfig | None = None
+    rooms: list[RoomConfig] = []
 
     @field_validator("site")
     @classmethod

@@ -39,13 +39,18 @@ class Secrets:
     """The local API's bearer tokens (``[api] token_env`` / ``token_file``; several: rotation)."""
     store_password: SecretStr | None = None
     """The PostgreSQL password (``[store] password_env`` / ``password_file``)."""
+    microsoft_client_secret: SecretStr | None = None
+    """``[microsoft]`` client secret (absent when a certificate is configured)."""
+    microsoft_private_key: SecretStr | None = None
+    """``[microsoft] key_file``: the certificate's PEM private key."""
 
     def values(self) -> list[str]:
         """Every secret as plain text, for the log redactor (it masks them wherever they occur)."""
         out = [s.get_secret_value() for s in self.device_passwords.values()]
         out += [s.get_secret_value() for s in self.webhook_secrets]
-        if self.mqtt_password is not None:
-            out.append(self.mqtt_password.get_secret_value())
+        for extra in (self.mqtt_password, self.microsoft_client_secret, self.microsoft_private_key):
+            if extra is not None:
+                out.append(extra.get_secret_value())
         out += [s.get_secret_value() for s in self.api_tokens]
         if self.store_password is not None:
             out.append(self.store_password.get_secret_value())
@@ -181,6 +186,24 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
         env=env,
         problems=problems,
     )
+    ms_secret = ms_key = None
+    if cfg.microsoft is not None:
+        ms = cfg.microsoft
+        ms_secret = _read_secret(
+            "microsoft.client_secret",
+            env_name=ms.client_secret_env,
+            file_name=ms.client_secret_file,
+            env=env,
+            problems=problems,
+        )
+        if ms.key_file is not None:
+            ms_key = _read_secret(
+                "microsoft.key",
+                env_name=None,
+                file_name=str(ms.key_file),
+                env=env,
+                problems=problems,
+            )
     api_tokens = _api_tokens(cfg, env, problems)
     if problems:
         raise ConfigError(problems)
@@ -190,6 +213,8 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
         mqtt_password,
         api_tokens=api_tokens,
         store_password=store_password,
+        microsoft_client_secret=ms_secret,
+        microsoft_private_key=ms_key,
     )
     # Every path that reads secrets (start, SIGHUP reload, check-config) hands them to the log
     # redactor here, so none can forget to.

@@ -24,6 +24,15 @@ Routes:
 - ``GET /v1/devices`` — ``{"devices": [...]}``, one :class:`DeviceStatus` each.
 - ``GET /v1/devices/{id}/bookings`` — the buffered window from the store, sorted by start;
   404 for an unknown device.
+- ``GET /v1/rooms`` — ``{"rooms": [...]}``, every room (DESIGN.md "Rooms and calendar
+  sources"), one :class:`RoomStatus` each: ``id``, ``source`` (``device``, ``microsoft``),
+  ``device_id`` (the linked device, or the device itself), ``calendar`` (the mailbox),
+  ``last_sync``, ``last_error``, ``window_size``.
+- ``GET /v1/rooms/{id}/bookings`` — the room's forwarded window from the store (a calendar
+  room's, or a device room's own), sorted by start; 404 for an unknown room.
+- ``POST /v1/notifications/microsoft`` and ``.../lifecycle`` — Graph change and lifecycle
+  notifications (:mod:`edge_agent.calendars.notify`), mounted only with ``[microsoft]
+  notification_url``; a reverse proxy forwards ``<notification_url>/v1/notifications/...`` here.
 - ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
 - ``GET /v1/fleet`` — fleet mode: members, their devices and lease ages (404 when alone).
 - ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
@@ -64,6 +73,7 @@ __all__ = [
     "AgentView",
     "DeviceStatus",
     "LocalApi",
+    "RoomStatus",
     "SinkStatus",
     "StoreView",
     "readiness",
@@ -84,6 +94,18 @@ class DeviceStatus(TypedDict, total=False):
     window_size: int
     """Bookings in the buffered window."""
     software: str | None
+
+
+class RoomStatus(TypedDict, total=False):
+    """One entry of ``rooms()`` (and of ``/v1/rooms``)."""
+
+    id: str  # required
+    source: str  # required: "device", "microsoft"
+    device_id: str | None
+    calendar: str | None
+    last_sync: Any
+    last_error: str | None
+    window_size: int | None
 
 
 class SinkStatus(TypedDict, total=False):
@@ -251,13 +273,18 @@ class LocalApi:
         *,
         guard: ApiGuard | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        routes: Sequence[web.RouteDef] = (),
     ) -> None:
+        """``routes``: more handlers (the Graph notification endpoints; the guard is told
+        which of them authenticate their callers themselves)."""
         self._agent = agent
         self._host, self._port = parse_listen(listen)
         self._runner: web.AppRunner | None = None
         self._guard = guard or ApiGuard(listen)
         self._ssl = ssl_context
         self.app = self._make_app()
+        if routes:
+            self.app.add_routes(routes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -318,6 +345,8 @@ class LocalApi:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/devices", self._devices)
         app.router.add_get("/v1/devices/{id}/bookings", self._bookings)
+        app.router.add_get("/v1/rooms", self._rooms)
+        app.router.add_get("/v1/rooms/{id}/bookings", self._room_bookings)
         app.router.add_get("/v1/pending", self._pending)
         app.router.add_get("/v1/outbox", self._outbox)
         app.router.add_get("/v1/dead-letters", self._dead_letters)
@@ -377,6 +406,33 @@ class LocalApi:
         window = await self._store().load_window(device_id)
         bookings = [b for _, b in sorted(window.items(), key=_booking_sort_key)]
         return _json({"device": device_id, "count": len(bookings), "bookings": bookings})
+
+    def _room_list(self) -> list[RoomStatus]:
+        # Optional on AgentView: a view without rooms (a test double) has none.
+        rooms = getattr(self._agent, "rooms", None)
+        return list(rooms()) if callable(rooms) else []
+
+    async def _rooms(self, request: web.Request) -> web.Response:
+        rooms = self._room_list()
+        return _json({"count": len(rooms), "rooms": rooms})
+
+    async def _room_bookings(self, request: web.Request) -> web.Response:
+        from edge_agent.store.schema import calendar_window_owner
+
+        room_id = request.match_info["id"]
+        room = next((r for r in self._room_list() if r.get("id") == room_id), None)
+        if room is None:
+            raise web.HTTPNotFound(reason=f"unknown room {room_id!r}")
+        source = str(room.get("source") or "device")
+        owner = room_id if source == "device" else calendar_window_owner(room_id, source)
+        window = await self._store().load_window(owner)
+        bookings = [b for _, b in sorted(window.items(), key=_booking_sort_key)]
+        for b in bookings:
+            if isinstance(b, dict):
+                b.pop("cancelled", None)  # the store's extra; not an envelope field
+        return _json(
+            {"room": room_id, "source": source, "count": len(bookings), "bookings": bookings}
+        )
 
     async def _pending(self, request: web.Request) -> web.Response:
         device_id = request.query.get("device") or None

@@ -133,6 +133,17 @@ class PendingRow:
     row: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class CalendarSyncWrite:
+    """A calendar room's sync state and window, replaced as part of a :class:`Change`
+    (:mod:`edge_agent.store.calendar`). ``state`` None forgets the room (row and window)."""
+
+    room_id: str
+    source: str
+    state: dict[str, Any] | None
+    window: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class Change:
     """One device's state change and the events it produced, committed atomically.
@@ -152,6 +163,8 @@ class Change:
     pending_delete: list[str] = field(default_factory=list)
     device_state: dict[str, Any] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    calendar: CalendarSyncWrite | None = None
+    """A calendar room's sync state (its ``device_id`` is then the room id: the event stream)."""
 
 
 class StoreBackend(Protocol):

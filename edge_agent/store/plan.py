@@ -14,6 +14,7 @@ from edge_agent import jsoncodec
 from edge_agent.clock import parse_utc
 from edge_agent.forward.schedule import OutboxEvent
 from edge_agent.store.base import Change
+from edge_agent.store.calendar import PreparedCalendar, prepare_calendar
 from edge_agent.store.requests import outcomes_of
 
 
@@ -40,6 +41,7 @@ class PreparedChange:
     future: asyncio.Future[None]
     request_outcomes: list[tuple[str, str, bytes]] = field(default_factory=list)
     """``(uuid, status, outcome JSON)``: booking requests its events close (store.requests)."""
+    calendar: PreparedCalendar | None = None
 
 
 @dataclass(slots=True)
@@ -113,6 +115,7 @@ def prepare(change: Change, future: asyncio.Future[None]) -> PreparedChange:
         events=events,
         future=future,
         request_outcomes=outcomes_of(change.events),
+        calendar=None if change.calendar is None else prepare_calendar(change.calendar),
     )
 
 

@@ -18,6 +18,8 @@ Tables
 - ``booking_request``: booking requests made through the agent (schema 3), ``uuid -> status``
   (``pending``, ``created``, ``failed``, ``expired``) with the request and its outcome as JSON;
   kept a day (see :mod:`edge_agent.store.requests`).
+- ``calendar_sync`` (schema 5): per calendar room and source, the sync state JSON (window range,
+  delta link); the room's window rows are in ``window`` under ``calendar_window_owner``.
 - ``dead_letter``: events a sink gave up on, with the reason, for the operator to replay or
   purge. Bounded (oldest dropped first; see :mod:`edge_agent.store.writer`).
 """
@@ -102,6 +104,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (device_id, booking_id, started_at)) WITHOUT ROWID;
     CREATE INDEX occupancy_booking_open ON occupancy_booking (device_id, ended_at);
     """,
+    # 5: calendar rooms' sync state (window range, delta link) per room and source; their
+    # window rows live in ``window`` under the owner ``calendar_window_owner(room, source)``.
+    """
+    CREATE TABLE calendar_sync (
+        room_id TEXT NOT NULL, source TEXT NOT NULL, state BLOB NOT NULL,
+        PRIMARY KEY (room_id, source)) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -149,6 +158,20 @@ PUT_DEVICE_STATE = "INSERT OR REPLACE INTO device_state (device_id, state) VALUE
 FORGET_DEVICE = tuple(
     f"DELETE FROM {table} WHERE device_id=?" for table in ("window", "pending", "device_state")
 )
+
+# -- calendar rooms ------------------------------------------------------------------------------
+
+SELECT_CALENDAR_SYNC = "SELECT state FROM calendar_sync WHERE room_id=? AND source=?"
+SELECT_CALENDAR_SYNCS = "SELECT room_id, source, state FROM calendar_sync"
+PUT_CALENDAR_SYNC = "INSERT OR REPLACE INTO calendar_sync (room_id, source, state) VALUES (?,?,?)"
+DELETE_CALENDAR_SYNC = "DELETE FROM calendar_sync WHERE room_id=? AND source=?"
+
+
+def calendar_window_owner(room_id: str, source: str) -> str:
+    """The ``window.device_id`` of a calendar room's rows: apart from a linked device's own
+    window (same room id), and not a valid device id (``:`` is not allowed in one)."""
+    return f"{source}:{room_id}"
+
 
 # -- outbox --------------------------------------------------------------------------------------
 

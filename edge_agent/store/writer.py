@@ -95,6 +95,7 @@ from edge_agent.store.base import (
     StoreError,
     StoreHealth,
 )
+from edge_agent.store.calendar import write_calendars
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
 
 log = structlog.get_logger(__name__)
@@ -576,6 +577,7 @@ class GroupWriter:
             await c.executemany(schema.PUT_PENDING, pput)
         if states:
             await c.executemany(schema.PUT_DEVICE_STATE, states)
+        await write_calendars(c, [ch.calendar for ch in changes if ch.calendar is not None])
         now = self._time()
         rows = []
         new_devices: dict[str, int] = {}

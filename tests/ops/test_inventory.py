@@ -189,8 +189,10 @@ def test_a_control_hub_row_without_an_address_is_named(tmp_path: Path) -> None:
 )
 def test_the_calendar_column_links_a_room(tmp_path: Path) -> None:
     (tmp_path / "rooms.csv").write_text("id,host,calendar\nroom-4a,10.0.4.1,room-4a@contoso.com\n")
-    loaded, _ = load_config_and_inventory(site(tmp_path, 'devices_file = "rooms.csv"\n'))
-    assert loaded.devices[0].calendar == "room-4a@contoso.com"  # type: ignore[attr-defined]
+    # a calendar link needs its source configured ([microsoft]; tests/rooms has the refusal)
+    graph = '[microsoft]\ntenant_id = "t"\nclient_id = "c"\nclient_secret_env = "GRAPH_SECRET"\n'
+    loaded, _ = load_config_and_inventory(site(tmp_path, 'devices_file = "rooms.csv"\n', graph))
+    assert loaded.devices[0].calendar == "room-4a@contoso.com"
 
 
 def test_load_config_reports_inventory_problems_with_the_others(tmp_path: Path) -> None:

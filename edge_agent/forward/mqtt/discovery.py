@@ -187,6 +187,11 @@ class RoomTopics:
         """``base`` (what :func:`.topics.publications` makes of ``event``) adjusted: no retained
         message for a removed room; with discovery, the Home Assistant state topics."""
         room = event.device_id
+        data = event.envelope.get("data")
+        if isinstance(data, Mapping) and "device_id" not in data:
+            # A calendar-only room (rooms/<id>/...): not in the device list; its poller reports
+            # its window empty when it leaves the directory.
+            return base
         if not self.exists(room):
             return [p for p in base if not p.retain]
         if not self.discovery:

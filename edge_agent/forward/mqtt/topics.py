@@ -24,7 +24,13 @@ Topics, under a base that defaults to ``roomos-edge/<site>``:
 ``<base>/devices/<id>/bookings``
     Retained: the whole envelope of the latest ``bookings.snapshot`` (``data.window``,
     ``data.bookings``), not just its ``data``, so a late subscriber gets the current window with
-    its ``event_id`` and ``timestamp`` and can line it up against the events topic.
+    its ``event_id`` and ``timestamp`` and can line it up against the events topic. For a
+    device linked to a calendar (``[[devices]] calendar``) this is the calendar's window: the
+    device's own snapshots are not forwarded (``edge_agent/bookings/precedence.py``).
+``<base>/rooms/<room_id>/events`` and ``<base>/rooms/<room_id>/bookings``
+    The same two for a calendar-only room (no device): an event whose envelope has no
+    ``data.device_id`` (DESIGN.md "Rooms and calendar sources"). Each event is published once:
+    a room's events go to its ``devices/`` topics or to its ``rooms/`` topics, never both.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ class Topics:
     def device(self, device_id: str, leaf: Literal["events", "availability", "bookings"]) -> str:
         return f"{self.base}/devices/{device_id}/{leaf}"
 
+    def room(self, room_id: str, leaf: Literal["events", "bookings"]) -> str:
+        return f"{self.base}/rooms/{room_id}/{leaf}"
+
 
 @dataclass(frozen=True, slots=True)
 class Publication:
@@ -72,6 +81,13 @@ def check_topic_level(name: str) -> None:
 def publications(event: OutboxEvent, topics: Topics) -> list[Publication]:
     """The messages one event becomes, in publish order."""
     check_topic_level(event.device_id)
+    data = event.envelope.get("data")
+    if isinstance(data, dict) and "device_id" not in data and "room_id" in data:
+        # A calendar-only room: its stream is the room id.
+        out = [Publication(topics.room(event.device_id, "events"), event.body, False)]
+        if event.type == "bookings.snapshot":
+            out.append(Publication(topics.room(event.device_id, "bookings"), event.body, True))
+        return out
     out = [Publication(topics.device(event.device_id, "events"), event.body, False)]
     if event.type == "device.online":
         out.append(Publication(topics.device(event.device_id, "availability"), ONLINE, True))

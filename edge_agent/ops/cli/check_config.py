@@ -3,6 +3,9 @@
 ``--connect`` uses the agent's own clients: the device checks its xAPI client, the sink checks
 the very sinks the agent would build (:func:`edge_agent.agent.build_webhook_sink` and
 :func:`~edge_agent.agent.build_mqtt_sink`), so a pass means the agent's code connects.
+``[microsoft]`` is checked with the agent's Graph client
+(:func:`edge_agent.agent.build_graph_client`): the token, ``Place.Read.All`` (the rooms found
+are listed), and one calendar read (``Calendars.Read`` and the application access policy).
 """
 
 from __future__ import annotations
@@ -45,9 +48,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     secrets = secrets_or_exit(args.config, cfg)
     setup_logging(args, cfg)
     sinks = ", ".join(cfg.sink_names())
+    rooms = ""
+    if cfg.microsoft is not None:
+        linked = sum(1 for d in cfg.devices if d.calendar)
+        found = " + the directory's" if cfg.microsoft.discover_rooms else ""
+        rooms = f", microsoft rooms: {len(cfg.rooms)} listed, {linked} linked{found}"
     print(
-        f"{args.config}: OK (site {cfg.site}, {len(cfg.devices)} device(s), sinks: {sinks}, "
-        f"store {cfg.store_path})"
+        f"{args.config}: OK (site {cfg.site}, {len(cfg.devices)} device(s){rooms}, "
+        f"sinks: {sinks}, store {cfg.store_path})"
     )
     if not args.connect:
         return EX_OK
@@ -71,6 +79,8 @@ async def connect_checks(
         jobs.append(_check_webhook(cfg, secrets, timeout))
     if cfg.mqtt is not None:
         jobs.append(_check_mqtt(cfg, secrets, timeout))
+    if cfg.microsoft is not None:
+        jobs.append(_check_graph(cfg, secrets, timeout))
     out: list[CheckResult] = []
     for rows in await asyncio.gather(*jobs):
         out.extend(rows)
@@ -289,3 +299,108 @@ async def _check_occupancy(client: Any, device_id: str) -> CheckResult:
         )
     return CheckResult(device_id, "occupancy", True, seen)
 
+
+ROOMS_LISTED = 20  # rooms named in the table; the rest are counted
+
+
+async def _check_graph(cfg: AgentConfig, secrets: Secrets, timeout: float) -> list[CheckResult]:
+    """Token, directory (``Place.Read.All``), one calendar read (``Calendars.Read`` + policy)."""
+    from datetime import UTC, datetime, timedelta
+
+    from edge_agent.agent import build_graph_client, graph_rooms
+    from edge_agent.bookings.window import WindowBounds
+    from edge_agent.calendars.graph.auth import AuthError
+    from edge_agent.calendars.graph.errors import GraphError, GraphPermissionError
+    from edge_agent.calendars.model import room_id_from_mailbox
+
+    ms = cfg.microsoft
+    assert ms is not None
+    t = "microsoft"
+    try:
+        client, tokens, http = build_graph_client(cfg, secrets, max_connections=4)
+    except Exception as exc:  # noqa: BLE001 - an unreadable certificate: a FAIL row
+        return [CheckResult(t, "credential", False, _describe(exc))]
+    rows: list[CheckResult] = []
+    try:
+        try:
+            async with asyncio.timeout(timeout + 1):
+                await tokens.token()
+            how = "certificate" if ms.certificate_file else "client secret"
+            rows.append(CheckResult(t, "token", True, f"{tokens.authority}: {how} accepted"))
+        except (AuthError, TimeoutError) as exc:
+            rows.append(CheckResult(t, "token", False, _describe(exc) or "no answer in time"))
+            return rows
+        configured = graph_rooms(cfg)
+        found: list[tuple[str, str]] = []
+        try:
+            async with asyncio.timeout(timeout * 3):
+                listed = await client.list_rooms()
+            found = [(g.mailbox, room_id_from_mailbox(g.mailbox)) for g in listed]
+            names = ", ".join(f"{rid} ({mail})" for mail, rid in found[:ROOMS_LISTED])
+            more = f" and {len(found) - ROOMS_LISTED} more" if len(found) > ROOMS_LISTED else ""
+            rows.append(
+                CheckResult(
+                    t, "rooms (Place.Read.All)", True, f"{len(found)} room(s): {names}{more}"
+                )
+            )
+        except (GraphError, AuthError, TimeoutError) as exc:
+            hint = ""
+            if isinstance(exc, GraphPermissionError):
+                hint = "" if "Place.Read.All" in str(exc) else "; grant Place.Read.All"
+            rows.append(
+                CheckResult(
+                    t,
+                    "rooms (Place.Read.All)",
+                    False,
+                    (_describe(exc) or "no answer in time") + hint,
+                    # Without discovery the configured rooms still run: not fatal.
+                    warning=not ms.discover_rooms,
+                )
+            )
+        for room in configured:
+            rows.append(
+                CheckResult(
+                    room.room_id,
+                    "room",
+                    True,
+                    f"{room.mailbox}"
+                    + (
+                        f", linked to device {room.device_id}"
+                        if room.device_id
+                        else ", calendar-only"
+                    )
+                    + f", zone {room.time_zone}",
+                )
+            )
+        probe = configured[0].mailbox if configured else (found[0][0] if found else None)
+        if probe is None:
+            rows.append(
+                CheckResult(t, "calendar (Calendars.Read)", False, "no room to read", warning=True)
+            )
+            return rows
+        now = datetime.now(UTC)
+        try:
+            async with asyncio.timeout(timeout * 3):
+                got = await client.calendar_delta(
+                    "check", probe, WindowBounds(now, now + timedelta(days=1)), None
+                )
+            rows.append(
+                CheckResult(
+                    t,
+                    "calendar (Calendars.Read)",
+                    True,
+                    f"{probe}: {len(got.values)} event(s) in the next 24 h",
+                )
+            )
+        except (GraphError, AuthError, TimeoutError) as exc:
+            rows.append(
+                CheckResult(
+                    t,
+                    "calendar (Calendars.Read)",
+                    False,
+                    _describe(exc, "check") or "no answer in time",
+                )
+            )
+        return rows
+    finally:
+        await http.aclose()

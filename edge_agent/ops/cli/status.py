@@ -1,4 +1,4 @@
-"""``edge-agent status``: devices, sinks and outbox, from the running agent's local API."""
+"""``edge-agent status``: devices, rooms, sinks and outbox, from the running agent's local API."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ready = http.get("/readyz")
             outbox_resp = http.get("/v1/outbox")
             fleet_resp = http.get("/v1/fleet")
+            rooms_resp = http.get("/v1/rooms")
     except httpx.HTTPError as exc:
         err(
             f"edge-agent: cannot reach the agent's local API at {url}: {exc}",
@@ -60,19 +61,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     body: dict[str, Any] = ready.json()
     outbox: dict[str, Any] | None = outbox_resp.json() if outbox_resp.status_code == 200 else None
     fleet: dict[str, Any] | None = fleet_resp.json() if fleet_resp.status_code == 200 else None
+    # An older agent has no /v1/rooms (404): no rooms table rather than an error.
+    rooms: list[dict[str, Any]] | None = (
+        rooms_resp.json().get("rooms", []) if rooms_resp.status_code == 200 else None
+    )
     if args.json:
         from edge_agent import jsoncodec
 
-        print(jsoncodec.dumps({"readyz": body, "outbox": outbox, "fleet": fleet}))
+        print(jsoncodec.dumps({"readyz": body, "outbox": outbox, "fleet": fleet, "rooms": rooms}))
         return EX_OK if body.get("ready") else EX_FAIL
-    print_status(url, body, outbox)
+    print_status(url, body, outbox, rooms=rooms)
     if fleet is not None:
         print_fleet(fleet)
     return EX_OK if body.get("ready") else EX_FAIL
 
 
 def print_status(
-    url: str, readyz: dict[str, Any], outbox: dict[str, Any] | None, out: TextIO | None = None
+    url: str,
+    readyz: dict[str, Any],
+    outbox: dict[str, Any] | None,
+    out: TextIO | None = None,
+    *,
+    rooms: list[dict[str, Any]] | None = None,
 ) -> None:
     out = sys.stdout if out is None else out
     state = "READY" if readyz.get("ready") else "NOT READY: " + "; ".join(readyz.get("reasons", []))
@@ -93,6 +103,23 @@ def print_status(
         ],
         out=out,
     )
+    if rooms:
+        print_table(
+            ["ROOM", "SOURCE", "DEVICE", "CALENDAR", "WINDOW", "LAST SYNC", "LAST ERROR"],
+            [
+                [
+                    r.get("id"),
+                    r.get("source"),
+                    r.get("device_id"),
+                    r.get("calendar"),
+                    r.get("window_size"),
+                    r.get("last_sync") or ("-" if r.get("source") == "device" else "never"),
+                    r.get("last_error"),
+                ]
+                for r in rooms
+            ],
+            out=out,
+        )
     sink_stats = (outbox or {}).get("sinks", {})
     print_table(
         ["SINK", "STATE", "READY", "BACKLOG", "OLDEST", "LAST ERROR"],

@@ -1,0 +1,181 @@
+"""Calendar rooms in the store: the ``CalendarStore`` the room pollers persist through.
+
+:class:`RoomCalendarStore` implements :class:`edge_agent.calendars.graph.poller.CalendarStore` on
+the SQLite store. ``save_sync_state`` is ONE :class:`~edge_agent.store.base.Change`: the room's
+``calendar_sync`` row (window range, delta link), its window rows and its events commit in one
+transaction, so the delta link is never ahead of the window and the outbox, and a restart after
+kill -9 refetches from the last committed link and reports nothing twice
+(``calendars/sync.py``: re-applying a round is idempotent).
+
+The outbox stream of a room's events is the room id: a linked room (room id = device id) shares
+its stream with the device's own events, so order is per room. Its window rows sit under
+``schema.calendar_window_owner(room, source)``, apart from the device's own window.
+
+For a linked room, a ``booking.created`` the calendar reports for a meeting the device has
+already reported as the resolution of a request made on it, or that a request still pending on
+the device is about to resolve, is not reported (:mod:`edge_agent.bookings.precedence`); it
+stays in the window and the snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+import structlog
+
+from edge_agent import jsoncodec
+from edge_agent.store import schema
+from edge_agent.store.base import CalendarSyncWrite, Change
+
+if TYPE_CHECKING:
+    from edge_agent.calendars.graph.poller import RoomUpdate
+    from edge_agent.calendars.sync import SyncState
+    from edge_agent.store.sqlite import SqliteStore
+
+log = structlog.get_logger(__name__)
+
+__all__ = [
+    "PreparedCalendar",
+    "RoomCalendarStore",
+    "prepare_calendar",
+    "write_calendars",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCalendar:
+    room_id: str
+    source: str
+    state: bytes | None
+    window: dict[str, bytes]
+
+
+def prepare_calendar(w: CalendarSyncWrite) -> PreparedCalendar:
+    """Serialize in the caller's task (JSON errors surface there, not in the writer)."""
+    dumpb = jsoncodec.dumpb
+    return PreparedCalendar(
+        w.room_id,
+        w.source,
+        None if w.state is None else dumpb(w.state),
+        {k: dumpb(v) for k, v in w.window.items()},
+    )
+
+
+async def write_calendars(conn: aiosqlite.Connection, writes: Sequence[PreparedCalendar]) -> None:
+    """Inside the writer's transaction: replace each room's sync row and window rows, in order."""
+    for w in writes:
+        owner = schema.calendar_window_owner(w.room_id, w.source)
+        await conn.execute(schema.DELETE_WINDOW_OF, (owner,))
+        if w.state is None:
+            await conn.execute(schema.DELETE_CALENDAR_SYNC, (w.room_id, w.source))
+            continue
+        await conn.execute(schema.PUT_CALENDAR_SYNC, (w.room_id, w.source, w.state))
+        if w.window:
+            await conn.executemany(schema.PUT_WINDOW, [(owner, k, v) for k, v in w.window.items()])
+
+
+def state_row(state: SyncState) -> dict[str, Any]:
+    return {
+        "window": state.window.to_dict() if state.window is not None else None,
+        "delta_link": state.delta_link,
+    }
+
+
+class RoomCalendarStore:
+    """``CalendarStore`` for one source on the agent's store; ``site`` goes into envelopes."""
+
+    def __init__(self, store: SqliteStore, *, site: str, source: str) -> None:
+        self._store = store
+        self.site = site
+        self.source = source
+
+    async def load_sync_state(self, room_id: str) -> SyncState | None:
+        from edge_agent.bookings.window import WindowBounds
+        from edge_agent.calendars.model import CalendarBooking
+        from edge_agent.calendars.sync import SyncState
+        from edge_agent.clock import parse_utc
+
+        # The store's read connection: committed rows only, never blocked by the writer. Only
+        # this room's own task writes its state, so the two reads see one version of it.
+        rows = list(
+            await self._store._rconn.execute_fetchall(  # same package
+                schema.SELECT_CALENDAR_SYNC, (room_id, self.source)
+            )
+        )
+        if not rows:
+            return None
+        owner = schema.calendar_window_owner(room_id, self.source)
+        stored = await self._store.load_window(owner)
+        resync = False
+        bounds, link = None, None
+        try:
+            doc = jsoncodec.loads(rows[0][0])
+            win = doc.get("window")
+            if win is not None:
+                bounds = WindowBounds(parse_utc(win["start"]), parse_utc(win["end"]))
+            link = doc.get("delta_link")
+            if link is not None and not isinstance(link, str):
+                raise TypeError("delta_link is not a string")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            resync, bounds, link = True, None, None
+            log.warning(
+                "calendar sync state unreadable; listing the room in full",
+                room=room_id,
+                error=repr(exc),
+            )
+        bookings = {}
+        for key, row in stored.items():
+            try:
+                b = CalendarBooking.from_row(row)
+            except (ValueError, TypeError, AttributeError) as exc:
+                # One odd row must not stop the room: the full listing puts back what is real.
+                resync = True
+                log.warning(
+                    "calendar window row unreadable; listing the room in full",
+                    room=room_id,
+                    key=key,
+                    error=repr(exc),
+                )
+                continue
+            bookings[b.id] = b
+        ordered = dict(sorted(bookings.items(), key=lambda kv: (kv[1].start, kv[1].end, kv[0])))
+        return SyncState(window=bounds, delta_link=None if resync else link, bookings=ordered)
+
+    async def save_sync_state(
+        self, room_id: str, state: SyncState, update: RoomUpdate | None
+    ) -> None:
+        from edge_agent.calendars.envelopes import room_update_envelopes
+        from edge_agent.calendars.sync import SyncState as _SyncState
+
+        forget = state == _SyncState()
+        write = CalendarSyncWrite(
+            room_id,
+            self.source,
+            None if forget else state_row(state),
+            {} if forget else {bid: b.to_row() for bid, b in state.bookings.items()},
+        )
+        events: list[dict[str, Any]] = []
+        if update is not None:
+            device_rows: list[dict[str, Any]] = []
+            pending: list[dict[str, Any]] = []
+            if update.device_id is not None and any(
+                c.type == "booking.created" for c in update.changes
+            ):
+                # Pending first: a request resolved between the two reads is then seen in one
+                # of them (pending before, or the window after), never in neither.
+                pending = [p.row for p in await self._store.load_pending(update.device_id)]
+                device_rows = list((await self._store.load_window(update.device_id)).values())
+            events = room_update_envelopes(
+                update, site=self.site, device_window=device_rows, device_pending=pending
+            )
+        await self._store.commit(Change(room_id, events=events, calendar=write))
+
+    async def rooms(self) -> dict[str, dict[str, Any]]:
+        """Every stored room of this source: ``{room_id: state row}`` (status, tests)."""
+        rows = await self._store._rconn.execute_fetchall(  # same package
+            schema.SELECT_CALENDAR_SYNCS
+        )
+        return {r: jsoncodec.loads(st) for r, src, st in rows if src == self.source}
