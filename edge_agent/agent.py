@@ -541,6 +541,8 @@ class Agent:
             self._graph_client, self._graph_tokens, self._graph_http = build_graph_client(
                 cfg, self._secrets
             )
+        # Refused in fleet mode by the config checks: the calendar sync state is SQLite's.
+        assert isinstance(self._store, Store)
         store = RoomCalendarStore(self._store, site=cfg.site, source="microsoft")
         opts: dict[str, Any] = {
             "rooms": graph_rooms(cfg),
