@@ -22,7 +22,9 @@ Routes:
 - ``GET /v1/devices`` — ``{"devices": [...]}``, one :class:`DeviceStatus` each.
 - ``GET /v1/devices/{id}/bookings`` — the buffered window from the store, sorted by start;
   404 for an unknown device.
-- ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
+- ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter):
+  ``{"count", "pending": [...]}``, by deadline, each in the public shape of
+  :func:`public_pending` (not the store's row).
 - ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
 - ``GET /v1/dead-letters`` — ``{"count", "dead_letters": [...]}``, oldest first
   (``?limit=N``, default 100, at most 10000; ``?sink=NAME``).
@@ -44,6 +46,7 @@ import asyncio
 import dataclasses
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, Self, TypedDict, runtime_checkable
 
 import structlog
@@ -51,8 +54,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_agent import jsoncodec
+from edge_agent.clock import utc_iso
 from edge_agent.config import DEFAULT_API_LISTEN, parse_listen
 from edge_agent.metrics import REGISTRY
+from edge_agent.store import PendingRow
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +106,7 @@ class StoreView(Protocol):
 
     async def load_window(self, device_id: str) -> Mapping[str, Any]: ...
 
-    async def load_pending(self, device_id: str | None = None) -> Sequence[Any]: ...
+    async def load_pending(self, device_id: str | None = None) -> Sequence[PendingRow]: ...
 
     async def stats(self) -> Mapping[str, Any]: ...
 
@@ -371,7 +376,7 @@ class LocalApi:
     async def _pending(self, request: web.Request) -> web.Response:
         device_id = request.query.get("device") or None
         rows = await self._store().load_pending(device_id)
-        return _json({"count": len(rows), "pending": list(rows)})
+        return _json({"count": len(rows), "pending": [public_pending(r) for r in rows]})
 
     async def _outbox(self, request: web.Request) -> web.Response:
         return _json(await self._store().stats())
@@ -400,3 +405,24 @@ class LocalApi:
         n = await self._store().purge_dead_letters(ids, sink=sink)
         log.info("dead letters purged through the local API", purged=n, sink=sink, ids=ids)
         return _json({"purged": n})
+
+
+def public_pending(row: PendingRow) -> dict[str, Any]:
+    """One ``/v1/pending`` entry: ``request_uuid``, ``device``, ``title``, ``start`` (null: the
+    request was for now), ``duration_min``, ``requested_at``, ``deadline`` (UTC ISO) and
+    ``state``: ``pending`` (waiting for the device's BookingCreated / BookingFailed) or
+    ``overdue`` (the deadline passed; a re-list decides between created and expired).
+
+    The store's row (its tracker fields, its layout) stays internal: it may change with the
+    schema, this may not."""
+    doc = row.row
+    return {
+        "request_uuid": row.booking_request_uuid,
+        "device": row.device_id,
+        "title": doc.get("title"),
+        "start": doc.get("start"),
+        "duration_min": doc.get("duration_min"),
+        "requested_at": doc.get("requested_at"),
+        "deadline": utc_iso(datetime.fromtimestamp(row.deadline, UTC)),
+        "state": "overdue" if doc.get("relist_requested") else "pending",
+    }
