@@ -213,3 +213,46 @@ async def test_failures_only_with_nothing_failing_prints_the_summary(tmp_path: P
         )
         assert code == 0, out + err
         assert "TARGET" not in out and "2 passed, 0 warning(s), 0 failed" in out
+
+
+# -- the store the CLI looks for is the agent's -------------------------------------------------
+
+
+def test_the_store_default_is_the_agents(tmp_path: Path) -> None:
+    """Before: without $STATE_DIRECTORY (an admin's shell) the CLI took ./edge-agent.db while the
+    agent, under systemd, used /var/lib/edge-agent/agent.db."""
+    from edge_agent.config.models import LOCAL_STORE_PATH, default_store_path
+
+    unit_store = tmp_path / "var-lib-edge-agent" / "agent.db"
+    state = {"STATE_DIRECTORY": f"{tmp_path}/state:/other"}
+    assert default_store_path(state, unit_store) == tmp_path / "state" / "agent.db"
+    assert default_store_path({}, unit_store) == LOCAL_STORE_PATH  # no unit store here
+    unit_store.parent.mkdir()
+    unit_store.touch()
+    assert default_store_path({}, unit_store) == unit_store  # the shell finds the unit's store
+    assert default_store_path(state, unit_store) == tmp_path / "state" / "agent.db"
+
+
+@pytest.mark.skipif(
+    Path("/var/lib/edge-agent/agent.db").exists(), reason="this machine runs an agent"
+)
+def test_no_store_found_says_what_was_tried(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.ops.test_cli import cli_env
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('site = "hq"\n' + WEBHOOK_ONLY.format(url="http://127.0.0.1:9/hook"))
+    env = cli_env(ENV)
+    env.pop("STATE_DIRECTORY", None)  # an admin's shell
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "outbox", "dead-letter", "list", "-c", str(cfg)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "no store at edge-agent.db" in r.stderr
+    assert (
+        "store.path is not set, $STATE_DIRECTORY is not set, /var/lib/edge-agent/agent.db does "
+        "not exist; so ./edge-agent.db in the working directory"
+    ) in r.stderr, r.stderr
