@@ -78,9 +78,15 @@ class DeviceStatus(TypedDict, total=False):
     url: str
     connected: bool  # required
     last_error: str | None
+    """What is wrong now; null once the link is up again (then it is ``previous_error``)."""
+    last_error_at: str | None
+    """When ``last_error`` happened (UTC ISO)."""
+    previous_error: str | None
+    previous_error_at: str | None
     reconnects: int
     time_zone: str | None
     """The zone in use: the device's ``Configuration Time Zone``, else the configured fallback."""
+    time_zone_source: Literal["device", "config"]
     booking_timeout_s: int | None
     window_size: int
     """Bookings in the buffered window."""
@@ -94,6 +100,10 @@ class SinkStatus(TypedDict, total=False):
     state: Literal["running", "gone"]  # required; "gone": stopped for good (webhook 410)
     ready: bool  # the sink can deliver right now (Sink.ready())
     last_error: str | None
+    """Null after the next delivery (then it is ``previous_error``); ``*_at``: UTC ISO."""
+    last_error_at: str | None
+    previous_error: str | None
+    previous_error_at: str | None
     outbox_depth: int
 
 
