@@ -162,12 +162,17 @@ def test_a_store_directory_that_does_not_exist_fails(tmp_path: Path) -> None:
 def test_an_exposed_api_and_insecure_warn_and_exit_0(tmp_path: Path) -> None:
     body = DEFAULTS + '[[devices]]\nid = "room-1"\nhost = "127.0.0.1"\ninsecure = true\n'
     body += '[[devices]]\nid = "room-2"\nhost = "127.0.0.2"\n'
-    body += WEBHOOK_ONLY.format(url="http://127.0.0.1:9/hook") + '[api]\nlisten = "0.0.0.0:9780"\n'
-    r = cli("check-config", "-c", str(write_config(tmp_path, body)), env=DEVICE_ENV)
+    body += WEBHOOK_ONLY.format(url="http://127.0.0.1:9/hook")
+    body += '[api]\nlisten = "0.0.0.0:9780"\ntoken_env = "API_TOKEN"\n'
+    env = DEVICE_ENV | {"API_TOKEN": "t0ken-4-the-api-0123456789abcdef"}
+    r = cli("check-config", "-c", str(write_config(tmp_path, body)), env=env)
     assert r.returncode == 0, r.stderr
     warnings = [line for line in r.stdout.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 2, r.stdout
-    assert warnings[0].startswith("warning: api.listen: '0.0.0.0:9780' serves the local API")
+    assert warnings[0].startswith(
+        "warning: api.listen: '0.0.0.0:9780' serves the local API beyond this machine over "
+        "plain HTTP: the bearer token"
+    ), warnings[0]
     assert warnings[1].startswith("warning: devices[room-1].insecure: true: ")
     assert "edge-agent trust room-1" in warnings[1]
 

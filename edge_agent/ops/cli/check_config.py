@@ -21,6 +21,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from edge_agent.config import (
@@ -124,16 +125,18 @@ def local_checks(cfg: AgentConfig, secrets: Secrets) -> list[CheckResult]:
                     "to a file in an existing directory",
                 )
             )
-    host, port = parse_listen(cfg.api.listen)
-    if not _is_loopback(host):
+    if not cfg.api.loopback and cfg.api.cert_file is None:
+        # The config demands a token off loopback; without TLS it crosses the network in clear.
+        _, port = parse_listen(cfg.api.listen)
         out.append(
             CheckResult(
                 "api.listen",
                 "exposure",
                 False,
-                f"{cfg.api.listen!r} serves the local API (no authentication; it can replay and "
-                "purge dead letters) beyond this machine; use 127.0.0.1 unless a firewall "
-                f"guards port {port}",
+                f"{cfg.api.listen!r} serves the local API beyond this machine over plain HTTP: "
+                "the bearer token and the bookings cross the network unencrypted; set "
+                "api.cert_file and api.key_file, or listen on 127.0.0.1 (a firewall guarding "
+                f"port {port} still sees the token)",
                 warning=True,
             )
         )
@@ -162,17 +165,6 @@ def local_checks(cfg: AgentConfig, secrets: Secrets) -> list[CheckResult]:
                 )
             )
     return out
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _unreadable(path: Path) -> str | None:
@@ -325,6 +317,7 @@ async def _check_device(ds: DeviceSettings, timeout: float) -> list[CheckResult]
                 results.append(CheckResult(ds.id, label, False, f"Off; {_WEBSOCKET_HINT}"))
             else:
                 results.append(CheckResult(ds.id, label, True, str(value)))
+        results.append(await _check_occupancy(client, ds.id))
         return results
     finally:
         with contextlib.suppress(Exception):
@@ -426,3 +419,34 @@ async def _check_mqtt(cfg: AgentConfig, secrets: Secrets, timeout: float) -> lis
     except Exception as exc:  # noqa: BLE001 - every failure becomes a FAIL row
         return [CheckResult("mqtt", "connect", False, f"{url}: {_describe(exc, 'mqtt')}")]
     return [CheckResult("mqtt", "connect", True, f"{url}: {detail}")]
+
+
+async def _check_occupancy(client: Any, device_id: str) -> CheckResult:
+    """What the device can tell of its room (Status RoomAnalytics): a warning, never fatal,
+    when the user may not read it or counting / presence detection is off."""
+    from edge_agent.session_occupancy import HINT_COUNTING, HINT_PERMISSION, HINT_PRESENCE
+    from edge_agent.xapi import PermissionDenied
+
+    try:
+        ra = await client.get(["Status", "RoomAnalytics"])
+    except PermissionDenied:
+        return CheckResult(device_id, "occupancy", False, HINT_PERMISSION, warning=True)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+        return CheckResult(device_id, "occupancy", False, _describe(exc, device_id), warning=True)
+    ra = ra if isinstance(ra, dict) else {}
+    count = (ra.get("PeopleCount") or {}).get("Current")
+    presence = ra.get("PeoplePresence")
+    hints = []
+    if count in (None, -1, "-1"):
+        hints.append(HINT_COUNTING)
+    if presence in (None, "Unknown"):
+        hints.append(HINT_PRESENCE)
+    seen = f"people count {count}, presence {presence}" + (
+        f", in use {ra['RoomInUse']}" if "RoomInUse" in ra else ""
+    )
+    if hints:
+        return CheckResult(
+            device_id, "occupancy", False, f"{seen}; {'; '.join(hints)}", warning=True
+        )
+    return CheckResult(device_id, "occupancy", True, seen)
+
