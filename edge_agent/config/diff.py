@@ -22,6 +22,7 @@ reconnects with them at once). A part that learns to apply another key on reload
 
 MQTT_PASSWORD = "mqtt password"
 WEBHOOK_SECRET = "webhook secret"
+API_TOKENS = "api tokens"
 
 
 def changed_keys(old: AgentConfig, new: AgentConfig) -> list[str]:
@@ -36,12 +37,15 @@ def changed_keys(old: AgentConfig, new: AgentConfig) -> list[str]:
 
 def changed_secrets(old: Secrets, new: Secrets) -> list[str]:
     """Secrets outside the devices whose value changed (a file rewritten, an env var set anew):
-    :data:`WEBHOOK_SECRET`, :data:`MQTT_PASSWORD`. ``SecretStr`` compares by value."""
+    :data:`WEBHOOK_SECRET`, :data:`MQTT_PASSWORD`, :data:`API_TOKENS`. ``SecretStr`` compares
+    by value."""
     out = []
     if old.webhook_secrets != new.webhook_secrets:
         out.append(WEBHOOK_SECRET)
     if old.mqtt_password != new.mqtt_password:
         out.append(MQTT_PASSWORD)
+    if old.api_tokens != new.api_tokens:
+        out.append(API_TOKENS)
     return out
 
 

@@ -54,8 +54,12 @@ def test_changed_keys_name_each_key_outside_the_devices() -> None:
 def test_changed_secrets_compare_values_and_name_no_value() -> None:
     a = Secrets(webhook_secrets=[SecretStr("whsec_a")], mqtt_password=SecretStr("m1"))
     assert changed_secrets(a, a) == []
-    b = Secrets(webhook_secrets=[SecretStr("whsec_b")], mqtt_password=SecretStr("m2"))
-    assert changed_secrets(a, b) == ["webhook secret", "mqtt password"]
+    b = Secrets(
+        webhook_secrets=[SecretStr("whsec_b")],
+        mqtt_password=SecretStr("m2"),
+        api_tokens=[SecretStr("t")],
+    )
+    assert changed_secrets(a, b) == ["webhook secret", "mqtt password", "api tokens"]
 
 
 async def test_sighup_applies_the_log_level_and_names_what_needs_a_restart(
