@@ -795,6 +795,7 @@ class Agent:
                 "effect; the running rooms are kept (systemctl restart edge-agent)"
             )
         new = devices_by_id(cfg, secrets)
+        self._apply_outside_devices(cfg, secrets)
         removed = [d for d in self._settings if d not in new]
         added = [d for d in new if d not in self._settings]
         changed = [d for d in new if d in self._settings and new[d] != self._settings[d]]
@@ -814,6 +815,36 @@ class Agent:
         metrics.DEVICES_CONFIGURED.set(len(new))
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
         sdnotify.ready()
+
+    def _apply_outside_devices(self, cfg: AgentConfig, secrets: Secrets) -> None:
+        """A reload's changes outside the device list: apply the log level now (the MQTT
+        credentials follow in :meth:`_poke_mqtt`), and name every other changed key, which
+        takes effect only after a restart. ``self.config`` is what runs: the live keys are
+        updated in it, the others are not (so a later reload names them again)."""
+        from edge_agent.config.diff import LIVE_KEYS, MQTT_PASSWORD, changed_keys, changed_secrets
+        from edge_agent.ops.logs import configure_logging, resolve_level
+
+        changed = changed_keys(self.config, cfg) + changed_secrets(self._secrets, secrets)
+        live = [k for k in changed if k in LIVE_KEYS or k == MQTT_PASSWORD]
+        restart = [k for k in changed if k not in live]
+        running = self.config
+        if "log.level" in live:
+            # $EDGE_AGENT_LOG_LEVEL still wins over [log] level, as at start.
+            configure_logging(resolve_level(None, cfg.log.level))
+            running = running.model_copy(update={"log": cfg.log})
+        if running.mqtt is not None and cfg.mqtt is not None:
+            creds = {k.split(".", 1)[1] for k in live if k.startswith("mqtt.")}
+            update = {k: getattr(cfg.mqtt, k) for k in creds}
+            running = running.model_copy(update={"mqtt": running.mqtt.model_copy(update=update)})
+        self.config = running
+        if live:
+            log.info("reload applied", keys=live)
+        if restart:
+            log.warning(
+                "reload: these settings changed but take effect only after a restart "
+                "(systemctl restart edge-agent); the running values are kept until then",
+                keys=restart,
+            )
 
     def _poke_mqtt(self, cfg: AgentConfig, secrets: Secrets) -> None:
         """A reload may follow a fixed credential (here or at the broker): retry now, with the

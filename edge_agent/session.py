@@ -48,7 +48,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
@@ -75,7 +75,7 @@ from edge_agent.bookings.pending import deadline_for
 from edge_agent.bookings.precedence import forwarded
 from edge_agent.bookings.state import DeviceBookings, Step
 from edge_agent.clock import Clock, system_clock, utc_iso
-from edge_agent.config import DeviceSettings
+from edge_agent.config import DeviceDefaults, DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
 from edge_agent.metrics import FEEDBACK_DROPPED
 from edge_agent.session_occupancy import RoomWatch
@@ -159,6 +159,9 @@ class _Listed:
     applied: asyncio.Future[None]
     observed_at: datetime
     """When the last page arrived: the window and the expiries are judged as of then."""
+
+
+_DEFAULT_TIME_ZONE = DeviceDefaults.model_fields["time_zone"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +327,10 @@ class DeviceSession:
         """Re-lists asked for by device events and not made: the device's clock is off."""
         self._skewed_relist_at: float | None = None  # monotonic; the last one let through
         self._skew_throttle_said = False
+        self.time_zone_source: Literal["device", "config"] = "config"
+        """Where the zone in use came from: ``device`` (its Configuration Time Zone, read now or
+        stored from an earlier connect) or ``config`` (``time_zone``, or its default UTC)."""
+        self._zone_conflict_said: tuple[str, str] | None = None
         self.room = RoomWatch(
             site=site,
             device_id=settings.id,
@@ -346,6 +353,7 @@ class DeviceSession:
             "url": self.settings.url,
             **self.client.stats(),
             "time_zone": st.tz.key if st else self.settings.time_zone,
+            "time_zone_source": self.time_zone_source,
             "booking_timeout_s": st.booking_timeout_s if st else self.settings.booking_timeout_s,
             "window_size": len(st.window) if st else 0,
             "pending_requests": len(st.pending) if st else 0,
@@ -424,6 +432,8 @@ class DeviceSession:
             or self._zone(s.time_zone, "the configuration")
             or ZoneInfo("UTC")
         )
+        if tz.key == dstate.get("time_zone"):
+            self.time_zone_source = "device"  # read from it at an earlier connect
         timeout = dstate.get("booking_timeout_s")
         state, notes = DeviceBookings.restore(
             site=self.site,
@@ -460,6 +470,7 @@ class DeviceSession:
     async def _on_connected(self, client: DeviceLink) -> None:
         dev = await self._read_device_settings(client)
         self._check_clock(dev.system_time)
+        self._note_time_zone(dev.tz)
         await self.room.on_connected(client, self._on_room_analytics, dev.software)
         # The online transition asks for the list (Step.relist), after the settings are applied.
         self._offer(
@@ -470,6 +481,30 @@ class DeviceSession:
                 tz=dev.tz,
                 booking_timeout_s=dev.booking_timeout_s,
             )
+        )
+
+    def _note_time_zone(self, device_zone: ZoneInfo | None) -> None:
+        """The device's zone wins over a configured ``time_zone`` (a fallback for a device
+        whose configuration cannot be read); say so once per pair of zones when they differ,
+        since a configured zone reads like a choice. The default (UTC) set by nobody is not
+        a choice and gives no warning."""
+        if device_zone is None:
+            return  # unreadable: the zone in use stays (stored from the device, or configured)
+        self.time_zone_source = "device"
+        configured = self.settings.time_zone
+        if configured in (device_zone.key, _DEFAULT_TIME_ZONE):
+            return
+        pair = (device_zone.key, configured)
+        if self._zone_conflict_said == pair:
+            return
+        self._zone_conflict_said = pair
+        self._log.warning(
+            "the device's time zone differs from the configured time_zone; using the device's "
+            "(time_zone is only the fallback when the device's cannot be read): set the zone on "
+            "the device, or make time_zone match it",
+            device_time_zone=device_zone.key,
+            configured_time_zone=configured,
+            using=device_zone.key,
         )
 
     def _check_clock(self, device_time: datetime | None) -> None:

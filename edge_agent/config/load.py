@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ValidationError
 
 from edge_agent.config.inventory import Inventory, name_problems, read_inventory
-from edge_agent.config.models import DEFAULT_STORE_NAME, AgentConfig
+from edge_agent.config.models import AgentConfig, default_store_path
 
 EX_CONFIG = 78
 """Exit status for an invalid configuration (sysexits.h ``EX_CONFIG``)."""
@@ -59,7 +59,8 @@ def load_config(
     ``require_sink``: also demand a ``[webhook]`` or ``[mqtt]`` section (what ``run`` needs).
     Relative ``ca_file`` / ``cert_file`` / ``key_file`` paths are taken from the config file's
     directory; the store path defaults to ``$STATE_DIRECTORY/agent.db`` (systemd
-    ``StateDirectory=``), else ``./edge-agent.db``.
+    ``StateDirectory=``), else ``/var/lib/edge-agent/agent.db`` when it exists, else
+    ``./edge-agent.db`` (:func:`~edge_agent.config.models.default_store_path`).
     """
     return load_config_and_inventory(path, require_sink=require_sink, env=env)[0]
 
@@ -328,9 +329,7 @@ def _with_paths(cfg: AgentConfig, base_dir: Path | None, env: Mapping[str, str])
 
     store_path = cfg.store.path
     if store_path is None:
-        # systemd may list several state directories separated by ':'; ours is the first.
-        state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
-        store_path = Path(state_dir) / DEFAULT_STORE_NAME if state_dir else Path("edge-agent.db")
+        store_path = default_store_path(env)
     else:
         store_path = rel(store_path)
     updates: dict[str, Any] = {

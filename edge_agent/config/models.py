@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -19,6 +20,9 @@ from edge_agent.bookings.pending import BOOKING_TIMEOUT_DEFAULT_S, DEFAULT_GRACE
 
 DEFAULT_API_LISTEN = "127.0.0.1:9780"
 DEFAULT_STORE_NAME = "agent.db"
+SYSTEM_STORE_PATH = Path("/var/lib/edge-agent") / DEFAULT_STORE_NAME
+"""The shipped unit's store (``StateDirectory=edge-agent``)."""
+LOCAL_STORE_PATH = Path("edge-agent.db")
 
 _NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -98,10 +102,36 @@ def _normalize_fingerprint(v: str | None) -> str | None:
     return hexstr.lower()
 
 
+def default_store_path(env: Mapping[str, str], system_path: Path = SYSTEM_STORE_PATH) -> Path:
+    """``store.path`` when the config sets none, the same for the agent and the CLI:
+    ``$STATE_DIRECTORY/agent.db`` (the agent under systemd), else ``system_path`` when it exists
+    (the CLI on the agent's host, where ``$STATE_DIRECTORY`` is not set: the unit's store),
+    else ``./edge-agent.db`` (an agent run by hand)."""
+    # systemd may list several state directories separated by ':'; ours is the first.
+    state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_dir:
+        return Path(state_dir) / DEFAULT_STORE_NAME
+    if system_path.exists():
+        return system_path
+    return LOCAL_STORE_PATH
+
+
+def store_default_tried(env: Mapping[str, str], system_path: Path = SYSTEM_STORE_PATH) -> str:
+    """What :func:`default_store_path` looked at, for a message about a store not found."""
+    state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_dir:
+        return f"store.path is not set; $STATE_DIRECTORY is {state_dir}"
+    return (
+        f"store.path is not set, $STATE_DIRECTORY is not set, {system_path} "
+        f"{'exists' if system_path.exists() else 'does not exist'}; so ./{LOCAL_STORE_PATH} in "
+        "the working directory"
+    )
+
+
 class StoreConfig(_Section):
     path: Path | None = None
-    """SQLite file; ``None`` in the file means ``$STATE_DIRECTORY/agent.db`` or ``./edge-agent.db``
-    (filled in by :func:`load_config`)."""
+    """SQLite file; ``None`` in the file means :func:`default_store_path` (filled in by
+    :func:`load_config`)."""
     outbox_max_events: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
     synchronous: Literal["normal", "full"] = "normal"
 

@@ -73,6 +73,10 @@ class SinkStats:
     retried: int = 0
     dead_lettered: int = 0
     last_error: str | None = None
+    """The sink's failure now: cleared (to ``previous_error``) by the next delivery."""
+    last_error_at: str | None = None
+    previous_error: str | None = None
+    previous_error_at: str | None = None
     ready: bool = False
     stopped_reason: str | None = None
     in_flight: int = 0

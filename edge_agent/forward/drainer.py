@@ -28,11 +28,13 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from edge_agent.backoff import Backoff
+from edge_agent.clock import utc_iso
 from edge_agent.forward.base import (
     Delivered,
     Gone,
@@ -110,11 +112,24 @@ class Drainer:
         return self._stopped_reason is None and self._sink.ready()
 
     def stats(self) -> SinkStats:
+        """Counters and the last error with its time (UTC ISO). A delivery since the error
+        means the sink recovered: the error shows as ``previous_error``, ``last_error`` is null;
+        a gone endpoint's error stays (nothing is delivered after it)."""
         s = self._stats
         s.ready = self.ready()
         s.stopped_reason = self._stopped_reason
         s.in_flight = len(self._in_flight)
         return s
+
+    def _note_error(self, reason: str) -> None:
+        self._stats.last_error = reason
+        self._stats.last_error_at = utc_iso(datetime.fromtimestamp(self._time(), UTC))
+
+    def _recovered(self) -> None:
+        s = self._stats
+        if s.last_error is not None:
+            s.previous_error, s.previous_error_at = s.last_error, s.last_error_at
+            s.last_error = s.last_error_at = None
 
     def retrying(self) -> dict[str, dict[str, Any]]:
         """Devices backing off: ``{device: {seq, attempts, next_attempt_at, error}}``."""
@@ -249,6 +264,7 @@ class Drainer:
         n = len(batch)
         if isinstance(outcome, Delivered):
             self._stats.delivered += n
+            self._recovered()
             DELIVERIES.labels(sink=name, result="ok").inc(n)
             hist = DELIVERY_LATENCY.labels(sink=name)
             for e in batch:
@@ -264,7 +280,7 @@ class Drainer:
                 "delivery stopped, events stay in the outbox; fix the sink's URL in the "
                 "configuration and restart the agent"
             )
-            self._stats.last_error = outcome.reason
+            self._note_error(outcome.reason)
             DELIVERIES.labels(sink=name, result="gone").inc(n)
             self._log.error(
                 "sink stopped: endpoint gone",
@@ -274,7 +290,7 @@ class Drainer:
             )
             return None
         attempts = head.attempts + 1
-        self._stats.last_error = outcome.reason
+        self._note_error(outcome.reason)
         if isinstance(outcome, Reject):
             if n == 1 and attempts >= self._reject_attempts:
                 self._stats.dead_lettered += 1

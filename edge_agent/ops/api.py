@@ -33,7 +33,9 @@ Routes:
 - ``POST /v1/notifications/microsoft`` and ``.../lifecycle`` — Graph change and lifecycle
   notifications (:mod:`edge_agent.calendars.notify`), mounted only with ``[microsoft]
   notification_url``; a reverse proxy forwards ``<notification_url>/v1/notifications/...`` here.
-- ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
+- ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter):
+  ``{"count", "pending": [...]}``, by deadline, each in the public shape of
+  :func:`public_pending` (not the store's row).
 - ``GET /v1/fleet`` — fleet mode: members, their devices and lease ages (404 when alone).
 - ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
 - ``GET /v1/dead-letters`` — ``{"count", "dead_letters": [...]}``, oldest first
@@ -55,6 +57,7 @@ import asyncio
 import dataclasses
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, Self, TypedDict, runtime_checkable
 
 import structlog
@@ -62,8 +65,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_agent import jsoncodec
+from edge_agent.clock import utc_iso
 from edge_agent.config import DEFAULT_API_LISTEN, parse_listen
 from edge_agent.metrics import REGISTRY
+from edge_agent.store import PendingRow
 from edge_agent.ops import api_bookings
 from edge_agent.ops.api_guard import MAX_BODY_BYTES, ApiGuard
 
@@ -87,9 +92,15 @@ class DeviceStatus(TypedDict, total=False):
     url: str
     connected: bool  # required
     last_error: str | None
+    """What is wrong now; null once the link is up again (then it is ``previous_error``)."""
+    last_error_at: str | None
+    """When ``last_error`` happened (UTC ISO)."""
+    previous_error: str | None
+    previous_error_at: str | None
     reconnects: int
     time_zone: str | None
     """The zone in use: the device's ``Configuration Time Zone``, else the configured fallback."""
+    time_zone_source: Literal["device", "config"]
     booking_timeout_s: int | None
     window_size: int
     """Bookings in the buffered window."""
@@ -115,6 +126,10 @@ class SinkStatus(TypedDict, total=False):
     state: Literal["running", "gone"]  # required; "gone": stopped for good (webhook 410)
     ready: bool  # the sink can deliver right now (Sink.ready())
     last_error: str | None
+    """Null after the next delivery (then it is ``previous_error``); ``*_at``: UTC ISO."""
+    last_error_at: str | None
+    previous_error: str | None
+    previous_error_at: str | None
     outbox_depth: int
 
 
@@ -127,7 +142,7 @@ class StoreView(Protocol):
 
     async def load_window(self, device_id: str) -> Mapping[str, Any]: ...
 
-    async def load_pending(self, device_id: str | None = None) -> Sequence[Any]: ...
+    async def load_pending(self, device_id: str | None = None) -> Sequence[PendingRow]: ...
 
     async def stats(self) -> Mapping[str, Any]: ...
 
@@ -437,7 +452,7 @@ class LocalApi:
     async def _pending(self, request: web.Request) -> web.Response:
         device_id = request.query.get("device") or None
         rows = await self._store().load_pending(device_id)
-        return _json({"count": len(rows), "pending": list(rows)})
+        return _json({"count": len(rows), "pending": [public_pending(r) for r in rows]})
 
     async def _outbox(self, request: web.Request) -> web.Response:
         return _json(await self._store().stats())
@@ -474,3 +489,23 @@ class LocalApi:
         if body is None:
             raise web.HTTPNotFound(reason="not in fleet mode ([store] url is not postgresql)")
         return _json(body)
+
+def public_pending(row: PendingRow) -> dict[str, Any]:
+    """One ``/v1/pending`` entry: ``request_uuid``, ``device``, ``title``, ``start`` (null: the
+    request was for now), ``duration_min``, ``requested_at``, ``deadline`` (UTC ISO) and
+    ``state``: ``pending`` (waiting for the device's BookingCreated / BookingFailed) or
+    ``overdue`` (the deadline passed; a re-list decides between created and expired).
+
+    The store's row (its tracker fields, its layout) stays internal: it may change with the
+    schema, this may not."""
+    doc = row.row
+    return {
+        "request_uuid": row.booking_request_uuid,
+        "device": row.device_id,
+        "title": doc.get("title"),
+        "start": doc.get("start"),
+        "duration_min": doc.get("duration_min"),
+        "requested_at": doc.get("requested_at"),
+        "deadline": utc_iso(datetime.fromtimestamp(row.deadline, UTC)),
+        "state": "overdue" if doc.get("relist_requested") else "pending",
+    }

@@ -19,7 +19,7 @@ import inspect
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -27,7 +27,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from edge_agent.backoff import Backoff
-from edge_agent.clock import Clock, system_clock
+from edge_agent.clock import Clock, system_clock, utc_iso
 
 from .connect import MAX_MESSAGE_SIZE, LinkOptions, open_link
 from .endpoint import DeviceEndpoint
@@ -129,6 +129,9 @@ class XapiClient:
         "_beat",
         "_catch_up",
         "_clock",
+        "_error_at",
+        "_error_connects",
+        "_previous_error",
         "_closing",
         "_conn",
         "_handler_tasks",
@@ -239,6 +242,9 @@ class XapiClient:
         """A person-readable account of the last thing that went wrong (``None`` until then)."""
         self.last_exception: BaseException | None = None
         """The typed error behind :attr:`last_error`."""
+        self._error_at: datetime | None = None  # when last_error happened (the client's clock)
+        self._error_connects = 0  # counters.connects then: a later connect means recovered
+        self._previous_error: tuple[str, datetime] | None = None
         self.counters = LinkCounters()
 
     @property
@@ -282,11 +288,25 @@ class XapiClient:
         return self.counters.handler_errors
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the local API (``/v1/devices``)."""
+        """Counters for the local API (``/v1/devices``).
+
+        ``last_error`` is what is wrong now: once the link is up again after it, it shows as
+        ``previous_error`` (the error from before this connection) and ``last_error`` is null.
+        Each carries its time (``*_at``, UTC ISO)."""
         c = self.counters
+        current: tuple[str, datetime] | None = None
+        previous = self._previous_error
+        if self.last_error is not None and self._error_at is not None:
+            if self.connected and c.connects > self._error_connects:
+                previous = (self.last_error, self._error_at)
+            else:
+                current = (self.last_error, self._error_at)
         return {
             "connected": self.connected,
-            "last_error": self.last_error,
+            "last_error": current[0] if current else None,
+            "last_error_at": utc_iso(current[1]) if current else None,
+            "previous_error": previous[0] if previous else None,
+            "previous_error_at": utc_iso(previous[1]) if previous else None,
             "reconnects": c.reconnects,
             "frames": c.frames,
             "malformed": c.malformed,
@@ -536,7 +556,7 @@ class XapiClient:
             return
         kind = exc.kind if isinstance(exc, XapiError) else "lost"
         self.counters.error(kind)
-        self.last_error = str(exc)
+        self._remember_error(str(exc))
         self.last_exception = exc
         level = (
             self._log.error
@@ -544,6 +564,19 @@ class XapiClient:
             else (self._log.warning)
         )
         level("device link down", error=str(exc), kind=kind, retry_in_s=round(retry_in, 3))
+
+    def _remember_error(self, text: str) -> None:
+        """Make ``text`` the last error, stamped now; an error the link recovered from since
+        becomes the previous one."""
+        if (
+            self.last_error is not None
+            and self._error_at is not None
+            and self.counters.connects > self._error_connects
+        ):
+            self._previous_error = (self.last_error, self._error_at)
+        self.last_error = text
+        self._error_at = self._clock.now()
+        self._error_connects = self.counters.connects
 
     async def _interruptible_open(self) -> ClientConnection:
         """:func:`.connect.open_link`, cut short by :meth:`close` (raises :class:`_Interrupted`)."""
@@ -763,7 +796,7 @@ class XapiClient:
                 except ConnectionLost:
                     return
                 except XapiError as exc:
-                    self.last_error = str(exc)
+                    self._remember_error(str(exc))
                     self.counters.error(exc.kind)
                     self._log.error(
                         "device refused a subscription", query=sub.query, error=str(exc)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from edge_agent.bookings.pending import open_request
 from edge_agent.metrics import RECONNECTS
 from edge_agent.ops.api_guard import ApiGuard, host_name
 from edge_agent.ops.api import AgentView, DeviceStatus, LocalApi, SinkStatus, StoreView, readiness
@@ -196,23 +197,43 @@ async def test_bookings_unknown_device_404(http: httpx.AsyncClient) -> None:
 
 
 async def test_pending_from_the_store(store: Store, http: httpx.AsyncClient) -> None:
-    deadline = time.time() + 90
-    await store.commit(
-        Change(
-            "room-4a",
-            pending_upsert=[PendingRow("room-4a", "uuid-1", deadline, {"title": "Ad hoc"})],
-        )
+    """The documented public shape only: the store's row (its tracker fields) stays inside."""
+    deadline = 1_795_424_490.0  # 2026-11-23T09:01:30Z
+    request = open_request(
+        device_id="room-4a",
+        booking_request_uuid="uuid-1",
+        title="Ad hoc",
+        start=None,
+        duration_min=30,
+        requested_at=datetime(2026, 11, 23, 9, 0, tzinfo=UTC),
+        booking_timeout_s=60,
     )
     await store.commit(
-        Change("room-4b", pending_upsert=[PendingRow("room-4b", "uuid-2", deadline + 1, {})])
+        Change(
+            "room-4a", pending_upsert=[PendingRow("room-4a", "uuid-1", deadline, request.to_row())]
+        )
+    )
+    overdue = {**request.to_row(), "relist_requested": True, "internal": "x"}
+    await store.commit(
+        Change("room-4b", pending_upsert=[PendingRow("room-4b", "uuid-2", deadline + 1, overdue)])
     )
     r = await http.get("/v1/pending")
     body = r.json()
     assert body["count"] == 2
-    first = body["pending"][0]
-    assert first["booking_request_uuid"] == "uuid-1" and first["row"] == {"title": "Ad hoc"}
+    assert body["pending"][0] == {
+        "request_uuid": "uuid-1",
+        "device": "room-4a",
+        "title": "Ad hoc",
+        "start": None,
+        "duration_min": 30,
+        "requested_at": "2026-11-23T09:00:00.000Z",
+        "deadline": "2026-11-23T09:01:30.000Z",
+        "state": "pending",
+    }
     r = await http.get("/v1/pending", params={"device": "room-4b"})
-    assert [p["booking_request_uuid"] for p in r.json()["pending"]] == ["uuid-2"]
+    [second] = r.json()["pending"]
+    assert second["request_uuid"] == "uuid-2" and second["state"] == "overdue"
+    assert "internal" not in second and "relist_requested" not in second
 
 
 async def test_outbox_stats(store: Store, http: httpx.AsyncClient) -> None:

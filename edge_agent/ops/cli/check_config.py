@@ -1,4 +1,11 @@
-"""``edge-agent check-config [--connect]``: validate a config; reach every device and sink.
+"""``edge-agent check-config [--connect [--failures-only]]``: validate a config; reach every
+device and sink.
+
+Without ``--connect`` it also checks what the file names on this machine (:func:`local_checks`):
+a store directory that does not exist fails (exit 78, like the config errors: the agent could
+not start); an unreadable ``ca_file`` (that device cannot connect), an API listening beyond
+loopback and ``insecure = true`` are warnings (printed, exit 0). ``--connect`` reports an
+unreadable ``ca_file`` as that device's failed connect, naming the file.
 
 ``--connect`` uses the agent's own clients: the device checks its xAPI client, the sink checks
 the very sinks the agent would build (:func:`edge_agent.agent.build_webhook_sink` and
@@ -14,13 +21,24 @@ import argparse
 import asyncio
 import contextlib
 import os
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from edge_agent.config import AgentConfig, DeviceSettings, Secrets, device_settings
+from edge_agent.config import (
+    EX_CONFIG,
+    AgentConfig,
+    DeviceSettings,
+    Secrets,
+    device_settings,
+    parse_listen,
+)
 from edge_agent.ops.cli.common import (
     EX_FAIL,
     EX_OK,
+    err,
     load_config_or_exit,
     print_table,
     secrets_or_exit,
@@ -48,6 +66,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     secrets = secrets_or_exit(args.config, cfg)
     setup_logging(args, cfg)
     sinks = ", ".join(cfg.sink_names())
+    local = local_checks(cfg, secrets)
+    if any(r.result == "FAIL" for r in local):
+        err(
+            f"edge-agent: invalid configuration in {args.config}:",
+            *(f"  {r.target}: {r.detail}" for r in local if r.result == "FAIL"),
+        )
+        return EX_CONFIG
     rooms = ""
     if cfg.microsoft is not None:
         linked = sum(1 for d in cfg.devices if d.calendar)
@@ -57,17 +82,110 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.config}: OK (site {cfg.site}, {len(cfg.devices)} device(s){rooms}, "
         f"sinks: {sinks}, store {cfg.store_path})"
     )
+    for r in local:
+        print(f"warning: {r.target}: {r.detail}")
     if not args.connect:
         return EX_OK
     results = asyncio.run(connect_checks(cfg, secrets, timeout=args.timeout))
-    print_table(
-        ["TARGET", "CHECK", "RESULT", "DETAIL"],
-        [[r.target, r.check, r.result, r.detail] for r in results],
-    )
     failed = sum(r.result == "FAIL" for r in results)
     warned = sum(r.result == "WARN" for r in results)
+    shown = [r for r in results if r.result != "ok"] if args.failures_only else results
+    if shown:
+        print_table(
+            ["TARGET", "CHECK", "RESULT", "DETAIL"],
+            [[r.target, r.check, r.result, r.detail] for r in shown],
+        )
     print(f"{len(results) - failed - warned} passed, {warned} warning(s), {failed} failed")
     return EX_OK if failed == 0 else EX_FAIL
+
+
+# The shipped unit's StateDirectory=edge-agent: systemd creates it when the unit first starts,
+# which the README's install order runs after check-config.
+UNIT_STATE_DIRECTORY = Path("/var/lib/edge-agent")
+
+
+def local_checks(cfg: AgentConfig, secrets: Secrets) -> list[CheckResult]:
+    """What the config names on this machine: FAIL rows stop the agent, WARN rows are risks.
+
+    The target is the config key, so a line reads ``store.path: ...``."""
+    out: list[CheckResult] = []
+    store_dir = cfg.store_path.parent
+    if not store_dir.is_dir():
+        what = "is not a directory" if store_dir.exists() else "does not exist"
+        if store_dir == UNIT_STATE_DIRECTORY and not store_dir.exists():
+            out.append(
+                CheckResult(
+                    "store.path",
+                    "directory",
+                    False,
+                    f"{store_dir} does not exist yet; the systemd unit creates it "
+                    "(StateDirectory=edge-agent); create it yourself to run the agent otherwise",
+                    warning=True,
+                )
+            )
+        else:
+            out.append(
+                CheckResult(
+                    "store.path",
+                    "directory",
+                    False,
+                    f"the directory of {cfg.store_path} {what}; create it or set store.path "
+                    "to a file in an existing directory",
+                )
+            )
+    if not cfg.api.loopback and cfg.api.cert_file is None:
+        # The config demands a token off loopback; without TLS it crosses the network in clear.
+        _, port = parse_listen(cfg.api.listen)
+        out.append(
+            CheckResult(
+                "api.listen",
+                "exposure",
+                False,
+                f"{cfg.api.listen!r} serves the local API beyond this machine over plain HTTP: "
+                "the bearer token and the bookings cross the network unencrypted; set "
+                "api.cert_file and api.key_file, or listen on 127.0.0.1 (a firewall guarding "
+                f"port {port} still sees the token)",
+                warning=True,
+            )
+        )
+    for ds in device_settings(cfg, secrets):
+        key = f"devices[{ds.id}]"
+        if ds.ca_file is not None and (problem := _unreadable(ds.ca_file)):
+            # Not fatal: the agent runs its other devices; this one cannot connect.
+            out.append(
+                CheckResult(
+                    f"{key}.ca_file",
+                    "file",
+                    False,
+                    f"{ds.ca_file}: {problem}; this device cannot connect",
+                    warning=True,
+                )
+            )
+        if ds.insecure and ds.url.startswith("wss:") and not ds.fingerprint:
+            out.append(
+                CheckResult(
+                    f"{key}.insecure",
+                    "trust",
+                    False,
+                    "true: the device's certificate is not verified (anyone on the path can "
+                    f"read its password); pin it with `edge-agent trust {ds.id}` or give ca_file",
+                    warning=True,
+                )
+            )
+    return out
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (None: it can)."""
+    try:
+        with path.open("rb"):
+            return None
+    except FileNotFoundError:
+        return "no such file (a relative ca_file is taken from the config file's directory)"
+    except IsADirectoryError:
+        return "is a directory, not a PEM file"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
 
 
 async def connect_checks(
@@ -143,6 +261,9 @@ async def _check_device(ds: DeviceSettings, timeout: float) -> list[CheckResult]
         open_timeout=timeout,
         probe_interval=None,
     )
+    if ds.ca_file is not None and (problem := _unreadable(ds.ca_file)):
+        # The TLS layer reports this as an OSError, which reads like a network problem.
+        return [CheckResult(ds.id, "connect", False, f"ca_file {ds.ca_file}: {problem}")]
     # One bare open first: it raises the typed handshake error (403, TLS, 404 on /ws...),
     # which run() would only log and retry.
     try:
@@ -150,6 +271,9 @@ async def _check_device(ds: DeviceSettings, timeout: float) -> list[CheckResult]
             await client.check_connection()
     except Exception as exc:  # noqa: BLE001 - every failure becomes a FAIL row
         hint = _connect_hint(exc)
+        if type(exc).__name__ == "HandshakeFailed" and ds.url.startswith("ws:"):
+            if await _speaks_tls(ds.url, timeout):
+                hint = f"the port speaks TLS: use {'wss:' + ds.url[3:]} (or host = ...)"
         detail = f"{ds.url}: {_describe(exc, ds.id)}" + (f"; {hint}" if hint else "")
         return [CheckResult(ds.id, "connect", False, detail)]
     tls = "TLS, " if ds.url.startswith("wss:") else "no TLS (ws://), "
@@ -214,6 +338,49 @@ async def _check_device(ds: DeviceSettings, timeout: float) -> list[CheckResult]
             await runner
 
 
+async def _speaks_tls(url: str, timeout: float) -> bool:
+    """Whether ``url``'s port completes a TLS handshake: a plain ``ws://`` upgrade sent to a TLS
+    port gets an alert or a close, which reads like a broken HTTP server. Sends no request and
+    no credentials; the certificate is not checked (only the protocol is asked)."""
+    parts = urlsplit(url)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(parts.hostname, parts.port or 80, ssl=ctx)
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
+
+
+def webhook_reach(url: str, status: int) -> CheckResult:
+    """The ``reach`` row from the status the receiver gave the probe (``OPTIONS``).
+
+    Any HTTP answer proves DNS, TCP, TLS (the certificate was verified) and that a server
+    listens; many receivers accept POST only and answer the probe 405 or 501 (Python's
+    ``http.server``): that is a pass. A 404 is a warning (a wrong path answers so too); 410
+    (the receiver disabled the endpoint) and other 5xx (a proxy whose backend is down) fail.
+    """
+    detail = f"{url}: HTTP {status}" + (", TLS verified" if url.startswith("https:") else "")
+    if status in (405, 501):
+        return CheckResult("webhook", "reach", True, f"{detail} (answers; accepts POST only)")
+    if status == 404:
+        return CheckResult(
+            "webhook", "reach", False, f"{detail} (Not Found: check the URL's path)", warning=True
+        )
+    if status == 410:
+        return CheckResult(
+            "webhook", "reach", False, f"{detail} (Gone: the receiver disabled this endpoint)"
+        )
+    if status >= 500:
+        return CheckResult("webhook", "reach", False, f"{detail} (server error)")
+    return CheckResult("webhook", "reach", True, detail)
+
+
 async def _check_webhook(cfg: AgentConfig, secrets: Secrets, timeout: float) -> list[CheckResult]:
     from edge_agent.agent import build_webhook_sink
 
@@ -234,13 +401,7 @@ async def _check_webhook(cfg: AgentConfig, secrets: Secrets, timeout: float) -> 
     try:
         async with asyncio.timeout(timeout):
             status = await sink.probe()
-        ok = status < 500 and status != 410
-        detail = f"{url}: HTTP {status}"
-        if status == 410:
-            detail += " (Gone: the receiver disabled this endpoint)"
-        elif not ok:
-            detail += " (server error)"
-        rows.append(CheckResult("webhook", "reach", ok, detail))
+        rows.append(webhook_reach(url, status))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a FAIL row
         rows.append(CheckResult("webhook", "reach", False, f"{url}: {_describe(exc)}"))
     finally:

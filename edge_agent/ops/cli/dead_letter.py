@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import Any
 
 from edge_agent.config import AgentConfig
+from edge_agent.config.models import LOCAL_STORE_PATH, store_default_tried
 from edge_agent.ops.cli.common import (
     EX_FAIL,
     EX_OK,
@@ -40,7 +42,13 @@ def cmd_dead_letter(args: argparse.Namespace) -> int:
         err("edge-agent: purge needs --id ID, --sink NAME or --all")
         return EX_USAGE
     if not cfg.store_path.exists():
-        err(f"edge-agent: no store at {cfg.store_path} (has the agent run with this config?)")
+        tried = (
+            f"; {store_default_tried(os.environ)}" if cfg.store_path == LOCAL_STORE_PATH else ""
+        )
+        err(
+            f"edge-agent: no store at {cfg.store_path} (has the agent run with this config?)"
+            f"{tried}"
+        )
         return EX_FAIL
     if args.dl_command == "list":
         return _dead_letter_list(args, cfg)

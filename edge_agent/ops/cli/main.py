@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="reach every device (TLS, credentials, Bookings permission, settings) and sink",
     )
     p.add_argument(
+        "--failures-only",
+        action="store_true",
+        help="with --connect: print only the checks that failed or warned (and the summary)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="per check (default 10 s)"
     )
     p.set_defaults(func=cmd_check_config)
