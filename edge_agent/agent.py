@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import signal
 import sys
+from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from edge_agent import metrics
 from edge_agent.ops import heap, sdnotify
 from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.backoff import Backoff
-from edge_agent.clock import Clock, system_clock, unix_time
+from edge_agent.clock import Clock, system_clock, unix_time, utc_iso
 from edge_agent.config import (
     AgentConfig,
     EX_CONFIG,
@@ -192,8 +193,24 @@ class Agent:
     def devices(self) -> list[DeviceStatus]:
         out: list[DeviceStatus] = []
         for s in self._sessions.values():
-            out.append(s.info())  # type: ignore[arg-type]
+            out.append({**s.info(), **self._link_times(s.device_id)})  # type: ignore[typeddict-item]
         return out
+
+    def _link_times(self, device_id: str) -> dict[str, Any]:
+        """``connected_since`` or ``down_since``, ``last_seen``, ``last_error_at`` (UTC ISO, as of
+        the last sample) for ``/v1/devices`` and the status page."""
+        t = self._link_export.times(device_id)
+        if t is None:
+            return {}
+
+        def iso(ts: float | None) -> str | None:
+            return None if ts is None else utc_iso(datetime.fromtimestamp(ts, UTC))
+
+        return {
+            "connected_since" if t.connected else "down_since": iso(t.since),
+            "last_seen": iso(t.last_seen),
+            "last_error_at": iso(t.last_error_at) if t.last_error else None,
+        }
 
     def sinks(self) -> list[SinkStatus]:
         out: list[SinkStatus] = []
@@ -298,7 +315,7 @@ class Agent:
         cannot be bound. That is a configuration problem, not a crash: ``run`` exits 78, which
         the unit's ``RestartPreventExitStatus=`` does not restart (a taken port stays taken)."""
         listen = self.config.api.listen
-        api = LocalApi(self, listen)
+        api = LocalApi(self, listen, show_private=self.config.api.show_private, clock=self._clock)
         try:
             await api.start()
         except OSError as exc:
@@ -417,8 +434,16 @@ class Agent:
             return self._last_stats
         connected = sum(1 for s in self._sessions.values() if s.client.connected)
         metrics.DEVICES_CONNECTED.set(connected)
+        now = self._clock.now().timestamp()
         for device_id, session in self._sessions.items():
-            self._link_export.export(device_id, session.client.counters)
+            client = session.client
+            self._link_export.export(
+                device_id,
+                client.counters,
+                connected=client.connected,
+                last_error=getattr(client, "last_error", None),
+                now=now,
+            )
         for sink, drainer in self._sinks:
             ready = sink.ready() and drainer.stopped_reason is None
             metrics.SINK_READY.labels(sink=sink.name).set(1 if ready else 0)

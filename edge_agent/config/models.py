@@ -328,6 +328,8 @@ class MqttConfig(_Section):
 
 class ApiConfig(_Section):
     listen: str = DEFAULT_API_LISTEN
+    show_private: bool = False
+    """Show private bookings' title and organizer on the status page and in ``/v1``."""
 
     @field_validator("listen")
     @classmethod

@@ -4,6 +4,7 @@ Bound to ``[api] listen`` (default ``127.0.0.1:9780``; keep it on loopback: ther
 
 Routes:
 
+- ``GET /`` — the status page for a person (:mod:`edge_agent.ops.status_page`).
 - ``GET /healthz`` — 200 ``{"status": "ok"}`` while the event loop serves requests.
 - ``GET /readyz`` — ``{"ready": bool, "reasons": [...], "store": {...}, "devices": [...],
   "sinks": [...]}``; 200 when ready, 503 when not. **Not ready** when any of:
@@ -21,7 +22,8 @@ Routes:
 - ``GET /metrics`` — Prometheus exposition of :data:`edge_agent.metrics.REGISTRY`.
 - ``GET /v1/devices`` — ``{"devices": [...]}``, one :class:`DeviceStatus` each.
 - ``GET /v1/devices/{id}/bookings`` — the buffered window from the store, sorted by start;
-  404 for an unknown device.
+  404 for an unknown device. Private bookings come without title, organizer and agenda
+  (``"hidden": true``) unless ``[api] show_private = true``.
 - ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
 - ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
 - ``GET /v1/dead-letters`` — ``{"count", "dead_letters": [...]}``, oldest first
@@ -51,8 +53,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_agent import jsoncodec
+from edge_agent.clock import Clock, system_clock
 from edge_agent.config import DEFAULT_API_LISTEN, parse_listen
 from edge_agent.metrics import REGISTRY
+from edge_agent.ops import status_page
 
 log = structlog.get_logger(__name__)
 
@@ -245,8 +249,17 @@ class LocalApi:
     ``listen`` is ``"HOST:PORT"`` (port 0 picks a free port; read :attr:`port` after start).
     """
 
-    def __init__(self, agent: AgentView, listen: str = DEFAULT_API_LISTEN) -> None:
+    def __init__(
+        self,
+        agent: AgentView,
+        listen: str = DEFAULT_API_LISTEN,
+        *,
+        show_private: bool = False,
+        clock: Clock = system_clock,
+    ) -> None:
         self._agent = agent
+        self._show_private = show_private
+        self._clock = clock
         self._host, self._port = parse_listen(listen)
         self._runner: web.AppRunner | None = None
         self.app = self._make_app()
@@ -301,6 +314,7 @@ class LocalApi:
 
     def _make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
+        app.router.add_get("/", self._status_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -330,6 +344,12 @@ class LocalApi:
         except Exception as exc:
             log.exception("local API request failed", path=request.path)
             return _json({"error": f"{type(exc).__name__}: {exc}"}, status=500)
+
+    async def _status_page(self, request: web.Request) -> web.Response:
+        html = await status_page.page(
+            self._agent, show_private=self._show_private, now=self._clock.now()
+        )
+        return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
@@ -365,7 +385,10 @@ class LocalApi:
         if not any(d.get("id") == device_id for d in self._agent.devices()):
             raise web.HTTPNotFound(reason=f"unknown device {device_id!r}")
         window = await self._store().load_window(device_id)
-        bookings = [b for _, b in sorted(window.items(), key=_booking_sort_key)]
+        bookings = [
+            status_page.booking_view(b, self._show_private)
+            for _, b in sorted(window.items(), key=_booking_sort_key)
+        ]
         return _json({"device": device_id, "count": len(bookings), "bookings": bookings})
 
     async def _pending(self, request: web.Request) -> web.Response:
