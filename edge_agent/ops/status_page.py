@@ -242,11 +242,18 @@ def render(
     if not rooms:
         rooms = '<tr><td colspan="9" class="dim">no room configured</td></tr>'
     down_cls = "bad" if connected < len(devices) else "ok"
+    oldest = [
+        float(v["oldest_age_s"])
+        for v in values
+        if isinstance(v, Mapping) and isinstance(v.get("oldest_age_s"), int | float)
+    ]
+    dead = stats.get("dead_letters")
     cards = [
         ("rooms connected", f"{connected} / {len(devices)}", down_cls, "rooms"),
         ("outbox depth", str(depth) if stats else "store not open", "", "outbox"),
+        ("oldest undelivered", f"{max(oldest):.0f} s" if oldest else "—", "", "oldest"),
         ("pending requests", "—" if pending is None else str(pending), "", "pending"),
-        ("dead letters", _e(stats.get("dead_letters", "—")), "", "dead-letters"),
+        ("dead letters", _e("—" if dead is None else dead), "bad" if dead else "", "dead-letters"),
     ]
     card_html = "".join(
         f'<div class="card {cls}" data-card="{key}"><div class="v">{value}</div>'
@@ -271,7 +278,7 @@ def render(
 _CSS = """
 :root{--bg:#f6f7f9;--fg:#1d2330;--dim:#6b7280;--line:#e3e6eb;--ok:#15803d;--bad:#b91c1c;
 --warn:#b45309;--card:#fff}
-*{box-sizing:border-box}
+*{box-sizing:border-box}[hidden]{display:none!important}time{white-space:nowrap}
 body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
 background:var(--bg);color:var(--fg)}
 header{display:flex;align-items:center;gap:16px;padding:14px 24px;background:#1d2330;color:#fff}
