@@ -27,6 +27,7 @@ import structlog
 from edge_agent import metrics
 from edge_agent.ops import heap, sdnotify
 from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
+from edge_agent.ops.event_stream import EventFeed
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock, unix_time, utc_iso
 from edge_agent.config import (
@@ -181,6 +182,8 @@ class Agent:
         self._started = clock.monotonic()
         self._last_stats: Mapping[str, Any] = {}
         self.api: LocalApi | None = None
+        self.event_feed = EventFeed()
+        """Committed events for ``/v1/events/stream`` (``edge-agent tail``)."""
         self.ready = asyncio.Event()
         """Set once the store is open and every task started (tests wait on it)."""
 
@@ -271,6 +274,7 @@ class Agent:
             synchronous=cfg.store.synchronous,
             clock=unix_time(self._clock),
         )
+        self._store.on_committed.append(self.event_feed.publish)
         try:
             if self._with_api and not await self._start_api():
                 return EX_CONFIG
@@ -478,6 +482,7 @@ class Agent:
         for sink, _ in self._sinks:
             with contextlib.suppress(Exception):
                 await sink.close()
+        self.event_feed.close()
         if self.api is not None:
             with contextlib.suppress(Exception):
                 await self.api.stop()

@@ -24,6 +24,9 @@ Routes:
 - ``GET /v1/devices/{id}/bookings`` — the buffered window from the store, sorted by start;
   404 for an unknown device. Private bookings come without title, organizer and agenda
   (``"hidden": true``) unless ``[api] show_private = true``.
+- ``GET /v1/events/stream`` — events as the store commits them, one JSON envelope a line
+  (``?device=ID``, ``?type=booking.*``; see :mod:`edge_agent.ops.event_stream`); 404 when the
+  agent has no ``event_feed``.
 - ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
 - ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
 - ``GET /v1/dead-letters`` — ``{"count", "dead_letters": [...]}``, oldest first
@@ -56,7 +59,7 @@ from edge_agent import jsoncodec
 from edge_agent.clock import Clock, system_clock
 from edge_agent.config import DEFAULT_API_LISTEN, parse_listen
 from edge_agent.metrics import REGISTRY
-from edge_agent.ops import status_page
+from edge_agent.ops import event_stream, status_page
 
 log = structlog.get_logger(__name__)
 
@@ -321,6 +324,7 @@ class LocalApi:
         app.router.add_get("/v1/devices", self._devices)
         app.router.add_get("/v1/devices/{id}/bookings", self._bookings)
         app.router.add_get("/v1/pending", self._pending)
+        app.router.add_get("/v1/events/stream", self._events_stream)
         app.router.add_get("/v1/outbox", self._outbox)
         app.router.add_get("/v1/dead-letters", self._dead_letters)
         app.router.add_post("/v1/dead-letters/replay", self._replay)
@@ -390,6 +394,12 @@ class LocalApi:
             for _, b in sorted(window.items(), key=_booking_sort_key)
         ]
         return _json({"device": device_id, "count": len(bookings), "bookings": bookings})
+
+    async def _events_stream(self, request: web.Request) -> web.StreamResponse:
+        feed = getattr(self._agent, "event_feed", None)
+        if not isinstance(feed, event_stream.EventFeed):
+            raise web.HTTPNotFound(reason="this agent has no event stream")
+        return await event_stream.stream_response(request, feed, show_private=self._show_private)
 
     async def _pending(self, request: web.Request) -> web.Response:
         device_id = request.query.get("device") or None

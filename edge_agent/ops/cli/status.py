@@ -48,13 +48,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EX_UNAVAILABLE
     body: dict[str, Any] = ready.json()
     outbox: dict[str, Any] | None = outbox_resp.json() if outbox_resp.status_code == 200 else None
+    if getattr(args, "problems", False):
+        body = only_problems(body)
     if args.json:
         from edge_agent import jsoncodec
 
         print(jsoncodec.dumps({"readyz": body, "outbox": outbox}))
-        return EX_OK if body.get("ready") else EX_FAIL
-    print_status(url, body, outbox)
+    else:
+        print_status(url, body, outbox)
+        if getattr(args, "problems", False) and not (body["devices"] or body["sinks"]):
+            print("no problems: every room connected, every sink delivering")
+    if getattr(args, "problems", False):
+        return EX_FAIL if body["devices"] or body["sinks"] or not body.get("ready") else EX_OK
     return EX_OK if body.get("ready") else EX_FAIL
+
+
+def only_problems(readyz: dict[str, Any]) -> dict[str, Any]:
+    """``readyz`` with only the rooms that are down and the sinks that cannot deliver."""
+    return {
+        **readyz,
+        "devices": [d for d in readyz.get("devices") or [] if not d.get("connected")],
+        "sinks": [
+            s
+            for s in readyz.get("sinks") or []
+            if s.get("state") == "gone" or not s.get("ready", True)
+        ],
+    }
 
 
 def print_status(
@@ -65,11 +84,14 @@ def print_status(
     print(f"agent {url}  {state}", file=out)
     devices = readyz.get("devices") or []
     print_table(
-        ["DEVICE", "CONNECTED", "WINDOW", "RECONNECTS", "TIME ZONE", "LAST ERROR"],
+        ["DEVICE", "CONNECTED", "DOWN SINCE", "LAST SEEN", "WINDOW", "RECONNECTS", "TIME ZONE",
+         "LAST ERROR"],
         [
             [
                 d.get("id"),
                 d.get("connected"),
+                d.get("down_since"),
+                d.get("last_seen"),
                 d.get("window_size"),
                 d.get("reconnects"),
                 d.get("time_zone"),
