@@ -121,7 +121,11 @@ def _bookings_cell(bookings: Sequence[Mapping[str, Any]], zone: tzinfo, now: dat
         else:
             title = b.get("title") or "(no title)"
             organizer = b.get("organizer") or {}
-            who = organizer.get("name") or organizer.get("email") if isinstance(organizer, Mapping) else None
+            who = (
+                organizer.get("name") or organizer.get("email")
+                if isinstance(organizer, Mapping)
+                else None
+            )
             what = _e(title) + (f' <span class="dim">· {_e(who)}</span>' if who else "")
         cls = ' class="now"' if current else ""
         lines.append(f'<li{cls}><span class="span">{_e(span)}</span> {what}</li>')

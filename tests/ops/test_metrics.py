@@ -81,9 +81,7 @@ async def test_build_info_process_metrics_and_no_created_series() -> None:
     async with LocalApi(NoAgent(), "127.0.0.1:0") as api:  # type: ignore[arg-type]
         text = await scrape(api.url)
     assert (
-        value(
-            text, "edge_agent_build_info", version=__version__, python=platform.python_version()
-        )
+        value(text, "edge_agent_build_info", version=__version__, python=platform.python_version())
         == 1
     )
     assert (value(text, "process_resident_memory_bytes") or 0) > 0

@@ -139,19 +139,39 @@ def rows(html: str) -> dict[str, dict[str, str]]:
 
 @pytest.mark.parametrize(
     ("privacy", "private"),
-    [("Private", True), ("private", True), ("Confidential", True), ("Public", False), (None, False),
-     ("normal", False), (7, False)],
+    [
+        ("Private", True),
+        ("private", True),
+        ("Confidential", True),
+        ("Public", False),
+        (None, False),
+        ("normal", False),
+        (7, False),
+    ],
 )
 def test_which_bookings_are_private(privacy: object, private: bool) -> None:
     assert is_private({"privacy": privacy}) is private
 
 
 def test_booking_view_hides_title_organizer_and_agenda() -> None:
-    b = {"id": "x", "title": "T", "organizer": {"name": "N", "email": "e"}, "agenda": "A",
-         "privacy": "Private", "start": "s"}
+    b = {
+        "id": "x",
+        "title": "T",
+        "organizer": {"name": "N", "email": "e"},
+        "agenda": "A",
+        "privacy": "Private",
+        "start": "s",
+    }
     hidden = booking_view(b, show_private=False)
-    assert hidden == {"id": "x", "title": None, "organizer": {"name": None, "email": None},
-                      "agenda": None, "privacy": "Private", "start": "s", "hidden": True}
+    assert hidden == {
+        "id": "x",
+        "title": None,
+        "organizer": {"name": None, "email": None},
+        "agenda": None,
+        "privacy": "Private",
+        "start": "s",
+        "hidden": True,
+    }
     assert booking_view(b, show_private=True) == b
     assert b["title"] == "T"  # the stored row is not changed
 
@@ -182,7 +202,7 @@ async def test_page_matches_v1(api: LocalApi) -> None:
     assert "device refused the credentials" in html and "20 min ago" in html  # error and its time
     assert "4 people, occupied" in html
     assert 'data-sink="mqtt"' in html and "not ready" in html
-    assert not re.search(r'<(script|link|img)[^>]+(src|href)=', html)  # no external assets
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", html)  # no external assets
 
 
 async def test_v1_bookings_hide_private_unless_show_private(store: Store) -> None:

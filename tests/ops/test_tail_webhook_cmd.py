@@ -80,8 +80,9 @@ ENV = {"EDGE_AGENT_DEVICE_PASSWORD": "pw", "EDGE_AGENT_WEBHOOK_SECRET": WHSEC}
 async def test_webhook_test_sends_one_signed_event_and_prints_the_answer(
     receiver: Receiver, tmp_path: Path
 ) -> None:
-    code, out, err = await acli("webhook", "test", "-c", str(config(tmp_path, receiver.url)),
-                                env=ENV)
+    code, out, err = await acli(
+        "webhook", "test", "-c", str(config(tmp_path, receiver.url)), env=ENV
+    )
     assert code == 0, out + err
     assert len(receiver.got) == 1
     event = receiver.got[0]
@@ -98,16 +99,14 @@ async def test_webhook_test_says_what_a_refusal_means(
     receiver: Receiver, tmp_path: Path, status: int, verdict: str
 ) -> None:
     receiver.status = status
-    code, out, _ = await acli("webhook", "test", "-c", str(config(tmp_path, receiver.url)),
-                              env=ENV)
+    code, out, _ = await acli("webhook", "test", "-c", str(config(tmp_path, receiver.url)), env=ENV)
     assert code == 1
     assert f"answer: HTTP {status}  stored " in out and "FAILED: HTTP" in out and verdict in out
 
 
 async def test_webhook_test_with_the_wrong_secret(receiver: Receiver, tmp_path: Path) -> None:
     env = {**ENV, "EDGE_AGENT_WEBHOOK_SECRET": "whsec_" + "QUJD" * 8}
-    code, out, _ = await acli("webhook", "test", "-c", str(config(tmp_path, receiver.url)),
-                              env=env)
+    code, out, _ = await acli("webhook", "test", "-c", str(config(tmp_path, receiver.url)), env=env)
     assert code == 1 and "answer: HTTP 401  bad signature" in out and receiver.got == []
 
 
@@ -151,8 +150,13 @@ class StreamingAgent:
     def devices(self) -> list[dict[str, Any]]:
         return [
             {"id": "room-4a", "connected": True, "down_since": None, "last_seen": None},
-            {"id": "room-4b", "connected": False, "down_since": "2026-11-23T08:00:00.000Z",
-             "last_seen": "2026-11-23T07:59:58.000Z", "last_error": "HTTP 403"},
+            {
+                "id": "room-4b",
+                "connected": False,
+                "down_since": "2026-11-23T08:00:00.000Z",
+                "last_seen": "2026-11-23T07:59:58.000Z",
+                "last_error": "HTTP 403",
+            },
         ]
 
     def sinks(self) -> list[dict[str, Any]]:
@@ -180,17 +184,29 @@ async def test_tail_streams_stored_events_filtered_and_private_hidden(
     assert agent.store is not None
     async with LocalApi(agent, "127.0.0.1:0") as api:  # type: ignore[arg-type]
         tail = asyncio.create_task(
-            acli("tail", "--api", api.url, "--room", "room-4a", "--type", "booking.*",
-                 "--count", "2")
+            acli(
+                "tail", "--api", api.url, "--room", "room-4a", "--type", "booking.*", "--count", "2"
+            )
         )
         await until(lambda: agent.event_feed.subscribers == 1 or tail.done())
-        await agent.store.commit(Change("room-4b", events=[
-            envelope("room-4b", "booking.created", booking=booking("other room"))]))
+        await agent.store.commit(
+            Change(
+                "room-4b",
+                events=[envelope("room-4b", "booking.created", booking=booking("other room"))],
+            )
+        )
         await agent.store.commit(Change("room-4a", events=[envelope("room-4a", "device.online")]))
-        await agent.store.commit(Change("room-4a", events=[
-            envelope("room-4a", "booking.created", booking=booking(SECRET_TITLE, "Private")),
-            envelope("room-4a", "booking.deleted", booking=booking("Standup")),
-        ]))
+        await agent.store.commit(
+            Change(
+                "room-4a",
+                events=[
+                    envelope(
+                        "room-4a", "booking.created", booking=booking(SECRET_TITLE, "Private")
+                    ),
+                    envelope("room-4a", "booking.deleted", booking=booking("Standup")),
+                ],
+            )
+        )
         code, out, err = await tail
     assert code == 0, out + err
     lines = out.splitlines()
@@ -222,7 +238,9 @@ async def test_a_slow_reader_is_cut_off_not_waited_for(agent: StreamingAgent) ->
         assert resp.status_code == 200
         await until(lambda: feed.subscribers == 1)
         # publish() never blocks: all of this is offered before the stream sends one line.
-        feed.publish([envelope("room-4a", "room.availability") for _ in range(event_stream.QUEUE_MAX + 5)])
+        feed.publish(
+            [envelope("room-4a", "room.availability") for _ in range(event_stream.QUEUE_MAX + 5)]
+        )
         lines = [line async for line in resp.aiter_lines() if line.strip()]
     assert len(lines) == event_stream.QUEUE_MAX + 1
     assert json.loads(lines[-1])["dropped"] == 5

@@ -84,8 +84,16 @@ def print_status(
     print(f"agent {url}  {state}", file=out)
     devices = readyz.get("devices") or []
     print_table(
-        ["DEVICE", "CONNECTED", "DOWN SINCE", "LAST SEEN", "WINDOW", "RECONNECTS", "TIME ZONE",
-         "LAST ERROR"],
+        [
+            "DEVICE",
+            "CONNECTED",
+            "DOWN SINCE",
+            "LAST SEEN",
+            "WINDOW",
+            "RECONNECTS",
+            "TIME ZONE",
+            "LAST ERROR",
+        ],
         [
             [
                 d.get("id"),

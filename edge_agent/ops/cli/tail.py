@@ -37,9 +37,7 @@ def add_tail_parser(sub: Any, *, parents: list[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "tail", parents=parents, help="stream events as the running agent stores them"
     )
-    p.add_argument(
-        "--room", action="append", metavar="ID", help="only this room's events (repeat)"
-    )
+    p.add_argument("--room", action="append", metavar="ID", help="only this room's events (repeat)")
     p.add_argument(
         "--type",
         action="append",
@@ -120,16 +118,20 @@ def cmd_tail(args: argparse.Namespace) -> int:
         ):
             if resp.status_code != 200:
                 resp.read()
-                err(f"edge-agent: {url}/v1/events/stream answered HTTP {resp.status_code}: "
-                    f"{resp.text[:200]}")
+                err(
+                    f"edge-agent: {url}/v1/events/stream answered HTTP {resp.status_code}: "
+                    f"{resp.text[:200]}"
+                )
                 return EX_UNAVAILABLE
             for line in resp.iter_lines():
                 if not line.strip():
                     continue  # keepalive
                 envelope = jsoncodec.loads(line)
                 if isinstance(envelope, dict) and "error" in envelope and "type" not in envelope:
-                    err(f"edge-agent: the agent ended the stream: {envelope['error']} "
-                        f"({envelope.get('dropped', '?')} event(s) not shown)")
+                    err(
+                        f"edge-agent: the agent ended the stream: {envelope['error']} "
+                        f"({envelope.get('dropped', '?')} event(s) not shown)"
+                    )
                     return EX_FAIL
                 print(line if args.json else describe(envelope), file=out, flush=True)
                 seen += 1
