@@ -87,6 +87,14 @@ class DeviceStatus(TypedDict, total=False):
     window_size: int
     """Bookings in the buffered window."""
     software: str | None
+    connected_since: str | None
+    """UTC ISO time the link came up; ``down_since`` instead while it is down (to the 5 s
+    sample; both absent before the first sample)."""
+    down_since: str | None
+    last_seen: str | None
+    """UTC ISO time of the last frame or connect (to the 5 s sample)."""
+    last_error_at: str | None
+    """When ``last_error`` happened (to the 5 s sample)."""
 
 
 class SinkStatus(TypedDict, total=False):

@@ -299,7 +299,7 @@ table{border-collapse:collapse;width:100%;background:var(--card);border:1px soli
 th,td{text-align:left;vertical-align:top;padding:6px 10px;border-bottom:1px solid var(--line)}
 th{font-size:12px;color:var(--dim);font-weight:600;background:#fafbfc}
 td.id{font-weight:600;white-space:nowrap}td.num{text-align:right}
-.dim{color:var(--dim)}.err{color:var(--bad);font-size:12px;max-width:360px}
+.dim{color:var(--dim)}td .dim{white-space:nowrap}.err{color:var(--bad);font-size:12px;max-width:360px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;color:#fff}
 .badge.ok{background:var(--ok)}.badge.bad{background:var(--bad)}.badge.warn{background:var(--warn)}
 .badge.big{font-size:13px;padding:2px 10px}

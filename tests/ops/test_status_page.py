@@ -10,7 +10,7 @@ import re
 import shutil
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,8 @@ import pytest
 from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus, StoreView
 from edge_agent.ops.status_page import booking_view, is_private
 from edge_agent.store import Change, Store
+from tests.e2e.conftest import ca, ca_file, env, make_fleet, receiver  # noqa: F401
+from tests.e2e.harness import agent_config, eventually, of_type, start_agent
 
 NOW = datetime(2026, 11, 23, 8, 30, tzinfo=UTC)  # a Monday; Oslo is UTC+1, New York UTC-5
 SECRET_TITLE = "Board: acquisition of Initech"
@@ -322,3 +324,52 @@ async def test_the_page_refreshes_itself(store: Store, tmp_path: Path) -> None:
         ).decode()
     assert counting.renders >= 2
     assert rows(dom)["room-4b"]["connected"] == "true"
+
+
+# --- a running agent with simulated rooms --------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+async def test_a_running_agents_page_matches_its_v1(
+    make_fleet,  # noqa: F811
+    receiver,  # noqa: F811
+    tmp_path: Path,
+    ca_file,  # noqa: F811
+    env,  # noqa: F811
+) -> None:
+    fleet = await make_fleet(mode="hybrid", devices=3)
+    cfg = agent_config(fleet, tmp_path, webhook_url=receiver.url, ca_file=ca_file)
+    running = await start_agent(cfg, fleet, env=env)
+    try:
+        await eventually(lambda: len(of_type(receiver.events, "bookings.snapshot")) >= 3)
+        room = fleet.devices[0]
+        for hours, title in ((1, "Standup"), (3, "Planning")):
+            room.calendar.add(fleet.clock.now() + timedelta(hours=hours), 30, title=title)
+        await eventually(lambda: len(of_type(receiver.events, "booking.created")) >= 2)
+        down = fleet.devices[2]
+        await down.stop()
+        await eventually(lambda: not running.agent._sessions[down.device_id].client.connected)
+        await running.agent.sample()
+        api = running.agent.api
+        assert api is not None
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+            html = (await http.get("/")).text
+            devices = (await http.get("/v1/devices")).json()["devices"]
+            counts = {
+                d["id"]: (await http.get(f"/v1/devices/{d['id']}/bookings")).json()["count"]
+                for d in devices
+            }
+        assert rows(html) == {
+            d["id"]: {"connected": str(d["connected"]).lower(), "bookings": str(counts[d["id"]])}
+            for d in devices
+        }
+        assert all(d.get("connected_since") or d.get("down_since") for d in devices)
+        assert counts[room.device_id] == 2 and "Standup" in html and "Planning" in html
+        assert next(iter(rows(html))) == down.device_id  # the down room first
+        assert "edge-agent · test" in html
+        if CHROMIUM is not None:
+            png = Path(os.environ.get("STATUS_PAGE_SCREENSHOT_AGENT", tmp_path / "agent.png"))
+            await chromium(api.url + "/", tmp_path / "profile", f"--screenshot={png}")
+            assert png.stat().st_size > 10_000
+    finally:
+        await running.stop()
