@@ -327,6 +327,24 @@ class DeviceCalendar:
         """The calendar backend declines the next ``n`` requests (Book, Edit, Extend)."""
         self._core.calendar.backend.decline_next += n
 
+    def people(
+        self,
+        people_count: int | None = None,
+        *,
+        clear: bool = False,
+        counting: bool | None = None,
+        presence_detector: bool | None = None,
+    ) -> None:
+        """Force the room's head count (``clear``: back to the calendar-driven model), or turn
+        counting / presence detection on or off (see ``DeviceCore.set_people``)."""
+        self._core.set_people(
+            self._device.clock.now(),
+            people_count=people_count,
+            clear=clear,
+            counting=counting,
+            presence_detector=presence_detector,
+        )
+
 
 class Device:
     """One simulated device on its own port."""

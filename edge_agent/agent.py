@@ -17,10 +17,11 @@ import contextlib
 import dataclasses
 import signal
 import sys
+import uuid
 from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
@@ -42,11 +43,16 @@ from edge_agent.config import (
 )
 from edge_agent.forward.base import Sink
 from edge_agent.forward.drainer import Drainer
-from edge_agent.session import DeviceSession, SessionTuning
+from edge_agent.bookings.book import BookingOrder
+from edge_agent.bookings.models import Booking
+from edge_agent.ops.api_bookings import request_view
+from edge_agent.ops.api_guard import ApiGuard, server_ssl_context
+from edge_agent.session import BookingSent, DeviceSession, SessionTuning
 from edge_agent.store import Store, StoreUnusable
 
 if TYPE_CHECKING:
     from edge_agent.forward.mqtt import MqttSink
+    from edge_agent.forward.mqtt.commands import RoomInUseSender, SensorState
     from edge_agent.forward.webhook import WebhookSink
 
 log = structlog.get_logger(__name__)
@@ -80,10 +86,14 @@ def build_webhook_sink(cfg: AgentConfig, secrets: Secrets) -> WebhookSink:
 
 
 def build_mqtt_sink(
-    cfg: AgentConfig, secrets: Secrets, health: Callable[[], dict[str, Any]]
+    cfg: AgentConfig,
+    secrets: Secrets,
+    health: Callable[[], dict[str, Any]],
+    room_in_use: RoomInUseSender | None = None,
 ) -> MqttSink:
     """The ``[mqtt]`` sink (``check-config --connect`` probes this very sink)."""
     from edge_agent.forward.mqtt import MqttSink
+    from edge_agent.forward.mqtt.commands import SensorCommands
 
     assert cfg.mqtt is not None
     m = cfg.mqtt
@@ -108,11 +118,19 @@ def build_mqtt_sink(
         site=cfg.site,
         health=health,
         health_interval_s=m.health_interval_s,
+        commands=(
+            None
+            if room_in_use is None
+            else lambda base: SensorCommands(base, room_in_use)  # occupancy/set, see .commands
+        ),
     )
 
 
 def build_sinks(
-    cfg: AgentConfig, secrets: Secrets, health: Callable[[], dict[str, Any]]
+    cfg: AgentConfig,
+    secrets: Secrets,
+    health: Callable[[], dict[str, Any]],
+    room_in_use: RoomInUseSender | None = None,
 ) -> list[tuple[Sink, dict[str, Any]]]:
     """The configured sinks, each with its drainer options (``ttl_s``, ``max_in_flight``)."""
     sinks: list[tuple[Sink, dict[str, Any]]] = []
@@ -127,7 +145,10 @@ def build_sinks(
     if cfg.mqtt is not None:
         m = cfg.mqtt
         sinks.append(
-            (build_mqtt_sink(cfg, secrets, health), {"ttl_s": float(m.ttl_s), "max_in_flight": 32})
+            (
+                build_mqtt_sink(cfg, secrets, health, room_in_use),
+                {"ttl_s": float(m.ttl_s), "max_in_flight": 32},
+            )
         )
     return sinks
 
@@ -292,7 +313,7 @@ class Agent:
 
     async def _start(self, tg: asyncio.TaskGroup) -> None:
         assert self._store is not None
-        for sink, opts in build_sinks(self.config, self._secrets, self.health):
+        for sink, opts in build_sinks(self.config, self._secrets, self.health, self._room_in_use):
             drainer = Drainer(
                 self._store,
                 sink,
@@ -304,6 +325,7 @@ class Agent:
             # The drainer runs the sink's connection loop itself.
             name = f"drainer[{sink.name}]"
             self._sink_tasks.append(tg.create_task(self._supervise(name, drainer.run), name=name))
+        self._start_mqtt_requests(tg)
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
         for settings in self._settings.values():
@@ -319,8 +341,8 @@ class Agent:
         cannot be bound. That is a configuration problem, not a crash: ``run`` exits 78, which
         the unit's ``RestartPreventExitStatus=`` does not restart (a taken port stays taken)."""
         listen = self.config.api.listen
-        api = LocalApi(self, listen, show_private=self.config.api.show_private, clock=self._clock)
         try:
+            api = self._local_api()  # the guard, and TLS when [api] cert_file is set
             await api.start()
         except OSError as exc:
             # EADDRINUSE, EADDRNOTAVAIL (not an address of this machine), EACCES (a port below
@@ -354,6 +376,13 @@ class Agent:
         self._device_tasks[settings.id] = self._tg.create_task(
             self._supervise(name, session.run), name=name
         )
+
+    async def _room_in_use(self, state: SensorState) -> None:
+        """A third-party sensor's reading (MQTT occupancy/set) to the room's device."""
+        session = self._sessions.get(state.room)
+        if session is None:
+            raise LookupError(f"no device {state.room!r} in this agent's configuration")
+        await session.set_room_in_use(state.in_use, state.sensor, state.duration_s)
 
     async def _stop_device(self, device_id: str, reason: str) -> None:
         """Close the device's link, commit what it already sent, then end its session."""
@@ -554,6 +583,83 @@ class Agent:
             with contextlib.suppress(KeyError):
                 metrics.FEEDBACK_DROPPED.remove(device_id, reason)
         self._link_export.forget(device_id)
+
+    # --- booking through the agent (api_bookings.BookingDesk: local API, MQTT mirror) ---------
+
+    def booking_room(self, room_id: str) -> Literal["device", "calendar"] | None:
+        """What kind of room ``room_id`` is, for booking; ``None``: unknown."""
+        return "device" if room_id in self._sessions else None
+
+    async def book(
+        self, room_id: str, order: BookingOrder, *, request_uuid: str | None = None
+    ) -> BookingSent:
+        """Book ``room_id`` with a fresh request UUID (see :meth:`DeviceSession.book`).
+
+        Raises:
+            LookupError: unknown room; else what :meth:`DeviceSession.book` raises.
+        """
+        session = self._sessions.get(room_id)
+        if session is None:
+            raise LookupError(f"unknown room {room_id!r}")
+        return await session.book(request_uuid or str(uuid.uuid4()), order)
+
+    async def release(self, room_id: str, booking_id: str) -> Booking:
+        """Release a booking of ``room_id`` (``Bookings Delete``); ``booking.deleted`` follows."""
+        session = self._sessions.get(room_id)
+        if session is None:
+            raise LookupError(f"unknown room {room_id!r}")
+        return await session.release(booking_id)
+
+    async def booking_request(self, request_uuid: str) -> dict[str, Any] | None:
+        """What ``GET /v1/requests/{uuid}`` shows, or ``None`` (unknown, or older than a day)."""
+        if self._store is None:
+            return None
+        row = await self._store.load_request(request_uuid)
+        return request_view(row, self._clock.now()) if row is not None else None
+
+    def _start_mqtt_requests(self, tg: asyncio.TaskGroup) -> None:
+        """With ``[mqtt]``: the booking mirror on ``<base>/bridge/request/{book,release}``."""
+        m = self.config.mqtt
+        mqtt_sink = next((s for s, _ in self._sinks if s.name == "mqtt"), None)
+        if m is None or mqtt_sink is None:
+            return
+        from edge_agent.forward.mqtt.link import broker_settings
+        from edge_agent.forward.mqtt.requests import BridgeRequests
+
+        password = self._secrets.mqtt_password
+        settings = broker_settings(
+            m.url,
+            client_id=f"{self.config.mqtt_client_id}-requests",
+            username=m.username,
+            password=password.get_secret_value() if password else None,
+            ca_file=m.ca_file,
+            cert_file=m.cert_file,
+            key_file=m.key_file,
+            keepalive=m.keepalive,
+            protocol=m.protocol,
+        )
+        self.mqtt_requests = BridgeRequests(
+            settings, self.config.mqtt_base_topic, self, mqtt_sink.ready
+        )
+        name = "mqtt.requests"
+        self._sink_tasks.append(
+            tg.create_task(self._supervise(name, self.mqtt_requests.run), name=name)
+        )
+
+    def _local_api(self) -> LocalApi:
+        api = self.config.api
+        tokens = [t.get_secret_value() for t in self._secrets.api_tokens]
+        tls = None
+        if api.cert_file is not None and api.key_file is not None:
+            tls = server_ssl_context(api.cert_file, api.key_file)
+        return LocalApi(
+            self,
+            api.listen,
+            guard=ApiGuard.from_config(api, tokens),
+            ssl_context=tls,
+            show_private=api.show_private,
+            clock=self._clock,
+        )
 
 
 async def run_agent(

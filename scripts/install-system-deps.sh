@@ -7,7 +7,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || [ -x /usr/bin/mosquitto_passwd ] || need+=(mosquitto)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the status page test (headless)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks contrib/ alerts
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""

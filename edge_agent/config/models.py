@@ -40,6 +40,9 @@ TtlSeconds = Annotated[int, Field(ge=1, le=31_536_000)]  # up to a year
 GraceSeconds = Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)]
 RelistSeconds = Annotated[float, Field(ge=10, le=86_400, allow_inf_nan=False)]
 RequestSeconds = Annotated[float, Field(ge=0.1, le=300, allow_inf_nan=False)]
+GhostSeconds = Annotated[float, Field(ge=1, le=86_400, allow_inf_nan=False)]
+ReleaseSeconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]  # 0: never
+OccupancyIntervalSeconds = Annotated[float, Field(ge=0, le=3_600, allow_inf_nan=False)]
 
 
 def _check_env_name(v: str | None) -> str | None:
@@ -122,6 +125,9 @@ class _DeviceKeys(_Section):
     time_zone: str | None = None
     relist_interval_s: RelistSeconds | None = None
     request_timeout_s: RequestSeconds | None = None
+    ghost_after_s: GhostSeconds | None = None
+    release_after_s: ReleaseSeconds | None = None
+    occupancy_min_interval_s: OccupancyIntervalSeconds | None = None
 
     @field_validator("password_env")
     @classmethod
@@ -149,6 +155,9 @@ class DeviceDefaults(_DeviceKeys):
     time_zone: str | None = "UTC"
     relist_interval_s: RelistSeconds | None = 300.0
     request_timeout_s: RequestSeconds | None = 10.0
+    ghost_after_s: GhostSeconds | None = 600.0
+    release_after_s: ReleaseSeconds | None = 0.0
+    occupancy_min_interval_s: OccupancyIntervalSeconds | None = 10.0
 
 
 class DeviceConfig(_DeviceKeys):
@@ -330,12 +339,63 @@ class ApiConfig(_Section):
     listen: str = DEFAULT_API_LISTEN
     show_private: bool = False
     """Show private bookings' title and organizer on the status page and in ``/v1``."""
+    token_env: str | None = None
+    """Environment variable holding the bearer token(s), space-separated (rotation)."""
+    token_file: str | None = None
+    """File holding the bearer token(s), space-separated (relative: ``$CREDENTIALS_DIRECTORY``)."""
+    read_requires_token: bool = False
+    """Read routes need the token on loopback too (always when ``listen`` is not loopback)."""
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = []
+    """``Host`` names accepted besides the listen address (and loopback names on loopback)."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         parse_listen(v)
         return v
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, v: str | None) -> str | None:
+        return _check_env_name(v)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if any(c in name for c in "/@ ") or name.count(":") == 1:
+                raise ValueError(f"{name!r}: a host name or IP address, without scheme or port")
+        return [name.strip("[]").lower() for name in v]
+
+    @model_validator(mode="after")
+    def _api_checks(self) -> ApiConfig:
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError("set token_env or token_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "set both cert_file and key_file to serve the API over TLS, or neither"
+            )
+        if not self.loopback and self.token_env is None and self.token_file is None:
+            raise ValueError(
+                f"listen = {self.listen!r} is not a loopback address: set api.token_env (or "
+                "api.token_file) to the bearer token(s) every client must send, or listen on "
+                "127.0.0.1"
+            )
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``listen`` binds a loopback address only (``localhost`` counts)."""
+        # parse_listen's rule, inline: the default ApiConfig() is built before it is defined.
+        host = self.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def host(self) -> str:

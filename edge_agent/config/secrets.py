@@ -19,6 +19,10 @@ from edge_agent.config.models import AgentConfig, _DeviceKeys
 from edge_agent.ops.logs import register_secrets
 
 
+MIN_API_TOKEN_LEN = 16
+"""Shorter bearer tokens are refused: the local API may face the network."""
+
+
 @dataclass(frozen=True)
 class Secrets:
     """Secret values read from the environment or from files; ``SecretStr`` hides them in reprs."""
@@ -27,6 +31,8 @@ class Secrets:
     webhook_secrets: list[SecretStr] = field(default_factory=list)
     """One or more ``whsec_...`` signing secrets (several during key rotation)."""
     mqtt_password: SecretStr | None = None
+    api_tokens: list[SecretStr] = field(default_factory=list)
+    """The local API's bearer tokens (``[api] token_env`` / ``token_file``; several: rotation)."""
 
     def values(self) -> list[str]:
         """Every secret as plain text, for the log redactor (it masks them wherever they occur)."""
@@ -34,6 +40,7 @@ class Secrets:
         out += [s.get_secret_value() for s in self.webhook_secrets]
         if self.mqtt_password is not None:
             out.append(self.mqtt_password.get_secret_value())
+        out += [s.get_secret_value() for s in self.api_tokens]
         return [v for v in out if v]
 
 
@@ -132,10 +139,53 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
             env=env,
             problems=problems,
         )
+    api_tokens = _api_tokens(cfg, env, problems)
     if problems:
         raise ConfigError(problems)
-    secrets = Secrets(passwords, webhook_secrets, mqtt_password)
+    secrets = Secrets(passwords, webhook_secrets, mqtt_password, api_tokens)
     # Every path that reads secrets (start, SIGHUP reload, check-config) hands them to the log
     # redactor here, so none can forget to.
     register_secrets(secrets.values())
     return secrets
+
+
+def _api_tokens(
+    cfg: AgentConfig, env: Mapping[str, str], problems: list[Problem]
+) -> list[SecretStr]:
+    secret = _read_secret(
+        "api.token",
+        env_name=cfg.api.token_env,
+        file_name=cfg.api.token_file,
+        env=env,
+        problems=problems,
+    )
+    if secret is None:
+        return []
+    tokens = secret.get_secret_value().split()
+    if any(len(t) < MIN_API_TOKEN_LEN for t in tokens):
+        key = "api.token_env" if cfg.api.token_env else "api.token_file"
+        # The message names the rule, never the value.
+        problems.append(
+            (
+                key,
+                f"each API token must be at least {MIN_API_TOKEN_LEN} characters (e.g. "
+                "`openssl rand -hex 32`); separate several with spaces",
+            )
+        )
+        return []
+    return [SecretStr(t) for t in tokens]
+
+
+def resolve_api_tokens(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> list[str]:
+    """The local API's bearer tokens alone (what the CLI sends; it needs no device password).
+
+    Raises :class:`ConfigError` when ``[api]`` names a source that is unset or unreadable.
+    The values are registered with the log redactor.
+    """
+    problems: list[Problem] = []
+    tokens = _api_tokens(cfg, os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems)
+    values = [t.get_secret_value() for t in tokens]
+    register_secrets(values)
+    return values

@@ -1,6 +1,8 @@
 """The local HTTP API (aiohttp): health, readiness, metrics, a view of the agent, dead letters.
 
-Bound to ``[api] listen`` (default ``127.0.0.1:9780``; keep it on loopback: there is no auth).
+Bound to ``[api] listen`` (default ``127.0.0.1:9780``). Who may call it (bearer tokens, Host and
+Origin checks, JSON bodies only, bounded) is :mod:`edge_agent.ops.api_guard`; the booking routes
+are :mod:`edge_agent.ops.api_bookings`.
 
 Routes:
 
@@ -39,15 +41,14 @@ Routes:
 
 The two POST routes exist because only the running agent may write its database (the store
 holds a lock; see :mod:`edge_agent.store`): ``edge-agent outbox dead-letter replay|purge`` uses
-them while the agent runs. They accept only ``Content-Type: application/json``, which a web
-page cannot send cross-origin without a CORS preflight this server never grants.
+them while the agent runs. Like every state-changing route they need the bearer token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, Self, TypedDict, runtime_checkable
 
@@ -59,7 +60,8 @@ from edge_agent import jsoncodec
 from edge_agent.clock import Clock, system_clock
 from edge_agent.config import DEFAULT_API_LISTEN, parse_listen
 from edge_agent.metrics import REGISTRY
-from edge_agent.ops import event_stream, status_page
+from edge_agent.ops import api_bookings, event_stream, status_page
+from edge_agent.ops.api_guard import MAX_BODY_BYTES, ApiGuard
 
 log = structlog.get_logger(__name__)
 
@@ -170,18 +172,6 @@ def readiness(agent: AgentView) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
-def _local_host(host: str) -> bool:
-    """Whether an HTTP ``Host`` header names this machine's loopback (any port)."""
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -258,6 +248,8 @@ class LocalApi:
     """The HTTP server: ``await start()`` / ``await stop()``, or ``async with``.
 
     ``listen`` is ``"HOST:PORT"`` (port 0 picks a free port; read :attr:`port` after start).
+    ``guard`` protects every route (default: loopback, no token, so no state-changing request
+    is accepted); ``ssl_context`` serves HTTPS.
     """
 
     def __init__(
@@ -265,6 +257,8 @@ class LocalApi:
         agent: AgentView,
         listen: str = DEFAULT_API_LISTEN,
         *,
+        guard: ApiGuard | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         show_private: bool = False,
         clock: Clock = system_clock,
     ) -> None:
@@ -273,6 +267,8 @@ class LocalApi:
         self._clock = clock
         self._host, self._port = parse_listen(listen)
         self._runner: web.AppRunner | None = None
+        self._guard = guard or ApiGuard(listen)
+        self._ssl = ssl_context
         self.app = self._make_app()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -289,13 +285,15 @@ class LocalApi:
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return f"{'https' if self._ssl else 'http'}://{host}:{self._port}"
 
     async def start(self) -> None:
         """Bind and serve. Raises ``OSError`` when the address is taken."""
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(
+            runner, self._host, self._port, reuse_address=True, ssl_context=self._ssl
+        )
         try:
             await site.start()
         except BaseException:
@@ -324,7 +322,9 @@ class LocalApi:
     # -- routes ------------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors])
+        app = web.Application(
+            middlewares=[self._guard.middleware, self._errors], client_max_size=MAX_BODY_BYTES
+        )
         app.router.add_get("/", self._status_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -337,15 +337,12 @@ class LocalApi:
         app.router.add_get("/v1/dead-letters", self._dead_letters)
         app.router.add_post("/v1/dead-letters/replay", self._replay)
         app.router.add_post("/v1/dead-letters/purge", self._purge)
+        api_bookings.add_routes(app, self._agent)
         return app
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.method == "POST" and not _local_host(request.host):
-                # A web page on another origin can make a browser POST here through DNS
-                # rebinding; such a request names the attacker's host, never a loopback one.
-                raise web.HTTPForbidden(reason="POST only with a loopback Host header")
             return await handler(request)
         except web.HTTPException as exc:
             if exc.status >= 400:

@@ -136,19 +136,25 @@ def _bookings_cell(bookings: Sequence[Mapping[str, Any]], zone: tzinfo, now: dat
 
 
 def _occupancy_cell(device: Mapping[str, Any]) -> str:
+    """The ``occupancy`` of a ``/v1/devices`` entry (``edge_agent.session_occupancy``):
+    people count and state, or why the device reports none."""
     occ = device.get("occupancy")
-    if occ is None:
+    if not isinstance(occ, Mapping):
         return '<span class="dim">—</span>'
-    if isinstance(occ, Mapping):
-        parts = []
-        count = occ.get("people_count", occ.get("count"))
-        if count is not None:
-            parts.append(f"{_e(count)} people")
-        presence = occ.get("presence", occ.get("occupied"))
-        if presence is not None:
-            parts.append("occupied" if presence in (True, "Yes", "yes") else "empty")
-        return _e(", ".join(parts)) if parts else _e(occ)
-    return _e(occ)
+    parts = []
+    count = occ.get("people_count")
+    if isinstance(count, int) and count >= 0:
+        parts.append(f"{count} people")
+    state = occ.get("state")
+    if state is None and occ.get("presence") in ("Yes", "No"):
+        state = "occupied" if occ["presence"] == "Yes" else "empty"
+    if isinstance(state, str) and state != "unknown":
+        parts.append(state)
+    html = _e(", ".join(parts)) if parts else '<span class="dim">unknown</span>'
+    hint = occ.get("hint")
+    if hint:
+        html += f'<br><span class="err">{_e(hint)}</span>'
+    return html
 
 
 def _room_row(

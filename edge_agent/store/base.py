@@ -11,9 +11,12 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edge_agent.forward.schedule import OutboxEvent, SinkProgress
+
+if TYPE_CHECKING:
+    from edge_agent.store.requests import BookingRequestRow
 
 Synchronous = Literal["normal", "full"]
 
@@ -217,3 +220,8 @@ class StoreBackend(Protocol):
     async def purge_dead_letters(
         self, ids: Sequence[int] | None = None, sink: str | None = None
     ) -> int: ...
+
+    # -- booking requests made through the agent (edge_agent.store.requests) ----------------
+    async def record_request(self, uuid: str, room_id: str, request: dict[str, Any]) -> None: ...
+    async def resolve_request(self, uuid: str, status: str, outcome: dict[str, Any]) -> None: ...
+    async def load_request(self, uuid: str) -> BookingRequestRow | None: ...

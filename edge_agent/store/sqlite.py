@@ -25,7 +25,7 @@ import structlog
 
 from edge_agent import jsoncodec
 from edge_agent.forward.schedule import OutboxEvent, RetryState, SinkProgress
-from edge_agent.store import deadletter, schema
+from edge_agent.store import deadletter, occupancy, schema
 from edge_agent.store.base import (
     Change,
     PendingRow,
@@ -36,6 +36,7 @@ from edge_agent.store.base import (
 )
 from edge_agent.store.lock import lock_database
 from edge_agent.store.plan import ProgressOp, prepare, stream_seqs
+from edge_agent.store.requests import KEEP_S, BookingRequestRow, row_from_db
 from edge_agent.store.stats import store_stats
 from edge_agent.store.writer import (
     WAL_AUTOCHECKPOINT_PAGES,
@@ -457,3 +458,55 @@ class SqliteStore:
                 await self._wconn.execute(stmt, (device_id,))
 
         await self._writer.call(forget)
+
+    # -- booking requests made through the agent (edge_agent.store.requests) ----------------
+
+    async def record_request(self, uuid: str, room_id: str, request: dict[str, Any]) -> None:
+        """Store a new pending request (before it is sent); requests older than a day go.
+
+        Raises:
+            StoreError: the write failed, or ``uuid`` is already taken.
+        """
+        now = self._time()
+        body = jsoncodec.dumpb(request)
+
+        async def put() -> None:
+            await self._wconn.execute(schema.PRUNE_BOOKING_REQUESTS, (now - KEEP_S,))
+            try:
+                await self._wconn.execute(
+                    schema.PUT_BOOKING_REQUEST, (uuid, room_id, now, now, body)
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(f"booking request {uuid} already exists") from None
+
+        await self._writer.call(put)
+
+    async def resolve_request(self, uuid: str, status: str, outcome: dict[str, Any]) -> None:
+        """Close a pending request that no device event will close (the send failed)."""
+        args = (status, self._time(), jsoncodec.dumpb(outcome), uuid)
+
+        async def resolve() -> None:
+            await self._wconn.execute(schema.RESOLVE_BOOKING_REQUEST, args)
+
+        await self._writer.call(resolve)
+
+    async def load_request(self, uuid: str) -> BookingRequestRow | None:
+        """The stored request ``uuid`` (kept a day), or ``None``."""
+        rows = list(await self._rconn.execute_fetchall(schema.SELECT_BOOKING_REQUEST, (uuid,)))
+        return row_from_db(uuid, tuple(rows[0])) if rows else None
+
+    # -- occupancy (edge_agent.store.occupancy) -------------------------------------------------
+
+    async def save_occupancy(self, change: occupancy.OccupancyWrite) -> None:
+        """Write one device's occupancy rows in their own transaction; return once durable."""
+
+        async def save() -> None:
+            await occupancy.write(self._wconn, change)
+
+        await self._writer.call(save)
+
+    async def load_occupancy(
+        self, device_id: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The open occupancy interval and the unfinished booking tracks of ``device_id``."""
+        return await occupancy.load(self._rconn, device_id)

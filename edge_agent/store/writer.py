@@ -589,6 +589,9 @@ class GroupWriter:
         if rows:
             cur = await c.executemany(schema.INSERT_OUTBOX, rows)
             added = cur.rowcount
+        resolved = [(st, now, out, u) for ch in changes for u, st, out in ch.request_outcomes]
+        if resolved:
+            await c.executemany(schema.RESOLVE_BOOKING_REQUEST, resolved)
         added -= await self._apply_progress(progress, now, cursors)
         overflow = 0
         if self.outbox_count + added > self.outbox_max_events:

@@ -50,6 +50,7 @@ from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.clock import system_clock, utc_iso
 from edge_agent.forward.base import Delivered, OutboxEvent, Outcome, Reject, Retry, SinkStats
+from edge_agent.forward.mqtt.commands import SensorCommands
 from edge_agent.forward.mqtt.errors import PUBACK_PERMANENT, BrokerError
 from edge_agent.forward.mqtt.link import BrokerLink, BrokerLinkLost, broker_settings, open_link
 from edge_agent.forward.mqtt.topics import OFFLINE, ONLINE, Publication, Topics, publications
@@ -126,6 +127,7 @@ class MqttSink:
         refused_retry_s: float = REFUSED_RETRY_MAX_S,
         stable_after_s: float = 30.0,
         max_retained_kept: int = MAX_RETAINED_KEPT,
+        commands: Callable[[str], SensorCommands] | None = None,
     ) -> None:
         self._settings = broker_settings(
             url,
@@ -154,6 +156,8 @@ class MqttSink:
         self._backoff = Backoff(initial=backoff_initial_s, maximum=backoff_max_s)
         self._refused_backoff = Backoff(initial=min(5.0, refused_retry_s), maximum=refused_retry_s)
         self._stable_after_s = stable_after_s
+        # Sensor commands in (occupancy/set): built on the base topic; see .commands.
+        self.commands = commands(self._topics.base) if commands is not None else None
 
         self._link: BrokerLink | None = None
         self._closing = asyncio.Event()
@@ -375,11 +379,15 @@ class MqttSink:
                     link.keepalive(min(1.0, self._keepalive / 4)), name=f"{tag}.keepalive"
                 )
                 health = tg.create_task(self._health_loop(link), name=f"{tag}.health")
+                commands = []
+                if self.commands is not None:
+                    await self.commands.subscribe(link, self._publish_timeout_s)
+                    commands.append(tg.create_task(self.commands.run(), name=f"{tag}.commands"))
                 closing = tg.create_task(self._closing.wait(), name=f"{tag}.closing")
                 watched: list[asyncio.Future[Any]] = [link.lost, closing]
                 await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 self._link = None
-                for task in (keepalive, health, closing):
+                for task in (keepalive, health, closing, *commands):
                     task.cancel()
             if link.lost.done():
                 self.stats.last_error = (
@@ -399,7 +407,12 @@ class MqttSink:
 
     async def _open(self) -> BrokerLink:
         will = Publication(self._topics.bridge_state, OFFLINE, retain=True)
-        return await open_link(self._settings, will=will, max_in_flight=self._max_in_flight)
+        return await open_link(
+            self._settings,
+            will=will,
+            max_in_flight=self._max_in_flight,
+            on_message=self.commands.on_message if self.commands is not None else None,
+        )
 
     async def probe(self, *, client_id: str, timeout_s: float) -> str:
         """Connect once as this sink would, then disconnect: what ``check-config`` reports.

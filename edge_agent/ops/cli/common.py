@@ -108,7 +108,21 @@ def config_api_url(cfg: AgentConfig) -> str:
     host, port = parse_listen(cfg.api.listen)
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    scheme = "https" if cfg.api.cert_file is not None else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def api_headers(path: Path, cfg: AgentConfig) -> dict[str, str]:
+    """``Authorization: Bearer`` with the first ``[api]`` token (the same source the agent
+    reads); no header when the config names none. Exit 78 when the named source is unset."""
+    from edge_agent.config.secrets import resolve_api_tokens
+
+    try:
+        tokens = resolve_api_tokens(cfg)
+    except ConfigError as exc:
+        print_config_error(path, exc)
+        raise Exit(EX_CONFIG) from None
+    return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
 
 
 def fmt(value: Any) -> str:
@@ -129,3 +143,9 @@ def print_table(headers: list[str], rows: list[list[Any]], out: TextIO | None = 
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     for row in [headers, *cells]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def api_verify(cfg: AgentConfig) -> str | bool:
+    """How a CLI client checks the API's TLS certificate: against ``[api] cert_file`` itself
+    (a self-signed certificate is its own authority), else the system's CAs."""
+    return str(cfg.api.cert_file) if cfg.api.cert_file is not None else True

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent import __version__
+from edge_agent.ops.cli import book
 from edge_agent.ops.cli.check_config import cmd_check_config
 from edge_agent.ops.cli.common import (
     CONFIG_ENV,
@@ -22,6 +23,7 @@ from edge_agent.ops.cli.common import (
 from edge_agent.ops.cli.config_cmd import add_config_parser
 from edge_agent.ops.cli.dead_letter import cmd_dead_letter
 from edge_agent.ops.cli.demo import cmd_demo
+from edge_agent.ops.cli.report import add_parser as add_report_parser
 from edge_agent.ops.cli.run import cmd_run
 from edge_agent.ops.cli.status import cmd_status
 from edge_agent.ops.cli.tail import add_tail_parser
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="only rooms that are down and sinks that cannot deliver; exit 1 when any",
     )
     p.set_defaults(func=cmd_status)
+
+    book.add_parsers(sub, [common, config_opt])
+    add_report_parser(sub, [common, config_opt])
 
     p = sub.add_parser("outbox", help="outbox administration")
     outbox = p.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)

@@ -12,6 +12,8 @@ from edge_agent.ops.cli.common import (
     EX_FAIL,
     EX_OK,
     EX_UNAVAILABLE,
+    api_headers,
+    api_verify,
     config_api_url,
     err,
     load_config_or_exit,
@@ -33,8 +35,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     setup_logging(args)
     url = _api_url(args)
+    # Read routes need the token when the API is not on loopback, or with read_requires_token.
+    headers: dict[str, str] = {}
+    verify: str | bool = True
+    if args.config is not None:
+        cfg = load_config_or_exit(args.config, require_sink=False)
+        headers, verify = api_headers(args.config, cfg), api_verify(cfg)
     try:
-        with httpx.Client(base_url=url, timeout=args.timeout) as http:
+        with httpx.Client(
+            base_url=url, timeout=args.timeout, headers=headers, verify=verify
+        ) as http:
             ready = http.get("/readyz")
             outbox_resp = http.get("/v1/outbox")
     except httpx.HTTPError as exc:
