@@ -27,15 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="device-sim",
         description="Simulate Cisco RoomOS devices speaking xAPI over WebSocket (Bookings).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--devices", type=int, default=1, help="how many devices (default 1)")
+    p.add_argument("--devices", type=int, default=1, help="how many devices")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8443, help="port of device 0; device k on P+k")
-    p.add_argument("--user", default="admin", help="the device's admin user")
+    # The agent's default user name ([defaults] username), so the two work together as they come.
+    p.add_argument("--user", default="edge-agent", help="the device's local user")
     p.add_argument(
         "--password",
-        default=os.environ.get("DEVICE_SIM_PASSWORD", "secret"),
-        help="its password (default: $DEVICE_SIM_PASSWORD or 'secret')",
+        # SUPPRESS: the help must not print a password taken from the environment.
+        default=argparse.SUPPRESS,
+        help="its password (default: $DEVICE_SIM_PASSWORD, else 'secret')",
     )
     p.add_argument("--http", action="store_true", help="serve ws:// instead of wss://")
     p.add_argument(
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm-delay", type=float, default=5.0, help="hybrid confirmation, s")
     p.add_argument("--booking-timeout", type=int, default=60, help="BookingTimeout, 60..300 s")
     p.add_argument("--generate", action="store_true", help="fill calendars with an office day")
-    p.add_argument("--cert", help="PEM certificate (default: self-signed, made at start)")
+    p.add_argument("--cert", help="PEM certificate (none: a self-signed one made at start)")
     p.add_argument("--key", help="PEM private key for --cert")
     p.add_argument("--control-port", type=int, help="serve the control API on 127.0.0.1:PORT")
     p.add_argument(
@@ -151,7 +154,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         http=args.http,
         https_only=args.https_only,
         username=args.user,
-        password=args.password,
+        password=getattr(args, "password", None)
+        or os.environ.get("DEVICE_SIM_PASSWORD")
+        or "secret",
         mode=args.mode,
         profile=args.profile,
         speed=args.speed,

@@ -118,6 +118,8 @@ def build_mqtt_sink(
         site=cfg.site,
         health=health,
         health_interval_s=m.health_interval_s,
+        discovery=m.discovery,
+        discovery_prefix=m.discovery_prefix,
         commands=(
             None
             if room_in_use is None
@@ -244,7 +246,8 @@ class Agent:
             entry: SinkStatus = {
                 "name": sink.name,
                 "state": "gone" if st.stopped_reason else "running",
-                "ready": sink.ready(),
+                # A gone sink never delivers again, whatever its connection says.
+                "ready": sink.ready() and not st.stopped_reason,
                 "last_error": st.last_error or getattr(sink, "last_error", None),
             }
             d = depth.get(sink.name)
@@ -330,6 +333,7 @@ class Agent:
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
         for settings in self._settings.values():
             self._start_device(settings)
+        await self._announce_rooms()
         self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
         self._other_tasks.append(tg.create_task(self._trim_loop(), name="agent.heap-trim"))
         self._other_tasks.append(
@@ -557,6 +561,7 @@ class Agent:
         self._poke_mqtt(cfg, secrets)
         for d in added + changed:
             self._start_device(new[d])
+        await self._announce_rooms()
         metrics.DEVICES_CONFIGURED.set(len(new))
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
         sdnotify.ready()
@@ -571,6 +576,15 @@ class Agent:
             if isinstance(sink, MqttSink):
                 creds = (cfg.mqtt.username, password) if cfg.mqtt is not None else None
                 sink.reconnect_now(credentials=creds)
+
+    async def _announce_rooms(self) -> None:
+        """Tell the MQTT sink which rooms exist: it clears the retained topics of removed ones
+        and publishes Home Assistant discovery (``edge_agent.forward.mqtt.discovery``)."""
+        from edge_agent.forward.mqtt import MqttSink
+
+        for sink, _ in self._sinks:
+            if isinstance(sink, MqttSink):
+                await sink.set_rooms(self._settings)
 
     async def _forget(self, device_id: str) -> None:
         """A device left the configuration: drop its window, pending requests and state (its

@@ -280,6 +280,16 @@ class MqttConfig(_Section):
     protocol: Literal["3.1.1", "5"] = "5"
     ttl_s: TtlSeconds = 86_400
     health_interval_s: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 60.0
+    discovery: bool = False
+    """Home Assistant MQTT discovery: per room ``booked``, ``next booking``, ``people count``."""
+    discovery_prefix: str = "homeassistant"
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _discovery_prefix(cls, v: str) -> str:
+        if not v.strip("/") or any(c in v for c in "+#\0"):
+            raise ValueError("a discovery prefix is one or more MQTT topic levels, without + or #")
+        return v.strip("/")
 
     @field_validator("password_env")
     @classmethod
@@ -407,7 +417,7 @@ class ApiConfig(_Section):
 
 
 class LogConfig(_Section):
-    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "info"
 
     @field_validator("level", mode="before")
     @classmethod

@@ -8,15 +8,19 @@ from ``$CREDENTIALS_DIRECTORY`` when set, so systemd's ``LoadCredential=`` works
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
 from pydantic import SecretStr
 
 from edge_agent.config.load import ConfigError, Problem
 from edge_agent.config.models import AgentConfig, _DeviceKeys
 from edge_agent.ops.logs import register_secrets
+
+log = structlog.get_logger(__name__)
 
 
 MIN_API_TOKEN_LEN = 16
@@ -76,10 +80,37 @@ def _read_secret(
             )
             return None
         if not value:
-            problems.append((f"{key}_file", f"{path} is empty"))
+            hint = ""
+            if cred_dir and path.parent == Path(cred_dir):
+                # The unit's SetCredential= fallback: its LoadCredential= file is missing.
+                hint = (
+                    f" (systemd credential {path.name}: the file the unit loads it from, e.g. "
+                    f"/etc/edge-agent/credentials/{path.name}, is missing or empty; create it "
+                    "and restart)"
+                )
+            problems.append((f"{key}_file", f"{path} is empty{hint}"))
             return None
+        _warn_if_others_may_read(path, f"{key}_file")
         return SecretStr(value)
     return None
+
+
+def _warn_if_others_may_read(path: Path, key: str) -> None:
+    """Any local user could read a secret in a file that is world-readable (or replace it if
+    world-writable): say so, naming the file and the fix. A warning, not an error: the agent
+    can still run, and refusing would break a site on an upgrade."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        log.warning(
+            f"{path} is readable by every user on this machine; run `chmod 600 {path}` "
+            "(or hand it over as a systemd credential)",
+            key=key,
+            path=str(path),
+            mode=oct(stat.S_IMODE(mode)),
+        )
 
 
 def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> Secrets:

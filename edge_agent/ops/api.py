@@ -172,6 +172,11 @@ def readiness(agent: AgentView) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
+def _gone_not_ready(sink: SinkStatus) -> SinkStatus:
+    """A gone sink never delivers again, whatever its connection says: never ``ready``."""
+    return {**sink, "ready": False} if sink.get("state") == "gone" else sink
+
+
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -371,7 +376,7 @@ class LocalApi:
             "reasons": reasons,
             "store": {"open": store is not None},
             "devices": list(self._agent.devices()),
-            "sinks": list(self._agent.sinks()),
+            "sinks": [_gone_not_ready(s) for s in self._agent.sinks()],
         }
         return _json(body, status=200 if ok else 503)
 

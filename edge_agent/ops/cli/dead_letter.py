@@ -111,6 +111,23 @@ def _dead_letter_change(args: argparse.Namespace, cfg: AgentConfig) -> int:
         print(f"replayed {n} dead letter(s) into the outbox{where}")
     else:
         print(f"purged {n} dead letter(s){where}")
+    return _matched_all(args, n)
+
+
+def _matched_all(args: argparse.Namespace, n: int) -> int:
+    """EX_FAIL when a selection (``--id``, ``--sink``) matched less than it named: a script that
+    replays ``--id 999`` must learn that nothing was replayed."""
+    wanted = len(set(args.ids)) if args.ids else None
+    if wanted is not None and n < wanted:
+        err(
+            f"edge-agent: {n} of {wanted} dead letter id(s) matched"
+            + (f" with --sink {args.sink}" if args.sink else "")
+            + "; `edge-agent outbox dead-letter list` shows the ids there are"
+        )
+        return EX_FAIL
+    if wanted is None and args.sink and n == 0:
+        err(f"edge-agent: no dead letter of sink {args.sink} matched")
+        return EX_FAIL
     return EX_OK
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent import __version__
+from edge_agent.config import EX_CONFIG
 from edge_agent.ops.cli import book
 from edge_agent.ops.cli.check_config import cmd_check_config
 from edge_agent.ops.cli.common import (
@@ -20,6 +21,7 @@ from edge_agent.ops.cli.common import (
     Exit,
     resolve_config_path,
 )
+from edge_agent.ops.cli.completion import SHELLS, cmd_completion
 from edge_agent.ops.cli.config_cmd import add_config_parser
 from edge_agent.ops.cli.dead_letter import cmd_dead_letter
 from edge_agent.ops.cli.demo import cmd_demo
@@ -29,6 +31,10 @@ from edge_agent.ops.cli.status import cmd_status
 from edge_agent.ops.cli.tail import add_tail_parser
 from edge_agent.ops.cli.trust import add_trust_parser
 from edge_agent.ops.cli.webhook_cmd import add_webhook_parser
+from edge_agent.ops.logs import LEVELS, LogLevelError
+
+EX_BROKEN_PIPE = 128 + 13
+"""What a shell reports for a process killed by SIGPIPE."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--log-level",
         default=argparse.SUPPRESS,
-        choices=["debug", "info", "warning", "error", "critical"],
+        choices=LEVELS,
         type=str.lower,
-        help="log level (default: $EDGE_AGENT_LOG_LEVEL, else [log] level, else info)",
+        help="log level; trace adds the WebSocket frames (default: $EDGE_AGENT_LOG_LEVEL, else "
+        "[log] level, else info)",
     )
     config_opt = argparse.ArgumentParser(add_help=False)
     config_opt.add_argument(
@@ -152,12 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_webhook_parser(sub, parents=[common, config_opt])
     add_tail_parser(sub, parents=[common])
     add_config_parser(sub)
+
+    p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    p.add_argument("shell", choices=SHELLS)
+    p.set_defaults(func=cmd_completion)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``edge-agent`` console script."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # here, not at exit: a closed pipe must end in the handler below
+        return code
+    except BrokenPipeError:
+        # `edge-agent status | head`: the reader left. Python ignores SIGPIPE (the agent's
+        # sockets need that), so the write raised; point stdout at /dev/null so the flush at
+        # exit cannot raise again, and exit as a process killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_BROKEN_PIPE
+
+
+def _main(args_list: list[str]) -> int:
     parser = build_parser()
     try:
         # The demo has its own parser; argparse's REMAINDER would not pass it leading options.
@@ -181,3 +206,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return EX_INTERRUPTED
+    except LogLevelError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EX_CONFIG

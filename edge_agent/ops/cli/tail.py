@@ -6,7 +6,8 @@ stored from now on, never the history (that is the receiver's job). One line an 
     2026-11-23T09:00:00.123Z  room-4a  booking.created  10:00-10:30Z "Standup"
 
 or the envelopes themselves with ``--json`` (one a line, for ``jq``). ``--count N`` stops after
-N events. The agent keeps up to 1,000 events for a slow reader, then ends its stream (this
+N events (``tail | head`` ends like ``status | head``: exit 141, no traceback). The
+agent keeps up to 1,000 events for a slow reader, then ends its stream (this
 exits 1 and says so). Ctrl-C ends it (exit 130).
 """
 
@@ -143,9 +144,5 @@ def cmd_tail(args: argparse.Namespace) -> int:
             "  is the agent running? (systemctl status edge-agent); is [api] listen the same?",
         )
         return EX_UNAVAILABLE
-    except BrokenPipeError:
-        # `edge-agent tail | head`: the reader left; not an error of ours.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the exit quiet
-        return EX_OK
     err("edge-agent: the agent closed the event stream (stopping?)")
     return EX_FAIL
