@@ -4,7 +4,11 @@ As :mod:`edge_agent.store.writer` for SQLite: the changes waiting (up to ``max_g
 drainers' progress and admin calls are committed together; a failed group fails its callers
 with :class:`StoreError` and its progress is kept and written again (it is idempotent). In
 fleet mode each change carries the fencing token it was queued with, checked against the lease
-rows in the group's own transaction (:meth:`PgGroupWriter._fence`).
+rows in the group's own transaction (:meth:`PgGroupWriter._fence`). Failed writes count
+against the store's health by the same rules (:class:`~edge_agent.store.health.WriteHealth`,
+"Health" in :mod:`edge_agent.store.writer`), with psycopg's errors as kinds
+(:func:`pg_error_kind`). Booking requests the group's events close are resolved in its
+transaction (:mod:`edge_agent.store.requests`).
 """
 
 from __future__ import annotations
