@@ -34,7 +34,7 @@ from edge_agent.xapi.errors import ConnectionLost, MethodNotFound, PermissionDen
 if TYPE_CHECKING:
     from edge_agent.bookings.state import Step
     from edge_agent.session import DeviceLink
-    from edge_agent.store import Store
+    from edge_agent.store import StoreBackend
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +82,7 @@ class RoomWatch:
         site: str,
         device_id: str,
         policy: occ.OccupancyPolicy,
-        store: Store,
+        store: StoreBackend,
         clock: Clock,
     ) -> None:
         self.site = site

@@ -1,8 +1,8 @@
 """What a store is: the public types and the interface every implementation provides.
 
 :class:`StoreBackend` is what the session, the drainer, the local API and the CLI use; the
-SQLite store (:class:`edge_agent.store.sqlite.SqliteStore`) implements it, and a second
-backend (PostgreSQL) can sit beside it without those callers changing.
+SQLite store (:class:`edge_agent.store.sqlite.SqliteStore`) and the PostgreSQL store
+(:class:`edge_agent.store.postgres.PostgresStore`, fleet mode) both implement all of it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from edge_agent.forward.schedule import OutboxEvent, SinkProgress
 
 if TYPE_CHECKING:
+    from edge_agent.store.occupancy import OccupancyWrite
     from edge_agent.store.requests import BookingRequestRow
 
 Synchronous = Literal["normal", "full"]
@@ -238,3 +239,9 @@ class StoreBackend(Protocol):
     async def record_request(self, uuid: str, room_id: str, request: dict[str, Any]) -> None: ...
     async def resolve_request(self, uuid: str, status: str, outcome: dict[str, Any]) -> None: ...
     async def load_request(self, uuid: str) -> BookingRequestRow | None: ...
+
+    # -- occupancy (edge_agent.store.occupancy) ---------------------------------------------
+    async def save_occupancy(self, change: OccupancyWrite) -> None: ...
+    async def load_occupancy(
+        self, device_id: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]: ...

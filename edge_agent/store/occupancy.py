@@ -55,22 +55,33 @@ class OccupancyWrite:
     bookings: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
 
 
+def interval_rows(w: OccupancyWrite) -> list[tuple[Any, ...]]:
+    """``(device_id, start, end, state, people_max)`` of ``w``'s intervals, closed ones first.
+
+    Both stores write these (the PostgreSQL one in :mod:`edge_agent.store.postgres`)."""
+    rows = [*w.closed, *([w.open] if w.open is not None else [])]
+    return [(w.device_id, r["start"], r["end"], r["state"], int(r["people_max"])) for r in rows]
+
+
+def booking_rows(w: OccupancyWrite) -> list[tuple[Any, ...]]:
+    """``(device_id, booking_id, started_at, ended_at, row JSON)`` of ``w``'s booking tracks."""
+    return [
+        (w.device_id, str(b["booking_id"]), b["started_at"], b["ended_at"], jsoncodec.dumpb(b))
+        for b in w.bookings
+    ]
+
+
+def replaces_open(w: OccupancyWrite) -> bool:
+    """Whether ``w`` replaces the stored open interval (it brings intervals)."""
+    return bool(w.closed) or w.open is not None
+
+
 async def write(conn: aiosqlite.Connection, w: OccupancyWrite) -> None:
     """Apply ``w`` (inside the caller's transaction)."""
-    if w.closed or w.open is not None:
+    if replaces_open(w):
         await conn.execute(DELETE_OPEN, (w.device_id,))
-    rows = [*w.closed, *([w.open] if w.open is not None else [])]
-    await conn.executemany(
-        PUT_INTERVAL,
-        [(w.device_id, r["start"], r["end"], r["state"], int(r["people_max"])) for r in rows],
-    )
-    await conn.executemany(
-        PUT_BOOKING,
-        [
-            (w.device_id, str(b["booking_id"]), b["started_at"], b["ended_at"], jsoncodec.dumpb(b))
-            for b in w.bookings
-        ],
-    )
+    await conn.executemany(PUT_INTERVAL, interval_rows(w))
+    await conn.executemany(PUT_BOOKING, booking_rows(w))
 
 
 async def load(

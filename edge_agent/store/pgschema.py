@@ -60,6 +60,28 @@ MIGRATIONS: tuple[str, ...] = (
         device_id text PRIMARY KEY, member_id text, token bigint NOT NULL,
         acquired_at timestamptz NOT NULL, expires_at timestamptz NOT NULL);
     """,
+    # 2: booking requests made through the agent (SQLite schema 3), kept a day: what
+    # GET /v1/requests/{uuid} answers. Resolved in the transaction that stores the outcome event.
+    """
+    CREATE TABLE edge_booking_request (
+        uuid text PRIMARY KEY, room_id text NOT NULL, status text NOT NULL,
+        created_at double precision NOT NULL, updated_at double precision NOT NULL,
+        request bytea NOT NULL, outcome bytea);
+    CREATE INDEX edge_booking_request_by_age ON edge_booking_request (created_at);
+    """,
+    # 3: what each room saw (SQLite schema 4, edge_agent.store.occupancy). ``start_at`` and
+    # ``end_at`` are SQLite's ``start`` and ``end`` (``end`` is reserved in PostgreSQL).
+    """
+    CREATE TABLE edge_occupancy_interval (
+        device_id text NOT NULL, start_at double precision NOT NULL,
+        end_at double precision, state text NOT NULL, people_max integer NOT NULL,
+        PRIMARY KEY (device_id, start_at));
+    CREATE TABLE edge_occupancy_booking (
+        device_id text NOT NULL, booking_id text NOT NULL,
+        started_at double precision NOT NULL, ended_at double precision, row bytea NOT NULL,
+        PRIMARY KEY (device_id, booking_id, started_at));
+    CREATE INDEX edge_occupancy_booking_open ON edge_occupancy_booking (device_id, ended_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -209,4 +231,43 @@ PURGE_IDS = "DELETE FROM edge_dead_letter WHERE id = ANY(%s) AND (%s::text IS NU
 DROP_OLDEST_DEAD_LETTERS = (
     "DELETE FROM edge_dead_letter WHERE id IN "
     "(SELECT id FROM edge_dead_letter ORDER BY id LIMIT %s)"
+)
+
+# -- booking requests (edge_agent.store.requests) ------------------------------------------------
+
+PUT_BOOKING_REQUEST = (
+    "INSERT INTO edge_booking_request (uuid, room_id, status, created_at, updated_at, request, "
+    "outcome) VALUES (%s, %s, 'pending', %s, %s, %s, NULL)"
+)
+SELECT_BOOKING_REQUEST = (
+    "SELECT room_id, status, created_at, updated_at, request, outcome FROM edge_booking_request "
+    "WHERE uuid = %s"
+)
+# (status, updated_at, outcome, uuid): only a pending request changes; the first outcome wins.
+RESOLVE_BOOKING_REQUEST = (
+    "UPDATE edge_booking_request SET status = %s, updated_at = %s, outcome = %s "
+    "WHERE uuid = %s AND status = 'pending'"
+)
+PRUNE_BOOKING_REQUESTS = "DELETE FROM edge_booking_request WHERE created_at < %s"
+
+# -- occupancy (edge_agent.store.occupancy) ------------------------------------------------------
+
+PUT_INTERVAL = (
+    "INSERT INTO edge_occupancy_interval (device_id, start_at, end_at, state, people_max) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (device_id, start_at) DO UPDATE SET "
+    "end_at = excluded.end_at, state = excluded.state, people_max = excluded.people_max"
+)
+# One open interval per device: a new one closes nothing by itself (the closed row comes first).
+DELETE_OPEN = "DELETE FROM edge_occupancy_interval WHERE device_id = %s AND end_at IS NULL"
+SELECT_OPEN = (
+    "SELECT start_at, end_at, state, people_max FROM edge_occupancy_interval "
+    "WHERE device_id = %s AND end_at IS NULL ORDER BY start_at DESC LIMIT 1"
+)
+PUT_BOOKING = (
+    "INSERT INTO edge_occupancy_booking (device_id, booking_id, started_at, ended_at, row) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (device_id, booking_id, started_at) DO UPDATE SET "
+    "ended_at = excluded.ended_at, row = excluded.row"
+)
+SELECT_UNFINISHED = (
+    "SELECT row FROM edge_occupancy_booking WHERE device_id = %s AND ended_at IS NULL"
 )

@@ -4,7 +4,11 @@ As :mod:`edge_agent.store.writer` for SQLite: the changes waiting (up to ``max_g
 drainers' progress and admin calls are committed together; a failed group fails its callers
 with :class:`StoreError` and its progress is kept and written again (it is idempotent). In
 fleet mode each change carries the fencing token it was queued with, checked against the lease
-rows in the group's own transaction (:meth:`PgGroupWriter._fence`).
+rows in the group's own transaction (:meth:`PgGroupWriter._fence`). Failed writes count
+against the store's health by the same rules (:class:`~edge_agent.store.health.WriteHealth`,
+"Health" in :mod:`edge_agent.store.writer`), with psycopg's errors as kinds
+(:func:`pg_error_kind`). Booking requests the group's events close are resolved in its
+transaction (:mod:`edge_agent.store.requests`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from psycopg_pool import AsyncConnectionPool
 from edge_agent.backoff import Backoff
 from edge_agent.metrics import DEAD_LETTER_DROPPED, EVENTS, OUTBOX_DROPPED
 from edge_agent.store import pgschema as q
-from edge_agent.store.base import StoreError
+from edge_agent.store.base import StoreError, StoreHealth
+from edge_agent.store.health import WriteHealth
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
 
 log = structlog.get_logger(__name__)
@@ -33,6 +38,22 @@ Conn = psycopg.AsyncConnection[Any]
 
 class StaleLease(StoreError):
     """A commit for a room this member no longer holds the lease of (it was not written)."""
+
+
+def pg_error_kind(exc: BaseException) -> str:
+    """The ``kind`` label of ``edge_agent_store_errors`` for a failed write (as SQLite's)."""
+    if isinstance(exc, psycopg.errors.DiskFull | psycopg.errors.OutOfMemory):
+        return "full"
+    if isinstance(exc, psycopg.errors.DataCorrupted | psycopg.errors.IndexCorrupted):
+        return "corrupt"
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        return "readonly"
+    if isinstance(exc, psycopg.errors.IntegrityError):
+        return "conflict"
+    # The server unreachable, a broken connection, no connection from the pool in time.
+    if isinstance(exc, psycopg.OperationalError) or type(exc).__name__ == "PoolTimeout":
+        return "io"
+    return "other"
 
 
 def pg_message(where: str, exc: BaseException) -> str:
@@ -82,6 +103,7 @@ class PgGroupWriter:
         self._held_attempts = 0
         self._held_at = 0.0
         self._writing: list[ProgressOp] = []
+        self._health = WriteHealth(clock, self._log)  # see "Health" in edge_agent.store.writer
         self.failed: str | None = None
         """Why nothing can be written any more (the writer task died), else ``None``."""
         self.outbox_count = 0  # this member's view; the whole fleet's rows are counted at the cap
@@ -95,6 +117,7 @@ class PgGroupWriter:
             self.dead_count = await one(conn, q.DEAD_LETTER_COUNT)
 
     def start(self) -> None:
+        self.health()  # edge_agent_store_healthy starts at 1 for an open store
         self._task = asyncio.create_task(self._write_loop(), name=f"store[{self.where}].writer")
         self._task.add_done_callback(self._done)
 
@@ -159,6 +182,10 @@ class PgGroupWriter:
     def _track(self, fut: asyncio.Future[Any]) -> None:
         self._waiting.add(fut)
         fut.add_done_callback(self._waiting.discard)
+
+    def health(self) -> StoreHealth:
+        """The failing streak now; also sets ``edge_agent_store_healthy``."""
+        return self._health.health()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -227,9 +254,12 @@ class PgGroupWriter:
                 dropped = await self._cap_dead_letters(conn)
         except Exception as exc:  # noqa: BLE001 - the writer survives; the caller gets it
             self.outbox_count, self.dead_count = counts
+            message = pg_message(self.where, exc)
+            self._health.failed(pg_error_kind(exc), message, changes=False)
             if not fut.done():
-                fut.set_exception(StoreError(pg_message(self.where, exc)))
+                fut.set_exception(StoreError(message))
             return
+        self._health.succeeded(changes=False)
         self._report_dead_letter_drop(dropped)
         for ev in self.wakeups.values():
             ev.set()
@@ -267,6 +297,7 @@ class PgGroupWriter:
         except Exception as exc:  # noqa: BLE001 - the writer survives; the callers get it
             self.outbox_count, self.dead_count = counts
             err = StoreError(pg_message(self.where, exc))
+            self._health.failed(pg_error_kind(exc), str(err), changes=bool(changes))
             self._log.error(
                 "store write failed", error=str(err), changes=len(changes), progress=len(progress)
             )
@@ -278,6 +309,7 @@ class PgGroupWriter:
                     op.future.set_exception(err)
             self._hold(progress)
             return
+        self._health.succeeded(changes=bool(changes))
         self._held_attempts = 0
         if stored:
             for seq, device, only_sink in stored:
@@ -363,6 +395,11 @@ class PgGroupWriter:
                 if rows:
                     await cur.executemany(sql, rows)
         now = self._time()
+        # Booking requests these events close, in the transaction that stores the events.
+        resolved = [(st, now, out, u) for ch in changes for u, st, out in ch.request_outcomes]
+        if resolved:
+            async with conn.cursor() as cur:
+                await cur.executemany(q.RESOLVE_BOOKING_REQUEST, resolved)
         events = [(ch.device_id, e) for ch in changes for e in ch.events]
         if not events:
             return []

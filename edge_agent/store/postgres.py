@@ -31,10 +31,12 @@ from psycopg_pool import AsyncConnectionPool
 from edge_agent import jsoncodec
 from edge_agent.forward.schedule import OutboxEvent, RetryState, SinkProgress
 from edge_agent.metrics import DEAD_LETTERS, OUTBOX_DEPTH, OUTBOX_OLDEST_AGE, PENDING_REQUESTS
+from edge_agent.store import occupancy
 from edge_agent.store import pgschema as q
-from edge_agent.store.base import Change, PendingRow, StoreError
+from edge_agent.store.base import Change, PendingRow, StoreError, StoreHealth
 from edge_agent.store.pgwriter import Conn, PgGroupWriter, StaleLease, one, pg_message
 from edge_agent.store.plan import ProgressOp, prepare, stream_seqs
+from edge_agent.store.requests import KEEP_S, BookingRequestRow, row_from_db
 
 log = structlog.get_logger(__name__)
 
@@ -124,6 +126,15 @@ class PostgresStore:
     def failed(self) -> str | None:
         """Why the store cannot write any more (its writer died), else ``None``."""
         return self._writer.failed
+
+    def health(self) -> StoreHealth:
+        """Whether writes get in now (the rules of "Health" in :mod:`edge_agent.store.writer`)."""
+        return self._writer.health()
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why writes are not getting in (``/readyz``, ``STATUS=``), else ``None``."""
+        return self._writer.health().problem
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -526,6 +537,70 @@ class PostgresStore:
                 await conn.execute(stmt, (device_id,))
 
         await self._writer.call(forget)
+
+    # -- booking requests made through the agent (edge_agent.store.requests) ----------------
+
+    async def record_request(self, uuid: str, room_id: str, request: dict[str, Any]) -> None:
+        """Store a new pending request (before it is sent); requests older than a day go.
+
+        Raises:
+            StoreError: the write failed, or ``uuid`` is already taken.
+        """
+        now = self._time()
+        body = jsoncodec.dumpb(request)
+
+        async def put(conn: Conn) -> None:
+            await conn.execute(q.PRUNE_BOOKING_REQUESTS, (now - KEEP_S,))
+            try:
+                await conn.execute(q.PUT_BOOKING_REQUEST, (uuid, room_id, now, now, body))
+            except psycopg.errors.UniqueViolation:
+                raise StoreError(f"booking request {uuid} already exists") from None
+
+        await self._writer.call(put)
+
+    async def resolve_request(self, uuid: str, status: str, outcome: dict[str, Any]) -> None:
+        """Close a pending request that no device event will close (the send failed)."""
+        args = (status, self._time(), jsoncodec.dumpb(outcome), uuid)
+
+        async def resolve(conn: Conn) -> None:
+            await conn.execute(q.RESOLVE_BOOKING_REQUEST, args)
+
+        await self._writer.call(resolve)
+
+    async def load_request(self, uuid: str) -> BookingRequestRow | None:
+        """The stored request ``uuid`` (kept a day), or ``None``."""
+        rows = await self._fetch(q.SELECT_BOOKING_REQUEST, (uuid,))
+        return row_from_db(uuid, tuple(rows[0])) if rows else None
+
+    # -- occupancy (edge_agent.store.occupancy) -------------------------------------------------
+
+    async def save_occupancy(self, change: occupancy.OccupancyWrite) -> None:
+        """Write one device's occupancy rows in their own transaction; return once durable."""
+
+        async def save(conn: Conn) -> None:
+            async with conn.cursor() as cur:
+                if occupancy.replaces_open(change):
+                    await cur.execute(q.DELETE_OPEN, (change.device_id,))
+                for sql, rows in (
+                    (q.PUT_INTERVAL, occupancy.interval_rows(change)),
+                    (q.PUT_BOOKING, occupancy.booking_rows(change)),
+                ):
+                    if rows:
+                        await cur.executemany(sql, rows)
+
+        await self._writer.call(save)
+
+    async def load_occupancy(
+        self, device_id: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The open occupancy interval and the unfinished booking tracks of ``device_id``."""
+        rows = await self._fetch(q.SELECT_OPEN, (device_id,))
+        open_row = None
+        if rows:
+            start, end, state, people_max = rows[0]
+            open_row = {"start": start, "end": end, "state": state, "people_max": people_max}
+        found = await self._fetch(q.SELECT_UNFINISHED, (device_id,))
+        return open_row, [jsoncodec.loads(r[0]) for r in found]
 
 
 __all__ = ["PostgresStore", "StaleLease", "describe", "migrate"]

@@ -82,20 +82,11 @@ import aiosqlite
 import structlog
 
 from edge_agent.backoff import Backoff
-from edge_agent.metrics import (
-    DEAD_LETTER_DROPPED,
-    EVENTS,
-    OUTBOX_DROPPED,
-    STORE_ERRORS,
-    STORE_HEALTHY,
-)
+from edge_agent.metrics import DEAD_LETTER_DROPPED, EVENTS, OUTBOX_DROPPED
 from edge_agent.store import schema
-from edge_agent.store.base import (
-    UNREADY_AFTER_FAILURES,
-    StoreError,
-    StoreHealth,
-)
+from edge_agent.store.base import StoreError, StoreHealth
 from edge_agent.store.calendar import write_calendars
+from edge_agent.store.health import WriteHealth
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
 
 log = structlog.get_logger(__name__)
@@ -193,11 +184,8 @@ class GroupWriter:
         self._held_at = 0.0  # loop time of the next try on its own
         self._held_backoff = PROGRESS_RETRY
         self._writing: list[ProgressOp] = []  # the group's progress while its write runs
-        # The failing streak (see "Health"): since when (store clock), how many, the last error.
-        self._failures = 0
-        self._failing_since = 0.0
-        self._changes_failing = False
-        self._last_error: tuple[str, str] | None = None  # (kind, message)
+        # The failing streak (see "Health"), kept as the PostgreSQL writer keeps it.
+        self._health = WriteHealth(clock, self._log)
         self._checkpoint_due = False
         self._wal = Path(f"{path}-wal")
         self._wal_size_limit = wal_size_limit
@@ -286,44 +274,14 @@ class GroupWriter:
 
     def health(self) -> StoreHealth:
         """The failing streak now; also sets ``edge_agent_store_healthy``."""
-        if not self._failures or self._last_error is None:
-            STORE_HEALTHY.set(1)
-            return StoreHealth()
-        kind, error = self._last_error
-        h = StoreHealth(self._failures, max(0.0, self._time() - self._failing_since), kind, error)
-        STORE_HEALTHY.set(1 if h.healthy else 0)
-        return h
+        return self._health.health()
 
     def _write_failed(self, exc: BaseException, message: str, *, changes: bool) -> None:
-        kind = error_kind(exc)
-        STORE_ERRORS.labels(kind=kind).inc()
-        if not self._failures:
-            self._failing_since = self._time()
-        self._failures += 1
-        self._changes_failing = self._changes_failing or changes
-        self._last_error = (kind, message)
-        if self._failures == UNREADY_AFTER_FAILURES:
-            self._log.error(
-                "store writes keep failing: the agent reports not ready until they succeed",
-                error=message,
-                kind=kind,
-                failures=self._failures,
-            )
-        self.health()
+        self._health.failed(error_kind(exc), message, changes=changes)
 
     def _write_succeeded(self, *, changes: bool) -> None:
-        if not self._failures or (self._changes_failing and not changes):
-            return
-        self._log.info(
-            "store writes succeed again",
-            failures=self._failures,
-            failing_for_s=round(self._time() - self._failing_since, 1),
-        )
-        self._failures = 0
-        self._changes_failing = False
-        self._last_error = None
-        self._checkpoint_due = True  # give back the WAL space the streak may have grown
-        STORE_HEALTHY.set(1)
+        if self._health.succeeded(changes=changes):
+            self._checkpoint_due = True  # give back the WAL space the streak may have grown
 
     async def _checkpoint(self) -> None:
         """``wal_checkpoint(TRUNCATE)`` after a failing streak, or with an oversized WAL."""

@@ -7,11 +7,15 @@ stay in that implementation's test modules.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from edge_agent.forward.schedule import DeliverySchedule
-from edge_agent.store import Change, PendingRow, StoreError
+from edge_agent.store import Change, PendingRow, StoreError, StoreHealth
+from edge_agent.store.base import UNREADY_AFTER_FAILURES, UNREADY_AFTER_S
+from edge_agent.store.occupancy import OccupancyWrite
+from edge_agent.store.requests import KEEP_S
 from tests.store.backends import Backend
 from tests.store.outbox import drain_all, env, next_batches
 
@@ -252,3 +256,179 @@ async def test_closed_store_refuses_work(backend: Backend) -> None:
     with pytest.raises(StoreError):
         await s.commit(Change("d", events=[env("d", 0)]))
     await s.close()  # twice is harmless
+
+
+# -- health: failing writes count against readiness, with the same rule on both -----------------
+
+
+class FakeClock:
+    """Unix seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_failing_writes_make_the_store_unhealthy_until_one_gets_in(
+    backend: Backend,
+) -> None:
+    clock = FakeClock()
+    store = await backend.open(clock=clock)
+    assert store.health() == StoreHealth() and store.unhealthy is None
+    await store.record_request("u1", "room-1", {"title": "x"})
+    # A write the database refuses (the uuid is taken) is a failed write, on either backend.
+    for i in range(UNREADY_AFTER_FAILURES):
+        assert store.unhealthy is None  # fewer than the bound: may be a hiccup
+        with pytest.raises(StoreError, match="already exists"):
+            await store.record_request("u1", "room-1", {"title": "again"})
+        clock.now += 1
+    h = store.health()
+    assert (h.failures, h.failing_for_s, h.kind) == (UNREADY_AFTER_FAILURES, 3.0, "other")
+    problem = store.unhealthy
+    assert problem is not None and problem.startswith("store writes failing for 3 s (3 in a row)")
+    assert "booking request u1 already exists" in problem
+    assert not h.restart_helps  # not yet WATCHDOG_AFTER_S
+    await store.commit(Change("d", events=[env("d", 1)]))  # a write that gets in ends it
+    assert store.health() == StoreHealth() and store.unhealthy is None
+
+
+async def test_one_failure_lasting_long_enough_is_unhealthy(backend: Backend) -> None:
+    clock = FakeClock()
+    store = await backend.open(clock=clock)
+    await store.record_request("u1", "room-1", {})
+    with pytest.raises(StoreError):
+        await store.record_request("u1", "room-1", {})
+    assert store.unhealthy is None
+    clock.now += UNREADY_AFTER_S
+    assert store.unhealthy is not None
+    await store.flush()  # a write without changes ends a streak of failed calls too
+    assert store.unhealthy is None
+
+
+# -- booking requests made through the agent -----------------------------------------------------
+
+
+def closing(device: str, n: int, type_: str, uuid: str) -> dict[str, Any]:
+    e = env(device, n, type_)
+    if type_ == "booking.created":
+        e["data"]["booking"] = {"id": f"b{n}", "meeting_id": "m1", "booking_request_uuid": uuid}
+    else:
+        e["data"] |= {"booking_request_uuid": uuid, "cause": "conflict"}
+    return e
+
+
+async def test_a_request_is_resolved_with_the_event_that_closes_it(backend: Backend) -> None:
+    clock = FakeClock()
+    store = await backend.open(clock=clock)
+    t0 = clock.now
+    await store.record_request("u1", "room-1", {"title": "standup"})
+    row = await store.load_request("u1")
+    assert row is not None
+    assert (row.uuid, row.room_id, row.status, row.created_at, row.updated_at) == (
+        "u1",
+        "room-1",
+        "pending",
+        t0,
+        t0,
+    )
+    assert row.request == {"title": "standup"} and row.outcome is None
+    assert await store.load_request("nope") is None
+    clock.now += 5
+    await store.commit(Change("room-1", events=[closing("room-1", 1, "booking.created", "u1")]))
+    row = await store.load_request("u1")
+    assert row is not None and row.status == "created" and row.updated_at == t0 + 5
+    assert row.outcome is not None
+    assert (row.outcome["event_id"], row.outcome["booking_id"]) == ("room-1-1", "b1")
+    # The first outcome wins: a later failure (or a resolve) changes nothing.
+    await store.commit(Change("room-1", events=[closing("room-1", 2, "booking.failed", "u1")]))
+    await store.resolve_request("u1", "failed", {"cause": "send failed"})
+    row = await store.load_request("u1")
+    assert row is not None and row.status == "created"
+    # The outcome event itself was stored with it.
+    events = await drain_all(store)  # type: ignore[arg-type]
+    assert [e.event_id for e in events] == ["room-1-1", "room-1-2"]
+
+
+async def test_a_request_no_event_closes_is_resolved_by_hand(backend: Backend) -> None:
+    store = await backend.open()
+    await store.record_request("u2", "room-1", {})
+    await store.resolve_request("u2", "failed", {"cause": "device unreachable"})
+    row = await store.load_request("u2")
+    assert row is not None and row.status == "failed"
+    assert row.outcome == {"cause": "device unreachable"}
+
+
+async def test_a_refused_commit_resolves_no_request(backend: Backend) -> None:
+    store = await backend.open()
+    await store.record_request("u3", "room-1", {})
+    bad = closing("room-1", 1, "booking.failed", "u3")
+    with pytest.raises(ValueError):
+        await store.commit(Change("room-1", events=[bad, {"type": "x", "data": {}}]))
+    row = await store.load_request("u3")
+    assert row is not None and row.status == "pending"
+
+
+async def test_requests_older_than_a_day_are_pruned(backend: Backend) -> None:
+    clock = FakeClock()
+    store = await backend.open(clock=clock)
+    await store.record_request("old", "room-1", {})
+    clock.now += KEEP_S / 2
+    await store.record_request("mid", "room-1", {})
+    clock.now += KEEP_S / 2 + 1  # "old" is past a day now, "mid" is not
+    await store.record_request("new", "room-1", {})
+    assert await store.load_request("old") is None
+    assert await store.load_request("mid") is not None
+    assert await store.load_request("new") is not None
+
+
+async def test_requests_survive_a_restart(backend: Backend) -> None:
+    store = await backend.open()
+    await store.record_request("u4", "room-1", {"title": "kept"})
+    await store.close()
+    again = await backend.open()
+    row = await again.load_request("u4")
+    assert row is not None and row.request == {"title": "kept"}
+
+
+# -- occupancy intervals -------------------------------------------------------------------------
+
+
+async def test_occupancy_save_and_load(backend: Backend) -> None:
+    store = await backend.open()
+    assert await store.load_occupancy("room-1") == (None, [])
+    track = {"booking_id": "b1", "started_at": 100.0, "ended_at": None, "people": 3}
+    await store.save_occupancy(
+        OccupancyWrite(
+            "room-1",
+            closed=[{"start": 0.0, "end": 50.0, "state": "empty", "people_max": 0}],
+            open={"start": 50.0, "end": None, "state": "occupied", "people_max": 2},
+            bookings=[track, {"booking_id": "b0", "started_at": 0.0, "ended_at": 40.0}],
+        )
+    )
+    opened, tracks = await store.load_occupancy("room-1")
+    assert opened == {"start": 50.0, "end": None, "state": "occupied", "people_max": 2}
+    assert tracks == [track]  # finished tracks are not loaded
+    assert await store.load_occupancy("room-2") == (None, [])
+    # The open interval closes and a new one opens; the track ends.
+    await store.save_occupancy(
+        OccupancyWrite(
+            "room-1",
+            closed=[{"start": 50.0, "end": 80.0, "state": "occupied", "people_max": 4}],
+            open={"start": 80.0, "end": None, "state": "empty", "people_max": 0},
+            bookings=[{**track, "ended_at": 90.0}],
+        )
+    )
+    await store.close()
+    again = await backend.open()
+    assert await again.load_occupancy("room-1") == (
+        {"start": 80.0, "end": None, "state": "empty", "people_max": 0},
+        [],
+    )
+    # Bookings alone leave the open interval where it is.
+    b2 = {"booking_id": "b2", "started_at": 85.0, "ended_at": None}
+    await again.save_occupancy(OccupancyWrite("room-1", bookings=[b2]))
+    opened, tracks = await again.load_occupancy("room-1")
+    assert opened is not None and opened["start"] == 80.0
+    assert [t["booking_id"] for t in tracks] == ["b2"]
