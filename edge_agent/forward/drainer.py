@@ -98,6 +98,9 @@ class Drainer:
         self._stats = SinkStats()
         self._stopped_reason: str | None = None
         self._log = log.bind(sink=sink.name)
+        # The labelled children of the per-batch metrics, looked up once.
+        self._delivered_ok = DELIVERIES.labels(sink=sink.name, result="ok")
+        self._latency = DELIVERY_LATENCY.labels(sink=sink.name)
 
     # -- state for the local API --------------------------------------------------------------
 
@@ -249,8 +252,8 @@ class Drainer:
         n = len(batch)
         if isinstance(outcome, Delivered):
             self._stats.delivered += n
-            DELIVERIES.labels(sink=name, result="ok").inc(n)
-            hist = DELIVERY_LATENCY.labels(sink=name)
+            self._delivered_ok.inc(n)
+            hist = self._latency
             for e in batch:
                 observed = e.created_at if e.observed_at is None else e.observed_at
                 hist.observe(max(0.0, now - observed))

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -353,9 +353,10 @@ class GroupWriter:
                 for d, top in new_devices.items():
                     self.stored(sink, d, top)
                 self.wakeups[sink].set()
+        # One labelled-child lookup per type and group, not per event.
+        for etype, n in Counter(e.type for ch in changes for e in ch.events).items():
+            EVENTS.labels(type=etype).inc(n)
         for ch in changes:
-            for e in ch.events:
-                EVENTS.labels(type=e.type).inc()
             if not ch.future.done():
                 ch.future.set_result(None)
         for op in progress:

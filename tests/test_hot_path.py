@@ -1,0 +1,98 @@
+"""The hot path's shortcuts keep the semantics they replace (issue 17).
+
+- ``plan.observed_at`` reads ``data.observed_at`` without ``parse_utc``: same seconds, same
+  ``None`` for what it cannot read.
+- The group writer runs a whole transaction in one call on the connection's thread: a group
+  is still all or nothing (a failing group stores none of its rows and the writer goes on),
+  and the event counter still counts every event, by type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.clock import parse_utc
+from edge_agent.metrics import EVENTS
+from edge_agent.store import Change, Store, StoreError
+from edge_agent.store.plan import observed_at
+from tests.store.outbox import drain_all, env
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-23T09:00:00.123Z",
+        "2026-11-23T09:00:00Z",
+        "2026-11-23T10:00:00.5+01:00",
+        "2026-11-23T09:00:00",  # naive: read as UTC, as parse_utc does
+        "2026-03-29T01:59:59.999-07:00",
+    ],
+)
+def test_observed_at_matches_parse_utc(text: str) -> None:
+    assert observed_at({"data": {"observed_at": text}}) == parse_utc(text).timestamp()
+
+
+@pytest.mark.parametrize("value", ["", "yesterday", "2026-13-01T00:00:00Z", 12.5, None])
+def test_observed_at_is_none_for_what_it_cannot_read(value: object) -> None:
+    assert observed_at({"data": {"observed_at": value}}) is None
+    assert observed_at({"data": "not a dict"}) is None
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "agent.db")
+    yield s
+    await s.close()
+
+
+def counted(etype: str) -> float:
+    return float(EVENTS.labels(type=etype)._value.get())
+
+
+async def test_grouped_commits_count_every_event_by_type(store: Store) -> None:
+    before = counted("booking.started"), counted("booking.ended")
+    await asyncio.gather(
+        *(
+            store.commit(
+                Change(
+                    f"d{i % 7}",
+                    events=[
+                        env(f"d{i % 7}", 2 * i, "booking.started"),
+                        env(f"d{i % 7}", 2 * i + 1, "booking.ended"),
+                    ],
+                )
+            )
+            for i in range(300)
+        )
+    )
+    assert counted("booking.started") - before[0] == 300
+    assert counted("booking.ended") - before[1] == 300
+    events = await drain_all(store)
+    assert len(events) == 600
+    for d in range(7):  # in commit order per device
+        ns = [e.envelope["data"]["n"] for e in events if e.device_id == f"d{d}"]
+        assert ns == sorted(ns)
+
+
+async def test_a_failed_group_stores_none_of_its_rows_and_the_next_one_lands(
+    tmp_path: Path,
+) -> None:
+    s = await Store.open(tmp_path / "a.db")
+    try:
+        await s.commit(Change("d", events=[env("d", 0)]))
+        pages = next(iter(await s._wconn.execute_fetchall("PRAGMA page_count")))[0]
+        await s._wconn.execute(f"PRAGMA max_page_count={pages}")  # the disk is "full"
+        big = {f"k{i}": {"blob": "x" * 2000} for i in range(50)}
+        with pytest.raises(StoreError, match="full"):
+            await s.commit(Change("d", window_upsert=big, events=[env("d", 1)]))
+        await s._wconn.execute("PRAGMA max_page_count=1073741823")
+        assert await s.load_window("d") == {}  # nothing of the failed group
+        await s.commit(Change("d", events=[env("d", 2)]))
+        ns = [e.envelope["data"]["n"] for e in await drain_all(s)]
+        assert ns == [0, 2]
+    finally:
+        await s.close()
