@@ -2,6 +2,9 @@
 
 - ``plan.observed_at`` reads ``data.observed_at`` without ``parse_utc``: same seconds, same
   ``None`` for what it cannot read.
+- The drainer makes devices backing off from a ``Retry`` due once another device got through
+  after retries (the receiver is back), never earlier than their ``Retry-After``; a ``Reject``
+  keeps its backoff.
 - The group writer runs a whole transaction in one call on the connection's thread: a group
   is still all or nothing (a failing group stores none of its rows and the writer goes on),
   and the event counter still counts every event, by type.
@@ -10,12 +13,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from edge_agent.backoff import Backoff
 from edge_agent.clock import parse_utc
+from edge_agent.forward.base import Delivered, Outcome, OutboxEvent, Reject, Retry
+from edge_agent.forward.drainer import Drainer
 from edge_agent.metrics import EVENTS
 from edge_agent.store import Change, Store, StoreError
 from edge_agent.store.plan import observed_at
@@ -96,3 +103,94 @@ async def test_a_failed_group_stores_none_of_its_rows_and_the_next_one_lands(
         assert ns == [0, 2]
     finally:
         await s.close()
+
+
+# -- the drainer: a receiver that is back makes the devices backing off due -------------------
+
+
+class ScriptedSink:
+    """Answers each device's sends from its script (then Delivered); records what it saw."""
+
+    name = "webhook"
+    max_batch = 20
+
+    def __init__(self, script: dict[str, list[Outcome]]) -> None:
+        self.script = script
+        self.sent: list[tuple[str, float]] = []  # (device, fake time)
+        self.clock = 1000.0
+
+    async def run(self) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return True
+
+    async def send(self, events: Sequence[OutboxEvent]) -> Outcome:
+        device = events[0].device_id
+        self.sent.append((device, self.clock))
+        todo = self.script.get(device, [])
+        return todo.pop(0) if todo else Delivered()
+
+    async def close(self) -> None:
+        return None
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+async def run_drainer(store: Store, sink: ScriptedSink) -> AsyncIterator[Drainer]:
+    slow = Backoff(initial=30.0, maximum=300.0, factor=2.0, jitter=0.0)
+    drainer = Drainer(store, sink, backoff=slow, clock=lambda: sink.clock)
+    task = asyncio.create_task(drainer.run(), name="test.drainer")
+    try:
+        yield drainer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize("retry_after", [None, 100.0])
+async def test_a_device_through_after_retries_makes_the_others_due(
+    store: Store, retry_after: float | None
+) -> None:
+    sink = ScriptedSink(
+        {"a": [Retry("503")], "b": [Retry("503", retry_after=retry_after)]}
+    )
+    async with contextlib.asynccontextmanager(run_drainer)(store, sink) as drainer:
+        await store.commit(Change("a", events=[env("a", 0)]))
+        await until(lambda: "a" in drainer.retrying())  # a: due at 1030
+        sink.clock = 1020.0
+        await store.commit(Change("b", events=[env("b", 0)]))
+        await until(lambda: "b" in drainer.retrying())  # b: due at 1050 (1120: Retry-After)
+        assert drainer.retrying()["b"]["next_attempt_at"] == 1020.0 + (retry_after or 30.0)
+        sink.clock = 1031.0
+        await store.commit(Change("c", events=[env("c", 0)]))  # wakes the drainer
+        await until(lambda: drainer.stats().delivered >= 2)  # c, and a (due) got through
+        if retry_after is None:
+            await until(lambda: drainer.stats().delivered == 3)
+            assert ("b", 1031.0) in sink.sent  # at once, not at 1050
+            assert drainer.retrying() == {}
+        else:
+            await until(lambda: ("a", 1031.0) in sink.sent)
+            # The receiver's Retry-After still holds: b is due at 1120, no earlier.
+            assert drainer.retrying()["b"]["next_attempt_at"] == 1120.0
+
+
+async def test_a_rejected_device_is_not_made_due_by_another_ones_recovery(store: Store) -> None:
+    sink = ScriptedSink({"a": [Retry("503")], "b": [Reject("400 bad", status=400)]})
+    async with contextlib.asynccontextmanager(run_drainer)(store, sink) as drainer:
+        await store.commit(Change("a", events=[env("a", 0)]))
+        await until(lambda: "a" in drainer.retrying())
+        sink.clock = 1020.0
+        await store.commit(Change("b", events=[env("b", 0)]))
+        await until(lambda: "b" in drainer.retrying())  # b: due at 1050
+        due_b = drainer.retrying()["b"]["next_attempt_at"]
+        sink.clock = 1031.0
+        await store.commit(Change("c", events=[env("c", 0)]))
+        await until(lambda: ("a", 1031.0) in sink.sent)
+        await until(lambda: drainer.stats().delivered >= 2)
+        assert drainer.retrying()["b"]["next_attempt_at"] == due_b  # a 4xx keeps its backoff
