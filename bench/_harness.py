@@ -377,6 +377,8 @@ class Rig:
                 str(control),
                 "--ready-file",
                 str(sim_ready),
+                "--user",
+                USERNAME,
                 "--password",
                 PASSWORD,
                 "--log-level",

@@ -18,6 +18,7 @@ from .calendar import parse_time
 from .control import ControlServer
 from .faultspec import parse_fault_spec
 from .fleet import DeviceFleet, SimConfig
+from .occupancy import SensingSettings
 
 log = logging.getLogger("device_sim")
 
@@ -26,22 +27,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="device-sim",
         description="Simulate Cisco RoomOS devices speaking xAPI over WebSocket (Bookings).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--devices", type=int, default=1, help="how many devices (default 1)")
+    p.add_argument("--devices", type=int, default=1, help="how many devices")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8443, help="port of device 0; device k on P+k")
-    p.add_argument("--user", default="admin", help="the device's admin user")
+    # The agent's default user name ([defaults] username), so the two work together as they come.
+    p.add_argument("--user", default="edge-agent", help="the device's local user")
     p.add_argument(
         "--password",
-        default=os.environ.get("DEVICE_SIM_PASSWORD", "secret"),
-        help="its password (default: $DEVICE_SIM_PASSWORD or 'secret')",
+        # SUPPRESS: the help must not print a password taken from the environment.
+        default=argparse.SUPPRESS,
+        help="its password (default: $DEVICE_SIM_PASSWORD, else 'secret')",
     )
     p.add_argument("--http", action="store_true", help="serve ws:// instead of wss://")
     p.add_argument(
         "--https-only", action="store_true", help="with --http: refuse upgrades with 401"
     )
     p.add_argument("--mode", choices=("local", "hybrid"), default="local")
-    p.add_argument("--profile", choices=("modern", "legacy"), default="modern")
+    p.add_argument("--profile", choices=("current", "modern", "legacy"), default="modern")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--time-zone", default="Etc/UTC", help="IANA zone of every device")
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm-delay", type=float, default=5.0, help="hybrid confirmation, s")
     p.add_argument("--booking-timeout", type=int, default=60, help="BookingTimeout, 60..300 s")
     p.add_argument("--generate", action="store_true", help="fill calendars with an office day")
-    p.add_argument("--cert", help="PEM certificate (default: self-signed, made at start)")
+    p.add_argument("--cert", help="PEM certificate (none: a self-signed one made at start)")
     p.add_argument("--key", help="PEM private key for --cert")
     p.add_argument("--control-port", type=int, help="serve the control API on 127.0.0.1:PORT")
     p.add_argument(
@@ -59,6 +63,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="inject a fault at start, e.g. malformed:every=10 or reboot:after=20,device=3",
     )
+    p.add_argument(
+        "--device-profile",
+        action="append",
+        default=[],
+        metavar="K=PROFILE",
+        help="device K runs another software profile (current, modern, legacy)",
+    )
+    p.add_argument(
+        "--counting-off",
+        action="append",
+        type=int,
+        default=[],
+        metavar="K",
+        help="device K has RoomAnalytics PeopleCountOutOfCall Off (PeopleCount Current -1)",
+    )
+    p.add_argument(
+        "--presence-off",
+        action="append",
+        type=int,
+        default=[],
+        metavar="K",
+        help="device K has RoomAnalytics PeoplePresenceDetector Off (PeoplePresence Unknown)",
+    )
+    p.add_argument(
+        "--extra-user",
+        action="append",
+        default=[],
+        metavar="USER:PASSWORD:ROLE",
+        help="another device user, e.g. kiosk:pw:RoomControl (a role without RoomAnalytics)",
+    )
+    p.add_argument("--attendance", type=float, default=0.8, help="P(a booking's people come)")
+    p.add_argument("--walkins", type=float, default=0.1, help="P(a walk-in) per hour")
+    p.add_argument("--no-jitter", action="store_true", help="a head count that does not jitter")
     p.add_argument("--ready-file", help="write JSON (ports, cert fingerprint) once listening")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -90,6 +127,20 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
             parse_fault_spec(spec)
         except ValueError as exc:
             raise SystemExit(f"device-sim: --fault: {exc}") from None
+    profiles: dict[int, str] = {}
+    for spec in args.device_profile:
+        k, _, name = spec.partition("=")
+        if not k.isdigit() or name not in ("current", "modern", "legacy"):
+            raise SystemExit(f"device-sim: --device-profile {spec!r}: want K=current|modern|legacy")
+        profiles[int(k)] = name
+    users: dict[str, tuple[str, str]] = {}
+    for spec in args.extra_user:
+        parts = spec.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise SystemExit(f"device-sim: --extra-user {spec!r}: want USER:PASSWORD:ROLE")
+        users[parts[0]] = (parts[1], parts[2])
+    if not (0 <= args.attendance <= 1 and 0 <= args.walkins <= 1):
+        raise SystemExit("device-sim: --attendance and --walkins are probabilities (0..1)")
     start: datetime | None = None
     if args.start:
         try:
@@ -103,7 +154,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         http=args.http,
         https_only=args.https_only,
         username=args.user,
-        password=args.password,
+        password=getattr(args, "password", None)
+        or os.environ.get("DEVICE_SIM_PASSWORD")
+        or "secret",
         mode=args.mode,
         profile=args.profile,
         speed=args.speed,
@@ -116,6 +169,13 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         key_file=args.key,
         generate_day=args.generate,
         faults=list(args.fault),
+        profiles=profiles,
+        users=users,
+        counting_off=frozenset(args.counting_off),
+        presence_off=frozenset(args.presence_off),
+        sensing=SensingSettings(
+            attendance=args.attendance, walkin_per_hour=args.walkins, jitter=not args.no_jitter
+        ),
     )
 
 

@@ -24,6 +24,10 @@ Routes (JSON in, JSON out; ``{k}`` is a device index or ``all``):
 - ``POST /devices/{k}/calendar/request`` ``{"duration_min": 30, "start": "...Z"?, "title": "",
   "uuid": "..."?}`` (someone books on the touch panel) -> ``{"BookingRequestUUID": ...}``
 - ``POST /devices/{k}/calendar/decline_next`` ``{"n": 1}``
+- ``POST /devices/{k}/occupancy`` ``{"people_count": 3}`` forces the head count (presence
+  follows at once), ``{"clear": true}`` returns to the calendar-driven model, ``{"counting":
+  false}`` / ``{"presence_detector": false}`` switch ``RoomAnalytics PeopleCountOutOfCall`` /
+  ``PeoplePresenceDetector``; answers the device's ``Status RoomAnalytics``
 - ``GET  /clock`` -> ``{"now": "...Z", "speed": x, "unix": seconds.fraction}``; ``POST /clock``
   ``{"advance_s": x}`` (same answer)
 - ``POST /devices/{k}/flood`` ``{"rate": 5, "duration_s": 20, "bookings": 40?, "trace": false}``
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -339,6 +344,31 @@ def make_app(fleet: DeviceFleet) -> web.Application:
             except (KeyError, ValueError, TypeError) as exc:
                 return web.json_response({"error": f"bad request: {exc!r}"}, status=400)
         return web.json_response({"ok": True, "results": results})
+
+    @routes.post("/devices/{k}/occupancy")
+    async def occupancy(request: web.Request) -> web.Response:
+        body = await _body(request)
+        out = []
+        for device in _targets(fleet, request.match_info["k"]):
+            try:
+                count = body.get("people_count")
+                device.calendar.people(
+                    None if count is None else int(count),
+                    clear=bool(body.get("clear", False)),
+                    counting=None if "counting" not in body else bool(body["counting"]),
+                    presence_detector=(
+                        None
+                        if "presence_detector" not in body
+                        else bool(body["presence_detector"])
+                    ),
+                )
+            except (TypeError, ValueError) as exc:
+                raise web.HTTPBadRequest(
+                    text=json.dumps({"error": str(exc)}), content_type="application/json"
+                ) from None
+            now = device.clock.now()
+            out.append(device.core.status_tree(now)["RoomAnalytics"])
+        return web.json_response(out[0] if len(out) == 1 else out)
 
     @routes.get("/clock")
     async def clock_get(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ import orjson
 
 from . import rpc, tree
 from .calendar import Booking, Calendar, CalendarError, CalendarMode, Organizer, parse_time, utc_iso
+from .occupancy import RoomSensing, SensingSettings
 from .profiles import Param, Profile, get_profile
 from .rpc import Outgoing, RpcError
 from .tree import Path
@@ -49,6 +50,9 @@ class DeviceSettings:
     http_mode: str = "HTTPS"
     seed: int = 0
     max_subscriptions: int = 50
+    sensing: SensingSettings = field(default_factory=SensingSettings)
+    counting: bool = True  # Configuration RoomAnalytics PeopleCountOutOfCall On
+    presence_detector: bool = True  # Configuration RoomAnalytics PeoplePresenceDetector On
 
 
 @dataclass(eq=False, slots=True)
@@ -121,7 +125,13 @@ class DeviceCore:
                 "Websocket": "FollowHTTPService",
             },
             "Time": {"Zone": settings.time_zone},
+            "RoomAnalytics": {
+                "PeopleCountOutOfCall": "On" if settings.counting else "Off",
+                "PeoplePresenceDetector": "On" if settings.presence_detector else "Off",
+            },
         }
+        self.sensing = RoomSensing(settings.seed, settings.sensing)
+        self._sensing_due: datetime | None = None
         self.booted_at = now
         self.ready = True
         self.sync_required = False
@@ -137,15 +147,38 @@ class DeviceCore:
 
     def _watched_status(self, now: datetime) -> dict[Path, Any]:
         status, stamp, current = self.calendar.availability(now)
-        booking = self.calendar.bookings.get(current) if current else None
-        people = (int(booking.id) * 7 + 3) % 8 + 1 if booking and booking.id.isdigit() else 0
         return {
             ("Status", "Bookings", "Availability", "Status"): status,
             ("Status", "Bookings", "Availability", "TimeStamp"): stamp,
             ("Status", "Bookings", "Current", "Id"): current,
-            ("Status", "RoomAnalytics", "PeopleCount", "Current"): people if booking else 0,
-            ("Status", "RoomAnalytics", "PeoplePresence"): "Yes" if booking else "No",
+            **self._room_analytics(now),
         }
+
+    def _room_analytics(self, now: datetime) -> dict[Path, Any]:
+        """``Status RoomAnalytics`` as the configuration lets the device report it (see
+        ``device_sim.occupancy``); remembers when it may change next for the scheduler."""
+        visits = self.sensing.visits(self.calendar.bookings.values(), now)
+        self._sensing_due = self.sensing.next_change(visits, now)
+        ra = self.config["RoomAnalytics"]
+        people = self.sensing.people(visits, now)
+        present = self.sensing.present(visits, now)
+        out: dict[Path, Any] = {
+            ("Status", "RoomAnalytics", "PeopleCount", "Current"): (
+                people if ra["PeopleCountOutOfCall"] == "On" else -1
+            ),
+            ("Status", "RoomAnalytics", "PeoplePresence"): (
+                ("Yes" if present else "No") if ra["PeoplePresenceDetector"] == "On" else "Unknown"
+            ),
+        }
+        if self.profile.has_status("RoomAnalytics RoomInUse"):
+            in_use = self.sensing.in_use(present and ra["PeoplePresenceDetector"] == "On", now)
+            out[("Status", "RoomAnalytics", "RoomInUse")] = "True" if in_use else "False"
+        return out
+
+    def next_due(self) -> datetime | None:
+        """When ``tick`` has something to do: the calendar's next event or a change of people."""
+        due = [d for d in (self.calendar.next_due(), self._sensing_due) if d is not None]
+        return min(due) if due else None
 
     def status_tree(self, now: datetime) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -159,7 +192,9 @@ class DeviceCore:
         wrapped: dict[str, Any] = {"Status": out}
         for path, value in self._watched_status(now).items():
             tree.merge_into(wrapped, path, value)
-        wrapped["Status"]["RoomAnalytics"]["PeopleCount"]["Capacity"] = 10
+        wrapped["Status"]["RoomAnalytics"]["PeopleCount"]["Capacity"] = (
+            self.settings.sensing.capacity
+        )
         return out
 
     def root(self, now: datetime) -> dict[str, Any]:
@@ -247,6 +282,30 @@ class DeviceCore:
     def _check_read(self, session: Session, path: Path) -> None:
         if path[0].lower() == "configuration" and session.role != ADMIN:
             raise RpcError(rpc.PERMISSION_DENIED, "the Admin role is needed to read configuration")
+        if path[0].lower() == "status":
+            self._check_status_roles(session, path)
+
+    def _may_read_room_analytics(self, session: Session) -> bool:
+        try:
+            self._check_status_roles(session, ("Status", "RoomAnalytics"))
+        except RpcError:
+            return False
+        return True
+
+    def _check_status_roles(self, session: Session, pattern: Path) -> None:
+        """The schema's roles of the RoomAnalytics statuses (people count and presence, marked
+        ``privacyimpact``): a user whose role is not listed is refused (-31999). Other statuses
+        stay readable by every user, as this simulator has always had them."""
+        if session.role == ADMIN:
+            return
+        for name, attrs in self.profile.statuses.items():
+            if not name.startswith("RoomAnalytics ") or session.role in attrs.get("role", ()):
+                continue
+            leaf = ("Status", *name.split())
+            if tree.covers(pattern, leaf) or tree.glob_match(pattern, leaf[: len(pattern)]):
+                raise RpcError(
+                    rpc.PERMISSION_DENIED, f"the {session.role} role may not read Status {name}"
+                )
 
     def _get(self, session: Session, params: dict[str, Any], now: datetime) -> Any:
         path = self._path_param(params, "Path")
@@ -265,6 +324,8 @@ class DeviceCore:
             if pattern[0].lower() == "configuration":
                 raise RpcError(rpc.PERMISSION_DENIED, "the Admin role is needed for configuration")
             root = {"Status": root["Status"]}
+            if not self._may_read_room_analytics(session):
+                root["Status"] = {k: v for k, v in root["Status"].items() if k != "RoomAnalytics"}
         found = tree.query(root, pattern)
         if found is None:
             raise RpcError(rpc.INVALID_PARAMS, "No match on Query argument")
@@ -326,6 +387,8 @@ class DeviceCore:
         pattern = (roots[pattern[0].lower()], *pattern[1:])
         if pattern[0] == "Configuration" and session.role != ADMIN:
             raise RpcError(rpc.PERMISSION_DENIED, "the Admin role is needed for configuration")
+        if pattern[0] == "Status":
+            self._check_status_roles(session, pattern)
         if len(session.subscriptions) >= self.settings.max_subscriptions:
             raise RpcError(rpc.TOO_MANY_SUBSCRIPTIONS)
         sub_id = session.next_subscription_id
@@ -391,6 +454,13 @@ class DeviceCore:
     def _run_command(self, name: str, args: dict[str, Any], now: datetime) -> Any:
         cal = self.calendar
         ok = {"status": "OK"}
+        if name == "RoomAnalytics RoomInUse Set":
+            # Only profiles with the command get here (26.8+); older software answers
+            # "unknown command" above, as a device without the command does.
+            self.sensing.set_in_use(
+                args["State"] == "True", args.get("Duration"), str(args.get("ID", "")), now
+            )
+            return ok
         ids: dict[str, Any] = {"booking_id": args.get("Id"), "meeting_id": args.get("MeetingId")}
         if name == "Bookings List":
             return cal.list_bookings(
@@ -495,7 +565,7 @@ class DeviceCore:
                 if any(p[2] == group for p in changed if p[1] == "Bookings"):
                     self.produced[f"Status.Bookings.{group}"] += 1
             self._notify_changes(changed)
-        self.on_due(self.calendar.next_due())
+        self.on_due(self.next_due())
 
     def emit_event(self, name: str, fields: dict[str, Any]) -> None:
         """Send ``Event Bookings <name>`` to every matching subscription (if the profile has it)."""
@@ -538,7 +608,35 @@ class DeviceCore:
             # hybrid-calendar Ids are not persistent across reboots (Cisco's Delete docs)
             self.calendar.renumber()
         self._watched = self._watched_status(now)
-        self.on_due(self.calendar.next_due())
+        self.on_due(self.next_due())
+
+    # ---- people in the room, for the Python and control APIs ---------------------------------
+
+    def set_people(
+        self,
+        now: datetime,
+        *,
+        people_count: int | None = None,
+        clear: bool = False,
+        counting: bool | None = None,
+        presence_detector: bool | None = None,
+    ) -> None:
+        """Force the head count (``clear``: back to the model), or switch counting or presence
+        detection (the Configuration a site admin sets). Subscribers hear the changes."""
+        if clear or people_count is not None:
+            self.sensing.force(None if clear else people_count)
+        ra = self.config["RoomAnalytics"]
+        changed: dict[Path, Any] = {}
+        for key, value in (
+            ("PeopleCountOutOfCall", counting),
+            ("PeoplePresenceDetector", presence_detector),
+        ):
+            if value is not None and ra[key] != ("On" if value else "Off"):
+                ra[key] = "On" if value else "Off"
+                changed[("Configuration", "RoomAnalytics", key)] = ra[key]
+        if changed:
+            self._notify_changes(changed)
+        self.flush(now)
 
     # ---- calendar actions for the Python and control APIs ------------------------------------
 

@@ -21,6 +21,7 @@ from .clock import SimClock
 from .core import ADMIN, DeviceCore, DeviceSettings
 from .faultspec import apply_fault_spec
 from .generator import generate_day
+from .occupancy import SensingSettings
 from .server import Device
 from .tls import fingerprint_sha256, make_self_signed, server_context
 
@@ -54,6 +55,10 @@ class SimConfig:
     max_subscriptions: int = 50
     send_queue_frames: int = 1024  # per connection; a client further behind is disconnected
     faults: list[str] = field(default_factory=list)  # "--fault" specs applied at start
+    profiles: dict[int, str] = field(default_factory=dict)  # device index -> its own profile
+    counting_off: frozenset[int] = frozenset()  # devices with PeopleCountOutOfCall Off
+    presence_off: frozenset[int] = frozenset()  # devices with PeoplePresenceDetector Off
+    sensing: SensingSettings = field(default_factory=SensingSettings)
 
 
 class Scheduler:
@@ -183,7 +188,7 @@ class DeviceFleet:
             index=k,
             device_id=f"sim-{k:04d}",
             product_id=cfg.product_id,
-            profile=cfg.profile,
+            profile=cfg.profiles.get(k, cfg.profile),
             mode=cfg.mode,
             time_zone=cfg.time_zone,
             booking_timeout_s=cfg.booking_timeout_s,
@@ -191,6 +196,9 @@ class DeviceFleet:
             http_mode=mode,
             seed=cfg.seed * 1_000_003 + k,
             max_subscriptions=cfg.max_subscriptions,
+            sensing=cfg.sensing,
+            counting=k not in cfg.counting_off,
+            presence_detector=k not in cfg.presence_off,
         )
 
     def _fill(self, device: Device, k: int, now: datetime) -> None:

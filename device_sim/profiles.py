@@ -13,14 +13,22 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
-ProfileName = Literal["modern", "legacy"]
+ProfileName = Literal["current", "modern", "legacy"]
+PROFILES: tuple[str, ...] = ("current", "modern", "legacy")
 
 SCHEMA_FILES: dict[str, str] = {
+    "current": "roomos-26.4.1-bookings.json",
     "modern": "roomos-26.4.1-bookings.json",
     "legacy": "roomos-11.19.1-bookings.json",
 }
 
+# RoomOS 26.8 added RoomAnalytics RoomInUse (status and Set command). No 26.8 extract of
+# Cisco's reference is at hand: the "current" profile is 26.4.1 plus this overlay (its
+# "source" says what it is written from).
+OVERLAYS: dict[str, tuple[str, ...]] = {"current": ("roomos-26.8-roomanalytics-overlay.json",)}
+
 SOFTWARE_VERSIONS: dict[str, str] = {
+    "current": "ce26.8.0.12 8b1d4e07a2c 2026-09-03",
     "modern": "ce26.4.1.4 5f9a2c81b3e 2026-03-12",
     "legacy": "ce11.19.1.2 6d9a1b3f1e0 2024-08-14",
 }
@@ -53,6 +61,10 @@ class Profile:
     commands: dict[str, tuple[Param, ...]]  # "Bookings List" -> params
     command_roles: dict[str, tuple[str, ...]]
     objects: tuple[dict[str, Any], ...]
+    statuses: dict[str, dict[str, Any]]  # "RoomAnalytics PeoplePresence" -> attributes
+
+    def has_status(self, path: str) -> bool:
+        return path in self.statuses
 
     def has_event(self, name: str) -> bool:
         return name in self.events
@@ -65,8 +77,11 @@ class Profile:
 
 def load_schema(profile: str) -> dict[str, Any]:
     """The raw schema document of a profile (as shipped in ``device_sim/schema``)."""
-    text = resources.files("device_sim").joinpath("schema", SCHEMA_FILES[profile]).read_text()
-    data: dict[str, Any] = json.loads(text)
+    folder = resources.files("device_sim").joinpath("schema")
+    data: dict[str, Any] = json.loads(folder.joinpath(SCHEMA_FILES[profile]).read_text())
+    for overlay in OVERLAYS.get(profile, ()):
+        extra = json.loads(folder.joinpath(overlay).read_text())
+        data = {**data, "objects": [*data["objects"], *extra["objects"]]}
     return data
 
 
@@ -88,15 +103,18 @@ def _param(raw: dict[str, Any]) -> Param:
 
 @functools.cache
 def get_profile(name: str) -> Profile:
-    """The profile called ``name`` ("modern" or "legacy"), loaded once."""
+    """The profile called ``name`` ("current", "modern" or "legacy"), loaded once."""
     if name not in SCHEMA_FILES:
-        raise ValueError(f"unknown software profile {name!r} (modern or legacy)")
+        raise ValueError(f"unknown software profile {name!r} (current, modern or legacy)")
     schema = load_schema(name)
     events: dict[str, dict[str, Any]] = {}
     commands: dict[str, tuple[Param, ...]] = {}
     roles: dict[str, tuple[str, ...]] = {}
+    statuses: dict[str, dict[str, Any]] = {}
     for obj in schema["objects"]:
         attrs = obj["attributes"]
+        if obj["type"] == "Status":
+            statuses[obj["path"]] = attrs
         if obj["type"] == "Event" and obj["path"].startswith("Bookings "):
             event = obj["path"].split(" ", 1)[1]
             if name == "legacy" and event not in LEGACY_EVENTS:
@@ -112,4 +130,5 @@ def get_profile(name: str) -> Profile:
         commands=commands,
         command_roles=roles,
         objects=tuple(schema["objects"]),
+        statuses=statuses,
     )

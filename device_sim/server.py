@@ -327,6 +327,24 @@ class DeviceCalendar:
         """The calendar backend declines the next ``n`` requests (Book, Edit, Extend)."""
         self._core.calendar.backend.decline_next += n
 
+    def people(
+        self,
+        people_count: int | None = None,
+        *,
+        clear: bool = False,
+        counting: bool | None = None,
+        presence_detector: bool | None = None,
+    ) -> None:
+        """Force the room's head count (``clear``: back to the calendar-driven model), or turn
+        counting / presence detection on or off (see ``DeviceCore.set_people``)."""
+        self._core.set_people(
+            self._device.clock.now(),
+            people_count=people_count,
+            clear=clear,
+            counting=counting,
+            presence_detector=presence_detector,
+        )
+
 
 class Device:
     """One simulated device on its own port."""
@@ -356,6 +374,8 @@ class Device:
         self.host = ""
         self.port = 0
         self.handshakes: dict[int, int] = {}
+        self.credentials_received = 0
+        """Upgrade requests that carried credentials (Basic header or auth subprotocol)."""
         self._server: Server | None = None
 
     @property
@@ -407,6 +427,8 @@ class Device:
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         faults = self.faults
+        if parse_credentials(request) is not None:
+            self.credentials_received += 1
         if request.path.split("?")[0] != "/ws":
             return self._answer(ws, HTTPStatus.NOT_FOUND, "Not Found")
         if faults.state.down:

@@ -16,9 +16,12 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import sys
+import uuid
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
@@ -39,11 +42,17 @@ from edge_agent.config import (
 )
 from edge_agent.forward.base import Sink
 from edge_agent.forward.drainer import Drainer
-from edge_agent.session import DeviceSession, SessionTuning
-from edge_agent.store import Store
+from edge_agent.bookings.book import BookingOrder
+from edge_agent.bookings.models import Booking
+from edge_agent.ops.api_bookings import request_view
+from edge_agent.ops.api_guard import ApiGuard, server_ssl_context
+from edge_agent.session import BookingSent, DeviceSession, SessionTuning
+from edge_agent.store import Store, StoreBackend, StoreUnusable
 
 if TYPE_CHECKING:
+    from edge_agent.fleet import FleetMember
     from edge_agent.forward.mqtt import MqttSink
+    from edge_agent.forward.mqtt.commands import RoomInUseSender, SensorState
     from edge_agent.forward.webhook import WebhookSink
 
 log = structlog.get_logger(__name__)
@@ -77,10 +86,14 @@ def build_webhook_sink(cfg: AgentConfig, secrets: Secrets) -> WebhookSink:
 
 
 def build_mqtt_sink(
-    cfg: AgentConfig, secrets: Secrets, health: Callable[[], dict[str, Any]]
+    cfg: AgentConfig,
+    secrets: Secrets,
+    health: Callable[[], dict[str, Any]],
+    room_in_use: RoomInUseSender | None = None,
 ) -> MqttSink:
     """The ``[mqtt]`` sink (``check-config --connect`` probes this very sink)."""
     from edge_agent.forward.mqtt import MqttSink
+    from edge_agent.forward.mqtt.commands import SensorCommands
 
     assert cfg.mqtt is not None
     m = cfg.mqtt
@@ -105,11 +118,21 @@ def build_mqtt_sink(
         site=cfg.site,
         health=health,
         health_interval_s=m.health_interval_s,
+        discovery=m.discovery,
+        discovery_prefix=m.discovery_prefix,
+        commands=(
+            None
+            if room_in_use is None
+            else lambda base: SensorCommands(base, room_in_use)  # occupancy/set, see .commands
+        ),
     )
 
 
 def build_sinks(
-    cfg: AgentConfig, secrets: Secrets, health: Callable[[], dict[str, Any]]
+    cfg: AgentConfig,
+    secrets: Secrets,
+    health: Callable[[], dict[str, Any]],
+    room_in_use: RoomInUseSender | None = None,
 ) -> list[tuple[Sink, dict[str, Any]]]:
     """The configured sinks, each with its drainer options (``ttl_s``, ``max_in_flight``)."""
     sinks: list[tuple[Sink, dict[str, Any]]] = []
@@ -124,7 +147,10 @@ def build_sinks(
     if cfg.mqtt is not None:
         m = cfg.mqtt
         sinks.append(
-            (build_mqtt_sink(cfg, secrets, health), {"ttl_s": float(m.ttl_s), "max_in_flight": 32})
+            (
+                build_mqtt_sink(cfg, secrets, health, room_in_use),
+                {"ttl_s": float(m.ttl_s), "max_in_flight": 32},
+            )
         )
     return sinks
 
@@ -164,7 +190,8 @@ class Agent:
         self._drainer_overrides = dict(drainer_overrides or {})
         self._drain_timeout_s = drain_timeout_s
         self._with_api = api
-        self._store: Store | None = None
+        self._store: StoreBackend | None = None
+        self._fleet: FleetMember | None = None  # fleet mode: [store] url is postgresql
         self._sessions: dict[str, DeviceSession] = {}
         self._link_export = metrics.LinkCountersExport()
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
@@ -185,7 +212,7 @@ class Agent:
     # --- AgentView -----------------------------------------------------------------------------
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> StoreBackend | None:
         return self._store
 
     def devices(self) -> list[DeviceStatus]:
@@ -202,7 +229,8 @@ class Agent:
             entry: SinkStatus = {
                 "name": sink.name,
                 "state": "gone" if st.stopped_reason else "running",
-                "ready": sink.ready(),
+                # A gone sink never delivers again, whatever its connection says.
+                "ready": sink.ready() and not st.stopped_reason,
                 "last_error": st.last_error or getattr(sink, "last_error", None),
             }
             d = depth.get(sink.name)
@@ -245,14 +273,7 @@ class Agent:
     async def run(self) -> int:
         """Run until :meth:`request_stop`; returns the exit status. Not meant to be cancelled
         mid-start; cancelling while running stops everything without the drain."""
-        cfg = self.config
-        self._store = await Store.open(
-            cfg.store_path,
-            sinks=tuple(cfg.sink_names()) or ("webhook",),
-            outbox_max_events=cfg.store.outbox_max_events,
-            synchronous=cfg.store.synchronous,
-            clock=unix_time(self._clock),
-        )
+        self._store = await self._open_store()
         try:
             if self._with_api and not await self._start_api():
                 return EX_CONFIG
@@ -270,7 +291,7 @@ class Agent:
 
     async def _start(self, tg: asyncio.TaskGroup) -> None:
         assert self._store is not None
-        for sink, opts in build_sinks(self.config, self._secrets, self.health):
+        for sink, opts in build_sinks(self.config, self._secrets, self.health, self._room_in_use):
             drainer = Drainer(
                 self._store,
                 sink,
@@ -282,10 +303,11 @@ class Agent:
             # The drainer runs the sink's connection loop itself.
             name = f"drainer[{sink.name}]"
             self._sink_tasks.append(tg.create_task(self._supervise(name, drainer.run), name=name))
+        self._start_mqtt_requests(tg)
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
-        for settings in self._settings.values():
-            self._start_device(settings)
+        self._start_devices(tg)
+        await self._announce_rooms()
         self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
         self._other_tasks.append(tg.create_task(self._trim_loop(), name="agent.heap-trim"))
         self._other_tasks.append(
@@ -297,8 +319,8 @@ class Agent:
         cannot be bound. That is a configuration problem, not a crash: ``run`` exits 78, which
         the unit's ``RestartPreventExitStatus=`` does not restart (a taken port stays taken)."""
         listen = self.config.api.listen
-        api = LocalApi(self, listen)
         try:
+            api = self._local_api()  # the guard, and TLS when [api] cert_file is set
             await api.start()
         except OSError as exc:
             # EADDRINUSE, EADDRNOTAVAIL (not an address of this machine), EACCES (a port below
@@ -332,6 +354,13 @@ class Agent:
         self._device_tasks[settings.id] = self._tg.create_task(
             self._supervise(name, session.run), name=name
         )
+
+    async def _room_in_use(self, state: SensorState) -> None:
+        """A third-party sensor's reading (MQTT occupancy/set) to the room's device."""
+        session = self._sessions.get(state.room)
+        if session is None:
+            raise LookupError(f"no device {state.room!r} in this agent's configuration")
+        await session.set_room_in_use(state.in_use, state.sensor, state.duration_s)
 
     async def _stop_device(self, device_id: str, reason: str) -> None:
         """Close the device's link, commit what it already sent, then end its session."""
@@ -378,8 +407,12 @@ class Agent:
 
     def _healthy(self) -> bool:
         # The watchdog loop runs on the event loop, so a ping already proves the loop turns;
-        # beyond that the agent is healthy while its store is open.
-        return self._store is not None and self._store.failed is None
+        # beyond that the agent is healthy while its store is open and its writes are not
+        # failing in a way a restart can clear. A full disk is not: a restart frees no space
+        # and drops what the sessions hold and retry (see "Health" in edge_agent.store.writer).
+        if self._store is None or self._store.failed is not None:
+            return False
+        return not self._store.health().restart_helps
 
     async def _sample_loop(self) -> None:
         """Keep the gauges that are cheaper to read than to maintain, and systemd's STATUS."""
@@ -398,10 +431,17 @@ class Agent:
 
     async def sample(self) -> Mapping[str, Any]:
         assert self._store is not None
+        health = self._store.health()  # also sets edge_agent_store_healthy
+        trouble = ""
+        if not health.healthy:
+            then = "withholding the watchdog" if health.restart_helps else "retrying"
+            trouble = f"NOT READY: {health.problem}; {then}; "
         try:
             self._last_stats = await self._store.stats()
         except Exception:
             log.exception("cannot read store statistics")
+            if trouble:
+                sdnotify.status(trouble.removesuffix("; "))
             return self._last_stats
         connected = sum(1 for s in self._sessions.values() if s.client.connected)
         metrics.DEVICES_CONNECTED.set(connected)
@@ -414,12 +454,13 @@ class Agent:
         sinks = self._last_stats.get("sinks", {})
         depth = sum(int(v.get("depth", 0)) for v in sinks.values()) if sinks else 0
         sdnotify.status(
-            f"{connected}/{len(self._sessions)} devices connected; outbox {depth}; "
+            f"{trouble}{connected}/{len(self._sessions)} devices connected; outbox {depth}; "
             f"pending requests {pending}"
         )
         return self._last_stats
 
     async def _shutdown(self) -> None:
+        await self._leave_fleet()
         await asyncio.gather(
             *(self._stop_device(d, "agent stopping") for d in list(self._device_tasks))
         )
@@ -485,7 +526,10 @@ class Agent:
         self._settings = new
         self._poke_mqtt(cfg, secrets)
         for d in added + changed:
-            self._start_device(new[d])
+            self._start_if_mine(new[d])
+        if self._fleet is not None:
+            self._fleet.set_devices(new)
+        await self._announce_rooms()
         metrics.DEVICES_CONFIGURED.set(len(new))
         log.info("configuration reloaded", added=added, removed=removed, changed=changed)
         sdnotify.ready()
@@ -501,6 +545,15 @@ class Agent:
                 creds = (cfg.mqtt.username, password) if cfg.mqtt is not None else None
                 sink.reconnect_now(credentials=creds)
 
+    async def _announce_rooms(self) -> None:
+        """Tell the MQTT sink which rooms exist: it clears the retained topics of removed ones
+        and publishes Home Assistant discovery (``edge_agent.forward.mqtt.discovery``)."""
+        from edge_agent.forward.mqtt import MqttSink
+
+        for sink, _ in self._sinks:
+            if isinstance(sink, MqttSink):
+                await sink.set_rooms(self._settings)
+
     async def _forget(self, device_id: str) -> None:
         """A device left the configuration: drop its window, pending requests and state (its
         undelivered events are still delivered) and its per-device metric series."""
@@ -512,6 +565,171 @@ class Agent:
             with contextlib.suppress(KeyError):
                 metrics.FEEDBACK_DROPPED.remove(device_id, reason)
         self._link_export.forget(device_id)
+
+    # --- booking through the agent (api_bookings.BookingDesk: local API, MQTT mirror) ---------
+
+    def booking_room(self, room_id: str) -> Literal["device", "calendar"] | None:
+        """What kind of room ``room_id`` is, for booking; ``None``: unknown."""
+        return "device" if room_id in self._sessions else None
+
+    async def book(
+        self, room_id: str, order: BookingOrder, *, request_uuid: str | None = None
+    ) -> BookingSent:
+        """Book ``room_id`` with a fresh request UUID (see :meth:`DeviceSession.book`).
+
+        Raises:
+            LookupError: unknown room; else what :meth:`DeviceSession.book` raises.
+        """
+        session = self._sessions.get(room_id)
+        if session is None:
+            raise LookupError(f"unknown room {room_id!r}")
+        return await session.book(request_uuid or str(uuid.uuid4()), order)
+
+    async def release(self, room_id: str, booking_id: str) -> Booking:
+        """Release a booking of ``room_id`` (``Bookings Delete``); ``booking.deleted`` follows."""
+        session = self._sessions.get(room_id)
+        if session is None:
+            raise LookupError(f"unknown room {room_id!r}")
+        return await session.release(booking_id)
+
+    async def booking_request(self, request_uuid: str) -> dict[str, Any] | None:
+        """What ``GET /v1/requests/{uuid}`` shows, or ``None`` (unknown, or older than a day)."""
+        if self._store is None:
+            return None
+        row = await self._store.load_request(request_uuid)
+        return request_view(row, self._clock.now()) if row is not None else None
+
+    def _start_mqtt_requests(self, tg: asyncio.TaskGroup) -> None:
+        """With ``[mqtt]``: the booking mirror on ``<base>/bridge/request/{book,release}``."""
+        m = self.config.mqtt
+        mqtt_sink = next((s for s, _ in self._sinks if s.name == "mqtt"), None)
+        if m is None or mqtt_sink is None:
+            return
+        from edge_agent.forward.mqtt.link import broker_settings
+        from edge_agent.forward.mqtt.requests import BridgeRequests
+
+        password = self._secrets.mqtt_password
+        settings = broker_settings(
+            m.url,
+            client_id=f"{self.config.mqtt_client_id}-requests",
+            username=m.username,
+            password=password.get_secret_value() if password else None,
+            ca_file=m.ca_file,
+            cert_file=m.cert_file,
+            key_file=m.key_file,
+            keepalive=m.keepalive,
+            protocol=m.protocol,
+        )
+        self.mqtt_requests = BridgeRequests(
+            settings, self.config.mqtt_base_topic, self, mqtt_sink.ready
+        )
+        name = "mqtt.requests"
+        self._sink_tasks.append(
+            tg.create_task(self._supervise(name, self.mqtt_requests.run), name=name)
+        )
+
+    def _local_api(self) -> LocalApi:
+        api = self.config.api
+        tokens = [t.get_secret_value() for t in self._secrets.api_tokens]
+        tls = None
+        if api.cert_file is not None and api.key_file is not None:
+            tls = server_ssl_context(api.cert_file, api.key_file)
+        return LocalApi(self, api.listen, guard=ApiGuard.from_config(api, tokens), ssl_context=tls)
+
+    # --- fleet mode (DESIGN.md "Fleet mode"): the store in PostgreSQL, devices by lease --------
+
+    async def _open_store(self) -> StoreBackend:
+        """SQLite by default; PostgreSQL (and fleet membership) when ``[store] url`` is set."""
+        cfg = self.config
+        sinks = tuple(cfg.sink_names()) or ("webhook",)
+        if cfg.store.url is None:
+            return await Store.open(
+                cfg.store_path,
+                sinks=sinks,
+                outbox_max_events=cfg.store.outbox_max_events,
+                synchronous=cfg.store.synchronous,
+                clock=unix_time(self._clock),
+            )
+        from edge_agent.store.postgres import PostgresStore
+
+        password = self._secrets.store_password
+        return await PostgresStore.open(
+            cfg.store.url,
+            password=None if password is None else password.get_secret_value(),
+            sslmode=cfg.store.sslmode,
+            ca_file=cfg.store.ca_file,
+            sinks=sinks,
+            outbox_max_events=cfg.store.outbox_max_events,
+            member_id=self.member_id,
+            idle_in_transaction_s=max(1.0, cfg.fleet.lease_s / 3),
+            lock_timeout_s=cfg.fleet.lease_s,
+            clock=unix_time(self._clock),
+        )
+
+    @property
+    def member_id(self) -> str:
+        return self.config.fleet.member_id or socket.gethostname()
+
+    def _start_devices(self, tg: asyncio.TaskGroup) -> None:
+        """Alone: every configured device. In a fleet: those whose lease this member wins,
+        as it wins them (the membership task starts and stops their sessions)."""
+        if self.config.store.url is None:
+            for settings in self._settings.values():
+                self._start_device(settings)
+            return
+        from edge_agent.fleet import FleetMember
+        from edge_agent.store.postgres import PostgresStore
+
+        assert isinstance(self._store, PostgresStore)
+        self._fleet = FleetMember(
+            self._store,
+            member_id=self.member_id,
+            lease_s=self.config.fleet.lease_s,
+            devices=list(self._settings),
+            start_session=self._start_leased,
+            stop_session=self._stop_leased,
+            info={"site": self.config.site, "api": self.config.api.listen},
+        )
+        self._other_tasks.append(
+            tg.create_task(self._supervise("fleet", self._fleet.run), name="agent.fleet")
+        )
+
+    def _start_leased(self, device_id: str) -> None:
+        settings = self._settings.get(device_id)
+        if settings is not None and device_id not in self._device_tasks:
+            self._start_device(settings)
+
+    async def _stop_leased(self, device_id: str, lost: bool) -> None:
+        if not lost:
+            await self._stop_device(device_id, "handed over to another fleet member")
+            return
+        # The lease is gone: whatever the session still holds cannot be committed (the store
+        # refuses it); close the socket now rather than wait for commits that cannot happen.
+        task = self._device_tasks.pop(device_id, None)
+        session = self._sessions.pop(device_id, None)
+        if session is not None:
+            await session.stop(0.0, "fleet lease lost")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _start_if_mine(self, settings: DeviceSettings) -> None:
+        """After a reload: alone, start it; in a fleet, only if this member holds its lease
+        (a new device is taken by whichever member wins it, at its next round)."""
+        if self._fleet is None or settings.id in self._fleet.held:
+            self._start_device(settings)
+
+    async def _leave_fleet(self) -> None:
+        """SIGTERM in a fleet: stop the sessions and release the leases at once."""
+        if self._fleet is not None:
+            await self._fleet.leave()
+
+    async def fleet_status(self) -> dict[str, Any] | None:
+        """``/v1/fleet``: the members, their devices and lease ages; ``None`` when alone."""
+        if self._fleet is None:
+            return None
+        return await self._fleet.snapshot()
 
 
 async def run_agent(
@@ -534,6 +752,11 @@ async def run_agent(
     loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     try:
         return await agent.run()
+    except StoreUnusable as exc:
+        # A damaged or too-new database: a restart cannot fix it, so the exit code is the one
+        # the systemd unit does not restart on (RestartPreventExitStatus=78), with one line.
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EX_CONFIG
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

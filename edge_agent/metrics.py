@@ -87,6 +87,17 @@ FEEDBACK_DROPPED = Counter(
     ["device", "reason"],
     registry=REGISTRY,
 )
+STORE_ERRORS = Counter(
+    "edge_agent_store_errors",
+    "Store writes that failed, by kind (full, io, corrupt, readonly, conflict, other)",
+    ["kind"],
+    registry=REGISTRY,
+)
+STORE_HEALTHY = Gauge(
+    "edge_agent_store_healthy",
+    "1 while store writes get in; 0 once they keep failing (the agent is not ready then)",
+    registry=REGISTRY,
+)
 
 
 class LinkCountersExport:
@@ -110,3 +121,24 @@ class LinkCountersExport:
 
     def forget(self, device_id: str) -> None:
         self._seen.pop(device_id, None)
+
+
+# -- fleet mode (edge_agent.fleet) ----------------------------------------------------------------
+
+FLEET_OWNERSHIP_CHANGES = Counter(
+    "edge_agent_fleet_ownership_changes",
+    "Device leases this member took or gave up (acquired, released, lost)",
+    ["change"],
+    registry=REGISTRY,
+)
+FLEET_LEASE_LOSSES = Counter(
+    "edge_agent_fleet_lease_losses",
+    "Device leases lost without handing them over (renewal refused or not possible in time)",
+    registry=REGISTRY,
+)
+FLEET_DEVICES_OWNED = Gauge(
+    "edge_agent_fleet_devices_owned", "Devices whose lease this member holds", registry=REGISTRY
+)
+FLEET_MEMBERS_LIVE = Gauge(
+    "edge_agent_fleet_members_live", "Fleet members with a fresh heartbeat", registry=REGISTRY
+)

@@ -54,9 +54,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 
 from edge_agent.backoff import Backoff
+from edge_agent.bookings.book import BookingOrder, book_args, check_order
 from edge_agent.bookings.models import (
     MAX_LIST_PAGES,
     MAX_LIST_ROWS,
+    Booking,
     ListPage,
     join_pages,
     next_page_offset,
@@ -67,15 +69,18 @@ from edge_agent.bookings.models import (
 )
 from edge_agent.bookings.on_event import on_event
 from edge_agent.bookings.on_list import on_list
+from edge_agent.bookings.occupancy import OccupancyPolicy
 from edge_agent.bookings.on_status import on_availability, on_connection, on_tick
+from edge_agent.bookings.pending import deadline_for
 from edge_agent.bookings.state import DeviceBookings, Step
 from edge_agent.clock import Clock, system_clock, utc_iso
 from edge_agent.config import DeviceSettings
 from edge_agent.mailbox import Flag, Inbox
 from edge_agent.metrics import FEEDBACK_DROPPED
-from edge_agent.store import Change, PendingRow, Store, StoreError
+from edge_agent.session_occupancy import RoomWatch
+from edge_agent.store import Change, PendingRow, Store, StoreBackend, StoreError
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
-from edge_agent.xapi.errors import ConnectionLost
+from edge_agent.xapi.errors import ConnectionLost, NotConnected, RequestTimeout
 from edge_agent.xapi.protocol import Feedback, Handler, PathLike
 
 log = structlog.get_logger(__name__)
@@ -180,7 +185,17 @@ class _Tick:
     pass
 
 
-_Input = _Feedback | _Listed | _LinkChange | _Tick
+@dataclass(frozen=True, slots=True)
+class _Occupancy:
+    """Status RoomAnalytics feedback (``payload``), an occupancy tick (None), or the outcome
+    of releasing a ghost booking (``released``: booking id, error)."""
+
+    payload: Mapping[str, Any] | None
+    at: datetime
+    released: tuple[str, str | None] | None = None
+
+
+_Input = _Feedback | _Listed | _LinkChange | _Tick | _Occupancy
 
 
 DUPLICATE_WARNING_INTERVAL_S = 60.0
@@ -266,7 +281,7 @@ class DeviceSession:
         settings: DeviceSettings,
         *,
         site: str,
-        store: Store,
+        store: StoreBackend,
         clock: Clock = system_clock,
         tuning: SessionTuning = SessionTuning(),
         store_backoff: Backoff = Backoff(initial=0.5, maximum=30.0),
@@ -308,6 +323,17 @@ class DeviceSession:
         """Re-lists asked for by device events and not made: the device's clock is off."""
         self._skewed_relist_at: float | None = None  # monotonic; the last one let through
         self._skew_throttle_said = False
+        self.room = RoomWatch(
+            site=site,
+            device_id=settings.id,
+            policy=OccupancyPolicy(
+                ghost_after_s=settings.ghost_after_s,
+                release_after_s=settings.release_after_s or None,
+                min_interval_s=settings.occupancy_min_interval_s,
+            ),
+            store=store,
+            clock=clock,
+        )
 
     # --- the local API's view ------------------------------------------------------------------
 
@@ -331,6 +357,7 @@ class DeviceSession:
             "duplicates_dropped": self.duplicates_dropped,
             "repeats_kept_uncertain": self._kept_uncertain.total,
             "relists_throttled": self.relists_throttled,
+            "occupancy": self.room.info(),
         }
 
     @property
@@ -360,6 +387,7 @@ class DeviceSession:
         if self.client.closed:
             self.client = self._new_client()
         self.state = await self._restore()
+        await self.room.restore()
         await self.client.subscribe(["Event", "Bookings"], self._on_feedback)
         await self.client.subscribe(["Status", "Bookings"], self._on_feedback, True)
         self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
@@ -370,6 +398,7 @@ class DeviceSession:
                 tg.create_task(self._work(), name=f"{name}.worker")
                 tg.create_task(self._list_loop(), name=f"{name}.lister")
                 tg.create_task(self._clock_loop(), name=f"{name}.clock")
+                tg.create_task(self._occupancy_loop(), name=f"{name}.occupancy")
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.client.close())
@@ -430,6 +459,7 @@ class DeviceSession:
     async def _on_connected(self, client: DeviceLink) -> None:
         dev = await self._read_device_settings(client)
         self._check_clock(dev.system_time)
+        await self.room.on_connected(client, self._on_room_analytics, dev.software)
         # The online transition asks for the list (Step.relist), after the settings are applied.
         self._offer(
             _LinkChange(
@@ -612,11 +642,16 @@ class DeviceSession:
 
     async def _handle(self, item: _Input) -> None:
         assert self.state is not None
+        if isinstance(item, _Occupancy):
+            await self._handle_occupancy(item)
+            return
         if isinstance(item, _Tick):
             self._tick_queued = False
         # The parsers and on_event never raise on device input (one odd value costs its entry
         # or event); a bug that raises anyway ends run() and the agent's supervisor restarts it.
         step = self._transition(self.state, item, self._clock.now())
+        at = item.arrived_at if isinstance(item, _Feedback) else self._clock.now()
+        step = await self.room.on_step(step, at)  # booking starts and ends, for occupancy
         await self._apply(step)
         if isinstance(item, _Tick):
             self._reschedule.set()
@@ -726,6 +761,56 @@ class DeviceSession:
             or data.get("booking_request_uuid"),
         )
 
+    # --- occupancy (edge_agent.session_occupancy; the pure side is bookings.occupancy) -----------
+
+    def _on_room_analytics(self, payload: Mapping[str, Any]) -> None:
+        at = payload.arrived_at if isinstance(payload, Feedback) else self._clock.now()
+        self._offer(_Occupancy(payload, at))
+
+    async def _handle_occupancy(self, item: _Occupancy) -> None:
+        assert self.state is not None
+        if item.released is not None:
+            booking_id, error = item.released
+            ostep = self.room.released(booking_id, item.at, error)
+        elif item.payload is not None:
+            found = self.room.reading(item.payload, item.at)
+            if found is None:
+                return
+            ostep = found
+        else:
+            ostep = self.room.tick(item.at)
+        await self.room.adopt(ostep)
+        if ostep.events:
+            await self._apply(Step(state=self.state, events=ostep.events))
+
+    async def set_room_in_use(self, in_use: bool, sensor: str, duration_s: int | None) -> None:
+        """``xCommand RoomAnalytics RoomInUse Set`` for a third-party sensor (RoomOS 26.8+).
+
+        Raises:
+            RoomInUseRefused: the device is offline, its software predates 26.8, or it refused.
+        """
+        await self.room.set_in_use(self.client, in_use, sensor, duration_s)
+
+    async def _occupancy_loop(self) -> None:
+        async def tick() -> None:
+            await self._inputs.put(_Occupancy(None, self._clock.now()))
+
+        async def delete(booking_id: str) -> str | None:
+            if not self.client.connected:
+                return "the device is offline"
+            try:
+                await self.client.command("Bookings Delete", Id=booking_id)
+            except ConnectionLost as exc:
+                return str(exc) or "connection lost"
+            except XapiError as exc:
+                return str(exc)
+            return None
+
+        async def released(booking_id: str, error: str | None) -> None:
+            await self._inputs.put(_Occupancy(None, self._clock.now(), (booking_id, error)))
+
+        await self.room.run(tick, delete, released, self.tuning.tick_max_s)
+
     # --- listing ---------------------------------------------------------------------------------
 
     def _request_relist(self) -> None:
@@ -830,3 +915,157 @@ class DeviceSession:
                 self._tick_queued = True
                 await self._inputs.put(_Tick())
 
+    # --- booking through the agent (local API, MQTT mirror) -------------------------------------
+
+    async def book(self, request_uuid: str, order: BookingOrder) -> BookingSent:
+        """Send ``Bookings Book`` with our ``request_uuid``, once; the outcome comes as events.
+
+        Checked first against the window (:func:`~edge_agent.bookings.book.check_order`), then
+        recorded as a pending request in the store, then sent. The command is never replayed:
+        when the link drops (or the device is slow to answer) after the send, the request stays
+        pending and is closed by the outcome events, by the next list, or by its deadline.
+        Cancelling is safe once the request is recorded (it then simply expires or resolves).
+
+        Raises:
+            DeviceOffline: the device is not connected (nothing was recorded or sent).
+            OrderRefused: overlap or outside the window (nothing was recorded or sent).
+            BookingRejected: the device answered the command with an error (recorded as failed).
+            StoreError: the request could not be recorded (nothing was sent).
+        """
+        # One order at a time per device, and the next one checked only once the worker has
+        # taken this one in as pending (bounded: a stuck store must not hold the API).
+        async with self._booking_lock:
+            sent = await self._book(request_uuid, order)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BOOK_SETTLE_S):
+                    await self._inputs.join()
+            return sent
+
+    @property
+    def _booking_lock(self) -> asyncio.Lock:
+        # Made on first use (in the running loop) and kept with the session; not in __init__
+        # so that booking stays in this section of the file.
+        lock = self.__dict__.get("_booking_lock_")
+        if lock is None:
+            lock = self.__dict__["_booking_lock_"] = asyncio.Lock()
+        assert isinstance(lock, asyncio.Lock)
+        return lock
+
+    async def _book(self, request_uuid: str, order: BookingOrder) -> BookingSent:
+        state = self.state
+        if state is None or not self.client.connected:
+            raise DeviceOffline(f"{self.device_id}: the device is not connected; try again later")
+        now = self._clock.now()
+        start = check_order(
+            order,
+            state.window.values(),
+            state.current_bounds(now),
+            now,
+            pending=state.pending.values(),
+        )
+        deadline = deadline_for(now, state.booking_timeout_s, state.grace_s)
+        await self._store.record_request(
+            request_uuid,
+            self.device_id,
+            {
+                **order.to_dict(),
+                "start": utc_iso(start),
+                "requested_at": utc_iso(now),
+                "expires_at": utc_iso(deadline),
+            },
+        )
+        args = book_args(order, request_uuid)
+        try:
+            await self.client.command("Bookings Book", **args)
+        except NotConnected as exc:
+            # The link went down between the check and the send: nothing reached the device.
+            await self._store.resolve_request(
+                request_uuid, "failed", {"cause": "NotConnected", "detail": str(exc)}
+            )
+            raise DeviceOffline(f"{self.device_id}: the device is not connected; try again later")
+        except (ConnectionLost, RequestTimeout) as exc:
+            self._log.warning(
+                "Bookings Book: no answer; the request stays pending until its outcome arrives, "
+                "a list shows it, or it expires (it is never sent again)",
+                booking_request_uuid=request_uuid,
+                error=str(exc),
+            )
+            self._open_request(request_uuid, args, now)
+            return BookingSent(request_uuid, deadline, answered=False)
+        except XapiError as exc:
+            cause = getattr(exc, "cause", None) or type(exc).__name__
+            await self._store.resolve_request(
+                request_uuid, "failed", {"cause": str(cause), "detail": str(exc)}
+            )
+            raise BookingRejected(
+                f"{self.device_id}: the device refused Bookings Book: {exc}", request_uuid
+            ) from exc
+        self._log.info("Bookings Book sent", booking_request_uuid=request_uuid, **args)
+        self._open_request(request_uuid, args, now)
+        return BookingSent(request_uuid, deadline, answered=True)
+
+    def _open_request(
+        self, request_uuid: str, args: Mapping[str, Any], requested_at: datetime
+    ) -> None:
+        """Track the request the way the device's ``BookingRequested`` opens it, through the
+        worker like any feedback: the outcome is then matched (by its events, the next list, or
+        the deadline) even when that event is lost with the link, or the software never sends
+        it. The device's own ``BookingRequested`` then finds it pending and changes nothing."""
+        requested = {
+            k: v
+            for k, v in args.items()
+            if k in ("BookingRequestUUID", "Duration", "StartTime", "Title")
+        }
+        self._offer(
+            _Feedback({"Event": {"Bookings": {"BookingRequested": requested}}}, requested_at)
+        )
+
+    async def release(self, booking_id: str) -> Booking:
+        """Send ``Bookings Delete Id`` for a booking in the window; ``booking.deleted`` follows.
+
+        Raises:
+            DeviceOffline: the device is not connected.
+            LookupError: no booking ``booking_id`` in the window.
+            BookingRejected: the device answered with an error.
+        """
+        state = self.state
+        if state is None or not self.client.connected:
+            raise DeviceOffline(f"{self.device_id}: the device is not connected; try again later")
+        booking = next((b for b in state.window.values() if b.id == booking_id), None)
+        if booking is None:
+            raise LookupError(f"{self.device_id}: no booking {booking_id!r} in the window")
+        try:
+            await self.client.command("Bookings Delete", Id=booking_id)
+        except XapiError as exc:
+            raise BookingRejected(
+                f"{self.device_id}: the device refused Bookings Delete {booking_id}: {exc}"
+            ) from exc
+        self._log.info("Bookings Delete sent", booking_id=booking_id)
+        return booking
+
+
+BOOK_SETTLE_S = 1.0
+"""How long a booking order waits for the session to take it in as pending before the next
+order of that device is checked."""
+
+
+class DeviceOffline(Exception):
+    """The device is not connected: a booking order cannot be sent now."""
+
+
+class BookingRejected(Exception):
+    """The device answered a booking command with an error (``request_uuid``: of a Book)."""
+
+    def __init__(self, message: str, request_uuid: str | None = None) -> None:
+        super().__init__(message)
+        self.request_uuid = request_uuid
+
+
+@dataclass(frozen=True, slots=True)
+class BookingSent:
+    """A ``Bookings Book`` that went out: the request is pending until ``deadline``;
+    ``answered`` False when the link dropped (or timed out) before the device's OK."""
+
+    request_uuid: str
+    deadline: datetime
+    answered: bool

@@ -74,6 +74,7 @@ class FakeLink:
             "Configuration Bookings AdhocBooking BookingTimeout": 60,
             "Status SystemUnit Software Version": "ce11.20",
             "Status Time SystemTime": "2026-11-23T08:00:03Z",  # 3 s ahead of T0: in step
+            "Configuration RoomAnalytics": {"PeopleCountOutOfCall": "On"},
         }
         self.list_calls = 0
         self.list_answer: Callable[[int, int], Any] | None = None

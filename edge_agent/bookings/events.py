@@ -73,6 +73,9 @@ ENVELOPE_TYPES: Final[frozenset[str]] = frozenset(EVENT_TYPES.values()) | {
     "room.availability",
     "device.online",
     "device.offline",
+    "room.occupancy",
+    "booking.ghost",
+    "booking.released",
 }
 """Every envelope type of the contract, and no other."""
 

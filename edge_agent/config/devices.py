@@ -45,6 +45,10 @@ class DeviceSettings:
     """Fallback when the device's ``Configuration Time Zone`` cannot be read."""
     relist_interval_s: float
     request_timeout_s: float
+    ghost_after_s: float = 600.0
+    release_after_s: float = 0.0
+    """0: never release a ghost booking."""
+    occupancy_min_interval_s: float = 10.0
 
     def endpoint(self) -> DeviceEndpoint:
         """The :class:`edge_agent.xapi.DeviceEndpoint` for this device."""
@@ -87,6 +91,9 @@ def device_settings(cfg: AgentConfig, secrets: Secrets) -> list[DeviceSettings]:
                 time_zone=pick("time_zone"),
                 relist_interval_s=pick("relist_interval_s"),
                 request_timeout_s=pick("request_timeout_s"),
+                ghost_after_s=pick("ghost_after_s"),
+                release_after_s=pick("release_after_s"),
+                occupancy_min_interval_s=pick("occupancy_min_interval_s"),
             )
         )
     return out

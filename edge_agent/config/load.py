@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
+from edge_agent.config.inventory import Inventory, name_problems, read_inventory
 from edge_agent.config.models import DEFAULT_STORE_NAME, AgentConfig
 
 EX_CONFIG = 78
@@ -58,18 +59,41 @@ def load_config(
     directory; the store path defaults to ``$STATE_DIRECTORY/agent.db`` (systemd
     ``StateDirectory=``), else ``./edge-agent.db``.
     """
+    return load_config_and_inventory(path, require_sink=require_sink, env=env)[0]
+
+
+def load_config_and_inventory(
+    path: str | os.PathLike[str],
+    *,
+    require_sink: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> tuple[AgentConfig, Inventory]:
+    """:func:`load_config`, and where each device entry was written (``edge-agent trust``
+    writes pins back there). The device list is the config's ``[[devices]]``, then its
+    ``devices_file``, then its ``include`` files; problems name the room, the file and the line.
+    """
     p = Path(path)
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError([("", f"{p}: no such file")], source=str(p)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([("", f"{p}: cannot read: {exc}")], source=str(p)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("", f"{p}: not valid TOML: {exc}")], source=str(p)) from None
-    return config_from_dict(
-        raw, base_dir=p.parent, require_sink=require_sink, env=env, source=str(p)
-    )
+    inv = read_inventory(raw, config_file=p, config_text=text)
+    merged = {**raw, "devices": inv.devices} if inv.devices or "devices" in raw else raw
+    try:
+        cfg = config_from_dict(
+            merged, base_dir=p.parent, require_sink=require_sink, env=env, source=str(p)
+        )
+    except ConfigError as exc:
+        problems = [*inv.problems, *name_problems(exc.problems, inv)]
+        raise ConfigError(problems, source=str(p)) from None
+    if inv.problems:
+        raise ConfigError(inv.problems, source=str(p))
+    return cfg, inv
 
 
 def config_from_dict(

@@ -40,6 +40,9 @@ TtlSeconds = Annotated[int, Field(ge=1, le=31_536_000)]  # up to a year
 GraceSeconds = Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)]
 RelistSeconds = Annotated[float, Field(ge=10, le=86_400, allow_inf_nan=False)]
 RequestSeconds = Annotated[float, Field(ge=0.1, le=300, allow_inf_nan=False)]
+GhostSeconds = Annotated[float, Field(ge=1, le=86_400, allow_inf_nan=False)]
+ReleaseSeconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]  # 0: never
+OccupancyIntervalSeconds = Annotated[float, Field(ge=0, le=3_600, allow_inf_nan=False)]
 
 
 def _check_env_name(v: str | None) -> str | None:
@@ -107,6 +110,59 @@ class StoreConfig(_Section):
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
 
+    # -- fleet mode: PostgreSQL instead of the SQLite file (DESIGN.md "Fleet mode") -----------
+    url: str | None = None
+    """``postgresql://user@host:5432/db``: the store lives in PostgreSQL and the agent runs as a
+    fleet member. No password in it: ``password_env`` / ``password_file``."""
+    password_env: str | None = None
+    password_file: str | None = None
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    ca_file: Path | None = None
+
+    _check_password_env = field_validator("password_env")(_check_env_name)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("expected postgresql://user@host:5432/db")
+        if parts.password is not None:
+            # The URL is shown in logs and /v1/fleet; the message must not repeat it.
+            raise ValueError(
+                "no password in the URL: put it in [store] password_env or password_file"
+            )
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("expected postgresql://user@host:5432/db (host and database)")
+        return v
+
+    @model_validator(mode="after")
+    def _postgres_keys(self) -> StoreConfig:
+        pg_only = [
+            k
+            for k in ("password_env", "password_file", "sslmode", "ca_file")
+            if getattr(self, k) is not None
+        ]
+        if self.url is None and pg_only:
+            raise ValueError(f"{', '.join(pg_only)} need [store] url (a postgresql:// URL)")
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+    @property
+    def postgres(self) -> bool:
+        return self.url is not None
+
+
+class FleetConfig(_Section):
+    """Fleet membership (only with ``[store] url``): who this member is, how long a lease lasts."""
+
+    member_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """Default: the host name."""
+    lease_s: Annotated[float, Field(ge=2.0, le=3600.0)] = 15.0
+
 
 class _DeviceKeys(_Section):
     """Keys that may be set in ``[defaults]`` and overridden per device."""
@@ -122,6 +178,9 @@ class _DeviceKeys(_Section):
     time_zone: str | None = None
     relist_interval_s: RelistSeconds | None = None
     request_timeout_s: RequestSeconds | None = None
+    ghost_after_s: GhostSeconds | None = None
+    release_after_s: ReleaseSeconds | None = None
+    occupancy_min_interval_s: OccupancyIntervalSeconds | None = None
 
     @field_validator("password_env")
     @classmethod
@@ -149,6 +208,9 @@ class DeviceDefaults(_DeviceKeys):
     time_zone: str | None = "UTC"
     relist_interval_s: RelistSeconds | None = 300.0
     request_timeout_s: RequestSeconds | None = 10.0
+    ghost_after_s: GhostSeconds | None = 600.0
+    release_after_s: ReleaseSeconds | None = 0.0
+    occupancy_min_interval_s: OccupancyIntervalSeconds | None = 10.0
 
 
 class DeviceConfig(_DeviceKeys):
@@ -271,6 +333,16 @@ class MqttConfig(_Section):
     protocol: Literal["3.1.1", "5"] = "5"
     ttl_s: TtlSeconds = 86_400
     health_interval_s: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 60.0
+    discovery: bool = False
+    """Home Assistant MQTT discovery: per room ``booked``, ``next booking``, ``people count``."""
+    discovery_prefix: str = "homeassistant"
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _discovery_prefix(cls, v: str) -> str:
+        if not v.strip("/") or any(c in v for c in "+#\0"):
+            raise ValueError("a discovery prefix is one or more MQTT topic levels, without + or #")
+        return v.strip("/")
 
     @field_validator("password_env")
     @classmethod
@@ -328,12 +400,63 @@ class MqttConfig(_Section):
 
 class ApiConfig(_Section):
     listen: str = DEFAULT_API_LISTEN
+    token_env: str | None = None
+    """Environment variable holding the bearer token(s), space-separated (rotation)."""
+    token_file: str | None = None
+    """File holding the bearer token(s), space-separated (relative: ``$CREDENTIALS_DIRECTORY``)."""
+    read_requires_token: bool = False
+    """Read routes need the token on loopback too (always when ``listen`` is not loopback)."""
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = []
+    """``Host`` names accepted besides the listen address (and loopback names on loopback)."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         parse_listen(v)
         return v
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, v: str | None) -> str | None:
+        return _check_env_name(v)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if any(c in name for c in "/@ ") or name.count(":") == 1:
+                raise ValueError(f"{name!r}: a host name or IP address, without scheme or port")
+        return [name.strip("[]").lower() for name in v]
+
+    @model_validator(mode="after")
+    def _api_checks(self) -> ApiConfig:
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError("set token_env or token_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "set both cert_file and key_file to serve the API over TLS, or neither"
+            )
+        if not self.loopback and self.token_env is None and self.token_file is None:
+            raise ValueError(
+                f"listen = {self.listen!r} is not a loopback address: set api.token_env (or "
+                "api.token_file) to the bearer token(s) every client must send, or listen on "
+                "127.0.0.1"
+            )
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``listen`` binds a loopback address only (``localhost`` counts)."""
+        # parse_listen's rule, inline: the default ApiConfig() is built before it is defined.
+        host = self.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def host(self) -> str:
@@ -345,7 +468,7 @@ class ApiConfig(_Section):
 
 
 class LogConfig(_Section):
-    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "info"
 
     @field_validator("level", mode="before")
     @classmethod
@@ -358,10 +481,18 @@ class AgentConfig(_Section):
     store: StoreConfig = StoreConfig()
     defaults: DeviceDefaults = DeviceDefaults()
     devices: list[DeviceConfig] = []
+    """Every device: the ``[[devices]]`` here, then ``devices_file``, then ``include`` (merged by
+    :mod:`edge_agent.config.inventory`)."""
+    devices_file: Path | None = None
+    """An inventory CSV (columns id, host or url, fingerprint, calendar, time_zone, username),
+    relative to this file; or a Control Hub device export."""
+    include: list[str] = []
+    """TOML files of ``[[devices]]`` entries, globs relative to this file (``devices.d/*.toml``)."""
     webhook: WebhookConfig | None = None
     mqtt: MqttConfig | None = None
     api: ApiConfig = ApiConfig()
     log: LogConfig = LogConfig()
+    fleet: FleetConfig = FleetConfig()
 
     @field_validator("site")
     @classmethod

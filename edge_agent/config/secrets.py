@@ -8,15 +8,23 @@ from ``$CREDENTIALS_DIRECTORY`` when set, so systemd's ``LoadCredential=`` works
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
 from pydantic import SecretStr
 
 from edge_agent.config.load import ConfigError, Problem
 from edge_agent.config.models import AgentConfig, _DeviceKeys
 from edge_agent.ops.logs import register_secrets
+
+log = structlog.get_logger(__name__)
+
+
+MIN_API_TOKEN_LEN = 16
+"""Shorter bearer tokens are refused: the local API may face the network."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,10 @@ class Secrets:
     webhook_secrets: list[SecretStr] = field(default_factory=list)
     """One or more ``whsec_...`` signing secrets (several during key rotation)."""
     mqtt_password: SecretStr | None = None
+    api_tokens: list[SecretStr] = field(default_factory=list)
+    """The local API's bearer tokens (``[api] token_env`` / ``token_file``; several: rotation)."""
+    store_password: SecretStr | None = None
+    """The PostgreSQL password (``[store] password_env`` / ``password_file``)."""
 
     def values(self) -> list[str]:
         """Every secret as plain text, for the log redactor (it masks them wherever they occur)."""
@@ -34,6 +46,9 @@ class Secrets:
         out += [s.get_secret_value() for s in self.webhook_secrets]
         if self.mqtt_password is not None:
             out.append(self.mqtt_password.get_secret_value())
+        out += [s.get_secret_value() for s in self.api_tokens]
+        if self.store_password is not None:
+            out.append(self.store_password.get_secret_value())
         return [v for v in out if v]
 
 
@@ -69,10 +84,37 @@ def _read_secret(
             )
             return None
         if not value:
-            problems.append((f"{key}_file", f"{path} is empty"))
+            hint = ""
+            if cred_dir and path.parent == Path(cred_dir):
+                # The unit's SetCredential= fallback: its LoadCredential= file is missing.
+                hint = (
+                    f" (systemd credential {path.name}: the file the unit loads it from, e.g. "
+                    f"/etc/edge-agent/credentials/{path.name}, is missing or empty; create it "
+                    "and restart)"
+                )
+            problems.append((f"{key}_file", f"{path} is empty{hint}"))
             return None
+        _warn_if_others_may_read(path, f"{key}_file")
         return SecretStr(value)
     return None
+
+
+def _warn_if_others_may_read(path: Path, key: str) -> None:
+    """Any local user could read a secret in a file that is world-readable (or replace it if
+    world-writable): say so, naming the file and the fix. A warning, not an error: the agent
+    can still run, and refusing would break a site on an upgrade."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        log.warning(
+            f"{path} is readable by every user on this machine; run `chmod 600 {path}` "
+            "(or hand it over as a systemd credential)",
+            key=key,
+            path=str(path),
+            mode=oct(stat.S_IMODE(mode)),
+        )
 
 
 def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> Secrets:
@@ -132,10 +174,66 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
             env=env,
             problems=problems,
         )
+    store_password = _read_secret(
+        "store.password",
+        env_name=cfg.store.password_env,
+        file_name=cfg.store.password_file,
+        env=env,
+        problems=problems,
+    )
+    api_tokens = _api_tokens(cfg, env, problems)
     if problems:
         raise ConfigError(problems)
-    secrets = Secrets(passwords, webhook_secrets, mqtt_password)
+    secrets = Secrets(
+        passwords,
+        webhook_secrets,
+        mqtt_password,
+        api_tokens=api_tokens,
+        store_password=store_password,
+    )
     # Every path that reads secrets (start, SIGHUP reload, check-config) hands them to the log
     # redactor here, so none can forget to.
     register_secrets(secrets.values())
     return secrets
+
+
+def _api_tokens(
+    cfg: AgentConfig, env: Mapping[str, str], problems: list[Problem]
+) -> list[SecretStr]:
+    secret = _read_secret(
+        "api.token",
+        env_name=cfg.api.token_env,
+        file_name=cfg.api.token_file,
+        env=env,
+        problems=problems,
+    )
+    if secret is None:
+        return []
+    tokens = secret.get_secret_value().split()
+    if any(len(t) < MIN_API_TOKEN_LEN for t in tokens):
+        key = "api.token_env" if cfg.api.token_env else "api.token_file"
+        # The message names the rule, never the value.
+        problems.append(
+            (
+                key,
+                f"each API token must be at least {MIN_API_TOKEN_LEN} characters (e.g. "
+                "`openssl rand -hex 32`); separate several with spaces",
+            )
+        )
+        return []
+    return [SecretStr(t) for t in tokens]
+
+
+def resolve_api_tokens(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> list[str]:
+    """The local API's bearer tokens alone (what the CLI sends; it needs no device password).
+
+    Raises :class:`ConfigError` when ``[api]`` names a source that is unset or unreadable.
+    The values are registered with the log redactor.
+    """
+    problems: list[Problem] = []
+    tokens = _api_tokens(cfg, os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems)
+    values = [t.get_secret_value() for t in tokens]
+    register_secrets(values)
+    return values

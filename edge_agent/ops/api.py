@@ -1,6 +1,8 @@
 """The local HTTP API (aiohttp): health, readiness, metrics, a view of the agent, dead letters.
 
-Bound to ``[api] listen`` (default ``127.0.0.1:9780``; keep it on loopback: there is no auth).
+Bound to ``[api] listen`` (default ``127.0.0.1:9780``). Who may call it (bearer tokens, Host and
+Origin checks, JSON bodies only, bounded) is :mod:`edge_agent.ops.api_guard`; the booking routes
+are :mod:`edge_agent.ops.api_bookings`.
 
 Routes:
 
@@ -23,6 +25,7 @@ Routes:
 - ``GET /v1/devices/{id}/bookings`` — the buffered window from the store, sorted by start;
   404 for an unknown device.
 - ``GET /v1/pending`` — pending booking requests from the store (``?device=ID`` to filter).
+- ``GET /v1/fleet`` — fleet mode: members, their devices and lease ages (404 when alone).
 - ``GET /v1/outbox`` — the store's outbox / dead-letter statistics (``Store.stats()``).
 - ``GET /v1/dead-letters`` — ``{"count", "dead_letters": [...]}``, oldest first
   (``?limit=N``, default 100, at most 10000; ``?sink=NAME``).
@@ -34,15 +37,14 @@ Routes:
 
 The two POST routes exist because only the running agent may write its database (the store
 holds a lock; see :mod:`edge_agent.store`): ``edge-agent outbox dead-letter replay|purge`` uses
-them while the agent runs. They accept only ``Content-Type: application/json``, which a web
-page cannot send cross-origin without a CORS preflight this server never grants.
+them while the agent runs. Like every state-changing route they need the bearer token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, Self, TypedDict, runtime_checkable
 
@@ -53,6 +55,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from edge_agent import jsoncodec
 from edge_agent.config import DEFAULT_API_LISTEN, parse_listen
 from edge_agent.metrics import REGISTRY
+from edge_agent.ops import api_bookings
+from edge_agent.ops.api_guard import MAX_BODY_BYTES, ApiGuard
 
 log = structlog.get_logger(__name__)
 
@@ -141,8 +145,11 @@ def readiness(agent: AgentView) -> tuple[bool, list[str]]:
         reasons.append("store not open")
     else:
         failed = getattr(agent.store, "failed", None)
+        unhealthy = getattr(agent.store, "unhealthy", None)  # writes keep failing (disk full)
         if failed:
             reasons.append(f"store failed: {failed}")
+        elif unhealthy:
+            reasons.append(unhealthy)
     for sink in agent.sinks():
         if sink.get("state") == "gone":
             reasons.append(f"sink {sink['name']} is gone")
@@ -152,16 +159,9 @@ def readiness(agent: AgentView) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
-def _local_host(host: str) -> bool:
-    """Whether an HTTP ``Host`` header names this machine's loopback (any port)."""
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+def _gone_not_ready(sink: SinkStatus) -> SinkStatus:
+    """A gone sink never delivers again, whatever its connection says: never ``ready``."""
+    return {**sink, "ready": False} if sink.get("state") == "gone" else sink
 
 
 def _jsonable(value: Any) -> Any:
@@ -240,12 +240,23 @@ class LocalApi:
     """The HTTP server: ``await start()`` / ``await stop()``, or ``async with``.
 
     ``listen`` is ``"HOST:PORT"`` (port 0 picks a free port; read :attr:`port` after start).
+    ``guard`` protects every route (default: loopback, no token, so no state-changing request
+    is accepted); ``ssl_context`` serves HTTPS.
     """
 
-    def __init__(self, agent: AgentView, listen: str = DEFAULT_API_LISTEN) -> None:
+    def __init__(
+        self,
+        agent: AgentView,
+        listen: str = DEFAULT_API_LISTEN,
+        *,
+        guard: ApiGuard | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._agent = agent
         self._host, self._port = parse_listen(listen)
         self._runner: web.AppRunner | None = None
+        self._guard = guard or ApiGuard(listen)
+        self._ssl = ssl_context
         self.app = self._make_app()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -262,13 +273,15 @@ class LocalApi:
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return f"{'https' if self._ssl else 'http'}://{host}:{self._port}"
 
     async def start(self) -> None:
         """Bind and serve. Raises ``OSError`` when the address is taken."""
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(
+            runner, self._host, self._port, reuse_address=True, ssl_context=self._ssl
+        )
         try:
             await site.start()
         except BaseException:
@@ -297,7 +310,9 @@ class LocalApi:
     # -- routes ------------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors])
+        app = web.Application(
+            middlewares=[self._guard.middleware, self._errors], client_max_size=MAX_BODY_BYTES
+        )
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -308,15 +323,13 @@ class LocalApi:
         app.router.add_get("/v1/dead-letters", self._dead_letters)
         app.router.add_post("/v1/dead-letters/replay", self._replay)
         app.router.add_post("/v1/dead-letters/purge", self._purge)
+        api_bookings.add_routes(app, self._agent)
+        app.router.add_get("/v1/fleet", self._fleet)
         return app
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.method == "POST" and not _local_host(request.host):
-                # A web page on another origin can make a browser POST here through DNS
-                # rebinding; such a request names the attacker's host, never a loopback one.
-                raise web.HTTPForbidden(reason="POST only with a loopback Host header")
             return await handler(request)
         except web.HTTPException as exc:
             if exc.status >= 400:
@@ -339,7 +352,7 @@ class LocalApi:
             "reasons": reasons,
             "store": {"open": store is not None},
             "devices": list(self._agent.devices()),
-            "sinks": list(self._agent.sinks()),
+            "sinks": [_gone_not_ready(s) for s in self._agent.sinks()],
         }
         return _json(body, status=200 if ok else 503)
 
@@ -397,3 +410,11 @@ class LocalApi:
         n = await self._store().purge_dead_letters(ids, sink=sink)
         log.info("dead letters purged through the local API", purged=n, sink=sink, ids=ids)
         return _json({"purged": n})
+
+    async def _fleet(self, request: web.Request) -> web.Response:
+        # Fleet mode only (the agent has ``fleet_status``; an agent alone answers 404).
+        status = getattr(self._agent, "fleet_status", None)
+        body = None if status is None else await status()
+        if body is None:
+            raise web.HTTPNotFound(reason="not in fleet mode ([store] url is not postgresql)")
+        return _json(body)

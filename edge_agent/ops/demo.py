@@ -51,6 +51,7 @@ from edge_agent.ops.logs import configure_logging
 # script's 40 simulated minutes show meetings ending and starting, not an empty night.
 DEMO_START = datetime(2026, 11, 23, 7, 50, tzinfo=UTC)
 PANEL_MINUTES = 30
+GHOST_AFTER_S = 120
 
 SECRET = "whsec_" + base64.b64encode(b"edge-agent demo secret, not for production").decode()
 
@@ -156,7 +157,7 @@ class Printer:
         observed = parse_utc(data["observed_at"])
         lag = (self.fleet.clock.now() - observed).total_seconds() / self.speed
         self.latencies.append(max(0.0, lag))
-        if self.quiet:
+        if self.quiet or env["type"] == "room.occupancy":  # head counts: many; the summary counts
             return
         sim = observed.strftime("%H:%M:%S")
         print(f"{sim}  {data['device_id']:<9} {env['type']:<28} {_details(env)}", file=self.out)
@@ -192,6 +193,11 @@ def _details(env: dict[str, Any]) -> str:
         )
     if env["type"] == "device.offline":
         parts.append(str(data.get("reason") or "")[:60])
+    if env["type"] == "booking.ghost":
+        parts.append(f"nobody came: the room stayed empty {data['empty_s'] / 60:.0f} min")
+    if env["type"] == "booking.ended" and data.get("occupancy"):
+        o = data["occupancy"]
+        parts.append(f"used {o['occupied_s'] / 60:.0f} min, peak {o['people_max']} people")
     return "  ".join(parts)
 
 
@@ -294,6 +300,9 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                     "password_env": "DEMO_DEVICE_PASSWORD",
                     "request_grace_s": 30,
                     "time_zone": args.time_zone,
+                    # A ghost after 2 simulated minutes (the default is 10), so one shows up.
+                    "ghost_after_s": GHOST_AFTER_S,
+                    "occupancy_min_interval_s": 300,
                 },
                 "devices": [
                     {"id": d.device_id, "url": d.url, "fingerprint": fleet.cert_sha256}
@@ -360,6 +369,7 @@ class Scripted:
     declined: str = ""  # request UUID the calendar declines
     expired: str = ""  # request UUID whose answer is lost
     reconciled_title: str = ""  # a booking made while its device rebooted
+    ghost: tuple[str, str] = ("", "")  # (device id, booking id) nobody comes to
 
 
 def _free_slot(bookings: Sequence[Any], after: datetime, minutes: int) -> datetime:
@@ -389,6 +399,13 @@ async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) 
     async def at(second: float) -> None:
         await asyncio.sleep(max(0.0, t0 + second * duration / 40 - time.monotonic()))
 
+    dev, booking = _no_show(fleet)
+    _say(
+        out,
+        f"{dev.device_id}: \"{booking.title}\" is booked from {booking.start:%H:%M}Z but nobody "
+        f"comes -> a ghost booking after {GHOST_AFTER_S // 60} min",
+    )
+    scripted.ghost = (dev.device_id, booking.id)
     await at(4)
     _say(out, "three rooms are booked on their touch panels (hybrid: the calendar confirms later)")
     for dev in rng.sample(devices, min(3, len(devices))):
@@ -429,6 +446,20 @@ async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) 
     quiet.faults.reboot(down_s=1.0, not_ready_s=0.5)
     await at(40)
     return scripted
+
+
+def _no_show(fleet: Any) -> tuple[Any, Any]:
+    """A meeting added "in Outlook" in the room free soonest, starting in a minute or so, to
+    which nobody comes (the room's head count is held at 0): the demo's ghost booking."""
+    now = fleet.clock.now()
+    slots = [
+        (_free_slot(d.calendar.bookings(), now, PANEL_MINUTES), i)
+        for i, d in enumerate(fleet.devices)
+    ]
+    start, i = min(slots)
+    dev = fleet.devices[i]
+    dev.calendar.people(0)
+    return dev, dev.calendar.add(start, PANEL_MINUTES, title="Nobody comes")
 
 
 def _verdict(scripted: Scripted, events: Sequence[dict[str, Any]]) -> list[tuple[bool, str]]:
@@ -480,6 +511,22 @@ def _verdict(scripted: Scripted, events: Sequence[dict[str, Any]]) -> list[tuple
             for e in events
         )
         checks.append((found, f'"{scripted.reconciled_title}" reconciled after the reboot'))
+    if scripted.ghost[0]:
+        device_id, booking_id = scripted.ghost
+        ghosts = [
+            e
+            for e in events
+            if e["type"] == "booking.ghost"
+            and e["data"]["device_id"] == device_id
+            and (e["data"].get("booking") or {}).get("id") == booking_id
+        ]
+        checks.append(
+            (
+                len(ghosts) == 1,
+                f"booking {booking_id} on {device_id} reported once as a ghost"
+                + ("" if ghosts else ": no booking.ghost"),
+            )
+        )
     return checks
 
 
@@ -511,6 +558,8 @@ def _summary(
         "device.online",
         "device.offline",
         "booking.request_expired",
+        "room.occupancy",
+        "booking.ghost",
     ):
         print(f"{'(agent)':<32}{'':>9}   {etype:<28}{delivered.get(etype, 0):>9}", file=out)
     lat = printer.latencies

@@ -23,8 +23,13 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 LEVEL_ENV = "EDGE_AGENT_LOG_LEVEL"
-LEVELS = ("debug", "info", "warning", "error", "critical")
+LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
 MASK = "[REDACTED]"
+
+TRACE = 5
+"""Below DEBUG: the wire itself (websockets logs every frame at DEBUG). ``debug`` is for
+reading what the agent decided; ``trace`` adds the frames, for a protocol problem."""
+logging.addLevelName(TRACE, "TRACE")
 
 # Libraries that are chatty in ways that do not help running a site (aiosqlite logs every
 # statement at DEBUG, httpx every request at INFO): their floor, whatever the agent's level.
@@ -35,6 +40,8 @@ _QUIET_LIBRARIES = {
     "asyncio": logging.INFO,
     "httpx": logging.WARNING,
 }
+# Libraries whose DEBUG is a dump of the wire: shown at ``trace`` only, INFO and up otherwise.
+_TRACE_LIBRARIES = ("websockets",)
 
 _SECRET_KEY_RE = re.compile(
     r"passw|secret|token|authori[sz]ation|api[_-]?key|credential|cookie|private[_-]?key|"
@@ -144,15 +151,32 @@ def redact(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Ev
 # ---------------------------------------------------------------------------------------------
 
 
+class LogLevelError(ValueError):
+    """A log level that is not one of :data:`LEVELS`; the message names where it came from."""
+
+
 def resolve_level(cli_level: str | None = None, config_level: str | None = None) -> str:
-    """``--log-level`` beats ``$EDGE_AGENT_LOG_LEVEL`` beats ``[log] level`` beats ``info``."""
-    for candidate in (cli_level, os.environ.get(LEVEL_ENV), config_level):
-        if candidate:
-            level = candidate.strip().lower()
-            if level == "warn":
-                level = "warning"
-            if level in LEVELS:
-                return level
+    """``--log-level`` beats ``$EDGE_AGENT_LOG_LEVEL`` beats ``[log] level`` beats ``info``.
+
+    Raises :class:`LogLevelError` for a level that is not one of :data:`LEVELS` (``warn`` is
+    taken for ``warning``): a typo must not quietly give a different level than was asked for.
+    """
+    sources = (
+        ("--log-level", cli_level),
+        (f"${LEVEL_ENV}", os.environ.get(LEVEL_ENV)),
+        ("[log] level", config_level),
+    )
+    for where, candidate in sources:
+        if candidate is None or not candidate.strip():
+            continue
+        level = candidate.strip().lower()
+        if level == "warn":
+            level = "warning"
+        if level not in LEVELS:
+            raise LogLevelError(
+                f"{where} = {candidate!r} is not a log level; use one of {', '.join(LEVELS)}"
+            )
+        return level
     return "info"
 
 
@@ -207,6 +231,8 @@ def configure_logging(
     root.setLevel(lvl)
     for name, floor in _QUIET_LIBRARIES.items():
         logging.getLogger(name).setLevel(max(lvl, floor))
+    for name in _TRACE_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if lvl <= TRACE else max(lvl, logging.INFO))
     logging.captureWarnings(True)
 
     structlog.configure(

@@ -22,8 +22,12 @@ from edge_agent.store.base import (
     Change,
     PendingRow,
     StoreBackend,
+    StoreCorrupt,
     StoreError,
+    StoreHealth,
     StoreLocked,
+    StoreTooNew,
+    StoreUnusable,
     Synchronous,
 )
 from edge_agent.store.deadletter import read_dead_letters
@@ -41,8 +45,12 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreBackend",
+    "StoreCorrupt",
     "StoreError",
+    "StoreHealth",
     "StoreLocked",
+    "StoreTooNew",
+    "StoreUnusable",
     "Synchronous",
     "read_dead_letters",
 ]

@@ -11,15 +11,104 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edge_agent.forward.schedule import OutboxEvent, SinkProgress
+
+if TYPE_CHECKING:
+    from edge_agent.store.requests import BookingRequestRow
 
 Synchronous = Literal["normal", "full"]
 
 
+UNREADY_AFTER_FAILURES = 3
+"""Writes failing in a row that make the store unhealthy (one failure may be a hiccup)."""
+UNREADY_AFTER_S = 10.0
+"""A failing streak this long makes the store unhealthy however few writes were tried."""
+WATCHDOG_AFTER_S = 60.0
+"""A failing streak this long (not disk full) withholds the systemd watchdog ping."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """Whether writes get in: the current failing streak, if any.
+
+    See "Health" in :mod:`edge_agent.store.writer` for the rules and why.
+    """
+
+    failures: int = 0
+    """Writes failed in a row (0: the last write succeeded)."""
+    failing_for_s: float = 0.0
+    kind: str | None = None
+    """The last failure's kind (``full``, ``io``...)."""
+    error: str | None = None
+    """The last failure's message, with what to do."""
+
+    @property
+    def healthy(self) -> bool:
+        return self.failures < UNREADY_AFTER_FAILURES and (
+            self.failures == 0 or self.failing_for_s < UNREADY_AFTER_S
+        )
+
+    @property
+    def problem(self) -> str | None:
+        """Why the store is not healthy, for ``/readyz`` and ``STATUS=``, else ``None``."""
+        if self.healthy:
+            return None
+        return (
+            f"store writes failing for {self.failing_for_s:.0f} s ({self.failures} in a row): "
+            f"{self.error}"
+        )
+
+    @property
+    def restart_helps(self) -> bool:
+        """Whether to withhold the watchdog ping (never on a full disk: a restart frees no
+        space)."""
+        return (
+            not self.healthy and self.kind != "full" and self.failing_for_s >= WATCHDOG_AFTER_S
+        )
+
+
 class StoreError(Exception):
     """A write could not be made durable (disk full, I/O error, database newer than the code)."""
+
+
+class StoreUnusable(StoreError):
+    """The database cannot be used as it is, and restarting the agent will not change that.
+
+    ``edge-agent run`` exits 78 (``EX_CONFIG``, which the systemd unit does not restart on)
+    with the message: a person has to act on the file first.
+    """
+
+
+class StoreCorrupt(StoreUnusable):
+    """The database file is damaged (``PRAGMA quick_check`` failed, or SQLite says malformed)."""
+
+    def __init__(self, path: Path, problems: Sequence[str]) -> None:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        shown = "; ".join(problems[:3]) + more
+        super().__init__(
+            f"the database at {path} is damaged ({shown}); the agent will not run on it: stop "
+            f"the agent, move {path.name} and its -wal/-shm files aside (keep them for "
+            "analysis), then restore it from a backup or start without it (an empty store: the "
+            "undelivered events in it are lost)"
+        )
+        self.path = path
+        self.problems = tuple(problems)
+
+
+class StoreTooNew(StoreUnusable):
+    """The database has a schema version newer than this code understands."""
+
+    def __init__(self, path: Path, version: int, supported: int) -> None:
+        super().__init__(
+            f"the database at {path} has schema version {version}, newer than this agent "
+            f"understands ({supported}); upgrade the agent, or move the file aside to start "
+            "with an empty store"
+        )
+        self.path = path
+        self.version = version
+        self.supported = supported
 
 
 class StoreLocked(StoreError):
@@ -82,6 +171,13 @@ class StoreBackend(Protocol):
         """Why the store cannot write any more, else ``None``."""
         ...
 
+    @property
+    def unhealthy(self) -> str | None:
+        """Why writes keep failing now (the agent is not ready), else ``None``."""
+        ...
+
+    def health(self) -> StoreHealth: ...
+
     async def close(self) -> None: ...
 
     # -- the session ------------------------------------------------------------------------
@@ -124,3 +220,8 @@ class StoreBackend(Protocol):
     async def purge_dead_letters(
         self, ids: Sequence[int] | None = None, sink: str | None = None
     ) -> int: ...
+
+    # -- booking requests made through the agent (edge_agent.store.requests) ----------------
+    async def record_request(self, uuid: str, room_id: str, request: dict[str, Any]) -> None: ...
+    async def resolve_request(self, uuid: str, status: str, outcome: dict[str, Any]) -> None: ...
+    async def load_request(self, uuid: str) -> BookingRequestRow | None: ...

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from edge_agent import jsoncodec
 from edge_agent.forward.schedule import OutboxEvent
 from edge_agent.store.base import Change
+from edge_agent.store.requests import outcomes_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,8 @@ class PreparedChange:
     device_state: bytes | None
     events: list[PreparedEvent]
     future: asyncio.Future[None]
+    request_outcomes: list[tuple[str, str, bytes]] = field(default_factory=list)
+    """``(uuid, status, outcome JSON)``: booking requests its events close (store.requests)."""
 
 
 @dataclass(slots=True)
@@ -112,6 +115,7 @@ def prepare(change: Change, future: asyncio.Future[None]) -> PreparedChange:
         device_state=None if change.device_state is None else dumpb(change.device_state),
         events=events,
         future=future,
+        request_outcomes=outcomes_of(change.events),
     )
 
 

@@ -15,6 +15,9 @@ Tables
   or dead-lettered). Delivery is in order per stream, so one integer is the whole record.
 - ``retry_state``: per sink and stream, the attempts and next due time of the stream's
   head-of-line event (only streams that are backing off have a row). It survives restarts.
+- ``booking_request``: booking requests made through the agent (schema 3), ``uuid -> status``
+  (``pending``, ``created``, ``failed``, ``expired``) with the request and its outcome as JSON;
+  kept a day (see :mod:`edge_agent.store.requests`).
 - ``dead_letter``: events a sink gave up on, with the reason, for the operator to replay or
   purge. Bounded (oldest dropped first; see :mod:`edge_agent.store.writer`).
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
-from edge_agent.store.base import StoreError
+from edge_agent.store.base import StoreTooNew
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +80,28 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE dead_letter ADD COLUMN observed_at REAL;
     UPDATE dead_letter SET observed_at = {_OBSERVED_AT_OF_BODY};
     """,
+    # 3: booking requests made through the agent (local API, MQTT), kept a day: what
+    # GET /v1/requests/{uuid} answers. Resolved in the transaction that stores the outcome event.
+    """
+    CREATE TABLE booking_request (
+        uuid TEXT PRIMARY KEY, room_id TEXT NOT NULL, status TEXT NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, request BLOB NOT NULL, outcome BLOB
+        ) WITHOUT ROWID;
+    CREATE INDEX booking_request_by_age ON booking_request (created_at);
+    """,
+    # 4: what each room saw (edge_agent.store.occupancy): intervals of one state and the
+    # bookings measured against them, kept for `edge-agent report` (pruned by age there).
+    """
+    CREATE TABLE occupancy_interval (
+        device_id TEXT NOT NULL, start REAL NOT NULL, end REAL,
+        state TEXT NOT NULL, people_max INTEGER NOT NULL,
+        PRIMARY KEY (device_id, start)) WITHOUT ROWID;
+    CREATE TABLE occupancy_booking (
+        device_id TEXT NOT NULL, booking_id TEXT NOT NULL, started_at REAL NOT NULL,
+        ended_at REAL, row BLOB NOT NULL,
+        PRIMARY KEY (device_id, booking_id, started_at)) WITHOUT ROWID;
+    CREATE INDEX occupancy_booking_open ON occupancy_booking (device_id, ended_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -85,15 +110,12 @@ async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
     """Bring the database at ``path`` to :data:`SCHEMA_VERSION`, one transaction per step.
 
     Raises:
-        StoreError: the database is newer than this code.
+        StoreTooNew: the database is newer than this code.
     """
     rows = list(await conn.execute_fetchall("PRAGMA user_version"))
     version = int(rows[0][0])
     if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"the database at {path} has schema version {version}, newer than this agent "
-            f"understands ({SCHEMA_VERSION}); upgrade the agent or move the file aside"
-        )
+        raise StoreTooNew(path, version, SCHEMA_VERSION)
     for target in range(version + 1, SCHEMA_VERSION + 1):
         await conn.execute("BEGIN IMMEDIATE")
         try:
@@ -216,3 +238,19 @@ PURGE_DEAD_LETTER = "DELETE FROM dead_letter WHERE id=? AND {where}"
 DROP_OLDEST_DEAD_LETTERS = (
     "DELETE FROM dead_letter WHERE id IN (SELECT id FROM dead_letter ORDER BY id LIMIT ?)"
 )
+
+# -- booking requests ----------------------------------------------------------------------------
+
+PUT_BOOKING_REQUEST = (
+    "INSERT INTO booking_request (uuid, room_id, status, created_at, updated_at, request, "
+    "outcome) VALUES (?,?,'pending',?,?,?,NULL)"
+)
+SELECT_BOOKING_REQUEST = (
+    "SELECT room_id, status, created_at, updated_at, request, outcome FROM booking_request "
+    "WHERE uuid=?"
+)
+# (status, updated_at, outcome, uuid): only a pending request changes; the first outcome wins.
+RESOLVE_BOOKING_REQUEST = (
+    "UPDATE booking_request SET status=?, updated_at=?, outcome=? WHERE uuid=? AND status='pending'"
+)
+PRUNE_BOOKING_REQUESTS = "DELETE FROM booking_request WHERE created_at<?"

@@ -25,14 +25,71 @@ import structlog
 
 from edge_agent import jsoncodec
 from edge_agent.forward.schedule import OutboxEvent, RetryState, SinkProgress
-from edge_agent.store import deadletter, schema
-from edge_agent.store.base import Change, PendingRow, StoreError, Synchronous
+from edge_agent.store import deadletter, occupancy, schema
+from edge_agent.store.base import (
+    Change,
+    PendingRow,
+    StoreCorrupt,
+    StoreError,
+    StoreHealth,
+    Synchronous,
+)
 from edge_agent.store.lock import lock_database
 from edge_agent.store.plan import ProgressOp, prepare, stream_seqs
+from edge_agent.store.requests import KEEP_S, BookingRequestRow, row_from_db
 from edge_agent.store.stats import store_stats
-from edge_agent.store.writer import GroupWriter
+from edge_agent.store.writer import (
+    WAL_AUTOCHECKPOINT_PAGES,
+    WAL_SIZE_LIMIT_BYTES,
+    GroupWriter,
+)
 
 log = structlog.get_logger(__name__)
+
+
+QUICK_CHECK_LINES = 20
+"""Most problems ``PRAGMA quick_check`` reports (the first few are named in the error)."""
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Whether SQLite says the file is damaged (``SQLITE_CORRUPT``) or not a database at all."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return True
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def open_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    if is_corruption(exc):
+        return StoreCorrupt(path, [str(exc)])
+    return StoreError(f"cannot open the database at {path}: {exc}")
+
+
+async def check_integrity(conn: aiosqlite.Connection, path: Path) -> None:
+    """``PRAGMA quick_check`` before anything reads the tables.
+
+    A file with garbage inside its pages otherwise opens fine and fails later, in whichever
+    session or drainer reads the damaged page, over and over ("database disk image is
+    malformed"), while the agent looks ready. quick_check reads every page once (0.27 s for a
+    237 MB file in the page cache; a cold disk adds its read time) but skips the index-vs-table
+    comparison of ``integrity_check``.
+
+    Raises:
+        StoreCorrupt: it found problems (the first few are named).
+    """
+    rows = list(await conn.execute_fetchall(f"PRAGMA quick_check({QUICK_CHECK_LINES})"))
+    # One row per problem, though SQLite packs several into one row at times (newlines).
+    lines = [line.strip() for r in rows for line in str(r[0]).splitlines()]
+    problems = [p for p in lines if p and not p.startswith("*** in database")]
+    if problems != ["ok"]:
+        raise StoreCorrupt(path, problems)
+
+
+async def bound_wal(conn: aiosqlite.Connection, size_limit: int) -> None:
+    """Keep the WAL file small (see "Disk space" in :mod:`edge_agent.store.writer`)."""
+    await conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    await conn.execute(f"PRAGMA journal_size_limit={int(size_limit)}")
 
 
 class SqliteStore:
@@ -67,6 +124,15 @@ class SqliteStore:
         """Why the store cannot write any more (its writer died), else ``None``."""
         return self._writer.failed
 
+    def health(self) -> StoreHealth:
+        """Whether writes get in now (see "Health" in :mod:`edge_agent.store.writer`)."""
+        return self._writer.health()
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why writes are not getting in (``/readyz``, ``STATUS=``), else ``None``."""
+        return self._writer.health().problem
+
     # -- opening and closing ------------------------------------------------------------------
 
     @classmethod
@@ -80,6 +146,7 @@ class SqliteStore:
         synchronous: Synchronous = "normal",
         max_group: int = 1000,
         queue_max: int = 10_000,
+        wal_size_limit: int = WAL_SIZE_LIMIT_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> SqliteStore:
         """Open (creating or migrating) the database at ``path`` and start the writer task.
@@ -95,10 +162,13 @@ class SqliteStore:
                 (also against power loss, slower).
             max_group: most changes committed in one transaction.
             queue_max: most changes waiting for the writer; ``commit()`` waits beyond that.
-            clock: unix-seconds wall clock (``created_at``, ages).
+            wal_size_limit: bytes the WAL file is truncated back to after a checkpoint.
+            clock: unix-seconds wall clock (``created_at``, ages, how long writes have failed).
 
         Raises:
-            StoreError: the database is newer than this code, or cannot be opened.
+            StoreCorrupt: ``PRAGMA quick_check`` found damage, or the file is not a database.
+            StoreTooNew: the database is newer than this code.
+            StoreError: the database cannot be opened (permissions, I/O error, disk full).
             StoreLocked: another process has it open.
         """
         if str(path) == ":memory:":
@@ -119,13 +189,15 @@ class SqliteStore:
         except BaseException as exc:
             os.close(lock_fd)
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot open the database at {p}: {exc}") from exc
+                raise open_error(p, exc) from exc
             raise
         rconn: aiosqlite.Connection | None = None
         try:
             await wconn.execute("PRAGMA journal_mode=WAL")
             await wconn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             await wconn.execute("PRAGMA busy_timeout=5000")
+            await bound_wal(wconn, wal_size_limit)
+            await check_integrity(wconn, p)
             await schema.migrate(wconn, p)
             rconn = await aiosqlite.connect(p, isolation_level=None)
             await rconn.execute("PRAGMA busy_timeout=5000")
@@ -137,6 +209,7 @@ class SqliteStore:
                 dead_letter_max=dead_letter_max,
                 max_group=max_group,
                 queue_max=queue_max,
+                wal_size_limit=wal_size_limit,
                 clock=clock,
             )
             await writer.load()
@@ -146,7 +219,7 @@ class SqliteStore:
                 await rconn.close()
             os.close(lock_fd)
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot open the database at {p}: {exc}") from exc
+                raise open_error(p, exc) from exc
             raise
         store = cls(p, writer, rconn, wconn, lock_fd, clock)
         writer.start()
@@ -379,3 +452,55 @@ class SqliteStore:
                 await self._wconn.execute(stmt, (device_id,))
 
         await self._writer.call(forget)
+
+    # -- booking requests made through the agent (edge_agent.store.requests) ----------------
+
+    async def record_request(self, uuid: str, room_id: str, request: dict[str, Any]) -> None:
+        """Store a new pending request (before it is sent); requests older than a day go.
+
+        Raises:
+            StoreError: the write failed, or ``uuid`` is already taken.
+        """
+        now = self._time()
+        body = jsoncodec.dumpb(request)
+
+        async def put() -> None:
+            await self._wconn.execute(schema.PRUNE_BOOKING_REQUESTS, (now - KEEP_S,))
+            try:
+                await self._wconn.execute(
+                    schema.PUT_BOOKING_REQUEST, (uuid, room_id, now, now, body)
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(f"booking request {uuid} already exists") from None
+
+        await self._writer.call(put)
+
+    async def resolve_request(self, uuid: str, status: str, outcome: dict[str, Any]) -> None:
+        """Close a pending request that no device event will close (the send failed)."""
+        args = (status, self._time(), jsoncodec.dumpb(outcome), uuid)
+
+        async def resolve() -> None:
+            await self._wconn.execute(schema.RESOLVE_BOOKING_REQUEST, args)
+
+        await self._writer.call(resolve)
+
+    async def load_request(self, uuid: str) -> BookingRequestRow | None:
+        """The stored request ``uuid`` (kept a day), or ``None``."""
+        rows = list(await self._rconn.execute_fetchall(schema.SELECT_BOOKING_REQUEST, (uuid,)))
+        return row_from_db(uuid, tuple(rows[0])) if rows else None
+
+    # -- occupancy (edge_agent.store.occupancy) -------------------------------------------------
+
+    async def save_occupancy(self, change: occupancy.OccupancyWrite) -> None:
+        """Write one device's occupancy rows in their own transaction; return once durable."""
+
+        async def save() -> None:
+            await occupancy.write(self._wconn, change)
+
+        await self._writer.call(save)
+
+    async def load_occupancy(
+        self, device_id: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The open occupancy interval and the unfinished booking tracks of ``device_id``."""
+        return await occupancy.load(self._rconn, device_id)

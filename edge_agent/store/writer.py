@@ -33,12 +33,45 @@ delivery moved the cursor past it and compaction deleted the row.
 
 If the writer task itself dies (a bug, the connection gone), every waiting and later call fails
 with :class:`StoreError` and :attr:`GroupWriter.failed` says why.
+
+Health
+------
+Every failed write counts in ``edge_agent_store_errors{kind}`` (``full``, ``io``, ``corrupt``,
+``readonly``, ``conflict``, ``other``). Writes failing in a row make the store unhealthy
+(:class:`~edge_agent.store.base.StoreHealth`; ``edge_agent_store_healthy`` 0): a few of them
+in a row, or a failing streak of some seconds (the bounds are in :mod:`~edge_agent.store.base`),
+makes ``/readyz`` answer 503 naming the
+store, the error and what to do. A successful write that stored changes ends the streak (a
+progress-only write does not, when changes are what failed: events are what must get in).
+
+The systemd watchdog: past ``WATCHDOG_AFTER_S`` (60 s) of failing writes the agent stops pinging
+(systemd restarts it) unless the disk is FULL. A restart does not free space: the new process
+would fail the same way (or not open at all) and lose what the sessions hold in memory and
+retry, so on a full disk the agent keeps running, keeps retrying, stays not-ready and says so
+in ``STATUS=``. Any other error that lasts (I/O errors, a file turned read-only or damaged
+under the agent) is what a restart can clear, and the next start's ``quick_check`` turns a
+damaged file into exit 78 (no restart loop).
+
+Disk space
+----------
+Group commit is all or nothing: a group from a backlog (up to ``max_group`` changes) can need
+more space than was freed. When a group fails with the disk full, its first half is tried on
+its own, then the rest, and so on down to one change, so a little freed space stores what fits
+at once; the changes that still do not fit fail (their callers retry). The WAL is bounded:
+SQLite checkpoints it every :data:`WAL_AUTOCHECKPOINT_PAGES` pages and truncates it back to
+:data:`WAL_SIZE_LIMIT_BYTES` (``journal_size_limit``); after a failing streak ends, and when the
+writer goes idle with a WAL past that size (a reader held a checkpoint off), it runs
+``wal_checkpoint(TRUNCATE)``, so space taken during a burst is given back to the disk.
+Headroom the store needs beyond the database file: the WAL (up to the largest transaction, at
+most ``max_group`` changes, plus :data:`WAL_SIZE_LIMIT_BYTES`) and, at checkpoint, room for the
+database to grow by the pages the WAL holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -49,9 +82,19 @@ import aiosqlite
 import structlog
 
 from edge_agent.backoff import Backoff
-from edge_agent.metrics import DEAD_LETTER_DROPPED, EVENTS, OUTBOX_DROPPED
+from edge_agent.metrics import (
+    DEAD_LETTER_DROPPED,
+    EVENTS,
+    OUTBOX_DROPPED,
+    STORE_ERRORS,
+    STORE_HEALTHY,
+)
 from edge_agent.store import schema
-from edge_agent.store.base import StoreError
+from edge_agent.store.base import (
+    UNREADY_AFTER_FAILURES,
+    StoreError,
+    StoreHealth,
+)
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
 
 log = structlog.get_logger(__name__)
@@ -62,6 +105,32 @@ PROGRESS_RETRY = Backoff(initial=0.5, maximum=30.0)
 _T = TypeVar("_T")
 
 
+WAL_AUTOCHECKPOINT_PAGES = 1000
+"""SQLite's default, said out loud: checkpoint once the WAL holds ~4 MiB of pages."""
+WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
+"""The WAL is truncated back to this size after a checkpoint (``journal_size_limit``)."""
+
+
+def error_kind(exc: BaseException) -> str:
+    """The ``kind`` label of ``edge_agent_store_errors`` for a failed write."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc)
+    if primary == sqlite3.SQLITE_FULL or (
+        isinstance(exc, sqlite3.OperationalError) and "full" in text
+    ):
+        return "full"
+    if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in text:
+        return "corrupt"
+    if primary == sqlite3.SQLITE_READONLY or "readonly" in text:
+        return "readonly"
+    if primary == sqlite3.SQLITE_IOERR or "disk I/O error" in text:
+        return "io"
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "conflict"
+    return "other"
+
+
 def sqlite_message(path: Path, exc: BaseException) -> str:
     """What a person sees when a write failed, with what to do next."""
     text = str(exc)
@@ -70,12 +139,18 @@ def sqlite_message(path: Path, exc: BaseException) -> str:
             f"outbox seq already taken in {path}: another process wrote to the database; this "
             "commit was not stored (retry it); only one edge-agent may use a database"
         )
-    if isinstance(exc, sqlite3.OperationalError) and (
-        "full" in text or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-    ):
+    kind = error_kind(exc)
+    if kind == "full":
         return (
             f"database or disk is full at {path}: free space; events are kept in memory and retried"
         )
+    if kind == "corrupt":
+        return (
+            f"the database at {path} is damaged ({text}): stop the agent, move the file aside "
+            "and restore it from a backup (the next start checks it and refuses a damaged file)"
+        )
+    if kind == "readonly":
+        return f"the database at {path} cannot be written ({text}): check the file and its mount"
     return f"store write failed at {path}: {text}"
 
 
@@ -93,6 +168,7 @@ class GroupWriter:
         max_group: int,
         queue_max: int,
         clock: Callable[[], float],
+        wal_size_limit: int = WAL_SIZE_LIMIT_BYTES,
     ) -> None:
         self.path = path
         self.sinks = sinks
@@ -118,6 +194,14 @@ class GroupWriter:
         self._held_at = 0.0  # loop time of the next try on its own
         self._held_backoff = PROGRESS_RETRY
         self._writing: list[ProgressOp] = []  # the group's progress while its write runs
+        # The failing streak (see "Health"): since when (store clock), how many, the last error.
+        self._failures = 0
+        self._failing_since = 0.0
+        self._changes_failing = False
+        self._last_error: tuple[str, str] | None = None  # (kind, message)
+        self._checkpoint_due = False
+        self._wal = Path(f"{path}-wal")
+        self._wal_size_limit = wal_size_limit
         self.failed: str | None = None
         """Why nothing can be written any more (the writer task died), else ``None``."""
         # What the database holds, kept in memory (only the writer changes it).
@@ -140,6 +224,7 @@ class GroupWriter:
                 self._db_cursor[sink][device] = done
 
     def start(self) -> None:
+        self.health()  # edge_agent_store_healthy starts at 1 for an open store
         self._task = asyncio.create_task(self._write_loop(), name=f"store[{self.path.name}].writer")
         self._task.add_done_callback(self._done)
 
@@ -200,6 +285,63 @@ class GroupWriter:
         self._waiting.add(fut)
         fut.add_done_callback(self._waiting.discard)
 
+    def health(self) -> StoreHealth:
+        """The failing streak now; also sets ``edge_agent_store_healthy``."""
+        if not self._failures or self._last_error is None:
+            STORE_HEALTHY.set(1)
+            return StoreHealth()
+        kind, error = self._last_error
+        h = StoreHealth(self._failures, max(0.0, self._time() - self._failing_since), kind, error)
+        STORE_HEALTHY.set(1 if h.healthy else 0)
+        return h
+
+    def _write_failed(self, exc: BaseException, message: str, *, changes: bool) -> None:
+        kind = error_kind(exc)
+        STORE_ERRORS.labels(kind=kind).inc()
+        if not self._failures:
+            self._failing_since = self._time()
+        self._failures += 1
+        self._changes_failing = self._changes_failing or changes
+        self._last_error = (kind, message)
+        if self._failures == UNREADY_AFTER_FAILURES:
+            self._log.error(
+                "store writes keep failing: the agent reports not ready until they succeed",
+                error=message,
+                kind=kind,
+                failures=self._failures,
+            )
+        self.health()
+
+    def _write_succeeded(self, *, changes: bool) -> None:
+        if not self._failures or (self._changes_failing and not changes):
+            return
+        self._log.info(
+            "store writes succeed again",
+            failures=self._failures,
+            failing_for_s=round(self._time() - self._failing_since, 1),
+        )
+        self._failures = 0
+        self._changes_failing = False
+        self._last_error = None
+        self._checkpoint_due = True  # give back the WAL space the streak may have grown
+        STORE_HEALTHY.set(1)
+
+    async def _checkpoint(self) -> None:
+        """``wal_checkpoint(TRUNCATE)`` after a failing streak, or with an oversized WAL."""
+        due = self._checkpoint_due
+        self._checkpoint_due = False
+        if not due:
+            try:
+                due = os.stat(self._wal).st_size > self._wal_size_limit
+            except OSError:
+                return
+        if not due:
+            return
+        try:
+            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # a reader holds it off, or the disk is still full
+            self._log.info("WAL checkpoint did not complete", error=str(exc))
+
     def stored(self, sink: str, device: str, seq: int) -> None:
         """Tell ``sink``'s drainer that ``device`` has events up to ``seq``."""
         feed = self.committed[sink]
@@ -241,6 +383,7 @@ class GroupWriter:
                     await self._write_call(fn, fut)
             if self._closing:
                 return
+            await self._checkpoint()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         """Fail everyone waiting when the writer ends; mark the store failed if it died."""
@@ -275,9 +418,12 @@ class GroupWriter:
         except Exception as exc:  # noqa: BLE001 - the writer survives; the caller gets it
             await self._rollback()
             self.outbox_count, self.dead_count = counts
+            message = sqlite_message(self.path, exc)
+            self._write_failed(exc, message, changes=False)
             if not fut.done():
-                fut.set_exception(StoreError(sqlite_message(self.path, exc)))
+                fut.set_exception(StoreError(message))
             return
+        self._write_succeeded(changes=False)
         self._report_dead_letter_drop(dropped)
         for ev in self.wakeups.values():
             ev.set()
@@ -322,6 +468,38 @@ class GroupWriter:
     # -- one group --------------------------------------------------------------------------------
 
     async def _write_group(self, changes: list[PreparedChange], progress: list[ProgressOp]) -> None:
+        """Write the group; on a full disk, store what fits (see "Disk space" above)."""
+        parts = [changes]
+        while parts:
+            part = parts.pop(0)
+            exc = await self._try_group(part, progress)
+            if exc is None:
+                progress = []  # written with this part
+                continue
+            if len(part) > 1 and error_kind(exc) == "full":
+                half = len(part) // 2
+                parts[:0] = [part[:half], part[half:]]
+                continue
+            # Not even one change fits (or it is not about space): fail this part and the rest.
+            failed = part + [ch for p in parts for ch in p]
+            err = StoreError(sqlite_message(self.path, exc))
+            self._write_failed(exc, str(err), changes=bool(failed))
+            self._log.error(
+                "store write failed", error=str(err), changes=len(failed), progress=len(progress)
+            )
+            for ch in failed:
+                if not ch.future.done():
+                    ch.future.set_exception(err)
+            for op in progress:
+                if op.future is not None and not op.future.done():
+                    op.future.set_exception(err)
+            self._hold(progress)
+            return
+
+    async def _try_group(
+        self, changes: list[PreparedChange], progress: list[ProgressOp]
+    ) -> Exception | None:
+        """One transaction; resolves its futures when it committed, else returns the error."""
         seq0, dead0 = self.next_seq, self.dead_count
         cursors: dict[tuple[str, str], int] = {}
         try:
@@ -331,18 +509,8 @@ class GroupWriter:
             self.next_seq, self.dead_count = seq0, dead0
             if isinstance(exc, sqlite3.IntegrityError):
                 await self._resync_seq()
-            err = StoreError(sqlite_message(self.path, exc))
-            self._log.error(
-                "store write failed", error=str(err), changes=len(changes), progress=len(progress)
-            )
-            for ch in changes:
-                if not ch.future.done():
-                    ch.future.set_exception(err)
-            for op in progress:
-                if op.future is not None and not op.future.done():
-                    op.future.set_exception(err)
-            self._hold(progress)
-            return
+            return exc
+        self._write_succeeded(changes=bool(changes))
         self._held_attempts = 0
         self.outbox_count += added
         for (s, d), q in cursors.items():
@@ -372,6 +540,7 @@ class GroupWriter:
                 cap=self.outbox_max_events,
             )
         self._report_dead_letter_drop(dropped)
+        return None
 
     async def _apply(
         self,
@@ -444,6 +613,9 @@ class GroupWriter:
         added = 0
         if rows:
             added = db.executemany(schema.INSERT_OUTBOX, rows).rowcount
+        resolved = [(st, now, out, u) for ch in changes for u, st, out in ch.request_outcomes]
+        if resolved:
+            db.executemany(schema.RESOLVE_BOOKING_REQUEST, resolved)
         added -= self._apply_progress(db, progress, now, cursors)
         overflow = 0
         if self.outbox_count + added > self.outbox_max_events:

@@ -117,6 +117,9 @@ def test_event_type_table() -> None:
         "room.availability",
         "device.online",
         "device.offline",
+        "room.occupancy",
+        "booking.ghost",
+        "booking.released",
     }
 
 

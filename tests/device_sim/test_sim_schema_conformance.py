@@ -117,7 +117,7 @@ def _scenario(profile: str, mode: str) -> tuple[list[dict[str, Any]], list[Any]]
     run("Bookings List", DayOffset=0, Days=2)
     run("Bookings List", DayOffset=0, Days=1, Limit=1, Offset=0)
     run("Bookings Get", Id=booking.id)
-    if profile == "modern":
+    if profile in ("current", "modern"):
         run("Bookings Extend", Id=booking.id, Duration=10)
         run("Bookings Edit", MeetingId="mx", Title="Edited")
         run("Bookings NotificationSnooze", Id=booking.id)
@@ -170,7 +170,7 @@ def _scenario(profile: str, mode: str) -> tuple[list[dict[str, Any]], list[Any]]
     return notes, results
 
 
-@pytest.mark.parametrize("profile", ["modern", "legacy"])
+@pytest.mark.parametrize("profile", ["current", "modern", "legacy"])
 @pytest.mark.parametrize("mode", ["local", "hybrid"])
 def test_everything_produced_validates(profile: str, mode: str) -> None:
     notes, results = _scenario(profile, mode)
@@ -191,7 +191,7 @@ def test_everything_produced_validates(profile: str, mode: str) -> None:
             _check_booking_entry(entry)
         if isinstance(result.get("Booking"), dict):
             _check_booking_entry(result["Booking"])
-    if profile == "modern":
+    if profile in ("current", "modern"):
         expected = {
             "BookingRequested",
             "BookingCreated",
@@ -215,7 +215,7 @@ def test_everything_produced_validates(profile: str, mode: str) -> None:
         assert seen == {"BookingRequested", "Start", "End", "Updated"}
 
 
-@pytest.mark.parametrize("profile", ["modern", "legacy"])
+@pytest.mark.parametrize("profile", ["current", "modern", "legacy"])
 def test_status_and_configuration_trees_validate(profile: str) -> None:
     core = make_core(profile=profile)
     _check_tree(profile, "Status", core.status_tree(T0))

@@ -337,7 +337,7 @@ async def test_cli_subprocess_with_ready_file(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         info = json.loads(ready.read_text())
         assert [d["port"] for d in info["devices"]] == [port, port + 1, port + 2]
-        headers = {"Authorization": basic("admin", "pw1")}
+        headers = {"Authorization": basic("edge-agent", "pw1")}  # the CLI default user
         async with await ws(info["devices"][2]["url"], additional_headers=headers) as conn:
             reply = await call(conn, "xCommand/Bookings/List", DayOffset=0, Days=2)
             assert reply["result"]["status"] == "OK"

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from edge_agent.metrics import RECONNECTS
+from edge_agent.ops.api_guard import ApiGuard, host_name
 from edge_agent.ops.api import AgentView, DeviceStatus, LocalApi, SinkStatus, StoreView, readiness
 from edge_agent.store import Change, PendingRow, Store
 
@@ -77,15 +78,20 @@ def agent(store: Store) -> FakeAgent:
     )
 
 
+TOKEN = "test-token-0123456789abcdef"
+
+
 @pytest.fixture
 async def api(agent: FakeAgent) -> AsyncIterator[LocalApi]:
-    async with LocalApi(agent, "127.0.0.1:0") as local:
+    guard = ApiGuard("127.0.0.1:0", [TOKEN])
+    async with LocalApi(agent, "127.0.0.1:0", guard=guard) as local:
         yield local
 
 
 @pytest.fixture
 async def http(api: LocalApi) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api.url, timeout=5) as client:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=api.url, timeout=5, headers=headers) as client:
         yield client
 
 
@@ -341,15 +347,14 @@ async def test_dead_letter_posts_need_a_json_body(store: Store, http: httpx.Asyn
     assert len(await store.dead_letters()) == 1
 
 
-def test_only_loopback_hosts_may_post() -> None:
-    from edge_agent.ops.api import _local_host
-
-    for host in ("127.0.0.1:9780", "localhost:9780", "[::1]:9780", "127.0.0.5", "LOCALHOST"):
-        assert _local_host(host), host
+def test_only_loopback_hosts_are_accepted_on_loopback() -> None:
+    hosts = ApiGuard("127.0.0.1:9780").hosts
+    for host in ("127.0.0.1:9780", "localhost:9780", "[::1]:9780", "LOCALHOST"):
+        assert host_name(host) in hosts, host
     for host in (
         "evil.example:9780",
         "10.0.0.1:9780",
         "[2001:db8::1]:9780",
         "127.0.0.1.evil.example",
     ):
-        assert not _local_host(host), host
+        assert host_name(host) not in hosts, host

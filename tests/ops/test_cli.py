@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from edge_agent.ops.api import LocalApi
+from edge_agent.ops.api_guard import ApiGuard
 from edge_agent.store import Change, Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -347,19 +348,30 @@ async def test_dead_letter_replay_goes_through_the_running_agent(tmp_path: Path)
     await make_dead_letters(path, 2)
     agent_store = await Store.open(path, sinks=("webhook",))
     try:
-        async with LocalApi(RunningAgent(agent_store), "127.0.0.1:0") as api:
+        # The replay is a state-changing route: the CLI sends the token from [api] token_env.
+        token = "cli-test-token-0123456789"
+        guard = ApiGuard("127.0.0.1:0", [token])
+        async with LocalApi(RunningAgent(agent_store), "127.0.0.1:0", guard=guard) as api:
             body = WEBHOOK_ONLY.format(url="https://example.invalid/hook")
-            cfg = write_config(tmp_path, body + f'[api]\nlisten = "127.0.0.1:{api.port}"\n')
+            cfg = write_config(
+                tmp_path,
+                body + f'[api]\nlisten = "127.0.0.1:{api.port}"\ntoken_env = "API_TOKEN"\n',
+            )
+            env = {"API_TOKEN": token}
             code, out, err = await acli("outbox", "dead-letter", "list", "-c", str(cfg))
             assert code == 0 and "2 dead letter(s)" in out, err
-            code, out, err = await acli("outbox", "dead-letter", "replay", "-c", str(cfg))
+            code, out, err = await acli(
+                "outbox", "dead-letter", "replay", "-c", str(cfg), env={"API_TOKEN": "wrong" * 4}
+            )
+            assert code == 1 and "HTTP 401" in err and "token_env" in err, out + err
+            code, out, err = await acli("outbox", "dead-letter", "replay", "-c", str(cfg), env=env)
             assert code == 0 and "replayed 2 " in out, err
             await agent_store.commit(Change("room-4a", events=[envelope("room-4a")]))
             stats = await agent_store.stats()  # the agent's own event was not swallowed
             assert stats["outbox_total"] == 3 and stats["sinks"]["webhook"]["depth"] == 3
             assert "through the running agent" in out
             code, out, err = await acli(
-                "outbox", "dead-letter", "purge", "-c", str(cfg), "--all", "--api", api.url
+                "outbox", "dead-letter", "purge", "-c", str(cfg), "--all", "--api", api.url, env=env
             )
             assert code == 0 and "purged 0 " in out, err
     finally:

@@ -128,7 +128,11 @@ def test_an_api_port_in_use_exits_78_at_run(tmp_path: Path, taken_port: int) -> 
 def test_a_listen_address_not_of_this_machine_exits_78_at_run(tmp_path: Path) -> None:
     # 192.0.2.0/24 is TEST-NET-1: never an address of this machine, so bind fails
     # (EADDRNOTAVAIL) without any packet leaving.
-    path = config(tmp_path, extra='[api]\nlisten = "192.0.2.1:9780"\n')
+    # Off loopback the API needs a token (else the config is refused before any bind).
+    token = tmp_path / "api.token"
+    token.write_text("t" * 32)
+    extra = f'[api]\nlisten = "192.0.2.1:9780"\ntoken_file = "{token}"\n'
+    path = config(tmp_path, extra=extra)
     assert_exit_78(path, "api.listen", commands=("run",))
 
 

@@ -14,6 +14,7 @@ import structlog
 
 from edge_agent.ops.logs import (
     MASK,
+    LogLevelError,
     clear_registered_secrets,
     configure_logging,
     redact_text,
@@ -99,7 +100,7 @@ def assert_no_secrets(output: str) -> None:
 
 
 def test_json_lines_when_not_a_tty() -> None:
-    out = run_script("auto", "debug")
+    out = run_script("auto", "trace")
     records = [json.loads(line) for line in out.splitlines() if line.strip()]
     events = [r["event"] for r in records]
     assert "connecting" in events and "done" in events
@@ -148,8 +149,44 @@ def test_resolve_level_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_AGENT_LOG_LEVEL", "DEBUG")
     assert resolve_level(None, "warning") == "debug"
     assert resolve_level("error", "warning") == "error"
-    monkeypatch.setenv("EDGE_AGENT_LOG_LEVEL", "bogus")
+    monkeypatch.setenv("EDGE_AGENT_LOG_LEVEL", "")
     assert resolve_level(None, "warn") == "warning"
+    assert resolve_level("TRACE", None) == "trace"
+
+
+@pytest.mark.parametrize(
+    ("cli_level", "env_level", "config_level", "named"),
+    [
+        ("verbose", None, None, "--log-level"),
+        (None, "verbose", None, "$EDGE_AGENT_LOG_LEVEL"),
+        (None, None, "loud", "[log] level"),
+    ],
+)
+def test_resolve_level_refuses_what_is_not_a_level(
+    monkeypatch: pytest.MonkeyPatch,
+    cli_level: str | None,
+    env_level: str | None,
+    config_level: str | None,
+    named: str,
+) -> None:
+    """A typo used to give ``info`` silently; now it is an error naming where it came from."""
+    monkeypatch.delenv("EDGE_AGENT_LOG_LEVEL", raising=False)
+    if env_level is not None:
+        monkeypatch.setenv("EDGE_AGENT_LOG_LEVEL", env_level)
+    with pytest.raises(LogLevelError) as info:
+        resolve_level(cli_level, config_level)
+    assert named in str(info.value) and "trace, debug, info, warning" in str(info.value)
+
+
+def test_websocket_frames_only_at_trace() -> None:
+    """``debug`` is the agent's decisions; the websockets frame dump is ``trace`` alone."""
+    debug = run_script("json", "debug")
+    assert '"connecting"' in debug and '"websockets.client"' not in debug
+    trace = run_script("json", "trace")
+    assert '"websockets.client"' in trace and '"connecting"' in trace
+    assert_no_secrets(trace)
+    info = run_script("json", "info")
+    assert '"websockets.client"' not in info and '"connecting"' not in info
 
 
 def test_in_process_stream_and_registered_values() -> None:

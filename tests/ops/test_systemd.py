@@ -166,9 +166,52 @@ def test_unit_contract() -> None:
     assert s["StateDirectory"] == ["edge-agent"] and s["ConfigurationDirectory"] == ["edge-agent"]
     creds = {c.split(":")[0] for c in s["LoadCredential"]}
     assert creds == {"device-password", "webhook-secret", "mqtt-password"}
+    # Every one optional: a site without MQTT (or webhook) has no such file.
+    assert optional_credentials(s) == creds
     assert s["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
     assert s["DynamicUser"] == ["yes"]
     assert "PrivateNetwork" not in s and "IPAddressDeny" not in s  # the agent needs the network
+
+
+def optional_credentials(settings: dict[str, list[str]]) -> set[str]:
+    """Credential IDs whose missing file does not stop the unit: systemd.exec(5), 252: "If a
+    credential of the same ID is listed in both LoadCredential= and SetCredential=, the latter
+    will act as default if the former cannot be retrieved ... not considered fatal"."""
+    loaded = {c.split(":")[0] for c in settings.get("LoadCredential", [])}
+    fallback = {c.split(":")[0] for c in settings.get("SetCredential", [])}
+    return loaded & fallback
+
+
+def test_a_missing_credential_file_does_not_stop_the_unit() -> None:
+    """The unit's LoadCredential=mqtt-password was unconditional: a site without MQTT got a
+    unit that could not start. Each credential now has a SetCredential= fallback, and that
+    fallback holds no secret (SetCredential= values are visible over D-Bus)."""
+    s = unit_settings()
+    for entry in s["SetCredential"]:
+        _ident, value = entry.split(":", 1)
+        assert value == "\\n", entry  # a lone newline: systemd refuses an empty value
+    assert optional_credentials(s) == {c.split(":")[0] for c in s["LoadCredential"]}
+
+
+def test_the_fallback_credential_is_refused_naming_the_file_to_create(tmp_path: Path) -> None:
+    """What the agent makes of the fallback (a lone newline) when its config names it."""
+    from edge_agent.config import ConfigError, config_from_dict, resolve_secrets
+
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("\n")  # what SetCredential=mqtt-password:\n gives
+    raw = {
+        "site": "hq",
+        "mqtt": {"url": "mqtt://127.0.0.1:1883", "password_file": "mqtt-password"},
+    }
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    cfg = config_from_dict(raw, env=env)
+    with pytest.raises(ConfigError) as info:
+        resolve_secrets(cfg, env=env)
+    text = "\n".join(info.value.lines())
+    assert "mqtt.password_file" in text and "/etc/edge-agent/credentials/mqtt-password" in text
+    # A site that does not use MQTT never reads it.
+    assert resolve_secrets(config_from_dict({"site": "hq"}, env=env), env=env).mqtt_password is None
 
 
 @needs_analyze

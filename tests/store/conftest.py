@@ -15,3 +15,6 @@ async def store(tmp_path: Path) -> Any:
     s = await Store.open(tmp_path / "agent.db")
     yield s
     await s.close()
+
+
+from tests.store.backends import backend  # noqa: F401 - SQLite and PostgreSQL, per test

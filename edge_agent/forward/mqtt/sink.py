@@ -40,7 +40,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import structlog
@@ -50,8 +50,16 @@ from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.clock import system_clock, utc_iso
 from edge_agent.forward.base import Delivered, OutboxEvent, Outcome, Reject, Retry, SinkStats
+from edge_agent.forward.mqtt.commands import SensorCommands
+from edge_agent.forward.mqtt.discovery import DEFAULT_PREFIX, RoomTopics
 from edge_agent.forward.mqtt.errors import PUBACK_PERMANENT, BrokerError
-from edge_agent.forward.mqtt.link import BrokerLink, BrokerLinkLost, broker_settings, open_link
+from edge_agent.forward.mqtt.link import (
+    BrokerLink,
+    BrokerLinkLost,
+    broker_settings,
+    open_link,
+    read_retained,
+)
 from edge_agent.forward.mqtt.topics import OFFLINE, ONLINE, Publication, Topics, publications
 
 log = structlog.get_logger(__name__)
@@ -126,6 +134,9 @@ class MqttSink:
         refused_retry_s: float = REFUSED_RETRY_MAX_S,
         stable_after_s: float = 30.0,
         max_retained_kept: int = MAX_RETAINED_KEPT,
+        discovery: bool = False,
+        discovery_prefix: str = DEFAULT_PREFIX,
+        commands: Callable[[str], SensorCommands] | None = None,
     ) -> None:
         self._settings = broker_settings(
             url,
@@ -147,6 +158,10 @@ class MqttSink:
         self.max_batch = max_batch
         self._site = site
         self._topics = Topics((base_topic or f"roomos-edge/{site}").rstrip("/"))
+        # The room list, the clearing of removed rooms, Home Assistant discovery (.discovery).
+        self._rooms = RoomTopics(
+            self._topics, site=site, discovery=discovery, prefix=discovery_prefix
+        )
         self._health = health
         self._health_interval_s = health_interval_s
         self._max_in_flight = max_in_flight
@@ -154,6 +169,8 @@ class MqttSink:
         self._backoff = Backoff(initial=backoff_initial_s, maximum=backoff_max_s)
         self._refused_backoff = Backoff(initial=min(5.0, refused_retry_s), maximum=refused_retry_s)
         self._stable_after_s = stable_after_s
+        # Sensor commands in (occupancy/set): built on the base topic; see .commands.
+        self.commands = commands(self._topics.base) if commands is not None else None
 
         self._link: BrokerLink | None = None
         self._closing = asyncio.Event()
@@ -162,6 +179,7 @@ class MqttSink:
         # order is the update order, so the first entry is the one to drop past the bound.
         self._retained: dict[str, bytes] = {}
         self._max_retained = max(1, max_retained_kept)
+        self._swept = False  # removed rooms' leftovers on the broker cleared once (_sweep_once)
         self._stopped = asyncio.Event()
         self._running = False
         self._started = time.monotonic()
@@ -197,7 +215,7 @@ class MqttSink:
         try:
             try:
                 for event in events:
-                    for pub in publications(event, self._topics):
+                    for pub in self._rooms.publications(event, publications(event, self._topics)):
                         await link.slots.acquire()
                         try:
                             fut = link.publish(pub.topic, pub.payload, retain=pub.retain)
@@ -256,6 +274,58 @@ class MqttSink:
     def retained_kept(self) -> dict[str, bytes]:
         """The retained messages the health timer publishes again (a copy)."""
         return dict(self._retained)
+
+    async def set_rooms(self, rooms: Iterable[str]) -> None:
+        """The rooms that exist now (the agent: on start and after every reload). Removed rooms'
+        retained topics are cleared, discovery configs published (:mod:`.discovery`); what the
+        broker has not acknowledged is sent again after the next connect. The first time the
+        list and a link meet, rooms the broker still retains but the list lacks (removed while
+        the agent was stopped) are cleared too. Cancelling is safe."""
+        for topic in self._rooms.set_rooms(rooms):
+            self._retained.pop(topic, None)
+        link = self._link
+        if link is not None and link.up:
+            with contextlib.suppress(BrokerLinkLost):
+                await self._announce(link)
+                await self._sweep_once(link)
+
+    async def _sweep_once(self, link: BrokerLink) -> None:
+        """Once per process, when the room list is known: clear what the broker still retains
+        for rooms removed while the agent was stopped (read as a late subscriber would, on a
+        connection of its own)."""
+        if self._swept or not self._rooms.known:
+            return
+        self._swept = True
+        settings = dataclasses.replace(self._settings, client_id=f"{self._client_id}-sweep")
+        try:
+            seen = await read_retained(settings, self._rooms.sweep_filter, timeout_s=10.0)
+        except (BrokerError, BrokerLinkLost, TimeoutError) as exc:
+            self._log.warning(
+                "mqtt: cannot read the retained topics of removed rooms", error=str(exc)
+            )
+            return
+        for topic in self._rooms.clear_unknown(seen):
+            self._retained.pop(topic, None)
+        await self._announce(link)
+
+    async def _announce(self, link: BrokerLink, *, reconnected: bool = False) -> None:
+        """Publish what the room list made due; does not wait for the PUBACKs (each one marks
+        its message done)."""
+        for pub in self._rooms.due(reconnected=reconnected):
+            await link.slots.acquire()
+            try:
+                fut = link.publish(pub.topic, pub.payload, retain=True)
+            except BaseException:
+                link.slots.release()
+                raise
+            fut.add_done_callback(functools.partial(self._announced, link.slots, pub))
+
+    def _announced(
+        self, slots: asyncio.Semaphore, pub: Publication, fut: asyncio.Future[ReasonCode]
+    ) -> None:
+        slots.release()
+        if not fut.cancelled() and fut.exception() is None and not fut.result().is_failure:
+            self._rooms.acknowledged(pub)
 
     def _retry(self, reason: str, count: bool = True) -> Retry:
         if count:
@@ -369,17 +439,23 @@ class MqttSink:
                 in_flight_window=link.window,
                 base_topic=self._topics.base,
             )
+            with contextlib.suppress(BrokerLinkLost):
+                await self._announce(link, reconnected=True)
             tag = f"mqtt[{self._client_id}]"
             async with asyncio.TaskGroup() as tg:
                 keepalive = tg.create_task(
                     link.keepalive(min(1.0, self._keepalive / 4)), name=f"{tag}.keepalive"
                 )
                 health = tg.create_task(self._health_loop(link), name=f"{tag}.health")
+                commands = []
+                if self.commands is not None:
+                    await self.commands.subscribe(link, self._publish_timeout_s)
+                    commands.append(tg.create_task(self.commands.run(), name=f"{tag}.commands"))
                 closing = tg.create_task(self._closing.wait(), name=f"{tag}.closing")
                 watched: list[asyncio.Future[Any]] = [link.lost, closing]
                 await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 self._link = None
-                for task in (keepalive, health, closing):
+                for task in (keepalive, health, closing, *commands):
                     task.cancel()
             if link.lost.done():
                 self.stats.last_error = (
@@ -399,7 +475,12 @@ class MqttSink:
 
     async def _open(self) -> BrokerLink:
         will = Publication(self._topics.bridge_state, OFFLINE, retain=True)
-        return await open_link(self._settings, will=will, max_in_flight=self._max_in_flight)
+        return await open_link(
+            self._settings,
+            will=will,
+            max_in_flight=self._max_in_flight,
+            on_message=self.commands.on_message if self.commands is not None else None,
+        )
 
     async def probe(self, *, client_id: str, timeout_s: float) -> str:
         """Connect once as this sink would, then disconnect: what ``check-config`` reports.
@@ -427,6 +508,7 @@ class MqttSink:
                     self._publish_timeout_s,
                 )
                 await self._refresh_retained(link)
+                await self._sweep_once(link)
             except (BrokerLinkLost, TimeoutError):
                 return
             await asyncio.sleep(self._health_interval_s)

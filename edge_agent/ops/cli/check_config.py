@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from edge_agent.config import AgentConfig, DeviceSettings, Secrets, device_settings
 from edge_agent.ops.cli.common import (
@@ -192,6 +193,7 @@ async def _check_device(ds: DeviceSettings, timeout: float) -> list[CheckResult]
                 results.append(CheckResult(ds.id, label, False, f"Off; {_WEBSOCKET_HINT}"))
             else:
                 results.append(CheckResult(ds.id, label, True, str(value)))
+        results.append(await _check_occupancy(client, ds.id))
         return results
     finally:
         with contextlib.suppress(Exception):
@@ -256,3 +258,34 @@ async def _check_mqtt(cfg: AgentConfig, secrets: Secrets, timeout: float) -> lis
     except Exception as exc:  # noqa: BLE001 - every failure becomes a FAIL row
         return [CheckResult("mqtt", "connect", False, f"{url}: {_describe(exc, 'mqtt')}")]
     return [CheckResult("mqtt", "connect", True, f"{url}: {detail}")]
+
+
+async def _check_occupancy(client: Any, device_id: str) -> CheckResult:
+    """What the device can tell of its room (Status RoomAnalytics): a warning, never fatal,
+    when the user may not read it or counting / presence detection is off."""
+    from edge_agent.session_occupancy import HINT_COUNTING, HINT_PERMISSION, HINT_PRESENCE
+    from edge_agent.xapi import PermissionDenied
+
+    try:
+        ra = await client.get(["Status", "RoomAnalytics"])
+    except PermissionDenied:
+        return CheckResult(device_id, "occupancy", False, HINT_PERMISSION, warning=True)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+        return CheckResult(device_id, "occupancy", False, _describe(exc, device_id), warning=True)
+    ra = ra if isinstance(ra, dict) else {}
+    count = (ra.get("PeopleCount") or {}).get("Current")
+    presence = ra.get("PeoplePresence")
+    hints = []
+    if count in (None, -1, "-1"):
+        hints.append(HINT_COUNTING)
+    if presence in (None, "Unknown"):
+        hints.append(HINT_PRESENCE)
+    seen = f"people count {count}, presence {presence}" + (
+        f", in use {ra['RoomInUse']}" if "RoomInUse" in ra else ""
+    )
+    if hints:
+        return CheckResult(
+            device_id, "occupancy", False, f"{seen}; {'; '.join(hints)}", warning=True
+        )
+    return CheckResult(device_id, "occupancy", True, seen)
+

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from edge_agent.config import (
     EX_CONFIG,
@@ -24,6 +26,8 @@ EX_USAGE = 2
 EX_UNAVAILABLE = 69
 EX_INTERRUPTED = 130
 DEFAULT_API_URL = "http://127.0.0.1:9780"
+DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
+CONFIG_ENV = "EDGE_AGENT_CONFIG"
 
 
 class Exit(Exception):
@@ -37,6 +41,39 @@ class Exit(Exception):
 def err(*lines: str) -> None:
     for line in lines:
         print(line, file=sys.stderr)
+
+
+def resolve_config_path(
+    args: argparse.Namespace,
+    need: Literal["required", "optional"],
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Fill in ``args.config`` when ``-c`` was not given: ``$EDGE_AGENT_CONFIG``, else
+    ``/etc/edge-agent/agent.toml``.
+
+    ``required``: no file there is an error (exit 78) that says which paths were tried.
+    ``optional`` (``status``, which can do without): the default is taken only when it exists.
+    """
+    if getattr(args, "config", None) is not None:
+        return
+    env = os.environ if env is None else env
+    from_env = env.get(CONFIG_ENV)
+    if from_env:
+        # Set but missing is a mistake to report, not a reason to fall back to another file.
+        path, tried = Path(from_env), f"${CONFIG_ENV}={from_env}"
+    else:
+        path, tried = DEFAULT_CONFIG, f"{DEFAULT_CONFIG} (${CONFIG_ENV} is not set)"
+    if path.is_file():
+        args.config = path
+        return
+    if need == "optional":
+        return
+    err(
+        f"edge-agent: no configuration file: -c was not given; tried {tried}: no such file",
+        f"  give -c FILE, or set {CONFIG_ENV}; `edge-agent config example` prints an annotated "
+        "example to start from",
+    )
+    raise Exit(EX_CONFIG)
 
 
 def setup_logging(args: argparse.Namespace, cfg: AgentConfig | None = None) -> None:
@@ -71,7 +108,21 @@ def config_api_url(cfg: AgentConfig) -> str:
     host, port = parse_listen(cfg.api.listen)
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    scheme = "https" if cfg.api.cert_file is not None else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def api_headers(path: Path, cfg: AgentConfig) -> dict[str, str]:
+    """``Authorization: Bearer`` with the first ``[api]`` token (the same source the agent
+    reads); no header when the config names none. Exit 78 when the named source is unset."""
+    from edge_agent.config.secrets import resolve_api_tokens
+
+    try:
+        tokens = resolve_api_tokens(cfg)
+    except ConfigError as exc:
+        print_config_error(path, exc)
+        raise Exit(EX_CONFIG) from None
+    return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
 
 
 def fmt(value: Any) -> str:
@@ -92,3 +143,9 @@ def print_table(headers: list[str], rows: list[list[Any]], out: TextIO | None = 
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     for row in [headers, *cells]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def api_verify(cfg: AgentConfig) -> str | bool:
+    """How a CLI client checks the API's TLS certificate: against ``[api] cert_file`` itself
+    (a self-signed certificate is its own authority), else the system's CAs."""
+    return str(cfg.api.cert_file) if cfg.api.cert_file is not None else True

@@ -17,6 +17,8 @@ from edge_agent.ops.cli.common import (
     EX_UNAVAILABLE,
     EX_USAGE,
     Exit,
+    api_headers,
+    api_verify,
     config_api_url,
     err,
     load_config_or_exit,
@@ -99,7 +101,8 @@ def _dead_letter_change(args: argparse.Namespace, cfg: AgentConfig) -> int:
         where = ""
     except StoreLocked as locked:
         url = str(args.api).rstrip("/") if args.api else config_api_url(cfg)
-        n = _dead_letter_via_api(args, url, ids, locked)
+        headers = api_headers(args.config, cfg)
+        n = _dead_letter_via_api(args, url, ids, locked, headers, api_verify(cfg))
         where = f" through the running agent ({url})"
     except StoreError as exc:
         err(f"edge-agent: {exc}")
@@ -108,6 +111,23 @@ def _dead_letter_change(args: argparse.Namespace, cfg: AgentConfig) -> int:
         print(f"replayed {n} dead letter(s) into the outbox{where}")
     else:
         print(f"purged {n} dead letter(s){where}")
+    return _matched_all(args, n)
+
+
+def _matched_all(args: argparse.Namespace, n: int) -> int:
+    """EX_FAIL when a selection (``--id``, ``--sink``) matched less than it named: a script that
+    replays ``--id 999`` must learn that nothing was replayed."""
+    wanted = len(set(args.ids)) if args.ids else None
+    if wanted is not None and n < wanted:
+        err(
+            f"edge-agent: {n} of {wanted} dead letter id(s) matched"
+            + (f" with --sink {args.sink}" if args.sink else "")
+            + "; `edge-agent outbox dead-letter list` shows the ids there are"
+        )
+        return EX_FAIL
+    if wanted is None and args.sink and n == 0:
+        err(f"edge-agent: no dead letter of sink {args.sink} matched")
+        return EX_FAIL
     return EX_OK
 
 
@@ -131,7 +151,12 @@ async def _dead_letter_direct(
 
 
 def _dead_letter_via_api(
-    args: argparse.Namespace, url: str, ids: list[int] | None, locked: Exception
+    args: argparse.Namespace,
+    url: str,
+    ids: list[int] | None,
+    locked: Exception,
+    headers: dict[str, str],
+    verify: str | bool = True,
 ) -> int:
     import httpx
 
@@ -140,8 +165,8 @@ def _dead_letter_via_api(
         body["all"] = bool(args.all)
     route = f"/v1/dead-letters/{args.dl_command}"
     try:
-        with httpx.Client(base_url=url, timeout=args.timeout) as http:
-            resp = http.post(route, json=body)
+        with httpx.Client(base_url=url, timeout=args.timeout, verify=verify) as http:
+            resp = http.post(route, json=body, headers=headers)
     except httpx.HTTPError as exc:
         err(
             f"edge-agent: {locked}",
@@ -157,6 +182,8 @@ def _dead_letter_via_api(
     if resp.status_code != 200 or not isinstance(answer, dict):
         error = answer.get("error") if isinstance(answer, dict) else None
         hint = " (an agent older than this command? restart it)" if resp.status_code == 404 else ""
+        if resp.status_code == 401:
+            hint = " (set [api] token_env or token_file to the agent's token)"
         err(
             f"edge-agent: {url}{route} answered HTTP {resp.status_code}: {error or resp.text}"
             + hint

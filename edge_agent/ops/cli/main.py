@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent import __version__
+from edge_agent.config import EX_CONFIG
+from edge_agent.ops.cli import book
 from edge_agent.ops.cli.check_config import cmd_check_config
-from edge_agent.ops.cli.common import DEFAULT_API_URL, EX_INTERRUPTED, EX_USAGE, Exit
+from edge_agent.ops.cli.common import (
+    CONFIG_ENV,
+    DEFAULT_API_URL,
+    DEFAULT_CONFIG,
+    EX_INTERRUPTED,
+    EX_USAGE,
+    Exit,
+    resolve_config_path,
+)
+from edge_agent.ops.cli.completion import SHELLS, cmd_completion
+from edge_agent.ops.cli.config_cmd import add_config_parser
 from edge_agent.ops.cli.dead_letter import cmd_dead_letter
 from edge_agent.ops.cli.demo import cmd_demo
+from edge_agent.ops.cli.report import add_parser as add_report_parser
 from edge_agent.ops.cli.run import cmd_run
 from edge_agent.ops.cli.status import cmd_status
+from edge_agent.ops.cli.trust import add_trust_parser
+from edge_agent.ops.logs import LEVELS, LogLevelError
+
+EX_BROKEN_PIPE = 128 + 13
+"""What a shell reports for a process killed by SIGPIPE."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,14 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--log-level",
         default=argparse.SUPPRESS,
-        choices=["debug", "info", "warning", "error", "critical"],
+        choices=LEVELS,
         type=str.lower,
-        help="log level (default: $EDGE_AGENT_LOG_LEVEL, else [log] level, else info)",
+        help="log level; trace adds the WebSocket frames (default: $EDGE_AGENT_LOG_LEVEL, else "
+        "[log] level, else info)",
     )
     config_opt = argparse.ArgumentParser(add_help=False)
     config_opt.add_argument(
-        "-c", "--config", required=True, type=Path, metavar="FILE", help="the agent's TOML config"
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"the agent's TOML config (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
     )
+    config_opt.set_defaults(config_need="required")
 
     parser = argparse.ArgumentParser(
         prog="edge-agent",
@@ -66,10 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="devices, sinks and outbox from the running agent"
     )
     p.add_argument("--api", metavar="URL", help=f"local API URL (default {DEFAULT_API_URL})")
-    p.add_argument("-c", "--config", type=Path, metavar="FILE", help="take the URL from [api]")
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"take the URL from [api] (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG} if it "
+        "exists)",
+    )
+    p.set_defaults(config_need="optional")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
     p.set_defaults(func=cmd_status)
+
+    book.add_parsers(sub, [common, config_opt])
+    add_report_parser(sub, [common, config_opt])
 
     p = sub.add_parser("outbox", help="outbox administration")
     outbox = p.add_subparsers(dest="outbox_command", metavar="COMMAND", required=True)
@@ -111,12 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--all", action="store_true", help="delete every dead letter")
     p.set_defaults(func=cmd_dead_letter)
+
+    add_trust_parser(sub, parents=[common, config_opt])
+    add_config_parser(sub)
+
+    p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    p.add_argument("shell", choices=SHELLS)
+    p.set_defaults(func=cmd_completion)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``edge-agent`` console script."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # here, not at exit: a closed pipe must end in the handler below
+        return code
+    except BrokenPipeError:
+        # `edge-agent status | head`: the reader left. Python ignores SIGPIPE (the agent's
+        # sockets need that), so the write raised; point stdout at /dev/null so the flush at
+        # exit cannot raise again, and exit as a process killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_BROKEN_PIPE
+
+
+def _main(args_list: list[str]) -> int:
     parser = build_parser()
     try:
         # The demo has its own parser; argparse's REMAINDER would not pass it leading options.
@@ -128,8 +185,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EX_USAGE
     try:
+        need = getattr(args, "config_need", None)
+        if need == "required" or (
+            need == "optional"
+            and not getattr(args, "api", None)
+            and not os.environ.get("EDGE_AGENT_API")
+        ):
+            resolve_config_path(args, need)
         return int(args.func(args))
     except Exit as exc:
         return exc.code
     except KeyboardInterrupt:
         return EX_INTERRUPTED
+    except LogLevelError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EX_CONFIG

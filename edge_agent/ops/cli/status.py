@@ -12,6 +12,8 @@ from edge_agent.ops.cli.common import (
     EX_FAIL,
     EX_OK,
     EX_UNAVAILABLE,
+    api_headers,
+    api_verify,
     config_api_url,
     err,
     load_config_or_exit,
@@ -33,10 +35,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     setup_logging(args)
     url = _api_url(args)
+    # Read routes need the token when the API is not on loopback, or with read_requires_token.
+    headers: dict[str, str] = {}
+    verify: str | bool = True
+    if args.config is not None:
+        cfg = load_config_or_exit(args.config, require_sink=False)
+        headers, verify = api_headers(args.config, cfg), api_verify(cfg)
     try:
-        with httpx.Client(base_url=url, timeout=args.timeout) as http:
+        with httpx.Client(
+            base_url=url, timeout=args.timeout, headers=headers, verify=verify
+        ) as http:
             ready = http.get("/readyz")
             outbox_resp = http.get("/v1/outbox")
+            fleet_resp = http.get("/v1/fleet")
     except httpx.HTTPError as exc:
         err(
             f"edge-agent: cannot reach the agent's local API at {url}: {exc}",
@@ -48,12 +59,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EX_UNAVAILABLE
     body: dict[str, Any] = ready.json()
     outbox: dict[str, Any] | None = outbox_resp.json() if outbox_resp.status_code == 200 else None
+    fleet: dict[str, Any] | None = fleet_resp.json() if fleet_resp.status_code == 200 else None
     if args.json:
         from edge_agent import jsoncodec
 
-        print(jsoncodec.dumps({"readyz": body, "outbox": outbox}))
+        print(jsoncodec.dumps({"readyz": body, "outbox": outbox, "fleet": fleet}))
         return EX_OK if body.get("ready") else EX_FAIL
     print_status(url, body, outbox)
+    if fleet is not None:
+        print_fleet(fleet)
     return EX_OK if body.get("ready") else EX_FAIL
 
 
@@ -104,3 +118,31 @@ def print_status(
         )
     else:
         print("outbox: store not open", file=out)
+
+
+def print_fleet(fleet: dict[str, Any], out: TextIO | None = None) -> None:
+    """Fleet mode: every member, how fresh its heartbeat is, and its devices' lease ages."""
+    out = sys.stdout if out is None else out
+    print(f"fleet: member {fleet.get('member_id')}, lease {fleet.get('lease_s')} s", file=out)
+    rows = []
+    for m in fleet.get("members") or []:
+        devices = m.get("devices") or []
+        held = [d.get("held_s") or 0.0 for d in devices]
+        rows.append(
+            [
+                m.get("member_id") + (" (this)" if m.get("self") else ""),
+                "live" if m.get("live") else "stale",
+                m.get("last_seen_age_s"),
+                len(devices),
+                min(held) if held else None,
+                max(held) if held else None,
+            ]
+        )
+    print_table(
+        ["MEMBER", "STATE", "LAST SEEN", "DEVICES", "NEWEST LEASE", "OLDEST LEASE"],
+        rows,
+        out=out,
+    )
+    unowned = fleet.get("unowned") or []
+    if unowned:
+        print(f"unowned devices ({len(unowned)}): {', '.join(unowned[:20])}", file=out)

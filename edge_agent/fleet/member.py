@@ -1,0 +1,311 @@
+"""One fleet member: heartbeat, which devices to hold, taking and giving up their leases.
+
+Every ``lease_s / 3`` the member heartbeats, reads the live members, renews the leases it
+holds, gives up the devices rendezvous hashing now gives to another live member (session
+stopped first, then the lease released, so the next owner starts at once and the two never
+overlap), and takes the free leases of the devices that are its own.
+
+A lease is considered lost locally at ``t0 + lease_s``, ``t0`` being the moment (monotonic)
+before the renewal that last succeeded was sent: the database extended it from a later
+instant, so the member always stops before the database would let another member in. When
+the database cannot be reached, or the process was frozen (SIGSTOP, a VM pause), the member
+drops the device's session the moment that deadline passes, before anything else; and its
+store refuses the device's commits from then on (and the database refuses any that were on
+their way: the fencing token is checked in the commit's own transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import psycopg
+import structlog
+
+from edge_agent.fleet import leases
+from edge_agent.fleet.assign import owner
+from edge_agent.metrics import (
+    FLEET_DEVICES_OWNED,
+    FLEET_LEASE_LOSSES,
+    FLEET_MEMBERS_LIVE,
+    FLEET_OWNERSHIP_CHANGES,
+)
+from edge_agent.store.postgres import PostgresStore
+
+log = structlog.get_logger(__name__)
+
+
+class FleetMember:
+    """Runs this agent's membership. :meth:`run` in the agent's TaskGroup; :meth:`leave` at
+    shutdown (SIGTERM), which hands every device over at once."""
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        *,
+        member_id: str,
+        lease_s: float,
+        devices: Iterable[str],
+        start_session: Callable[[str], None],
+        stop_session: Callable[[str, bool], Awaitable[None]],
+        info: Mapping[str, Any] | None = None,
+        take_per_round: int = 500,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """
+        Args:
+            store: the open PostgreSQL store (fencing and drain ownership are set on it).
+            member_id: this member's name, unique in the fleet.
+            lease_s: how long a lease lasts without renewal (and a heartbeat counts as live).
+            devices: the configured device ids (every member should have the same list).
+            start_session: start the device's session (called once the lease is held).
+            stop_session: stop it and wait until its socket is closed; the flag says the
+                lease is already lost (nothing it still holds can be committed: do not wait).
+            info: shown with this member in ``/v1/fleet`` (version, API address...).
+            take_per_round: most leases taken in one round (paces a connect storm).
+            clock: monotonic seconds (local lease deadlines).
+        """
+        self.store = store
+        self.member_id = member_id
+        self.lease_s = lease_s
+        self.interval_s = lease_s / 3
+        self._devices: set[str] = set(devices)
+        self._start = start_session
+        self._stop = stop_session
+        self._info = dict(info or {})
+        self._clock = clock
+        self._take_per_round = max(1, take_per_round)
+        self._db_timeout_s = max(1.0, lease_s / 2)
+        self.held: dict[str, int] = {}  # device -> fencing token
+        self._deadline: dict[str, float] = {}  # device -> local monotonic deadline
+        self._since: dict[str, float] = {}  # device -> when this member took it (monotonic)
+        self.live: list[str] = []
+        self._leaving = False
+        self._failures = 0
+        self._log = log.bind(member=member_id)
+        store.fence(sorted(self._devices))
+        store.drains = self.drains
+
+    # -- views --------------------------------------------------------------------------------
+
+    def drains(self, stream: str) -> bool:
+        """Whether this member delivers ``stream``'s outbox: a device it holds, or a stream no
+        lease covers (a device removed from the configuration) that hashing gives it."""
+        if stream in self.held:
+            return True
+        return stream not in self._devices and owner(stream, self.live) == self.member_id
+
+    async def snapshot(self) -> dict[str, Any]:
+        """``/v1/fleet``: the members (with their devices and lease ages) as the database
+        has them, and this member's view."""
+        async with self.store.pool.connection() as conn:
+            members, held = await leases.listing(conn)
+        by_member: dict[str, list[dict[str, Any]]] = {}
+        for lease in held:
+            by_member.setdefault(lease.member_id, []).append(
+                {
+                    "device_id": lease.device_id,
+                    "token": lease.token,
+                    "held_s": round(lease.held_s, 3),
+                    "expires_in_s": round(lease.expires_in_s, 3),
+                }
+            )
+        live = set(self.live)
+        return {
+            "member_id": self.member_id,
+            "lease_s": self.lease_s,
+            "members": [
+                {
+                    "member_id": m.member_id,
+                    "self": m.member_id == self.member_id,
+                    "live": m.member_id in live,
+                    "last_seen_age_s": round(m.last_seen_age_s, 3),
+                    "up_s": round(m.up_s, 3),
+                    "info": m.info,
+                    "devices": by_member.get(m.member_id, []),
+                }
+                for m in members
+            ],
+            "unowned": sorted(self._devices - {x.device_id for x in held}),
+        }
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def set_devices(self, devices: Iterable[str]) -> None:
+        """The configured devices changed (a reload): the next round takes and gives up."""
+        self._devices = set(devices)
+        self.store.fence(sorted(self._devices | set(self.held)))
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Heartbeat and hold leases until cancelled. Cancelling it is safe (the leases then
+        run out; call :meth:`leave` first to hand them over at once)."""
+        while not self._leaving:
+            await self.check_deadlines()
+            try:
+                await self.round()
+                if self._failures:
+                    self._log.info("fleet database reachable again", failures=self._failures)
+                self._failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop survives; leases run out
+                self._failures += 1
+                if self._failures == 1 or self._failures % 10 == 0:
+                    self._log.warning(
+                        "fleet round failed; devices are dropped when their lease runs out",
+                        error=repr(exc),
+                        failures=self._failures,
+                        held=len(self.held),
+                    )
+            await self.check_deadlines()
+            await asyncio.sleep(self.interval_s)
+
+    async def round(self) -> None:
+        """One round: heartbeat, renew, give up what is another's, take what is ours."""
+        store, me = self.store, self.member_id
+        t0 = self._clock()
+        # Only the database calls are bounded here (stopping and starting sessions are not:
+        # cancelling those midway would leave a session half-stopped); the local deadlines
+        # are what keeps a slow round safe.
+        async with asyncio.timeout(self._db_timeout_s), store.pool.connection() as conn:
+            await leases.heartbeat(conn, me, self._info | {"devices": len(self.held)})
+            live = await leases.live_members(conn, self.lease_s)
+            renewed = await leases.renew(conn, me, self.held, self.lease_s)
+        if me not in live:
+            live.append(me)
+        self.live = sorted(live)
+        FLEET_MEMBERS_LIVE.set(len(self.live))
+        for device in self.held:
+            if device in renewed:
+                self._deadline[device] = t0 + self.lease_s
+        await self._lose(
+            [d for d in self.held if d not in renewed], "the database refused the renewal"
+        )
+        wanted = {d for d in self._devices if owner(d, self.live) == me}
+        give = sorted(d for d in self.held if d not in wanted)
+        await self._hand_over(give)
+        if give:
+            async with asyncio.timeout(self._db_timeout_s), store.pool.connection() as conn:
+                await leases.release(conn, me, give)
+            self._log.info("handed devices over", devices=len(give))
+        # At most take_per_round new devices a round: a member starting alone, or taking a
+        # dead member's share, paces its TLS handshake storm instead of starving its own
+        # event loop (and with it the renewals of the leases it already holds).
+        take = sorted(wanted - set(self.held))[: self._take_per_round]
+        if not take:
+            return
+        t1 = self._clock()
+        async with asyncio.timeout(self._db_timeout_s), store.pool.connection() as conn:
+            # Taking over from a member that stopped heartbeating: end what it left open first.
+            # Frozen mid-commit, it holds row locks (lease rows FOR SHARE, its devices' cursor
+            # rows) that would stall our own commits until it woke up.
+            ended = await leases.end_stale_transactions(conn, self.lease_s)
+            if ended:
+                self._log.warning(
+                    "ended the open transactions of members that are no longer live",
+                    ended=ended,
+                )
+            try:
+                got = await leases.acquire(conn, me, take, self.lease_s, self.lease_s / 4)
+            except psycopg.errors.LockNotAvailable:
+                # A member that stopped heartbeating holds a lease row locked in a transaction
+                # it will never finish (frozen mid-commit): end it; take the leases next round.
+                ended = await leases.end_stale_transactions(conn, self.lease_s)
+                self._log.warning(
+                    "a lease row was locked by a member that is no longer live; ended its "
+                    "transactions",
+                    ended=ended,
+                )
+                return
+        for device, token in got.items():
+            self.held[device] = token
+            self._deadline[device] = t1 + self.lease_s
+            self._since[device] = t1
+            store.hold(device, token)
+            FLEET_OWNERSHIP_CHANGES.labels(change="acquired").inc()
+        FLEET_DEVICES_OWNED.set(len(self.held))
+        if got:
+            self._log.info("took device leases", devices=len(got), held=len(self.held))
+            for device in sorted(got):
+                self._start(device)
+            # The drainers learn what the previous owners left undelivered. Should this fail,
+            # the first commit of each new session tells them too (a stream's top covers all
+            # that is below it).
+            try:
+                async with asyncio.timeout(self._db_timeout_s):
+                    await store.refresh_streams(sorted(got))
+            except Exception as exc:  # noqa: BLE001 - late delivery, not loss
+                self._log.warning("could not read the new devices' outbox tops", error=repr(exc))
+
+    async def leave(self) -> None:
+        """Stop every session, release every lease and leave the fleet (SIGTERM).
+
+        The database calls are bounded by the lease: if it cannot be reached, the leases run
+        out on their own.
+        """
+        self._leaving = True
+        await self._hand_over(sorted(self.held))
+        try:
+            async with asyncio.timeout(self.lease_s):
+                async with self.store.pool.connection() as conn:
+                    await leases.leave(conn, self.member_id)
+        except Exception as exc:  # noqa: BLE001 - leaving best effort: leases run out
+            self._log.warning(
+                "could not release the leases; the other members take the devices when they "
+                "run out",
+                error=repr(exc),
+            )
+            return
+        self._log.info("left the fleet; devices handed over")
+
+    # -- losing and giving up -----------------------------------------------------------------
+
+    async def check_deadlines(self) -> None:
+        """Drop every device whose local lease deadline has passed (no database needed)."""
+        now = self._clock()
+        await self._lose(
+            [d for d, t in self._deadline.items() if t <= now],
+            "the lease could not be renewed in time",
+        )
+
+    async def _lose(self, devices: list[str], why: str) -> None:
+        """The leases are gone: refuse the devices' commits at once, then close their sockets,
+        all together (a member waking from a freeze may have lost every lease at once)."""
+        if not devices:
+            return
+        for device in devices:
+            self.store.release(device)
+            self._forget(device)
+        FLEET_LEASE_LOSSES.inc(len(devices))
+        FLEET_OWNERSHIP_CHANGES.labels(change="lost").inc(len(devices))
+        FLEET_DEVICES_OWNED.set(len(self.held))
+        self._log.warning(
+            "lost device leases; their sessions are closed and other members take them",
+            devices=devices if len(devices) <= 10 else len(devices),
+            reason=why,
+        )
+        await asyncio.gather(*(self._stop(d, True) for d in devices), return_exceptions=True)
+
+    async def _hand_over(self, devices: list[str]) -> None:
+        """Give ``devices`` up on purpose: stop their sessions (their last commits still carry
+        the token), then stop committing for them; the caller releases the lease rows."""
+        if not devices:
+            return
+        await asyncio.gather(*(self._stop(d, False) for d in devices), return_exceptions=True)
+        for device in devices:
+            self.store.release(device)
+            self._forget(device)
+        FLEET_OWNERSHIP_CHANGES.labels(change="released").inc(len(devices))
+        FLEET_DEVICES_OWNED.set(len(self.held))
+
+    def _forget(self, device: str) -> None:
+        self.held.pop(device, None)
+        self._deadline.pop(device, None)
+        self._since.pop(device, None)
+
+
+__all__ = ["FleetMember"]

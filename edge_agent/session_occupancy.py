@@ -1,0 +1,307 @@
+"""A device session's occupancy side: the I/O around :mod:`edge_agent.bookings.occupancy`.
+
+The session owns one :class:`RoomWatch` and calls it from a few clearly separated places: on
+every (re)connect (:meth:`RoomWatch.on_connected`: subscribe to ``Status RoomAnalytics`` with
+the current value, learn what the device can report), for each RoomAnalytics notification and
+each occupancy tick (both applied by the session's one worker, :meth:`RoomWatch.apply`), for the
+booking events of a bookings :class:`~edge_agent.bookings.state.Step`
+(:meth:`RoomWatch.on_step`: start and end a booking's track, add ``data.occupancy`` to
+``booking.ended``), and in its own task (:meth:`RoomWatch.run`: wake for ghosts and held
+changes, send ``Bookings Delete`` for the releases).
+
+What the device cannot report degrades to what it can, said once as a warning and always in
+``info()`` (the ``occupancy`` of ``/v1/devices``) with a hint of what to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from edge_agent.bookings import occupancy as occ
+from edge_agent.clock import Clock
+from edge_agent.mailbox import Flag
+from edge_agent.store.occupancy import OccupancyWrite
+from edge_agent.xapi import XapiError
+from edge_agent.xapi.errors import ConnectionLost, MethodNotFound, PermissionDenied
+
+if TYPE_CHECKING:
+    from edge_agent.bookings.state import Step
+    from edge_agent.session import DeviceLink
+    from edge_agent.store import Store
+
+log = structlog.get_logger(__name__)
+
+ROOM_ANALYTICS = ["Status", "RoomAnalytics"]
+HINT_COUNTING = (
+    "people count is off: set Configuration RoomAnalytics PeopleCountOutOfCall to On on the device"
+)
+HINT_PRESENCE = (
+    "presence is off: set Configuration RoomAnalytics PeoplePresenceDetector to On on the device"
+)
+HINT_PERMISSION = (
+    "the device user may not read Status RoomAnalytics (permission denied); give it the User, "
+    "Integrator or Admin role, and enable RoomAnalytics PeopleCountOutOfCall / "
+    "PeoplePresenceDetector"
+)
+
+
+class RoomInUseRefused(Exception):
+    """A sensor reading the device could not take (the text says why and what to do)."""
+
+
+def software_version(text: str | None) -> tuple[int, int] | None:
+    """``"ce26.4.1.4 5f9a2c81b3e 2026-03-12"`` -> (26, 4); None when unreadable."""
+    if not text:
+        return None
+    head = text.split()[0].lstrip("cesCE")
+    parts = head.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def is_room_analytics(payload: Mapping[str, Any]) -> bool:
+    status = payload.get("Status")
+    return isinstance(status, Mapping) and "RoomAnalytics" in status
+
+
+class RoomWatch:
+    """One device's occupancy: pure state plus what the device can report."""
+
+    def __init__(
+        self,
+        *,
+        site: str,
+        device_id: str,
+        policy: occ.OccupancyPolicy,
+        store: Store,
+        clock: Clock,
+    ) -> None:
+        self.site = site
+        self.device_id = device_id
+        self.policy = policy
+        self._store = store
+        self._clock = clock
+        self.state = occ.RoomOccupancy(site=site, device_id=device_id, policy=policy)
+        self._log = log.bind(device=device_id)
+        self._wake = Flag()
+        self._releases: list[Mapping[str, Any]] = []
+        self.subscribed: bool | None = None  # None: not tried yet
+        self.denied = False
+        self.counting: bool | None = None  # from PeopleCount Current (-1: not counting)
+        self.presence: bool | None = None
+        self.config: dict[str, str] = {}
+        self._warned: set[str] = set()
+        self.releases_failed = 0
+        self.software: str | None = None
+        self.sensor_readings = 0
+
+    # --- the local API's and check-config's view -------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """``{"available", "hint", "people_count", "presence", "in_use", ...}``."""
+        hints = self.hints()
+        available = not self.denied and (self.counting is not False or self.presence is not False)
+        return {
+            "available": available if self.subscribed is not None else None,
+            "hint": "; ".join(hints) or None,
+            "counting": self.counting,
+            "presence_detection": self.presence,
+            **self.state.info(),
+        }
+
+    def hints(self) -> list[str]:
+        if self.denied:
+            return [HINT_PERMISSION]
+        out = []
+        if self.counting is False or self.config.get("PeopleCountOutOfCall") == "Off":
+            out.append(HINT_COUNTING)
+        if self.presence is False or self.config.get("PeoplePresenceDetector") == "Off":
+            out.append(HINT_PRESENCE)
+        return out
+
+    def _warn_once(self) -> None:
+        for hint in self.hints():
+            if hint not in self._warned:
+                self._warned.add(hint)
+                self._log.warning("occupancy: the device reports less than it could", hint=hint)
+
+    # --- the shell's steps -------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        open_row, tracks = await self._store.load_occupancy(self.device_id)
+        self.state = occ.restore(self.site, self.device_id, self.policy, open_row, tracks)
+        if tracks:
+            self._log.info("occupancy restored", bookings=len(tracks))
+
+    async def on_connected(
+        self,
+        client: DeviceLink,
+        handler: Callable[[Mapping[str, Any]], None],
+        software: str | None = None,
+    ) -> None:
+        """Subscribe (NotifyCurrentValue) and read the RoomAnalytics configuration. A refusal
+        is remembered and warned about once; the bookings side goes on regardless."""
+        self.software = software
+        try:
+            await client.subscribe(ROOM_ANALYTICS, handler, True)
+            self.subscribed, self.denied = True, False
+        except ConnectionLost:
+            raise
+        except PermissionDenied:
+            self.subscribed, self.denied = False, True
+        except XapiError as exc:
+            self.subscribed = False
+            self._log.info("cannot subscribe to Status RoomAnalytics", error=str(exc))
+        with contextlib.suppress(XapiError):
+            conf = await client.get(["Configuration", "RoomAnalytics"])
+            if isinstance(conf, Mapping):
+                self.config = {
+                    k: str(conf[k])
+                    for k in ("PeopleCountOutOfCall", "PeoplePresenceDetector")
+                    if k in conf
+                }
+        self._warn_once()
+
+    def reading(self, payload: Mapping[str, Any], now: datetime) -> occ.OccupancyStep | None:
+        reading = occ.parse_feedback(payload, self.state.reading)
+        if reading is None:
+            return None
+        if reading.people_count is not None:
+            self.counting = reading.people_count >= 0
+        if reading.presence is not None:
+            self.presence = reading.presence != "Unknown"
+        self._warn_once()
+        return occ.on_reading(self.state, reading, now)
+
+    def tick(self, now: datetime) -> occ.OccupancyStep:
+        return occ.on_tick(self.state, now)
+
+    def released(self, booking_id: str, now: datetime, error: str | None) -> occ.OccupancyStep:
+        return occ.on_released(self.state, booking_id, now, error)
+
+    async def adopt(self, step: occ.OccupancyStep) -> None:
+        """Persist the step's rows (before its events are committed), then adopt its state."""
+        await self.save(step.rows)
+        self.state = step.state
+        if step.release:
+            self._releases.extend(step.release)
+        self._wake.set()
+
+    async def save(self, rows: occ.OccupancyRows) -> None:
+        if not rows:
+            return
+        await self._store.save_occupancy(
+            OccupancyWrite(
+                self.device_id,
+                closed=[i.to_row() for i in rows.closed],
+                open=None if rows.open is None else rows.open.to_row(),
+                bookings=[b.to_row() for b in rows.bookings],
+            )
+        )
+
+    async def on_step(self, step: Step, now: datetime) -> Step:
+        """Track the bookings a bookings step starts and ends; ``booking.ended`` gets
+        ``data.occupancy``. Returns the step with those envelopes amended."""
+        kinds = ("booking.started", "booking.ended", "booking.deleted")
+        if not any(e.get("type") in kinds for e in step.events):
+            return step
+        events = []
+        rows: list[occ.OccupancyRows] = []
+        for env in step.events:
+            booking = env.get("data", {}).get("booking")
+            if env.get("type") == "booking.started" and isinstance(booking, Mapping):
+                s = occ.on_booking_started(self.state, booking, now)
+                self.state = s.state
+                rows.append(s.rows)
+            elif env.get("type") == "booking.ended" and isinstance(booking, Mapping):
+                s, summary = occ.on_booking_ended(self.state, booking, now)
+                self.state = s.state
+                rows.append(s.rows)
+                env = {**env, "data": {**env["data"], "occupancy": summary}}
+            elif env.get("type") == "booking.deleted" and isinstance(booking, Mapping):
+                s = occ.on_booking_deleted(self.state, str(booking.get("id")), now)
+                self.state = s.state
+                rows.append(s.rows)
+            events.append(env)
+        for r in rows:
+            await self.save(r)
+        self._wake.set()
+        return replace(step, events=tuple(events))
+
+    # --- third-party sensors -------------------------------------------------------------------
+
+    async def set_in_use(
+        self, client: DeviceLink, in_use: bool, sensor: str, duration_s: int | None
+    ) -> None:
+        """Pass a sensor's reading to the device; raises :class:`RoomInUseRefused`."""
+        if not client.connected:
+            raise RoomInUseRefused(f"{self.device_id}: the device is offline; reading not passed")
+        version = software_version(self.software)
+        if version is not None and version < (26, 8):
+            raise RoomInUseRefused(
+                f"{self.device_id}: RoomOS {self.software} has no xCommand RoomAnalytics "
+                "RoomInUse Set (RoomOS 26.8 or later); upgrade the device to feed it a sensor"
+            )
+        args: dict[str, Any] = {"State": "True" if in_use else "False"}
+        if duration_s:
+            args["Duration"] = duration_s
+        if sensor:
+            args["ID"] = sensor
+        try:
+            await client.command("RoomAnalytics RoomInUse Set", **args)
+        except MethodNotFound:
+            raise RoomInUseRefused(
+                f"{self.device_id}: the device has no xCommand RoomAnalytics RoomInUse Set "
+                "(RoomOS 26.8 or later); upgrade it to feed it a sensor"
+            ) from None
+        except XapiError as exc:
+            raise RoomInUseRefused(
+                f"{self.device_id}: the device refused RoomAnalytics RoomInUse Set: {exc}"
+            ) from None
+        self.sensor_readings += 1
+
+    # --- its own task --------------------------------------------------------------------------
+
+    async def run(
+        self,
+        offer_tick: Callable[[], Awaitable[None]],
+        delete: Callable[[str], Awaitable[str | None]],
+        offer_released: Callable[[str, str | None], Awaitable[None]],
+        tick_max_s: float,
+    ) -> None:
+        """Wake the worker when a ghost or a held change is due; send the releases. Runs until
+        cancelled (safe to cancel)."""
+        while True:
+            while self._releases:
+                booking = self._releases.pop(0)
+                bid = str(booking.get("id"))
+                error = await delete(bid)
+                if error is not None:
+                    self.releases_failed += 1
+                    self._log.warning(
+                        "could not release a ghost booking; it stays booked", booking_id=bid,
+                        error=error,
+                    )
+                await offer_released(bid, error)
+            due = self.state.next_wakeup()
+            delay = tick_max_s
+            if due is not None:
+                delay = max(0.0, min(tick_max_s, (due - self._clock.now()).total_seconds()))
+            woke = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+                    woke = True
+            self._wake.clear()
+            due = self.state.next_wakeup()
+            if not woke and due is not None and due <= self._clock.now():
+                await offer_tick()
