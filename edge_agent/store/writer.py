@@ -338,7 +338,10 @@ class GroupWriter:
         if not due:
             return
         try:
-            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Fetched and closed on the connection's thread: a cursor left holding the
+            # pragma's result row keeps its statement active, and every later COMMIT on this
+            # connection fails ("SQL statements in progress") until the cursor is collected.
+            await self._conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:  # a reader holds it off, or the disk is still full
             self._log.info("WAL checkpoint did not complete", error=str(exc))
 
