@@ -16,6 +16,10 @@ store behind (group commit):
 - ``Gone``: the sink is stopped with an ERROR log and ``stopped_reason``; the events stay in
   the outbox.
 - An event older than ``ttl_s`` is dead-lettered (reason ``"ttl expired"``) instead of sent.
+- The receiver is back: when a device's batch is delivered after retries, every other device
+  backing off from a ``Retry`` (not a ``Reject``) is due at once (or at its ``Retry-After``,
+  if that is later). The backoff spares a receiver that is down; once it answers again,
+  waiting out each device's timer (up to minutes) only delays the backlog.
 
 The drainer wakes as soon as the store commits new events (``wakeup``; ``take_committed`` says
 which devices have them), and otherwise sleeps until the next due retry: no polling while idle,
@@ -95,11 +99,16 @@ class Drainer:
         self._time = clock
         self._rng = rng
         self._in_flight: set[str] = set()
+        # Devices backing off from a Retry: device -> not before (its Retry-After, else 0).
+        self._outage: dict[str, float] = {}
         self._schedule = DeliverySchedule()  # replaced by the stored one when run() starts
         self._wake = store.wakeup(sink.name)
         self._stats = SinkStats()
         self._stopped_reason: str | None = None
         self._log = log.bind(sink=sink.name)
+        # The labelled children of the per-batch metrics, looked up once.
+        self._delivered_ok = DELIVERIES.labels(sink=sink.name, result="ok")
+        self._latency = DELIVERY_LATENCY.labels(sink=sink.name)
 
     # -- state for the local API --------------------------------------------------------------
 
@@ -265,14 +274,16 @@ class Drainer:
         if isinstance(outcome, Delivered):
             self._stats.delivered += n
             self._recovered()
-            DELIVERIES.labels(sink=name, result="ok").inc(n)
-            hist = DELIVERY_LATENCY.labels(sink=name)
+            self._delivered_ok.inc(n)
+            hist = self._latency
             for e in batch:
                 observed = e.created_at if e.observed_at is None else e.observed_at
                 hist.observe(max(0.0, now - observed))
+            self._schedule.done(device, [e.seq for e in batch])
+            self._outage.pop(device, None)
             if head.attempts:
                 self._log.info("delivered after retries", device=device, attempts=head.attempts + 1)
-            self._schedule.done(device, [e.seq for e in batch])
+                self._receiver_back(now)
             return store.mark_delivered(name, batch)
         if isinstance(outcome, Gone):
             self._stopped_reason = (
@@ -310,10 +321,12 @@ class Drainer:
                 )
             delay = self._backoff.delay(attempts, self._rng)
             result = "rejected"
+            self._outage.pop(device, None)
         else:
             assert isinstance(outcome, Retry)
             delay = self._backoff.delay_honouring(attempts, outcome.retry_after, self._rng)
             result = "retry"
+            self._outage[device] = now + (outcome.retry_after or 0.0)
         self._stats.retried += n
         DELIVERIES.labels(sink=name, result=result).inc(n)
         # First failure and every tenth: a receiver outage with 1,000 devices must not
@@ -333,6 +346,16 @@ class Drainer:
         return store.mark_retry(
             name, head, attempts=attempts, next_attempt_at=now + delay, error=outcome.reason
         )
+
+    def _receiver_back(self, now: float) -> None:
+        """A device got through after retries: the others backing off from a Retry are due."""
+        outage, self._outage = self._outage, {}
+        for device, not_before in outage.items():
+            # Only the schedule's due time moves; the stored retry state keeps the later one,
+            # so a restart is no earlier than before.
+            self._schedule.due_by(device, max(now, not_before))
+        if outage:
+            self._wake.set()
 
 
 __all__ = ["DEFAULT_BACKOFF", "Drainer"]

@@ -166,6 +166,12 @@ class DeliverySchedule:
         """``stream``'s head ``seq`` backs off until ``next_attempt_at``."""
         self._retry[stream] = RetryState(seq, attempts, next_attempt_at, error)
 
+    def due_by(self, stream: str, when: float) -> None:
+        """Bring ``stream``'s retry forward to ``when`` if it is due later (never later)."""
+        r = self._retry.get(stream)
+        if r is not None and r.next_attempt_at > when:
+            r.next_attempt_at = when
+
     # -- views ------------------------------------------------------------------------------------
 
     def retrying(self) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,8 @@ stays in the window and the snapshot.
 
 from __future__ import annotations
 
+import sqlite3
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,17 +66,18 @@ def prepare_calendar(w: CalendarSyncWrite) -> PreparedCalendar:
     )
 
 
-async def write_calendars(conn: aiosqlite.Connection, writes: Sequence[PreparedCalendar]) -> None:
-    """Inside the writer's transaction: replace each room's sync row and window rows, in order."""
+def write_calendars(db: sqlite3.Connection, writes: Sequence[PreparedCalendar]) -> None:
+    """Inside the writer's transaction (on the write connection's thread): replace each room's
+    sync row and window rows, in order."""
     for w in writes:
         owner = schema.calendar_window_owner(w.room_id, w.source)
-        await conn.execute(schema.DELETE_WINDOW_OF, (owner,))
+        db.execute(schema.DELETE_WINDOW_OF, (owner,))
         if w.state is None:
-            await conn.execute(schema.DELETE_CALENDAR_SYNC, (w.room_id, w.source))
+            db.execute(schema.DELETE_CALENDAR_SYNC, (w.room_id, w.source))
             continue
-        await conn.execute(schema.PUT_CALENDAR_SYNC, (w.room_id, w.source, w.state))
+        db.execute(schema.PUT_CALENDAR_SYNC, (w.room_id, w.source, w.state))
         if w.window:
-            await conn.executemany(schema.PUT_WINDOW, [(owner, k, v) for k, v in w.window.items()])
+            db.executemany(schema.PUT_WINDOW, [(owner, k, v) for k, v in w.window.items()])
 
 
 def state_row(state: SyncState) -> dict[str, Any]:

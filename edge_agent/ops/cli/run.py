@@ -21,7 +21,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     secrets = secrets_or_exit(args.config, cfg)
     setup_logging(args, cfg)
     from edge_agent.agent import run_agent
+    from edge_agent.ops.gctune import tune_gc
     from edge_agent.store import StoreError
+
+    tune_gc()  # after the imports: see edge_agent/ops/gctune.py
 
     try:
         return int(asyncio.run(run_agent(cfg, secrets=secrets, config_path=args.config.resolve())))
