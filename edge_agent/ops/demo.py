@@ -8,8 +8,9 @@ changes, has the calendar decline one request and makes one that never gets an a
 the devices, a Microsoft Graph simulator (``calendar_sim.graph``, HTTPS with its own certificate,
 on the same simulated clock) holds three calendar-only rooms and the mailbox one device is
 linked to: the script changes a calendar-only room's meetings "in Outlook", and the linked
-room's window comes from its mailbox (the calendar takes precedence). Then it prints a summary: events the devices produced against events delivered, duplicates, latency
-p50/p99, and whether each scripted outcome happened (the exit status is 1 when one did not).
+room's window comes from its mailbox (the calendar takes precedence). Then it prints a
+summary: events the devices produced against events delivered, duplicates, latency p50/p99,
+and whether each scripted outcome happened (the exit status is 1 when one did not).
 
 The simulated clock starts at a fixed instant (``--start``, a Monday morning), never at the wall
 clock, and the touch-panel requests go into slots the script found free: what the demo shows
@@ -465,7 +466,7 @@ async def _script(
     dev, booking = _no_show(devices, fleet)
     _say(
         out,
-        f"{dev.device_id}: \"{booking.title}\" is booked from {booking.start:%H:%M}Z but nobody "
+        f'{dev.device_id}: "{booking.title}" is booked from {booking.start:%H:%M}Z but nobody '
         f"comes -> a ghost booking after {GHOST_AFTER_S // 60} min",
     )
     scripted.ghost = (dev.device_id, booking.id)
@@ -492,14 +493,16 @@ async def _script(
     await at(14)
     _say(
         out,
-        f"calendar-only rooms, in Outlook: a meeting added in {added_room}, \"Planning\" moved "
+        f'calendar-only rooms, in Outlook: a meeting added in {added_room}, "Planning" moved '
         f"in {moved_room} (Microsoft 365, no device in the room)",
     )
     now = fleet.clock.now()
     added = graph.add_event(
         f"{added_room}@{GRAPH_DOMAIN}", now + timedelta(hours=4), 30, "Added in Outlook"
     )
-    graph.move_event(f"{moved_room}@{GRAPH_DOMAIN}", planning.id, planning.start + timedelta(hours=1))
+    graph.move_event(
+        f"{moved_room}@{GRAPH_DOMAIN}", planning.id, planning.start + timedelta(hours=1)
+    )
     scripted.outlook = [
         (added_room, added.id, "booking.created"),
         (moved_room, planning.id, "booking.moved"),
@@ -630,7 +633,11 @@ def _verdict(scripted: Scripted, events: Sequence[dict[str, Any]]) -> list[tuple
             (
                 sources == {"microsoft"},
                 f"linked room {scripted.linked}: its window came from the calendar"
-                + ("" if sources == {"microsoft"} else f": snapshots from {sorted(map(str, sources))}"),
+                + (
+                    ""
+                    if sources == {"microsoft"}
+                    else f": snapshots from {sorted(map(str, sources))}"
+                ),
             )
         )
     return checks
@@ -668,7 +675,9 @@ def _summary(
         "booking.ghost",
     ):
         print(f"{'(agent)':<32}{'':>9}   {etype:<28}{delivered.get(etype, 0):>9}", file=out)
-    from_graph = Counter(e["type"] for e in receiver.events if e["data"].get("source") == "microsoft")
+    from_graph = Counter(
+        e["type"] for e in receiver.events if e["data"].get("source") == "microsoft"
+    )
     for etype, n in sorted(from_graph.items()):
         print(f"{'(microsoft: room calendars)':<32}{'':>9}   {etype:<28}{n:>9}", file=out)
     lat = printer.latencies
