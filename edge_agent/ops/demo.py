@@ -169,7 +169,7 @@ class Printer:
             return
         sim = observed.strftime("%H:%M:%S")
         where = data.get("device_id") or f"rooms/{data.get('room_id')}"
-        print(f"{sim}  {where:<9} {env['type']:<28} {_details(env)}", file=self.out)
+        print(f"{sim}  {where:<12} {env['type']:<28} {_details(env)}", file=self.out)
 
 
 def _details(env: dict[str, Any]) -> str:
@@ -654,7 +654,10 @@ def _summary(
     out: TextIO,
 ) -> int:
     produced = fleet.produced()
-    delivered = Counter(e["type"] for e in receiver.events)
+    # The device rows count what came from devices; the room calendars have their own rows.
+    delivered = Counter(
+        e["type"] for e in receiver.events if e["data"].get("source") != "microsoft"
+    )
     reconciled = Counter(e["type"] for e in receiver.events if e["data"].get("reconciled"))
     print("\n=== summary ===", file=out)
     print(f"{'device event':<32}{'produced':>9}   {'envelope':<28}{'delivered':>9}", file=out)
