@@ -4,9 +4,13 @@ Simulated devices (hybrid calendars, a fast clock, self-signed certificates pinn
 -> the agent (its own SQLite store in a temporary directory) -> a local webhook receiver that
 checks every Standard Webhooks signature and prints each event on one line. The script books
 rooms on touch panels, changes calendars "in Outlook", reboots a device while its calendar
-changes, has the calendar decline one request and makes one that never gets an answer; then it
-prints a summary: events the devices produced against events delivered, duplicates, latency
-p50/p99, and whether each scripted outcome happened (the exit status is 1 when one did not).
+changes, has the calendar decline one request and makes one that never gets an answer. Beside
+the devices, a Microsoft Graph simulator (``calendar_sim.graph``, HTTPS with its own certificate,
+on the same simulated clock) holds three calendar-only rooms and the mailbox one device is
+linked to: the script changes a calendar-only room's meetings "in Outlook", and the linked
+room's window comes from its mailbox (the calendar takes precedence). Then it prints a
+summary: events the devices produced against events delivered, duplicates, latency p50/p99,
+and whether each scripted outcome happened (the exit status is 1 when one did not).
 
 The simulated clock starts at a fixed instant (``--start``, a Monday morning), never at the wall
 clock, and the touch-panel requests go into slots the script found free: what the demo shows
@@ -52,6 +56,10 @@ from edge_agent.ops.logs import configure_logging
 DEMO_START = datetime(2026, 11, 23, 7, 50, tzinfo=UTC)
 PANEL_MINUTES = 30
 GHOST_AFTER_S = 120
+GRAPH_SECRET = "demo-graph-client-secret"
+GRAPH_DOMAIN = "contoso.com"
+CALENDAR_ROOMS = ("room-1", "room-2", "room-3")  # calendar-only: no device, only a mailbox
+LINKED_MAILBOX = f"room-4@{GRAPH_DOMAIN}"  # the last simulated device is linked to it
 
 SECRET = "whsec_" + base64.b64encode(b"edge-agent demo secret, not for production").decode()
 
@@ -160,7 +168,8 @@ class Printer:
         if self.quiet or env["type"] == "room.occupancy":  # head counts: many; the summary counts
             return
         sim = observed.strftime("%H:%M:%S")
-        print(f"{sim}  {data['device_id']:<9} {env['type']:<28} {_details(env)}", file=self.out)
+        where = data.get("device_id") or f"rooms/{data.get('room_id')}"
+        print(f"{sim}  {where:<12} {env['type']:<28} {_details(env)}", file=self.out)
 
 
 def _details(env: dict[str, Any]) -> str:
@@ -181,6 +190,8 @@ def _details(env: dict[str, Any]) -> str:
         parts.append(f"cause {data['cause']}")
     if data.get("reconciled"):
         parts.append("(reconciled: missed while disconnected)")
+    if data.get("source") == "microsoft":
+        parts.append("source microsoft")
     if env["type"] == "bookings.snapshot":
         parts.append(f"{len(data['bookings'])} bookings in the window")
     if env["type"] == "room.availability":
@@ -285,6 +296,25 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         )
     )
     await fleet.start()
+    from calendar_sim.graph import GraphSim, GraphSimConfig
+
+    # On the fleet's simulated clock (itself pinned to --start), so the agent's one clock agrees
+    # with both simulators; one office day of meetings per mailbox, like the devices' seed.
+    graph = GraphSim(
+        GraphSimConfig(
+            client_secret=GRAPH_SECRET,
+            start=fleet.clock.now(),
+            speed=args.speed,
+            seed=args.seed,
+            domain=GRAPH_DOMAIN,
+            time_zone=args.time_zone,
+        )
+    )
+    for room in CALENDAR_ROOMS:
+        graph.add_room(f"{room}@{GRAPH_DOMAIN}", f"Calendar-only {room}", generate_days=1)
+    graph.add_room(LINKED_MAILBOX, "Linked room", generate_days=1)
+    await graph.start()
+    (workdir / "graph-ca.pem").write_bytes(graph.cert_pem)
     printer = Printer(fleet, args.speed, out, args.quiet)
     receiver = Receiver(SECRET, printer)
     hook_url = await receiver.start()
@@ -308,12 +338,31 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                     {"id": d.device_id, "url": d.url, "fingerprint": fleet.cert_sha256}
                     for d in fleet.devices
                 ],
+                "microsoft": {
+                    "tenant_id": graph.config.tenant_id,
+                    "client_id": graph.config.client_id,
+                    "client_secret_env": "DEMO_GRAPH_SECRET",
+                    "authority_url": graph.authority_url,
+                    "graph_url": graph.graph_url,
+                    "ca_file": str(workdir / "graph-ca.pem"),
+                    "discover_rooms": False,  # the rooms below, by hand
+                    "poll_interval_s": 1,  # real seconds: the demo lasts well under a minute
+                    "time_zone": args.time_zone,
+                },
+                "rooms": [
+                    {"id": room, "calendar": f"{room}@{GRAPH_DOMAIN}"} for room in CALENDAR_ROOMS
+                ],
                 "webhook": {"url": hook_url, "secret_env": "DEMO_WEBHOOK_SECRET"},
                 "api": {"listen": "127.0.0.1:0"},
             }
+            raw["devices"][-1]["calendar"] = LINKED_MAILBOX
             if mqtt_url:
                 raw["mqtt"] = {"url": mqtt_url, "health_interval_s": 5}
-            env = {"DEMO_DEVICE_PASSWORD": "demo-password", "DEMO_WEBHOOK_SECRET": SECRET}
+            env = {
+                "DEMO_DEVICE_PASSWORD": "demo-password",
+                "DEMO_WEBHOOK_SECRET": SECRET,
+                "DEMO_GRAPH_SECRET": GRAPH_SECRET,
+            }
             cfg = config_from_dict(raw, env=env)
             agent = Agent(
                 cfg,
@@ -333,13 +382,16 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 f"{args.speed:g}, {args.time_zone}) -> agent -> webhook receiver"
                 + (" + MQTT broker" if mqtt_url else ""),
                 f"\n  devices   {fleet.devices[0].url} ... (self-signed, pinned by SHA-256)",
+                f"\n  graph     {graph.graph_url} (Microsoft 365 simulator): calendar-only "
+                f"rooms {', '.join(CALENDAR_ROOMS)}; {fleet.devices[-1].device_id} linked to "
+                f"{LINKED_MAILBOX}",
                 f"\n  receiver  {hook_url} (verifies every signature)",
                 f"\n  agent     store {workdir / 'agent.db'}; local API {api_url}",
                 f"\n  running for {args.duration:g} s; "
                 f"sim time starts {fleet.clock.now():%a %Y-%m-%d %H:%M} UTC (--start)\n",
                 file=out,
             )
-            scripted = await _script(fleet, rng, args.duration, out)
+            scripted = await _script(fleet, graph, rng, args.duration, out)
             await asyncio.sleep(2.0)  # the last deliveries
             stats = await agent.sample()
             pending = len(await agent.store.load_pending()) if agent.store else 0
@@ -353,6 +405,7 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await agent_task
         await receiver.stop()
+        await graph.stop()
         await fleet.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -370,6 +423,9 @@ class Scripted:
     expired: str = ""  # request UUID whose answer is lost
     reconciled_title: str = ""  # a booking made while its device rebooted
     ghost: tuple[str, str] = ("", "")  # (device id, booking id) nobody comes to
+    # Changes made "in Outlook" to calendar-only rooms: (room id, booking id, envelope type)
+    outlook: list[tuple[str, str, str]] = field(default_factory=list)
+    linked: str = ""  # the device whose window comes from its mailbox
 
 
 def _free_slot(bookings: Sequence[Any], after: datetime, minutes: int) -> datetime:
@@ -391,18 +447,26 @@ def _panel_request(dev: Any, fleet: Any, title: str) -> str:
     return made
 
 
-async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) -> Scripted:
-    devices = fleet.devices
+async def _script(
+    fleet: Any, graph: Any, rng: random.Random, duration: float, out: TextIO
+) -> Scripted:
+    # The last device is linked to a mailbox: its window is the calendar's, so the device
+    # calendar changes and the ghost below use the others.
+    linked, devices = fleet.devices[-1], fleet.devices[:-1] or fleet.devices
     t0 = time.monotonic()
-    scripted = Scripted()
+    scripted = Scripted(linked=linked.device_id)
+    moved_room, added_room = CALENDAR_ROOMS[0], CALENDAR_ROOMS[1]
+    planning = graph.add_event(
+        f"{moved_room}@{GRAPH_DOMAIN}", fleet.clock.now() + timedelta(hours=5), 30, "Planning"
+    )
 
     async def at(second: float) -> None:
         await asyncio.sleep(max(0.0, t0 + second * duration / 40 - time.monotonic()))
 
-    dev, booking = _no_show(fleet)
+    dev, booking = _no_show(devices, fleet)
     _say(
         out,
-        f"{dev.device_id}: \"{booking.title}\" is booked from {booking.start:%H:%M}Z but nobody "
+        f'{dev.device_id}: "{booking.title}" is booked from {booking.start:%H:%M}Z but nobody '
         f"comes -> a ghost booking after {GHOST_AFTER_S // 60} min",
     )
     scripted.ghost = (dev.device_id, booking.id)
@@ -426,6 +490,23 @@ async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) 
     _say(out, f"{refused.device_id}: a touch-panel request the calendar declines")
     refused.calendar.decline_next()
     scripted.declined = _panel_request(refused, fleet, "Declined by Exchange")
+    await at(14)
+    _say(
+        out,
+        f'calendar-only rooms, in Outlook: a meeting added in {added_room}, "Planning" moved '
+        f"in {moved_room} (Microsoft 365, no device in the room)",
+    )
+    now = fleet.clock.now()
+    added = graph.add_event(
+        f"{added_room}@{GRAPH_DOMAIN}", now + timedelta(hours=4), 30, "Added in Outlook"
+    )
+    graph.move_event(
+        f"{moved_room}@{GRAPH_DOMAIN}", planning.id, planning.start + timedelta(hours=1)
+    )
+    scripted.outlook = [
+        (added_room, added.id, "booking.created"),
+        (moved_room, planning.id, "booking.moved"),
+    ]
     await at(16)
     victim = devices[2 % len(devices)]
     _say(out, f"{victim.device_id} reboots; while it is down its calendar changes behind its back")
@@ -448,16 +529,15 @@ async def _script(fleet: Any, rng: random.Random, duration: float, out: TextIO) 
     return scripted
 
 
-def _no_show(fleet: Any) -> tuple[Any, Any]:
+def _no_show(devices: Sequence[Any], fleet: Any) -> tuple[Any, Any]:
     """A meeting added "in Outlook" in the room free soonest, starting in a minute or so, to
     which nobody comes (the room's head count is held at 0): the demo's ghost booking."""
     now = fleet.clock.now()
     slots = [
-        (_free_slot(d.calendar.bookings(), now, PANEL_MINUTES), i)
-        for i, d in enumerate(fleet.devices)
+        (_free_slot(d.calendar.bookings(), now, PANEL_MINUTES), i) for i, d in enumerate(devices)
     ]
     start, i = min(slots)
-    dev = fleet.devices[i]
+    dev = devices[i]
     dev.calendar.people(0)
     return dev, dev.calendar.add(start, PANEL_MINUTES, title="Nobody comes")
 
@@ -527,6 +607,39 @@ def _verdict(scripted: Scripted, events: Sequence[dict[str, Any]]) -> list[tuple
                 + ("" if ghosts else ": no booking.ghost"),
             )
         )
+    for room, booking_id, etype in scripted.outlook:
+        delivered = any(
+            e["type"] == etype
+            and e["data"].get("room_id") == room
+            and e["data"].get("source") == "microsoft"
+            and "device_id" not in e["data"]
+            and (e["data"].get("booking") or {}).get("id") == booking_id
+            for e in events
+        )
+        checks.append(
+            (
+                delivered,
+                f"calendar-only room {room}: Outlook change delivered as {etype}"
+                + ("" if delivered else f": no {etype} from microsoft"),
+            )
+        )
+    if scripted.linked:
+        sources = {
+            e["data"].get("source")
+            for e in events
+            if e["type"] == "bookings.snapshot" and e["data"].get("device_id") == scripted.linked
+        }
+        checks.append(
+            (
+                sources == {"microsoft"},
+                f"linked room {scripted.linked}: its window came from the calendar"
+                + (
+                    ""
+                    if sources == {"microsoft"}
+                    else f": snapshots from {sorted(map(str, sources))}"
+                ),
+            )
+        )
     return checks
 
 
@@ -541,7 +654,10 @@ def _summary(
     out: TextIO,
 ) -> int:
     produced = fleet.produced()
-    delivered = Counter(e["type"] for e in receiver.events)
+    # The device rows count what came from devices; the room calendars have their own rows.
+    delivered = Counter(
+        e["type"] for e in receiver.events if e["data"].get("source") != "microsoft"
+    )
     reconciled = Counter(e["type"] for e in receiver.events if e["data"].get("reconciled"))
     print("\n=== summary ===", file=out)
     print(f"{'device event':<32}{'produced':>9}   {'envelope':<28}{'delivered':>9}", file=out)
@@ -562,6 +678,11 @@ def _summary(
         "booking.ghost",
     ):
         print(f"{'(agent)':<32}{'':>9}   {etype:<28}{delivered.get(etype, 0):>9}", file=out)
+    from_graph = Counter(
+        e["type"] for e in receiver.events if e["data"].get("source") == "microsoft"
+    )
+    for etype, n in sorted(from_graph.items()):
+        print(f"{'(microsoft: room calendars)':<32}{'':>9}   {etype:<28}{n:>9}", file=out)
     lat = printer.latencies
     dead = int(stats.get("dead_letters", 0)) if stats else 0
     print(

@@ -38,6 +38,17 @@ def test_demo_runs_and_reports_a_clean_summary() -> None:
     assert re.search(r"booking\.failed\s+request \w{8}: declined by the calendar", out), out
     assert "no answer within BookingTimeout + grace: expired" in out
     assert "confirmed after 30s  cause" not in out and "cause Decline" not in out
+    # calendar-only rooms (Microsoft 365 simulator) and the linked room, printed by room
+    assert re.search(r"rooms/room-2 +booking\.created +\"Added in Outlook\".*source microsoft", out)
+    assert re.search(r"rooms/room-1 +booking\.moved +\"Planning\".*source microsoft", out)
+    assert re.search(
+        r"ok\s+calendar-only room room-2: Outlook change delivered as booking\.created", out
+    )
+    assert re.search(
+        r"ok\s+calendar-only room room-1: Outlook change delivered as booking\.moved", out
+    )
+    assert re.search(r"ok\s+linked room sim-0011: its window came from the calendar", out)
+    assert re.search(r"sim-0011 +bookings\.snapshot +source microsoft", out)
     assert "MISSING" not in out
     assert out.rstrip().endswith("OK")
 
@@ -51,7 +62,26 @@ SCRIPT = Scripted(
     declined="u-declined",
     expired="u-expired",
     reconciled_title="Booked during the reboot",
+    outlook=[("room-2", "ev-added", "booking.created"), ("room-1", "ev-moved", "booking.moved")],
+    linked="sim-0011",
 )
+
+
+def _room(kind: str, room: str, booking_id: str) -> dict[str, Any]:
+    """A calendar-only room's event: no device_id, the room and its source."""
+    return {
+        "type": kind,
+        "data": {"room_id": room, "source": "microsoft", "booking": {"id": booking_id}},
+    }
+
+
+def _linked_snapshot(source: str) -> dict[str, Any]:
+    return {
+        "type": "bookings.snapshot",
+        "data": {"device_id": "sim-0011", "room_id": "sim-0011", "source": source, "bookings": []},
+    }
+
+
 ALL_HAPPENED = [
     _env(
         "booking.created",
@@ -65,12 +95,41 @@ ALL_HAPPENED = [
         booking={"title": "Booked during the reboot", "meeting_id": "m-2"},
         reconciled=True,
     ),
+    _room("booking.created", "room-2", "ev-added"),
+    _room("booking.moved", "room-1", "ev-moved"),
+    _linked_snapshot("microsoft"),
 ]
 
 
 def test_verdict_all_scripted_outcomes_happened() -> None:
     checks = _verdict(SCRIPT, ALL_HAPPENED)
-    assert len(checks) == 4 and all(ok for ok, _ in checks), checks
+    assert len(checks) == 7 and all(ok for ok, _ in checks), checks
+
+
+def test_verdict_fails_when_a_room_change_came_from_another_room_or_source() -> None:
+    rest = [e for e in ALL_HAPPENED if e["type"] not in ("booking.moved",)]
+    wrong_room = _room("booking.moved", "room-3", "ev-moved")
+    from_device = _room("booking.moved", "room-1", "ev-moved")
+    from_device["data"]["source"] = "device"
+    for stray in (wrong_room, from_device):
+        bad = [what for ok, what in _verdict(SCRIPT, [*rest, stray]) if not ok]
+        assert bad == [
+            (
+                "calendar-only room room-1: Outlook change delivered as booking.moved: "
+                "no booking.moved from microsoft"
+            )
+        ]
+
+
+def test_verdict_fails_when_the_linked_room_window_came_from_the_device() -> None:
+    events = [*ALL_HAPPENED, _linked_snapshot("device")]
+    bad = [what for ok, what in _verdict(SCRIPT, events) if not ok]
+    assert bad == [
+        (
+            "linked room sim-0011: its window came from the calendar: snapshots from "
+            "['device', 'microsoft']"
+        )
+    ]
 
 
 @pytest.mark.parametrize("missing", range(len(ALL_HAPPENED)))
