@@ -35,6 +35,8 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/bench_connections.py --devices 1000
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_pipeline.py --sink mqtt
+	$(BIN)/python bench/bench_rooms.py
+	$(BIN)/python bench/bench_fleet.py --devices 1000
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
