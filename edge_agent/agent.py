@@ -1102,7 +1102,7 @@ class Agent:
         from edge_agent.calendars.graph.errors import GraphError, GraphUnavailable
         from edge_agent.calendars.graph.events import to_delta_items
         from edge_agent.calendars.sync import Upsert
-        from edge_agent.clock import utc_iso
+        from edge_agent.clock import parse_utc
         from edge_agent.store.base import Change
 
         assert self._store is not None and req.start is not None
@@ -1146,11 +1146,11 @@ class Agent:
                 cb = items[0].booking
                 booking = dataclasses.replace(cb.to_booking(), booking_request_uuid=uid)
                 row = {**cb.to_row(), **booking.to_dict(), "booked_at": now.timestamp()}
-                stale = [
-                    k
-                    for k, r in (await self._store.load_window(rid)).items()
-                    if str(r.get("end") or "") < utc_iso(now)
-                ]
+                stale = []  # the agent's own copies of bookings that are over
+                for k, r in (await self._store.load_window(rid)).items():
+                    with contextlib.suppress(ValueError, TypeError):
+                        if parse_utc(str(r.get("end"))) < now:
+                            stale.append(k)
                 env = make_envelope(
                     "booking.created",
                     booking=booking,
