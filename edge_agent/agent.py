@@ -995,7 +995,9 @@ class Agent:
             why = st.last_error if st is not None and st.last_error else "not read yet"
             raise CalendarUnavailable(f"{rid}: the room's calendar is not available ({why})")
         if st.last_error:
-            raise CalendarUnavailable(f"{rid}: the room's last calendar round failed: {st.last_error}")
+            raise CalendarUnavailable(
+                f"{rid}: the room's last calendar round failed: {st.last_error}"
+            )
         try:
             await self._graph_tokens.token()
         except Exception as exc:  # noqa: BLE001 - any token failure means: not now
@@ -1094,7 +1096,22 @@ class Agent:
         self, booker: GraphBooking, room: CalendarRoom, order: BookingOrder, req: PendingRequest
     ) -> None:
         """Create the event (sent again with the same ``transactionId`` until answered or the
-        deadline), then close the request: created, failed (a refusal) or expired."""
+        deadline), then close the request: created, failed (a refusal) or expired. Never
+        raises: it runs in the agent's TaskGroup, which one failed request must not end."""
+        try:
+            await self._create_calendar_event(booker, room, order, req)
+        except Exception:
+            # A store that cannot commit the outcome: the request reads as expired after its
+            # deadline (request_view), and the room's next round still reports the event.
+            log.exception(
+                "calendar booking: the outcome could not be stored",
+                room=room.room_id,
+                booking_request_uuid=req.booking_request_uuid,
+            )
+
+    async def _create_calendar_event(
+        self, booker: GraphBooking, room: CalendarRoom, order: BookingOrder, req: PendingRequest
+    ) -> None:
         from datetime import timedelta
 
         from edge_agent.bookings.events import make_envelope
@@ -1132,8 +1149,12 @@ class Agent:
                         )
                     except GraphUnavailable as exc:
                         # Idempotent by transactionId: keep trying until the deadline.
-                        log.warning("calendar booking: Graph unavailable; retrying", room=rid,
-                                    booking_request_uuid=uid, error=str(exc))
+                        log.warning(
+                            "calendar booking: Graph unavailable; retrying",
+                            room=rid,
+                            booking_request_uuid=uid,
+                            error=str(exc),
+                        )
                         await asyncio.sleep(min(30.0, 2.0 * attempt))
                     except GraphError as exc:
                         failure = str(exc)
@@ -1168,8 +1189,13 @@ class Agent:
                     )
                 )
                 self._poke_room(rid)
-                log.info("calendar booking created", room=rid, booking_request_uuid=uid,
-                         booking_id=cb.id, meeting_id=cb.meeting_id)
+                log.info(
+                    "calendar booking created",
+                    room=rid,
+                    booking_request_uuid=uid,
+                    booking_id=cb.id,
+                    meeting_id=cb.meeting_id,
+                )
                 return
             failure = f"Graph answered the create with an event that cannot be read: {event!r:.200}"
         if failure is not None:

@@ -139,7 +139,9 @@ def _created_for(receiver: WebhookReceiver, uuid: str) -> list[dict[str, Any]]:
 
 
 def _snapshot_has(receiver: WebhookReceiver, booking_id: str) -> bool:
-    snaps = [e for e in of_type(receiver.events, "bookings.snapshot") if e["data"]["room_id"] == ROOM]
+    snaps = [
+        e for e in of_type(receiver.events, "bookings.snapshot") if e["data"]["room_id"] == ROOM
+    ]
     return bool(snaps) and any(b["id"] == booking_id for b in snaps[-1]["data"]["bookings"])
 
 
