@@ -1054,12 +1054,14 @@ class Agent:
                 if key not in state.bookings and float(row.get("booked_at") or 0) > synced:
                     with contextlib.suppress(ValueError):
                         window.append(CalendarBooking.from_row(row).to_booking())
-            pending = []
+            pending: list[PendingRequest] = []
+            lapsed: list[PendingRequest] = []
             for p in await self._store.load_pending(rid):
                 with contextlib.suppress(ValueError):
                     req = PendingRequest.from_row(p.row)
-                    if req.deadline > now:
-                        pending.append(req)
+                    (pending if req.deadline > now else lapsed).append(req)
+            if lapsed:  # left by an agent that stopped while they were pending
+                await self._expire_calendar_requests(rid, lapsed)
             start = check_order(order, window, state.window, now, pending=pending)
             deadline = now + timedelta(seconds=CALENDAR_BOOK_TIMEOUT_S)
             request = {
@@ -1091,6 +1093,27 @@ class Agent:
         task.add_done_callback(self._other_tasks.remove)
         log.info("calendar booking requested", room=rid, booking_request_uuid=request_uuid)
         return BookingSent(request_uuid, deadline, answered=False)
+
+    async def _expire_calendar_requests(self, room_id: str, reqs: list[PendingRequest]) -> None:
+        from edge_agent.bookings.events import make_envelope
+        from edge_agent.store.base import Change
+
+        assert self._store is not None
+        now = self._clock.now()
+        events = [
+            make_envelope(
+                "booking.request_expired",
+                site=self.config.site,
+                device_id=None,
+                room_id=room_id,
+                source="microsoft",
+                now=now,
+                extra={"booking_request_uuid": r.booking_request_uuid, "request": r.to_dict()},
+            )
+            for r in reqs
+        ]
+        uuids = [r.booking_request_uuid for r in reqs]
+        await self._store.commit(Change(room_id, pending_delete=uuids, events=events))
 
     async def _follow_calendar_request(
         self, booker: GraphBooking, room: CalendarRoom, order: BookingOrder, req: PendingRequest
