@@ -27,6 +27,7 @@ import signal
 import sys
 import uuid
 import socket
+from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,7 +36,7 @@ import structlog
 
 from edge_agent import metrics
 from edge_agent.backoff import Backoff
-from edge_agent.clock import Clock, system_clock, unix_time
+from edge_agent.clock import Clock, system_clock, unix_time, utc_iso
 from edge_agent.config import (
     AgentConfig,
     EX_CONFIG,
@@ -55,6 +56,7 @@ from edge_agent.ops import heap, sdnotify
 from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.ops.api_bookings import request_view
 from edge_agent.ops.api_guard import ApiGuard, server_ssl_context
+from edge_agent.ops.event_stream import EventFeed
 from edge_agent.session import BookingSent, DeviceSession, SessionTuning
 from edge_agent.store import Store, StoreBackend, StoreUnusable
 
@@ -329,6 +331,8 @@ class Agent:
         self._graph_task: asyncio.Task[None] | None = None
         self._graph_overrides = dict(graph_overrides or {})
         self.api: LocalApi | None = None
+        self.event_feed = EventFeed()
+        """Committed events for ``/v1/events/stream`` (``edge-agent tail``)."""
         self.ready = asyncio.Event()
         """Set once the store is open and every task started (tests wait on it)."""
 
@@ -341,8 +345,24 @@ class Agent:
     def devices(self) -> list[DeviceStatus]:
         out: list[DeviceStatus] = []
         for s in self._sessions.values():
-            out.append(s.info())  # type: ignore[arg-type]
+            out.append({**s.info(), **self._link_times(s.device_id)})  # type: ignore[typeddict-item]
         return out
+
+    def _link_times(self, device_id: str) -> dict[str, Any]:
+        """``connected_since`` or ``down_since`` and ``last_seen`` (UTC ISO, as of the last
+        sample) for ``/v1/devices`` and the status page. ``last_error_at`` comes from the link
+        itself (exact, and cleared with ``last_error`` once the link is up again)."""
+        t = self._link_export.times(device_id)
+        if t is None:
+            return {}
+
+        def iso(ts: float | None) -> str | None:
+            return None if ts is None else utc_iso(datetime.fromtimestamp(ts, UTC))
+
+        return {
+            "connected_since" if t.connected else "down_since": iso(t.since),
+            "last_seen": iso(t.last_seen),
+        }
 
     def sinks(self) -> list[SinkStatus]:
         out: list[SinkStatus] = []
@@ -452,6 +472,8 @@ class Agent:
         """Run until :meth:`request_stop`; returns the exit status. Not meant to be cancelled
         mid-start; cancelling while running stops everything without the drain."""
         self._store = await self._open_store()
+        if isinstance(self._store, Store):  # the PostgreSQL store has no commit feed yet
+            self._store.on_committed.append(self.event_feed.publish)
         try:
             if self._with_api and not await self._start_api():
                 return EX_CONFIG
@@ -718,8 +740,16 @@ class Agent:
             return self._last_stats
         connected = sum(1 for s in self._sessions.values() if s.client.connected)
         metrics.DEVICES_CONNECTED.set(connected)
+        now = self._clock.now().timestamp()
         for device_id, session in self._sessions.items():
-            self._link_export.export(device_id, session.client.counters)
+            client = session.client
+            self._link_export.export(
+                device_id,
+                client.counters,
+                connected=client.connected,
+                last_error=getattr(client, "last_error", None),
+                now=now,
+            )
         for sink, drainer in self._sinks:
             ready = sink.ready() and drainer.stopped_reason is None
             metrics.SINK_READY.labels(sink=sink.name).set(1 if ready else 0)
@@ -761,6 +791,7 @@ class Agent:
         for sink, _ in self._sinks:
             with contextlib.suppress(Exception):
                 await sink.close()
+        self.event_feed.close()
         if self.api is not None:
             with contextlib.suppress(Exception):
                 await self.api.stop()
@@ -1296,7 +1327,15 @@ class Agent:
             # Graph's notifications carry no bearer token: each item is checked by clientState.
             self_authenticating=open_paths,
         )
-        return LocalApi(self, api.listen, guard=guard, ssl_context=tls, routes=routes)
+        return LocalApi(
+            self,
+            api.listen,
+            guard=guard,
+            ssl_context=tls,
+            routes=routes,
+            show_private=api.show_private,
+            clock=self._clock,
+        )
 
     # --- fleet mode (DESIGN.md "Fleet mode"): the store in PostgreSQL, devices by lease --------
 

@@ -3,18 +3,46 @@
 Modules import the metric objects from here and update them; nobody else defines metrics.
 Gauges that are cheaper to read than to maintain (outbox depth, oldest undelivered age,
 pending requests, dead letters) are set by the agent's periodic sampler.
+
+No ``*_created`` series: they double the series count of every counter and histogram (300
+rooms x error kinds) and no dashboard or alert here reads them. ``disable_created_metrics`` is
+process-wide in prometheus_client (>= 0.17); the agent exports only this registry.
 """
 
 from __future__ import annotations
 
+import platform
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+from edge_agent import __version__
 
 if TYPE_CHECKING:
     from edge_agent.xapi.client import LinkCounters
 
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream (0.26)
+
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, _resident_memory_bytes, fds
+PlatformCollector(registry=REGISTRY)  # python_info
+
+BUILD_INFO = Gauge(
+    "edge_agent_build_info",
+    "Always 1; the labels say which agent and Python run",
+    ["version", "python"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(version=__version__, python=platform.python_version()).set(1)
 
 DEVICES_CONFIGURED = Gauge(
     "edge_agent_devices_configured", "Devices in the configuration", registry=REGISTRY
@@ -27,8 +55,21 @@ RECONNECTS = Counter(
 )
 DEVICE_ERRORS = Counter(
     "edge_agent_device_errors",
-    "Connection and protocol errors by kind (auth, tls, refused, rate_limited, malformed...)",
-    ["kind"],
+    "Connection and protocol errors by device and kind (auth, tls, unreachable, lost,"
+    " malformed...); sum by (kind) for the fleet",
+    ["device", "kind"],
+    registry=REGISTRY,
+)
+DEVICE_UP = Gauge(
+    "edge_agent_device_up",
+    "1 while the device's xAPI WebSocket is open (as of the last sample, every 5 s)",
+    ["device"],
+    registry=REGISTRY,
+)
+DEVICE_LAST_SEEN = Gauge(
+    "edge_agent_device_last_seen_seconds",
+    "Unix time of the device's last frame or connect (to within the 5 s sample)",
+    ["device"],
     registry=REGISTRY,
 )
 EVENTS = Counter(
@@ -100,27 +141,104 @@ STORE_HEALTHY = Gauge(
 )
 
 
+@dataclass(slots=True)
+class LinkTimes:
+    """When a device's link last changed, as the samples saw it (unix seconds; ``None``: not
+    yet). The local API shows them (``connected_since`` / ``down_since``, ``last_seen``,
+    ``last_error_at``); a sample every 5 s is precise enough for a person and for alerts."""
+
+    connected: bool = False
+    since: float | None = None
+    """When ``connected`` last changed (or the first sample: the agent's start)."""
+    last_seen: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    frames: int = 0
+    connects: int = 0
+    errors: int = 0
+
+
 class LinkCountersExport:
     """Carries each device link's counters (``XapiClient.counters``, which the xapi layer keeps
-    without knowing about metrics) into ``RECONNECTS`` and ``DEVICE_ERRORS``: every sample adds
-    what they grew by since the previous one. A device's new client (one per session run)
-    starts again from zero, which shows as a different counters object."""
+    without knowing about metrics) into ``RECONNECTS``, ``DEVICE_ERRORS``, ``DEVICE_UP`` and
+    ``DEVICE_LAST_SEEN``: every sample adds what they grew by since the previous one. A device's
+    new client (one per session run) starts again from zero, which shows as a different counters
+    object. Pure bookkeeping: the caller passes the link's state and ``now``."""
 
     def __init__(self) -> None:
         self._seen: dict[str, tuple[LinkCounters, int, dict[str, int]]] = {}
+        self._times: dict[str, LinkTimes] = {}
+        self._kinds: dict[str, set[str]] = {}
 
-    def export(self, device_id: str, counters: LinkCounters) -> None:
+    def export(
+        self,
+        device_id: str,
+        counters: LinkCounters,
+        *,
+        connected: bool | None = None,
+        last_error: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Add what ``counters`` grew by; with ``connected`` and ``now``, also the up gauge and
+        the link's times (``last_error`` is the client's current one)."""
         seen = self._seen.get(device_id)
-        reconnects, errors = (seen[1], seen[2]) if seen and seen[0] is counters else (0, {})
+        same = seen is not None and seen[0] is counters
+        reconnects, errors = (seen[1], seen[2]) if seen and same else (0, {})
         if counters.reconnects > reconnects:
             RECONNECTS.labels(device_id).inc(counters.reconnects - reconnects)
         for kind, n in counters.errors.items():
             if n > errors.get(kind, 0):
-                DEVICE_ERRORS.labels(kind).inc(n - errors.get(kind, 0))
+                DEVICE_ERRORS.labels(device_id, kind).inc(n - errors.get(kind, 0))
+                self._kinds.setdefault(device_id, set()).add(kind)
         self._seen[device_id] = (counters, counters.reconnects, dict(counters.errors))
+        if connected is not None and now is not None:
+            self._observe(device_id, counters, same, connected, last_error, now)
+
+    def _observe(
+        self,
+        device_id: str,
+        counters: LinkCounters,
+        same_client: bool,
+        connected: bool,
+        last_error: str | None,
+        now: float,
+    ) -> None:
+        t = self._times.get(device_id)
+        if t is None:
+            t = self._times[device_id] = LinkTimes(connected=connected, since=now)
+        elif t.connected != connected:
+            t.connected, t.since = connected, now
+        frames, connects, errors = (t.frames, t.connects, t.errors) if same_client else (0, 0, 0)
+        if counters.frames > frames or counters.connects > connects or connected:
+            # An open link is proof of life too: the liveness ping closes it when it dies.
+            t.last_seen = now
+        n_errors = sum(counters.errors.values())
+        if last_error and (last_error != t.last_error or n_errors > errors):
+            t.last_error_at = now
+        t.frames, t.connects, t.errors = counters.frames, counters.connects, n_errors
+        t.last_error = last_error
+        DEVICE_UP.labels(device_id).set(1 if connected else 0)
+        if t.last_seen is not None:
+            DEVICE_LAST_SEEN.labels(device_id).set(t.last_seen)
+
+    def times(self, device_id: str) -> LinkTimes | None:
+        """The device's link times, or ``None`` before its first sample."""
+        return self._times.get(device_id)
 
     def forget(self, device_id: str) -> None:
+        """The device left the configuration: drop its state and its metric series."""
         self._seen.pop(device_id, None)
+        self._times.pop(device_id, None)
+        for gauge in (DEVICE_UP, DEVICE_LAST_SEEN):
+            try:
+                gauge.remove(device_id)
+            except KeyError:
+                pass
+        for kind in self._kinds.pop(device_id, set()):
+            try:
+                DEVICE_ERRORS.remove(device_id, kind)
+            except KeyError:
+                pass
 
 
 # -- fleet mode (edge_agent.fleet) ----------------------------------------------------------------

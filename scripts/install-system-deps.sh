@@ -2,10 +2,11 @@
 # Installs the Debian packages the test suite and the demo use: mosquitto (the MQTT tests start
 # their own broker on a loopback port), systemd (for `systemd-analyze`, which checks the unit),
 # chromium (headless: the status page and the html report are tested in a real browser), zsh
-# (the zsh completion script is run in a real zsh) and postgresql (the fleet and store tests
+# (the zsh completion script is run in a real zsh), postgresql (the fleet and store tests
 # start a throwaway cluster of their own with the server binaries under
 # /usr/lib/postgresql/<version>/bin; the service Debian sets up is not used and is left
-# stopped). Idempotent: does nothing when all are present.
+# stopped) and prometheus (its promtool checks contrib/prometheus/alerts.yml; the daemon is not
+# used). Idempotent: does nothing when all are present.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
@@ -14,6 +15,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v zsh >/dev/null 2>&1 || need+=(zsh)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool checks contrib/ alerts
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

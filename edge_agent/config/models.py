@@ -440,6 +440,8 @@ class MqttConfig(_Section):
 
 class ApiConfig(_Section):
     listen: str = DEFAULT_API_LISTEN
+    show_private: bool = False
+    """Show private bookings' title and organizer on the status page and in ``/v1``."""
     token_env: str | None = None
     """Environment variable holding the bearer token(s), space-separated (rotation)."""
     token_file: str | None = None

@@ -172,6 +172,8 @@ class WebhookSink:
             headers={"content-type": "application/json", **(headers or {})},
         )
         self._log = log.bind(sink=name)
+        self.last_answer: BoundedResponse | None = None
+        """The receiver's last answer (``edge-agent webhook test`` prints it)."""
 
     async def run(self) -> None:
         """Nothing to keep up between requests (the pool reconnects on demand)."""
@@ -209,6 +211,7 @@ class WebhookSink:
             return Retry(f"TLS error: {exc}")
         except (OSError, ValueError) as exc:  # what aiohttp's transport lets through unmapped
             return Retry(f"network error: {type(exc).__name__}: {exc}")
+        self.last_answer = resp
         retry_after = parse_retry_after(resp.headers.get("retry-after"), now)
         if 200 <= resp.status < 300:
             return Delivered()

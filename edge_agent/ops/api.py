@@ -6,6 +6,7 @@ are :mod:`edge_agent.ops.api_bookings`.
 
 Routes:
 
+- ``GET /`` — the status page for a person (:mod:`edge_agent.ops.status_page`).
 - ``GET /healthz`` — 200 ``{"status": "ok"}`` while the event loop serves requests.
 - ``GET /readyz`` — ``{"ready": bool, "reasons": [...], "store": {...}, "devices": [...],
   "sinks": [...]}``; 200 when ready, 503 when not. **Not ready** when any of:
@@ -23,7 +24,11 @@ Routes:
 - ``GET /metrics`` — Prometheus exposition of :data:`edge_agent.metrics.REGISTRY`.
 - ``GET /v1/devices`` — ``{"devices": [...]}``, one :class:`DeviceStatus` each.
 - ``GET /v1/devices/{id}/bookings`` — the buffered window from the store, sorted by start;
-  404 for an unknown device.
+  404 for an unknown device. Private bookings come without title, organizer and agenda
+  (``"hidden": true``) unless ``[api] show_private = true``.
+- ``GET /v1/events/stream`` — events as the store commits them, one JSON envelope a line
+  (``?device=ID``, ``?type=booking.*``; see :mod:`edge_agent.ops.event_stream`); 404 when the
+  agent has no ``event_feed``.
 - ``GET /v1/rooms`` — ``{"rooms": [...]}``, every room (DESIGN.md "Rooms and calendar
   sources"), one :class:`RoomStatus` each: ``id``, ``source`` (``device``, ``microsoft``),
   ``device_id`` (the linked device, or the device itself), ``calendar`` (the mailbox),
@@ -65,11 +70,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_agent import jsoncodec
-from edge_agent.clock import utc_iso
+from edge_agent.clock import Clock, system_clock, utc_iso
 from edge_agent.config import DEFAULT_API_LISTEN, parse_listen
 from edge_agent.metrics import REGISTRY
+from edge_agent.ops import api_bookings, event_stream, status_page
 from edge_agent.store import PendingRow
-from edge_agent.ops import api_bookings
 from edge_agent.ops.api_guard import MAX_BODY_BYTES, ApiGuard
 
 log = structlog.get_logger(__name__)
@@ -105,6 +110,12 @@ class DeviceStatus(TypedDict, total=False):
     window_size: int
     """Bookings in the buffered window."""
     software: str | None
+    connected_since: str | None
+    """UTC ISO time the link came up; ``down_since`` instead while it is down (to the 5 s
+    sample; both absent before the first sample)."""
+    down_since: str | None
+    last_seen: str | None
+    """UTC ISO time of the last frame or connect (to the 5 s sample)."""
 
 
 class RoomStatus(TypedDict, total=False):
@@ -289,10 +300,14 @@ class LocalApi:
         guard: ApiGuard | None = None,
         ssl_context: ssl.SSLContext | None = None,
         routes: Sequence[web.RouteDef] = (),
+        show_private: bool = False,
+        clock: Clock = system_clock,
     ) -> None:
         """``routes``: more handlers (the Graph notification endpoints; the guard is told
         which of them authenticate their callers themselves)."""
         self._agent = agent
+        self._show_private = show_private
+        self._clock = clock
         self._host, self._port = parse_listen(listen)
         self._runner: web.AppRunner | None = None
         self._guard = guard or ApiGuard(listen)
@@ -355,6 +370,7 @@ class LocalApi:
         app = web.Application(
             middlewares=[self._guard.middleware, self._errors], client_max_size=MAX_BODY_BYTES
         )
+        app.router.add_get("/", self._status_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -363,6 +379,7 @@ class LocalApi:
         app.router.add_get("/v1/rooms", self._rooms)
         app.router.add_get("/v1/rooms/{id}/bookings", self._room_bookings)
         app.router.add_get("/v1/pending", self._pending)
+        app.router.add_get("/v1/events/stream", self._events_stream)
         app.router.add_get("/v1/outbox", self._outbox)
         app.router.add_get("/v1/dead-letters", self._dead_letters)
         app.router.add_post("/v1/dead-letters/replay", self._replay)
@@ -384,6 +401,12 @@ class LocalApi:
         except Exception as exc:
             log.exception("local API request failed", path=request.path)
             return _json({"error": f"{type(exc).__name__}: {exc}"}, status=500)
+
+    async def _status_page(self, request: web.Request) -> web.Response:
+        html = await status_page.page(
+            self._agent, show_private=self._show_private, now=self._clock.now()
+        )
+        return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
@@ -419,7 +442,10 @@ class LocalApi:
         if not any(d.get("id") == device_id for d in self._agent.devices()):
             raise web.HTTPNotFound(reason=f"unknown device {device_id!r}")
         window = await self._store().load_window(device_id)
-        bookings = [b for _, b in sorted(window.items(), key=_booking_sort_key)]
+        bookings = [
+            status_page.booking_view(b, self._show_private)
+            for _, b in sorted(window.items(), key=_booking_sort_key)
+        ]
         return _json({"device": device_id, "count": len(bookings), "bookings": bookings})
 
     def _room_list(self) -> list[RoomStatus]:
@@ -445,9 +471,16 @@ class LocalApi:
         for b in bookings:
             if isinstance(b, dict):
                 b.pop("cancelled", None)  # the store's extra; not an envelope field
+        bookings = [status_page.booking_view(b, self._show_private) for b in bookings]
         return _json(
             {"room": room_id, "source": source, "count": len(bookings), "bookings": bookings}
         )
+
+    async def _events_stream(self, request: web.Request) -> web.StreamResponse:
+        feed = getattr(self._agent, "event_feed", None)
+        if not isinstance(feed, event_stream.EventFeed):
+            raise web.HTTPNotFound(reason="this agent has no event stream")
+        return await event_stream.stream_response(request, feed, show_private=self._show_private)
 
     async def _pending(self, request: web.Request) -> web.Response:
         device_id = request.query.get("device") or None

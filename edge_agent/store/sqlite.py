@@ -118,6 +118,9 @@ class SqliteStore:
         self._time = clock
         self._closing = False
         self._log = log.bind(db=str(path))
+        self.on_committed: list[Callable[[Sequence[dict[str, Any]]], None]] = []
+        """Called with each change's events once they are durable (``/v1/events/stream``);
+        a listener must not block or raise."""
 
     @property
     def failed(self) -> str | None:
@@ -262,6 +265,9 @@ class SqliteStore:
         self._writer.check_open()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._writer.commit(prepare(change, fut))
+        if change.events:
+            for listener in self.on_committed:
+                listener(change.events)
 
     async def flush(self) -> None:
         """Wait until everything queued before this call (changes, progress) is written."""

@@ -18,19 +18,19 @@ def test_the_export_adds_what_grew_since_the_last_sample() -> None:
     export = metrics.LinkCountersExport()
     c = LinkCounters()
     base_r = sample("edge_agent_device_reconnects_total", device="room-x1")
-    base_auth = sample("edge_agent_device_errors_total", kind="auth")
+    base_auth = sample("edge_agent_device_errors_total", device="room-x1", kind="auth")
     c.reconnects = 3
     c.error("auth")
     export.export("room-x1", c)
     export.export("room-x1", c)  # nothing new: nothing added
     assert sample("edge_agent_device_reconnects_total", device="room-x1") == base_r + 3
-    assert sample("edge_agent_device_errors_total", kind="auth") == base_auth + 1
+    assert sample("edge_agent_device_errors_total", device="room-x1", kind="auth") == base_auth + 1
     c.reconnects = 5
     c.error("auth")
     c.error("auth")
     export.export("room-x1", c)
     assert sample("edge_agent_device_reconnects_total", device="room-x1") == base_r + 5
-    assert sample("edge_agent_device_errors_total", kind="auth") == base_auth + 3
+    assert sample("edge_agent_device_errors_total", device="room-x1", kind="auth") == base_auth + 3
 
 
 def test_a_new_client_starts_from_zero_without_losing_counts() -> None:

@@ -28,7 +28,9 @@ from edge_agent.ops.cli.demo import cmd_demo
 from edge_agent.ops.cli.report import add_parser as add_report_parser
 from edge_agent.ops.cli.run import cmd_run
 from edge_agent.ops.cli.status import cmd_status
+from edge_agent.ops.cli.tail import add_tail_parser
 from edge_agent.ops.cli.trust import add_trust_parser
+from edge_agent.ops.cli.webhook_cmd import add_webhook_parser
 from edge_agent.ops.logs import LEVELS, LogLevelError
 
 EX_BROKEN_PIPE = 128 + 13
@@ -107,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(config_need="optional")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
+    p.add_argument(
+        "--problems",
+        action="store_true",
+        help="only rooms that are down and sinks that cannot deliver; exit 1 when any",
+    )
     p.set_defaults(func=cmd_status)
 
     book.add_parsers(sub, [common, config_opt])
@@ -154,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dead_letter)
 
     add_trust_parser(sub, parents=[common, config_opt])
+    add_webhook_parser(sub, parents=[common, config_opt])
+    add_tail_parser(sub, parents=[common])
     add_config_parser(sub)
 
     p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")

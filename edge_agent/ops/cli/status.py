@@ -65,15 +65,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     rooms: list[dict[str, Any]] | None = (
         rooms_resp.json().get("rooms", []) if rooms_resp.status_code == 200 else None
     )
+    problems_only = bool(getattr(args, "problems", False))
+    if problems_only:
+        body = only_problems(body)
     if args.json:
         from edge_agent import jsoncodec
 
         print(jsoncodec.dumps({"readyz": body, "outbox": outbox, "fleet": fleet, "rooms": rooms}))
-        return EX_OK if body.get("ready") else EX_FAIL
-    print_status(url, body, outbox, rooms=rooms)
-    if fleet is not None:
-        print_fleet(fleet)
+    else:
+        print_status(url, body, outbox, rooms=None if problems_only else rooms)
+        if fleet is not None and not problems_only:
+            print_fleet(fleet)
+        if problems_only and not (body["devices"] or body["sinks"]):
+            print("no problems: every room connected, every sink delivering")
+    if problems_only:
+        return EX_FAIL if body["devices"] or body["sinks"] or not body.get("ready") else EX_OK
     return EX_OK if body.get("ready") else EX_FAIL
+
+
+def only_problems(readyz: dict[str, Any]) -> dict[str, Any]:
+    """``readyz`` with only the rooms that are down and the sinks that cannot deliver."""
+    return {
+        **readyz,
+        "devices": [d for d in readyz.get("devices") or [] if not d.get("connected")],
+        "sinks": [
+            s
+            for s in readyz.get("sinks") or []
+            if s.get("state") == "gone" or not s.get("ready", True)
+        ],
+    }
 
 
 def print_status(
@@ -89,11 +109,22 @@ def print_status(
     print(f"agent {url}  {state}", file=out)
     devices = readyz.get("devices") or []
     print_table(
-        ["DEVICE", "CONNECTED", "WINDOW", "RECONNECTS", "TIME ZONE", "LAST ERROR"],
+        [
+            "DEVICE",
+            "CONNECTED",
+            "DOWN SINCE",
+            "LAST SEEN",
+            "WINDOW",
+            "RECONNECTS",
+            "TIME ZONE",
+            "LAST ERROR",
+        ],
         [
             [
                 d.get("id"),
                 d.get("connected"),
+                d.get("down_since"),
+                d.get("last_seen"),
                 d.get("window_size"),
                 d.get("reconnects"),
                 d.get("time_zone"),
