@@ -381,3 +381,32 @@ async def test_book_with_the_cli(agent, sim, tmp_path) -> None:
     [event] = sim.events(MAILBOX)
     assert event.transaction_id is not None and event.transaction_id in out, out
     assert event.subject == "From the CLI" and event.end - event.start == timedelta(minutes=25)
+
+
+async def test_a_request_left_pending_by_a_stopped_agent_is_closed(agent, sim, receiver) -> None:
+    from edge_agent.bookings.pending import PendingRequest
+    from edge_agent.store.base import Change, PendingRow
+
+    a, http = await agent()
+    assert a.store is not None
+    made = datetime.now(UTC) - timedelta(minutes=10)
+    left = PendingRequest(
+        ROOM, "left-behind-uuid", "Lost", at(1, 8), 30, made, made + timedelta(seconds=60)
+    )
+    row = PendingRow(ROOM, left.booking_request_uuid, left.deadline.timestamp(), left.to_row())
+    await a.store.commit(Change(ROOM, pending_upsert=[row]))
+    # Same slot as the lapsed request: it no longer holds it, and the booking closes it.
+    r = await http.post(
+        f"/v1/rooms/{ROOM}/bookings",
+        json={"title": "Lost", "start": iso(at(1, 8)), "duration_min": 30},
+    )
+    assert r.status_code == 202, r.text
+    await eventually(
+        lambda: [
+            e
+            for e in of_type(receiver.events, "booking.request_expired")
+            if e["data"]["booking_request_uuid"] == "left-behind-uuid"
+        ]
+    )
+    pending = [p.booking_request_uuid for p in await a.store.load_pending(ROOM)]
+    assert "left-behind-uuid" not in pending
