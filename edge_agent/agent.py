@@ -51,6 +51,7 @@ from edge_agent.forward.base import Sink
 from edge_agent.forward.drainer import Drainer
 from edge_agent.bookings.book import BookingOrder
 from edge_agent.bookings.models import Booking
+from edge_agent.calendars.graph.booking import BookingNotSupported, CalendarUnavailable
 from edge_agent.ops import heap, sdnotify
 from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
 from edge_agent.ops.api_bookings import request_view
@@ -63,7 +64,10 @@ if TYPE_CHECKING:
     from edge_agent.fleet import FleetMember
     import httpx
 
+    from edge_agent.bookings.pending import PendingRequest
     from edge_agent.calendars.graph.auth import ClientCredentials
+    from edge_agent.calendars.graph.booking import GraphBooking
+    from edge_agent.calendars.sync import SyncState
     from edge_agent.calendars.graph.client import GraphClient
     from edge_agent.calendars.graph.poller import CalendarRoom, GraphPoller
     from edge_agent.calendars.graph.push import PushManager
@@ -76,6 +80,8 @@ log = structlog.get_logger(__name__)
 SAMPLE_INTERVAL_S = 5.0
 TRIM_INTERVAL_S = 2.0  # how often the heap trimmer reads the RSS (a few us); it trims rarely
 """malloc_trim costs ~0.5 ms with 1,000 devices: 0.05 % of a core at this interval."""
+CALENDAR_BOOK_TIMEOUT_S = 60.0
+"""A calendar room's booking request expires when its event is not created within this."""
 LIST_CONCURRENCY = 16
 """Devices listing their bookings at once, fleet-wide (memory and store load after a start)."""
 
@@ -913,27 +919,361 @@ class Agent:
 
     def booking_room(self, room_id: str) -> Literal["device", "calendar"] | None:
         """What kind of room ``room_id`` is, for booking; ``None``: unknown."""
-        return "device" if room_id in self._sessions else None
+        if room_id in self._sessions:
+            return "device"
+        return "calendar" if self._calendar_room(room_id) is not None else None
+
+    def _calendar_room(self, room_id: str) -> CalendarRoom | str | None:
+        """The calendar-only room ``room_id`` (a Graph room), its source's name when that
+        source cannot be booked through the agent (``"google"``), or ``None``."""
+        if self._graph is not None:
+            st = self._graph.status().get(room_id)
+            if st is not None and st.room.device_id is None:
+                return st.room
+        if self.config.microsoft is not None:
+            for room in graph_rooms(self.config):
+                if room.room_id == room_id and room.device_id is None:
+                    return room
+        for r in self.config.rooms:
+            if r.id == room_id and r.source != "microsoft":
+                return str(r.source)
+        return None
 
     async def book(
         self, room_id: str, order: BookingOrder, *, request_uuid: str | None = None
     ) -> BookingSent:
-        """Book ``room_id`` with a fresh request UUID (see :meth:`DeviceSession.book`).
+        """Book ``room_id`` with a fresh request UUID: a device room through
+        :meth:`DeviceSession.book`, a calendar-only Microsoft room through its calendar
+        (:meth:`_book_calendar`).
 
         Raises:
-            LookupError: unknown room; else what :meth:`DeviceSession.book` raises.
+            LookupError: unknown room; else what :meth:`DeviceSession.book` or
+                :meth:`_book_calendar` raise.
         """
         session = self._sessions.get(room_id)
-        if session is None:
+        if session is not None:
+            return await session.book(request_uuid or str(uuid.uuid4()), order)
+        room = self._calendar_room(room_id)
+        if room is None:
             raise LookupError(f"unknown room {room_id!r}")
-        return await session.book(request_uuid or str(uuid.uuid4()), order)
+        if isinstance(room, str):
+            raise BookingNotSupported(
+                f"{room_id} is a {room} calendar room: booking it through the agent is not "
+                "supported yet; book it in its calendar"
+            )
+        return await self._book_calendar(room, order, request_uuid or str(uuid.uuid4()))
 
     async def release(self, room_id: str, booking_id: str) -> Booking:
-        """Release a booking of ``room_id`` (``Bookings Delete``); ``booking.deleted`` follows."""
+        """Release a booking of ``room_id`` (``Bookings Delete``, or the calendar's delete);
+        ``booking.deleted`` follows (a calendar room's from its next round, fetched now)."""
         session = self._sessions.get(room_id)
-        if session is None:
+        if session is not None:
+            return await session.release(booking_id)
+        room = self._calendar_room(room_id)
+        if room is None:
             raise LookupError(f"unknown room {room_id!r}")
-        return await session.release(booking_id)
+        if isinstance(room, str):
+            raise BookingNotSupported(
+                f"{room_id} is a {room} calendar room: releasing through the agent is not "
+                "supported yet"
+            )
+        from edge_agent.calendars.graph.errors import GraphError
+        from edge_agent.session import BookingRejected
+
+        booker = await self._calendar_ready(room)
+        state = await self._calendar_state(room.room_id)
+        stored = state.bookings.get(booking_id) if state is not None else None
+        if stored is None:
+            raise LookupError(f"{room_id}: no booking {booking_id!r} in the room's calendar window")
+        try:
+            await booker.delete_event(room.room_id, room.mailbox, booking_id)
+        except GraphError as exc:
+            raise BookingRejected(str(exc)) from None
+        assert self._store is not None
+        from edge_agent.store.base import Change
+
+        # The agent's own copy (made when it booked it) must not hold the slot any more.
+        await self._store.commit(Change(room.room_id, window_delete=[booking_id]))
+        self._poke_room(room.room_id)
+        log.info("calendar booking deleted", room=room_id, booking_id=booking_id)
+        return stored.to_booking()
+
+    # --- booking a calendar-only room (DESIGN.md "Booking through the agent") -----------------
+    #
+    # The request is recorded (``booking_request``) with a pending row under the room id, then
+    # the event is created in the room's mailbox with ``transactionId`` = the request UUID, so
+    # a create sent again (a timeout) never makes a second event. The answer closes the request
+    # in one commit: ``booking.created`` (with ``booking_request_uuid`` and ``pending_ms``), the
+    # pending row deleted, and the booking kept in the room id's window rows, which is what the
+    # calendar rounds read as "already reported" (:mod:`edge_agent.bookings.precedence`, by
+    # meeting id): the round that sees the event does not report it again, and a round that
+    # sees it before the answer is in skips it as awaited by the pending request.
+
+    async def _calendar_ready(self, room: CalendarRoom) -> GraphBooking:
+        """The booker, once the room's calendar can take a change now.
+
+        Raises:
+            CalendarUnavailable: no Graph client or token, the room not read yet, or its last
+                round failed.
+        """
+        from edge_agent.calendars.graph.booking import GraphBooking
+
+        rid = room.room_id
+        if self._graph_http is None or self._graph_tokens is None or self._graph is None:
+            raise CalendarUnavailable(f"{rid}: the Graph calendar source is not running yet")
+        st = self._graph.status().get(rid)
+        if st is None or st.last_sync is None:
+            why = st.last_error if st is not None and st.last_error else "not read yet"
+            raise CalendarUnavailable(f"{rid}: the room's calendar is not available ({why})")
+        if st.last_error:
+            raise CalendarUnavailable(
+                f"{rid}: the room's last calendar round failed: {st.last_error}"
+            )
+        try:
+            await self._graph_tokens.token()
+        except Exception as exc:  # noqa: BLE001 - any token failure means: not now
+            raise CalendarUnavailable(f"{rid}: no Graph token: {exc}") from None
+        ms = self.config.microsoft
+        assert ms is not None
+        return GraphBooking(self._graph_http, self._graph_tokens, graph_url=ms.graph_url)
+
+    async def _calendar_state(self, room_id: str) -> SyncState | None:
+        from edge_agent.store.calendar import RoomCalendarStore
+
+        assert isinstance(self._store, Store)  # calendar rooms run on SQLite only
+        return await RoomCalendarStore(
+            self._store, site=self.config.site, source="microsoft"
+        ).load_sync_state(room_id)
+
+    def _calendar_lock(self, room_id: str) -> asyncio.Lock:
+        # One order at a time per room: two overlapping orders must not both pass the check.
+        locks: dict[str, asyncio.Lock] = self.__dict__.setdefault("_calendar_locks_", {})
+        return locks.setdefault(room_id, asyncio.Lock())
+
+    async def _book_calendar(
+        self, room: CalendarRoom, order: BookingOrder, request_uuid: str
+    ) -> BookingSent:
+        """Check, record, then create the event in the background; the request is pending.
+
+        Raises:
+            CalendarUnavailable: see :meth:`_calendar_ready` (nothing recorded or sent).
+            OrderRefused: overlap or outside the window (nothing recorded or sent).
+            StoreError: the request could not be recorded (nothing sent).
+        """
+        from datetime import timedelta
+
+        from edge_agent.bookings.book import check_order
+        from edge_agent.bookings.events import make_envelope
+        from edge_agent.bookings.pending import PendingRequest
+        from edge_agent.calendars.model import CalendarBooking
+        from edge_agent.clock import utc_iso
+        from edge_agent.store.base import Change, PendingRow
+
+        assert self._store is not None and self._tg is not None
+        rid = room.room_id
+        booker = await self._calendar_ready(room)
+        async with self._calendar_lock(rid):
+            state = await self._calendar_state(rid)
+            if state is None or state.window is None:
+                raise CalendarUnavailable(f"{rid}: the room's calendar is not read yet")
+            now = self._clock.now()
+            window = [b.to_booking() for b in state.bookings.values() if not b.cancelled]
+            st = self._graph.status().get(rid) if self._graph is not None else None
+            synced = st.last_sync.timestamp() if st is not None and st.last_sync else 0.0
+            for key, row in (await self._store.load_window(rid)).items():
+                # Booked here and not yet seen by a round: it holds its slot meanwhile.
+                if key not in state.bookings and float(row.get("booked_at") or 0) > synced:
+                    with contextlib.suppress(ValueError):
+                        window.append(CalendarBooking.from_row(row).to_booking())
+            pending: list[PendingRequest] = []
+            lapsed: list[PendingRequest] = []
+            for p in await self._store.load_pending(rid):
+                with contextlib.suppress(ValueError):
+                    req = PendingRequest.from_row(p.row)
+                    (pending if req.deadline > now else lapsed).append(req)
+            if lapsed:  # left by an agent that stopped while they were pending
+                await self._expire_calendar_requests(rid, lapsed)
+            start = check_order(order, window, state.window, now, pending=pending)
+            deadline = now + timedelta(seconds=CALENDAR_BOOK_TIMEOUT_S)
+            request = {
+                **order.to_dict(),
+                "start": utc_iso(start),
+                "requested_at": utc_iso(now),
+                "expires_at": utc_iso(deadline),
+            }
+            await self._store.record_request(request_uuid, rid, request)
+            req = PendingRequest(
+                rid, request_uuid, order.title, start, order.duration_min, now, deadline
+            )
+            env = make_envelope(
+                "booking.requested",
+                site=self.config.site,
+                device_id=None,
+                room_id=rid,
+                source="microsoft",
+                now=now,
+                extra={"booking_request_uuid": request_uuid, "request": req.to_dict()},
+            )
+            kept = PendingRow(rid, request_uuid, deadline.timestamp(), req.to_row())
+            await self._store.commit(Change(rid, pending_upsert=[kept], events=[env]))
+        task = self._tg.create_task(
+            self._follow_calendar_request(booker, room, order, req),
+            name=f"book[{rid}:{request_uuid}]",
+        )
+        self._other_tasks.append(task)  # cancelled at shutdown; the request then expires
+        task.add_done_callback(self._other_tasks.remove)
+        log.info("calendar booking requested", room=rid, booking_request_uuid=request_uuid)
+        return BookingSent(request_uuid, deadline, answered=False)
+
+    async def _expire_calendar_requests(self, room_id: str, reqs: list[PendingRequest]) -> None:
+        from edge_agent.bookings.events import make_envelope
+        from edge_agent.store.base import Change
+
+        assert self._store is not None
+        now = self._clock.now()
+        events = [
+            make_envelope(
+                "booking.request_expired",
+                site=self.config.site,
+                device_id=None,
+                room_id=room_id,
+                source="microsoft",
+                now=now,
+                extra={"booking_request_uuid": r.booking_request_uuid, "request": r.to_dict()},
+            )
+            for r in reqs
+        ]
+        uuids = [r.booking_request_uuid for r in reqs]
+        await self._store.commit(Change(room_id, pending_delete=uuids, events=events))
+
+    async def _follow_calendar_request(
+        self, booker: GraphBooking, room: CalendarRoom, order: BookingOrder, req: PendingRequest
+    ) -> None:
+        """Create the event (sent again with the same ``transactionId`` until answered or the
+        deadline), then close the request: created, failed (a refusal) or expired. Never
+        raises: it runs in the agent's TaskGroup, which one failed request must not end."""
+        try:
+            await self._create_calendar_event(booker, room, order, req)
+        except Exception:
+            # A store that cannot commit the outcome: the request reads as expired after its
+            # deadline (request_view), and the room's next round still reports the event.
+            log.exception(
+                "calendar booking: the outcome could not be stored",
+                room=room.room_id,
+                booking_request_uuid=req.booking_request_uuid,
+            )
+
+    async def _create_calendar_event(
+        self, booker: GraphBooking, room: CalendarRoom, order: BookingOrder, req: PendingRequest
+    ) -> None:
+        from datetime import timedelta
+
+        from edge_agent.bookings.events import make_envelope
+        from edge_agent.bookings.pending import Resolution
+        from edge_agent.calendars.graph.errors import GraphError, GraphUnavailable
+        from edge_agent.calendars.graph.events import to_delta_items
+        from edge_agent.calendars.sync import Upsert
+        from edge_agent.clock import parse_utc
+        from edge_agent.store.base import Change
+
+        assert self._store is not None and req.start is not None
+        rid, uid = room.room_id, req.booking_request_uuid
+        common: dict[str, Any] = {
+            "site": self.config.site,
+            "device_id": None,
+            "room_id": rid,
+            "source": "microsoft",
+        }
+        attempt = 0
+        event: dict[str, Any] | None = None
+        failure: str | None = None
+        try:
+            async with asyncio.timeout((req.deadline - self._clock.now()).total_seconds()):
+                while event is None and failure is None:
+                    attempt += 1
+                    try:
+                        event = await booker.create_event(
+                            rid,
+                            room.mailbox,
+                            request_uuid=uid,
+                            title=order.title,
+                            start=req.start,
+                            end=req.start + timedelta(minutes=order.duration_min),
+                            organizer=order.organizer,
+                        )
+                    except GraphUnavailable as exc:
+                        # Idempotent by transactionId: keep trying until the deadline.
+                        log.warning(
+                            "calendar booking: Graph unavailable; retrying",
+                            room=rid,
+                            booking_request_uuid=uid,
+                            error=str(exc),
+                        )
+                        await asyncio.sleep(min(30.0, 2.0 * attempt))
+                    except GraphError as exc:
+                        failure = str(exc)
+        except TimeoutError:
+            pass
+        now = self._clock.now()
+        if event is not None:
+            items, _ = to_delta_items([event], {}, room.time_zone)
+            if items and isinstance(items[0], Upsert):
+                cb = items[0].booking
+                booking = dataclasses.replace(cb.to_booking(), booking_request_uuid=uid)
+                row = {**cb.to_row(), **booking.to_dict(), "booked_at": now.timestamp()}
+                stale = []  # the agent's own copies of bookings that are over
+                for k, r in (await self._store.load_window(rid)).items():
+                    with contextlib.suppress(ValueError, TypeError):
+                        if parse_utc(str(r.get("end"))) < now:
+                            stale.append(k)
+                env = make_envelope(
+                    "booking.created",
+                    booking=booking,
+                    now=now,
+                    extra={"pending_ms": Resolution("created", req, now).pending_ms},
+                    **common,
+                )
+                await self._store.commit(
+                    Change(
+                        rid,
+                        window_upsert={cb.id: row},
+                        window_delete=stale,
+                        pending_delete=[uid],
+                        events=[env],
+                    )
+                )
+                self._poke_room(rid)
+                log.info(
+                    "calendar booking created",
+                    room=rid,
+                    booking_request_uuid=uid,
+                    booking_id=cb.id,
+                    meeting_id=cb.meeting_id,
+                )
+                return
+            failure = f"Graph answered the create with an event that cannot be read: {event!r:.200}"
+        if failure is not None:
+            env = make_envelope(
+                "booking.failed",
+                now=now,
+                extra={
+                    "booking_request_uuid": uid,
+                    "cause": failure,
+                    "request": req.to_dict(),
+                    "pending_ms": Resolution("failed", req, now).pending_ms,
+                },
+                **common,
+            )
+            log.error("calendar booking failed", room=rid, booking_request_uuid=uid, cause=failure)
+        else:
+            env = make_envelope(
+                "booking.request_expired",
+                now=now,
+                extra={"booking_request_uuid": uid, "request": req.to_dict()},
+                **common,
+            )
+            log.warning("calendar booking expired", room=rid, booking_request_uuid=uid)
+        await self._store.commit(Change(rid, pending_delete=[uid], events=[env]))
 
     async def booking_request(self, request_uuid: str) -> dict[str, Any] | None:
         """What ``GET /v1/requests/{uuid}`` shows, or ``None`` (unknown, or older than a day)."""

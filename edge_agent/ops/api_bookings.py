@@ -6,15 +6,18 @@
   the field (``{"error", "field"}``: title required and at most 128 characters, duration_min
   1..1440, start an ISO 8601 time inside the device's window), **409** overlapping a booking of
   the stored window or a request still pending (``{"error", "conflict"}``: the booking id or
-  the request UUID), **503** device offline (``Retry-After``),
-  **501** a calendar-only room (not bookable through the agent yet). **502** when the device
-  answers ``Bookings Book`` with an error (the request is then ``failed``).
+  the request UUID), **503** device offline, or a calendar-only room's calendar unreachable
+  (its last round failed, no token; ``Retry-After``), **501** a calendar room of a source the
+  agent cannot book (Google, for now). **502** when the device answers ``Bookings Book`` with
+  an error (the request is then ``failed``). A calendar-only Microsoft room: the event is
+  created in its mailbox after the 202 (``transactionId`` = the request UUID); a refusal then
+  makes the request ``failed`` with the cause (``edge_agent.calendars.graph.booking``).
 - ``GET /v1/requests/{uuid}`` -> ``{request_uuid, room_id, status, request, created_at,
   updated_at, ...}``; ``status`` is ``pending``, ``created`` (with ``booking_id``,
   ``meeting_id``, ``booking``), ``failed`` (with ``cause``) or ``expired``. Kept a day; 404 after.
 - ``DELETE /v1/rooms/{room}/bookings/{id}`` -> **202** ``{room_id, booking_id, status:
   "releasing"}``; the outcome arrives as ``booking.deleted``. 404 unknown room or booking, 503
-  offline, 502 refused by the device.
+  offline or calendar unreachable, 502 refused by the device or the calendar, 501 as above.
 
 Who may call them is :mod:`edge_agent.ops.api_guard` (the POST and DELETE need the token).
 """
@@ -126,14 +129,6 @@ class _BookingRoutes:
         kind = desk.booking_room(room_id)
         if kind is None:
             return None, _answer(404, {"error": f"unknown room {room_id!r}"})
-        if kind == "calendar":
-            return None, _answer(
-                501,
-                {
-                    "error": f"{room_id} is a calendar-only room: booking it through the agent "
-                    "is not supported yet; book it in its calendar"
-                },
-            )
         return desk, None
 
     async def book(self, request: web.Request) -> web.Response:
@@ -169,6 +164,8 @@ class _BookingRoutes:
             return _answer(404, {"error": str(exc)})
         except BookingRejected as exc:
             return _answer(502, {"error": str(exc)})
+        except NotImplementedError as exc:
+            return _answer(501, {"error": str(exc)})
         log.info("booking release sent through the local API", room=room_id, booking_id=booking_id)
         return _answer(202, {"room_id": room_id, "booking_id": booking_id, "status": "releasing"})
 
@@ -208,6 +205,8 @@ async def _book(desk: BookingDesk, room_id: str, order: BookingOrder) -> web.Res
         return _answer(502, body)
     except StoreError as exc:
         return _answer(503, {"error": f"cannot record the request: {exc}"})
+    except NotImplementedError as exc:  # a calendar source the agent cannot book
+        return _answer(501, {"error": str(exc)})
     uuid = sent.request_uuid
     log.info("booking requested through the local API", room=room_id, booking_request_uuid=uuid)
     return _answer(

@@ -170,6 +170,13 @@ class RoomCalendarStore:
                 # of them (pending before, or the window after), never in neither.
                 pending = [p.row for p in await self._store.load_pending(update.device_id)]
                 device_rows = list((await self._store.load_window(update.device_id)).values())
+            elif any(c.type == "booking.created" for c in update.changes):
+                # A calendar-only room booked through the agent: its requests and bookings sit
+                # under the room id (edge_agent.agent: the answer to the create reports it).
+                now = update.observed_at.timestamp()
+                rows = await self._store.load_pending(update.room_id)
+                pending = [p.row for p in rows if p.deadline > now]
+                device_rows = list((await self._store.load_window(update.room_id)).values())
             events = room_update_envelopes(
                 update, site=self.site, device_window=device_rows, device_pending=pending
             )

@@ -196,10 +196,6 @@ class BridgeRequests:
         kind = self._desk.booking_room(room)
         if kind is None:
             raise RequestError(f"unknown room {room!r}")
-        if kind != "device":
-            raise RequestError(
-                f"{room} is a calendar-only room: not bookable through the agent yet"
-            )
         try:
             if action == "book":
                 order = parse_order(body)
@@ -217,7 +213,14 @@ class BridgeRequests:
             return {"room_id": room, "booking_id": booking_id, "status": "releasing"}
         except OrderInvalid as exc:
             raise RequestError(str(exc)) from None
-        except (OrderRefused, DeviceOffline, BookingRejected, LookupError, StoreError) as exc:
+        except (
+            OrderRefused,
+            DeviceOffline,
+            BookingRejected,
+            LookupError,
+            StoreError,
+            NotImplementedError,
+        ) as exc:
             raise RequestError(str(exc)) from None
 
     def _answer(
