@@ -290,9 +290,7 @@ def google_key_path(name: str, env: Mapping[str, str]) -> Path | None:
     return Path(cred_dir) / path if cred_dir else None
 
 
-def read_google_key(
-    name: str, env: Mapping[str, str], problems: list[Problem]
-) -> SecretStr | None:
+def read_google_key(name: str, env: Mapping[str, str], problems: list[Problem]) -> SecretStr | None:
     """The service account JSON key's ``private_key``, after checking the file is such a key.
     Problems name the file and the missing field, never any of its content."""
     import json

@@ -36,8 +36,9 @@ async def test_google_changes_resync_throttle_kill9(gsim, receiver, tmp_path: Pa
     proc = await spawn(cfg, EDGE_AGENT_LOG_LEVEL="debug")
 
     await eventually(
-        lambda: len({e["data"]["room_id"] for e in of_type(receiver.events, "bookings.snapshot")})
-        >= 3,
+        lambda: (
+            len({e["data"]["room_id"] for e in of_type(receiver.events, "bookings.snapshot")}) >= 3
+        ),
         "a snapshot of each of the 3 rooms",
         timeout=60,
     )
@@ -81,8 +82,13 @@ async def test_google_changes_resync_throttle_kill9(gsim, receiver, tmp_path: Pa
     fresh = g.add_event(MBOX, at(4, 11), 30, "After the reset")
     await eventually(lambda: created(receiver.events, "room-2")[fresh.id] == 1, timeout=30)
     await eventually(
-        lambda: gone.id
-        in [e["data"]["booking"]["id"] for e in of_room(receiver.events, "room-2", "booking.deleted")],
+        lambda: (
+            gone.id
+            in [
+                e["data"]["booking"]["id"]
+                for e in of_room(receiver.events, "room-2", "booking.deleted")
+            ]
+        ),
         timeout=20,
     )
     assert any("timeMin" in q for _, q in gsim.events(MBOX)[seen:])  # a second full listing

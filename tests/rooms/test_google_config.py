@@ -159,7 +159,9 @@ def test_both_sources_each_calendar_names_its_own() -> None:
 def test_key_read_checked_and_registered_with_the_redactor(tmp_path: Path) -> None:
     doc = key_json()
     (tmp_path / "sa.json").write_text(json.dumps(doc))
-    cfg = config_from_dict({**BASE, "google": {**GOOGLE, "service_account_file": "sa.json"}}, env={})
+    cfg = config_from_dict(
+        {**BASE, "google": {**GOOGLE, "service_account_file": "sa.json"}}, env={}
+    )
     # a relative name is a systemd credential
     secrets = resolve_secrets(cfg, env={"WH": WHSEC, "CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert secrets.google_private_key is not None
@@ -186,7 +188,9 @@ def test_bad_key_file_is_named_never_echoed(tmp_path: Path, content: str | None,
     path = tmp_path / "sa.json"
     if content is not None:
         path.write_text(content)
-    cfg = config_from_dict({**BASE, "google": {**GOOGLE, "service_account_file": str(path)}}, env={})
+    cfg = config_from_dict(
+        {**BASE, "google": {**GOOGLE, "service_account_file": str(path)}}, env={}
+    )
     with pytest.raises(ConfigError) as exc:
         resolve_secrets(cfg, env={"WH": WHSEC})
     msg = dict(exc.value.problems)["google.service_account_file"]
