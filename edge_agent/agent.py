@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from edge_agent.calendars.google.auth import ServiceAccountTokens
     from edge_agent.calendars.google.client import GoogleClient
     from edge_agent.calendars.google.poller import GooglePoller
+    from edge_agent.calendars.google.push import WatchManager
     from edge_agent.forward.mqtt import MqttSink
     from edge_agent.forward.mqtt.commands import RoomInUseSender, SensorState
     from edge_agent.forward.webhook import WebhookSink
@@ -384,6 +385,8 @@ class Agent:
         self._google_client: GoogleClient | None = None
         self._google_task: asyncio.Task[None] | None = None
         self._google_overrides = dict(google_overrides or {})
+        self._google_tokens: ServiceAccountTokens | None = None
+        self._watch: WatchManager | None = None
         self.api: LocalApi | None = None
         self.ready = asyncio.Event()
         """Set once the store is open and every task started (tests wait on it)."""
@@ -494,6 +497,8 @@ class Agent:
                 "window_size": st.window_size,
                 "rounds": st.rounds,
             }
+            if self._watch is not None:
+                out[rid].update(self._watch.status(rid))
             linked = self._sessions.get(room.device_id) if room.device_id else None
             if linked is not None:
                 out[rid]["connected"] = linked.client.connected
@@ -551,6 +556,7 @@ class Agent:
                 return EX_CONFIG
             if not self._with_api:
                 self._graph_setup()
+                self._google_setup()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self._start(tg)
@@ -685,6 +691,37 @@ class Agent:
             # Delete the subscriptions (bounded): their clientState dies with this run.
             await asyncio.shield(push.stop())
 
+    def _google_setup(self) -> tuple[list[Any], tuple[str, ...]]:
+        """The Google client and, with ``notification_url``, the watch channels and the local
+        API's notification route (its messages are checked by each channel's token)."""
+        g = self.config.google
+        if g is None:
+            return [], ()
+        try:
+            self._google_client, self._google_tokens, self._google_http = build_google_client(
+                self.config
+            )
+        except Exception as exc:  # noqa: BLE001 - AuthError/ValueError: the task retries it
+            log.error("cannot build the Google client; retrying", error=str(exc))
+            return [], ()
+        if not g.notification_url:
+            return [], ()
+        from edge_agent.calendars.google.push import NOTIFY_PATH, WatchManager
+
+        self._watch = WatchManager(
+            self._google_http,
+            self._google_tokens,
+            calendar_url=g.calendar_url,
+            notification_url=g.notification_url,
+            poke=self._poke_google_room,
+            clock=self._clock,
+        )
+        return self._watch.routes(), (NOTIFY_PATH,)
+
+    def _poke_google_room(self, room_id: str) -> bool:
+        """A Google notification for ``room_id``: fetch its changes now."""
+        return self._google.poke(room_id) if self._google is not None else False
+
     async def _run_google(self) -> None:
         """One poller per run, as for Graph: a restart by the supervisor starts from the stored
         sync tokens. The client is built once (its token cache outlives a poller restart)."""
@@ -713,6 +750,12 @@ class Agent:
             + ([r.room_id for r in graph_rooms(cfg)] if cfg.microsoft is not None else []),
             **self._google_overrides,
         }
+        watch = self._watch
+        if watch is not None:
+            opts["interval_for"] = watch.poll_interval_s
+            opts["on_rooms"] = lambda rooms: watch.set_rooms(
+                {rid: r.mailbox for rid, r in rooms.items()}
+            )
         self._google = GooglePoller(self._google_client, store, **opts)
         log.info(
             "google calendar source starting",
@@ -720,8 +763,18 @@ class Agent:
             discover=g.discover_rooms,
             calendar_url=g.calendar_url,
             subject=g.subject,
+            push=watch.address if watch is not None else None,
         )
-        await self._google.run()
+        if watch is None:
+            await self._google.run()
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._google.run(), name="google-poller")
+                tg.create_task(watch.run(), name="google-push")
+        finally:
+            # Stop the channels (bounded): their tokens die with this run.
+            await asyncio.shield(watch.stop())
 
     async def _start_api(self) -> bool:
         """Bind the local API before anything else starts; False (logged) when the address
@@ -1096,6 +1149,8 @@ class Agent:
         if api.cert_file is not None and api.key_file is not None:
             tls = server_ssl_context(api.cert_file, api.key_file)
         routes, open_paths = self._graph_setup()  # the Graph notification routes, with push
+        g_routes, g_paths = self._google_setup()  # the Google one, with [google] push
+        routes, open_paths = [*routes, *g_routes], (*open_paths, *g_paths)
         guard = ApiGuard(
             api.listen,
             tokens,
