@@ -177,7 +177,7 @@ class WatchManager:
                 if expires_ms
                 else self._clock.now() + timedelta(seconds=self._ttl_s),
             )
-        except (httpx.HTTPError, KeyError, ValueError, OSError) as exc:
+        except (httpx.HTTPError, KeyError, ValueError, TypeError, OSError) as exc:
             self._errors[room_id] = f"{type(exc).__name__}: {str(exc)[:200]}"
             self._retry_at[room_id] = self._clock.now() + timedelta(seconds=RETRY_S)
             log.warning("google watch failed; polling continues", room=room_id, error=str(exc))
@@ -197,7 +197,7 @@ class WatchManager:
             await self._post(
                 f"{self._calendar_url}/channels/stop", {"id": ch.id, "resourceId": ch.resource_id}
             )
-        except (httpx.HTTPError, KeyError, ValueError, OSError) as exc:
+        except (httpx.HTTPError, KeyError, ValueError, TypeError, OSError) as exc:
             log.info("google channel stop failed; it expires on its own", error=str(exc))
 
     async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +216,7 @@ class WatchManager:
             return {}
         doc = jsoncodec.loads(resp.content)
         if not isinstance(doc, dict):
-            raise ValueError("the answer is not a JSON object")
+            raise TypeError("the answer is not a JSON object")
         return doc
 
     async def stop(self) -> None:
