@@ -15,7 +15,9 @@ Rooms (DESIGN.md "Rooms and calendar sources"): with ``[microsoft]``, a :class:`
 runs the Graph rooms (linked devices, ``[[rooms]]``, and the directory's when
 ``discover_rooms``) as the supervised task ``graph``; its rounds commit through
 :class:`edge_agent.store.calendar.RoomCalendarStore` into the same outbox the device sessions
-use, so the drainers forward them to the webhook and MQTT with the device events.
+use, so the drainers forward them to the webhook and MQTT with the device events. With
+``[google]``, a :class:`GooglePoller` does the same for the Google rooms as the task ``google``
+(``RoomCalendarStore(source="google")``: its own sync state, ``data.source = "google"``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ if TYPE_CHECKING:
     from edge_agent.calendars.graph.client import GraphClient
     from edge_agent.calendars.graph.poller import CalendarRoom, GraphPoller
     from edge_agent.calendars.graph.push import PushManager
+    from edge_agent.calendars.google.auth import ServiceAccountTokens
+    from edge_agent.calendars.google.client import GoogleClient
+    from edge_agent.calendars.google.poller import GooglePoller
+    from edge_agent.calendars.google.push import WatchManager
     from edge_agent.forward.mqtt import MqttSink
     from edge_agent.forward.mqtt.commands import RoomInUseSender, SensorState
     from edge_agent.forward.webhook import WebhookSink
@@ -202,6 +208,55 @@ def graph_rooms(cfg: AgentConfig) -> list[CalendarRoom]:
     return rooms
 
 
+def google_rooms(cfg: AgentConfig) -> list[CalendarRoom]:
+    """The Google rooms the config names: each device linked with ``calendar_source =
+    "google"`` (room id = device id, the device's time zone) and each ``[[rooms]]`` entry of
+    source google (its ``time_zone``, else ``[google]``'s, else ``[defaults]``'s)."""
+    from edge_agent.calendars.poller import CalendarRoom
+
+    g = cfg.google
+    default_tz = (g.time_zone if g else None) or cfg.defaults.time_zone or "UTC"
+    rooms: list[CalendarRoom] = []
+    for dev in cfg.devices:
+        if dev.calendar is not None and dev.calendar_source == "google":
+            tz = _zone(dev.time_zone or cfg.defaults.time_zone, "UTC")
+            rooms.append(CalendarRoom(dev.id, dev.calendar, tz, device_id=dev.id))
+    for r in cfg.rooms:
+        if r.source == "google":
+            rooms.append(CalendarRoom(r.id, r.calendar, _zone(r.time_zone, default_tz)))
+    return rooms
+
+
+def build_google_client(
+    cfg: AgentConfig, *, max_connections: int = 64, **client_options: Any
+) -> tuple[GoogleClient, ServiceAccountTokens, httpx.AsyncClient]:
+    """The Google client the agent and ``check-config --connect`` use, its token source (the
+    service-account JWT grant, impersonating ``[google] subject``) and its HTTP client (the
+    caller closes it). The key file is read by google-auth at the first token, in a worker
+    thread; ``resolve_secrets`` has checked it already. Raises AuthError / ValueError."""
+    from edge_agent.calendars.google.auth import ServiceAccountTokens
+    from edge_agent.calendars.google.client import GoogleClient
+    from edge_agent.httpclient import http_client
+
+    g = cfg.google
+    assert g is not None
+    ca = str(g.ca_file) if g.ca_file else None
+    tokens = ServiceAccountTokens(
+        service_account_file=g.service_account_file, subject=g.subject, ca_file=ca
+    )
+    http = http_client(timeout_s=30.0, max_connections=max_connections, ca_file=ca)
+    client = GoogleClient(
+        http,
+        tokens,
+        subject=g.subject,
+        customer=g.customer,
+        directory_url=g.directory_url,
+        calendar_url=g.calendar_url,
+        **client_options,
+    )
+    return client, tokens, http
+
+
 def certificate_thumbprint(cert_file: Path) -> str:
     """SHA-1 of the certificate's DER (what Entra ID shows as the thumbprint), hex."""
     import hashlib
@@ -266,6 +321,7 @@ def _rooms_key(cfg: AgentConfig) -> Any:
     """What SIGHUP cannot apply to the rooms without a restart."""
     return (
         cfg.microsoft,
+        cfg.google,
         tuple(cfg.rooms),
         tuple((d.id, d.calendar, d.calendar_source) for d in cfg.devices if d.calendar),
     )
@@ -285,6 +341,7 @@ class Agent:
         drainer_overrides: extra :class:`Drainer` keyword arguments (tests: fast backoff).
         drain_timeout_s: how long shutdown waits for in-flight and queued deliveries.
         graph_overrides: extra :class:`GraphPoller` keyword arguments (tests, demo).
+        google_overrides: extra :class:`GooglePoller` keyword arguments (tests, demo).
     """
 
     def __init__(
@@ -299,6 +356,7 @@ class Agent:
         drain_timeout_s: float = 5.0,
         api: bool = True,
         graph_overrides: Mapping[str, Any] | None = None,
+        google_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self._secrets = secrets
@@ -330,6 +388,13 @@ class Agent:
         self._push: PushManager | None = None
         self._graph_task: asyncio.Task[None] | None = None
         self._graph_overrides = dict(graph_overrides or {})
+        self._google: GooglePoller | None = None
+        self._google_http: httpx.AsyncClient | None = None
+        self._google_client: GoogleClient | None = None
+        self._google_task: asyncio.Task[None] | None = None
+        self._google_overrides = dict(google_overrides or {})
+        self._google_tokens: ServiceAccountTokens | None = None
+        self._watch: WatchManager | None = None
         self.api: LocalApi | None = None
         self.event_feed = EventFeed()
         """Committed events for ``/v1/events/stream`` (``edge-agent tail``)."""
@@ -422,6 +487,7 @@ class Agent:
             linked = self._sessions.get(room.device_id) if room.device_id else None
             if linked is not None:
                 out[rid]["connected"] = linked.client.connected
+        self._google_rooms(out)
         if self.config.microsoft is not None:
             for room in graph_rooms(self.config):  # not running yet (the poller is starting)
                 out.setdefault(
@@ -437,6 +503,45 @@ class Agent:
                     },
                 )
         return [out[k] for k in sorted(out)]
+
+    def _google_rooms(self, out: dict[str, dict[str, Any]]) -> None:
+        """The Google rooms of :meth:`rooms` (source ``google``): the poller's, else (not
+        running yet) the configured ones."""
+        status = self._google.status() if self._google is not None else {}
+        for rid, st in status.items():
+            room = st.room
+            out[rid] = {
+                "id": rid,
+                "source": "google",
+                "device_id": room.device_id,
+                "calendar": room.mailbox,
+                "display_name": room.display_name,
+                "discovered": room.discovered,
+                "time_zone": str(room.time_zone),
+                "last_sync": st.last_sync,
+                "last_error": st.last_error,
+                "window_size": st.window_size,
+                "rounds": st.rounds,
+            }
+            if self._watch is not None:
+                out[rid].update(self._watch.status(rid))
+            linked = self._sessions.get(room.device_id) if room.device_id else None
+            if linked is not None:
+                out[rid]["connected"] = linked.client.connected
+        if self.config.google is not None:
+            for room in google_rooms(self.config):
+                out.setdefault(
+                    room.room_id,
+                    {
+                        "id": room.room_id,
+                        "source": "google",
+                        "device_id": room.device_id,
+                        "calendar": room.mailbox,
+                        "last_sync": None,
+                        "last_error": None,
+                        "window_size": 0,
+                    },
+                )
 
     def health(self) -> dict[str, Any]:
         """The MQTT ``bridge/health`` payload."""
@@ -479,6 +584,7 @@ class Agent:
                 return EX_CONFIG
             if not self._with_api:
                 self._graph_setup()
+                self._google_setup()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self._start(tg)
@@ -512,6 +618,10 @@ class Agent:
         if self.config.microsoft is not None:
             self._graph_task = tg.create_task(
                 self._supervise("graph", self._run_graph), name="graph"
+            )
+        if self.config.google is not None:
+            self._google_task = tg.create_task(
+                self._supervise("google", self._run_google), name="google"
             )
         await self._announce_rooms()
         self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
@@ -608,6 +718,91 @@ class Agent:
         finally:
             # Delete the subscriptions (bounded): their clientState dies with this run.
             await asyncio.shield(push.stop())
+
+    def _google_setup(self) -> tuple[list[Any], tuple[str, ...]]:
+        """The Google client and, with ``notification_url``, the watch channels and the local
+        API's notification route (its messages are checked by each channel's token)."""
+        g = self.config.google
+        if g is None:
+            return [], ()
+        try:
+            self._google_client, self._google_tokens, self._google_http = build_google_client(
+                self.config
+            )
+        except Exception as exc:  # noqa: BLE001 - AuthError/ValueError: the task retries it
+            log.error("cannot build the Google client; retrying", error=str(exc))
+            return [], ()
+        if not g.notification_url:
+            return [], ()
+        from edge_agent.calendars.google.push import NOTIFY_PATH, WatchManager
+
+        self._watch = WatchManager(
+            self._google_http,
+            self._google_tokens,
+            calendar_url=g.calendar_url,
+            notification_url=g.notification_url,
+            poke=self._poke_google_room,
+            clock=self._clock,
+        )
+        return self._watch.routes(), (NOTIFY_PATH,)
+
+    def _poke_google_room(self, room_id: str) -> bool:
+        """A Google notification for ``room_id``: fetch its changes now."""
+        return self._google.poke(room_id) if self._google is not None else False
+
+    async def _run_google(self) -> None:
+        """One poller per run, as for Graph: a restart by the supervisor starts from the stored
+        sync tokens. The client is built once (its token cache outlives a poller restart)."""
+        from edge_agent.calendars.google.poller import GooglePoller
+        from edge_agent.store.calendar import RoomCalendarStore
+
+        assert self._store is not None
+        cfg = self.config
+        g = cfg.google
+        assert g is not None
+        if self._google_client is None:
+            self._google_client, _, self._google_http = build_google_client(cfg)
+        # Refused in fleet mode by the config checks: the calendar sync state is SQLite's.
+        assert isinstance(self._store, Store)
+        store = RoomCalendarStore(self._store, site=cfg.site, source="google")
+        opts: dict[str, Any] = {
+            "rooms": google_rooms(cfg),
+            "discover": g.discover_rooms,
+            "default_zone": _zone(g.time_zone or cfg.defaults.time_zone, "UTC"),
+            "poll_interval_s": g.poll_interval_s,
+            "refresh_rooms_s": g.refresh_rooms_s,
+            "horizon_days": g.horizon_days,
+            "clock": self._clock,
+            # Ids taken elsewhere: devices without a calendar, and the Graph rooms.
+            "reserved_ids": [d.id for d in cfg.devices if d.calendar is None]
+            + ([r.room_id for r in graph_rooms(cfg)] if cfg.microsoft is not None else []),
+            **self._google_overrides,
+        }
+        watch = self._watch
+        if watch is not None:
+            opts["interval_for"] = watch.poll_interval_s
+            opts["on_rooms"] = lambda rooms: watch.set_rooms(
+                {rid: r.mailbox for rid, r in rooms.items()}
+            )
+        self._google = GooglePoller(self._google_client, store, **opts)
+        log.info(
+            "google calendar source starting",
+            rooms_configured=len(opts["rooms"]),
+            discover=g.discover_rooms,
+            calendar_url=g.calendar_url,
+            subject=g.subject,
+            push=watch.address if watch is not None else None,
+        )
+        if watch is None:
+            await self._google.run()
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._google.run(), name="google-poller")
+                tg.create_task(watch.run(), name="google-push")
+        finally:
+            # Stop the channels (bounded): their tokens die with this run.
+            await asyncio.shield(watch.stop())
 
     async def _start_api(self) -> bool:
         """Bind the local API before anything else starts; False (logged) when the address
@@ -770,6 +965,10 @@ class Agent:
             self._graph_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._graph_task
+        if self._google_task is not None:
+            self._google_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._google_task
         await asyncio.gather(
             *(self._stop_device(d, "agent stopping") for d in list(self._device_tasks))
         )
@@ -798,6 +997,9 @@ class Agent:
         if self._graph_http is not None:
             with contextlib.suppress(Exception):
                 await self._graph_http.aclose()
+        if self._google_http is not None:
+            with contextlib.suppress(Exception):
+                await self._google_http.aclose()
         if self._store is not None:
             await self._store.close()
 
@@ -828,7 +1030,7 @@ class Agent:
             return
         if _rooms_key(cfg) != _rooms_key(self.config):
             log.warning(
-                "room changes ([microsoft], [[rooms]], devices' calendar) need a restart to take "
+                "room changes ([microsoft], [google], [[rooms]], devices' calendar) need a restart to take "
                 "effect; the running rooms are kept (systemctl restart edge-agent)"
             )
         new = devices_by_id(cfg, secrets)
@@ -1318,6 +1520,8 @@ class Agent:
         if api.cert_file is not None and api.key_file is not None:
             tls = server_ssl_context(api.cert_file, api.key_file)
         routes, open_paths = self._graph_setup()  # the Graph notification routes, with push
+        g_routes, g_paths = self._google_setup()  # the Google one, with [google] push
+        routes, open_paths = [*routes, *g_routes], (*open_paths, *g_paths)
         guard = ApiGuard(
             api.listen,
             tokens,

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 CALENDAR_SCOPES = (
     "https://www.googleapis.com/auth/calendar",
     "https://www.googleapis.com/auth/calendar.readonly",
@@ -121,7 +122,9 @@ class GoogleIdentity:
                 assertion,
                 acct.key.public_key(),
                 algorithms=["RS256"],
-                audience=token_uri,
+                # Google's docs: "this value is always https://oauth2.googleapis.com/token"
+                # (google-auth sends just that, whatever the key's token_uri).
+                audience=[token_uri, GOOGLE_TOKEN_AUDIENCE],
                 options={
                     "verify_exp": False,
                     "verify_iat": False,
@@ -131,7 +134,7 @@ class GoogleIdentity:
             )
         except jwt.InvalidAudienceError:
             raise OAuthError(
-                400, "invalid_grant", f"Invalid JWT: aud must be {token_uri}"
+                400, "invalid_grant", f"Invalid JWT: aud must be {GOOGLE_TOKEN_AUDIENCE}"
             ) from None
         except jwt.PyJWTError:
             raise OAuthError(400, "invalid_grant", "Invalid JWT Signature.") from None

@@ -263,6 +263,12 @@ def _cross_checks(raw: Mapping[str, Any], *, require_sink: bool) -> Iterator[Pro
             "calendar sources are not supported in fleet mode ([store] url) yet: run the "
             "Microsoft 365 rooms on an agent with the SQLite store",
         )
+    if isinstance(store, Mapping) and store.get("url") and isinstance(raw.get("google"), Mapping):
+        yield (
+            "google",
+            "calendar sources are not supported in fleet mode ([store] url) yet: run the "
+            "Google Workspace rooms on an agent with the SQLite store",
+        )
     if require_sink and raw.get("webhook") is None and raw.get("mqtt") is None:
         yield "", "no sink configured: add a [webhook] or an [mqtt] section (or both)"
 
@@ -270,7 +276,9 @@ def _cross_checks(raw: Mapping[str, Any], *, require_sink: bool) -> Iterator[Pro
 def _room_checks(raw: Mapping[str, Any]) -> Iterator[Problem]:
     """Rooms and calendar links (DESIGN.md "Rooms and calendar sources"): one id per room, one
     room per mailbox, and a configured source behind every calendar."""
-    sources = {name for name in ("microsoft",) if isinstance(raw.get(name), Mapping)}
+    sources = {name for name in ("microsoft", "google") if isinstance(raw.get(name), Mapping)}
+    # One source configured: it is the default; both: each calendar names its own.
+    default = next(iter(sources)) if len(sources) == 1 else None
     ids: dict[str, str] = {}
     mailboxes: dict[str, str] = {}
     devices = raw.get("devices")
@@ -279,8 +287,14 @@ def _room_checks(raw: Mapping[str, Any]) -> Iterator[Problem]:
             ids.setdefault(dev["id"], f"devices[{i}]")
         if not isinstance(dev, Mapping) or not isinstance(dev.get("calendar"), str):
             continue
-        src = dev.get("calendar_source") or "microsoft"
-        if src not in sources:
+        src = dev.get("calendar_source") or default or "microsoft"
+        if len(sources) > 1 and not dev.get("calendar_source"):
+            yield (
+                f"devices[{i}].calendar_source",
+                "both [microsoft] and [google] are configured: name the source of this "
+                'calendar (calendar_source = "microsoft" or "google")',
+            )
+        elif src not in sources:
             yield (
                 f"devices[{i}].calendar",
                 f"the device is linked to a calendar but no [{src}] section is configured",
@@ -300,8 +314,14 @@ def _room_checks(raw: Mapping[str, Any]) -> Iterator[Problem]:
                 yield f"rooms[{i}].id", f"room id {rid!r} is already used by {ids[rid]}"
             else:
                 ids[rid] = f"rooms[{i}]"
-        src = room.get("source") or "microsoft"
-        if isinstance(src, str) and src not in sources:
+        src = room.get("source") or default or "microsoft"
+        if len(sources) > 1 and not room.get("source"):
+            yield (
+                f"rooms[{i}].source",
+                "both [microsoft] and [google] are configured: name the source of this room "
+                '(source = "microsoft" or "google")',
+            )
+        elif isinstance(src, str) and src not in sources:
             yield f"rooms[{i}].source", f"calendar source {src!r} has no [{src}] section"
         mail = room.get("calendar")
         if isinstance(mail, str):
@@ -366,4 +386,18 @@ def _with_paths(cfg: AgentConfig, base_dir: Path | None, env: Mapping[str, str])
         updates["microsoft"] = cfg.microsoft.model_copy(
             update={**ms_paths, "client_secret_file": secret_file(cfg.microsoft.client_secret_file)}
         )
+    if cfg.google is not None:
+        updates["google"] = cfg.google.model_copy(update={"ca_file": rel(cfg.google.ca_file)})
+        if cfg.microsoft is None:
+            # [google] alone: it is the source of every calendar that names none.
+            updates["devices"] = [
+                d.model_copy(update={"calendar_source": "google"})
+                if d.calendar is not None and d.calendar_source is None
+                else d
+                for d in updates["devices"]
+            ]
+            updates["rooms"] = [
+                r if "source" in r.model_fields_set else r.model_copy(update={"source": "google"})
+                for r in cfg.rooms
+            ]
     return cfg.model_copy(update=updates)

@@ -251,8 +251,9 @@ class DeviceConfig(_DeviceKeys):
     calendar: str | None = None
     """The room mailbox whose calendar this device's room takes its window from (a linked room,
     DESIGN.md "Rooms and calendar sources"): ``room-4a@contoso.com``."""
-    calendar_source: Literal["microsoft"] | None = None
-    """Which calendar source holds ``calendar``; default the one configured ([microsoft])."""
+    calendar_source: Literal["microsoft", "google"] | None = None
+    """Which calendar source holds ``calendar``; default the one configured ([microsoft] or
+    [google]); required when both are."""
 
     @field_validator("calendar")
     @classmethod
@@ -598,12 +599,56 @@ class MicrosoftConfig(_Section):
         return self
 
 
+class GoogleConfig(_Section):
+    """``[google]``: Google Workspace (Calendar + Admin SDK Directory) as a calendar source
+    (DESIGN.md "Rooms and calendar sources"). A service account JSON key with domain-wide
+    delegation, impersonating ``subject``."""
+
+    service_account_file: Annotated[str, Field(min_length=1)]
+    """The JSON key; a relative name is read from ``$CREDENTIALS_DIRECTORY``."""
+    subject: Annotated[str, Field(min_length=3)]
+    """The admin the service account impersonates (``admin@example.com``)."""
+    customer: Annotated[str, Field(min_length=1)] = "my_customer"
+    directory_url: str = "https://admin.googleapis.com"
+    calendar_url: str = "https://www.googleapis.com/calendar/v3"
+    ca_file: Path | None = None
+    discover_rooms: bool = True
+    refresh_rooms_s: Annotated[float, Field(ge=60)] = 86_400.0
+    poll_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    horizon_days: Annotated[int, Field(ge=1, le=366)] = 7
+    notification_url: str | None = None
+    time_zone: str | None = None
+    """Zone of discovered rooms' windows (default ``[defaults] time_zone``)."""
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        checked = _check_mailbox(v)
+        assert checked is not None
+        return checked
+
+    @field_validator("directory_url", "calendar_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        return _check_https_url(v)
+
+    @field_validator("notification_url")
+    @classmethod
+    def _notify(cls, v: str | None) -> str | None:
+        return None if v is None else _check_https_url(v)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        return _check_time_zone(v)
+
+
 class RoomConfig(_Section):
     """``[[rooms]]``: a calendar-only room listed by hand (or one the directory does not list)."""
 
     id: Annotated[str, Field(min_length=1, max_length=64)]
     calendar: str
-    source: Literal["microsoft"] = "microsoft"
+    source: Literal["microsoft", "google"] = "microsoft"
     time_zone: str | None = None
 
     @field_validator("id")
@@ -644,6 +689,7 @@ class AgentConfig(_Section):
     log: LogConfig = LogConfig()
     fleet: FleetConfig = FleetConfig()
     microsoft: MicrosoftConfig | None = None
+    google: GoogleConfig | None = None
     rooms: list[RoomConfig] = []
 
     @field_validator("site")

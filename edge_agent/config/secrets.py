@@ -43,6 +43,9 @@ class Secrets:
     """``[microsoft]`` client secret (absent when a certificate is configured)."""
     microsoft_private_key: SecretStr | None = None
     """``[microsoft] key_file``: the certificate's PEM private key."""
+    google_private_key: SecretStr | None = None
+    """``[google] service_account_file``'s ``private_key`` (read here to check the key and to
+    register it with the log redactor; google-auth loads the file itself)."""
 
     def values(self) -> list[str]:
         """Every secret as plain text, for the log redactor (it masks them wherever they occur)."""
@@ -51,6 +54,12 @@ class Secrets:
         for extra in (self.mqtt_password, self.microsoft_client_secret, self.microsoft_private_key):
             if extra is not None:
                 out.append(extra.get_secret_value())
+        if self.google_private_key is not None:
+            pem = self.google_private_key.get_secret_value()
+            # The PEM whole, and each base64 line of it: a log line may carry it JSON-escaped
+            # ("\\n" for each newline) or cut.
+            out.append(pem)
+            out += [line for line in pem.splitlines() if line and not line.startswith("-----")]
         out += [s.get_secret_value() for s in self.api_tokens]
         if self.store_password is not None:
             out.append(self.store_password.get_secret_value())
@@ -204,6 +213,9 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
                 env=env,
                 problems=problems,
             )
+    google_key = None
+    if cfg.google is not None:
+        google_key = read_google_key(cfg.google.service_account_file, env, problems)
     api_tokens = _api_tokens(cfg, env, problems)
     if problems:
         raise ConfigError(problems)
@@ -215,6 +227,7 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
         store_password=store_password,
         microsoft_client_secret=ms_secret,
         microsoft_private_key=ms_key,
+        google_private_key=google_key,
     )
     # Every path that reads secrets (start, SIGHUP reload, check-config) hands them to the log
     # redactor here, so none can forget to.
@@ -262,3 +275,76 @@ def resolve_api_tokens(cfg: AgentConfig, env: Mapping[str, str] | None = None) -
     values = [t.get_secret_value() for t in tokens]
     register_secrets(values)
     return values
+
+
+GOOGLE_KEY_FIELDS = ("type", "client_email", "private_key", "token_uri")
+
+
+def google_key_path(name: str, env: Mapping[str, str]) -> Path | None:
+    """``[google] service_account_file``: an absolute path as is, a relative name inside
+    ``$CREDENTIALS_DIRECTORY`` (None when that is not set)."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    return Path(cred_dir) / path if cred_dir else None
+
+
+def read_google_key(name: str, env: Mapping[str, str], problems: list[Problem]) -> SecretStr | None:
+    """The service account JSON key's ``private_key``, after checking the file is such a key.
+    Problems name the file and the missing field, never any of its content."""
+    import json
+
+    key = "google.service_account_file"
+    path = google_key_path(name, env)
+    if path is None:
+        problems.append(
+            (
+                key,
+                f"{name!r} is relative, so it is read from $CREDENTIALS_DIRECTORY, which is not "
+                "set; give an absolute path, or load the key with systemd LoadCredential=",
+            )
+        )
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append((key, f"cannot read {path}: {exc.strerror or exc}"))
+        return None
+    except UnicodeDecodeError:
+        problems.append((key, f"{path} is not UTF-8 text; it must be the JSON key file"))
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        # Only the position: the message of a JSON error may quote the text around it.
+        where = f"line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "its text"
+        problems.append((key, f"{path} is not JSON (at {where}); download the JSON key again"))
+        return None
+    if not isinstance(doc, dict):
+        problems.append((key, f"{path} is not a JSON object; download the JSON key again"))
+        return None
+    pem = doc.get("private_key")
+    if isinstance(pem, str) and pem:
+        register_secrets([pem])  # before anything else can log it
+    missing = [f for f in GOOGLE_KEY_FIELDS if not isinstance(doc.get(f), str) or not doc.get(f)]
+    if missing:
+        problems.append(
+            (
+                key,
+                f"{path} is not a service account JSON key (missing {', '.join(missing)}); "
+                "create a JSON key for the service account in the Google Cloud console",
+            )
+        )
+        return None
+    if doc["type"] != "service_account":
+        problems.append(
+            (
+                key,
+                f"{path} is a {doc['type']!r} credential, not a service account key "
+                '(type = "service_account")',
+            )
+        )
+        return None
+    _warn_if_others_may_read(path, key)
+    return SecretStr(str(pem))

@@ -32,6 +32,7 @@ from edge_agent.calendars.auth import RENEW_BEFORE_S, AuthError, PinnedCaSession
 __all__ = [
     "CALENDAR_SCOPE",
     "DELEGATION_HINT",
+    "DELEGATION_PAGE",
     "DIRECTORY_SCOPE",
     "SCOPES",
     "ServiceAccountTokens",
@@ -43,10 +44,11 @@ log = structlog.get_logger(__name__)
 CALENDAR_SCOPE = "https://www.googleapis.com/auth/calendar.readonly"
 DIRECTORY_SCOPE = "https://www.googleapis.com/auth/admin.directory.resource.calendar.readonly"
 SCOPES = (CALENDAR_SCOPE, DIRECTORY_SCOPE)
+DELEGATION_PAGE = "Security > Access and data control > API controls > Domain-wide delegation"
+"""Where the Google Admin console grants domain-wide delegation (admin.google.com)."""
 DELEGATION_HINT = (
-    "in the Google Admin console (Security > Access and data control > API controls > Manage "
-    "Domain Wide Delegation) give the service account's client ID both scopes: "
-    f"{CALENDAR_SCOPE},{DIRECTORY_SCOPE}"
+    f"in the Google Admin console ({DELEGATION_PAGE}) give the service account's client ID "
+    f"both scopes: {CALENDAR_SCOPE},{DIRECTORY_SCOPE}"
 )
 
 
@@ -125,6 +127,14 @@ class ServiceAccountTokens:
             self._renew_at = asked_at + max(0.0, lifetime - RENEW_BEFORE_S)
             log.debug("google token acquired", expires_in=round(lifetime), renewed=renew)
             return token
+
+    async def check_key(self) -> None:
+        """Load and parse the key file (``check-config``); raises AuthError naming the file,
+        never its content."""
+        if self._credentials is None:
+            self._credentials = await asyncio.wait_for(
+                asyncio.to_thread(self._load), self._timeout_s
+            )
 
     # ------------------------------------------------------------------ worker thread
 

@@ -13,6 +13,10 @@ the very sinks the agent would build (:func:`edge_agent.agent.build_webhook_sink
 ``[microsoft]`` is checked with the agent's Graph client
 (:func:`edge_agent.agent.build_graph_client`): the token, ``Place.Read.All`` (the rooms found
 are listed), and one calendar read (``Calendars.Read`` and the application access policy).
+``[google]`` likewise with the agent's Google client
+(:func:`edge_agent.agent.build_google_client`): the key (parsed), the delegation (a token by
+the JWT grant as ``subject``), both scopes (the resource list and one events.list), the rooms;
+a failure names the Admin console page where delegation is granted, the client ID and scopes.
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         linked = sum(1 for d in cfg.devices if d.calendar)
         found = " + the directory's" if cfg.microsoft.discover_rooms else ""
         rooms = f", microsoft rooms: {len(cfg.rooms)} listed, {linked} linked{found}"
+    if cfg.google is not None:
+        g_linked = sum(1 for d in cfg.devices if d.calendar and d.calendar_source == "google")
+        g_listed = sum(1 for r in cfg.rooms if r.source == "google")
+        g_found = " + the directory's" if cfg.google.discover_rooms else ""
+        rooms += f", google rooms: {g_listed} listed, {g_linked} linked{g_found}"
     print(
         f"{args.config}: OK (site {cfg.site}, {len(cfg.devices)} device(s){rooms}, "
         f"sinks: {sinks}, store {cfg.store_path})"
@@ -199,6 +208,8 @@ async def connect_checks(
         jobs.append(_check_mqtt(cfg, secrets, timeout))
     if cfg.microsoft is not None:
         jobs.append(_check_graph(cfg, secrets, timeout))
+    if cfg.google is not None:
+        jobs.append(_check_google(cfg, timeout))
     out: list[CheckResult] = []
     for rows in await asyncio.gather(*jobs):
         out.extend(rows)
@@ -562,6 +573,130 @@ async def _check_graph(cfg: AgentConfig, secrets: Secrets, timeout: float) -> li
                     _describe(exc, "check") or "no answer in time",
                 )
             )
+        return rows
+    finally:
+        await http.aclose()
+
+
+def _google_client_id(cfg: AgentConfig) -> tuple[str | None, str | None]:
+    """The key file's ``client_id`` and ``client_email`` (what the Admin console asks for);
+    None when unreadable. resolve_secrets has checked the file already."""
+    import json
+
+    from edge_agent.config.secrets import google_key_path
+
+    assert cfg.google is not None
+    path = google_key_path(cfg.google.service_account_file, os.environ)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    cid, mail = doc.get("client_id"), doc.get("client_email")
+    return (cid if isinstance(cid, str) else None, mail if isinstance(mail, str) else None)
+
+
+async def _check_google(cfg: AgentConfig, timeout: float) -> list[CheckResult]:
+    """Key, delegation (the token grant), the directory scope (rooms listed), the calendar
+    scope (one events.list)."""
+    from datetime import UTC, datetime, timedelta
+
+    from edge_agent.agent import build_google_client, google_rooms
+    from edge_agent.bookings.window import WindowBounds
+    from edge_agent.calendars.auth import AuthError
+    from edge_agent.calendars.google.auth import (
+        CALENDAR_SCOPE,
+        DELEGATION_PAGE,
+        DIRECTORY_SCOPE,
+    )
+    from edge_agent.calendars.google.errors import GoogleError
+    from edge_agent.calendars.model import room_id_from_mailbox
+
+    g = cfg.google
+    assert g is not None
+    t = "google"
+    client_id, client_email = _google_client_id(cfg)
+    grant = (
+        f"in the Google Admin console ({DELEGATION_PAGE}) add client ID {client_id or '?'} "
+        f"with the scopes {CALENDAR_SCOPE},{DIRECTORY_SCOPE}"
+    )
+    try:
+        # Few attempts: a throttled check says so now rather than backing off for minutes.
+        client, tokens, http = build_google_client(cfg, max_connections=4, max_attempts=2)
+    except Exception as exc:  # noqa: BLE001 - a bad subject or key path: a FAIL row
+        return [CheckResult(t, "key", False, _describe(exc))]
+    rows: list[CheckResult] = []
+    try:
+        try:
+            await asyncio.wait_for(tokens.check_key(), timeout)
+            rows.append(
+                CheckResult(
+                    t, "key", True, f"{tokens.key_path}: {client_email}, client ID {client_id}"
+                )
+            )
+        except (AuthError, TimeoutError) as exc:
+            rows.append(CheckResult(t, "key", False, _describe(exc) or "not read in time"))
+            return rows
+        try:
+            async with asyncio.timeout(timeout + 1):
+                await tokens.token()
+            rows.append(
+                CheckResult(t, "delegation", True, f"a token as {g.subject} (JWT grant accepted)")
+            )
+        except (AuthError, TimeoutError) as exc:
+            detail = _describe(exc) or "no answer in time"
+            hint = f" (client ID {client_id})" if DELEGATION_PAGE in detail else f"; {grant}"
+            rows.append(CheckResult(t, "delegation", False, detail + hint))
+            return rows
+        configured = google_rooms(cfg)
+        found: list[tuple[str, str]] = []
+        scope = "rooms (directory scope)"
+        try:
+            async with asyncio.timeout(timeout * 3):
+                listed = await client.list_rooms()
+            found = [(r.mailbox, room_id_from_mailbox(r.mailbox)) for r in listed]
+            names = ", ".join(f"{rid} ({mail})" for mail, rid in found[:ROOMS_LISTED])
+            more = f" and {len(found) - ROOMS_LISTED} more" if len(found) > ROOMS_LISTED else ""
+            rows.append(CheckResult(t, scope, True, f"{len(found)} room(s): {names}{more}"))
+        except (GoogleError, AuthError, TimeoutError) as exc:
+            detail = _describe(exc) or "no answer in time"
+            hint = f" (client ID {client_id})" if DELEGATION_PAGE in detail else f"; {grant}"
+            # Without discovery the configured rooms still run: not fatal.
+            rows.append(CheckResult(t, scope, False, detail + hint, warning=not g.discover_rooms))
+        for room in configured:
+            rows.append(
+                CheckResult(
+                    room.room_id,
+                    "room",
+                    True,
+                    f"{room.mailbox}"
+                    + (
+                        f", linked to device {room.device_id}"
+                        if room.device_id
+                        else ", calendar-only"
+                    )
+                    + f", zone {room.time_zone}",
+                )
+            )
+        probe = configured[0].mailbox if configured else (found[0][0] if found else None)
+        scope = "calendar (calendar scope)"
+        if probe is None:
+            rows.append(CheckResult(t, scope, False, "no room to read", warning=True))
+            return rows
+        now = datetime.now(UTC)
+        try:
+            async with asyncio.timeout(timeout * 3):
+                got = await client.list_events(
+                    "check", probe, WindowBounds(now, now + timedelta(days=1)), None
+                )
+            rows.append(
+                CheckResult(t, scope, True, f"{probe}: {len(got.values)} event(s) in the next 24 h")
+            )
+        except (GoogleError, AuthError, TimeoutError) as exc:
+            detail = _describe(exc, "check") or "no answer in time"
+            hint = f" (client ID {client_id})" if DELEGATION_PAGE in detail else f"; {grant}"
+            rows.append(CheckResult(t, scope, False, detail + hint))
         return rows
     finally:
         await http.aclose()

@@ -80,7 +80,7 @@ async def test_missing_delegation_names_the_admin_console(
     )
     with pytest.raises(AuthError, match="unauthorized_client") as info:
         await src.token()
-    assert "Domain Wide Delegation" in str(info.value)
+    assert "API controls > Domain-wide delegation" in str(info.value)
     assert "calendar.readonly" in str(info.value)
 
 
