@@ -38,6 +38,7 @@ ROUTE_TAGS = {
     "/admin/directory/v1/customer/{customer}/resources/calendars": "resources",
     "/calendar/v3/calendars/{calendar}/events": "events",
     "/calendar/v3/calendars/{calendar}/events/watch": "watch",
+    "/calendar/v3/calendars/{calendar}/events/{event}": "event",
     "/calendar/v3/channels/stop": "channels",
 }
 EVENT_ID = re.compile(r"[a-v0-9]{5,1024}")  # base32hex, as events.insert requires
@@ -105,6 +106,8 @@ class GoogleApi:
         tags = {name}
         if "syncToken" in request.query:
             tags.add("sync_token")
+        if name == "events" and request.method == "POST":
+            tags.add("insert")  # a fault for events.insert only, not the list
         calendar = request.match_info.get("calendar")
         fault = self.sim.faults.match(calendar, frozenset(tags))
         if fault is not None and fault.kind == "hold":
