@@ -299,3 +299,18 @@ async def test_release_deletes_the_event(agent, sim, receiver) -> None:
     )
     r = await http.delete(f"/v1/rooms/{ROOM}/bookings/no-such-event")
     assert r.status_code == 404, r.text
+
+
+async def test_503_naming_the_scope_when_write_is_not_delegated(agent, sim) -> None:
+    # The poller reads with calendar.readonly; an insert needs the write scope, whose token
+    # Google refuses (unauthorized_client) when it is not delegated: refused, nothing sent.
+    sim.identity.account.delegated_scopes -= {google_booking.BOOKING_SCOPE}
+    a, http = await agent()
+    r = await http.post(
+        f"/v1/rooms/{ROOM}/bookings",
+        json={"title": "Read only", "start": iso(at(1, 15)), "duration_min": 30},
+    )
+    assert r.status_code == 503, r.text
+    assert r.headers.get("Retry-After")
+    assert google_booking.BOOKING_SCOPE in r.json()["error"]
+    assert _live(sim) == []

@@ -223,6 +223,7 @@ class GoogleBooking:
                 log.info("google booking retry", room=room_id, status=status, delay_s=delay)
                 await asyncio.sleep(delay)
                 continue
+            why = reason or text[:200]
             raise GoogleRequestError(
-                room_id, f"Google refused to {what} {mailbox}: HTTP {status} ({reason or text[:200]})"
+                room_id, f"Google refused to {what} {mailbox}: HTTP {status} ({why})"
             )
