@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     import httpx
 
     from edge_agent.bookings.pending import PendingRequest
+    from edge_agent.calendars.google.booking import GoogleBooking
     from edge_agent.calendars.graph.auth import ClientCredentials
     from edge_agent.calendars.graph.booking import GraphBooking
     from edge_agent.calendars.sync import SyncState
@@ -1125,19 +1126,23 @@ class Agent:
             return "device"
         return "calendar" if self._calendar_room(room_id) is not None else None
 
-    def _calendar_room(self, room_id: str) -> CalendarRoom | str | None:
-        """The calendar-only room ``room_id`` (a Graph room), its source's name when that
-        source cannot be booked through the agent (``"google"``), or ``None``."""
-        if self._graph is not None:
-            st = self._graph.status().get(room_id)
+    def _calendar_room(self, room_id: str) -> tuple[str, CalendarRoom] | str | None:
+        """The calendar-only room ``room_id`` with its source (``"microsoft"``, ``"google"``),
+        its source's name when that source cannot be booked through the agent, or ``None``."""
+        for source, poller in (("microsoft", self._graph), ("google", self._google)):
+            st = poller.status().get(room_id) if poller is not None else None
             if st is not None and st.room.device_id is None:
-                return st.room
+                return source, st.room
         if self.config.microsoft is not None:
             for room in graph_rooms(self.config):
                 if room.room_id == room_id and room.device_id is None:
-                    return room
+                    return "microsoft", room
+        if self.config.google is not None:
+            for room in google_rooms(self.config):
+                if room.room_id == room_id and room.device_id is None:
+                    return "google", room
         for r in self.config.rooms:
-            if r.id == room_id and r.source != "microsoft":
+            if r.id == room_id:
                 return str(r.source)
         return None
 
@@ -1145,7 +1150,7 @@ class Agent:
         self, room_id: str, order: BookingOrder, *, request_uuid: str | None = None
     ) -> BookingSent:
         """Book ``room_id`` with a fresh request UUID: a device room through
-        :meth:`DeviceSession.book`, a calendar-only Microsoft room through its calendar
+        :meth:`DeviceSession.book`, a calendar-only Microsoft or Google room through its calendar
         (:meth:`_book_calendar`).
 
         Raises:
@@ -1163,7 +1168,8 @@ class Agent:
                 f"{room_id} is a {room} calendar room: booking it through the agent is not "
                 "supported yet; book it in its calendar"
             )
-        return await self._book_calendar(room, order, request_uuid or str(uuid.uuid4()))
+        source, cal = room
+        return await self._book_calendar(source, cal, order, request_uuid or str(uuid.uuid4()))
 
     async def release(self, room_id: str, booking_id: str) -> Booking:
         """Release a booking of ``room_id`` (``Bookings Delete``, or the calendar's delete);
@@ -1179,24 +1185,25 @@ class Agent:
                 f"{room_id} is a {room} calendar room: releasing through the agent is not "
                 "supported yet"
             )
-        from edge_agent.calendars.graph.errors import GraphError
+        from edge_agent.calendars.errors import CalendarSourceError
         from edge_agent.session import BookingRejected
 
-        booker = await self._calendar_ready(room)
-        state = await self._calendar_state(room.room_id)
+        source, cal = room
+        booker = await self._calendar_ready(source, cal)
+        state = await self._calendar_state(cal.room_id, source)
         stored = state.bookings.get(booking_id) if state is not None else None
         if stored is None:
             raise LookupError(f"{room_id}: no booking {booking_id!r} in the room's calendar window")
         try:
-            await booker.delete_event(room.room_id, room.mailbox, booking_id)
-        except GraphError as exc:
+            await booker.delete_event(cal.room_id, cal.mailbox, booking_id)
+        except CalendarSourceError as exc:
             raise BookingRejected(str(exc)) from None
         assert self._store is not None
         from edge_agent.store.base import Change
 
         # The agent's own copy (made when it booked it) must not hold the slot any more.
-        await self._store.commit(Change(room.room_id, window_delete=[booking_id]))
-        self._poke_room(room.room_id)
+        await self._store.commit(Change(cal.room_id, window_delete=[booking_id]))
+        self._poke_source(source, cal.room_id)
         log.info("calendar booking deleted", room=room_id, booking_id=booking_id)
         return stored.to_booking()
 
@@ -1211,26 +1218,29 @@ class Agent:
     # meeting id): the round that sees the event does not report it again, and a round that
     # sees it before the answer is in skips it as awaited by the pending request.
 
-    async def _calendar_ready(self, room: CalendarRoom) -> GraphBooking:
+    def _poke_source(self, source: str, room_id: str) -> bool:
+        """Fetch ``room_id``'s changes now, from the poller of its source."""
+        if source == "google":
+            return self._poke_google_room(room_id)
+        return self._poke_room(room_id)
+
+    async def _calendar_ready(
+        self, source: str, room: CalendarRoom
+    ) -> GraphBooking | GoogleBooking:
         """The booker, once the room's calendar can take a change now.
 
         Raises:
-            CalendarUnavailable: no Graph client or token, the room not read yet, or its last
+            CalendarUnavailable: no client or token, the room not read yet, or its last
                 round failed.
         """
+        rid = room.room_id
+        if source == "google":
+            return await self._google_booker(room)
         from edge_agent.calendars.graph.booking import GraphBooking
 
-        rid = room.room_id
         if self._graph_http is None or self._graph_tokens is None or self._graph is None:
             raise CalendarUnavailable(f"{rid}: the Graph calendar source is not running yet")
-        st = self._graph.status().get(rid)
-        if st is None or st.last_sync is None:
-            why = st.last_error if st is not None and st.last_error else "not read yet"
-            raise CalendarUnavailable(f"{rid}: the room's calendar is not available ({why})")
-        if st.last_error:
-            raise CalendarUnavailable(
-                f"{rid}: the room's last calendar round failed: {st.last_error}"
-            )
+        self._check_round(rid, self._graph.status().get(rid))
         try:
             await self._graph_tokens.token()
         except Exception as exc:  # noqa: BLE001 - any token failure means: not now
@@ -1239,12 +1249,51 @@ class Agent:
         assert ms is not None
         return GraphBooking(self._graph_http, self._graph_tokens, graph_url=ms.graph_url)
 
-    async def _calendar_state(self, room_id: str) -> SyncState | None:
+    async def _google_booker(self, room: CalendarRoom) -> GoogleBooking:
+        """A Google room's booker: the poller's HTTP client, and a token source of its own,
+        since an insert needs the write scope the poller's ``calendar.readonly`` lacks."""
+        from edge_agent.calendars.google.auth import ServiceAccountTokens
+        from edge_agent.calendars.google.booking import BOOKING_SCOPE, GoogleBooking
+
+        rid, g = room.room_id, self.config.google
+        if self._google_http is None or self._google is None or g is None:
+            raise CalendarUnavailable(f"{rid}: the Google calendar source is not running yet")
+        self._check_round(rid, self._google.status().get(rid))
+        tokens: ServiceAccountTokens | None = self.__dict__.get("_google_booking_tokens_")
+        try:
+            if tokens is None:
+                tokens = ServiceAccountTokens(
+                    service_account_file=g.service_account_file,
+                    subject=g.subject,
+                    scopes=(BOOKING_SCOPE,),
+                    ca_file=str(g.ca_file) if g.ca_file else None,
+                )
+                self.__dict__["_google_booking_tokens_"] = tokens
+            await tokens.token()
+        except Exception as exc:  # noqa: BLE001 - any token failure means: not now
+            raise CalendarUnavailable(
+                f"{rid}: no Google token with the scope {BOOKING_SCOPE} (domain-wide "
+                f"delegation): {exc}"
+            ) from None
+        return GoogleBooking(self._google_http, tokens, calendar_url=g.calendar_url)
+
+    @staticmethod
+    def _check_round(rid: str, st: Any) -> None:
+        """Refuse (CalendarUnavailable) a room not read yet or whose last round failed."""
+        if st is None or st.last_sync is None:
+            why = st.last_error if st is not None and st.last_error else "not read yet"
+            raise CalendarUnavailable(f"{rid}: the room's calendar is not available ({why})")
+        if st.last_error:
+            raise CalendarUnavailable(
+                f"{rid}: the room's last calendar round failed: {st.last_error}"
+            )
+
+    async def _calendar_state(self, room_id: str, source: str) -> SyncState | None:
         from edge_agent.store.calendar import RoomCalendarStore
 
         assert isinstance(self._store, Store)  # calendar rooms run on SQLite only
         return await RoomCalendarStore(
-            self._store, site=self.config.site, source="microsoft"
+            self._store, site=self.config.site, source=source
         ).load_sync_state(room_id)
 
     def _calendar_lock(self, room_id: str) -> asyncio.Lock:
@@ -1253,7 +1302,7 @@ class Agent:
         return locks.setdefault(room_id, asyncio.Lock())
 
     async def _book_calendar(
-        self, room: CalendarRoom, order: BookingOrder, request_uuid: str
+        self, source: str, room: CalendarRoom, order: BookingOrder, request_uuid: str
     ) -> BookingSent:
         """Check, record, then create the event in the background; the request is pending.
 
@@ -1273,14 +1322,15 @@ class Agent:
 
         assert self._store is not None and self._tg is not None
         rid = room.room_id
-        booker = await self._calendar_ready(room)
+        booker = await self._calendar_ready(source, room)
         async with self._calendar_lock(rid):
-            state = await self._calendar_state(rid)
+            state = await self._calendar_state(rid, source)
             if state is None or state.window is None:
                 raise CalendarUnavailable(f"{rid}: the room's calendar is not read yet")
             now = self._clock.now()
             window = [b.to_booking() for b in state.bookings.values() if not b.cancelled]
-            st = self._graph.status().get(rid) if self._graph is not None else None
+            poller = self._google if source == "google" else self._graph
+            st = poller.status().get(rid) if poller is not None else None
             synced = st.last_sync.timestamp() if st is not None and st.last_sync else 0.0
             for key, row in (await self._store.load_window(rid)).items():
                 # Booked here and not yet seen by a round: it holds its slot meanwhile.
@@ -1294,7 +1344,7 @@ class Agent:
                     req = PendingRequest.from_row(p.row)
                     (pending if req.deadline > now else lapsed).append(req)
             if lapsed:  # left by an agent that stopped while they were pending
-                await self._expire_calendar_requests(rid, lapsed)
+                await self._expire_calendar_requests(rid, lapsed, source)
             start = check_order(order, window, state.window, now, pending=pending)
             deadline = now + timedelta(seconds=CALENDAR_BOOK_TIMEOUT_S)
             request = {
@@ -1312,14 +1362,14 @@ class Agent:
                 site=self.config.site,
                 device_id=None,
                 room_id=rid,
-                source="microsoft",
+                source=source,
                 now=now,
                 extra={"booking_request_uuid": request_uuid, "request": req.to_dict()},
             )
             kept = PendingRow(rid, request_uuid, deadline.timestamp(), req.to_row())
             await self._store.commit(Change(rid, pending_upsert=[kept], events=[env]))
         task = self._tg.create_task(
-            self._follow_calendar_request(booker, room, order, req),
+            self._follow_calendar_request(booker, source, room, order, req),
             name=f"book[{rid}:{request_uuid}]",
         )
         self._other_tasks.append(task)  # cancelled at shutdown; the request then expires
@@ -1327,7 +1377,9 @@ class Agent:
         log.info("calendar booking requested", room=rid, booking_request_uuid=request_uuid)
         return BookingSent(request_uuid, deadline, answered=False)
 
-    async def _expire_calendar_requests(self, room_id: str, reqs: list[PendingRequest]) -> None:
+    async def _expire_calendar_requests(
+        self, room_id: str, reqs: list[PendingRequest], source: str
+    ) -> None:
         from edge_agent.bookings.events import make_envelope
         from edge_agent.store.base import Change
 
@@ -1339,7 +1391,7 @@ class Agent:
                 site=self.config.site,
                 device_id=None,
                 room_id=room_id,
-                source="microsoft",
+                source=source,
                 now=now,
                 extra={"booking_request_uuid": r.booking_request_uuid, "request": r.to_dict()},
             )
@@ -1349,13 +1401,18 @@ class Agent:
         await self._store.commit(Change(room_id, pending_delete=uuids, events=events))
 
     async def _follow_calendar_request(
-        self, booker: GraphBooking, room: CalendarRoom, order: BookingOrder, req: PendingRequest
+        self,
+        booker: GraphBooking | GoogleBooking,
+        source: str,
+        room: CalendarRoom,
+        order: BookingOrder,
+        req: PendingRequest,
     ) -> None:
         """Create the event (sent again with the same ``transactionId`` until answered or the
         deadline), then close the request: created, failed (a refusal) or expired. Never
         raises: it runs in the agent's TaskGroup, which one failed request must not end."""
         try:
-            await self._create_calendar_event(booker, room, order, req)
+            await self._create_calendar_event(booker, source, room, order, req)
         except Exception:
             # A store that cannot commit the outcome: the request reads as expired after its
             # deadline (request_view), and the room's next round still reports the event.
@@ -1366,14 +1423,22 @@ class Agent:
             )
 
     async def _create_calendar_event(
-        self, booker: GraphBooking, room: CalendarRoom, order: BookingOrder, req: PendingRequest
+        self,
+        booker: GraphBooking | GoogleBooking,
+        source: str,
+        room: CalendarRoom,
+        order: BookingOrder,
+        req: PendingRequest,
     ) -> None:
         from datetime import timedelta
 
         from edge_agent.bookings.events import make_envelope
         from edge_agent.bookings.pending import Resolution
-        from edge_agent.calendars.graph.errors import GraphError, GraphUnavailable
-        from edge_agent.calendars.graph.events import to_delta_items
+        from edge_agent.calendars.errors import CalendarSourceError
+        from edge_agent.calendars.google import events as google_events
+        from edge_agent.calendars.google.errors import GoogleUnavailable
+        from edge_agent.calendars.graph import events as graph_events
+        from edge_agent.calendars.graph.errors import GraphUnavailable
         from edge_agent.calendars.sync import Upsert
         from edge_agent.clock import parse_utc
         from edge_agent.store.base import Change
@@ -1384,7 +1449,7 @@ class Agent:
             "site": self.config.site,
             "device_id": None,
             "room_id": rid,
-            "source": "microsoft",
+            "source": source,
         }
         attempt = 0
         event: dict[str, Any] | None = None
@@ -1403,22 +1468,26 @@ class Agent:
                             end=req.start + timedelta(minutes=order.duration_min),
                             organizer=order.organizer,
                         )
-                    except GraphUnavailable as exc:
-                        # Idempotent by transactionId: keep trying until the deadline.
+                    except (GraphUnavailable, GoogleUnavailable) as exc:
+                        # Idempotent (Graph's transactionId, Google's event id): keep trying
+                        # until the deadline.
                         log.warning(
-                            "calendar booking: Graph unavailable; retrying",
+                            "calendar booking: calendar unavailable; retrying",
                             room=rid,
                             booking_request_uuid=uid,
                             error=str(exc),
                         )
                         await asyncio.sleep(min(30.0, 2.0 * attempt))
-                    except GraphError as exc:
+                    except CalendarSourceError as exc:
                         failure = str(exc)
         except TimeoutError:
             pass
         now = self._clock.now()
         if event is not None:
-            items, _ = to_delta_items([event], {}, room.time_zone)
+            if source == "google":
+                items, _ = google_events.to_delta_items([event], room.time_zone)
+            else:
+                items, _ = graph_events.to_delta_items([event], {}, room.time_zone)
             if items and isinstance(items[0], Upsert):
                 cb = items[0].booking
                 booking = dataclasses.replace(cb.to_booking(), booking_request_uuid=uid)
@@ -1444,7 +1513,7 @@ class Agent:
                         events=[env],
                     )
                 )
-                self._poke_room(rid)
+                self._poke_source(source, rid)
                 log.info(
                     "calendar booking created",
                     room=rid,
@@ -1453,7 +1522,7 @@ class Agent:
                     meeting_id=cb.meeting_id,
                 )
                 return
-            failure = f"Graph answered the create with an event that cannot be read: {event!r:.200}"
+            failure = f"the calendar answered the create with an unreadable event: {event!r:.200}"
         if failure is not None:
             env = make_envelope(
                 "booking.failed",

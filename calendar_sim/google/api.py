@@ -38,6 +38,7 @@ ROUTE_TAGS = {
     "/admin/directory/v1/customer/{customer}/resources/calendars": "resources",
     "/calendar/v3/calendars/{calendar}/events": "events",
     "/calendar/v3/calendars/{calendar}/events/watch": "watch",
+    "/calendar/v3/calendars/{calendar}/events/{event}": "event",
     "/calendar/v3/channels/stop": "channels",
 }
 EVENT_ID = re.compile(r"[a-v0-9]{5,1024}")  # base32hex, as events.insert requires
@@ -74,6 +75,8 @@ class GoogleApi:
                 web.get("/calendar/v3/calendars/{calendar}/events", self.list_events),
                 web.post("/calendar/v3/calendars/{calendar}/events", self.insert_event),
                 web.post("/calendar/v3/calendars/{calendar}/events/watch", self.watch),
+                web.get("/calendar/v3/calendars/{calendar}/events/{event}", self.get_event),
+                web.delete("/calendar/v3/calendars/{calendar}/events/{event}", self.delete_event),
                 web.post("/calendar/v3/channels/stop", self.stop_channel),
             ]
         )
@@ -103,6 +106,8 @@ class GoogleApi:
         tags = {name}
         if "syncToken" in request.query:
             tags.add("sync_token")
+        if name == "events" and request.method == "POST":
+            tags.add("insert")  # a fault for events.insert only, not the list
         calendar = request.match_info.get("calendar")
         fault = self.sim.faults.match(calendar, frozenset(tags))
         if fault is not None and fault.kind == "hold":
@@ -291,6 +296,28 @@ class GoogleApi:
             event_id=event_id,
         )
         return web.json_response(event.json(cal.email))
+
+    async def get_event(self, request: web.Request) -> web.Response:
+        """events.get: the event, a deleted one too (``status: cancelled``); 404 ``notFound``."""
+        self._auth(request, CALENDAR_SCOPES)
+        cal = self._calendar(request)
+        event = cal.events.get(request.match_info["event"])
+        if event is None:
+            raise GoogleError(404, "notFound", "Not Found")
+        return web.json_response(event.json(cal.email))
+
+    async def delete_event(self, request: web.Request) -> web.Response:
+        """events.delete: 204 with an empty body; 410 ``deleted`` when it already was, 404
+        ``notFound`` for an id the calendar never had. The tombstone stays for sync."""
+        self._auth(request, CALENDAR_WRITE)
+        cal = self._calendar(request)
+        event = cal.events.get(request.match_info["event"])
+        if event is None:
+            raise GoogleError(404, "notFound", "Not Found")
+        if event.status == "cancelled":
+            raise GoogleError(410, "deleted", "Resource has been deleted")
+        self.sim.cancel_event(cal.email, event.id)
+        return web.Response(status=204)
 
     async def watch(self, request: web.Request) -> web.Response:
         self._auth(request, CALENDAR_SCOPES)
