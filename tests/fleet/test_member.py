@@ -77,7 +77,12 @@ async def until(cond: Callable[[], Any], *steps: FleetMember, limit_s: float = 2
     async with asyncio.timeout(limit_s):
         while not cond():
             for m in steps:
-                await m.round()
+                try:
+                    await m.round()
+                except TimeoutError:
+                    # As FleetMember.run does: a round whose database calls ran out of time (a
+                    # lock held by a frozen member, a loaded machine) is simply run again.
+                    pass
             await asyncio.sleep(0.05)
 
 
