@@ -111,6 +111,8 @@ async def bench(args: argparse.Namespace) -> None:
             str(control),
             "--ready-file",
             str(ready),
+            "--user",
+            "edge-agent",
             "--log-level",
             "WARNING",
         ],
@@ -140,7 +142,7 @@ async def bench(args: argparse.Namespace) -> None:
                 DeviceEndpoint(
                     f"dev-{i}",
                     url=url,
-                    username="admin",
+                    username="edge-agent",
                     password="secret",
                     fingerprint=fingerprint,
                 ),
