@@ -30,8 +30,8 @@ NEEDS_CONFIG = [
 
 def test_the_packaged_example_is_the_repository_example() -> None:
     assert PACKAGED.read_bytes() == EXAMPLE.read_bytes(), (
-        "edge_agent/config/agent.example.toml must be a copy of config/agent.example.toml: "
-        "cp config/agent.example.toml edge_agent/config/"
+        "edge_agent/config/agent.example.toml must be config/agent.example.toml (a symlink to "
+        "it in the repository; a wheel carries its content)"
     )
 
 
