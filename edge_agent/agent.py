@@ -30,7 +30,7 @@ import sys
 import uuid
 import socket
 from datetime import UTC, datetime
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -683,24 +683,15 @@ class Agent:
         # Refused in fleet mode by the config checks: the calendar sync state is SQLite's.
         assert isinstance(self._store, Store)
         store = RoomCalendarStore(self._store, site=cfg.site, source="microsoft")
-        opts: dict[str, Any] = {
-            "rooms": graph_rooms(cfg),
-            "discover": ms.discover_rooms,
-            "default_zone": _zone(ms.time_zone or cfg.defaults.time_zone, "UTC"),
-            "poll_interval_s": ms.poll_interval_s,
-            "refresh_rooms_s": ms.refresh_rooms_s,
-            "horizon_days": ms.horizon_days,
-            "clock": self._clock,
-            # A device without a calendar is a room under its id: the directory cannot take it.
-            "reserved_ids": [d.id for d in cfg.devices if d.calendar is None],
-            **self._graph_overrides,
-        }
         push = self._push
-        if push is not None:
-            opts["interval_for"] = push.poll_interval_s
-            opts["on_rooms"] = lambda rooms: push.set_rooms(
-                {rid: r.mailbox for rid, r in rooms.items()}
-            )
+        opts = self._poller_options(
+            ms,
+            graph_rooms(cfg),
+            # A device without a calendar is a room under its id: the directory cannot take it.
+            [d.id for d in cfg.devices if d.calendar is None],
+            self._graph_overrides,
+            push,
+        )
         self._graph = GraphPoller(self._graph_client, store, **opts)
         log.info(
             "graph calendar source starting",
@@ -709,16 +700,7 @@ class Agent:
             graph_url=ms.graph_url,
             push=push.notification_url if push is not None else None,
         )
-        if push is None:
-            await self._graph.run()
-            return
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._graph.run(), name="graph-poller")
-                tg.create_task(push.run(), name="graph-push")
-        finally:
-            # Delete the subscriptions (bounded): their clientState dies with this run.
-            await asyncio.shield(push.stop())
+        await _run_with_push(self._graph.run, push, "graph")
 
     def _google_setup(self) -> tuple[list[Any], tuple[str, ...]]:
         """The Google client and, with ``notification_url``, the watch channels and the local
@@ -766,25 +748,16 @@ class Agent:
         # Refused in fleet mode by the config checks: the calendar sync state is SQLite's.
         assert isinstance(self._store, Store)
         store = RoomCalendarStore(self._store, site=cfg.site, source="google")
-        opts: dict[str, Any] = {
-            "rooms": google_rooms(cfg),
-            "discover": g.discover_rooms,
-            "default_zone": _zone(g.time_zone or cfg.defaults.time_zone, "UTC"),
-            "poll_interval_s": g.poll_interval_s,
-            "refresh_rooms_s": g.refresh_rooms_s,
-            "horizon_days": g.horizon_days,
-            "clock": self._clock,
-            # Ids taken elsewhere: devices without a calendar, and the Graph rooms.
-            "reserved_ids": [d.id for d in cfg.devices if d.calendar is None]
-            + ([r.room_id for r in graph_rooms(cfg)] if cfg.microsoft is not None else []),
-            **self._google_overrides,
-        }
         watch = self._watch
-        if watch is not None:
-            opts["interval_for"] = watch.poll_interval_s
-            opts["on_rooms"] = lambda rooms: watch.set_rooms(
-                {rid: r.mailbox for rid, r in rooms.items()}
-            )
+        opts = self._poller_options(
+            g,
+            google_rooms(cfg),
+            # Ids taken elsewhere: devices without a calendar, and the Graph rooms.
+            [d.id for d in cfg.devices if d.calendar is None]
+            + ([r.room_id for r in graph_rooms(cfg)] if cfg.microsoft is not None else []),
+            self._google_overrides,
+            watch,
+        )
         self._google = GooglePoller(self._google_client, store, **opts)
         log.info(
             "google calendar source starting",
@@ -794,16 +767,35 @@ class Agent:
             subject=g.subject,
             push=watch.address if watch is not None else None,
         )
-        if watch is None:
-            await self._google.run()
-            return
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._google.run(), name="google-poller")
-                tg.create_task(watch.run(), name="google-push")
-        finally:
-            # Stop the channels (bounded): their tokens die with this run.
-            await asyncio.shield(watch.stop())
+        await _run_with_push(self._google.run, watch, "google")
+
+    def _poller_options(
+        self,
+        section: Any,
+        rooms: list[Any],
+        reserved_ids: list[str],
+        overrides: Mapping[str, Any],
+        push: Any,
+    ) -> dict[str, Any]:
+        """A calendar poller's options from its config section (``[microsoft]`` or ``[google]``,
+        the same keys); with push, polling follows its rooms and stretches while it is healthy."""
+        opts: dict[str, Any] = {
+            "rooms": rooms,
+            "discover": section.discover_rooms,
+            "default_zone": _zone(section.time_zone or self.config.defaults.time_zone, "UTC"),
+            "poll_interval_s": section.poll_interval_s,
+            "refresh_rooms_s": section.refresh_rooms_s,
+            "horizon_days": section.horizon_days,
+            "clock": self._clock,
+            "reserved_ids": reserved_ids,
+            **overrides,
+        }
+        if push is not None:
+            opts["interval_for"] = push.poll_interval_s
+            opts["on_rooms"] = lambda found: push.set_rooms(
+                {rid: r.mailbox for rid, r in found.items()}
+            )
+        return opts
 
     async def _start_api(self) -> bool:
         """Bind the local API before anything else starts; False (logged) when the address
@@ -1704,6 +1696,23 @@ class Agent:
         if self._fleet is None:
             return None
         return await self._fleet.snapshot()
+
+
+async def _run_with_push(
+    run: Callable[[], Coroutine[Any, Any, None]], push: Any, source: str
+) -> None:
+    """Run a calendar poller, with its push manager beside it when there is one; the push is
+    stopped (bounded, shielded) when the run ends: Graph's subscriptions are deleted, Google's
+    channels stopped, since their secrets die with this run."""
+    if push is None:
+        await run()
+        return
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(run(), name=f"{source}-poller")
+            tg.create_task(push.run(), name=f"{source}-push")
+    finally:
+        await asyncio.shield(push.stop())
 
 
 async def run_agent(
