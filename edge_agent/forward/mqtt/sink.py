@@ -40,7 +40,8 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 import structlog
@@ -275,19 +276,37 @@ class MqttSink:
         """The retained messages the health timer publishes again (a copy)."""
         return dict(self._retained)
 
-    async def set_rooms(self, rooms: Iterable[str]) -> None:
-        """The rooms that exist now (the agent: on start and after every reload). Removed rooms'
-        retained topics are cleared, discovery configs published (:mod:`.discovery`); what the
-        broker has not acknowledged is sent again after the next connect. The first time the
-        list and a link meet, rooms the broker still retains but the list lacks (removed while
-        the agent was stopped) are cleared too. Cancelling is safe."""
-        for topic in self._rooms.set_rooms(rooms):
+    async def set_rooms(
+        self,
+        rooms: Iterable[str],
+        calendar_rooms: Mapping[str, str] | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> datetime | None:
+        """The rooms that exist now (the agent: on start, after every reload, when a calendar
+        source's room list changes). ``rooms``: the device rooms; ``calendar_rooms``: the
+        calendar-only rooms, id -> source (``None``: not known yet, left as they were).
+        Removed rooms' retained topics are cleared, discovery configs published
+        (:mod:`.discovery`); what the broker has not acknowledged is sent again after the next
+        connect. The first time a list and a link meet, rooms the broker still retains but the
+        list lacks (removed while the agent was stopped) are cleared too. ``now``: the calendar
+        rooms' ``booked`` / ``next_booking`` states are brought up to this time (a calendar sends
+        nothing when a meeting starts). Returns when those states change next by time alone
+        (call again then, or on a timer). Cancelling is safe."""
+        first_calendar = calendar_rooms is not None and not self._rooms.calendar_known
+        for topic in self._rooms.set_rooms(rooms, calendar_rooms):
             self._retained.pop(topic, None)
+        if first_calendar:
+            self._swept = False  # the sweep so far read devices/ only; rooms/ is known now
+        if now is not None:
+            for pub in self._rooms.tick(now):
+                self.keep_retained(pub.topic, pub.payload)  # the health refresh sends these
         link = self._link
         if link is not None and link.up:
             with contextlib.suppress(BrokerLinkLost):
                 await self._announce(link)
                 await self._sweep_once(link)
+        return self._rooms.next_change()
 
     async def _sweep_once(self, link: BrokerLink) -> None:
         """Once per process, when the room list is known: clear what the broker still retains
