@@ -59,6 +59,7 @@ from edge_agent.forward.mqtt.link import (
     BrokerLinkLost,
     broker_settings,
     open_link,
+    raise_if_cancelling,
     read_retained,
 )
 from edge_agent.forward.mqtt.topics import OFFLINE, ONLINE, Publication, Topics, publications
@@ -370,6 +371,8 @@ class MqttSink:
                 self._poke.clear()
                 try:
                     lived = await self._connect_and_serve()
+                except _Closed:
+                    break
                 except BrokerError as exc:
                     if exc.kind in ("auth", "tls", "config"):
                         refused += 1
@@ -440,12 +443,14 @@ class MqttSink:
                     self._publish_timeout_s,
                 )
             except (BrokerLinkLost, TimeoutError) as exc:
+                raise_if_cancelling()
                 link.abort(f"no PUBACK for the online state: {exc!r}")
                 raise BrokerError(
                     f"mqtt: broker {self._addr} did not acknowledge {self._topics.bridge_state} "
                     f"({exc!r})",
                     "unreachable",
                 ) from None
+            raise_if_cancelling()  # a PUBACK that arrived with the cancellation (3.11)
             self._connects += 1
             self._connected_since = utc_iso(system_clock.now())
             self._link = link
@@ -469,6 +474,7 @@ class MqttSink:
                 commands = []
                 if self.commands is not None:
                     await self.commands.subscribe(link, self._publish_timeout_s)
+                    raise_if_cancelling()
                     commands.append(tg.create_task(self.commands.run(), name=f"{tag}.commands"))
                 closing = tg.create_task(self._closing.wait(), name=f"{tag}.closing")
                 watched: list[asyncio.Future[Any]] = [link.lost, closing]
@@ -493,13 +499,34 @@ class MqttSink:
         return time.monotonic() - up_at
 
     async def _open(self) -> BrokerLink:
+        """:func:`open_link`, given up at once when :meth:`close` is called (a broker that
+        accepts TCP and never answers would hold the close for ``connect_timeout_s``).
+        Raises BrokerError, or ``_Closed``."""
         will = Publication(self._topics.bridge_state, OFFLINE, retain=True)
-        return await open_link(
-            self._settings,
-            will=will,
-            max_in_flight=self._max_in_flight,
-            on_message=self.commands.on_message if self.commands is not None else None,
+        tag = f"mqtt[{self._client_id}]"
+        opening = asyncio.create_task(
+            open_link(
+                self._settings,
+                will=will,
+                max_in_flight=self._max_in_flight,
+                on_message=self.commands.on_message if self.commands is not None else None,
+            ),
+            name=f"{tag}.connect",
         )
+        closing = asyncio.create_task(self._closing.wait(), name=f"{tag}.connect.closing")
+        try:
+            await asyncio.wait([opening, closing], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not opening.done():
+                opening.cancel()  # open_link drops whatever its connect thread still opens
+            with contextlib.suppress(asyncio.CancelledError, BrokerError):
+                await opening  # bounded: cancelling open_link returns at once
+        if self._closing.is_set() or opening.cancelled():
+            if not opening.cancelled() and opening.exception() is None:
+                opening.result().abort("closing")
+            raise _Closed
+        return opening.result()
 
     async def probe(self, *, client_id: str, timeout_s: float) -> str:
         """Connect once as this sink would, then disconnect: what ``check-config`` reports.
@@ -596,14 +623,27 @@ class MqttSink:
             await asyncio.wait_for(asyncio.shield(link.lost), 2.0)
         self._log.info("mqtt: disconnected")
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float | None = None) -> None:
         """Say ``offline`` (retained), disconnect, and let :meth:`run` return.
 
+        Bounded: a connect in progress is given up at once, the goodbye waits at most ~7 s
+        (5 s for the PUBACK of ``offline``, 2 s for the DISCONNECT); past ``timeout_s``
+        (default: ``publish_timeout_s`` + 10 s, a PUBACK wait of :meth:`run` that is not
+        the goodbye's) it returns anyway, logged, and :meth:`run` ends on its own later.
         Cancelling is safe; the broker then fires the will.
         """
         self._closing.set()
-        if self._running:
-            await self._stopped.wait()
+        if not self._running:
+            return
+        limit = self._publish_timeout_s + 10.0 if timeout_s is None else timeout_s
+        try:
+            await asyncio.wait_for(self._stopped.wait(), limit)
+        except TimeoutError:
+            self._log.warning("mqtt: the connection loop did not stop in time", waited_s=limit)
+
+
+class _Closed(Exception):
+    """:meth:`MqttSink.close` was called while connecting: the loop ends, nothing to report."""
 
 
 __all__ = ["MqttSink"]
