@@ -203,6 +203,18 @@ class MqttSink:
     def ready(self) -> bool:
         return self._link is not None and self._link.up
 
+    def _note_error(self, text: str) -> None:
+        """A connection or delivery problem, with its time (``/readyz`` sinks, ``status``)."""
+        self.stats.last_error = text
+        self.stats.last_error_at = utc_iso(system_clock.now())
+
+    def _recovered(self) -> None:
+        """Connected again: the last error becomes ``previous_error``, as for devices."""
+        st = self.stats
+        if st.last_error is not None:
+            st.previous_error, st.previous_error_at = st.last_error, st.last_error_at
+            st.last_error = st.last_error_at = None
+
     # --- delivery ----------------------------------------------------------------------------
 
     async def send(self, events: Sequence[OutboxEvent]) -> Outcome:
@@ -255,7 +267,7 @@ class MqttSink:
             reason = fut.result()
             if reason.is_failure:
                 text = f"mqtt: broker {self._addr} refused a publish ({reason.getName()})"
-                self.stats.last_error = text
+                self._note_error(text)
                 if reason.value in PUBACK_PERMANENT:
                     return Reject(text)
                 return self._retry(text)
@@ -384,7 +396,7 @@ class MqttSink:
                         delay = self._backoff.delay(attempt)
                         level = "warning"
                     text = f"{exc}; retrying in {_seconds(delay)} s"
-                    self.stats.last_error = text
+                    self._note_error(text)
                     getattr(self._log, level)(text, kind=exc.kind, attempt=attempt)
                 else:
                     refused = 0
@@ -455,7 +467,7 @@ class MqttSink:
             self._connected_since = utc_iso(system_clock.now())
             self._link = link
             self._poke.clear()  # connected: a poke during the connect has done its job
-            self.stats.last_error = None
+            self._recovered()
             self._log.info(
                 "mqtt: connected",
                 protocol=self._protocol,
@@ -483,9 +495,7 @@ class MqttSink:
                 for task in (keepalive, health, closing, *commands):
                     task.cancel()
             if link.lost.done():
-                self.stats.last_error = (
-                    f"mqtt: link to broker {self._addr} lost ({link.lost.result()})"
-                )
+                self._note_error(f"mqtt: link to broker {self._addr} lost ({link.lost.result()})")
             else:
                 await self._goodbye(link)
         except asyncio.CancelledError:
