@@ -526,17 +526,16 @@ class MqttSink:
         closing = asyncio.create_task(self._closing.wait(), name=f"{tag}.connect.closing")
         try:
             await asyncio.wait([opening, closing], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await _give_up(opening)  # cancelled: no link may outlive this
+            raise
         finally:
             closing.cancel()
-            if not opening.done():
-                opening.cancel()  # open_link drops whatever its connect thread still opens
-            with contextlib.suppress(asyncio.CancelledError, BrokerError):
-                await opening  # bounded: cancelling open_link returns at once
-        if self._closing.is_set() or opening.cancelled():
-            if not opening.cancelled() and opening.exception() is None:
-                opening.result().abort("closing")
+        if self._closing.is_set() or not opening.done():
+            await _give_up(opening)
+            raise_if_cancelling()
             raise _Closed
-        return opening.result()
+        return opening.result()  # the link, or open_link's BrokerError
 
     async def probe(self, *, client_id: str, timeout_s: float) -> str:
         """Connect once as this sink would, then disconnect: what ``check-config`` reports.
@@ -650,6 +649,14 @@ class MqttSink:
             await asyncio.wait_for(self._stopped.wait(), limit)
         except TimeoutError:
             self._log.warning("mqtt: the connection loop did not stop in time", waited_s=limit)
+
+
+async def _give_up(opening: asyncio.Task[BrokerLink]) -> None:
+    """Stop a connect in progress (``open_link`` drops whatever its connect thread still
+    opens; cancelling it returns at once) or close the link it already made."""
+    opening.cancel()
+    with contextlib.suppress(asyncio.CancelledError, BrokerError):
+        (await opening).abort("closing")
 
 
 class _Closed(Exception):
