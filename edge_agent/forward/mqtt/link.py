@@ -358,6 +358,10 @@ class BrokerLink:
             self._call(self._loop.remove_writer, self._fd)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._loop.is_closed():
+            # paho's Client.__del__ closes a socket an abort() already closed, possibly long
+            # after the loop ended (a connect cancelled midway): nothing is watched any more.
+            return
         if threading.get_ident() == self._loop_thread:
             fn(*args)
         else:
