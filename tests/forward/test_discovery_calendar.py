@@ -121,7 +121,12 @@ def test_calendar_rooms_untold_keep_the_old_behaviour_and_removed_ones_are_clear
     ev = room_event("board", "bookings.snapshot", bookings=window(STANDUP))
     assert set(topics_of(r, ev)) == {f"{BASE}/rooms/board/events", f"{BASE}/rooms/board/bookings"}
 
+    # Told later: the first tick publishes the states of the window it already saw.
     r.set_rooms(["room-dev"], {"board": "google", "huddle": "google"})
+    ticked = {p.topic: p.payload for p in r.tick(at("09:05"))}
+    assert ticked[state("board", "booked")] == b"ON"
+    assert ticked[state("board", "next_booking")] == b"None"
+    assert state("huddle", "booked") not in ticked  # no window seen: nothing to say yet
     cleared = r.set_rooms(["room-dev"], {"huddle": "google"})
     assert f"{BASE}/rooms/board/bookings" in cleared
     assert state("board", "booked") in cleared

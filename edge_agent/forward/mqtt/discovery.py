@@ -36,7 +36,8 @@ device room, ``<base>/rooms/<id>`` for a calendar-only room:
   calendar-only room has no device to say so: ``ON`` while a booking of its latest
   ``bookings.snapshot`` spans the present, computed when the snapshot arrives and again at
   every :meth:`RoomTopics.tick` (the sink's ``set_rooms(..., now=...)``), since a calendar
-  sends a snapshot only when the calendar changes, not when a meeting starts.
+  sends a snapshot only when the calendar changes, not when a meeting starts. A window that
+  arrived before the calendar rooms were told gets its states at the first tick after.
 - ``sensor`` ``next_booking`` (device class ``timestamp``): the start of the first booking that
   starts after the latest ``bookings.snapshot`` was taken (a calendar room: after the later of
   that and the last tick), ``None`` (unknown) when there is none; its title (unless the
@@ -301,6 +302,8 @@ class RoomTopics:
         if self._now is not None and now < self._now:
             return []
         self._now = now
+        if self._calendar is None:
+            return []
         out: list[Publication] = []
         for room in sorted(self._windows):
             for pub in self._calendar_states(room, self._windows[room], now):
@@ -341,9 +344,8 @@ class RoomTopics:
     def _calendar_publications(
         self, room: str, event: OutboxEvent, base: list[Publication]
     ) -> list[Publication]:
-        """A calendar-only room (``rooms/<id>/...``)."""
-        if self._calendar is None:
-            return base  # not told yet: its topics are left as the poller makes them
+        """A calendar-only room (``rooms/<id>/...``): until the calendar rooms are told, its
+        topics are left as the poller makes them."""
         if room in self._removed:
             return [p for p in base if not p.retain]
         if not self.discovery:
@@ -355,13 +357,18 @@ class RoomTopics:
             now = max((t for t in (taken, self._now) if t is not None), default=None)
             self._now = now
             self._windows[room] = window
+            if self._calendar is None:
+                # Not told yet: no entity exists, so no state; the first tick after the
+                # calendar rooms are told publishes this window's (the next snapshot may be
+                # days away).
+                return base
             states = self._calendar_states(room, window, now)
             for pub in states:
                 self._shown[pub.topic] = pub.payload
                 if self._pending.get(pub.topic) not in (None, CLEARED):
                     del self._pending[pub.topic]  # a tick's older state must not follow this one
             return base + states
-        if event.type == "room.occupancy":
+        if event.type == "room.occupancy" and self._calendar is not None:
             return base + self._people_count(room, event, "rooms")
         return base
 
