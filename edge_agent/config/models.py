@@ -28,7 +28,7 @@ _NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _NO_URL_CREDENTIALS = "credentials go in username / password_env or password_file, not in the URL"
-_MEMBER_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_MEMBER_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 """What a host name allows (the default member id is the host name), plus ``_``: no ``/``,
 spaces or control characters (it names the member in logs, /v1/fleet and the lease rows)."""
 POSTGRES_SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile"})
@@ -228,7 +228,7 @@ class FleetConfig(_Section):
     @field_validator("member_id")
     @classmethod
     def _member_id(cls, v: str | None) -> str | None:
-        if v is not None and not _MEMBER_ID_RE.match(v):
+        if v is not None and not _MEMBER_ID_RE.fullmatch(v):
             raise ValueError(
                 "use letters, digits, '-', '_' and '.' only (a host name, say), starting with "
                 "a letter, digit or '_'"
