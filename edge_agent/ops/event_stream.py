@@ -12,9 +12,10 @@ queue of :data:`QUEUE_MAX` events. A subscriber that falls that far behind is no
 ``{"error": "...", "dropped": n}``. A blank line is sent every :data:`KEEPALIVE_S` so a client
 and any proxy see the stream is alive.
 
-Filters (query): ``room=ID`` (repeatable; ``device=ID`` is the same), ``type=PATTERN`` (repeatable; shell-style, so
-``booking.*``). Private bookings in ``data.booking`` / ``data.bookings`` lose title and
-organizer unless ``[api] show_private`` (:func:`edge_agent.ops.status_page.booking_view`).
+Filters (query): ``room=ID`` (repeatable; by ``data.room_id``, so calendar-only rooms too;
+``device=ID`` is the same), ``type=PATTERN`` (repeatable; shell-style, so ``booking.*``).
+Private bookings in ``data.booking`` / ``data.bookings`` lose title and organizer unless
+``[api] show_private`` (:func:`edge_agent.ops.status_page.booking_view`).
 An event committed twice (the store ignores a repeated ``event_id``) may show twice.
 """
 
