@@ -58,6 +58,9 @@ class GoogleSimConfig:
     rooms: int = 0
     token_lifetime_s: int = 3599
     delegate: bool = True  # grant domain-wide delegation of both read scopes (and write)
+    # With delegate: exactly these scopes for the client ID (None: every Calendar and
+    # Directory scope), as an admin lists them in the Admin console.
+    delegated_scopes: tuple[str, ...] | None = None
     notification_ca_pem: bytes | None = None
     allow_http_notifications: bool = False
     user_quota_per_min: int = USER_PER_MINUTE  # the usage-limits guide's defaults; 0 = off
@@ -104,7 +107,11 @@ class GoogleSim:
             key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
         )
         if cfg.delegate:
-            account.delegated_scopes = set(CALENDAR_SCOPES) | set(DIRECTORY_SCOPES)
+            account.delegated_scopes = (
+                set(CALENDAR_SCOPES) | set(DIRECTORY_SCOPES)
+                if cfg.delegated_scopes is None
+                else set(cfg.delegated_scopes)
+            )
         self.identity = GoogleIdentity(account, {cfg.admin}, self.clock.now, cfg.token_lifetime_s)
         tls = None
         if cfg.notification_ca_pem is not None:

@@ -36,7 +36,7 @@ import structlog
 from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.calendars.auth import TokenSource
-from edge_agent.calendars.google.auth import DELEGATION_PAGE
+from edge_agent.calendars.google.auth import CALENDAR_WRITE_SCOPE, DELEGATION_PAGE
 from edge_agent.calendars.google.client import RATE_LIMIT_REASONS, _error_reason
 from edge_agent.calendars.google.errors import (
     CalendarNotFound,
@@ -52,7 +52,7 @@ __all__ = ["BOOKING_SCOPE", "REQUEST_TIMEOUT_S", "GoogleBooking", "event_body", 
 
 log = structlog.get_logger(__name__)
 
-BOOKING_SCOPE = "https://www.googleapis.com/auth/calendar"
+BOOKING_SCOPE = CALENDAR_WRITE_SCOPE
 """The scope an insert or delete needs (delegated domain-wide to the service account)."""
 REQUEST_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 4
