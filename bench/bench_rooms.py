@@ -191,9 +191,7 @@ def source_section(source: str, sim: dict[str, Any], rig: Rig, poll_s: float) ->
     ]
 
 
-def write_config(
-    rig: Rig, source: str, sim: dict[str, Any], api_port: int, poll_s: float
-) -> Path:
+def write_config(rig: Rig, source: str, sim: dict[str, Any], api_port: int, poll_s: float) -> Path:
     cfg = rig.tmp / "agent.toml"
     cfg.write_text(
         "\n".join(

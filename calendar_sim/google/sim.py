@@ -279,8 +279,8 @@ class GoogleSim:
         """Seeded meetings in every room: on each of ``days`` days from the simulated start's
         UTC midnight, 30-90 min slots between 08:00 and 18:00 UTC, about half of them taken.
         Same seed, same rooms, same start: the same calendars. Returns the events made."""
-        midnight = self.clock.now().astimezone(UTC).replace(
-            hour=0, minute=0, second=0, microsecond=0
+        midnight = (
+            self.clock.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         )
         made = 0
         for cal in list(self.calendars.values()):

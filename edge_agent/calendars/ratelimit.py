@@ -49,7 +49,9 @@ def quota_poll_interval_s(
 
     2,000 rooms at the default 500/min: 2,000 * 60 / 450 = 266.7 s."""
     if per_minute <= 0 or not 0 < share <= 1:
-        raise ValueError(f"a rate must be positive and a share in (0, 1], not {per_minute}, {share}")
+        raise ValueError(
+            f"a rate must be positive and a share in (0, 1], not {per_minute}, {share}"
+        )
     return max(0, rooms) * requests_per_round * 60.0 / (per_minute * share)
 
 
