@@ -99,6 +99,7 @@ class GooglePoller(CalendarPoller):
     ``on_rooms`` given by the caller still apply: push stretches a room's interval further)."""
 
     def __init__(self, client: GoogleClient, store: CalendarStore, **options: Any) -> None:
+        self.limiter = client.limiter  # for whatever else calls as the subject (bookings)
         self.quota_plan = plan = QuotaPlan(
             client.limiter.per_minute, float(options.get("poll_interval_s", 60.0)), client.subject
         )

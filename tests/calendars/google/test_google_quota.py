@@ -113,7 +113,7 @@ async def test_the_poller_asks_for_the_planned_interval_for_its_running_rooms(
         interval_for=lambda room, base: base * (10.0 if room == "r0" else 1.0),
         on_rooms=lambda running: told.append(len(running)),
     )
-    assert client.limiter is limiter and poller.quota_plan.per_minute == 60.0
+    assert client.limiter is limiter is poller.limiter and poller.quota_plan.per_minute == 60.0
     poller.quota_plan.set_rooms(len(rooms))  # what the poller's on_rooms does at start
     # 108 rooms at 54/min: every 120 s, not 60; the caller's push stretch still applies.
     assert poller.quota_plan.interval_s(60.0) == pytest.approx(120.0)
