@@ -95,6 +95,8 @@ class CalendarSources:
         self._watch: WatchManager | None = None
         self._google_task: asyncio.Task[None] | None = None
         self._google_overrides = dict(google_overrides or {})
+        self.rooms_changed = asyncio.Event()
+        """Set when a poller's room set changed (the MQTT sink is told: Agent._rooms_clock)."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -301,12 +303,23 @@ class CalendarSources:
             "reserved_ids": reserved_ids,
             **overrides,
         }
+
+        def on_rooms(found: Mapping[str, Any]) -> None:
+            self.rooms_changed.set()
+            if push is not None:
+                push.set_rooms({rid: r.mailbox for rid, r in found.items()})
+
+        opts["on_rooms"] = on_rooms
         if push is not None:
             opts["interval_for"] = push.poll_interval_s
-            opts["on_rooms"] = lambda found: push.set_rooms(
-                {rid: r.mailbox for rid, r in found.items()}
-            )
         return opts
+
+    def rooms_known(self) -> bool:
+        """Whether every configured calendar source runs its room set (after its first
+        directory read): only then is the list of calendar-only rooms complete."""
+        pollers = [p for p in (self.graph, self.google) if p is not None]
+        sources = (self.config.microsoft is not None) + (self.config.google is not None)
+        return len(pollers) == sources and all(p.rooms_ready.is_set() for p in pollers)
 
     def rooms(self, out: dict[str, dict[str, Any]], sessions: Mapping[str, DeviceSession]) -> None:
         """Add the calendar rooms to ``out`` (``/v1/rooms``, ``edge-agent status``): the
