@@ -10,6 +10,12 @@
 - ``POST /calendar/v3/calendars/{calendarId}/events`` (insert; a client ``id`` already used is
   409 ``duplicate``, so a retried insert never books twice)
 - ``POST /calendar/v3/calendars/{calendarId}/events/watch``; ``POST /calendar/v3/channels/stop``
+
+Every Calendar call (not the token endpoint, not the Directory: the Admin SDK has its own
+quota) is counted against the usage quotas (:mod:`.quota`: 600 a minute per user, 10,000 per
+project, sliding); past them 403/429 ``rateLimitExceeded``. A request body must be sent as
+``Content-Type: application/json`` (what the reference's requests show); any other body is
+refused with 400 ``parseError``, as Google refuses a form-encoded one.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from aiohttp import web
 
 from .identity import CALENDAR_SCOPES, CALENDAR_WRITE, DIRECTORY_SCOPES, OAuthError
 from .model import GoogleError, ResourceCalendar, parse_rfc3339
+from .quota import UsageQuota
 
 if TYPE_CHECKING:
     from .sim import GoogleSim
@@ -65,6 +72,7 @@ class GoogleApi:
         self.sim = sim
         self.tokens: OrderedDict[str, SyncPoint | Page] = OrderedDict()
         self.requests: dict[str, int] = {}
+        self.quota = UsageQuota(sim.config.user_quota_per_min, sim.config.project_quota_per_min)
         self.app = web.Application(middlewares=[self._middleware])
         self.app.add_routes(
             [
@@ -145,11 +153,34 @@ class GoogleApi:
 
     def _auth(self, request: web.Request, scopes: tuple[str, ...]) -> None:
         try:
-            self.sim.identity.verify(request.headers.get("Authorization"), scopes)
+            grant = self.sim.identity.verify(request.headers.get("Authorization"), scopes)
         except PermissionError as exc:
             raise GoogleError(403, "insufficientPermissions", str(exc)) from None
         except ValueError as exc:
             raise GoogleError(401, "authError", str(exc)) from None
+        if request.path.startswith("/calendar/"):
+            # The user of the quota: the impersonated subject (the service account itself
+            # when the token was granted without ``sub``).
+            refused = self.quota.admit(grant.subject or self.sim.identity.account.client_email)
+            if refused is not None:
+                raise GoogleError(refused.status, refused.reason, refused.message, "usageLimits")
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        """The request's JSON object; 400 ``parseError`` for a body not sent as JSON."""
+        if request.content_type != "application/json":
+            raise GoogleError(
+                400,
+                "parseError",
+                f"This API does not support parsing {request.content_type or 'untyped'} input; "
+                "send Content-Type: application/json.",
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            raise GoogleError(400, "parseError", "Parse Error") from None
+        if not isinstance(body, dict):
+            raise GoogleError(400, "parseError", "Parse Error")
+        return body
 
     def _calendar(self, request: web.Request) -> ResourceCalendar:
         key = request.match_info["calendar"].lower()
@@ -273,8 +304,8 @@ class GoogleApi:
     async def insert_event(self, request: web.Request) -> web.Response:
         self._auth(request, CALENDAR_WRITE)
         cal = self._calendar(request)
+        body = await self._json_body(request)
         try:
-            body = await request.json()
             start = parse_rfc3339(body["start"]["dateTime"], "start.dateTime")
             end = parse_rfc3339(body["end"]["dateTime"], "end.dateTime")
         except (ValueError, KeyError, TypeError):
@@ -322,19 +353,13 @@ class GoogleApi:
     async def watch(self, request: web.Request) -> web.Response:
         self._auth(request, CALENDAR_SCOPES)
         cal = self._calendar(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise GoogleError(400, "parseError", "Parse Error") from None
+        body = await self._json_body(request)
         channel = await self.sim.channels.open(cal, body)
         return web.json_response(channel.json())
 
     async def stop_channel(self, request: web.Request) -> web.Response:
         self._auth(request, CALENDAR_SCOPES)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise GoogleError(400, "parseError", "Parse Error") from None
+        body = await self._json_body(request)
         self.sim.channels.stop(str(body.get("id", "")), str(body.get("resourceId", "")))
         return web.Response(status=204)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..common import ControlServer
 from .control import add_routes
+from .quota import PROJECT_PER_MINUTE, USER_PER_MINUTE
 from .sim import GoogleSim, GoogleSimConfig, fault_from_json
 
 
@@ -37,6 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notification-ca", help="PEM CA trusted for https channel addresses")
     p.add_argument("--allow-http-notifications", action="store_true")
     p.add_argument("--fault", action="append", default=[], metavar="JSON")
+    p.add_argument(
+        "--generate-days", type=int, default=0, help="office-hours meetings per room, N days"
+    )
+    p.add_argument("--seed", type=int, default=1, help="the generator's seed")
+    p.add_argument(
+        "--user-quota",
+        type=int,
+        default=USER_PER_MINUTE,
+        help="Calendar requests a minute per user (sliding; 0: no limit)",
+    )
+    p.add_argument(
+        "--project-quota",
+        type=int,
+        default=PROJECT_PER_MINUTE,
+        help="Calendar requests a minute per project (sliding; 0: no limit)",
+    )
     return p
 
 
@@ -56,6 +73,10 @@ def _config(args: argparse.Namespace) -> GoogleSimConfig:
         rooms=args.rooms,
         notification_ca_pem=ca,
         allow_http_notifications=args.allow_http_notifications,
+        user_quota_per_min=args.user_quota,
+        project_quota_per_min=args.project_quota,
+        generate_days=args.generate_days,
+        seed=args.seed,
     )
 
 
@@ -84,6 +105,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 "calendar_url": sim.calendar_url,
                 "admin": args.admin,
                 "control_url": control.url if control else None,
+                "rooms": len(sim.calendars),
+                "events": sum(len(c.events) for c in sim.calendars.values()),
             }
         ),
         flush=True,

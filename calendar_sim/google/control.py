@@ -10,6 +10,8 @@ Besides ``/healthz``, ``/clock`` and ``/faults`` (kinds ``throttle``, ``quota``,
   "daily_count"?}``; ``POST /calendars/{email}/events/{id}/move`` ``{"start", "minutes"?}``;
   ``POST /calendars/{email}/events/{id}/cancel``
 - ``POST /sync_tokens/expire`` ``{"calendar"?}``; ``POST /tokens/expire``
+- ``GET  /state`` -> ``{"requests": {route tag: n}, "quota": {"per_user", "per_project",
+  "refused", "peak": {user: most requests in one sliding minute}, "in_window": {user: n}}}``
 """
 
 from __future__ import annotations
@@ -109,8 +111,22 @@ def add_routes(app: web.Application, sim: GoogleSim) -> None:
         sim.expire_tokens()
         return {"ok": True}
 
+    async def state(request: web.Request) -> Any:
+        q = sim.api.quota
+        return {
+            "requests": dict(sim.api.requests),
+            "quota": {
+                "per_user": q.per_user,
+                "per_project": q.per_project,
+                "refused": q.refused,
+                "peak": dict(q.peak),
+                "in_window": {u: q.in_window(u) for u in q.peak},
+            },
+        }
+
     app.add_routes(
         [
+            web.get("/state", guard(state)),
             web.get("/key", guard(key)),
             web.post("/rooms", guard(add_room)),
             web.delete("/rooms/{email}", guard(remove_room)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import ssl
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from .api import GoogleApi, new_event_id
 from .channels import Channels
 from .identity import CALENDAR_SCOPES, DIRECTORY_SCOPES, GoogleIdentity, ServiceAccount
 from .model import GEvent, ResourceCalendar
+from .quota import PROJECT_PER_MINUTE, USER_PER_MINUTE
+
+TITLES = ("Weekly sync", "Design review", "1:1", "Customer call", "Planning", "Interview")
 
 STATUS_FAULTS: dict[str, tuple[int, str, str]] = {
     "throttle": (429, "rateLimitExceeded", "Rate Limit Exceeded"),
@@ -54,8 +58,15 @@ class GoogleSimConfig:
     rooms: int = 0
     token_lifetime_s: int = 3599
     delegate: bool = True  # grant domain-wide delegation of both read scopes (and write)
+    # With delegate: exactly these scopes for the client ID (None: every Calendar and
+    # Directory scope), as an admin lists them in the Admin console.
+    delegated_scopes: tuple[str, ...] | None = None
     notification_ca_pem: bytes | None = None
     allow_http_notifications: bool = False
+    user_quota_per_min: int = USER_PER_MINUTE  # the usage-limits guide's defaults; 0 = off
+    project_quota_per_min: int = PROJECT_PER_MINUTE
+    generate_days: int = 0  # office-hours meetings per room on each of the first N days
+    seed: int = 1
 
 
 def fault_from_json(body: dict[str, Any]) -> Fault:
@@ -96,7 +107,11 @@ class GoogleSim:
             key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
         )
         if cfg.delegate:
-            account.delegated_scopes = set(CALENDAR_SCOPES) | set(DIRECTORY_SCOPES)
+            account.delegated_scopes = (
+                set(CALENDAR_SCOPES) | set(DIRECTORY_SCOPES)
+                if cfg.delegated_scopes is None
+                else set(cfg.delegated_scopes)
+            )
         self.identity = GoogleIdentity(account, {cfg.admin}, self.clock.now, cfg.token_lifetime_s)
         tls = None
         if cfg.notification_ca_pem is not None:
@@ -108,6 +123,8 @@ class GoogleSim:
         self._counter = 0
         for k in range(1, cfg.rooms + 1):
             self.add_room(f"room-{k}@{cfg.domain}", f"Room {k}")
+        if cfg.generate_days > 0:
+            self.generate(cfg.generate_days, cfg.seed)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -257,6 +274,27 @@ class GoogleSim:
             organizer=f"ola.olsen@{self.config.domain}",
             all_day=True,
         )
+
+    def generate(self, days: int, seed: int) -> int:
+        """Seeded meetings in every room: on each of ``days`` days from the simulated start's
+        UTC midnight, 30-90 min slots between 08:00 and 18:00 UTC, about half of them taken.
+        Same seed, same rooms, same start: the same calendars. Returns the events made."""
+        midnight = (
+            self.clock.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        )
+        made = 0
+        for cal in list(self.calendars.values()):
+            rng = random.Random(f"{seed}:{cal.email.lower()}")
+            for day in range(days):
+                slot = midnight + timedelta(days=day, hours=8)
+                end_of_day = midnight + timedelta(days=day, hours=18)
+                while slot < end_of_day:
+                    minutes = rng.choice((30, 60, 90))
+                    if rng.random() < 0.5:
+                        self.add_event(cal.email, slot, minutes, rng.choice(TITLES))
+                        made += 1
+                    slot += timedelta(minutes=minutes)
+        return made
 
     def _touch(self, cal: ResourceCalendar, event: GEvent) -> GEvent:
         event.seq = cal.bump()

@@ -391,6 +391,16 @@ class GraphApi:
     # ---- events ------------------------------------------------------------------------------
 
     async def _json(self, request: web.Request) -> dict[str, Any]:
+        # The reference lists "Content-Type: application/json. Required." for every body, and
+        # the errors table's 415 is "the content type of the request is a format that is not
+        # supported": a body sent without it is refused, not guessed at.
+        if request.content_type != "application/json":
+            raise GraphError(
+                415,
+                "UnsupportedMediaType",
+                f"Content-Type {request.headers.get('Content-Type') or '(none)'} is not "
+                "supported; send Content-Type: application/json.",
+            )
         try:
             body = await request.json()
         except ValueError:

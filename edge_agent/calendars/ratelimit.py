@@ -11,6 +11,13 @@ gets the next free slot, so waiters are served in the order they asked and the l
 never exceeds ``per_minute``. Over any minute at most ``burst + per_minute`` requests leave, so
 the defaults (500/min, burst 20) stay under Google's 600. A caller cancelled while waiting
 loses its slot (the rate then runs a little under the limit, never over it).
+
+The bucket is the guard; :func:`quota_poll_interval_s` is the plan. Polling N rooms faster
+than the bucket allows would not break the quota, but every round would queue behind the others
+(a push-triggered fetch or a booking too, minutes late at 2,000 rooms). So a poller asks for
+the interval its rooms fit in at :data:`POLL_SHARE` of the rate, and polls no faster: the
+bucket then rarely makes anyone wait, and the rest of the rate is left for what is not planned
+(fetches after a push, extra pages of a full sync, watch channels, bookings).
 """
 
 from __future__ import annotations
@@ -20,10 +27,32 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_BURST", "DEFAULT_PER_MINUTE", "RequestRateLimiter", "TokenBucket"]
+__all__ = [
+    "DEFAULT_BURST",
+    "DEFAULT_PER_MINUTE",
+    "POLL_SHARE",
+    "RequestRateLimiter",
+    "TokenBucket",
+    "quota_poll_interval_s",
+]
 
 DEFAULT_PER_MINUTE = 500.0  # Google's per-user default is 600/min; leave room for a burst
 DEFAULT_BURST = 20
+POLL_SHARE = 0.9  # of the rate planned for polling rounds; the rest is for unplanned requests
+
+
+def quota_poll_interval_s(
+    rooms: int, per_minute: float, *, requests_per_round: float = 1.0, share: float = POLL_SHARE
+) -> float:
+    """The shortest poll interval at which ``rooms`` rooms, each sending ``requests_per_round``
+    requests a round, use no more than ``share`` of ``per_minute`` (0.0 for no rooms).
+
+    2,000 rooms at the default 500/min: 2,000 * 60 / 450 = 266.7 s."""
+    if per_minute <= 0 or not 0 < share <= 1:
+        raise ValueError(
+            f"a rate must be positive and a share in (0, 1], not {per_minute}, {share}"
+        )
+    return max(0, rooms) * requests_per_round * 60.0 / (per_minute * share)
 
 
 @dataclass(slots=True)

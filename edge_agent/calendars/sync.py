@@ -25,6 +25,14 @@ Rules (the envelope types are DESIGN.md's; none invented):
   page re-applied after a crash (resuming from the last stored delta link) reports nothing twice.
 - ``Unreadable`` items (an entry the source edge could not map) keep the stored copy of that id:
   one odd event must neither vanish from the window nor be reported deleted.
+- The first round of a room (nothing stored: never synced, or forgotten after it left the
+  directory) reports the window as its ``bookings.snapshot`` only, no ``booking.created`` per
+  meeting -- as a device's very first list does (``bookings/state.py``). DESIGN.md makes the
+  change events the diff against what the cloud was told ("the changes that were missed") and
+  the snapshot the whole window "after each list"; before the first list the cloud was told
+  nothing, so there is nothing to diff against, and 2,000 rooms joining would otherwise send
+  one created event per meeting on the horizon. Every later round (a resync after 410, the
+  midnight roll) reports its changes as before.
 """
 
 from __future__ import annotations
@@ -251,6 +259,8 @@ def apply_round(
 
     rank = {"booking.created": 0, "booking.moved": 1, "booking.deleted": 2}
     changes.sort(key=lambda c: (rank[c.type], _order(c.booking)))
+    if state.window is None and not stored:
+        changes = []  # the first round: the snapshot below is the room's whole story
     window = dict(sorted(working.items(), key=lambda kv: _order(kv[1])))
     new_state = SyncState(window=bounds, delta_link=next_link, bookings=window)
     publish = plan.full or bool(changes) or silent

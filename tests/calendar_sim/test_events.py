@@ -76,3 +76,28 @@ async def test_bad_bodies_are_400_and_change_nothing(sim: GraphSim, client: Grap
     )
     assert status == 400
     assert sim.events(ROOM) == []
+
+
+async def test_a_body_without_the_json_content_type_is_refused_415(
+    sim: GraphSim, client: GraphClient
+) -> None:
+    """Graph's reference marks ``Content-Type: application/json`` required on a create; its
+    errors table answers a content type it does not support with 415. Nothing is created."""
+    import json
+
+    raw = json.dumps(BODY).encode()
+    for headers in ({}, {"Content-Type": "text/plain"}):
+        status, _, body = await client.request(
+            "POST", f"/users/{ROOM}/events", data=raw, headers=headers
+        )
+        assert status == 415, body
+        assert "application/json" in body["error"]["message"]
+    status, _, made = await client.request(
+        "POST",
+        f"/users/{ROOM}/events",
+        data=raw,
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert status == 201, made
+    status, _, again = await client.request("POST", f"/users/{ROOM}/events", json=BODY)
+    assert status == 201 and again["id"] == made["id"]  # one event: the refused ones made none

@@ -63,8 +63,10 @@ class Client:
                 self.token = body["access_token"]
             return resp.status, body
 
-    async def call(self, method: str, path: str, **kw: Any) -> tuple[int, dict[str, str], Any]:
-        headers = {"Authorization": f"Bearer {self.token}"}
+    async def call(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kw: Any
+    ) -> tuple[int, dict[str, str], Any]:
+        headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
         async with self.session.request(
             method, self.sim.url + path, headers=headers, ssl=self.tls, **kw
         ) as resp:
@@ -280,3 +282,62 @@ async def test_series_are_expanded_with_single_events(google: tuple[GoogleSim, C
     status, _, body = await client.call("GET", events_path(), params={"syncToken": sync})
     assert status == 200 and len(body["items"]) == 3
     assert body["items"][0]["start"]["dateTime"] == "2026-11-23T09:00:00.000Z"
+
+
+async def test_a_body_not_sent_as_json_is_refused(google: tuple[GoogleSim, Client]) -> None:
+    """The reference's requests carry Content-Type: application/json; a body without it is
+    refused (400 parseError), never parsed on a guess: an agent that forgot the header fails
+    here as it would at Google."""
+    sim, client = google
+    await client.fetch_token(
+        assertion(sim.key_file(), scope="https://www.googleapis.com/auth/calendar")
+    )
+    event = (
+        b'{"id": "0f3c2a9e7b1d4c66", "start": {"dateTime": "2026-11-23T12:00:00Z"},'
+        b' "end": {"dateTime": "2026-11-23T12:30:00Z"}}'
+    )
+    for headers in ({}, {"Content-Type": "text/plain"}):
+        status, _, body = await client.call("POST", events_path(), data=event, headers=headers)
+        assert status == 400, body
+        assert body["error"]["errors"][0]["reason"] == "parseError"
+    watch = b'{"id": "ch-1", "type": "web_hook", "address": "https://127.0.0.1:9/hook"}'
+    status, _, body = await client.call("POST", events_path() + "/watch", data=watch)
+    assert status == 400 and body["error"]["errors"][0]["reason"] == "parseError"
+    assert sim.calendars[ROOM].events == {} and sim.channels.items == {}
+    status, _, made = await client.call(
+        "POST", events_path(), data=event, headers={"Content-Type": "application/json"}
+    )
+    assert status == 200 and made["id"] == "0f3c2a9e7b1d4c66"
+
+
+async def test_the_per_user_quota_is_a_sliding_minute(google: tuple[GoogleSim, Client]) -> None:
+    """600 a minute per user by default; here 3, on a clock the test moves."""
+    from calendar_sim.google.quota import UsageQuota
+
+    sim, client = google
+    now = [100.0]
+    sim.api.quota = UsageQuota(per_user=3, per_project=5, monotonic=lambda: now[0])
+    for _ in range(3):
+        status, _, _ = await client.call("GET", events_path(), params=WINDOW)
+        assert status == 200
+    status, _, body = await client.call("GET", events_path(), params=WINDOW)
+    assert status == 403, body
+    err = body["error"]["errors"][0]
+    assert (err["domain"], err["reason"]) == ("usageLimits", "rateLimitExceeded")
+    status, _, _ = await client.call(
+        "GET", "/admin/directory/v1/customer/my_customer/resources/calendars"
+    )
+    assert status == 200  # the Directory is another API, with its own quota
+    now[0] += 30.0
+    status, _, _ = await client.call("GET", events_path(), params=WINDOW)
+    assert status == 403  # half a minute later the three are still in the window
+    now[0] += 30.5
+    status, _, _ = await client.call("GET", events_path(), params=WINDOW)
+    assert status == 200  # the first three slid out
+    assert sim.api.quota.peak == {"admin@example.com": 3} and sim.api.quota.refused == 2
+    # The project's quota (5 here) counts every request of every user in the same minute.
+    sim.api.quota.per_user = 0
+    for _ in range(4):  # with the one just admitted: five in the window
+        assert (await client.call("GET", events_path(), params=WINDOW))[0] == 200
+    status, _, body = await client.call("GET", events_path(), params=WINDOW)
+    assert status == 429 and body["error"]["errors"][0]["reason"] == "rateLimitExceeded"

@@ -82,16 +82,30 @@ def test_next_roll_is_local_midnight() -> None:
 # --------------------------------------------------------------------------- rounds
 
 
-def test_first_round_is_full_and_creates_everything_in_window() -> None:
+def test_first_round_is_full_and_reports_the_window_as_its_snapshot_only() -> None:
+    """As a device's first list: nothing was reported before, so no booking.created per
+    meeting; the snapshot carries the window (DESIGN.md: changes are what was missed)."""
     plan = full()
     assert plan.full
     far = bk("far", 0, day=30)  # after the 7-day window
     r = apply_round(
         SyncState(), plan, [Upsert(bk("a", 9)), Upsert(bk("b", 7)), Upsert(far)], "L1", NOW
     )
-    assert types(r) == [("booking.created", "b"), ("booking.created", "a")]
+    assert types(r) == []
     assert r.snapshot is not None and [b.id for b in r.snapshot] == ["b", "a"]
     assert r.state.delta_link == "L1" and r.state.window == plan.bounds
+
+
+def test_a_full_listing_after_the_first_reports_what_it_finds_new() -> None:
+    """Only the very first round is silent: a resync (410) of a room synced before reports the
+    meetings it had not seen as created, and the vanished ones as deleted."""
+    first = apply_round(SyncState(), full(), [Upsert(bk("a", 9))], "L1", NOW).state
+    r = apply_round(resync_required(first), full(), [Upsert(bk("b", 11))], "L2", NOW)
+    assert types(r) == [("booking.created", "b"), ("booking.deleted", "a")]
+    # A state with a window but no bookings (an empty room synced before) is not a first round.
+    empty = apply_round(SyncState(), full(), [], "L1", NOW).state
+    r = apply_round(resync_required(empty), full(), [Upsert(bk("c", 13))], "L2", NOW)
+    assert types(r) == [("booking.created", "c")]
 
 
 def test_delta_round_continues_from_link() -> None:
@@ -265,5 +279,5 @@ def test_later_item_of_a_round_wins() -> None:
 
 def test_full_listing_that_repeats_an_id_across_pages_keeps_one() -> None:
     r = apply_round(SyncState(), full(), [Upsert(bk("a", 9)), Upsert(bk("a", 11))], "L1", NOW)
-    assert types(r) == [("booking.created", "a")]
+    assert r.snapshot is not None and [b.id for b in r.snapshot] == ["a"]
     assert r.state.bookings["a"].start.hour == 11

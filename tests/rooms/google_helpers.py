@@ -56,7 +56,9 @@ def write_config(
     google: str = "poll_interval_s = 2",
     extra: str = "",
     listen: str = "127.0.0.1:0",
+    api: str = "",
 ) -> Path:
+    """``api``: more ``[api]`` lines (``token_env = ...``)."""
     ca = tmp_path / "google-sim-ca.pem"
     ca.write_bytes(sim.cert_pem)
     key = tmp_path / "sa-key.json"
@@ -73,6 +75,7 @@ secret_env = "WEBHOOK_SECRET"
 timeout_s = 5
 [api]
 listen = "{listen}"
+{api}
 [google]
 service_account_file = "{key}"
 subject = "{sim.config.admin}"

@@ -59,3 +59,47 @@ async def test_google_check_config_connect(receiver, tmp_path, delegated: bool) 
         assert "Domain-wide delegation" in flat, out
         assert "calendar.readonly" in flat and "admin.directory.resource.calendar.readonly" in flat
         assert f"client ID {client_id}" in flat, out
+
+
+READ_ONLY = (
+    "https://www.googleapis.com/auth/calendar.readonly",
+    "https://www.googleapis.com/auth/admin.directory.resource.calendar.readonly",
+)
+WRITE = "https://www.googleapis.com/auth/calendar"
+
+
+@pytest.mark.parametrize(
+    ("bookable", "delegated"),
+    [(False, READ_ONLY), (True, READ_ONLY), (True, (*READ_ONLY, WRITE))],
+    ids=["no-booking-read-only", "booking-read-only", "booking-write"],
+)
+async def test_google_check_config_names_the_scopes_for_what_is_configured(
+    receiver, tmp_path, bookable: bool, delegated: tuple[str, ...]
+) -> None:
+    """Read-only scopes when nothing can book a calendar-only room; with [api] tokens (the
+    booking route) the write scope too, checked by a token asking for it as booking does."""
+    sim = GoogleSim(GoogleSimConfig(rooms=2, delegated_scopes=delegated))
+    await sim.start()
+    try:
+        (tmp_path / "api-token").write_text("t" * 32 + "\n")
+        api = f'token_file = "{tmp_path / "api-token"}"' if bookable else ""
+        code, out = await check(write_config(tmp_path, sim, receiver, api=api))
+        client_id = sim.key_file()["client_id"]
+    finally:
+        await sim.stop()
+    flat = " ".join(out.split())
+    assert "a token as admin@example.com" in flat, out  # the read scopes are delegated
+    row = next(line for line in out.splitlines() if "booking (write scope)" in line)
+    if not bookable:
+        assert code == 0, out
+        assert " ok " in row and "read-only scopes are all the site must delegate" in flat, out
+    elif WRITE in delegated:
+        assert code == 0, out
+        assert " ok " in row and f"a token with {WRITE} as admin@example.com" in flat, out
+        assert "POST /v1/rooms/{room}/bookings" in flat
+    else:
+        assert code == 0, out  # a warning: polling runs, booking answers 503
+        assert " WARN " in row, out
+        assert "rooms can be booked through POST /v1/rooms/{room}/bookings" in flat, out
+        # The Admin console step names every scope the agent will ask for, the write one too.
+        assert f"add client ID {client_id} with the scopes {','.join((*READ_ONLY, WRITE))}" in flat

@@ -61,8 +61,10 @@ async def test_a_google_notification_triggers_the_fetch(proxy_and_sim, receiver,
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
 
         async def healthy() -> bool:
+            # Pushed, and read once: a room's first round reports its window as the snapshot
+            # only, so the event must come after it to be a booking.created.
             rooms = (await http.get("/v1/rooms")).json()["rooms"]
-            return any(r["id"] == "room-1" and r.get("push") for r in rooms)
+            return any(r["id"] == "room-1" and r.get("push") and r["last_sync"] for r in rooms)
 
         for _ in range(300):
             if await healthy():

@@ -23,6 +23,11 @@ from tests.rooms.test_graph_sim_cli import SIM_SECRET, at, write_config
 pytestmark = pytest.mark.slow
 
 
+HOP_BY_HOP = frozenset(
+    {"host", "connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te"}
+)
+
+
 class ReverseProxy:
     """HTTPS on 127.0.0.1 -> the agent's loopback API, with a public ``Host`` header."""
 
@@ -48,9 +53,11 @@ class ReverseProxy:
     async def _forward(self, request: web.Request) -> web.Response:
         self.forwarded.append(request.path_qs)
         body = await request.read()
-        headers = {"Host": "agent.example.com"}
-        if request.content_type:
-            headers["Content-Type"] = request.headers["Content-Type"]
+        # As a reverse proxy does: the request's own headers go on (Google's notifications are
+        # nothing but headers: X-Goog-Channel-ID, -Token, -Resource-State), with the public
+        # Host; hop-by-hop and framing headers are the proxy's own.
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["Host"] = "agent.example.com"
         async with (
             aiohttp.ClientSession() as s,
             s.post(self.upstream + request.path_qs, data=body, headers=headers) as resp,

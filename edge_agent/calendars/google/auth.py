@@ -31,11 +31,14 @@ from edge_agent.calendars.auth import RENEW_BEFORE_S, AuthError, PinnedCaSession
 
 __all__ = [
     "CALENDAR_SCOPE",
+    "CALENDAR_WRITE_SCOPE",
     "DELEGATION_HINT",
     "DELEGATION_PAGE",
     "DIRECTORY_SCOPE",
     "SCOPES",
     "ServiceAccountTokens",
+    "delegation_hint",
+    "delegation_scopes",
     "resolve_key_path",
 ]
 
@@ -44,12 +47,31 @@ log = structlog.get_logger(__name__)
 CALENDAR_SCOPE = "https://www.googleapis.com/auth/calendar.readonly"
 DIRECTORY_SCOPE = "https://www.googleapis.com/auth/admin.directory.resource.calendar.readonly"
 SCOPES = (CALENDAR_SCOPE, DIRECTORY_SCOPE)
+"""What the poller's token asks for (reading rooms and their events)."""
+CALENDAR_WRITE_SCOPE = "https://www.googleapis.com/auth/calendar"
+"""What booking's token asks for, on its own token (events.insert and events.delete)."""
 DELEGATION_PAGE = "Security > Access and data control > API controls > Domain-wide delegation"
 """Where the Google Admin console grants domain-wide delegation (admin.google.com)."""
-DELEGATION_HINT = (
-    f"in the Google Admin console ({DELEGATION_PAGE}) give the service account's client ID "
-    f"both scopes: {CALENDAR_SCOPE},{DIRECTORY_SCOPE}"
-)
+
+
+def delegation_scopes(booking: bool) -> tuple[str, ...]:
+    """The scopes the client ID must be delegated for what the agent will ask. Each token
+    asks for its scopes by name and Google grants only scopes listed for the client ID, so the
+    write scope does not stand in for ``calendar.readonly``: with booking, all three."""
+    return (*SCOPES, CALENDAR_WRITE_SCOPE) if booking else SCOPES
+
+
+def delegation_hint(booking: bool = False) -> str:
+    """The Admin console step, naming every scope :func:`delegation_scopes` lists."""
+    scopes = delegation_scopes(booking)
+    which = "the three scopes (the last for booking)" if booking else "both scopes"
+    return (
+        f"in the Google Admin console ({DELEGATION_PAGE}) give the service account's client ID "
+        f"{which}: {','.join(scopes)}"
+    )
+
+
+DELEGATION_HINT = delegation_hint(False)
 
 
 def resolve_key_path(name: str, environ: Mapping[str, str] | None = None) -> Path:

@@ -13,6 +13,8 @@ What Google's docs fix, and this module honours:
 - ``DELETE .../events/{eventId}`` -> 204 (410 ``deleted``: it was already). Both need the
   scope :data:`BOOKING_SCOPE` delegated to the service account (the poller's
   ``calendar.readonly`` is not enough): a 403 names it.
+- Every attempt first takes a slot of the subject's request limiter (pass the poller's,
+  ``GoogleClient.limiter``): an insert counts against the same 600 a minute per user.
 - 401: the token is renewed once. 429/403 rate limits, 5xx, a transport error or no answer
   within :data:`REQUEST_TIMEOUT_S`: sent again (``Retry-After`` honoured, bounded), then
   :class:`GoogleUnavailable`. Any other 4xx is the caller's :class:`GoogleRequestError`.
@@ -34,7 +36,7 @@ import structlog
 from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.calendars.auth import TokenSource
-from edge_agent.calendars.google.auth import DELEGATION_PAGE
+from edge_agent.calendars.google.auth import CALENDAR_WRITE_SCOPE, DELEGATION_PAGE
 from edge_agent.calendars.google.client import RATE_LIMIT_REASONS, _error_reason
 from edge_agent.calendars.google.errors import (
     CalendarNotFound,
@@ -43,13 +45,14 @@ from edge_agent.calendars.google.errors import (
     GoogleRequestError,
     GoogleUnavailable,
 )
+from edge_agent.calendars.ratelimit import RequestRateLimiter
 from edge_agent.forward.webhook import parse_retry_after
 
 __all__ = ["BOOKING_SCOPE", "REQUEST_TIMEOUT_S", "GoogleBooking", "event_body", "event_id"]
 
 log = structlog.get_logger(__name__)
 
-BOOKING_SCOPE = "https://www.googleapis.com/auth/calendar"
+BOOKING_SCOPE = CALENDAR_WRITE_SCOPE
 """The scope an insert or delete needs (delegated domain-wide to the service account)."""
 REQUEST_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 4
@@ -109,9 +112,13 @@ class GoogleBooking:
         *,
         calendar_url: str = "https://www.googleapis.com/calendar/v3",
         backoff: Backoff = RETRY_BACKOFF,
+        limiter: RequestRateLimiter | None = None,
+        subject: str = "",
     ) -> None:
         self._http = http
         self._tokens = tokens
+        self._limiter = limiter if limiter is not None else RequestRateLimiter()
+        self._subject = subject
         self.calendar_url = calendar_url.rstrip("/")
         self._backoff = backoff
 
@@ -165,6 +172,7 @@ class GoogleBooking:
         )
         while True:
             attempt += 1
+            await self._limiter.acquire(self._subject)
             token = await self._tokens.token()
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             if body is not None:

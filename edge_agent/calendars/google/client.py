@@ -127,6 +127,12 @@ class GoogleClient:
         self._wall = wall  # only for a Retry-After given as an HTTP-date
         self._rng = rng
 
+    @property
+    def limiter(self) -> RequestRateLimiter:
+        """The per-subject request limiter every call of this client takes a slot of; share it
+        with whatever else calls Google as the same subject (watch channels, bookings)."""
+        return self._limiter
+
     # ------------------------------------------------------------------ public calls
 
     async def list_rooms(self) -> list[GoogleRoom]:

@@ -9,6 +9,14 @@ new id) is opened before the old one's ``expiration``, and the old one stopped
 ``X-Goog-Channel-Token`` and ``X-Goog-Resource-State`` (``sync`` on open, ``exists`` on a
 change). A notification only pokes the room's incremental fetch; one for an unknown or stopped
 channel, or with a wrong token, is ignored. Channels are stopped on shutdown (bounded).
+
+A watch and a stop are Calendar API requests like any other, counted against the same 600 a
+minute per user: each takes a slot of the subject's
+:class:`~edge_agent.calendars.ratelimit.RequestRateLimiter` first -- the poller's own (pass
+``GoogleClient.limiter``), or 2,000 rooms opening channels at start would send their watches on
+top of the full syncs and meet ``rateLimitExceeded``. At shutdown the stops that do not get a
+slot within ``stop_timeout_s`` are left to expire on their own (at 2,000 rooms most of them:
+the quota has no room for 2,000 stops in ten seconds).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from aiohttp import web
 
 from edge_agent import jsoncodec
 from edge_agent.calendars.auth import TokenSource
+from edge_agent.calendars.ratelimit import RequestRateLimiter
 from edge_agent.clock import Clock, system_clock
 
 __all__ = ["NOTIFY_PATH", "WatchChannel", "WatchManager"]
@@ -65,9 +74,15 @@ class WatchManager:
         renew_before_s: float = 3600.0,
         clock: Clock = system_clock,
         stop_timeout_s: float = 10.0,
+        limiter: RequestRateLimiter | None = None,
+        subject: str = "",
     ) -> None:
+        """``limiter``/``subject``: the request quota the calls count against (share the
+        poller's: ``GoogleClient.limiter`` and ``[google] subject``); None: one of its own."""
         self._http = http
         self._tokens = tokens
+        self._limiter = limiter if limiter is not None else RequestRateLimiter()
+        self._subject = subject
         self._calendar_url = calendar_url.rstrip("/")
         self.address = notification_url.rstrip("/") + NOTIFY_PATH
         self._poke = poke
@@ -201,6 +216,7 @@ class WatchManager:
             log.info("google channel stop failed; it expires on its own", error=str(exc))
 
     async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        await self._limiter.acquire(self._subject)
         token = await self._tokens.token()
         resp = await self._http.post(
             url,

@@ -17,6 +17,10 @@ are listed), and one calendar read (``Calendars.Read`` and the application acces
 (:func:`edge_agent.agent.build_google_client`): the key (parsed), the delegation (a token by
 the JWT grant as ``subject``), both scopes (the resource list and one events.list), the rooms;
 a failure names the Admin console page where delegation is granted, the client ID and scopes.
+The scopes named are those of what is configured (:func:`google_booking_ways`): the two
+read-only ones, and the write scope ``.../auth/calendar`` too when a calendar-only room can be
+booked through the agent (``[api]`` tokens or ``[mqtt]``), checked then by a token asking for it
+(a WARN when refused: polling runs, booking answers 503).
 """
 
 from __future__ import annotations
@@ -597,19 +601,33 @@ def _google_client_id(cfg: AgentConfig) -> tuple[str | None, str | None]:
     return (cid if isinstance(cid, str) else None, mail if isinstance(mail, str) else None)
 
 
+def google_booking_ways(cfg: AgentConfig) -> list[str]:
+    """How a calendar-only Google room can be booked through this configuration (empty: it
+    cannot, and the read-only scopes are all the site must grant). A calendar-only room is a
+    ``[[rooms]]`` entry of source google or any directory room; booking reaches it through the
+    local API's POST route (which needs ``[api]`` tokens) or the MQTT mirror (with ``[mqtt]``).
+    A linked device's room books through the device, not the calendar."""
+    g = cfg.google
+    if g is None or not (g.discover_rooms or any(r.source == "google" for r in cfg.rooms)):
+        return []
+    ways = []
+    if cfg.api.token_env is not None or cfg.api.token_file is not None:
+        ways.append("POST /v1/rooms/{room}/bookings ([api] has tokens)")
+    if cfg.mqtt is not None:
+        ways.append("the MQTT mirror bridge/request/book ([mqtt])")
+    return ways
+
+
 async def _check_google(cfg: AgentConfig, timeout: float) -> list[CheckResult]:
     """Key, delegation (the token grant), the directory scope (rooms listed), the calendar
-    scope (one events.list)."""
+    scope (one events.list), and when rooms can be booked through the agent the write scope
+    (a token asking for it, as the agent's booking does)."""
     from datetime import UTC, datetime, timedelta
 
     from edge_agent.agent import build_google_client, google_rooms
     from edge_agent.bookings.window import WindowBounds
     from edge_agent.calendars.auth import AuthError
-    from edge_agent.calendars.google.auth import (
-        CALENDAR_SCOPE,
-        DELEGATION_PAGE,
-        DIRECTORY_SCOPE,
-    )
+    from edge_agent.calendars.google.auth import DELEGATION_PAGE, delegation_scopes
     from edge_agent.calendars.google.errors import GoogleError
     from edge_agent.calendars.model import room_id_from_mailbox
 
@@ -617,9 +635,11 @@ async def _check_google(cfg: AgentConfig, timeout: float) -> list[CheckResult]:
     assert g is not None
     t = "google"
     client_id, client_email = _google_client_id(cfg)
+    booking = google_booking_ways(cfg)
     grant = (
         f"in the Google Admin console ({DELEGATION_PAGE}) add client ID {client_id or '?'} "
-        f"with the scopes {CALENDAR_SCOPE},{DIRECTORY_SCOPE}"
+        f"with the scopes {','.join(delegation_scopes(bool(booking)))}"
+        + (" (the last one for booking)" if booking else "")
     )
     try:
         # Few attempts: a throttled check says so now rather than backing off for minutes.
@@ -697,6 +717,56 @@ async def _check_google(cfg: AgentConfig, timeout: float) -> list[CheckResult]:
             detail = _describe(exc, "check") or "no answer in time"
             hint = f" (client ID {client_id})" if DELEGATION_PAGE in detail else f"; {grant}"
             rows.append(CheckResult(t, scope, False, detail + hint))
+        rows.append(await _check_google_booking(cfg, booking, grant, timeout))
         return rows
     finally:
         await http.aclose()
+
+
+async def _check_google_booking(
+    cfg: AgentConfig, booking: list[str], grant: str, timeout: float
+) -> CheckResult:
+    """The write scope, when rooms can be booked: a token asking for it alone, as the agent's
+    booking does. Without it polling still runs and booking answers 503 naming the scope, so a
+    refusal is a warning; with no way to book, a row saying the read scopes are enough."""
+    from edge_agent.calendars.auth import AuthError
+    from edge_agent.calendars.google.auth import CALENDAR_WRITE_SCOPE, ServiceAccountTokens
+
+    g = cfg.google
+    assert g is not None
+    check = "booking (write scope)"
+    if not booking:
+        return CheckResult(
+            "google",
+            check,
+            True,
+            "no way to book a calendar-only room is configured (no [api] tokens, no [mqtt]): "
+            "the two read-only scopes are all the site must delegate",
+        )
+    tokens = ServiceAccountTokens(
+        service_account_file=g.service_account_file,
+        subject=g.subject,
+        scopes=(CALENDAR_WRITE_SCOPE,),
+        ca_file=str(g.ca_file) if g.ca_file else None,
+    )
+    ways = " and ".join(booking)
+    try:
+        async with asyncio.timeout(timeout + 1):
+            await tokens.token()
+    except (AuthError, TimeoutError) as exc:
+        detail = _describe(exc) or "no answer in time"
+        return CheckResult(
+            "google",
+            check,
+            False,
+            f"rooms can be booked through {ways}, but {detail.split(';')[0].rstrip('.')}; "
+            f"{grant} "
+            "(until then booking answers 503 naming the scope; polling is not affected)",
+            warning=True,
+        )
+    return CheckResult(
+        "google",
+        check,
+        True,
+        f"a token with {CALENDAR_WRITE_SCOPE} as {g.subject}: rooms can be booked through {ways}",
+    )
