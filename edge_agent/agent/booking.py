@@ -220,7 +220,15 @@ class CalendarBookings:
                 f"{rid}: no Google token with the scope {BOOKING_SCOPE} (domain-wide "
                 f"delegation): {exc}"
             ) from None
-        return GoogleBooking(self._calendars.google_http, tokens, calendar_url=g.calendar_url)
+        client = self._calendars.google_client
+        return GoogleBooking(
+            self._calendars.google_http,
+            tokens,
+            calendar_url=g.calendar_url,
+            # the poller's limiter: bookings count against the same per-user quota
+            limiter=client.limiter if client is not None else None,
+            subject=g.subject,
+        )
 
     @staticmethod
     def _check_round(rid: str, st: Any) -> None:

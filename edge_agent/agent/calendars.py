@@ -205,6 +205,11 @@ class CalendarSources:
         )
         await _run_with_push(self.graph.run, push, "graph")
 
+    @property
+    def google_client(self) -> GoogleClient | None:
+        """The Google client once built (its limiter is the subject's request quota)."""
+        return self._google_client
+
     # --- Google --------------------------------------------------------------------------------
 
     def _google_setup(self) -> tuple[list[Any], tuple[str, ...]]:
@@ -231,6 +236,8 @@ class CalendarSources:
             notification_url=g.notification_url,
             poke=self.poke_google,
             clock=self._clock,
+            limiter=self._google_client.limiter,  # one per-user quota for polls and channels
+            subject=g.subject,
         )
         return self._watch.routes(), (NOTIFY_PATH,)
 
