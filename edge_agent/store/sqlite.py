@@ -38,11 +38,7 @@ from edge_agent.store.lock import lock_database
 from edge_agent.store.plan import ProgressOp, prepare, stream_seqs
 from edge_agent.store.requests import KEEP_S, BookingRequestRow, row_from_db
 from edge_agent.store.stats import store_stats
-from edge_agent.store.writer import (
-    WAL_AUTOCHECKPOINT_PAGES,
-    WAL_SIZE_LIMIT_BYTES,
-    GroupWriter,
-)
+from edge_agent.store.writer import WAL_SIZE_LIMIT_BYTES, GroupWriter
 
 log = structlog.get_logger(__name__)
 
@@ -86,12 +82,6 @@ async def check_integrity(conn: aiosqlite.Connection, path: Path) -> None:
         raise StoreCorrupt(path, problems)
 
 
-async def bound_wal(conn: aiosqlite.Connection, size_limit: int) -> None:
-    """Keep the WAL file small (see "Disk space" in :mod:`edge_agent.store.writer`)."""
-    await conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-    await conn.execute(f"PRAGMA journal_size_limit={int(size_limit)}")
-
-
 class SqliteStore:
     """The SQLite buffer. Create with :meth:`open`; one instance per database file.
 
@@ -103,7 +93,6 @@ class SqliteStore:
         path: Path,
         writer: GroupWriter,
         rconn: aiosqlite.Connection,
-        wconn: aiosqlite.Connection,
         lock_fd: int,
         clock: Callable[[], float],
     ) -> None:
@@ -113,7 +102,6 @@ class SqliteStore:
         self.dead_letter_max = writer.dead_letter_max
         self._writer = writer
         self._rconn = rconn
-        self._wconn = wconn
         self._lock_fd: int | None = lock_fd
         self._time = clock
         self._closing = False
@@ -187,44 +175,35 @@ class SqliteStore:
             )
         p = Path(path)
         lock_fd = lock_database(p)
-        try:
-            wconn = await aiosqlite.connect(p, isolation_level=None)
-        except BaseException as exc:
-            os.close(lock_fd)
-            if isinstance(exc, sqlite3.Error):
-                raise open_error(p, exc) from exc
-            raise
+        # The writer's own connection (on its own thread) comes first: it turns WAL on.
+        writer = GroupWriter(
+            p,
+            synchronous=synchronous,
+            sinks=tuple(sinks),
+            outbox_max_events=outbox_max_events,
+            dead_letter_max=dead_letter_max,
+            max_group=max_group,
+            queue_max=queue_max,
+            wal_size_limit=wal_size_limit,
+            clock=clock,
+        )
         rconn: aiosqlite.Connection | None = None
         try:
-            await wconn.execute("PRAGMA journal_mode=WAL")
-            await wconn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            await wconn.execute("PRAGMA busy_timeout=5000")
-            await bound_wal(wconn, wal_size_limit)
-            await check_integrity(wconn, p)
-            await schema.migrate(wconn, p)
+            await writer.open()
             rconn = await aiosqlite.connect(p, isolation_level=None)
             await rconn.execute("PRAGMA busy_timeout=5000")
-            writer = GroupWriter(
-                p,
-                wconn,
-                sinks=tuple(sinks),
-                outbox_max_events=outbox_max_events,
-                dead_letter_max=dead_letter_max,
-                max_group=max_group,
-                queue_max=queue_max,
-                wal_size_limit=wal_size_limit,
-                clock=clock,
-            )
+            await check_integrity(rconn, p)
+            await schema.migrate(rconn, p)
             await writer.load()
         except BaseException as exc:
-            await wconn.close()
+            await writer.release()
             if rconn is not None:
                 await rconn.close()
             os.close(lock_fd)
             if isinstance(exc, sqlite3.Error):
                 raise open_error(p, exc) from exc
             raise
-        store = cls(p, writer, rconn, wconn, lock_fd, clock)
+        store = cls(p, writer, rconn, lock_fd, clock)
         writer.start()
         store._log.info(
             "store opened", synchronous=synchronous, outbox=writer.outbox_count, sinks=sinks
@@ -241,8 +220,8 @@ class SqliteStore:
         self._closing = True
         await self._writer.close()
         try:
+            await self._writer.release()
             await self._rconn.close()
-            await self._wconn.close()
         finally:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -272,7 +251,7 @@ class SqliteStore:
     async def flush(self) -> None:
         """Wait until everything queued before this call (changes, progress) is written."""
 
-        async def nothing() -> None:
+        def nothing(_db: sqlite3.Connection) -> None:
             return None
 
         await self._writer.call(nothing)
@@ -416,32 +395,36 @@ class SqliteStore:
         configured stay where they are.
         """
         w = self._writer
+        sinks = [s for s in self.sinks if sink is None or s == sink]
+        now = self._time()
 
-        async def replay() -> int:
-            sinks = [s for s in self.sinks if sink is None or s == sink]
-            found = await deadletter.replayable(self._wconn, sinks, ids)
-            now = self._time()
+        def replay(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            found = deadletter.replayable(db, sinks, ids)
             inserts = []
             for event_id, row_sink, device, etype, body, observed in found.rows:
                 inserts.append((w.next_seq, event_id, row_sink, device, etype, body, now, observed))
                 w.next_seq += 1
-            cur = await self._wconn.executemany(schema.INSERT_OUTBOX, inserts)
-            await self._wconn.executemany(schema.DELETE_DEAD_LETTER, [(i,) for i in found.ids])
+            cur = db.executemany(schema.INSERT_OUTBOX, inserts)
+            db.executemany(schema.DELETE_DEAD_LETTER, [(i,) for i in found.ids])
             w.outbox_count += cur.rowcount
             w.dead_count -= len(found.ids)
-            for ins in inserts:
-                w.stored(ins[2], ins[3], ins[0])
-            return len(found.ids)
+            return inserts
 
-        return int(await w.call(replay))
+        inserts = await w.call(replay)
+        # Told to the drainers here, on the loop (the call ran on the writer's thread).
+        for ins in inserts:
+            w.stored(ins[2], ins[3], ins[0])
+        for ev in w.wakeups.values():
+            ev.set()
+        return len(inserts)
 
     async def purge_dead_letters(
         self, ids: Sequence[int] | None = None, sink: str | None = None
     ) -> int:
         """Delete dead letters (all, or ``ids``, of every sink or ``sink``); returns how many."""
 
-        async def purge() -> int:
-            n = await deadletter.purge(self._wconn, ids, sink)
+        def purge(db: sqlite3.Connection) -> int:
+            n = deadletter.purge(db, ids, sink)
             self._writer.dead_count -= n
             return n
 
@@ -453,9 +436,9 @@ class SqliteStore:
         Its undelivered events stay in the outbox and are still delivered.
         """
 
-        async def forget() -> None:
+        def forget(db: sqlite3.Connection) -> None:
             for stmt in schema.FORGET_DEVICE:
-                await self._wconn.execute(stmt, (device_id,))
+                db.execute(stmt, (device_id,))
 
         await self._writer.call(forget)
 
@@ -470,12 +453,10 @@ class SqliteStore:
         now = self._time()
         body = jsoncodec.dumpb(request)
 
-        async def put() -> None:
-            await self._wconn.execute(schema.PRUNE_BOOKING_REQUESTS, (now - KEEP_S,))
+        def put(db: sqlite3.Connection) -> None:
+            db.execute(schema.PRUNE_BOOKING_REQUESTS, (now - KEEP_S,))
             try:
-                await self._wconn.execute(
-                    schema.PUT_BOOKING_REQUEST, (uuid, room_id, now, now, body)
-                )
+                db.execute(schema.PUT_BOOKING_REQUEST, (uuid, room_id, now, now, body))
             except sqlite3.IntegrityError:
                 raise StoreError(f"booking request {uuid} already exists") from None
 
@@ -485,8 +466,8 @@ class SqliteStore:
         """Close a pending request that no device event will close (the send failed)."""
         args = (status, self._time(), jsoncodec.dumpb(outcome), uuid)
 
-        async def resolve() -> None:
-            await self._wconn.execute(schema.RESOLVE_BOOKING_REQUEST, args)
+        def resolve(db: sqlite3.Connection) -> None:
+            db.execute(schema.RESOLVE_BOOKING_REQUEST, args)
 
         await self._writer.call(resolve)
 
@@ -500,8 +481,8 @@ class SqliteStore:
     async def save_occupancy(self, change: occupancy.OccupancyWrite) -> None:
         """Write one device's occupancy rows in their own transaction; return once durable."""
 
-        async def save() -> None:
-            await occupancy.write(self._wconn, change)
+        def save(db: sqlite3.Connection) -> None:
+            occupancy.write(db, change)
 
         await self._writer.call(save)
 

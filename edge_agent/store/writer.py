@@ -34,6 +34,16 @@ delivery moved the cursor past it and compaction deleted the row.
 If the writer task itself dies (a bug, the connection gone), every waiting and later call fails
 with :class:`StoreError` and :attr:`GroupWriter.failed` says why.
 
+Its connection and thread
+-------------------------
+The writer owns a plain ``sqlite3`` connection, opened on the writer's one dedicated thread and
+used only there (a queue in, futures out: a single-worker executor). A group (its statements,
+compaction and the caps) is one function run on that thread: one hop and one transaction per
+group, not one hop per statement. Administrative writes (:meth:`GroupWriter.call`: dead-letter
+replay, booking requests, occupancy rows) are plain functions of the connection too; all of
+them queued at once run in one transaction on one hop, each inside its own SAVEPOINT, so one
+that fails (a duplicate request id) rolls back alone and the others still commit.
+
 Health
 ------
 Every failed write counts in ``edge_agent_store_errors{kind}`` (``full``, ``io``, ``corrupt``,
@@ -74,17 +84,17 @@ import contextlib
 import os
 import sqlite3
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-import aiosqlite
 import structlog
 
 from edge_agent.backoff import Backoff
 from edge_agent.metrics import DEAD_LETTER_DROPPED, EVENTS, OUTBOX_DROPPED
 from edge_agent.store import schema
-from edge_agent.store.base import StoreError, StoreHealth
+from edge_agent.store.base import StoreError, StoreHealth, Synchronous
 from edge_agent.store.calendar import write_calendars
 from edge_agent.store.health import WriteHealth
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
@@ -152,8 +162,8 @@ class GroupWriter:
     def __init__(
         self,
         path: Path,
-        conn: aiosqlite.Connection,
         *,
+        synchronous: Synchronous,
         sinks: tuple[str, ...],
         outbox_max_events: int,
         dead_letter_max: int,
@@ -166,7 +176,10 @@ class GroupWriter:
         self.sinks = sinks
         self.outbox_max_events = outbox_max_events
         self.dead_letter_max = dead_letter_max
-        self._conn = conn
+        self._synchronous = synchronous
+        # The one thread that ever touches the write connection (sqlite3 refuses the others).
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"store[{path.name}].writer")
+        self._db: sqlite3.Connection | None = None
         self._max_group = max_group
         self._time = clock
         self._log = log.bind(db=str(path))
@@ -175,7 +188,9 @@ class GroupWriter:
         self._changes: deque[PreparedChange] = deque()
         self._change_slots = asyncio.Semaphore(queue_max)
         self._progress: deque[ProgressOp] = deque()
-        self._calls: deque[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = deque()
+        self._calls: deque[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = (
+            deque()
+        )
         self._work = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -202,15 +217,63 @@ class GroupWriter:
         self.committed: dict[str, dict[str, int]] = {s: {} for s in sinks}
         self.wakeups: dict[str, asyncio.Event] = {s: asyncio.Event() for s in sinks}
 
+    async def open(self) -> None:
+        """Open the write connection on the writer's thread: WAL, ``synchronous``, the WAL
+        bounds. Raises what ``sqlite3`` raises (the store turns it into a StoreError)."""
+        await self._run(self._connect)
+
+    def _connect(self, _db: None) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={int(self._wal_size_limit)}")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
     async def load(self) -> None:
-        c = self._conn
-        rows = list(await c.execute_fetchall(schema.LAST_SEQ))
+        """Read what the writer keeps in memory (next seq, counts, cursors); after migration."""
+        await self._run(self._load)
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        rows = db.execute(schema.LAST_SEQ).fetchall()
         self.next_seq = (int(rows[0][0]) if rows else 0) + 1
-        self.outbox_count = int(next(iter(await c.execute_fetchall(schema.OUTBOX_COUNT)))[0])
-        self.dead_count = int(next(iter(await c.execute_fetchall(schema.DEAD_LETTER_COUNT)))[0])
-        for sink, device, done in await c.execute_fetchall(schema.SELECT_CURSORS):
+        self.outbox_count = int(db.execute(schema.OUTBOX_COUNT).fetchone()[0])
+        self.dead_count = int(db.execute(schema.DEAD_LETTER_COUNT).fetchone()[0])
+        for sink, device, done in db.execute(schema.SELECT_CURSORS).fetchall():
             if sink in self._db_cursor:
                 self._db_cursor[sink][device] = done
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(db, *args)`` on the writer's thread, after what is queued there."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._on_db, fn, args)
+
+    def _on_db(self, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
+        return fn(self._db, *args)
+
+    async def on_connection(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` with the write connection on its thread, outside the groups' transactions
+        (a diagnostic hook: tests set PRAGMAs with it)."""
+        return await self._run(fn)
+
+    async def release(self) -> None:
+        """Close the write connection and end its thread (after :meth:`close`, or when the
+        store failed to open)."""
+
+        def close(db: sqlite3.Connection | None) -> None:
+            if db is not None:
+                db.close()
+            self._db = None
+
+        try:
+            await self._run(close)
+        except RuntimeError:  # the thread was shut down already
+            pass
+        self._thread.shutdown(wait=False)
 
     def start(self) -> None:
         self.health()  # edge_agent_store_healthy starts at 1 for an open store
@@ -254,14 +317,18 @@ class GroupWriter:
         ops = (*self._writing, *self._held, *self._progress)
         return [op for op in ops if op.sink == sink]
 
-    async def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``fn`` in its own transaction after what is queued; wakes every drainer."""
+    async def call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(db)`` on the writer's thread in a transaction (its own SAVEPOINT) after what
+        is queued; wakes every drainer. ``fn`` may change ``next_seq``, ``outbox_count`` and
+        ``dead_count`` (restored when it raises); it must not touch anything the event loop
+        reads meanwhile (``committed``: :meth:`stored` is for after the call)."""
         self.check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._track(fut)
         self._calls.append((fn, fut))
         self._work.set()
-        return await fut
+        result: _T = await fut
+        return result
 
     def check_open(self) -> None:
         if self.failed is not None or self._closing:
@@ -297,10 +364,10 @@ class GroupWriter:
         if not due:
             return
         try:
-            # Fetched and closed on the connection's thread: a cursor left holding the
-            # pragma's result row keeps its statement active, and every later COMMIT on this
-            # connection fails ("SQL statements in progress") until the cursor is collected.
-            await self._conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Fetched in full (_wal_checkpoint): a cursor left holding the pragma's result row
+            # keeps its statement active, and every later COMMIT on this connection fails
+            # ("SQL statements in progress") until the cursor is collected.
+            await self._run(_wal_checkpoint)
         except sqlite3.Error as exc:  # a reader holds it off, or the disk is still full
             self._log.info("WAL checkpoint did not complete", error=str(exc))
 
@@ -340,9 +407,10 @@ class GroupWriter:
                         self._writing = []
                         for _ in changes:
                             self._change_slots.release()
-                while self._calls:
-                    fn, fut = self._calls.popleft()
-                    await self._write_call(fn, fut)
+                if self._calls:
+                    calls = list(self._calls)
+                    self._calls.clear()
+                    await self._write_calls(calls)
             if self._closing:
                 return
             await self._checkpoint()
@@ -369,28 +437,57 @@ class GroupWriter:
             self._change_slots.release()
         self._changes.clear()
 
-    async def _write_call(self, fn: Callable[[], Awaitable[Any]], fut: asyncio.Future[Any]) -> None:
-        c = self._conn
-        counts = self.outbox_count, self.dead_count
+    async def _write_calls(
+        self, calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+    ) -> None:
+        """The queued calls in one transaction on one hop, each in its own SAVEPOINT."""
+        counts = self.next_seq, self.outbox_count, self.dead_count
         try:
-            await c.execute("BEGIN IMMEDIATE")
-            result = await fn()
-            dropped = await self._in_thread(self._cap_dead_letters)
-            await c.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - the writer survives; the caller gets it
+            results, dropped = await self._run(self._calls_sync, [fn for fn, _ in calls])
+        except Exception as exc:  # noqa: BLE001 - the writer survives; the callers get it
             await self._rollback()
-            self.outbox_count, self.dead_count = counts
+            self.next_seq, self.outbox_count, self.dead_count = counts
             message = sqlite_message(self.path, exc)
             self._write_failed(exc, message, changes=False)
+            for _, fut in calls:
+                if not fut.done():
+                    fut.set_exception(StoreError(message))
+            return
+        for (_, fut), (ok, value) in zip(calls, results, strict=True):
+            if ok:
+                self._write_succeeded(changes=False)
+                if not fut.done():
+                    fut.set_result(value)
+                continue
+            message = sqlite_message(self.path, value)
+            self._write_failed(value, message, changes=False)
             if not fut.done():
                 fut.set_exception(StoreError(message))
-            return
-        self._write_succeeded(changes=False)
         self._report_dead_letter_drop(dropped)
         for ev in self.wakeups.values():
             ev.set()
-        if not fut.done():
-            fut.set_result(result)
+
+    def _calls_sync(
+        self, db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+    ) -> tuple[list[tuple[bool, Any]], int]:
+        results: list[tuple[bool, Any]] = []
+        db.execute("BEGIN IMMEDIATE")
+        for fn in fns:
+            counts = self.next_seq, self.outbox_count, self.dead_count
+            db.execute("SAVEPOINT call")
+            try:
+                value = fn(db)
+            except Exception as exc:  # noqa: BLE001 - this call's caller gets it
+                db.execute("ROLLBACK TO call")
+                db.execute("RELEASE call")
+                self.next_seq, self.outbox_count, self.dead_count = counts
+                results.append((False, exc))
+                continue
+            db.execute("RELEASE call")
+            results.append((True, value))
+        dropped = self._cap_dead_letters(db)
+        db.execute("COMMIT")
+        return results, dropped
 
     def _hold(self, progress: list[ProgressOp]) -> None:
         """Keep the progress of a failed group for the next try (see "Errors" above).
@@ -416,16 +513,13 @@ class GroupWriter:
     async def _resync_seq(self) -> None:
         # Someone else wrote outbox rows: number ours after theirs so the retry can succeed.
         with contextlib.suppress(sqlite3.Error):
-            rows = list(await self._conn.execute_fetchall(schema.MAX_SEQ_ANYWHERE))
+            rows = await self._run(_fetchall, schema.MAX_SEQ_ANYWHERE)
             if rows and rows[0][0] is not None:
                 self.next_seq = max(self.next_seq, int(rows[0][0]) + 1)
 
     async def _rollback(self) -> None:
-        try:
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        with contextlib.suppress(sqlite3.Error):
+            await self._run(_rollback)
 
     # -- one group --------------------------------------------------------------------------------
 
@@ -515,21 +609,12 @@ class GroupWriter:
         Returns (outbox rows added net, {device: highest new seq}, events moved by the outbox
         cap, dead letters dropped by the dead-letter cap).
 
-        The whole transaction is one call on the connection's thread: a group costs one
-        thread hop, not one per statement (aiosqlite hops for every execute; at ~10
-        statements per group those hops were the writer's main cost under a flood).
+        The whole transaction is one call on the writer's thread: a group costs one thread
+        hop, not one per statement (at ~10 statements per group, hops per statement were the
+        writer's main cost under a flood).
         """
         now = self._time()
-        return await self._in_thread(self._apply_sync, changes, progress, cursors, now)
-
-    async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(db, *args)`` on the write connection's own thread, after what is queued there."""
-        conn = self._conn
-        # aiosqlite's one way to run a function on its thread (what its own methods use; the
-        # sqlite3 connection refuses every other thread).
-        run = conn._execute  # noqa: SLF001
-        result = await run(fn, conn._conn, *args)  # type: ignore[no-untyped-call]  # noqa: SLF001
-        return cast(_T, result)
+        return await self._run(self._apply_sync, changes, progress, cursors, now)
 
     def _apply_sync(
         self,
@@ -674,3 +759,16 @@ class GroupWriter:
             dropped=dropped,
             cap=self.dead_letter_max,
         )
+
+
+def _fetchall(db: sqlite3.Connection, sql: str) -> list[Any]:
+    return db.execute(sql).fetchall()
+
+
+def _wal_checkpoint(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")
