@@ -91,12 +91,12 @@ async def test_a_failed_group_stores_none_of_its_rows_and_the_next_one_lands(
     s = await Store.open(tmp_path / "a.db")
     try:
         await s.commit(Change("d", events=[env("d", 0)]))
-        pages = (await s._writer.on_connection(lambda db: db.execute("PRAGMA page_count").fetchall()))[0][0]
-        await s._writer.on_connection(lambda db: db.execute(f"PRAGMA max_page_count={pages}").fetchall())  # the disk is "full"
+        pages = (await s._writer.execute("PRAGMA page_count"))[0][0]
+        await s._writer.execute(f"PRAGMA max_page_count={pages}")  # the disk is "full"
         big = {f"k{i}": {"blob": "x" * 2000} for i in range(50)}
         with pytest.raises(StoreError, match="full"):
             await s.commit(Change("d", window_upsert=big, events=[env("d", 1)]))
-        await s._writer.on_connection(lambda db: db.execute("PRAGMA max_page_count=1073741823").fetchall())
+        await s._writer.execute("PRAGMA max_page_count=1073741823")
         assert await s.load_window("d") == {}  # nothing of the failed group
         await s.commit(Change("d", events=[env("d", 2)]))
         ns = [e.envelope["data"]["n"] for e in await drain_all(s)]

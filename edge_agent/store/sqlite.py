@@ -35,7 +35,8 @@ from edge_agent.store.base import (
     Synchronous,
 )
 from edge_agent.store.lock import lock_database
-from edge_agent.store.plan import ProgressOp, prepare, stream_seqs
+from edge_agent.store.plan import PreparedChange, ProgressOp, prepare, stream_seqs
+from edge_agent.store.recent import RecentEvents
 from edge_agent.store.requests import KEEP_S, BookingRequestRow, row_from_db
 from edge_agent.store.stats import store_stats
 from edge_agent.store.writer import WAL_SIZE_LIMIT_BYTES, GroupWriter
@@ -106,6 +107,12 @@ class SqliteStore:
         self._time = clock
         self._closing = False
         self._log = log.bind(db=str(path))
+        # Committed events in memory for the drainers (edge_agent.store.recent), one per sink;
+        # the envelopes of the changes in the writer's queue, by id() of the prepared change.
+        self._recent = {s: RecentEvents() for s in self.sinks}
+        self._envelopes: dict[int, list[dict[str, Any]]] = {}
+        writer.on_stored = self._stored
+        writer.on_overflow = self._forget_recent
         self.on_committed: list[Callable[[Sequence[dict[str, Any]]], None]] = []
         """Called with each change's events once they are durable (``/v1/events/stream``);
         a listener must not block or raise."""
@@ -243,7 +250,14 @@ class SqliteStore:
         """
         self._writer.check_open()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._writer.commit(prepare(change, fut))
+        prepared = prepare(change, fut)
+        key = id(prepared)
+        if change.events:
+            self._envelopes[key] = change.events
+        try:
+            await self._writer.commit(prepared)
+        finally:
+            self._envelopes.pop(key, None)
         if change.events:
             for listener in self.on_committed:
                 listener(change.events)
@@ -255,6 +269,35 @@ class SqliteStore:
             return None
 
         await self._writer.call(nothing)
+
+    def _stored(self, change: PreparedChange, first: int | None, now: float) -> None:
+        """The writer committed ``change``'s events as seqs ``first``...: keep them for the
+        drainers, with the envelopes the session built (as the database would give them)."""
+        envelopes = self._envelopes.get(id(change))
+        recent = self._recent.values()
+        if first is None or envelopes is None or len(envelopes) != len(change.events):
+            # Some were stored before (their seqs are the table's), or its commit() was
+            # cancelled meanwhile: these events are only in the database.
+            for r in recent:
+                r.forget(change.device_id)
+            return
+        for i, (env, e) in enumerate(zip(envelopes, change.events, strict=True)):
+            event = OutboxEvent(
+                seq=first + i,
+                device_id=change.device_id,
+                event_id=e.event_id,
+                type=e.type,
+                envelope=env,
+                body=e.body,
+                created_at=now,
+                observed_at=now if e.observed_at is None else e.observed_at,
+            )
+            for r in recent:
+                r.add(event)
+
+    def _forget_recent(self) -> None:
+        for r in self._recent.values():
+            r.clear()
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -328,13 +371,24 @@ class SqliteStore:
         ``sink`` with ``seq > after``, in seq order (``attempts`` is 0; the schedule knows)."""
         if not reads:
             return []
-        args: list[Any] = []
+        recent = self._recent.get(sink)
+        held: list[OutboxEvent] = []
+        misses: list[tuple[str, int, int]] = []
         for stream, after, limit in reads:
+            got = None if recent is None else recent.read(stream, after, limit)
+            if got is None:
+                misses.append((stream, after, limit))
+            else:
+                held += got
+        if not misses:
+            return held
+        args: list[Any] = []
+        for stream, after, limit in misses:
             args += [stream, after, sink, limit]
         rows = await self._rconn.execute_fetchall(
-            " UNION ALL ".join([schema.READ_STREAM] * len(reads)), args
+            " UNION ALL ".join([schema.READ_STREAM] * len(misses)), args
         )
-        return [
+        return held + [
             OutboxEvent(
                 seq=seq,
                 device_id=device,
@@ -350,7 +404,10 @@ class SqliteStore:
 
     def mark_delivered(self, sink: str, events: Sequence[OutboxEvent]) -> asyncio.Future[None]:
         """``sink`` delivered ``events`` (one stream's, the head of its queue, in order)."""
-        return self._writer.progress(ProgressOp("delivered", sink, *stream_seqs(events)))
+        op = ProgressOp("delivered", sink, *stream_seqs(events))
+        if sink in self._recent:
+            self._recent[sink].done(op.device_id, max(op.seqs))
+        return self._writer.progress(op)
 
     def mark_retry(
         self,
@@ -411,8 +468,10 @@ class SqliteStore:
             return inserts
 
         inserts = await w.call(replay)
-        # Told to the drainers here, on the loop (the call ran on the writer's thread).
+        # Told to the drainers here, on the loop (the call ran on the writer's thread). The
+        # replayed rows are for one sink and come before what the drainers hold in memory.
         for ins in inserts:
+            self._recent[ins[2]].forget(ins[3])
             w.stored(ins[2], ins[3], ins[0])
         for ev in w.wakeups.values():
             ev.set()

@@ -216,6 +216,13 @@ class GroupWriter:
         # Per sink: streams with events stored since the drainer last looked (stream -> top).
         self.committed: dict[str, dict[str, int]] = {s: {} for s in sinks}
         self.wakeups: dict[str, asyncio.Event] = {s: asyncio.Event() for s in sinks}
+        self.on_stored: Callable[[PreparedChange, int | None, float], None] | None = None
+        """Called for each committed change with events: (change, its first seq, the commit
+        time); on the loop, before the drainers are woken. The seq is ``None`` when the group
+        had events already stored (the same ``event_id``: not stored again, so the seqs of
+        the change's events are not known here). Must not raise."""
+        self.on_overflow: Callable[[], None] | None = None
+        """Called when the outbox cap moved rows to the dead letter."""
 
     async def open(self) -> None:
         """Open the write connection on the writer's thread: WAL, ``synchronous``, the WAL
@@ -259,6 +266,11 @@ class GroupWriter:
         """Run ``fn`` with the write connection on its thread, outside the groups' transactions
         (a diagnostic hook: tests set PRAGMAs with it)."""
         return await self._run(fn)
+
+    async def execute(self, sql: str) -> list[Any]:
+        """Run one statement on the write connection, outside the groups' transactions; its
+        rows (a diagnostic hook: tests set PRAGMAs with it)."""
+        return await self._run(_fetchall, sql)
 
     async def release(self) -> None:
         """Close the write connection and end its thread (after :meth:`close`, or when the
@@ -558,8 +570,11 @@ class GroupWriter:
         """One transaction; resolves its futures when it committed, else returns the error."""
         seq0, dead0 = self.next_seq, self.dead_count
         cursors: dict[tuple[str, str], int] = {}
+        now = self._time()
         try:
-            added, new_devices, overflow, dropped = await self._apply(changes, progress, cursors)
+            added, firsts, exact, overflow, dropped = await self._run(
+                self._apply_sync, changes, progress, cursors, now
+            )
         except Exception as exc:  # noqa: BLE001 - the writer survives; the callers get it
             await self._rollback()
             self.next_seq, self.dead_count = seq0, dead0
@@ -572,7 +587,15 @@ class GroupWriter:
         for (s, d), q in cursors.items():
             dbc = self._db_cursor[s]
             dbc[d] = max(dbc.get(d, 0), q)
-        if new_devices:
+        if overflow and self.on_overflow is not None:
+            self.on_overflow()
+        if firsts:
+            on_stored = self.on_stored
+            new_devices: dict[str, int] = {}
+            for ch, first in firsts:
+                new_devices[ch.device_id] = first + len(ch.events) - 1
+                if on_stored is not None:
+                    on_stored(ch, first if exact else None, now)
             for sink in self.sinks:
                 for d, top in new_devices.items():
                     self.stored(sink, d, top)
@@ -598,24 +621,6 @@ class GroupWriter:
         self._report_dead_letter_drop(dropped)
         return None
 
-    async def _apply(
-        self,
-        changes: list[PreparedChange],
-        progress: list[ProgressOp],
-        cursors: dict[tuple[str, str], int],
-    ) -> tuple[int, dict[str, int], int, int]:
-        """One transaction: the changes, their events, the progress, compaction, the caps.
-
-        Returns (outbox rows added net, {device: highest new seq}, events moved by the outbox
-        cap, dead letters dropped by the dead-letter cap).
-
-        The whole transaction is one call on the writer's thread: a group costs one thread
-        hop, not one per statement (at ~10 statements per group, hops per statement were the
-        writer's main cost under a flood).
-        """
-        now = self._time()
-        return await self._run(self._apply_sync, changes, progress, cursors, now)
-
     def _apply_sync(
         self,
         db: sqlite3.Connection,
@@ -623,7 +628,17 @@ class GroupWriter:
         progress: list[ProgressOp],
         cursors: dict[tuple[str, str], int],
         now: float,
-    ) -> tuple[int, dict[str, int], int, int]:
+    ) -> tuple[int, list[tuple[PreparedChange, int]], bool, int, int]:
+        """One transaction: the changes, their events, the progress, compaction, the caps.
+
+        Returns (outbox rows added net, [(change with events, its first seq)], whether every
+        event was inserted (none was stored before), events moved by the outbox cap, dead
+        letters dropped by the dead-letter cap).
+
+        The whole transaction is one call on the writer's thread: a group costs one thread
+        hop, not one per statement (at ~10 statements per group, hops per statement were the
+        writer's main cost under a flood).
+        """
         db.execute("BEGIN IMMEDIATE")
         writes = coalesce(changes)
         replaced = [(d,) for d, w in writes.items() if w.replace]
@@ -651,16 +666,19 @@ class GroupWriter:
             db.executemany(schema.PUT_DEVICE_STATE, states)
         write_calendars(db, [ch.calendar for ch in changes if ch.calendar is not None])
         rows = []
-        new_devices: dict[str, int] = {}
+        firsts: list[tuple[PreparedChange, int]] = []
+        exact = True
         for ch in changes:
+            if ch.events:
+                firsts.append((ch, self.next_seq))
             for e in ch.events:
                 obs = now if e.observed_at is None else e.observed_at
                 rows.append((self.next_seq, e.event_id, "", ch.device_id, e.type, e.body, now, obs))
-                new_devices[ch.device_id] = self.next_seq
                 self.next_seq += 1
         added = 0
         if rows:
             added = db.executemany(schema.INSERT_OUTBOX, rows).rowcount
+            exact = added == len(rows)  # else some were stored before: which, the table knows
         resolved = [(st, now, out, u) for ch in changes for u, st, out in ch.request_outcomes]
         if resolved:
             db.executemany(schema.RESOLVE_BOOKING_REQUEST, resolved)
@@ -673,7 +691,7 @@ class GroupWriter:
             added -= removed
         dropped = self._cap_dead_letters(db)
         db.execute("COMMIT")
-        return added, new_devices, overflow, dropped
+        return added, firsts, exact, overflow, dropped
 
     def _apply_progress(
         self,

@@ -103,13 +103,13 @@ async def test_concurrent_commits_are_grouped(store: Store) -> None:
 
 async def test_full_disk_raises_store_error_and_writer_survives(store: Store) -> None:
     await store.commit(Change("d", events=[env("d", 0)]))
-    pages = (await store._writer.on_connection(lambda db: db.execute("PRAGMA page_count").fetchall()))[0][0]
-    await store._writer.on_connection(lambda db: db.execute(f"PRAGMA max_page_count={pages}").fetchall())
+    pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+    await store._writer.execute(f"PRAGMA max_page_count={pages}")
     big = {"type": "x", "data": {"event_id": "big", "pad": "x" * 200_000}}
     with pytest.raises(StoreError, match=r"database or disk is full at .*agent\.db: free space"):
         await store.commit(Change("d", window_upsert={"k": {"v": 1}}, events=[big]))
     assert await store.load_window("d") == {}  # the failed group left nothing behind
-    await store._writer.on_connection(lambda db: db.execute("PRAGMA max_page_count=1073741823").fetchall())
+    await store._writer.execute("PRAGMA max_page_count=1073741823")
     await store.commit(Change("d", window_upsert={"k": {"v": 1}}, events=[big]))
     assert await store.load_window("d") == {"k": {"v": 1}}
     assert [e.event_id for e in await drain_all(store)] == ["d-0", "big"]
@@ -159,8 +159,8 @@ async def test_outbox_cap_moves_oldest_to_dead_letter(tmp_path: Path, caplog: An
 
 def _fill_disk(store: Store) -> Any:
     async def fill() -> None:
-        pages = (await store._writer.on_connection(lambda db: db.execute("PRAGMA page_count").fetchall()))[0][0]
-        await store._writer.on_connection(lambda db: db.execute(f"PRAGMA max_page_count={pages}").fetchall())
+        pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+        await store._writer.execute(f"PRAGMA max_page_count={pages}")
 
     return fill()
 
@@ -176,7 +176,7 @@ async def test_a_dead_letter_whose_write_failed_is_not_lost(store: Store) -> Non
     await _fill_disk(store)
     with pytest.raises(StoreError, match="full"):
         await store.dead_letter("webhook", b, reason="rejected: HTTP 400", attempts=3)
-    await store._writer.on_connection(lambda db: db.execute("PRAGMA max_page_count=1073741823").fetchall())
+    await store._writer.execute("PRAGMA max_page_count=1073741823")
     [b] = await next_batches(store, "webhook", now=0, max_devices=1, max_batch=1)
     assert b[0].event_id == "d-1"
     await store.mark_delivered("webhook", b)
@@ -192,7 +192,7 @@ async def test_failed_progress_is_retried_without_new_work(store: Store) -> None
     await _fill_disk(store)
     with pytest.raises(StoreError):
         await store.dead_letter("webhook", b, reason="rejected: HTTP 400")
-    await store._writer.on_connection(lambda db: db.execute("PRAGMA max_page_count=1073741823").fetchall())
+    await store._writer.execute("PRAGMA max_page_count=1073741823")
     for _ in range(200):
         if await store.dead_letters():
             break
