@@ -40,9 +40,10 @@ The writer owns a plain ``sqlite3`` connection, opened on the writer's one dedic
 used only there (a queue in, futures out: a single-worker executor). A group (its statements,
 compaction and the caps) is one function run on that thread: one hop and one transaction per
 group, not one hop per statement. Administrative writes (:meth:`GroupWriter.call`: dead-letter
-replay, booking requests, occupancy rows) are plain functions of the connection too; all of
-them queued at once run in one transaction on one hop, each inside its own SAVEPOINT, so one
-that fails (a duplicate request id) rolls back alone and the others still commit.
+replay, booking requests, occupancy rows) are plain functions of the connection too: those
+queued run in the group's transaction, after its changes and progress, each inside its own
+SAVEPOINT, so one that fails (a duplicate request id) rolls back alone and the rest commits. A
+group that fails as a whole fails its calls with it (their callers retry, as for changes).
 
 Health
 ------
@@ -105,6 +106,8 @@ log = structlog.get_logger(__name__)
 PROGRESS_RETRY = Backoff(initial=0.5, maximum=30.0)
 
 _T = TypeVar("_T")
+Call = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+"""A queued :meth:`GroupWriter.call`: the function and its caller's future."""
 
 
 WAL_AUTOCHECKPOINT_PAGES = 1000
@@ -188,9 +191,7 @@ class GroupWriter:
         self._changes: deque[PreparedChange] = deque()
         self._change_slots = asyncio.Semaphore(queue_max)
         self._progress: deque[ProgressOp] = deque()
-        self._calls: deque[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = (
-            deque()
-        )
+        self._calls: deque[Call] = deque()
         self._work = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -411,18 +412,16 @@ class GroupWriter:
                 progress = self._held + list(self._progress)
                 self._held = []
                 self._progress.clear()
-                if changes or progress:
+                calls = list(self._calls)
+                self._calls.clear()
+                if changes or progress or calls:
                     self._writing = progress
                     try:
-                        await self._write_group(changes, progress)
+                        await self._write_group(changes, progress, calls)
                     finally:
                         self._writing = []
                         for _ in changes:
                             self._change_slots.release()
-                if self._calls:
-                    calls = list(self._calls)
-                    self._calls.clear()
-                    await self._write_calls(calls)
             if self._closing:
                 return
             await self._checkpoint()
@@ -449,42 +448,11 @@ class GroupWriter:
             self._change_slots.release()
         self._changes.clear()
 
-    async def _write_calls(
-        self, calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
-    ) -> None:
-        """The queued calls in one transaction on one hop, each in its own SAVEPOINT."""
-        counts = self.next_seq, self.outbox_count, self.dead_count
-        try:
-            results, dropped = await self._run(self._calls_sync, [fn for fn, _ in calls])
-        except Exception as exc:  # noqa: BLE001 - the writer survives; the callers get it
-            await self._rollback()
-            self.next_seq, self.outbox_count, self.dead_count = counts
-            message = sqlite_message(self.path, exc)
-            self._write_failed(exc, message, changes=False)
-            for _, fut in calls:
-                if not fut.done():
-                    fut.set_exception(StoreError(message))
-            return
-        for (_, fut), (ok, value) in zip(calls, results, strict=True):
-            if ok:
-                self._write_succeeded(changes=False)
-                if not fut.done():
-                    fut.set_result(value)
-                continue
-            message = sqlite_message(self.path, value)
-            self._write_failed(value, message, changes=False)
-            if not fut.done():
-                fut.set_exception(StoreError(message))
-        self._report_dead_letter_drop(dropped)
-        for ev in self.wakeups.values():
-            ev.set()
-
-    def _calls_sync(
-        self, db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
-    ) -> tuple[list[tuple[bool, Any]], int]:
+    def _run_calls(self, db: sqlite3.Connection, fns: list[Call]) -> list[tuple[bool, Any]]:
+        """The calls inside the group's transaction, each in its own SAVEPOINT: (ok, result or
+        exception) each."""
         results: list[tuple[bool, Any]] = []
-        db.execute("BEGIN IMMEDIATE")
-        for fn in fns:
+        for fn, _ in fns:
             counts = self.next_seq, self.outbox_count, self.dead_count
             db.execute("SAVEPOINT call")
             try:
@@ -497,9 +465,22 @@ class GroupWriter:
                 continue
             db.execute("RELEASE call")
             results.append((True, value))
-        dropped = self._cap_dead_letters(db)
-        db.execute("COMMIT")
-        return results, dropped
+        return results
+
+    def _calls_done(self, calls: list[Call], results: list[tuple[bool, Any]]) -> None:
+        for (_, fut), (ok, value) in zip(calls, results, strict=True):
+            if ok:
+                self._write_succeeded(changes=False)
+                if not fut.done():
+                    fut.set_result(value)
+                continue
+            message = sqlite_message(self.path, value)
+            self._write_failed(value, message, changes=False)
+            if not fut.done():
+                fut.set_exception(StoreError(message))
+        if calls:
+            for ev in self.wakeups.values():
+                ev.set()
 
     def _hold(self, progress: list[ProgressOp]) -> None:
         """Keep the progress of a failed group for the next try (see "Errors" above).
@@ -535,12 +516,20 @@ class GroupWriter:
 
     # -- one group --------------------------------------------------------------------------------
 
-    async def _write_group(self, changes: list[PreparedChange], progress: list[ProgressOp]) -> None:
+    async def _write_group(
+        self, changes: list[PreparedChange], progress: list[ProgressOp], calls: list[Call]
+    ) -> None:
         """Write the group; on a full disk, store what fits (see "Disk space" above)."""
         parts = [changes]
         while parts:
             part = parts.pop(0)
-            exc = await self._try_group(part, progress)
+            exc = await self._try_group(part, progress, calls)
+            if exc is not None and calls:
+                message = sqlite_message(self.path, exc)
+                for _, fut in calls:
+                    if not fut.done():
+                        fut.set_exception(StoreError(message))
+            calls = []  # tried with the first part only
             if exc is None:
                 progress = []  # written with this part
                 continue
@@ -565,23 +554,24 @@ class GroupWriter:
             return
 
     async def _try_group(
-        self, changes: list[PreparedChange], progress: list[ProgressOp]
+        self, changes: list[PreparedChange], progress: list[ProgressOp], calls: list[Call]
     ) -> Exception | None:
         """One transaction; resolves its futures when it committed, else returns the error."""
-        seq0, dead0 = self.next_seq, self.dead_count
+        counts = self.next_seq, self.outbox_count, self.dead_count
         cursors: dict[tuple[str, str], int] = {}
         now = self._time()
         try:
-            added, firsts, exact, overflow, dropped = await self._run(
-                self._apply_sync, changes, progress, cursors, now
+            added, firsts, exact, overflow, dropped, results = await self._run(
+                self._apply_sync, changes, progress, calls, cursors, now
             )
         except Exception as exc:  # noqa: BLE001 - the writer survives; the callers get it
             await self._rollback()
-            self.next_seq, self.dead_count = seq0, dead0
+            self.next_seq, self.outbox_count, self.dead_count = counts
             if isinstance(exc, sqlite3.IntegrityError):
                 await self._resync_seq()
             return exc
-        self._write_succeeded(changes=bool(changes))
+        if changes or progress:  # the calls count one by one (_calls_done)
+            self._write_succeeded(changes=bool(changes))
         self._held_attempts = 0
         self.outbox_count += added
         for (s, d), q in cursors.items():
@@ -609,6 +599,7 @@ class GroupWriter:
         for op in progress:
             if op.future is not None and not op.future.done():
                 op.future.set_result(None)
+        self._calls_done(calls, results)
         if overflow:
             OUTBOX_DROPPED.inc(overflow)
             self._log.warning(
@@ -626,14 +617,15 @@ class GroupWriter:
         db: sqlite3.Connection,
         changes: list[PreparedChange],
         progress: list[ProgressOp],
+        calls: list[Call],
         cursors: dict[tuple[str, str], int],
         now: float,
-    ) -> tuple[int, list[tuple[PreparedChange, int]], bool, int, int]:
+    ) -> tuple[int, list[tuple[PreparedChange, int]], bool, int, int, list[tuple[bool, Any]]]:
         """One transaction: the changes, their events, the progress, compaction, the caps.
 
         Returns (outbox rows added net, [(change with events, its first seq)], whether every
         event was inserted (none was stored before), events moved by the outbox cap, dead
-        letters dropped by the dead-letter cap).
+        letters dropped by the dead-letter cap, the calls' results).
 
         The whole transaction is one call on the writer's thread: a group costs one thread
         hop, not one per statement (at ~10 statements per group, hops per statement were the
@@ -683,6 +675,7 @@ class GroupWriter:
         if resolved:
             db.executemany(schema.RESOLVE_BOOKING_REQUEST, resolved)
         added -= self._apply_progress(db, progress, now, cursors)
+        results = self._run_calls(db, calls)
         overflow = 0
         if self.outbox_count + added > self.outbox_max_events:
             removed, overflow = self._overflow(
@@ -691,7 +684,7 @@ class GroupWriter:
             added -= removed
         dropped = self._cap_dead_letters(db)
         db.execute("COMMIT")
-        return added, firsts, exact, overflow, dropped
+        return added, firsts, exact, overflow, dropped, results
 
     def _apply_progress(
         self,
