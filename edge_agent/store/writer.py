@@ -68,8 +68,12 @@ Disk space
 Group commit is all or nothing: a group from a backlog (up to ``max_group`` changes) can need
 more space than was freed. When a group fails with the disk full, its first half is tried on
 its own, then the rest, and so on down to one change, so a little freed space stores what fits
-at once; the changes that still do not fit fail (their callers retry). The WAL is bounded:
-SQLite checkpoints it every :data:`WAL_AUTOCHECKPOINT_PAGES` pages and truncates it back to
+at once; the changes that still do not fit fail (their callers retry). The WAL is bounded: a
+checkpoint connection on a thread of its own checkpoints it (``PASSIVE``) at most every
+:data:`CHECKPOINT_EVERY_S` while commits come in, off the commit path (a checkpoint syncs the
+database file; inside a COMMIT it held every waiting event ~100 ms on a busy disk: the p99 of
+issue 17). Should it lag, SQLite's own checkpoint in the commit takes over past
+:data:`WAL_AUTOCHECKPOINT_PAGES` pages. The WAL is truncated back to
 :data:`WAL_SIZE_LIMIT_BYTES` (``journal_size_limit``); after a failing streak ends, and when the
 writer goes idle with a WAL past that size (a reader held a checkpoint off), it runs
 ``wal_checkpoint(TRUNCATE)``, so space taken during a burst is given back to the disk.
@@ -110,8 +114,11 @@ Call = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 """A queued :meth:`GroupWriter.call`: the function and its caller's future."""
 
 
-WAL_AUTOCHECKPOINT_PAGES = 1000
-"""SQLite's default, said out loud: checkpoint once the WAL holds ~4 MiB of pages."""
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+"""The commit checkpoints the WAL itself past ~40 MiB of pages (SQLite's default is 1,000): a
+fallback, the checkpoint thread does it first (see "Disk space")."""
+CHECKPOINT_EVERY_S = 0.25
+"""Most often the checkpoint thread runs while commits come in."""
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
 """The WAL is truncated back to this size after a checkpoint (``journal_size_limit``)."""
 
@@ -183,6 +190,11 @@ class GroupWriter:
         # The one thread that ever touches the write connection (sqlite3 refuses the others).
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"store[{path.name}].writer")
         self._db: sqlite3.Connection | None = None
+        # The checkpoints, off the commit path: a connection of their own on a thread of its own.
+        self._ckpt_thread = ThreadPoolExecutor(1, thread_name_prefix=f"store[{path.name}].ckpt")
+        self._ckpt_db: sqlite3.Connection | None = None
+        self._ckpt_running = False
+        self._ckpt_at = 0.0  # loop time of the last one started
         self._max_group = max_group
         self._time = clock
         self._log = log.bind(db=str(path))
@@ -227,8 +239,49 @@ class GroupWriter:
 
     async def open(self) -> None:
         """Open the write connection on the writer's thread: WAL, ``synchronous``, the WAL
-        bounds. Raises what ``sqlite3`` raises (the store turns it into a StoreError)."""
+        bounds; and the checkpoint connection on its own. Raises what ``sqlite3`` raises (the
+        store turns it into a StoreError)."""
         await self._run(self._connect)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._ckpt_thread, self._connect_checkpointer)
+
+    def _connect_checkpointer(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA journal_size_limit={int(self._wal_size_limit)}")
+        except BaseException:
+            db.close()
+            raise
+        self._ckpt_db = db
+
+    def _checkpoint_soon(self) -> None:
+        """After a commit: start a PASSIVE checkpoint on the checkpoint thread, unless one runs
+        or one started less than CHECKPOINT_EVERY_S ago (see "Disk space")."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._ckpt_running or self._ckpt_db is None or now - self._ckpt_at < CHECKPOINT_EVERY_S:
+            return
+        self._ckpt_running = True
+        self._ckpt_at = now
+        fut = loop.run_in_executor(self._ckpt_thread, self._passive_checkpoint)
+        fut.add_done_callback(self._checkpointed)
+
+    def _truncate_checkpoint(self) -> None:
+        db = self._ckpt_db
+        if db is not None:
+            _wal_checkpoint(db)
+
+    def _passive_checkpoint(self) -> None:
+        db = self._ckpt_db
+        if db is not None:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpointed(self, fut: asyncio.Future[None]) -> None:
+        self._ckpt_running = False
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:  # the commit's own checkpoint still bounds the WAL
+            self._log.info("WAL checkpoint did not complete", error=str(exc))
 
     def _connect(self, _db: None) -> None:
         db = sqlite3.connect(self.path, isolation_level=None)
@@ -282,11 +335,20 @@ class GroupWriter:
                 db.close()
             self._db = None
 
+        def close_checkpointer() -> None:
+            if self._ckpt_db is not None:
+                self._ckpt_db.close()
+            self._ckpt_db = None
+
         try:
             await self._run(close)
         except RuntimeError:  # the thread was shut down already
             pass
         self._thread.shutdown(wait=False)
+        with contextlib.suppress(RuntimeError):
+            # After a checkpoint still running: the executor runs them in order.
+            await asyncio.get_running_loop().run_in_executor(self._ckpt_thread, close_checkpointer)
+        self._ckpt_thread.shutdown(wait=False)
 
     def start(self) -> None:
         self.health()  # edge_agent_store_healthy starts at 1 for an open store
@@ -380,8 +442,12 @@ class GroupWriter:
             # Fetched in full (_wal_checkpoint): a cursor left holding the pragma's result row
             # keeps its statement active, and every later COMMIT on this connection fails
             # ("SQL statements in progress") until the cursor is collected.
-            await self._run(_wal_checkpoint)
-        except sqlite3.Error as exc:  # a reader holds it off, or the disk is still full
+            # On the checkpoint thread, after a PASSIVE one running there (two checkpoints at
+            # once: the second returns "busy" and does nothing).
+            await asyncio.get_running_loop().run_in_executor(
+                self._ckpt_thread, self._truncate_checkpoint
+            )
+        except (sqlite3.Error, RuntimeError) as exc:  # a reader holds it off, or the disk is still full
             self._log.info("WAL checkpoint did not complete", error=str(exc))
 
     def stored(self, sink: str, device: str, seq: int) -> None:
@@ -573,6 +639,7 @@ class GroupWriter:
         if changes or progress:  # the calls count one by one (_calls_done)
             self._write_succeeded(changes=bool(changes))
         self._held_attempts = 0
+        self._checkpoint_soon()
         self.outbox_count += added
         for (s, d), q in cursors.items():
             dbc = self._db_cursor[s]
