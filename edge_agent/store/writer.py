@@ -87,10 +87,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import sqlite3
+import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -166,6 +167,65 @@ def sqlite_message(path: Path, exc: BaseException) -> str:
     return f"store write failed at {path}: {text}"
 
 
+class DbThread:
+    """One thread that runs functions (of one sqlite3 connection), in order: a queue in,
+    futures out. Lighter than a one-worker executor per hop (no concurrent Future to chain,
+    no locks on submit): the writer hops once per group."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+
+    def run(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """``fn(*args)`` on the thread, after what is queued there.
+
+        Raises:
+            RuntimeError: the thread was stopped.
+        """
+        if self._stopped:
+            raise RuntimeError(f"{self._thread.name} has stopped")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._thread.start()
+        fut: asyncio.Future[_T] = loop.create_future()
+        self._queue.put((fn, args, fut))
+        return fut
+
+    def stop(self) -> None:
+        """End the thread once what is queued has run."""
+        if not self._stopped:
+            self._stopped = True
+            self._queue.put(None)
+
+    def _serve(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while (item := self._queue.get()) is not None:
+            fn, args, fut = item
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - the caller's future gets it
+                loop.call_soon_threadsafe(_fail, fut, exc)
+            else:
+                loop.call_soon_threadsafe(_resolve, fut, result)
+            del item, fn, args, fut  # hold nothing while waiting for the next one
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
 class GroupWriter:
     """Owns the write connection; everything that writes goes through it, in order."""
 
@@ -188,10 +248,10 @@ class GroupWriter:
         self.dead_letter_max = dead_letter_max
         self._synchronous = synchronous
         # The one thread that ever touches the write connection (sqlite3 refuses the others).
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"store[{path.name}].writer")
+        self._thread = DbThread(f"store[{path.name}].writer")
         self._db: sqlite3.Connection | None = None
         # The checkpoints, off the commit path: a connection of their own on a thread of its own.
-        self._ckpt_thread = ThreadPoolExecutor(1, thread_name_prefix=f"store[{path.name}].ckpt")
+        self._ckpt_thread = DbThread(f"store[{path.name}].ckpt")
         self._ckpt_db: sqlite3.Connection | None = None
         self._ckpt_running = False
         self._ckpt_at = 0.0  # loop time of the last one started
@@ -242,8 +302,7 @@ class GroupWriter:
         bounds; and the checkpoint connection on its own. Raises what ``sqlite3`` raises (the
         store turns it into a StoreError)."""
         await self._run(self._connect)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._ckpt_thread, self._connect_checkpointer)
+        await self._ckpt_thread.run(self._connect_checkpointer)
 
     def _connect_checkpointer(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None)
@@ -264,7 +323,7 @@ class GroupWriter:
             return
         self._ckpt_running = True
         self._ckpt_at = now
-        fut = loop.run_in_executor(self._ckpt_thread, self._passive_checkpoint)
+        fut = self._ckpt_thread.run(self._passive_checkpoint)
         fut.add_done_callback(self._checkpointed)
 
     def _truncate_checkpoint(self) -> None:
@@ -311,7 +370,7 @@ class GroupWriter:
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(db, *args)`` on the writer's thread, after what is queued there."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._on_db, fn, args)
+        return await self._thread.run(self._on_db, fn, args)
 
     def _on_db(self, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
         return fn(self._db, *args)
@@ -344,11 +403,11 @@ class GroupWriter:
             await self._run(close)
         except RuntimeError:  # the thread was shut down already
             pass
-        self._thread.shutdown(wait=False)
+        self._thread.stop()
         with contextlib.suppress(RuntimeError):
             # After a checkpoint still running: the executor runs them in order.
-            await asyncio.get_running_loop().run_in_executor(self._ckpt_thread, close_checkpointer)
-        self._ckpt_thread.shutdown(wait=False)
+            await self._ckpt_thread.run(close_checkpointer)
+        self._ckpt_thread.stop()
 
     def start(self) -> None:
         self.health()  # edge_agent_store_healthy starts at 1 for an open store
@@ -444,10 +503,11 @@ class GroupWriter:
             # ("SQL statements in progress") until the cursor is collected.
             # On the checkpoint thread, after a PASSIVE one running there (two checkpoints at
             # once: the second returns "busy" and does nothing).
-            await asyncio.get_running_loop().run_in_executor(
-                self._ckpt_thread, self._truncate_checkpoint
-            )
-        except (sqlite3.Error, RuntimeError) as exc:  # a reader holds it off, or the disk is still full
+            await self._ckpt_thread.run(self._truncate_checkpoint)
+        except (
+            sqlite3.Error,
+            RuntimeError,
+        ) as exc:  # a reader holds it off, or the disk is still full
             self._log.info("WAL checkpoint did not complete", error=str(exc))
 
     def stored(self, sink: str, device: str, seq: int) -> None:
