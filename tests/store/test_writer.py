@@ -228,3 +228,46 @@ def _event(device: str) -> OutboxEvent:
     return OutboxEvent(
         seq=1, device_id=device, event_id="e", type="t", envelope={}, body=b"{}", created_at=0.0
     )
+
+
+# -- administrative calls share the group's transaction, each in its own SAVEPOINT ------------
+
+
+async def test_a_failing_call_rolls_back_alone_and_its_group_commits(store: Store) -> None:
+    await store.record_request("u1", "room-1", {"title": "x"})
+    commits = 0
+
+    def trace(sql: str) -> None:
+        nonlocal commits
+        commits += sql.strip().upper() == "COMMIT"
+
+    await store._writer.on_connection(lambda db: db.set_trace_callback(trace))
+    results = await asyncio.gather(
+        store.record_request("u1", "room-1", {"title": "again"}),  # taken: refused
+        store.record_request("u2", "room-1", {"title": "y"}),
+        store.commit(Change("d", events=[env("d", 0)])),
+        return_exceptions=True,
+    )
+    await store._writer.on_connection(lambda db: db.set_trace_callback(None))
+    assert isinstance(results[0], StoreError) and "u1 already exists" in str(results[0])
+    assert results[1:] == [None, None]
+    assert commits == 1  # one transaction for the change and both calls
+    u1, u2 = await store.load_request("u1"), await store.load_request("u2")
+    assert u1 is not None and u2 is not None
+    assert [e.event_id for e in await drain_all(store)] == ["d-0"]
+
+
+async def test_calls_of_a_failed_group_fail_with_it(store: Store) -> None:
+    pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+    await store._writer.execute(f"PRAGMA max_page_count={pages}")  # the disk is "full"
+    big = {"type": "x", "data": {"event_id": "big", "pad": "x" * 200_000}}
+    results = await asyncio.gather(
+        store.commit(Change("d", events=[big])),
+        store.record_request("u3", "room-1", {"pad": "y" * 200_000}),
+        return_exceptions=True,
+    )
+    await store._writer.execute("PRAGMA max_page_count=1073741823")
+    assert all(isinstance(r, StoreError) and "full" in str(r) for r in results), results
+    assert await store.load_request("u3") is None
+    await store.record_request("u3", "room-1", {"title": "retried"})  # the caller's retry
+    assert await store.load_request("u3") is not None
