@@ -118,6 +118,10 @@ Call = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 """The commit checkpoints the WAL itself past ~40 MiB of pages (SQLite's default is 1,000): a
 fallback, the checkpoint thread does it first (see "Disk space")."""
+WRITER_CACHE_KIB = 16 * 1024
+"""The write connection's page cache (SQLite's default: 2 MiB). Compaction deletes rows that
+are scattered over the table and its indexes (devices interleave in seq order); with 100,000
+events queued the indexes alone outgrow 2 MiB and every delete read its pages back."""
 CHECKPOINT_EVERY_S = 0.25
 """Most often the checkpoint thread runs while commits come in."""
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
@@ -350,6 +354,7 @@ class GroupWriter:
             db.execute("PRAGMA busy_timeout=5000")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             db.execute(f"PRAGMA journal_size_limit={int(self._wal_size_limit)}")
+            db.execute(f"PRAGMA cache_size={-WRITER_CACHE_KIB}")
         except BaseException:
             db.close()
             raise
