@@ -704,9 +704,16 @@ async def burst(rig: Rig, target: Target, at: datetime, meeting: str) -> Burst:
     return r
 
 
-async def backlog(rig: Rig, target: Target, events: int, rate: float) -> Backlog:
+async def backlog(
+    rig: Rig,
+    target: Target,
+    events: int,
+    rate: float,
+    on_drain: Callable[[str], None] = lambda _: None,
+) -> Backlog:
     """Webhooks only: the receiver answers 503 while ``events`` are flooded at ``rate``/s,
-    then comes back; the time from its return until the pipeline's outbox is empty."""
+    then comes back; the time from its return until the pipeline's outbox is empty.
+    ``on_drain("drain")`` runs just before the receiver comes back (the profiler's phase)."""
     await rig.http.post(f"{rig.ctl}/flood/stop")
     await target.drain(rig.http, 10)
     await rig.rx_trace()
@@ -716,6 +723,7 @@ async def backlog(rig: Rig, target: Target, events: int, rate: float) -> Backlog
     await rig.flood(rate, seconds, trace=False)
     await asyncio.sleep(seconds + 1)
     depth = await target.depth(rig.http)
+    on_drain("drain")
     cpu0 = cpu_s(target.pid)
     t0 = time.monotonic()
     await rig.http.get(f"{rig.rx}/stats?down=0")
@@ -775,7 +783,7 @@ async def phases(
         run.burst = await burst(rig, target, at, meeting)
     if args.backlog and not rig.mqtt:
         on_phase("backlog")
-        run.backlog = await backlog(rig, target, args.backlog, args.backlog_rate)
+        run.backlog = await backlog(rig, target, args.backlog, args.backlog_rate, on_phase)
     return run
 
 

@@ -91,12 +91,12 @@ async def test_a_failed_group_stores_none_of_its_rows_and_the_next_one_lands(
     s = await Store.open(tmp_path / "a.db")
     try:
         await s.commit(Change("d", events=[env("d", 0)]))
-        pages = next(iter(await s._wconn.execute_fetchall("PRAGMA page_count")))[0]
-        await s._wconn.execute(f"PRAGMA max_page_count={pages}")  # the disk is "full"
+        pages = (await s._writer.execute("PRAGMA page_count"))[0][0]
+        await s._writer.execute(f"PRAGMA max_page_count={pages}")  # the disk is "full"
         big = {f"k{i}": {"blob": "x" * 2000} for i in range(50)}
         with pytest.raises(StoreError, match="full"):
             await s.commit(Change("d", window_upsert=big, events=[env("d", 1)]))
-        await s._wconn.execute("PRAGMA max_page_count=1073741823")
+        await s._writer.execute("PRAGMA max_page_count=1073741823")
         assert await s.load_window("d") == {}  # nothing of the failed group
         await s.commit(Change("d", events=[env("d", 2)]))
         ns = [e.envelope["data"]["n"] for e in await drain_all(s)]
@@ -141,9 +141,13 @@ async def until(cond: Callable[[], bool]) -> None:
             await asyncio.sleep(0.005)
 
 
-async def run_drainer(store: Store, sink: ScriptedSink) -> AsyncIterator[Drainer]:
+async def run_drainer(
+    store: Store, sink: ScriptedSink, probe_every_s: float | None = None
+) -> AsyncIterator[Drainer]:
     slow = Backoff(initial=30.0, maximum=300.0, factor=2.0, jitter=0.0)
-    drainer = Drainer(store, sink, backoff=slow, clock=lambda: sink.clock)
+    drainer = Drainer(
+        store, sink, backoff=slow, clock=lambda: sink.clock, probe_every_s=probe_every_s
+    )
     task = asyncio.create_task(drainer.run(), name="test.drainer")
     try:
         yield drainer
@@ -194,3 +198,26 @@ async def test_a_rejected_device_is_not_made_due_by_another_ones_recovery(store:
         await until(lambda: ("a", 1031.0) in sink.sent)
         await until(lambda: drainer.stats().delivered >= 2)
         assert drainer.retrying()["b"]["next_attempt_at"] == due_b  # a 4xx keeps its backoff
+
+
+async def test_an_outage_is_probed_by_one_device_and_its_return_drains_everyone(
+    store: Store,
+) -> None:
+    sink = ScriptedSink({"a": [Retry("503")], "b": [Retry("503")]})
+    drainer_cm = contextlib.asynccontextmanager(run_drainer)(store, sink, probe_every_s=5.0)
+    async with drainer_cm as drainer:
+        await store.commit(Change("a", events=[env("a", 0)]))
+        await until(lambda: "a" in drainer.retrying())  # a: due at 1030
+        sink.clock = 1002.0
+        await store.commit(Change("b", events=[env("b", 0)]))
+        await until(lambda: "b" in drainer.retrying())  # b: due at 1032
+        sink.clock = 1004.0  # 2 s since the last try: no probe yet
+        await store.commit(Change("c", events=[env("c", 0)]))
+        await until(lambda: ("c", 1004.0) in sink.sent)
+        await store.flush()
+        assert [d for d, _ in sink.sent] == ["a", "b", "c"]
+        sink.clock = 1008.0  # 6 s: the device due soonest tries now, and gets through
+        await store.commit(Change("c", events=[env("c", 1)]))
+        await until(lambda: drainer.stats().delivered == 4)
+        assert ("a", 1008.0) in sink.sent and ("b", 1008.0) in sink.sent  # not at 1030/1032
+        assert drainer.retrying() == {}

@@ -109,8 +109,10 @@ def _surely_within(after: datetime, at: datetime, r_after: datetime, r_at: datet
 
 
 def _remember(state: DeviceBookings, fp: bytes, after: datetime, at: datetime) -> DeviceBookings:
-    # Kept while a later arrival may still be surely within the horizon of it.
-    recent = tuple(r for r in state.recent if _within_horizon(at, r[1]))[-(_RECENT_MAX - 1) :]
+    # Kept while a later arrival may still be surely within the horizon of it. The bounds are
+    # _within_horizon(at, r[1]) without a timedelta per entry (up to 64 per event).
+    lo, hi = at - DUPLICATE_HORIZON, at + DUPLICATE_HORIZON
+    recent = tuple(r for r in state.recent if lo < r[1] < hi)[-(_RECENT_MAX - 1) :]
     return replace(state, recent=recent + ((fp, after, at),))
 
 

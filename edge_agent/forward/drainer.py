@@ -20,6 +20,13 @@ store behind (group commit):
   backing off from a ``Retry`` (not a ``Reject``) is due at once (or at its ``Retry-After``,
   if that is later). The backoff spares a receiver that is down; once it answers again,
   waiting out each device's timer (up to minutes) only delays the backlog.
+- Probing an outage: while devices back off from a ``Retry`` and none has tried for
+  ``probe_every_s`` (the backoff's first delay, 1 s by default), the one due soonest tries now
+  (its stored retry state keeps the later time). A receiver that is down sees about one
+  request per ``probe_every_s`` from the whole fleet, not one per device; once it answers, the
+  device that got through makes the others due (above), so a backlog starts draining within
+  ``probe_every_s`` of the receiver's return instead of at the soonest device timer (up to
+  minutes after a long outage).
 
 The drainer wakes as soon as the store commits new events (``wakeup``; ``take_committed`` says
 which devices have them), and otherwise sleeps until the next due retry: no polling while idle,
@@ -70,6 +77,7 @@ class Drainer:
         ttl_s: float = 7 * 24 * 3600.0,
         reject_attempts: int = 3,
         not_ready_poll_s: float = 0.05,
+        probe_every_s: float | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -83,6 +91,8 @@ class Drainer:
             ttl_s: an event older than this is dead-lettered instead of sent.
             reject_attempts: tries before a rejected (4xx) event is dead-lettered.
             not_ready_poll_s: how often to look again while ``sink.ready()`` is false.
+            probe_every_s: during an outage, the longest time without a try (see the module
+                docstring); default: ``backoff``'s first delay.
             clock: unix-seconds wall clock.
             rng: for the backoff jitter (tests).
         """
@@ -96,6 +106,8 @@ class Drainer:
         self._ttl_s = ttl_s
         self._reject_attempts = max(1, reject_attempts)
         self._not_ready_poll_s = not_ready_poll_s
+        self._probe_every_s = backoff.initial if probe_every_s is None else probe_every_s
+        self._last_try = 0.0  # unix time of the last Retry outcome or probe
         self._time = clock
         self._rng = rng
         self._in_flight: set[str] = set()
@@ -183,11 +195,31 @@ class Drainer:
                 self._wake.clear()  # all slots busy: a finishing send wakes us
             # With every slot busy only a finishing send can help: no timer then.
             due = schedule.next_due(exclude=self._in_flight) if free > 0 else None
+            if free > 0 and self._outage:
+                probe_at = self._probe()
+                due = probe_at if due is None else min(due, probe_at)
             timeout = None if due is None else max(0.0, due - self._time()) + 0.001
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+
+    def _probe(self) -> float:
+        """During an outage: make the device due soonest try now if nobody tried for
+        ``probe_every_s``; returns when to look again."""
+        now = self._time()
+        probe_at = self._last_try + self._probe_every_s
+        if now < probe_at:
+            return probe_at
+        if any(d in self._outage for d in self._in_flight):
+            return now + self._probe_every_s  # a try is under way
+        ready = [d for d, not_before in self._outage.items() if not_before <= now]
+        device = self._schedule.soonest_retry(ready)
+        if device is None:
+            return now + self._probe_every_s
+        self._schedule.due_by(device, now)
+        self._last_try = now
+        return now
 
     async def _next_batches(self, free: int) -> list[list[OutboxEvent]]:
         """Up to ``free`` batches, one per device; keeps choosing while devices in the ready
@@ -327,6 +359,7 @@ class Drainer:
             delay = self._backoff.delay_honouring(attempts, outcome.retry_after, self._rng)
             result = "retry"
             self._outage[device] = now + (outcome.retry_after or 0.0)
+            self._last_try = now
         self._stats.retried += n
         DELIVERIES.labels(sink=name, result=result).inc(n)
         # First failure and every tenth: a receiver outage with 1,000 devices must not

@@ -153,6 +153,15 @@ class DeliverySchedule:
         ]
         return min(due) if due else None
 
+    def soonest_retry(self, streams: Iterable[str]) -> str | None:
+        """Of ``streams``, the backing-off one with work that is due soonest, or ``None``."""
+        best: tuple[float, str] | None = None
+        for s in streams:
+            r = self._retry.get(s)
+            if r is not None and s in self._ready and (best is None or r.next_attempt_at < best[0]):
+                best = (r.next_attempt_at, s)
+        return None if best is None else best[1]
+
     # -- input: outcomes ----------------------------------------------------------------------
 
     def done(self, stream: str, seqs: Sequence[int]) -> None:

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from edge_agent import jsoncodec
 from edge_agent.store import schema
 from edge_agent.store.base import StoreError
@@ -67,29 +65,29 @@ class Replayed:
     rows: list[tuple[str, str, str, str, bytes, float | None]]  # event_id, sink, device, ...
 
 
-async def replayable(
-    conn: aiosqlite.Connection, sinks: Sequence[str], ids: Sequence[int] | None
+def replayable(
+    conn: sqlite3.Connection, sinks: Sequence[str], ids: Sequence[int] | None
 ) -> Replayed:
     """The dead letters of ``sinks`` (all, or ``ids``), oldest first."""
     if not sinks:
         return Replayed([], [])
     sql = schema.SELECT_REPLAYABLE.format(marks=",".join("?" * len(sinks)))
-    rows = list(await conn.execute_fetchall(sql, list(sinks)))
+    rows = conn.execute(sql, list(sinks)).fetchall()
     if ids is not None:
         wanted = set(ids)
         rows = [row for row in rows if row[0] in wanted]
     return Replayed([r[0] for r in rows], [tuple(r[1:]) for r in rows])
 
 
-async def purge(conn: aiosqlite.Connection, ids: Sequence[int] | None, sink: str | None) -> int:
+def purge(conn: sqlite3.Connection, ids: Sequence[int] | None, sink: str | None) -> int:
     """Delete dead letters (all, or ``ids``, of every sink or ``sink``); returns how many."""
     where, args = "1", []
     if sink is not None:
         where, args = "sink=?", [sink]
     if ids is None:
-        cur = await conn.execute(schema.PURGE_DEAD_LETTERS.format(where=where), args)
+        cur = conn.execute(schema.PURGE_DEAD_LETTERS.format(where=where), args)
     else:
-        cur = await conn.executemany(
+        cur = conn.executemany(
             schema.PURGE_DEAD_LETTER.format(where=where), [(i, *args) for i in ids]
         )
     return cur.rowcount

@@ -76,12 +76,12 @@ def replaces_open(w: OccupancyWrite) -> bool:
     return bool(w.closed) or w.open is not None
 
 
-async def write(conn: aiosqlite.Connection, w: OccupancyWrite) -> None:
-    """Apply ``w`` (inside the caller's transaction)."""
+def write(conn: sqlite3.Connection, w: OccupancyWrite) -> None:
+    """Apply ``w`` (inside the caller's transaction, on the writer's connection)."""
     if replaces_open(w):
-        await conn.execute(DELETE_OPEN, (w.device_id,))
-    await conn.executemany(PUT_INTERVAL, interval_rows(w))
-    await conn.executemany(PUT_BOOKING, booking_rows(w))
+        conn.execute(DELETE_OPEN, (w.device_id,))
+    conn.executemany(PUT_INTERVAL, interval_rows(w))
+    conn.executemany(PUT_BOOKING, booking_rows(w))
 
 
 async def load(

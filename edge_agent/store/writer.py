@@ -34,6 +34,17 @@ delivery moved the cursor past it and compaction deleted the row.
 If the writer task itself dies (a bug, the connection gone), every waiting and later call fails
 with :class:`StoreError` and :attr:`GroupWriter.failed` says why.
 
+Its connection and thread
+-------------------------
+The writer owns a plain ``sqlite3`` connection, opened on the writer's one dedicated thread and
+used only there (a queue in, futures out: a single-worker executor). A group (its statements,
+compaction and the caps) is one function run on that thread: one hop and one transaction per
+group, not one hop per statement. Administrative writes (:meth:`GroupWriter.call`: dead-letter
+replay, booking requests, occupancy rows) are plain functions of the connection too: those
+queued run in the group's transaction, after its changes and progress, each inside its own
+SAVEPOINT, so one that fails (a duplicate request id) rolls back alone and the rest commits. A
+group that fails as a whole fails its calls with it (their callers retry, as for changes).
+
 Health
 ------
 Every failed write counts in ``edge_agent_store_errors{kind}`` (``full``, ``io``, ``corrupt``,
@@ -57,8 +68,12 @@ Disk space
 Group commit is all or nothing: a group from a backlog (up to ``max_group`` changes) can need
 more space than was freed. When a group fails with the disk full, its first half is tried on
 its own, then the rest, and so on down to one change, so a little freed space stores what fits
-at once; the changes that still do not fit fail (their callers retry). The WAL is bounded:
-SQLite checkpoints it every :data:`WAL_AUTOCHECKPOINT_PAGES` pages and truncates it back to
+at once; the changes that still do not fit fail (their callers retry). The WAL is bounded: a
+checkpoint connection on a thread of its own checkpoints it (``PASSIVE``) at most every
+:data:`CHECKPOINT_EVERY_S` while commits come in, off the commit path (a checkpoint syncs the
+database file; inside a COMMIT it held every waiting event ~100 ms on a busy disk: the p99 of
+issue 17). Should it lag, SQLite's own checkpoint in the commit takes over past
+:data:`WAL_AUTOCHECKPOINT_PAGES` pages. The WAL is truncated back to
 :data:`WAL_SIZE_LIMIT_BYTES` (``journal_size_limit``); after a failing streak ends, and when the
 writer goes idle with a WAL past that size (a reader held a checkpoint off), it runs
 ``wal_checkpoint(TRUNCATE)``, so space taken during a burst is given back to the disk.
@@ -72,19 +87,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import sqlite3
+import threading
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-import aiosqlite
 import structlog
 
 from edge_agent.backoff import Backoff
 from edge_agent.metrics import DEAD_LETTER_DROPPED, EVENTS, OUTBOX_DROPPED
 from edge_agent.store import schema
-from edge_agent.store.base import StoreError, StoreHealth
+from edge_agent.store.base import StoreError, StoreHealth, Synchronous
 from edge_agent.store.calendar import write_calendars
 from edge_agent.store.health import WriteHealth
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
@@ -95,10 +111,19 @@ log = structlog.get_logger(__name__)
 PROGRESS_RETRY = Backoff(initial=0.5, maximum=30.0)
 
 _T = TypeVar("_T")
+Call = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+"""A queued :meth:`GroupWriter.call`: the function and its caller's future."""
 
 
-WAL_AUTOCHECKPOINT_PAGES = 1000
-"""SQLite's default, said out loud: checkpoint once the WAL holds ~4 MiB of pages."""
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+"""The commit checkpoints the WAL itself past ~40 MiB of pages (SQLite's default is 1,000): a
+fallback, the checkpoint thread does it first (see "Disk space")."""
+WRITER_CACHE_KIB = 16 * 1024
+"""The write connection's page cache (SQLite's default: 2 MiB). Compaction deletes rows that
+are scattered over the table and its indexes (devices interleave in seq order); with 100,000
+events queued the indexes alone outgrow 2 MiB and every delete read its pages back."""
+CHECKPOINT_EVERY_S = 0.25
+"""Most often the checkpoint thread runs while commits come in."""
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
 """The WAL is truncated back to this size after a checkpoint (``journal_size_limit``)."""
 
@@ -146,14 +171,73 @@ def sqlite_message(path: Path, exc: BaseException) -> str:
     return f"store write failed at {path}: {text}"
 
 
+class DbThread:
+    """One thread that runs functions (of one sqlite3 connection), in order: a queue in,
+    futures out. Lighter than a one-worker executor per hop (no concurrent Future to chain,
+    no locks on submit): the writer hops once per group."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+
+    def run(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """``fn(*args)`` on the thread, after what is queued there.
+
+        Raises:
+            RuntimeError: the thread was stopped.
+        """
+        if self._stopped:
+            raise RuntimeError(f"{self._thread.name} has stopped")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._thread.start()
+        fut: asyncio.Future[_T] = loop.create_future()
+        self._queue.put((fn, args, fut))
+        return fut
+
+    def stop(self) -> None:
+        """End the thread once what is queued has run."""
+        if not self._stopped:
+            self._stopped = True
+            self._queue.put(None)
+
+    def _serve(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while (item := self._queue.get()) is not None:
+            fn, args, fut = item
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - the caller's future gets it
+                loop.call_soon_threadsafe(_fail, fut, exc)
+            else:
+                loop.call_soon_threadsafe(_resolve, fut, result)
+            del item, fn, args, fut  # hold nothing while waiting for the next one
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
 class GroupWriter:
     """Owns the write connection; everything that writes goes through it, in order."""
 
     def __init__(
         self,
         path: Path,
-        conn: aiosqlite.Connection,
         *,
+        synchronous: Synchronous,
         sinks: tuple[str, ...],
         outbox_max_events: int,
         dead_letter_max: int,
@@ -166,7 +250,15 @@ class GroupWriter:
         self.sinks = sinks
         self.outbox_max_events = outbox_max_events
         self.dead_letter_max = dead_letter_max
-        self._conn = conn
+        self._synchronous = synchronous
+        # The one thread that ever touches the write connection (sqlite3 refuses the others).
+        self._thread = DbThread(f"store[{path.name}].writer")
+        self._db: sqlite3.Connection | None = None
+        # The checkpoints, off the commit path: a connection of their own on a thread of its own.
+        self._ckpt_thread = DbThread(f"store[{path.name}].ckpt")
+        self._ckpt_db: sqlite3.Connection | None = None
+        self._ckpt_running = False
+        self._ckpt_at = 0.0  # loop time of the last one started
         self._max_group = max_group
         self._time = clock
         self._log = log.bind(db=str(path))
@@ -175,7 +267,7 @@ class GroupWriter:
         self._changes: deque[PreparedChange] = deque()
         self._change_slots = asyncio.Semaphore(queue_max)
         self._progress: deque[ProgressOp] = deque()
-        self._calls: deque[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = deque()
+        self._calls: deque[Call] = deque()
         self._work = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -201,16 +293,126 @@ class GroupWriter:
         # Per sink: streams with events stored since the drainer last looked (stream -> top).
         self.committed: dict[str, dict[str, int]] = {s: {} for s in sinks}
         self.wakeups: dict[str, asyncio.Event] = {s: asyncio.Event() for s in sinks}
+        self.on_stored: Callable[[PreparedChange, int | None, float], None] | None = None
+        """Called for each committed change with events: (change, its first seq, the commit
+        time); on the loop, before the drainers are woken. The seq is ``None`` when the group
+        had events already stored (the same ``event_id``: not stored again, so the seqs of
+        the change's events are not known here). Must not raise."""
+        self.on_overflow: Callable[[], None] | None = None
+        """Called when the outbox cap moved rows to the dead letter."""
+
+    async def open(self) -> None:
+        """Open the write connection on the writer's thread: WAL, ``synchronous``, the WAL
+        bounds; and the checkpoint connection on its own. Raises what ``sqlite3`` raises (the
+        store turns it into a StoreError)."""
+        await self._run(self._connect)
+        await self._ckpt_thread.run(self._connect_checkpointer)
+
+    def _connect_checkpointer(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA journal_size_limit={int(self._wal_size_limit)}")
+        except BaseException:
+            db.close()
+            raise
+        self._ckpt_db = db
+
+    def _checkpoint_soon(self) -> None:
+        """After a commit: start a PASSIVE checkpoint on the checkpoint thread, unless one runs
+        or one started less than CHECKPOINT_EVERY_S ago (see "Disk space")."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._ckpt_running or self._ckpt_db is None or now - self._ckpt_at < CHECKPOINT_EVERY_S:
+            return
+        self._ckpt_running = True
+        self._ckpt_at = now
+        fut = self._ckpt_thread.run(self._passive_checkpoint)
+        fut.add_done_callback(self._checkpointed)
+
+    def _truncate_checkpoint(self) -> None:
+        db = self._ckpt_db
+        if db is not None:
+            _wal_checkpoint(db)
+
+    def _passive_checkpoint(self) -> None:
+        db = self._ckpt_db
+        if db is not None:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpointed(self, fut: asyncio.Future[None]) -> None:
+        self._ckpt_running = False
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:  # the commit's own checkpoint still bounds the WAL
+            self._log.info("WAL checkpoint did not complete", error=str(exc))
+
+    def _connect(self, _db: None) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={int(self._wal_size_limit)}")
+            db.execute(f"PRAGMA cache_size={-WRITER_CACHE_KIB}")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
 
     async def load(self) -> None:
-        c = self._conn
-        rows = list(await c.execute_fetchall(schema.LAST_SEQ))
+        """Read what the writer keeps in memory (next seq, counts, cursors); after migration."""
+        await self._run(self._load)
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        rows = db.execute(schema.LAST_SEQ).fetchall()
         self.next_seq = (int(rows[0][0]) if rows else 0) + 1
-        self.outbox_count = int(next(iter(await c.execute_fetchall(schema.OUTBOX_COUNT)))[0])
-        self.dead_count = int(next(iter(await c.execute_fetchall(schema.DEAD_LETTER_COUNT)))[0])
-        for sink, device, done in await c.execute_fetchall(schema.SELECT_CURSORS):
+        self.outbox_count = int(db.execute(schema.OUTBOX_COUNT).fetchone()[0])
+        self.dead_count = int(db.execute(schema.DEAD_LETTER_COUNT).fetchone()[0])
+        for sink, device, done in db.execute(schema.SELECT_CURSORS).fetchall():
             if sink in self._db_cursor:
                 self._db_cursor[sink][device] = done
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(db, *args)`` on the writer's thread, after what is queued there."""
+        return await self._thread.run(self._on_db, fn, args)
+
+    def _on_db(self, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
+        return fn(self._db, *args)
+
+    async def on_connection(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` with the write connection on its thread, outside the groups' transactions
+        (a diagnostic hook: tests set PRAGMAs with it)."""
+        return await self._run(fn)
+
+    async def execute(self, sql: str) -> list[Any]:
+        """Run one statement on the write connection, outside the groups' transactions; its
+        rows (a diagnostic hook: tests set PRAGMAs with it)."""
+        return await self._run(_fetchall, sql)
+
+    async def release(self) -> None:
+        """Close the write connection and end its thread (after :meth:`close`, or when the
+        store failed to open)."""
+
+        def close(db: sqlite3.Connection | None) -> None:
+            if db is not None:
+                db.close()
+            self._db = None
+
+        def close_checkpointer() -> None:
+            if self._ckpt_db is not None:
+                self._ckpt_db.close()
+            self._ckpt_db = None
+
+        try:
+            await self._run(close)
+        except RuntimeError:  # the thread was shut down already
+            pass
+        self._thread.stop()
+        with contextlib.suppress(RuntimeError):
+            # After a checkpoint still running: the executor runs them in order.
+            await self._ckpt_thread.run(close_checkpointer)
+        self._ckpt_thread.stop()
 
     def start(self) -> None:
         self.health()  # edge_agent_store_healthy starts at 1 for an open store
@@ -254,14 +456,18 @@ class GroupWriter:
         ops = (*self._writing, *self._held, *self._progress)
         return [op for op in ops if op.sink == sink]
 
-    async def call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``fn`` in its own transaction after what is queued; wakes every drainer."""
+    async def call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(db)`` on the writer's thread in a transaction (its own SAVEPOINT) after what
+        is queued; wakes every drainer. ``fn`` may change ``next_seq``, ``outbox_count`` and
+        ``dead_count`` (restored when it raises); it must not touch anything the event loop
+        reads meanwhile (``committed``: :meth:`stored` is for after the call)."""
         self.check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._track(fut)
         self._calls.append((fn, fut))
         self._work.set()
-        return await fut
+        result: _T = await fut
+        return result
 
     def check_open(self) -> None:
         if self.failed is not None or self._closing:
@@ -297,11 +503,16 @@ class GroupWriter:
         if not due:
             return
         try:
-            # Fetched and closed on the connection's thread: a cursor left holding the
-            # pragma's result row keeps its statement active, and every later COMMIT on this
-            # connection fails ("SQL statements in progress") until the cursor is collected.
-            await self._conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:  # a reader holds it off, or the disk is still full
+            # Fetched in full (_wal_checkpoint): a cursor left holding the pragma's result row
+            # keeps its statement active, and every later COMMIT on this connection fails
+            # ("SQL statements in progress") until the cursor is collected.
+            # On the checkpoint thread, after a PASSIVE one running there (two checkpoints at
+            # once: the second returns "busy" and does nothing).
+            await self._ckpt_thread.run(self._truncate_checkpoint)
+        except (
+            sqlite3.Error,
+            RuntimeError,
+        ) as exc:  # a reader holds it off, or the disk is still full
             self._log.info("WAL checkpoint did not complete", error=str(exc))
 
     def stored(self, sink: str, device: str, seq: int) -> None:
@@ -332,17 +543,16 @@ class GroupWriter:
                 progress = self._held + list(self._progress)
                 self._held = []
                 self._progress.clear()
-                if changes or progress:
+                calls = list(self._calls)
+                self._calls.clear()
+                if changes or progress or calls:
                     self._writing = progress
                     try:
-                        await self._write_group(changes, progress)
+                        await self._write_group(changes, progress, calls)
                     finally:
                         self._writing = []
                         for _ in changes:
                             self._change_slots.release()
-                while self._calls:
-                    fn, fut = self._calls.popleft()
-                    await self._write_call(fn, fut)
             if self._closing:
                 return
             await self._checkpoint()
@@ -369,28 +579,39 @@ class GroupWriter:
             self._change_slots.release()
         self._changes.clear()
 
-    async def _write_call(self, fn: Callable[[], Awaitable[Any]], fut: asyncio.Future[Any]) -> None:
-        c = self._conn
-        counts = self.outbox_count, self.dead_count
-        try:
-            await c.execute("BEGIN IMMEDIATE")
-            result = await fn()
-            dropped = await self._in_thread(self._cap_dead_letters)
-            await c.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - the writer survives; the caller gets it
-            await self._rollback()
-            self.outbox_count, self.dead_count = counts
-            message = sqlite_message(self.path, exc)
-            self._write_failed(exc, message, changes=False)
+    def _run_calls(self, db: sqlite3.Connection, fns: list[Call]) -> list[tuple[bool, Any]]:
+        """The calls inside the group's transaction, each in its own SAVEPOINT: (ok, result or
+        exception) each."""
+        results: list[tuple[bool, Any]] = []
+        for fn, _ in fns:
+            counts = self.next_seq, self.outbox_count, self.dead_count
+            db.execute("SAVEPOINT call")
+            try:
+                value = fn(db)
+            except Exception as exc:  # noqa: BLE001 - this call's caller gets it
+                db.execute("ROLLBACK TO call")
+                db.execute("RELEASE call")
+                self.next_seq, self.outbox_count, self.dead_count = counts
+                results.append((False, exc))
+                continue
+            db.execute("RELEASE call")
+            results.append((True, value))
+        return results
+
+    def _calls_done(self, calls: list[Call], results: list[tuple[bool, Any]]) -> None:
+        for (_, fut), (ok, value) in zip(calls, results, strict=True):
+            if ok:
+                self._write_succeeded(changes=False)
+                if not fut.done():
+                    fut.set_result(value)
+                continue
+            message = sqlite_message(self.path, value)
+            self._write_failed(value, message, changes=False)
             if not fut.done():
                 fut.set_exception(StoreError(message))
-            return
-        self._write_succeeded(changes=False)
-        self._report_dead_letter_drop(dropped)
-        for ev in self.wakeups.values():
-            ev.set()
-        if not fut.done():
-            fut.set_result(result)
+        if calls:
+            for ev in self.wakeups.values():
+                ev.set()
 
     def _hold(self, progress: list[ProgressOp]) -> None:
         """Keep the progress of a failed group for the next try (see "Errors" above).
@@ -416,25 +637,30 @@ class GroupWriter:
     async def _resync_seq(self) -> None:
         # Someone else wrote outbox rows: number ours after theirs so the retry can succeed.
         with contextlib.suppress(sqlite3.Error):
-            rows = list(await self._conn.execute_fetchall(schema.MAX_SEQ_ANYWHERE))
+            rows = await self._run(_fetchall, schema.MAX_SEQ_ANYWHERE)
             if rows and rows[0][0] is not None:
                 self.next_seq = max(self.next_seq, int(rows[0][0]) + 1)
 
     async def _rollback(self) -> None:
-        try:
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        with contextlib.suppress(sqlite3.Error):
+            await self._run(_rollback)
 
     # -- one group --------------------------------------------------------------------------------
 
-    async def _write_group(self, changes: list[PreparedChange], progress: list[ProgressOp]) -> None:
+    async def _write_group(
+        self, changes: list[PreparedChange], progress: list[ProgressOp], calls: list[Call]
+    ) -> None:
         """Write the group; on a full disk, store what fits (see "Disk space" above)."""
         parts = [changes]
         while parts:
             part = parts.pop(0)
-            exc = await self._try_group(part, progress)
+            exc = await self._try_group(part, progress, calls)
+            if exc is not None and calls:
+                message = sqlite_message(self.path, exc)
+                for _, fut in calls:
+                    if not fut.done():
+                        fut.set_exception(StoreError(message))
+            calls = []  # tried with the first part only
             if exc is None:
                 progress = []  # written with this part
                 continue
@@ -459,26 +685,39 @@ class GroupWriter:
             return
 
     async def _try_group(
-        self, changes: list[PreparedChange], progress: list[ProgressOp]
+        self, changes: list[PreparedChange], progress: list[ProgressOp], calls: list[Call]
     ) -> Exception | None:
         """One transaction; resolves its futures when it committed, else returns the error."""
-        seq0, dead0 = self.next_seq, self.dead_count
+        counts = self.next_seq, self.outbox_count, self.dead_count
         cursors: dict[tuple[str, str], int] = {}
+        now = self._time()
         try:
-            added, new_devices, overflow, dropped = await self._apply(changes, progress, cursors)
+            added, firsts, exact, overflow, dropped, results = await self._run(
+                self._apply_sync, changes, progress, calls, cursors, now
+            )
         except Exception as exc:  # noqa: BLE001 - the writer survives; the callers get it
             await self._rollback()
-            self.next_seq, self.dead_count = seq0, dead0
+            self.next_seq, self.outbox_count, self.dead_count = counts
             if isinstance(exc, sqlite3.IntegrityError):
                 await self._resync_seq()
             return exc
-        self._write_succeeded(changes=bool(changes))
+        if changes or progress:  # the calls count one by one (_calls_done)
+            self._write_succeeded(changes=bool(changes))
         self._held_attempts = 0
+        self._checkpoint_soon()
         self.outbox_count += added
         for (s, d), q in cursors.items():
             dbc = self._db_cursor[s]
             dbc[d] = max(dbc.get(d, 0), q)
-        if new_devices:
+        if overflow and self.on_overflow is not None:
+            self.on_overflow()
+        if firsts:
+            on_stored = self.on_stored
+            new_devices: dict[str, int] = {}
+            for ch, first in firsts:
+                new_devices[ch.device_id] = first + len(ch.events) - 1
+                if on_stored is not None:
+                    on_stored(ch, first if exact else None, now)
             for sink in self.sinks:
                 for d, top in new_devices.items():
                     self.stored(sink, d, top)
@@ -492,6 +731,7 @@ class GroupWriter:
         for op in progress:
             if op.future is not None and not op.future.done():
                 op.future.set_result(None)
+        self._calls_done(calls, results)
         if overflow:
             OUTBOX_DROPPED.inc(overflow)
             self._log.warning(
@@ -504,41 +744,25 @@ class GroupWriter:
         self._report_dead_letter_drop(dropped)
         return None
 
-    async def _apply(
-        self,
-        changes: list[PreparedChange],
-        progress: list[ProgressOp],
-        cursors: dict[tuple[str, str], int],
-    ) -> tuple[int, dict[str, int], int, int]:
-        """One transaction: the changes, their events, the progress, compaction, the caps.
-
-        Returns (outbox rows added net, {device: highest new seq}, events moved by the outbox
-        cap, dead letters dropped by the dead-letter cap).
-
-        The whole transaction is one call on the connection's thread: a group costs one
-        thread hop, not one per statement (aiosqlite hops for every execute; at ~10
-        statements per group those hops were the writer's main cost under a flood).
-        """
-        now = self._time()
-        return await self._in_thread(self._apply_sync, changes, progress, cursors, now)
-
-    async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(db, *args)`` on the write connection's own thread, after what is queued there."""
-        conn = self._conn
-        # aiosqlite's one way to run a function on its thread (what its own methods use; the
-        # sqlite3 connection refuses every other thread).
-        run = conn._execute  # noqa: SLF001
-        result = await run(fn, conn._conn, *args)  # type: ignore[no-untyped-call]  # noqa: SLF001
-        return cast(_T, result)
-
     def _apply_sync(
         self,
         db: sqlite3.Connection,
         changes: list[PreparedChange],
         progress: list[ProgressOp],
+        calls: list[Call],
         cursors: dict[tuple[str, str], int],
         now: float,
-    ) -> tuple[int, dict[str, int], int, int]:
+    ) -> tuple[int, list[tuple[PreparedChange, int]], bool, int, int, list[tuple[bool, Any]]]:
+        """One transaction: the changes, their events, the progress, compaction, the caps.
+
+        Returns (outbox rows added net, [(change with events, its first seq)], whether every
+        event was inserted (none was stored before), events moved by the outbox cap, dead
+        letters dropped by the dead-letter cap, the calls' results).
+
+        The whole transaction is one call on the writer's thread: a group costs one thread
+        hop, not one per statement (at ~10 statements per group, hops per statement were the
+        writer's main cost under a flood).
+        """
         db.execute("BEGIN IMMEDIATE")
         writes = coalesce(changes)
         replaced = [(d,) for d, w in writes.items() if w.replace]
@@ -566,20 +790,24 @@ class GroupWriter:
             db.executemany(schema.PUT_DEVICE_STATE, states)
         write_calendars(db, [ch.calendar for ch in changes if ch.calendar is not None])
         rows = []
-        new_devices: dict[str, int] = {}
+        firsts: list[tuple[PreparedChange, int]] = []
+        exact = True
         for ch in changes:
+            if ch.events:
+                firsts.append((ch, self.next_seq))
             for e in ch.events:
                 obs = now if e.observed_at is None else e.observed_at
                 rows.append((self.next_seq, e.event_id, "", ch.device_id, e.type, e.body, now, obs))
-                new_devices[ch.device_id] = self.next_seq
                 self.next_seq += 1
         added = 0
         if rows:
             added = db.executemany(schema.INSERT_OUTBOX, rows).rowcount
+            exact = added == len(rows)  # else some were stored before: which, the table knows
         resolved = [(st, now, out, u) for ch in changes for u, st, out in ch.request_outcomes]
         if resolved:
             db.executemany(schema.RESOLVE_BOOKING_REQUEST, resolved)
         added -= self._apply_progress(db, progress, now, cursors)
+        results = self._run_calls(db, calls)
         overflow = 0
         if self.outbox_count + added > self.outbox_max_events:
             removed, overflow = self._overflow(
@@ -588,7 +816,7 @@ class GroupWriter:
             added -= removed
         dropped = self._cap_dead_letters(db)
         db.execute("COMMIT")
-        return added, new_devices, overflow, dropped
+        return added, firsts, exact, overflow, dropped, results
 
     def _apply_progress(
         self,
@@ -674,3 +902,16 @@ class GroupWriter:
             dropped=dropped,
             cap=self.dead_letter_max,
         )
+
+
+def _fetchall(db: sqlite3.Connection, sql: str) -> list[Any]:
+    return db.execute(sql).fetchall()
+
+
+def _wal_checkpoint(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")

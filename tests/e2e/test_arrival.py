@@ -38,8 +38,8 @@ async def test_a_full_disk_does_not_turn_events_sent_apart_into_duplicates(
         await eventually(lambda: booking_key_in(session, booking.meeting_id))
         store = running.agent.store
         assert store is not None
-        pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
-        await store._wconn.execute(f"PRAGMA max_page_count={pages}")  # the disk is full...
+        pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+        await store._writer.execute(f"PRAGMA max_page_count={pages}")  # the disk is full...
         for i in range(8):  # ...which big bookings soon find out: the worker is stuck
             start = fleet.clock.now() + timedelta(hours=2, minutes=i)
             device.calendar.add(start, 1, title=f"fill {i} " + "x" * 2000)
@@ -54,7 +54,7 @@ async def test_a_full_disk_does_not_turn_events_sent_apart_into_duplicates(
             await eventually(lambda: session.client.counters.frames > frames)  # it arrived
             fleet.clock.advance(6)
         assert session._inputs.qsize() >= queued + SENT  # all held behind the stuck store
-        await store._wconn.execute("PRAGMA max_page_count=1073741823")  # space is back
+        await store._writer.execute("PRAGMA max_page_count=1073741823")  # space is back
         await eventually(lambda: len(started(receiver.events, booking.meeting_id)) >= SENT)
         got = started(receiver.events, booking.meeting_id)
         observed = sorted(parse_utc(e["data"]["observed_at"]) for e in got)

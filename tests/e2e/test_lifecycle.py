@@ -55,8 +55,8 @@ async def test_a_stuck_store_does_not_flood_the_queue_with_ticks(
         await eventually(lambda: bool(session.state and session.state.pending))
         store = running.agent.store
         assert store is not None
-        pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
-        await store._wconn.execute(f"PRAGMA max_page_count={pages}")
+        pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+        await store._writer.execute(f"PRAGMA max_page_count={pages}")
         fleet.clock.advance(120)  # the request is past its deadline; ticks are due
         fleet.devices[0].calendar.add(
             fleet.clock.now() + timedelta(hours=1), 30, title="x" * 5000
@@ -65,7 +65,7 @@ async def test_a_stuck_store_does_not_flood_the_queue_with_ticks(
         await asyncio.sleep(0.5)
         assert session._inputs.qsize() < 20, session._inputs.qsize()
         assert session.dropped_feedback == 0
-        await store._wconn.execute("PRAGMA max_page_count=1073741823")
+        await store._writer.execute("PRAGMA max_page_count=1073741823")
     finally:
         await running.stop()
 
@@ -83,8 +83,8 @@ async def test_stop_commits_what_the_device_already_sent(
     store = running.agent.store
     assert store is not None
     session = next(iter(running.agent._sessions.values()))
-    pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
-    await store._wconn.execute(f"PRAGMA max_page_count={pages}")
+    pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+    await store._writer.execute(f"PRAGMA max_page_count={pages}")
     now = fleet.clock.now()
     made = {
         fleet.devices[0]
@@ -95,7 +95,7 @@ async def test_stop_commits_what_the_device_already_sent(
     await eventually(lambda: session.store_errors >= 1 and session._inputs.qsize() >= 5)
     stopping = asyncio.create_task(running.stop())
     await asyncio.sleep(0.2)
-    await store._wconn.execute("PRAGMA max_page_count=1073741823")  # space is back
+    await store._writer.execute("PRAGMA max_page_count=1073741823")  # space is back
     assert await stopping == 0
 
     db = sqlite3.connect(Path(tmp_path) / "agent.db")
@@ -178,8 +178,8 @@ async def test_a_full_inbox_drops_feedback_then_relists_and_keeps_link_changes(
             }
 
         async def stick_store_and_book(tag: str) -> set[str]:
-            pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
-            await store._wconn.execute(f"PRAGMA max_page_count={pages}")
+            pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+            await store._writer.execute(f"PRAGMA max_page_count={pages}")
             now = fleet.clock.now()
             return {
                 device.calendar.add(
@@ -196,13 +196,13 @@ async def test_a_full_inbox_drops_feedback_then_relists_and_keeps_link_changes(
             # ...and comes back: offline and online both queued, the second past the bound (the
             # worker is still stuck on the item it took).
             await eventually(lambda: session._inputs.qsize() > bound)
-            await store._wconn.execute("PRAGMA max_page_count=1073741823")  # space is back
+            await store._writer.execute("PRAGMA max_page_count=1073741823")  # space is back
             await eventually(lambda: made <= created(), timeout=20)
             await eventually(lambda: len(of_type(receiver.events, "device.online")) >= 2)
             # A second episode is said again: the first one ended once the inbox drained.
             again = await stick_store_and_book("again")
             await eventually(lambda: session.dropped_feedback > dropped)
-            await store._wconn.execute("PRAGMA max_page_count=1073741823")
+            await store._writer.execute("PRAGMA max_page_count=1073741823")
             await eventually(lambda: again <= created(), timeout=20)
         links = [e["type"] for e in receiver.events if e["type"].startswith("device.")]
         assert links == ["device.online", "device.offline", "device.online"], links

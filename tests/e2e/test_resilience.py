@@ -235,8 +235,8 @@ async def test_full_disk_holds_events_and_delivers_them_when_space_returns(
         assert store is not None
         session = next(iter(running.agent._sessions.values()))
         # Cap the database at its current size: every commit now fails as on a full disk.
-        pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
-        await store._wconn.execute(f"PRAGMA max_page_count={pages}")
+        pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+        await store._writer.execute(f"PRAGMA max_page_count={pages}")
         now = fleet.clock.now()
         made = [
             fleet.devices[0]
@@ -248,7 +248,7 @@ async def test_full_disk_holds_events_and_delivers_them_when_space_returns(
         ]
         await eventually(lambda: session.store_errors >= 2, timeout=20)
         assert not of_type(receiver.events, "booking.created")
-        await store._wconn.execute("PRAGMA max_page_count=1073741823")  # space is back
+        await store._writer.execute("PRAGMA max_page_count=1073741823")  # space is back
         await eventually(
             lambda: (
                 {

@@ -312,7 +312,7 @@ async def test_readyz_not_ready_when_the_store_writer_died(
     import asyncio
     import contextlib
 
-    await store._wconn.close()  # the writer's next rollback raises outside sqlite3.Error
+    await store._writer.release()  # the writer's next rollback raises outside sqlite3.Error
     with contextlib.suppress(Exception):
         await asyncio.wait_for(store.commit(Change("room-4a", events=[envelope("room-4a")])), 2)
     r = await http.get("/readyz")

@@ -123,7 +123,7 @@ async def test_readyz_is_503_while_commits_fail_on_a_full_disk(store: Store) -> 
             assert reason.startswith("store writes failing for ")
             assert f"database or disk is full at {store.path}: free space" in reason
             assert (await http.get("/healthz")).status_code == 200  # alive, only not ready
-            await store._wconn.execute(f"PRAGMA max_page_count={NO_LIMIT}")
+            await store._writer.execute(f"PRAGMA max_page_count={NO_LIMIT}")
             await store.commit(Change("room-1", events=[BIG]))
             assert (await http.get("/readyz")).status_code == 200
     finally:
@@ -185,7 +185,7 @@ async def test_a_full_disk_shows_in_status_and_keeps_the_watchdog(
     assert status.startswith("STATUS=NOT READY: store writes failing for 600 s (3 in a row): ")
     assert "database or disk is full" in status and "; retrying; " in status
     assert agent._healthy()  # pinging on: a restart would not free the disk
-    await store._wconn.execute(f"PRAGMA max_page_count={NO_LIMIT}")
+    await store._writer.execute(f"PRAGMA max_page_count={NO_LIMIT}")
     await store.commit(Change("room-1", events=[BIG]))
     await agent.sample()
     [status] = statuses(notify)
@@ -196,7 +196,7 @@ async def test_another_lasting_write_error_withholds_the_watchdog(
     store: Store, clock: FakeClock, tmp_path: Path, notify: socket.socket
 ) -> None:
     agent = agent_on(store, tmp_path)
-    await store._wconn.execute("PRAGMA query_only=1")  # the file turned read-only under us
+    await store._writer.execute("PRAGMA query_only=1")  # the file turned read-only under us
     await fail_commits(store)
     assert agent._healthy()  # not yet past the bound
     clock.now += WATCHDOG_AFTER_S
@@ -204,6 +204,6 @@ async def test_another_lasting_write_error_withholds_the_watchdog(
     await agent.sample()
     [status] = statuses(notify)
     assert "cannot be written" in status and "withholding the watchdog" in status
-    await store._wconn.execute("PRAGMA query_only=0")
+    await store._writer.execute("PRAGMA query_only=0")
     await store.commit(Change("room-1", events=[env("room-1", 1)]))
     assert agent._healthy()

@@ -64,8 +64,8 @@ def healthy_gauge() -> float:
 
 
 async def fill_disk(store: Store, spare_pages: int = 0) -> int:
-    pages = int(next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0])
-    await store._wconn.execute(f"PRAGMA max_page_count={pages + spare_pages}")
+    pages = int((await store._writer.execute("PRAGMA page_count"))[0][0])
+    await store._writer.execute(f"PRAGMA max_page_count={pages + spare_pages}")
     return pages
 
 
@@ -149,7 +149,7 @@ async def test_failing_commits_make_the_store_unhealthy_until_one_gets_in(
         assert errors("full") - before == UNREADY_AFTER_FAILURES
         clock.now += 10 * WATCHDOG_AFTER_S
         assert not s.health().restart_helps  # a full disk: a restart frees nothing
-        await s._wconn.execute(f"PRAGMA max_page_count={NO_LIMIT}")  # space is back
+        await s._writer.execute(f"PRAGMA max_page_count={NO_LIMIT}")  # space is back
         await s.commit(Change("d", events=[BIG]))
         assert s.unhealthy is None and healthy_gauge() == 1
     finally:
@@ -161,7 +161,7 @@ async def test_a_long_streak_of_another_error_withholds_the_watchdog(tmp_path: P
     s = await Store.open(tmp_path / "agent.db", clock=clock)
     try:
         before = errors("readonly")
-        await s._wconn.execute("PRAGMA query_only=1")  # every write: SQLITE_READONLY
+        await s._writer.execute("PRAGMA query_only=1")  # every write: SQLITE_READONLY
         with pytest.raises(StoreError, match="cannot be written"):
             await s.commit(Change("d", events=[env("d", 0)]))
         assert errors("readonly") - before == 1
@@ -170,7 +170,7 @@ async def test_a_long_streak_of_another_error_withholds_the_watchdog(tmp_path: P
         assert not s.health().restart_helps
         clock.now += WATCHDOG_AFTER_S
         assert s.health().restart_helps
-        await s._wconn.execute("PRAGMA query_only=0")
+        await s._writer.execute("PRAGMA query_only=0")
         await s.commit(Change("d", events=[env("d", 0)]))
         assert s.health() == StoreHealth()
     finally:
@@ -226,7 +226,7 @@ async def test_a_little_freed_space_stores_what_fits(tmp_path: Path) -> None:
         stored = [i for i, r in enumerate(second) if r is None]
         assert 0 < len(stored) < 40, second
         assert all(isinstance(second[i], StoreError) for i in set(range(40)) - set(stored))
-        await s._wconn.execute(f"PRAGMA max_page_count={NO_LIMIT}")  # the rest fits now
+        await s._writer.execute(f"PRAGMA max_page_count={NO_LIMIT}")  # the rest fits now
         for i in sorted(set(range(40)) - set(stored)):  # the callers retry what failed
             await s.commit(Change(f"dev{i}", events=[event(i)]))
         ids = sorted(e.event_id for e in await drain_all(s) if e.type == "x")
@@ -263,7 +263,7 @@ async def test_the_wal_is_truncated_once_a_full_disk_streak_ends(tmp_path: Path)
         await fill_disk(s)
         with pytest.raises(StoreError):
             await s.commit(Change("d", events=[BIG]))
-        await s._wconn.execute(f"PRAGMA max_page_count={NO_LIMIT}")
+        await s._writer.execute(f"PRAGMA max_page_count={NO_LIMIT}")
         await s.commit(Change("d", events=[BIG]))
         await s.flush()
         await s.flush()

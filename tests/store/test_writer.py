@@ -79,7 +79,7 @@ async def test_concurrent_commits_are_grouped(store: Store) -> None:
         nonlocal commits
         commits += sql.strip().upper() == "COMMIT"
 
-    await store._wconn.set_trace_callback(trace)
+    await store._writer.on_connection(lambda db: db.set_trace_callback(trace))
     await asyncio.gather(
         *(
             store.commit(
@@ -92,7 +92,7 @@ async def test_concurrent_commits_are_grouped(store: Store) -> None:
             for i in range(1000)
         )
     )
-    await store._wconn.set_trace_callback(None)  # type: ignore[arg-type]
+    await store._writer.on_connection(lambda db: db.set_trace_callback(None))
     assert commits < 100, commits  # one transaction per waiting group, not per commit
     events = await drain_all(store)
     assert len(events) == 1000
@@ -103,13 +103,13 @@ async def test_concurrent_commits_are_grouped(store: Store) -> None:
 
 async def test_full_disk_raises_store_error_and_writer_survives(store: Store) -> None:
     await store.commit(Change("d", events=[env("d", 0)]))
-    pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
-    await store._wconn.execute(f"PRAGMA max_page_count={pages}")
+    pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+    await store._writer.execute(f"PRAGMA max_page_count={pages}")
     big = {"type": "x", "data": {"event_id": "big", "pad": "x" * 200_000}}
     with pytest.raises(StoreError, match=r"database or disk is full at .*agent\.db: free space"):
         await store.commit(Change("d", window_upsert={"k": {"v": 1}}, events=[big]))
     assert await store.load_window("d") == {}  # the failed group left nothing behind
-    await store._wconn.execute("PRAGMA max_page_count=1073741823")
+    await store._writer.execute("PRAGMA max_page_count=1073741823")
     await store.commit(Change("d", window_upsert={"k": {"v": 1}}, events=[big]))
     assert await store.load_window("d") == {"k": {"v": 1}}
     assert [e.event_id for e in await drain_all(store)] == ["d-0", "big"]
@@ -159,8 +159,8 @@ async def test_outbox_cap_moves_oldest_to_dead_letter(tmp_path: Path, caplog: An
 
 def _fill_disk(store: Store) -> Any:
     async def fill() -> None:
-        pages = next(iter(await store._wconn.execute_fetchall("PRAGMA page_count")))[0]
-        await store._wconn.execute(f"PRAGMA max_page_count={pages}")
+        pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+        await store._writer.execute(f"PRAGMA max_page_count={pages}")
 
     return fill()
 
@@ -176,7 +176,7 @@ async def test_a_dead_letter_whose_write_failed_is_not_lost(store: Store) -> Non
     await _fill_disk(store)
     with pytest.raises(StoreError, match="full"):
         await store.dead_letter("webhook", b, reason="rejected: HTTP 400", attempts=3)
-    await store._wconn.execute("PRAGMA max_page_count=1073741823")
+    await store._writer.execute("PRAGMA max_page_count=1073741823")
     [b] = await next_batches(store, "webhook", now=0, max_devices=1, max_batch=1)
     assert b[0].event_id == "d-1"
     await store.mark_delivered("webhook", b)
@@ -192,7 +192,7 @@ async def test_failed_progress_is_retried_without_new_work(store: Store) -> None
     await _fill_disk(store)
     with pytest.raises(StoreError):
         await store.dead_letter("webhook", b, reason="rejected: HTTP 400")
-    await store._wconn.execute("PRAGMA max_page_count=1073741823")
+    await store._writer.execute("PRAGMA max_page_count=1073741823")
     for _ in range(200):
         if await store.dead_letters():
             break
@@ -206,10 +206,10 @@ async def test_failed_progress_is_retried_without_new_work(store: Store) -> None
 async def test_a_dead_writer_fails_every_waiter_and_marks_the_store_failed(
     tmp_path: Path,
 ) -> None:
-    """The writer ran unsupervised: an error outside sqlite3.Error (here the connection is
-    gone, so even the rollback raises) ended it, and every commit() waited forever."""
+    """The writer ran unsupervised: an error outside sqlite3.Error (here the connection and its
+    thread are gone, so even the rollback raises) ended it, and every commit() waited forever."""
     s = await Store.open(tmp_path / "a.db")
-    await s._wconn.close()
+    await s._writer.release()
     with pytest.raises(StoreError, match="writer"):
         await asyncio.wait_for(s.commit(Change("d", events=[env("d", 1)])), 2)
     assert s.failed is not None and "restart" in s.failed
@@ -228,3 +228,46 @@ def _event(device: str) -> OutboxEvent:
     return OutboxEvent(
         seq=1, device_id=device, event_id="e", type="t", envelope={}, body=b"{}", created_at=0.0
     )
+
+
+# -- administrative calls share the group's transaction, each in its own SAVEPOINT ------------
+
+
+async def test_a_failing_call_rolls_back_alone_and_its_group_commits(store: Store) -> None:
+    await store.record_request("u1", "room-1", {"title": "x"})
+    commits = 0
+
+    def trace(sql: str) -> None:
+        nonlocal commits
+        commits += sql.strip().upper() == "COMMIT"
+
+    await store._writer.on_connection(lambda db: db.set_trace_callback(trace))
+    results = await asyncio.gather(
+        store.record_request("u1", "room-1", {"title": "again"}),  # taken: refused
+        store.record_request("u2", "room-1", {"title": "y"}),
+        store.commit(Change("d", events=[env("d", 0)])),
+        return_exceptions=True,
+    )
+    await store._writer.on_connection(lambda db: db.set_trace_callback(None))
+    assert isinstance(results[0], StoreError) and "u1 already exists" in str(results[0])
+    assert results[1:] == [None, None]
+    assert commits == 1  # one transaction for the change and both calls
+    u1, u2 = await store.load_request("u1"), await store.load_request("u2")
+    assert u1 is not None and u2 is not None
+    assert [e.event_id for e in await drain_all(store)] == ["d-0"]
+
+
+async def test_calls_of_a_failed_group_fail_with_it(store: Store) -> None:
+    pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
+    await store._writer.execute(f"PRAGMA max_page_count={pages}")  # the disk is "full"
+    big = {"type": "x", "data": {"event_id": "big", "pad": "x" * 200_000}}
+    results = await asyncio.gather(
+        store.commit(Change("d", events=[big])),
+        store.record_request("u3", "room-1", {"pad": "y" * 200_000}),
+        return_exceptions=True,
+    )
+    await store._writer.execute("PRAGMA max_page_count=1073741823")
+    assert all(isinstance(r, StoreError) and "full" in str(r) for r in results), results
+    assert await store.load_request("u3") is None
+    await store.record_request("u3", "room-1", {"title": "retried"})  # the caller's retry
+    assert await store.load_request("u3") is not None
