@@ -122,6 +122,9 @@ class PostgresStore:
         self._tokens: dict[str, int] = {}
         self.drains: Callable[[str], bool] = lambda stream: True
         """Whether this member drains ``stream`` (the fleet sets it; alone: every stream)."""
+        self.connect_kwargs: dict[str, Any] = {}
+        """libpq options a connection of this store's is made with (password included: for
+        the fleet's own extra connections, never to log)."""
         self.on_committed: list[Callable[[Sequence[dict[str, Any]]], None]] = []
         """Called with each change's events once they are durable (``/v1/events/stream``);
         a listener must not block or raise. This member's own commits only: what the other
@@ -239,6 +242,7 @@ class PostgresStore:
             member_id=member_id,
             clock=clock,
         )
+        store.connect_kwargs = dict(kwargs)
         await store._writer.load()
         store._writer.start()
         store._log.info("store opened", sinks=sinks, member=member_id)
