@@ -388,7 +388,8 @@ class PostgresStore:
 
     async def calendar_syncs(self) -> list[tuple[str, str, bytes]]:
         """Every stored calendar room: ``(room_id, source, state JSON)``."""
-        return [(str(r), str(s), bytes(st)) for r, s, st in await self._fetch(q.SELECT_CALENDAR_SYNCS)]
+        rows = await self._fetch(q.SELECT_CALENDAR_SYNCS)
+        return [(str(r), str(s), bytes(st)) for r, s, st in rows]
 
     # -- outbox: the drainer's side -----------------------------------------------------------
 

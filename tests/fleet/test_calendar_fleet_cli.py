@@ -122,7 +122,9 @@ class Member:
         return {r["id"] for r in body["rooms"] if r.get("source") == "microsoft"}
 
 
-def member_config(tmp_path: Path, name: str, url: str, sim: GraphSim, rx: WebhookReceiver) -> Member:
+def member_config(
+    tmp_path: Path, name: str, url: str, sim: GraphSim, rx: WebhookReceiver
+) -> Member:
     ca = tmp_path / "graph-sim-ca.pem"
     ca.write_bytes(sim.cert_pem)
     (tmp_path / "graph-secret").write_text(SIM_SECRET + "\n")
@@ -175,7 +177,10 @@ async def test_rooms_split_across_members_move_on_kill9_and_resume_from_the_delt
 ) -> None:
     g = sim.sim
     members = {n: member_config(tmp_path, n, pg_url, g, receiver) for n in MEMBERS}
-    first = {room: g.add_event(f"{room}@contoso.com", at(1, 9), 60, f"First {room}") for room in ROOMS}
+    def add(room: str, days: int, hour: int, title: str) -> Any:
+        return g.add_event(f"{room}@contoso.com", at(days, hour), 30, title)
+
+    first = {r: add(r, 1, 9, f"First {r}") for r in ROOMS}
     # Rendezvous hashing is deterministic: who should hold what once all three are live.
     share = assign([room_key(r) for r in ROOMS], MEMBERS)
     victim = max(MEMBERS, key=lambda m: len(share[m]))
@@ -206,7 +211,7 @@ async def test_rooms_split_across_members_move_on_kill9_and_resume_from_the_delt
         assert all(sim.full_listings(r) >= 1 for r in ROOMS)
 
         # changes in the victim's rooms, then kill -9, then more changes while it is dead
-        before = {r: g.add_event(f"{r}@contoso.com", at(2, 10), 30, "Before") for r in victims_rooms}
+        before = {r: add(r, 2, 10, "Before") for r in victims_rooms}
         await until(
             lambda: all(created_ids(receiver.events)[before[r].id] for r in victims_rooms),
             "the changes before the kill",
@@ -216,7 +221,7 @@ async def test_rooms_split_across_members_move_on_kill9_and_resume_from_the_delt
         assert proc is not None
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
-        during = {r: g.add_event(f"{r}@contoso.com", at(3, 11), 30, "While dead") for r in victims_rooms}
+        during = {r: add(r, 3, 11, "While dead") for r in victims_rooms}
         survivors = [n for n in MEMBERS if n != victim]
         await until(
             lambda: all(created_ids(receiver.events)[during[r].id] for r in victims_rooms),

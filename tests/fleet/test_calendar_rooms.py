@@ -97,7 +97,9 @@ async def test_rooms_are_split_by_rendezvous_and_polled_once(fleet: CalFleet) ->
     a, b = await fleet.member("a"), await fleet.member("b")
     everything = set(DEVICES) | {room_key(r) for r in ROOMS}
     expected = assign(sorted(everything), ["a", "b"])
-    await until(lambda: set(a.held) == set(expected["a"]) and set(b.held) == set(expected["b"]), a, b)
+    await until(
+        lambda: set(a.held) == set(expected["a"]) and set(b.held) == set(expected["b"]), a, b
+    )
     assert expected["a"] and expected["b"]
     rooms = fleet.running.rooms
     # every calendar-only room polled by exactly one member; a device's lease also lets its
@@ -174,7 +176,8 @@ async def test_a_frozen_member_cannot_store_a_calendar_round_after_losing_the_ro
     assert fleet.running.rooms["a"] == set()
     with pytest.raises(StaleLease, match="does not hold"):
         await cal_a.save_sync_state(room, state("link-3"), None)
-    ids = [e.envelope["data"]["booking"]["id"] for e in await drain_all(b.store)]  # type: ignore[arg-type]
+    drained = await drain_all(b.store)  # type: ignore[arg-type]
+    ids = [e.envelope["data"]["booking"]["id"] for e in drained]
     assert sorted(ids) == ["l", "x"]
 
 

@@ -2,8 +2,9 @@
 saw next to what was booked, from the stored occupancy intervals and booking tracks.
 
 Reads the database on a read-only connection, so it runs beside the agent (like ``outbox
-dead-letter list``); in fleet mode (``[store] url``) the shared PostgreSQL, every member's rooms. Per room: hours booked, hours booked and used, ghost bookings, no-shows,
-walk-ins (occupied with no booking), peak people. The HTML form is one self-contained page
+dead-letter list``); in fleet mode (``[store] url``) the shared PostgreSQL, with every member's
+rooms. Per room: hours booked, hours booked and used, ghost bookings, no-shows, walk-ins
+(occupied with no booking), peak people. The HTML form is one self-contained page
 (inline SVG and CSS, no external assets) with a chart per room: one row per day, booked time as
 outlined bars, occupied time filled in, ghosts in red.
 
