@@ -246,3 +246,72 @@ async def test_rooms_split_across_members_move_on_kill9_and_resume_from_the_delt
                 except TimeoutError:
                     m.proc.kill()
                     await m.proc.wait()
+
+
+async def test_a_frozen_member_gets_its_rooms_back_without_reporting_anything_twice(
+    sim: Watched, receiver: WebhookReceiver, tmp_path: Path, pg_url: str
+) -> None:
+    """SIGSTOP a member past its lease: the other takes its rooms and delivers what changed;
+    SIGCONT: the frozen member drops the rooms before anything else (its late rounds are
+    refused by the fence), then takes its share back and resumes from the links the other
+    committed. Every change once, under one event id."""
+    g = sim.sim
+    names = ("a", "b")
+    members = {n: member_config(tmp_path, n, pg_url, g, receiver) for n in names}
+    share = assign([room_key(r) for r in ROOMS], names)
+    mine = {n: {k.split(":", 1)[1] for k in share[n]} for n in names}
+    frozen, other = ("a", "b") if mine["a"] else ("b", "a")
+
+    def add(room: str, days: int, hour: int, title: str) -> Any:
+        return g.add_event(f"{room}@contoso.com", at(days, hour), 30, title)
+
+    async def settled(expect: dict[str, set[str]]) -> None:
+        deadline = time.monotonic() + 90
+        while {n: await members[n].polled() for n in expect} != expect:
+            assert time.monotonic() < deadline, f"the rooms never settled as {expect}"
+            await asyncio.sleep(0.2)
+
+    try:
+        for m in members.values():
+            await m.start()
+        await settled(mine)
+        first = {r: add(r, 1, 9, "First") for r in ROOMS}
+        await until(
+            lambda: all(created_ids(receiver.events)[first[r].id] for r in ROOMS), "first"
+        )
+        proc = members[frozen].proc
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            meanwhile = {r: add(r, 2, 10, "While frozen") for r in mine[frozen]}
+            await until(
+                lambda: all(created_ids(receiver.events)[meanwhile[r].id] for r in mine[frozen]),
+                "the frozen member's rooms, delivered by the other",
+            )
+            assert await members[other].polled() == set(ROOMS)
+            listed = {r: sim.full_listings(r) for r in ROOMS}
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        await settled(mine)  # live again: its share comes back to it
+        after = {r: add(r, 3, 11, "After") for r in mine[frozen]}
+        await until(
+            lambda: all(created_ids(receiver.events)[after[r].id] for r in mine[frozen]),
+            "the rooms back with the member that was frozen",
+        )
+        assert {r: sim.full_listings(r) for r in ROOMS} == listed  # resumed, never relisted
+        ids = created_ids(receiver.events)
+        every = [*first.values(), *meanwhile.values(), *after.values()]
+        assert all(len(ids[e.id]) == 1 for e in every), {e.id: ids[e.id] for e in every}
+        assert receiver.bad_signatures == 0
+        log = members[frozen].log.read_text(errors="replace")
+        assert "lost leases" in log
+    finally:
+        for m in members.values():
+            if m.proc is not None and m.proc.returncode is None:
+                m.proc.send_signal(signal.SIGCONT)
+                m.proc.terminate()
+                try:
+                    await asyncio.wait_for(m.proc.wait(), 15)
+                except TimeoutError:
+                    m.proc.kill()
+                    await m.proc.wait()
