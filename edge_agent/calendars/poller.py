@@ -392,10 +392,11 @@ class CalendarPoller:
     async def _set_rooms(self, rooms: list[CalendarRoom]) -> None:
         assert self._tg is not None
         known = {r.room_id: r for r in rooms}
+        # Before any await: a start_room meanwhile (the fleet took a lease) sees the new set.
+        self._known = known
         # Rooms that left: reported empty by whoever runs them (here, if this member does).
         for rid in [k for k in self._tasks if k not in known]:
             await self._stop_room(rid)
-        self._known = known
         if self._on_directory is not None:
             self._on_directory(dict(known))
         for rid in [k for k in self._tasks if not self._mine(k)]:
