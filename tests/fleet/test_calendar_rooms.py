@@ -107,6 +107,9 @@ async def test_rooms_are_split_by_rendezvous_and_polled_once(fleet: CalFleet) ->
     assert rooms["a"] | rooms["b"] == set(ROOMS) | set(DEVICES) and not rooms["a"] & rooms["b"]
     assert fleet.running.sessions["a"] == {d for d in a.held if room_of(d) is None}
     assert a.rooms_held() == rooms["a"] and all(a.holds_room(r) for r in rooms["a"])
+    # a room's outbox stream (its room id) is drained by its lease holder only
+    for r in ROOMS + DEVICES:
+        assert a.drains(r) != b.drains(r) and a.drains(r) == (r in rooms["a"])
     snap = await a.snapshot()
     listed = {x["room_id"] for m in snap["members"] for x in m["rooms"]}
     assert listed == set(ROOMS) and snap["unowned_rooms"] == []
