@@ -276,13 +276,16 @@ class CalendarPoller:
 
     async def run(self) -> None:
         """Run until cancelled (cancel-safe: every room task stops at its next await)."""
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            if self._discover:
-                tg.create_task(self._directory_loop(), name=f"{self._name}-rooms")
-            else:
-                await self._set_rooms(list(self._configured.values()))
-                self.rooms_ready.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                if self._discover:
+                    tg.create_task(self._directory_loop(), name=f"{self._name}-rooms")
+                else:
+                    await self._set_rooms(list(self._configured.values()))
+                    self.rooms_ready.set()
+        finally:
+            self._tg = None  # a start_room after the end starts nothing
 
     def poke(self, room_id: str) -> bool:
         """Fetch ``room_id``'s delta now (the push hook). False for an unknown room."""

@@ -100,6 +100,9 @@ class FleetMember:
         self._since: dict[str, float] = {}  # device -> when this member took it (monotonic)
         self.live: list[str] = []
         self._leaving = False
+        # A round and leave() never overlap: a round still taking leases when SIGTERM comes
+        # would otherwise start sessions after the member left (and keep those leases).
+        self._round_lock = asyncio.Lock()
         self._failures = 0
         self._log = log.bind(member=member_id)
         self._refence()
@@ -235,6 +238,11 @@ class FleetMember:
 
     async def round(self) -> None:
         """One round: heartbeat, renew, give up what is another's, take what is ours."""
+        async with self._round_lock:
+            if not self._leaving:
+                await self._round()
+
+    async def _round(self) -> None:
         store, me = self.store, self.member_id
         t0 = self._clock()
         # Only the database calls are bounded here (stopping and starting sessions are not:
@@ -263,7 +271,7 @@ class FleetMember:
         if give:
             async with asyncio.timeout(self._db_timeout_s), store.pool.connection() as conn:
                 await leases.release(conn, me, give)
-            self._log.info("handed devices over", devices=len(give))
+            self._log.info("handed leases over", leases=len(give))
         # At most take_per_round new devices a round: a member starting alone, or taking a
         # dead member's share, paces its TLS handshake storm instead of starving its own
         # event loop (and with it the renewals of the leases it already holds).
@@ -324,7 +332,8 @@ class FleetMember:
         out on their own.
         """
         self._leaving = True
-        await self._hand_over(sorted(self.held))
+        async with self._round_lock:  # a round in progress ends first (its calls are bounded)
+            await self._hand_over(sorted(self.held))
         try:
             async with asyncio.timeout(self.lease_s):
                 async with self.store.pool.connection() as conn:
