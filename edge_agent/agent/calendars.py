@@ -114,13 +114,13 @@ class CalendarSources:
         notification routes and the paths that authenticate themselves (Graph's clientState,
         Google's channel token), for the API guard. ``store``: the open store (in a fleet,
         push notifications for the other members' rooms are relayed through it)."""
-        from edge_agent.store.postgres import PostgresStore
-
-        if isinstance(store, PostgresStore) and self._pushes():
+        if self.config.store.url is not None and self._pushes():
             from edge_agent.agent.fleet import member_id
             from edge_agent.fleet.relay import PushRelay
+            from edge_agent.store.postgres import PostgresStore
 
-            self.relay = PushRelay(store, member_id(self.config))
+            if isinstance(store, PostgresStore):
+                self.relay = PushRelay(store, member_id(self.config))
         routes, open_paths = self._graph_setup()  # the Graph notification routes, with push
         g_routes, g_paths = self._google_setup()  # the Google one, with [google] push
         return [*routes, *g_routes], (*open_paths, *g_paths)
