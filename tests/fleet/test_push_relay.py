@@ -181,3 +181,51 @@ def test_the_relay_queue_is_bounded_and_dedupes() -> None:
     relay.deliver("not json")
     relay.deliver('{"from": "b", "source": "google", "item": {"a": 1}}')
     assert relay.counters["malformed"] == 2
+
+
+async def test_a_fleet_members_graph_route_relays_what_it_cannot_match(pg_url: str) -> None:
+    """The agent's wiring (agent/calendars.py): with [store] url and a notification_url, the
+    Graph notification route matches through the relay."""
+    from edge_agent.agent.calendars import CalendarSources
+    from edge_agent.clock import system_clock
+    from edge_agent.config import config_from_dict, resolve_secrets
+
+    env = {"WH": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "PG": pg.PASSWORD, "GS": "secret"}
+    cfg = config_from_dict(
+        {
+            "site": "hq",
+            "webhook": {"url": "http://127.0.0.1:9/hook", "secret_env": "WH"},
+            "store": {"url": pg_url, "password_env": "PG"},
+            "fleet": {"member_id": "a"},
+            "microsoft": {
+                "tenant_id": "t",
+                "client_id": "c",
+                "client_secret_env": "GS",
+                "notification_url": "https://edge.example.com",
+            },
+        },
+        env=env,
+    )
+    secrets = resolve_secrets(cfg, env=env)
+    store = await PostgresStore.open(pg_url, password=pg.PASSWORD, member_id="a")
+    sources = CalendarSources(cfg, lambda: secrets, clock=system_clock)
+    runner: web.AppRunner | None = None
+    try:
+        routes, paths = sources.setup(store)
+        assert sources.relay is not None and "/v1/notifications/microsoft" in paths
+        app = web.Application()
+        app.add_routes(routes)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/notifications/microsoft"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json={"value": [note("sub-elsewhere", "s")]}) as resp:
+                assert resp.status == 202
+        assert len(sources.relay._outgoing) == 1  # queued for the other members
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await sources.close()
+        await store.close()
