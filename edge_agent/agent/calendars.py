@@ -106,6 +106,8 @@ class CalendarSources:
         self._google_overrides = dict(google_overrides or {})
         self._member: FleetMember | None = None  # fleet mode: polling follows the leases
         self.relay: PushRelay | None = None  # fleet mode: pushes for the others' rooms
+        self.rooms_changed = asyncio.Event()
+        """Set when a poller's room set changed (the MQTT sink is told: Agent._rooms_clock)."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class CalendarSources:
 
         def on_directory(rooms: Mapping[str, Any]) -> None:
             member.set_rooms(source, [rid for rid, r in rooms.items() if r.device_id is None])
+            self.rooms_changed.set()  # the MQTT sink announces the whole directory
 
         return {"owned": member.rooms_held(), "on_directory": on_directory}
 
@@ -374,12 +377,35 @@ class CalendarSources:
             "reserved_ids": reserved_ids,
             **overrides,
         }
+
+        def on_rooms(found: Mapping[str, Any]) -> None:
+            self.rooms_changed.set()
+            if push is not None:
+                push.set_rooms({rid: r.mailbox for rid, r in found.items()})
+
+        opts["on_rooms"] = on_rooms
         if push is not None:
             opts["interval_for"] = push.poll_interval_s
-            opts["on_rooms"] = lambda found: push.set_rooms(
-                {rid: r.mailbox for rid, r in found.items()}
-            )
         return opts
+
+    def rooms_known(self) -> bool:
+        """Whether every configured calendar source runs its room set (after its first
+        directory read): only then is the list of calendar-only rooms complete."""
+        pollers = [p for p in (self.graph, self.google) if p is not None]
+        sources = (self.config.microsoft is not None) + (self.config.google is not None)
+        return len(pollers) == sources and all(p.rooms_ready.is_set() for p in pollers)
+
+    def calendar_only_rooms(self) -> dict[str, str]:
+        """Every calendar-only room the sources' directories have, ``{room_id: source}`` (what
+        the MQTT sink announces). In a fleet also those other members poll: every member
+        announces the same set, as it does the configured devices, so none clears the retained
+        topics of a room another member holds."""
+        out: dict[str, str] = {}
+        for source, poller in (("microsoft", self.graph), ("google", self.google)):
+            if poller is not None:
+                found = poller.rooms()
+                out.update({rid: source for rid, r in found.items() if r.device_id is None})
+        return out
 
     def rooms(self, out: dict[str, dict[str, Any]], sessions: Mapping[str, DeviceSession]) -> None:
         """Add the calendar rooms to ``out`` (``/v1/rooms``, ``edge-agent status``): the

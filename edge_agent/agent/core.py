@@ -47,7 +47,7 @@ from edge_agent.config import (
     load_config,
     resolve_secrets,
 )
-from edge_agent.forward.base import Sink
+from edge_agent.forward.base import Sink, SinkStats
 from edge_agent.forward.drainer import Drainer
 from edge_agent.ops import heap, sdnotify
 from edge_agent.ops.api import DeviceStatus, LocalApi, SinkStatus
@@ -179,13 +179,20 @@ class Agent:
         depth = self._last_stats.get("sinks", {})
         for sink, drainer in self._sinks:
             st = drainer.stats()
+            # No delivery error: the sink's own (MQTT: refused, unreachable, lost), with its time.
+            own = getattr(sink, "stats", None)
+            err = own if not st.last_error and isinstance(own, SinkStats) else st
             entry: SinkStatus = {
                 "name": sink.name,
                 "state": "gone" if st.stopped_reason else "running",
                 # A gone sink never delivers again, whatever its connection says.
                 "ready": sink.ready() and not st.stopped_reason,
-                "last_error": st.last_error or getattr(sink, "last_error", None),
+                "last_error": err.last_error,
+                "last_error_at": err.last_error_at,
             }
+            if err.last_error is None and err.previous_error is not None:
+                entry["previous_error"] = err.previous_error
+                entry["previous_error_at"] = err.previous_error_at
             d = depth.get(sink.name)
             if isinstance(d, Mapping):
                 entry["outbox_depth"] = int(d.get("depth") or 0)
@@ -290,6 +297,8 @@ class Agent:
         member = self._fleet.member if self._fleet is not None else None
         self._calendars.start(tg, self._store, self._supervise, member)
         await self._announce_rooms()
+        if self.config.mqtt is not None:
+            self._other_tasks.append(tg.create_task(self._rooms_clock(), name="mqtt.rooms"))
         self._other_tasks.append(tg.create_task(self._sample_loop(), name="agent.sampler"))
         self._other_tasks.append(tg.create_task(self._trim_loop(), name="agent.heap-trim"))
         self._other_tasks.append(
@@ -579,15 +588,30 @@ class Agent:
             if isinstance(sink, MqttSink):
                 creds = (cfg.mqtt.username, password) if cfg.mqtt is not None else None
                 sink.reconnect_now(credentials=creds)
+                requests = getattr(self, "mqtt_requests", None)
+                if requests is not None:
+                    requests.reconnect_now(credentials=creds)
 
     async def _announce_rooms(self) -> None:
         """Tell the MQTT sink which rooms exist: it clears the retained topics of removed ones
         and publishes Home Assistant discovery (``edge_agent.forward.mqtt.discovery``)."""
         from edge_agent.forward.mqtt import MqttSink
 
+        calendar = None  # the calendar-only rooms, once every source has read its directory
+        if self._calendars.rooms_known():
+            calendar = self._calendars.calendar_only_rooms()
         for sink, _ in self._sinks:
             if isinstance(sink, MqttSink):
-                await sink.set_rooms(self._settings)
+                await sink.set_rooms(self._settings, calendar, now=self._clock.now())
+
+    async def _rooms_clock(self) -> None:
+        """The calendar rooms' booked / next booking follow the clock (a calendar sends nothing
+        when a meeting starts): every 30 s, and at once when a poller's room set changed."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._calendars.rooms_changed.wait(), 30)
+            self._calendars.rooms_changed.clear()
+            await self._announce_rooms()
 
     async def _forget(self, device_id: str) -> None:
         """A device left the configuration: drop its window, pending requests and state (its

@@ -29,12 +29,24 @@ CSV_COLUMNS = ("id", "host", "url", "fingerprint", "calendar", "time_zone", "use
 
 _SECRET_COLUMNS = frozenset({"password", "secret", "token", "passphrase"})
 
-# Control Hub's device export names its columns for people; these are the spellings we map
-# (the Devices API fields, displayName / ip / workspace, and their column labels). A room id is
-# made from the workspace name (else the device name) the way DESIGN.md makes one from a
-# mailbox: lower-cased, other characters as '-'.
-_HUB_NAME_COLUMNS = ("workspace", "workspace_name", "display_name", "device_name", "displayname")
-_HUB_HOST_COLUMNS = ("ip_address", "ip", "ipaddress")
+# Control Hub's exports (the Devices list and the Workspaces list) name their columns for
+# people, and no published reference gives their exact header (none is in the docs we could
+# check), so the mapping is a tolerant guess: a header cell is matched after column_key() folds
+# case, spaces, punctuation and camelCase ("IP Address", "ip-address", "ipAddress" are one
+# column), the spellings below are the Devices API / Workspaces API field names and their
+# labels, and every other column of such an export is ignored, not an error. A room id is made
+# from the workspace name (else the device name) the way DESIGN.md makes one from a mailbox:
+# lower-cased, other characters as '-'.
+_HUB_NAME_COLUMNS = (
+    "workspace",
+    "workspace_name",
+    "workspace_display_name",
+    "display_name",
+    "device_name",
+    "name",
+)
+_HUB_HOST_COLUMNS = ("ip_address", "ip", "ipaddress", "ip_addresses", "host", "hostname")
+_HUB_CALENDAR_COLUMNS = ("calendar", "calendar_email", "calendar_id", "calendar_resource")
 _HUB_COLUMNS = frozenset(
     {
         *_HUB_NAME_COLUMNS,
@@ -48,8 +60,15 @@ _HUB_COLUMNS = frozenset(
         "status",
         "connection_status",
         "software",
+        "software_version",
+        "workspace_id",
         "workspaceid",
+        "device_id",
         "tags",
+        "capacity",
+        "location",
+        "sip_address",
+        "calling",
     }
 )
 
@@ -285,8 +304,10 @@ def csv_records(text: str, delimiter: str = ",") -> Iterator[CsvRecord]:
 
 
 def column_key(header: str) -> str:
-    """``"Time Zone"`` -> ``time_zone``: how a header cell is matched to a column."""
-    return re.sub(r"[\s\-/]+", "_", header.strip().lower())
+    """``"Time Zone"``, ``" time-zone "``, ``"timeZone"`` -> ``time_zone``: how a header cell
+    is matched to a column (case, spaces, punctuation and camelCase folded)."""
+    split = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", header.strip())
+    return re.sub(r"[^a-z0-9]+", "_", split.lower()).strip("_")
 
 
 def room_id_from_name(name: str) -> str:
@@ -315,7 +336,9 @@ def csv_layout(path_label: str, records: list[CsvRecord]) -> tuple[CsvLayout | N
     keys = [column_key(f.value) for f in header.fields]
     where = f"{path_label}:{header.line}"
     problems: list[Problem] = []
-    if "id" not in keys and any(k in _HUB_COLUMNS for k in keys):
+    # An export: no id column, and a column only an export has (a bare "name" or "host"
+    # alone is one of our files with a typo, reported as such below).
+    if "id" not in keys and any(k in _HUB_COLUMNS - {"name", "host", "hostname"} for k in keys):
         return _hub_layout(where, header, keys)
     columns: dict[str, int] = {}
     for i, key in enumerate(keys):
@@ -363,9 +386,14 @@ def _hub_layout(
         ]
     assert host_col is not None
     columns = {"host": host_col}
-    for key in ("fingerprint", "username", "time_zone", "calendar"):
+    for key in ("fingerprint", "username", "time_zone"):
         if key in keys:
             columns[key] = keys.index(key)
+    calendar_col = next((keys.index(k) for k in _HUB_CALENDAR_COLUMNS if k in keys), None)
+    if calendar_col is not None:
+        columns["calendar"] = calendar_col
+    # Every other column of the export (MAC, serial, capacity, whatever a later export adds)
+    # is ignored: the file is the admin's, as Control Hub wrote it.
     return CsvLayout(header, columns, control_hub=True, name_column=name_col), []
 
 

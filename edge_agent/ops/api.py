@@ -23,6 +23,9 @@ Routes:
   ``edge_agent_devices_connected``).
 - ``GET /metrics`` — Prometheus exposition of :data:`edge_agent.metrics.REGISTRY`.
 - ``GET /v1/devices`` — ``{"devices": [...]}``, one :class:`DeviceStatus` each.
+- ``GET /v1/sinks`` — ``{"sinks": [...]}``, one :class:`SinkStatus` each (what ``/readyz``
+  lists): state, readiness, backlog and the last error with its time (``last_error_at``);
+  after a recovery the error moves to ``previous_error`` / ``previous_error_at``.
 - ``GET /v1/devices/{id}/bookings`` — the buffered window from the store, sorted by start;
   404 for an unknown device. Private bookings come without title, organizer and agenda
   (``"hidden": true``) unless ``[api] show_private = true``.
@@ -137,8 +140,10 @@ class SinkStatus(TypedDict, total=False):
     state: Literal["running", "gone"]  # required; "gone": stopped for good (webhook 410)
     ready: bool  # the sink can deliver right now (Sink.ready())
     last_error: str | None
-    """Null after the next delivery (then it is ``previous_error``); ``*_at``: UTC ISO."""
+    """The delivery error, else the sink's own connection error (MQTT: refused, unreachable,
+    link lost); null after the next delivery or reconnect (then it is ``previous_error``)."""
     last_error_at: str | None
+    """When ``last_error`` happened (UTC ISO); likewise ``previous_error_at``."""
     previous_error: str | None
     previous_error_at: str | None
     outbox_depth: int
@@ -376,6 +381,7 @@ class LocalApi:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/devices", self._devices)
         app.router.add_get("/v1/devices/{id}/bookings", self._bookings)
+        app.router.add_get("/v1/sinks", self._sinks)
         app.router.add_get("/v1/rooms", self._rooms)
         app.router.add_get("/v1/rooms/{id}/bookings", self._room_bookings)
         app.router.add_get("/v1/pending", self._pending)
@@ -430,6 +436,9 @@ class LocalApi:
 
     async def _devices(self, request: web.Request) -> web.Response:
         return _json({"devices": list(self._agent.devices())})
+
+    async def _sinks(self, request: web.Request) -> web.Response:
+        return _json({"sinks": [_gone_not_ready(s) for s in self._agent.sinks()]})
 
     def _store(self) -> StoreView:
         store = self._agent.store

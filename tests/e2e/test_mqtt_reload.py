@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from tests.e2e.harness import agent_config, eventually, start_agent
+from tests.forward.test_mqtt_close import SilentBroker
 from tests.mosquitto import Mosquitto, make_password_file
 
 
@@ -56,3 +59,37 @@ async def test_reload_after_fixing_the_password_file_reconnects_at_once(
             assert any(e["event"] == "mqtt: reconnecting now (reload)" for e in logs), logs
         finally:
             await running.stop()
+
+
+async def test_stop_while_the_broker_is_silent_or_refusing_ends_the_agent(
+    make_fleet, receiver, tmp_path, ca_file, env
+):
+    """Shut down mid-connect (a broker that accepts and never answers) and mid-reconnect (one
+    that refuses the password): the sink's loop and the request mirror both end, so the agent
+    stops within its bounded drain instead of waiting for a connect timeout, or for ever."""
+    fleet = await make_fleet(mode="hybrid", devices=1)
+    async with SilentBroker() as silent:
+        cfg = agent_config(
+            fleet,
+            tmp_path,
+            webhook_url=receiver.url,
+            ca_file=ca_file,
+            extra={"mqtt": {"url": silent.url}},
+        )
+        running = await start_agent(cfg, fleet, env=env)
+        await asyncio.wait_for(silent.accepted.wait(), 10)
+        assert await asyncio.wait_for(running.stop(), 20) == 0
+        await asyncio.wait_for(silent.closed_by_peer.wait(), 10)
+
+    users = make_password_file(tmp_path, {"edge": "right-password"})
+    secret = tmp_path / "mqtt.password"
+    secret.write_text("wrong-password\n")
+    with Mosquitto(tmp_path, password_file=users) as broker:
+        mqtt = {"url": broker.url, "username": "edge", "password_file": str(secret)}
+        cfg = agent_config(
+            fleet, tmp_path, webhook_url=receiver.url, ca_file=ca_file, extra={"mqtt": mqtt}
+        )
+        running = await start_agent(cfg, fleet, env=env)
+        sink = next(s for s, _ in running.agent._sinks if s.name == "mqtt")
+        await eventually(lambda: sink.last_error, what="the refusal")
+        assert await asyncio.wait_for(running.stop(), 20) == 0

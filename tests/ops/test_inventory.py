@@ -167,6 +167,51 @@ def test_a_control_hub_export_utf16_tabs(tmp_path: Path) -> None:
     ]
 
 
+def test_a_control_hub_workspace_export_is_matched_tolerantly(tmp_path: Path) -> None:
+    """No stored doc gives the Workspaces export's exact header: case, spacing, punctuation and
+    camelCase are folded, and every column the agent does not use is ignored, not an error."""
+    header = [
+        " WORKSPACE NAME ",
+        "workspaceId",
+        "Ip-Address",
+        "Capacity",
+        "Type",
+        "Calendar Email",
+        "Some Column Added Later",
+    ]
+    rows = [
+        header,
+        ["Room 4A (Oslo)", "Y2lz-1", "10.0.4.1", "8", "meetingRoom", "room-4a@contoso.com", "x"],
+        ["Huddle B", "Y2lz-2", "10.0.4.2", "4", "huddle", "", ""],
+    ]
+    (tmp_path / "export.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    # a calendar link needs its source configured
+    graph = '[microsoft]\ntenant_id = "t"\nclient_id = "c"\nclient_secret_env = "GRAPH_SECRET"\n'
+    loaded, _ = load_config_and_inventory(site(tmp_path, 'devices_file = "export.csv"\n', graph))
+    assert [(d.id, d.host) for d in loaded.devices] == [
+        ("room-4a-oslo", "10.0.4.1"),
+        ("huddle-b", "10.0.4.2"),
+    ]
+    if "calendar" in DeviceConfig.model_fields:
+        assert [d.calendar for d in loaded.devices] == ["room-4a@contoso.com", None]
+
+
+def test_column_key_folds_case_spacing_punctuation_and_camel_case() -> None:
+    from edge_agent.config.inventory import column_key
+
+    for spelling in ("IP Address", " ip-address ", "ipAddress", "IP_ADDRESS", "Ip/Address"):
+        assert column_key(spelling) == "ip_address", spelling
+    assert column_key("Time Zone") == column_key("timeZone") == "time_zone"
+    assert column_key("id") == "id"
+
+
+def test_our_csv_with_a_typo_is_not_taken_for_an_export(tmp_path: Path) -> None:
+    (tmp_path / "rooms.csv").write_text("name,host\nroom-1,10.0.0.1\n")
+    r = cli("check-config", "-c", str(site(tmp_path, 'devices_file = "rooms.csv"\n')), env=ENV)
+    assert r.returncode == 78
+    assert "unknown column 'name'" in r.stderr and "no id column" in r.stderr, r.stderr
+
+
 def test_a_control_hub_export_without_addresses_says_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "export.csv").write_text("Display Name,Workspace,Serial Number\nBoard,R,FOC1\n")
     r = cli("check-config", "-c", str(site(tmp_path, 'devices_file = "export.csv"\n')), env=ENV)

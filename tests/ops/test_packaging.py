@@ -292,14 +292,30 @@ def test_completion_command_prints_the_script() -> None:
 def image_root() -> Iterator[tuple[Path, dict[str, str]]]:
     """The file system of a container made from ``$EDGE_AGENT_TEST_IMAGE``, and its Env.
 
-    Built beforehand by ``podman build --format docker -t NAME .`` (any engine will do);
-    run here with ``chroot`` as the image's user, because no container runtime can start a
-    container on the test machines (podman's crun is refused its cgroups and rlimits there).
+    Built beforehand (any engine will do). On the test machines Debian's podman and buildah
+    install and build, but no registry is reachable for the ``BASE`` image and no container
+    can be started (crun: "cgroups in hybrid mode not supported"), so there it takes a base
+    made from Debian's packages and chroot isolation for the ``RUN`` steps::
+
+        debootstrap --variant=minbase --include=python3,python3-venv bookworm /tmp/base
+        cp /etc/ssl/certs/ca-certificates.crt /tmp/base/etc/ssl/certs/  # pip as the host
+        tar -C /tmp/base -c . | podman import - localhost/bookworm-python
+        podman build --isolation chroot --format docker \\
+            --build-arg BASE=localhost/bookworm-python -t localhost/roomos-edge-agent:test .
+        EDGE_AGENT_TEST_IMAGE=localhost/roomos-edge-agent:test pytest tests/ops/test_packaging.py
+
+    (checked on this machine kind: ~1 min for the base, ~40 s for the build). The container is
+    then run here with ``chroot`` as the image's user.
     """
     image = os.environ.get("EDGE_AGENT_TEST_IMAGE")
     podman = shutil.which("podman")
     if not image or podman is None or os.geteuid() != 0:
-        pytest.skip("set EDGE_AGENT_TEST_IMAGE to an image built from the Dockerfile (as root)")
+        pytest.skip(
+            "no image to test: EDGE_AGENT_TEST_IMAGE is unset, or podman is missing, or not "
+            "root. The Dockerfile's base cannot be pulled here (no registry) and no container "
+            "can run (crun refuses the cgroups): build it from a debootstrap base with podman "
+            "build --isolation chroot (this fixture's docstring), then set EDGE_AGENT_TEST_IMAGE"
+        )
     cid = subprocess.run(
         [podman, "create", image], capture_output=True, text=True, check=True, timeout=60
     ).stdout.strip()

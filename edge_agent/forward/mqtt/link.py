@@ -117,6 +117,21 @@ def broker_settings(
     )
 
 
+def raise_if_cancelling() -> None:
+    """Raise ``CancelledError`` if the current task was asked to stop but the request got lost.
+
+    Python 3.11's ``asyncio.wait_for`` returns the result (or raises the exception) of a future
+    that completed in the same loop iteration as the task's cancellation, and drops the
+    cancellation (fixed in 3.12). A CONNACK refusal or a PUBACK arriving just as the agent
+    stops then turns its one ``cancel()`` into a retry loop that never ends, and the agent's
+    shutdown waits for it forever. The task still counts the request (``cancelling()``), so
+    every ``wait_for`` on the way out of a link is followed by this check.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() > 0:
+        raise asyncio.CancelledError
+
+
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     # Futures failed on link loss after their waiter gave up: read the exception so asyncio does
     # not log "Future exception was never retrieved".
@@ -223,6 +238,7 @@ class BrokerLink:
                 self.disconnect()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self.lost), timeout)
+                raise_if_cancelling()
         finally:
             self.abort("closed")
 
@@ -342,6 +358,10 @@ class BrokerLink:
             self._call(self._loop.remove_writer, self._fd)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._loop.is_closed():
+            # paho's Client.__del__ closes a socket an abort() already closed, possibly long
+            # after the loop ended (a connect cancelled midway): nothing is watched any more.
+            return
         if threading.get_ident() == self._loop_thread:
             fn(*args)
         else:
@@ -416,6 +436,7 @@ async def open_link(
             connecting.add_done_callback(lambda _f: link.abort("abandoned"))
         else:
             link.abort("connect failed")
+        raise_if_cancelling()  # a refusal that arrived with the cancellation (3.11)
         if isinstance(exc, _ConnackRefused):
             raise connack_error(
                 exc.reason,
@@ -437,6 +458,11 @@ async def open_link(
             raise socket_error(exc, addr) from None
         if isinstance(exc, ValueError):  # ssl.CertificateError is an OSError too
             raise BrokerError(f"mqtt: cannot connect to broker {addr}: {exc}", "config") from None
+        raise
+    try:
+        raise_if_cancelling()  # a CONNACK that arrived with the cancellation (3.11)
+    except asyncio.CancelledError:
+        link.abort("abandoned")
         raise
     link.window = max_in_flight
     receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
@@ -469,6 +495,7 @@ async def read_retained(
 
     link = await open_link(settings, max_in_flight=1, on_message=on_message)
     loop = asyncio.get_running_loop()
+    failed: BrokerLinkLost | TimeoutError | None = None
     try:
         async with asyncio.TaskGroup() as tg:
             keepalive = tg.create_task(
@@ -477,6 +504,7 @@ async def read_retained(
             )
             try:
                 await asyncio.wait_for(link.subscribe(topic_filter), timeout_s)
+                raise_if_cancelling()
                 deadline = loop.time() + timeout_s
                 while (left := deadline - loop.time()) > 0:
                     arrived.clear()
@@ -484,8 +512,14 @@ async def read_retained(
                         await asyncio.wait_for(arrived.wait(), min(quiet_s, left))
                     except TimeoutError:
                         break
+                    raise_if_cancelling()
+            except (BrokerLinkLost, TimeoutError) as exc:
+                # Raised after the group: from inside it would come out as an ExceptionGroup.
+                failed = exc
             finally:
                 keepalive.cancel()
+        if failed is not None:
+            raise failed
         if link.lost.done():
             raise BrokerLinkLost(link.lost.result())
     finally:

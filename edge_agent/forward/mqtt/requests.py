@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -33,7 +34,13 @@ from edge_agent.backoff import Backoff
 from edge_agent.bookings.book import BookingOrder, OrderInvalid, OrderRefused, parse_order
 from edge_agent.clock import utc_iso
 from edge_agent.forward.mqtt.errors import BrokerError
-from edge_agent.forward.mqtt.link import BrokerLink, BrokerLinkLost, BrokerSettings, open_link
+from edge_agent.forward.mqtt.link import (
+    BrokerLink,
+    BrokerLinkLost,
+    BrokerSettings,
+    open_link,
+    raise_if_cancelling,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -86,6 +93,7 @@ class BridgeRequests:
         self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_MAX)
         self._link: BrokerLink | None = None
+        self._poke = asyncio.Event()  # reconnect_now(): end the wait before the next attempt
         self._log = log.bind(client_id=settings.client_id)
         self.subscribed = asyncio.Event()
         """Set while the request topics are subscribed (tests wait on it)."""
@@ -99,37 +107,58 @@ class BridgeRequests:
     # -- running -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, subscribe, serve; reconnect with backoff. Cancelling is safe."""
+        """Connect, subscribe, serve; reconnect with backoff. Cancelling is safe, and always
+        ends it (also when Python 3.11 dropped the cancellation: :func:`raise_if_cancelling`)."""
         attempt = 0
         while True:
             attempt += 1
+            self._poke.clear()
             try:
                 await self._serve()
                 attempt = 0
+                delay = self._backoff.delay(1)
             except BrokerError as exc:
                 delay = self._backoff.delay(attempt)
                 self._log.warning(f"mqtt requests: {exc}; retrying in {delay:.0f} s", kind=exc.kind)
-                await asyncio.sleep(delay)
-                continue
-            await asyncio.sleep(self._backoff.delay(1))
+            raise_if_cancelling()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), delay)
+            if self._poke.is_set():
+                attempt = 0
+
+    def reconnect_now(self, *, credentials: tuple[str | None, str | None] | None = None) -> None:
+        """Retry at once with ``(username, password)`` as reloaded (the agent's SIGHUP, as for
+        the sink: a password fixed in its file must not wait for a restart). A link that is up
+        is left alone; the new credentials apply on its next connect."""
+        if credentials is not None:
+            username, password = credentials
+            self._settings = dataclasses.replace(
+                self._settings, username=username, password=password
+            )
+        if self._link is None:
+            self._poke.set()
 
     async def _serve(self) -> None:
         link = await open_link(self._settings, max_in_flight=8, on_message=self._on_message)
         name = f"mqtt[{self._settings.client_id}]"
         try:
+            # Subscribed before the group: a failure raised inside a TaskGroup comes out as an
+            # ExceptionGroup, which the except below would not match (and the supervisor would
+            # take for a crash).
+            for action in ACTIONS:
+                await asyncio.wait_for(
+                    link.subscribe(self.request_topic(action)), PUBLISH_TIMEOUT_S
+                )
+            raise_if_cancelling()
+            self._link = link
+            self.subscribed.set()
+            self._log.info(
+                "mqtt requests: listening", topics=[self.request_topic(a) for a in ACTIONS]
+            )
             async with asyncio.TaskGroup() as tg:
                 keepalive = tg.create_task(
                     link.keepalive(min(1.0, self._settings.keepalive / 4)),
                     name=f"{name}.keepalive",
-                )
-                for action in ACTIONS:
-                    await asyncio.wait_for(
-                        link.subscribe(self.request_topic(action)), PUBLISH_TIMEOUT_S
-                    )
-                self._link = link
-                self.subscribed.set()
-                self._log.info(
-                    "mqtt requests: listening", topics=[self.request_topic(a) for a in ACTIONS]
                 )
                 worker = tg.create_task(self._work(), name=f"{name}.worker")
                 await link.lost
@@ -141,6 +170,8 @@ class BridgeRequests:
         finally:
             self.subscribed.clear()
             self._link = None
+            # Bounded (BrokerLink.close waits at most 2 s for the DISCONNECT to go out), and
+            # shielded so a second cancellation does not leave the socket open.
             with contextlib.suppress(Exception):
                 await asyncio.shield(link.close())
 

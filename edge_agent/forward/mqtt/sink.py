@@ -40,7 +40,8 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 import structlog
@@ -58,6 +59,7 @@ from edge_agent.forward.mqtt.link import (
     BrokerLinkLost,
     broker_settings,
     open_link,
+    raise_if_cancelling,
     read_retained,
 )
 from edge_agent.forward.mqtt.topics import OFFLINE, ONLINE, Publication, Topics, publications
@@ -201,6 +203,18 @@ class MqttSink:
     def ready(self) -> bool:
         return self._link is not None and self._link.up
 
+    def _note_error(self, text: str) -> None:
+        """A connection or delivery problem, with its time (``/readyz`` sinks, ``status``)."""
+        self.stats.last_error = text
+        self.stats.last_error_at = utc_iso(system_clock.now())
+
+    def _recovered(self) -> None:
+        """Connected again: the last error becomes ``previous_error``, as for devices."""
+        st = self.stats
+        if st.last_error is not None:
+            st.previous_error, st.previous_error_at = st.last_error, st.last_error_at
+            st.last_error = st.last_error_at = None
+
     # --- delivery ----------------------------------------------------------------------------
 
     async def send(self, events: Sequence[OutboxEvent]) -> Outcome:
@@ -253,7 +267,7 @@ class MqttSink:
             reason = fut.result()
             if reason.is_failure:
                 text = f"mqtt: broker {self._addr} refused a publish ({reason.getName()})"
-                self.stats.last_error = text
+                self._note_error(text)
                 if reason.value in PUBACK_PERMANENT:
                     return Reject(text)
                 return self._retry(text)
@@ -275,19 +289,37 @@ class MqttSink:
         """The retained messages the health timer publishes again (a copy)."""
         return dict(self._retained)
 
-    async def set_rooms(self, rooms: Iterable[str]) -> None:
-        """The rooms that exist now (the agent: on start and after every reload). Removed rooms'
-        retained topics are cleared, discovery configs published (:mod:`.discovery`); what the
-        broker has not acknowledged is sent again after the next connect. The first time the
-        list and a link meet, rooms the broker still retains but the list lacks (removed while
-        the agent was stopped) are cleared too. Cancelling is safe."""
-        for topic in self._rooms.set_rooms(rooms):
+    async def set_rooms(
+        self,
+        rooms: Iterable[str],
+        calendar_rooms: Mapping[str, str] | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> datetime | None:
+        """The rooms that exist now (the agent: on start, after every reload, when a calendar
+        source's room list changes). ``rooms``: the device rooms; ``calendar_rooms``: the
+        calendar-only rooms, id -> source (``None``: not known yet, left as they were).
+        Removed rooms' retained topics are cleared, discovery configs published
+        (:mod:`.discovery`); what the broker has not acknowledged is sent again after the next
+        connect. The first time a list and a link meet, rooms the broker still retains but the
+        list lacks (removed while the agent was stopped) are cleared too. ``now``: the calendar
+        rooms' ``booked`` / ``next_booking`` states are brought up to this time (a calendar sends
+        nothing when a meeting starts). Returns when those states change next by time alone
+        (call again then, or on a timer). Cancelling is safe."""
+        first_calendar = calendar_rooms is not None and not self._rooms.calendar_known
+        for topic in self._rooms.set_rooms(rooms, calendar_rooms):
             self._retained.pop(topic, None)
+        if first_calendar:
+            self._swept = False  # the sweep so far read devices/ only; rooms/ is known now
+        if now is not None:
+            for pub in self._rooms.tick(now):
+                self.keep_retained(pub.topic, pub.payload)  # the health refresh sends these
         link = self._link
         if link is not None and link.up:
             with contextlib.suppress(BrokerLinkLost):
                 await self._announce(link)
                 await self._sweep_once(link)
+        return self._rooms.next_change()
 
     async def _sweep_once(self, link: BrokerLink) -> None:
         """Once per process, when the room list is known: clear what the broker still retains
@@ -351,6 +383,8 @@ class MqttSink:
                 self._poke.clear()
                 try:
                     lived = await self._connect_and_serve()
+                except _Closed:
+                    break
                 except BrokerError as exc:
                     if exc.kind in ("auth", "tls", "config"):
                         refused += 1
@@ -362,7 +396,7 @@ class MqttSink:
                         delay = self._backoff.delay(attempt)
                         level = "warning"
                     text = f"{exc}; retrying in {_seconds(delay)} s"
-                    self.stats.last_error = text
+                    self._note_error(text)
                     getattr(self._log, level)(text, kind=exc.kind, attempt=attempt)
                 else:
                     refused = 0
@@ -421,17 +455,19 @@ class MqttSink:
                     self._publish_timeout_s,
                 )
             except (BrokerLinkLost, TimeoutError) as exc:
+                raise_if_cancelling()
                 link.abort(f"no PUBACK for the online state: {exc!r}")
                 raise BrokerError(
                     f"mqtt: broker {self._addr} did not acknowledge {self._topics.bridge_state} "
                     f"({exc!r})",
                     "unreachable",
                 ) from None
+            raise_if_cancelling()  # a PUBACK that arrived with the cancellation (3.11)
             self._connects += 1
             self._connected_since = utc_iso(system_clock.now())
             self._link = link
             self._poke.clear()  # connected: a poke during the connect has done its job
-            self.stats.last_error = None
+            self._recovered()
             self._log.info(
                 "mqtt: connected",
                 protocol=self._protocol,
@@ -450,6 +486,7 @@ class MqttSink:
                 commands = []
                 if self.commands is not None:
                     await self.commands.subscribe(link, self._publish_timeout_s)
+                    raise_if_cancelling()
                     commands.append(tg.create_task(self.commands.run(), name=f"{tag}.commands"))
                 closing = tg.create_task(self._closing.wait(), name=f"{tag}.closing")
                 watched: list[asyncio.Future[Any]] = [link.lost, closing]
@@ -458,9 +495,7 @@ class MqttSink:
                 for task in (keepalive, health, closing, *commands):
                     task.cancel()
             if link.lost.done():
-                self.stats.last_error = (
-                    f"mqtt: link to broker {self._addr} lost ({link.lost.result()})"
-                )
+                self._note_error(f"mqtt: link to broker {self._addr} lost ({link.lost.result()})")
             else:
                 await self._goodbye(link)
         except asyncio.CancelledError:
@@ -474,13 +509,33 @@ class MqttSink:
         return time.monotonic() - up_at
 
     async def _open(self) -> BrokerLink:
+        """:func:`open_link`, given up at once when :meth:`close` is called (a broker that
+        accepts TCP and never answers would hold the close for ``connect_timeout_s``).
+        Raises BrokerError, or ``_Closed``."""
         will = Publication(self._topics.bridge_state, OFFLINE, retain=True)
-        return await open_link(
-            self._settings,
-            will=will,
-            max_in_flight=self._max_in_flight,
-            on_message=self.commands.on_message if self.commands is not None else None,
+        tag = f"mqtt[{self._client_id}]"
+        opening = asyncio.create_task(
+            open_link(
+                self._settings,
+                will=will,
+                max_in_flight=self._max_in_flight,
+                on_message=self.commands.on_message if self.commands is not None else None,
+            ),
+            name=f"{tag}.connect",
         )
+        closing = asyncio.create_task(self._closing.wait(), name=f"{tag}.connect.closing")
+        try:
+            await asyncio.wait([opening, closing], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await _give_up(opening)  # cancelled: no link may outlive this
+            raise
+        finally:
+            closing.cancel()
+        if self._closing.is_set() or not opening.done():
+            await _give_up(opening)
+            raise_if_cancelling()
+            raise _Closed
+        return opening.result()  # the link, or open_link's BrokerError
 
     async def probe(self, *, client_id: str, timeout_s: float) -> str:
         """Connect once as this sink would, then disconnect: what ``check-config`` reports.
@@ -577,14 +632,35 @@ class MqttSink:
             await asyncio.wait_for(asyncio.shield(link.lost), 2.0)
         self._log.info("mqtt: disconnected")
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float | None = None) -> None:
         """Say ``offline`` (retained), disconnect, and let :meth:`run` return.
 
+        Bounded: a connect in progress is given up at once, the goodbye waits at most ~7 s
+        (5 s for the PUBACK of ``offline``, 2 s for the DISCONNECT); past ``timeout_s``
+        (default: ``publish_timeout_s`` + 10 s, a PUBACK wait of :meth:`run` that is not
+        the goodbye's) it returns anyway, logged, and :meth:`run` ends on its own later.
         Cancelling is safe; the broker then fires the will.
         """
         self._closing.set()
-        if self._running:
-            await self._stopped.wait()
+        if not self._running:
+            return
+        limit = self._publish_timeout_s + 10.0 if timeout_s is None else timeout_s
+        try:
+            await asyncio.wait_for(self._stopped.wait(), limit)
+        except TimeoutError:
+            self._log.warning("mqtt: the connection loop did not stop in time", waited_s=limit)
+
+
+async def _give_up(opening: asyncio.Task[BrokerLink]) -> None:
+    """Stop a connect in progress (``open_link`` drops whatever its connect thread still
+    opens; cancelling it returns at once) or close the link it already made."""
+    opening.cancel()
+    with contextlib.suppress(asyncio.CancelledError, BrokerError):
+        (await opening).abort("closing")
+
+
+class _Closed(Exception):
+    """:meth:`MqttSink.close` was called while connecting: the loop ends, nothing to report."""
 
 
 __all__ = ["MqttSink"]

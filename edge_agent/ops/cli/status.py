@@ -96,6 +96,16 @@ def only_problems(readyz: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def error_cells(entry: dict[str, Any]) -> list[Any]:
+    """``[ERROR AT, LAST ERROR]`` of a device, room or sink: the error now with its time, else
+    the one it recovered from, marked so (``previous_error``), else nothing."""
+    if entry.get("last_error"):
+        return [entry.get("last_error_at"), entry["last_error"]]
+    if entry.get("previous_error"):
+        return [entry.get("previous_error_at"), f"(recovered) {entry['previous_error']}"]
+    return [None, None]
+
+
 def print_status(
     url: str,
     readyz: dict[str, Any],
@@ -117,6 +127,7 @@ def print_status(
             "WINDOW",
             "RECONNECTS",
             "TIME ZONE",
+            "ERROR AT",
             "LAST ERROR",
         ],
         [
@@ -128,7 +139,7 @@ def print_status(
                 d.get("window_size"),
                 d.get("reconnects"),
                 d.get("time_zone"),
-                d.get("last_error"),
+                *error_cells(d),
             ]
             for d in devices
         ],
@@ -136,7 +147,16 @@ def print_status(
     )
     if rooms:
         print_table(
-            ["ROOM", "SOURCE", "DEVICE", "CALENDAR", "WINDOW", "LAST SYNC", "LAST ERROR"],
+            [
+                "ROOM",
+                "SOURCE",
+                "DEVICE",
+                "CALENDAR",
+                "WINDOW",
+                "LAST SYNC",
+                "ERROR AT",
+                "LAST ERROR",
+            ],
             [
                 [
                     r.get("id"),
@@ -145,7 +165,7 @@ def print_status(
                     r.get("calendar"),
                     r.get("window_size"),
                     r.get("last_sync") or ("-" if r.get("source") == "device" else "never"),
-                    r.get("last_error"),
+                    *error_cells(r),
                 ]
                 for r in rooms
             ],
@@ -153,7 +173,7 @@ def print_status(
         )
     sink_stats = (outbox or {}).get("sinks", {})
     print_table(
-        ["SINK", "STATE", "READY", "BACKLOG", "OLDEST", "LAST ERROR"],
+        ["SINK", "STATE", "READY", "BACKLOG", "OLDEST", "ERROR AT", "LAST ERROR"],
         [
             [
                 s.get("name"),
@@ -161,7 +181,7 @@ def print_status(
                 s.get("ready"),
                 sink_stats.get(s.get("name"), {}).get("depth", s.get("outbox_depth")),
                 sink_stats.get(s.get("name"), {}).get("oldest_age_s"),
-                s.get("last_error"),
+                *error_cells(s),
             ]
             for s in readyz.get("sinks") or []
         ],
