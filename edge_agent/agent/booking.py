@@ -358,8 +358,9 @@ class CalendarBookings:
         try:
             await self._create_calendar_event(booker, source, room, order, req)
         except Exception:
-            # A store that cannot commit the outcome: the request reads as expired after its
-            # deadline (request_view), and the room's next round still reports the event.
+            # A store that cannot commit the outcome: the request reads as overdue after its
+            # deadline (request_view) until it is dropped after a day, and the room's next
+            # round still reports the event.
             log.exception(
                 "calendar booking: the outcome could not be stored",
                 room=room.room_id,

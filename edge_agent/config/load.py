@@ -118,6 +118,7 @@ def config_from_dict(
     except ValidationError as exc:
         problems.extend(p for p in _problems(exc) if p[0] not in secret_paths)
     problems.extend(_cross_checks(cleaned, require_sink=require_sink))
+    problems.extend(_fleet_checks(cleaned))
     if cfg is not None:
         problems.extend(_same_device_twice(cfg))
     if problems:
@@ -260,6 +261,19 @@ def _cross_checks(raw: Mapping[str, Any], *, require_sink: bool) -> Iterator[Pro
         yield "", "no sink configured: add a [webhook] or an [mqtt] section (or both)"
 
 
+def _fleet_checks(raw: Mapping[str, Any]) -> Iterator[Problem]:
+    """``[fleet]`` means a fleet member, and only a PostgreSQL store is shared by members: with
+    the SQLite file its keys would be ignored while the operator believes the agent is in one."""
+    store = raw.get("store")
+    url = store.get("url") if isinstance(store, Mapping) else None
+    if "fleet" in raw and not url:
+        yield (
+            "fleet",
+            "[fleet] needs [store] url (a postgresql:// URL every member shares); without it "
+            "the agent runs alone on its SQLite file: remove [fleet], or set [store] url",
+        )
+
+
 def _room_checks(raw: Mapping[str, Any]) -> Iterator[Problem]:
     """Rooms and calendar links (DESIGN.md "Rooms and calendar sources"): one id per room, one
     room per mailbox, and a configured source behind every calendar."""
@@ -340,7 +354,13 @@ def _with_paths(cfg: AgentConfig, base_dir: Path | None, env: Mapping[str, str])
     else:
         store_path = rel(store_path)
     updates: dict[str, Any] = {
-        "store": cfg.store.model_copy(update={"path": store_path}),
+        "store": cfg.store.model_copy(
+            update={
+                "path": store_path,
+                "ca_file": rel(cfg.store.ca_file),
+                "password_file": secret_file(cfg.store.password_file),
+            }
+        ),
         "defaults": cfg.defaults.model_copy(
             update={
                 "ca_file": rel(cfg.defaults.ca_file),

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,10 +28,20 @@ _NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _NO_URL_CREDENTIALS = "credentials go in username / password_env or password_file, not in the URL"
+_MEMBER_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+"""What a host name allows (the default member id is the host name), plus ``_``: no ``/``,
+spaces or control characters (it names the member in logs, /v1/fleet and the lease rows)."""
+POSTGRES_SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile"})
+"""libpq connection parameters that carry a password or point at one: libpq honours them in a
+URL's query string (``?password=...``), so they are refused there like ``user:pass@``."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # allow_inf_nan=False: TOML has ``inf`` and ``nan``, and no float key means either (an
+    # interval of ``inf`` never fires, ``nan`` compares false with every bound).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False
+    )
 
 
 # Every number has a finite, sensible range: a value that passes check-config must not break
@@ -47,6 +57,7 @@ RequestSeconds = Annotated[float, Field(ge=0.1, le=300, allow_inf_nan=False)]
 GhostSeconds = Annotated[float, Field(ge=1, le=86_400, allow_inf_nan=False)]
 ReleaseSeconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]  # 0: never
 OccupancyIntervalSeconds = Annotated[float, Field(ge=0, le=3_600, allow_inf_nan=False)]
+RefreshRoomsSeconds = Annotated[float, Field(ge=60, le=604_800, allow_inf_nan=False)]  # a week
 
 
 def _check_env_name(v: str | None) -> str | None:
@@ -80,6 +91,28 @@ def _is_ip(v: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def postgres_url_secret(url: str) -> str | None:
+    """Why a PostgreSQL URL must be refused for carrying a password (``user:pass@`` or a
+    ``password`` / ``sslpassword`` / ``passfile`` query parameter), or ``None``. The message
+    never repeats the URL. Shared by the config check and the store's own guard."""
+    parts = urlsplit(url)
+    where = "[store] password_env or password_file"
+    try:
+        password = parts.password
+    except ValueError:
+        password = None
+    if password is not None:
+        return f"no password in the URL (user:password@): put it in {where}"
+    keys = {key.strip().lower() for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    found = sorted(keys & POSTGRES_SECRET_PARAMS)
+    if found:
+        return (
+            f"no {', '.join(found)} in the URL's query string (libpq would use it, and the URL "
+            f"is shown in logs and /v1/fleet): put the password in {where}"
+        )
+    return None
 
 
 def _check_port(parts: SplitResult, what: str) -> None:
@@ -159,11 +192,10 @@ class StoreConfig(_Section):
         parts = urlsplit(v)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError("expected postgresql://user@host:5432/db")
-        if parts.password is not None:
-            # The URL is shown in logs and /v1/fleet; the message must not repeat it.
-            raise ValueError(
-                "no password in the URL: put it in [store] password_env or password_file"
-            )
+        # The URL is shown in logs and /v1/fleet; the message must not repeat it.
+        secret = postgres_url_secret(v)
+        if secret is not None:
+            raise ValueError(secret)
         if not parts.hostname or not parts.path.strip("/"):
             raise ValueError("expected postgresql://user@host:5432/db (host and database)")
         return v
@@ -192,6 +224,16 @@ class FleetConfig(_Section):
     member_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     """Default: the host name."""
     lease_s: Annotated[float, Field(ge=2.0, le=3600.0)] = 15.0
+
+    @field_validator("member_id")
+    @classmethod
+    def _member_id(cls, v: str | None) -> str | None:
+        if v is not None and not _MEMBER_ID_RE.fullmatch(v):
+            raise ValueError(
+                "use letters, digits, '-', '_' and '.' only (a host name, say), starting with "
+                "a letter, digit or '_'"
+            )
+        return v
 
 
 class _DeviceKeys(_Section):
@@ -405,10 +447,7 @@ class MqttConfig(_Section):
         _check_no_userinfo(parts.netloc)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError("invalid port in the broker URL") from None
+        _check_port(parts, "the port in the broker URL")
         return v
 
     @field_validator("base_topic")
@@ -536,6 +575,19 @@ def _check_https_url(v: str) -> str:
     return v.rstrip("/")
 
 
+def _check_notification_url(v: str) -> str:
+    # The agent appends /v1/notifications/<source> to it: a query string or a fragment would
+    # end up before that path, or be dropped by the provider.
+    checked = _check_https_url(v)
+    parts = urlsplit(v)
+    if parts.query or parts.fragment or v.rstrip().endswith(("?", "#")):
+        raise ValueError(
+            "no query string or fragment: the public https base URL only (the agent appends "
+            "/v1/notifications/...)"
+        )
+    return checked
+
+
 class MicrosoftConfig(_Section):
     """``[microsoft]``: Microsoft 365 (Graph) as a calendar source (DESIGN.md "Rooms and
     calendar sources"). Client credentials: a secret (``client_secret_env`` /
@@ -551,7 +603,7 @@ class MicrosoftConfig(_Section):
     graph_url: str = "https://graph.microsoft.com/v1.0"
     ca_file: Path | None = None
     discover_rooms: bool = True
-    refresh_rooms_s: Annotated[float, Field(ge=60)] = 86_400.0
+    refresh_rooms_s: RefreshRoomsSeconds = 86_400.0
     poll_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
     horizon_days: Annotated[int, Field(ge=1, le=366)] = 7
     notification_url: str | None = None
@@ -571,7 +623,7 @@ class MicrosoftConfig(_Section):
     @field_validator("notification_url")
     @classmethod
     def _notify(cls, v: str | None) -> str | None:
-        return None if v is None else _check_https_url(v)
+        return None if v is None else _check_notification_url(v)
 
     @field_validator("time_zone")
     @classmethod
@@ -613,7 +665,7 @@ class GoogleConfig(_Section):
     calendar_url: str = "https://www.googleapis.com/calendar/v3"
     ca_file: Path | None = None
     discover_rooms: bool = True
-    refresh_rooms_s: Annotated[float, Field(ge=60)] = 86_400.0
+    refresh_rooms_s: RefreshRoomsSeconds = 86_400.0
     poll_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
     horizon_days: Annotated[int, Field(ge=1, le=366)] = 7
     notification_url: str | None = None
@@ -635,7 +687,7 @@ class GoogleConfig(_Section):
     @field_validator("notification_url")
     @classmethod
     def _notify(cls, v: str | None) -> str | None:
-        return None if v is None else _check_https_url(v)
+        return None if v is None else _check_notification_url(v)
 
     @field_validator("time_zone")
     @classmethod

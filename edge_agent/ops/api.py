@@ -30,12 +30,12 @@ Routes:
   404 for an unknown device. Private bookings come without title, organizer and agenda
   (``"hidden": true``) unless ``[api] show_private = true``.
 - ``GET /v1/events/stream`` — events as the store commits them, one JSON envelope a line
-  (``?device=ID``, ``?type=booking.*``; see :mod:`edge_agent.ops.event_stream`); 404 when the
-  agent has no ``event_feed``.
+  (``?room=ID``, alias ``?device=ID``, ``?type=booking.*``; see
+  :mod:`edge_agent.ops.event_stream`); 404 when the agent has no ``event_feed``.
 - ``GET /v1/rooms`` — ``{"rooms": [...]}``, every room (DESIGN.md "Rooms and calendar
-  sources"), one :class:`RoomStatus` each: ``id``, ``source`` (``device``, ``microsoft``),
-  ``device_id`` (the linked device, or the device itself), ``calendar`` (the mailbox),
-  ``last_sync``, ``last_error``, ``window_size``.
+  sources"), one :class:`RoomStatus` each: ``id``, ``source`` (``device``, ``microsoft``,
+  ``google``), ``device_id`` (the linked device, or the device itself), ``calendar`` (the
+  mailbox), ``last_sync``, ``last_error``, ``window_size``.
 - ``GET /v1/rooms/{id}/bookings`` — the room's forwarded window from the store (a calendar
   room's, or a device room's own), sorted by start; 404 for an unknown room.
 - ``POST /v1/notifications/microsoft`` and ``.../lifecycle`` — Graph change and lifecycle
@@ -125,7 +125,7 @@ class RoomStatus(TypedDict, total=False):
     """One entry of ``rooms()`` (and of ``/v1/rooms``)."""
 
     id: str  # required
-    source: str  # required: "device", "microsoft"
+    source: str  # required: "device", "microsoft", "google"
     device_id: str | None
     calendar: str | None
     last_sync: Any
@@ -350,10 +350,10 @@ class LocalApi:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server  # aiohttp exposes the bound sockets only here
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self._port = int(sockets[0].getsockname()[1])
+        # The one site's bound (host, port, ...): the real port when listen asked for port 0.
+        addresses = runner.addresses
+        if addresses:
+            self._port = int(addresses[0][1])
         log.info("local API listening", url=self.url)
 
     async def stop(self) -> None:

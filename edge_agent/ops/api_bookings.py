@@ -7,14 +7,19 @@
   1..1440, start an ISO 8601 time inside the device's window), **409** overlapping a booking of
   the stored window or a request still pending (``{"error", "conflict"}``: the booking id or
   the request UUID), **503** device offline, or a calendar-only room's calendar unreachable
-  (its last round failed, no token; ``Retry-After``), **501** a calendar room of a source the
-  agent cannot book (Google, for now). **502** when the device answers ``Bookings Book`` with
-  an error (the request is then ``failed``). A calendar-only Microsoft room: the event is
-  created in its mailbox after the 202 (``transactionId`` = the request UUID); a refusal then
-  makes the request ``failed`` with the cause (``edge_agent.calendars.graph.booking``).
+  (its last round failed, no token; ``Retry-After``), **501** an agent that takes no bookings
+  or a room whose source cannot book. **502** when the device answers ``Bookings Book`` with
+  an error (the request is then ``failed``). A calendar-only room: the event is created in its
+  calendar after the 202 (Microsoft: ``transactionId`` = the request UUID,
+  ``edge_agent.calendars.graph.booking``; Google: an event id derived from it,
+  ``edge_agent.calendars.google.booking``); a refusal then makes the request ``failed`` with
+  the cause.
 - ``GET /v1/requests/{uuid}`` -> ``{request_uuid, room_id, status, request, created_at,
-  updated_at, ...}``; ``status`` is ``pending``, ``created`` (with ``booking_id``,
-  ``meeting_id``, ``booking``), ``failed`` (with ``cause``) or ``expired``. Kept a day; 404 after.
+  updated_at, ...}``; ``status`` is ``pending``, ``overdue`` (its deadline passed but the
+  device, or the calendar round, has not closed it: it may still become ``created``, as in
+  ``/v1/pending``), or one of the final ``created`` (with ``booking_id``, ``meeting_id``,
+  ``booking``), ``failed`` (with ``cause``) and ``expired`` (closed by the session or the
+  calendar booking). Kept a day; 404 after.
 - ``DELETE /v1/rooms/{room}/bookings/{id}`` -> **202** ``{room_id, booking_id, status:
   "releasing"}``; the outcome arrives as ``booking.deleted``. 404 unknown room or booking, 503
   offline or calendar unreachable, 502 refused by the device or the calendar, 501 as above.
@@ -25,7 +30,7 @@ Who may call them is :mod:`edge_agent.ops.api_guard` (the POST and DELETE need t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import structlog
@@ -41,10 +46,6 @@ log = structlog.get_logger(__name__)
 
 __all__ = ["BookingAccepted", "BookingDesk", "add_routes", "request_view"]
 
-EXPIRY_GRACE = timedelta(seconds=30)
-"""A pending request past its deadline by this much reads as ``expired`` even when no device
-event closed it (a device that never sent ``BookingRequested`` for it, say): the session's own
-deadline and re-list get the first chance to find its outcome."""
 OFFLINE_RETRY_AFTER_S = 30
 
 
@@ -68,13 +69,19 @@ class BookingDesk(Protocol):
 
 
 def request_view(row: BookingRequestRow, now: datetime) -> dict[str, Any]:
-    """What ``GET /v1/requests/{uuid}`` answers for a stored request at ``now``."""
+    """What ``GET /v1/requests/{uuid}`` answers for a stored request at ``now``.
+
+    Only the stored row's status is final. A pending row past its deadline is ``overdue``,
+    never ``expired``: a device that was offline may still report it created at its next
+    re-list, so ``expired`` comes only from whatever closes the row (the session's expiry, the
+    calendar booking's outcome).
+    """
     status: str = row.status
     expires_at = row.request.get("expires_at")
     if status == "pending" and isinstance(expires_at, str):
         try:
-            if now >= parse_utc(expires_at) + EXPIRY_GRACE:
-                status = "expired"
+            if now >= parse_utc(expires_at):
+                status = "overdue"
         except ValueError:
             pass
     view: dict[str, Any] = {

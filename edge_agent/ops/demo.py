@@ -140,9 +140,7 @@ class Receiver:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.port = int(self._runner.addresses[0][1])  # the port the OS chose for port 0
         return f"http://127.0.0.1:{self.port}/hook"
 
     async def stop(self) -> None:
@@ -370,8 +368,10 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 clock=SimulatorClock(fleet),
                 session_overrides={"relist_debounce_s": 0.2, "tick_max_s": 0.2},
             )
+            # Not in a TaskGroup: a failed start is not an exception but the agent's exit code,
+            # which becomes the demo's; the ``finally`` below cancels and awaits it either way.
             agent_task = asyncio.create_task(agent.run(), name="demo.agent")
-            ready = asyncio.create_task(agent.ready.wait())
+            ready = asyncio.create_task(agent.ready.wait(), name="demo.agent-ready")
             await asyncio.wait({agent_task, ready}, return_when=asyncio.FIRST_COMPLETED)
             if agent_task.done():  # it failed while starting: say why
                 ready.cancel()

@@ -13,9 +13,10 @@ queue of :data:`QUEUE_MAX` events. A subscriber that falls that far behind is no
 ``{"error": "...", "dropped": n}``. A blank line is sent every :data:`KEEPALIVE_S` so a client
 and any proxy see the stream is alive.
 
-Filters (query): ``device=ID`` (repeatable), ``type=PATTERN`` (repeatable; shell-style, so
-``booking.*``). Private bookings in ``data.booking`` / ``data.bookings`` lose title and
-organizer unless ``[api] show_private`` (:func:`edge_agent.ops.status_page.booking_view`).
+Filters (query): ``room=ID`` (repeatable; by ``data.room_id``, so calendar-only rooms too;
+``device=ID`` is the same), ``type=PATTERN`` (repeatable; shell-style, so ``booking.*``).
+Private bookings in ``data.booking`` / ``data.bookings`` lose title and organizer unless
+``[api] show_private`` (:func:`edge_agent.ops.status_page.booking_view`).
 An event committed twice (the store ignores a repeated ``event_id``) may show twice.
 """
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from edge_agent import jsoncodec
 from edge_agent.ops.status_page import booking_view
@@ -42,12 +44,23 @@ KEEPALIVE_S = 15.0
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     devices: frozenset[str] = frozenset()
+    """Room ids (``?room=``, or its older name ``?device=``): an event matches by its
+    ``data.room_id`` (every room event has one, a calendar-only room's too) or, for an event
+    about a device, by ``data.device_id``."""
     types: tuple[str, ...] = ()
+
+    @classmethod
+    def from_query(cls, query: MultiMapping[str]) -> EventFilter:
+        """``?room=ID`` / ``?device=ID`` (repeatable, the same thing), ``?type=PATTERN``."""
+        rooms = [*query.getall("room", []), *query.getall("device", [])]
+        return cls(devices=frozenset(rooms), types=tuple(query.getall("type", [])))
 
     def matches(self, envelope: Mapping[str, Any]) -> bool:
         data = envelope.get("data")
-        device = data.get("device_id") if isinstance(data, Mapping) else None
-        if self.devices and device not in self.devices:
+        data = data if isinstance(data, Mapping) else {}
+        if self.devices and not (
+            data.get("room_id") in self.devices or data.get("device_id") in self.devices
+        ):
             return False
         etype = str(envelope.get("type", ""))
         return not self.types or any(fnmatch.fnmatchcase(etype, t) for t in self.types)
@@ -128,10 +141,7 @@ async def stream_response(
 
     Cancelling it (the client disconnected, the server stopping) is safe: it unsubscribes.
     """
-    only = EventFilter(
-        devices=frozenset(request.query.getall("device", [])),
-        types=tuple(request.query.getall("type", [])),
-    )
+    only = EventFilter.from_query(request.query)
     sub = feed.subscribe(only)
     if sub is None:
         raise web.HTTPServiceUnavailable(

@@ -4,7 +4,8 @@ JSON lines when stderr is not a terminal (journald, containers), readable consol
 is. Every line, at every level and from every library, passes :func:`redact` last before being
 rendered: values of keys such as ``password``, ``secret``, ``token`` or ``authorization`` are
 replaced; ``whsec_...`` secrets, ``Basic``/``Bearer`` credentials, the jsxapi ``auth-...``
-subprotocol and URL passwords are masked inside any string; and every secret value registered
+subprotocol and URL passwords (``user:pass@``, and query keys such as ``?password=`` or
+``sslpassword=``) are masked inside any string; and every secret value registered
 with :func:`register_secrets` (the resolved device passwords, webhook and MQTT secrets) is
 masked wherever it appears, tracebacks included.
 """
@@ -58,6 +59,16 @@ _VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)[^@/?#\s]+@", re.IGNORECASE),
         r"\1" + MASK + "@",
+    ),
+    # ...and in a URL's query string: libpq reads ?password= / sslpassword= / passfile= from a
+    # postgresql:// URL; access_token=, secret=, api_key= are credentials in any URL.
+    (
+        re.compile(
+            r"([?&;](?:[a-z0-9_.-]*(?:passw|passfile|secret|token|api[_-]?key|credential)"
+            r"[a-z0-9_.-]*)=)[^&#\s\"']*",
+            re.IGNORECASE,
+        ),
+        r"\1" + MASK,
     ),
 )
 _MIN_REGISTERED_LEN = 4

@@ -264,3 +264,37 @@ async def test_a_double_tap_books_once(booked, receiver) -> None:
     await _wait_status(http, accepted.json()["request_uuid"], "created")
     assert [b.title for b in dev.calendar.bookings()] == ["Tap"]
     assert len(_requested(receiver)) == 1
+
+
+async def test_a_request_past_its_deadline_with_the_device_away_is_overdue_not_expired(
+    booked, receiver
+) -> None:
+    """The device is offline past the deadline (and past any grace): the stored request is
+    still pending and the device may yet report it created, so it reads ``overdue`` (as in
+    /v1/pending), never a provisional ``expired`` that a later ``created`` contradicts."""
+    fleet, running, http = await booked(mode="hybrid", confirm_delay_s=2.0)
+    dev = fleet.devices[0]
+    r = await http.post(
+        f"/v1/rooms/{dev.device_id}/bookings", json={"title": "Away", "duration_min": 15}
+    )
+    assert r.status_code == 202, r.text
+    uuid = r.json()["request_uuid"]
+    await eventually(lambda: _requested(receiver))
+    dev.faults.reboot(down_s=3, not_ready_s=0)
+    await eventually(lambda: not running.agent.devices()[0]["connected"])
+    fleet.clock.advance(120)  # 60 s BookingTimeout + the 30 s the API used to allow, and more
+    view = await _status(http, uuid)
+    assert view["status"] == "overdue", view
+    # The device comes back; the session decides, and what it decides is final.
+    await eventually(lambda: running.agent.devices()[0]["connected"])
+    seen: list[str] = []
+
+    async def decided() -> bool:
+        seen.append((await _status(http, uuid))["status"])
+        return seen[-1] not in ("pending", "overdue")
+
+    async with asyncio.timeout(30):
+        while not await decided():
+            await asyncio.sleep(0.05)
+    assert seen[-1] in ("created", "expired"), seen
+    assert (await _status(http, uuid))["status"] == seen[-1]

@@ -378,7 +378,9 @@ async def test_dead_letter_replay_goes_through_the_running_agent(tmp_path: Path)
         await agent_store.close()
 
 
-async def test_dead_letter_replay_with_the_agent_api_unreachable(tmp_path: Path) -> None:
+async def test_dead_letter_replay_through_the_agent_needs_a_token_source(tmp_path: Path) -> None:
+    """The agent refuses every state-changing route without its token: with the store locked
+    by a running agent and no [api] token source, replay exits 78 before sending anything."""
     from tests.mosquitto import free_port
 
     path = tmp_path / "agent.db"
@@ -388,6 +390,24 @@ async def test_dead_letter_replay_with_the_agent_api_unreachable(tmp_path: Path)
     agent_store = await Store.open(path, sinks=("webhook",))
     try:
         code, out, err = await acli("outbox", "dead-letter", "replay", "-c", str(cfg))
+        assert code == 78, out + err
+        assert "names no API token source" in err
+    finally:
+        await agent_store.close()
+
+
+async def test_dead_letter_replay_with_the_agent_api_unreachable(tmp_path: Path) -> None:
+    from tests.mosquitto import free_port
+
+    path = tmp_path / "agent.db"
+    await make_dead_letters(path, 1)
+    body = WEBHOOK_ONLY.format(url="https://example.invalid/hook")
+    api = f'[api]\nlisten = "127.0.0.1:{free_port()}"\ntoken_env = "EA_API_TOKEN"\n'
+    cfg = write_config(tmp_path, body + api)
+    env = ENV | {"EA_API_TOKEN": "a-local-api-token-of-some-length"}
+    agent_store = await Store.open(path, sinks=("webhook",))
+    try:
+        code, out, err = await acli("outbox", "dead-letter", "replay", "-c", str(cfg), env=env)
         assert code == 69, out + err
         assert f"another edge-agent is using {path} (pid {os.getpid()}?)" in err
         assert "did not answer" in err and "--api URL" in err

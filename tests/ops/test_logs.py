@@ -217,3 +217,47 @@ def test_redact_text_patterns() -> None:
     assert redact_text("wss://user:pw@10.0.0.1/ws") == f"wss://user:{MASK}@10.0.0.1/ws"
     assert redact_text("wss://10.0.0.1/ws") == "wss://10.0.0.1/ws"
     assert redact_text(f"{WHSEC} {WHSEC}") == f"whsec_{MASK} whsec_{MASK}"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "store at postgresql://edge@db:5432/edge?password=s3cret-pw&sslmode=require",
+            f"store at postgresql://edge@db:5432/edge?password={MASK}&sslmode=require",
+        ),
+        (
+            "postgresql://edge@db/edge?sslmode=verify-full&sslpassword=s3cret-pw",
+            f"postgresql://edge@db/edge?sslmode=verify-full&sslpassword={MASK}",
+        ),
+        (
+            "url='postgresql://edge@db/edge?passfile=/home/s3cret-pw'",
+            f"url='postgresql://edge@db/edge?passfile={MASK}'",
+        ),
+        (
+            "https://hook.example/x?access_token=s3cret-pw#top",
+            f"https://hook.example/x?access_token={MASK}#top",
+        ),
+        (
+            "postgresql://edge@db/edge?PASSWORD=s3cret-pw",
+            f"postgresql://edge@db/edge?PASSWORD={MASK}",
+        ),
+    ],
+)
+def test_redact_text_masks_secret_query_keys_in_urls(text: str, masked: str) -> None:
+    assert redact_text(text) == masked
+
+
+def test_redact_text_keeps_other_query_keys() -> None:
+    url = "postgresql://edge@db/edge?sslmode=require&application_name=edge-1&connect_timeout=5"
+    assert redact_text(url) == url
+
+
+def test_a_store_url_with_a_password_query_is_masked_in_a_rendered_line() -> None:
+    stream = io.StringIO()
+    configure_logging("info", json=True, stream=stream)
+    structlog.get_logger("t").info(
+        "store", url="postgresql://edge@db/edge?password=s3cret-pw", dsn_list=["x?sslpassword=zz1"]
+    )
+    out = stream.getvalue()
+    assert "s3cret-pw" not in out and "zz1" not in out and MASK in out

@@ -55,7 +55,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     await rx.runner.setup()
     site = web.TCPSite(rx.runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = rx.runner.addresses[0][1]
     rx.url = f"http://127.0.0.1:{port}/hook"
     yield rx
     await rx.runner.cleanup()
@@ -296,7 +296,7 @@ async def test_stream_keepalive_and_404_without_a_feed(agent: StreamingAgent) ->
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         async with (
             httpx.AsyncClient(timeout=10) as http,
@@ -307,6 +307,59 @@ async def test_stream_keepalive_and_404_without_a_feed(agent: StreamingAgent) ->
     finally:
         agent.event_feed.close()
         await runner.cleanup()
+
+
+def room_envelope(room: str, etype: str, **data: Any) -> dict[str, Any]:
+    """An event of a calendar-only room: ``room_id``, no ``device_id`` (DESIGN.md)."""
+    env = envelope("-", etype, **data)
+    env["data"] |= {"device_id": None, "room_id": room, "source": "microsoft"}
+    return env
+
+
+def test_the_filter_matches_rooms_by_room_id_calendar_only_ones_too() -> None:
+    only = EventFilter(devices=frozenset({"boardroom"}))
+    assert only.matches(room_envelope("boardroom", "booking.deleted"))
+    assert not only.matches(room_envelope("other", "booking.deleted"))
+    # A linked room: room_id is the device id, and device events without room_id still match.
+    linked = envelope("room-4a", "booking.created", room_id="room-4a", source="microsoft")
+    assert EventFilter(devices=frozenset({"room-4a"})).matches(linked)
+    assert EventFilter(devices=frozenset({"room-4a"})).matches(envelope("room-4a", "x"))
+
+
+def test_describe_names_the_room_of_a_calendar_only_event() -> None:
+    from edge_agent.ops.cli.tail import describe
+
+    line = describe(room_envelope("boardroom", "booking.deleted", booking=booking("Standup")))
+    assert line.split("  ")[1:3] == ["boardroom", "booking.deleted"], line
+
+
+async def test_tail_room_and_the_stream_room_filter_find_a_calendar_only_room(
+    agent: StreamingAgent,
+) -> None:
+    assert agent.store is not None
+    async with (
+        LocalApi(agent, "127.0.0.1:0") as api,  # type: ignore[arg-type]
+        httpx.AsyncClient(base_url=api.url, timeout=10) as http,
+        # ?device= stays an alias of ?room= (the parameter the stream had first).
+        http.stream("GET", "/v1/events/stream", params={"device": "boardroom"}) as by_device,
+    ):
+        tail = asyncio.create_task(
+            acli("tail", "--api", api.url, "--room", "boardroom", "--count", "1")
+        )
+        await until(lambda: agent.event_feed.subscribers == 2 or tail.done())
+        await agent.store.commit(
+            Change("room-4a", events=[envelope("room-4a", "booking.created", booking=booking("a"))])
+        )
+        mine = room_envelope("boardroom", "booking.deleted", booking=booking("Standup"))
+        await agent.store.commit(Change("boardroom", events=[mine]))
+        code, out, err = await tail
+        lines = by_device.aiter_lines()
+        line = await anext(lines)
+        while not line.strip():  # keepalives
+            line = await anext(lines)
+    assert code == 0, out + err
+    assert 'boardroom  booking.deleted  10:00-10:30Z  "Standup"' in out, out
+    assert json.loads(line)["data"]["event_id"] == mine["data"]["event_id"]
 
 
 def test_filter() -> None:

@@ -2,7 +2,21 @@
 
 Both go through the running agent's local API (only the agent talks to its devices), with the
 bearer token from ``[api] token_env`` / ``token_file``. ``book`` prints the request UUID and,
-with ``--wait``, follows ``GET /v1/requests/{uuid}`` until the request is no longer pending.
+with ``--wait``, follows ``GET /v1/requests/{uuid}`` until the request is decided (``pending``
+and ``overdue`` are not: an overdue request can still be created by the device).
+
+Exit codes (sysexits where one fits):
+
+====  ===========================================================================================
+0     done: the request was accepted (``book`` without ``--wait``), created, or the release sent
+1     refused: the agent or the device said no (4xx, 502, 501), or the request ended ``failed``
+      or ``expired``
+69    no agent: nothing answered at the API URL (``EX_UNAVAILABLE``)
+75    not now: 503 (the device offline, the calendar unreachable), or still undecided when
+      ``--wait`` gave up (``EX_TEMPFAIL``: the same command may work later)
+78    the config: no ``[api]`` token source, or the one it names is unset (``EX_CONFIG``),
+      found before anything is sent
+====  ===========================================================================================
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from urllib.parse import quote
 from edge_agent.ops.cli.common import (
     EX_FAIL,
     EX_OK,
+    EX_TEMPFAIL,
     EX_UNAVAILABLE,
     Exit,
     api_headers,
@@ -26,6 +41,8 @@ from edge_agent.ops.cli.common import (
 )
 
 WAIT_POLL_S = 1.0
+UNDECIDED = ("pending", "overdue")
+"""``GET /v1/requests/{uuid}`` statuses that may still become ``created``."""
 
 
 def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -53,7 +70,9 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--organizer-name", metavar="NAME")
     p.add_argument("--organizer-email", metavar="EMAIL")
     p.add_argument(
-        "--wait", action="store_true", help="wait for the outcome (created, failed, expired)"
+        "--wait",
+        action="store_true",
+        help="wait (up to --timeout) for the outcome: created, failed or expired",
     )
     p.set_defaults(func=cmd_book)
     p = sub.add_parser(
@@ -74,7 +93,7 @@ def _client(args: argparse.Namespace) -> tuple[Any, str]:
     client = httpx.Client(
         base_url=url,
         timeout=args.timeout,
-        headers=api_headers(args.config, cfg),
+        headers=api_headers(args.config, cfg, required=True),
         verify=api_verify(cfg),
     )
     return client, url
@@ -104,7 +123,9 @@ def _fail(url: str, route: str, status: int, body: dict[str, Any]) -> int:
         hint = " (set [api] token_env or token_file to the agent's token)"
     field = f" [field {body['field']}]" if body.get("field") else ""
     err(f"edge-agent: {url}{route} answered HTTP {status}: {body.get('error')}{field}{hint}")
-    return EX_UNAVAILABLE if status == 503 else EX_FAIL
+    # 503 is the agent answering "not now" (device offline, calendar unreachable): not 69,
+    # which says no agent answered at all.
+    return EX_TEMPFAIL if status == 503 else EX_FAIL
 
 
 def cmd_book(args: argparse.Namespace) -> int:
@@ -132,11 +153,14 @@ def cmd_book(args: argparse.Namespace) -> int:
             status, body = _call(client, url, "GET", follow)
             if status != 200:
                 return _fail(url, follow, status, body)
-            if body.get("status") != "pending":
+            if body.get("status") not in UNDECIDED:
                 break
             if time.monotonic() >= deadline:
-                err(f"edge-agent: {uuid} still pending after {args.timeout:.0f} s")
-                return EX_FAIL
+                err(
+                    f"edge-agent: {uuid} still {body.get('status')} after {args.timeout:.0f} s; "
+                    f"follow it with GET {url}{follow}"
+                )
+                return EX_TEMPFAIL
             time.sleep(WAIT_POLL_S)
     outcome = body["status"]
     if outcome == "created":

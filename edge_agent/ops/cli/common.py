@@ -24,6 +24,9 @@ EX_OK = 0
 EX_FAIL = 1
 EX_USAGE = 2
 EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+"""sysexits ``EX_TEMPFAIL``: the agent answered but cannot do it now (the device is offline,
+the calendar unreachable, an outcome not known yet); the same command may work later."""
 EX_INTERRUPTED = 130
 DEFAULT_API_URL = "http://127.0.0.1:9780"
 DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
@@ -112,16 +115,29 @@ def config_api_url(cfg: AgentConfig) -> str:
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def api_headers(path: Path, cfg: AgentConfig) -> dict[str, str]:
+def api_headers(path: Path, cfg: AgentConfig, *, required: bool = False) -> dict[str, str]:
     """``Authorization: Bearer`` with the first ``[api]`` token (the same source the agent
-    reads); no header when the config names none. Exit 78 when the named source is unset."""
+    reads); no header when the config names none. Exit 78 when the named source is unset, and
+    with ``required`` (a state-changing route: the agent always wants the token there) when
+    the config names none: found before anything is sent, not as the agent's 401."""
     from edge_agent.config.secrets import resolve_api_tokens
 
+    if required and cfg.api.token_env is None and cfg.api.token_file is None:
+        err(
+            f"edge-agent: {path} names no API token source: the agent's booking, release and "
+            "dead-letter routes need its token",
+            "  set api.token_env or api.token_file to the same source as the agent's",
+        )
+        raise Exit(EX_CONFIG)
     try:
         tokens = resolve_api_tokens(cfg)
     except ConfigError as exc:
         print_config_error(path, exc)
         raise Exit(EX_CONFIG) from None
+    if required and not tokens:
+        key = "api.token_env" if cfg.api.token_env else "api.token_file"
+        err(f"edge-agent: {key} in {path} holds no token (it is empty)")
+        raise Exit(EX_CONFIG)
     return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
 
 

@@ -129,7 +129,7 @@ def _dead_letter_change(args: argparse.Namespace, cfg: AgentConfig) -> int:
         where = ""
     except (StoreLocked, _FleetStore) as locked:
         url = str(args.api).rstrip("/") if args.api else config_api_url(cfg)
-        headers = api_headers(args.config, cfg)
+        headers = api_headers(args.config, cfg, required=True)
         n = _dead_letter_via_api(args, url, ids, locked, headers, api_verify(cfg))
         where = f" through the running agent ({url})"
     except StoreError as exc:

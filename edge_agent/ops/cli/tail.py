@@ -76,7 +76,7 @@ def describe(envelope: Mapping[str, Any]) -> str:
     data = data if isinstance(data, Mapping) else {}
     parts = [
         str(data.get("observed_at") or envelope.get("timestamp") or "-"),
-        str(data.get("device_id") or "-"),
+        str(data.get("room_id") or data.get("device_id") or "-"),
         str(envelope.get("type") or "-"),
     ]
     booking = data.get("booking")
@@ -107,7 +107,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         err("edge-agent: --count must be at least 1")
         return EX_FAIL
     url = _api_url(args)
-    params = {"device": list(args.room or []), "type": list(args.type or [])}
+    # ``room``: matched against data.room_id, so calendar-only rooms are found too.
+    params = {"room": list(args.room or []), "type": list(args.type or [])}
     out: TextIO = sys.stdout
     seen = 0
     # The read timeout is above the stream's 15 s keepalive: a silent minute means a dead agent.
