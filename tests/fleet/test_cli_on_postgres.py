@@ -32,6 +32,7 @@ url = "https://example.invalid/hook"
 secret_env = "EDGE_AGENT_WEBHOOK_SECRET"
 [api]
 listen = "{api}"
+token_env = "API_TOKEN"
 """
     )
     return p
@@ -51,7 +52,7 @@ secret_env = "EDGE_AGENT_WEBHOOK_SECRET"
     return p
 
 
-PG_ENV = {**ENV, "PG_PASSWORD": pg.PASSWORD}
+PG_ENV = {**ENV, "PG_PASSWORD": pg.PASSWORD, "API_TOKEN": "fleet-cli-test-token-0123456789"}
 
 
 async def dead_letters(store: StoreBackend, n: int) -> None:
