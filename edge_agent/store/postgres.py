@@ -30,6 +30,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from edge_agent import jsoncodec
+from edge_agent.config.models import postgres_url_secret
 from edge_agent.forward.schedule import OutboxEvent, RetryState, SinkProgress
 from edge_agent.metrics import DEAD_LETTERS, OUTBOX_DEPTH, OUTBOX_OLDEST_AGE, PENDING_REQUESTS
 from edge_agent.store import occupancy
@@ -180,8 +181,8 @@ class PostgresStore:
         Raises:
             StoreError: the database cannot be reached, or is newer than this code.
         """
-        if urlsplit(url).password is not None:
-            raise ValueError("no password in the store URL: use password_env or password_file")
+        if (why := postgres_url_secret(url)) is not None:
+            raise ValueError(why)
         if len(set(sinks)) != len(sinks) or not sinks:
             raise ValueError(f"sinks must be distinct names, at least one: {sinks!r}")
         if dead_letter_max < 1 or outbox_max_events < 1:
@@ -658,8 +659,8 @@ async def read_only(
         StoreError: the database cannot be reached, or has no edge-agent schema.
     """
     where = describe(url)
-    if urlsplit(url).password is not None:
-        raise StoreError("no password in the store URL: use password_env or password_file")
+    if (why := postgres_url_secret(url)) is not None:
+        raise StoreError(why)
     kwargs: dict[str, Any] = {
         "autocommit": True,
         "connect_timeout": max(1, int(connect_timeout_s)),

@@ -24,10 +24,10 @@ def store_password(cfg: AgentConfig) -> str | None:
     """
     import os
 
-    from edge_agent.config.secrets import _read_secret  # the one reader of secret sources
+    from edge_agent.config.secrets import read_secret  # the one reader of secret sources
 
     problems: list[tuple[str, str]] = []
-    secret = _read_secret(
+    secret = read_secret(
         "store.password",
         env_name=cfg.store.password_env,
         file_name=cfg.store.password_file,
