@@ -29,7 +29,11 @@ The trims:
 
 - :class:`LeanSSLProtocol`: asyncio's ``SSLProtocol`` gives every connection its own 256 KiB
   read buffer. On a selector loop the buffer is filled by ``recv_into`` and copied into the TLS
-  BIO in the same callback, so one buffer per thread serves every connection. The same
+  BIO in the same callback, so one buffer per thread serves every connection. It is also
+  smaller, :data:`READ_BUFFER_SIZE` (one TLS record): everything one read brings is decrypted
+  and parsed into frames at once, before websockets can pause the transport, so the read size
+  bounds what a link whose reader waits (:mod:`.budget`) piles up: ~40 flood frames a read, not
+  ~600 (a paused link's kernel buffer holds far more than 256 KiB). The same
   reasoning bounds the TLS BIO: OpenSSL's memory BIO grows its buffer to the largest write it
   was given and never shrinks it, so one 16 KiB read (a ``Bookings List`` reply) would pin
   ~21 KiB per connection for good; the lean protocol feeds the BIO :data:`BIO_FEED` bytes at a
@@ -58,7 +62,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame
 
-READ_BUFFER_SIZE = 256 * 1024
+READ_BUFFER_SIZE = 16 * 1024
+"""Bytes one socket read takes (asyncio's SSLProtocol: 256 KiB): a full TLS record's payload."""
 # What one write into a connection's incoming BIO may carry. OpenSSL drains the BIO into its own
 # record buffer (released when idle: Python sets SSL_MODE_RELEASE_BUFFERS) before the next write,
 # so this bounds what every idle connection keeps: about 4/3 of it.

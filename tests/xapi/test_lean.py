@@ -110,6 +110,10 @@ async def test_every_trim_applies_on_the_installed_websockets(client: XapiClient
     assert conn.request is None  # the upgrade request carried the credentials
     assert conn.response is not None and len(conn.response.headers) == 0
     assert lean.lean_tls_supported(asyncio.get_running_loop())
+    # One read takes at most a TLS record: what a waiting reader piles up per read is bounded.
+    ssl_protocol = conn.transport._ssl_protocol  # type: ignore[attr-defined]
+    assert isinstance(ssl_protocol, lean.LeanSSLProtocol)
+    assert len(ssl_protocol.get_buffer(-1)) == lean.READ_BUFFER_SIZE == 16 * 1024
     # ...and the link still works after all of them.
     assert await echo(client, "still here") == "still here"
 
