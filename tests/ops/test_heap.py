@@ -106,3 +106,34 @@ def test_the_real_rss_is_read_on_linux() -> None:
         assert heap.HeapTrimmer().supported is (platform.libc_ver()[0] == "glibc")
     else:
         assert rss is None
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc parameters")
+def test_tune_malloc_keeps_large_blocks_in_their_own_mappings() -> None:
+    """Left alone, glibc raises its mmap threshold to the size of a mapped block once it is
+    freed, and the next blocks of that size come from the heap; fixed, they still get their own
+    mapping (glibc marks such a chunk with IS_MMAPPED, 0x2, in the size word before it)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def mapped(block: int) -> bool:
+        return bool(ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value & 2)
+
+    assert heap.tune_malloc() is True
+    libc.free(libc.malloc(4 * MIB))  # what would raise a moving threshold to 4 MiB
+    block = libc.malloc(heap.MMAP_THRESHOLD * 4)
+    try:
+        assert block and mapped(block)
+    finally:
+        libc.free(block)
+
+
+def test_tune_malloc_says_when_the_c_library_has_no_such_parameters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(heap, "_mallopt", None)
+    assert heap.tune_malloc() is False
