@@ -280,10 +280,24 @@ class DeviceCore:
             raise RpcError(rpc.INVALID_PARAMS, f"{name}: {exc}") from None
 
     def _check_read(self, session: Session, path: Path) -> None:
-        if path[0].lower() == "configuration" and session.role != ADMIN:
-            raise RpcError(rpc.PERMISSION_DENIED, "the Admin role is needed to read configuration")
+        if path[0].lower() == "configuration":
+            self._check_config_read(session, path)
         if path[0].lower() == "status":
             self._check_status_roles(session, path)
+
+    def _check_config_read(self, session: Session, path: Path) -> None:
+        """The schema's ``read`` roles of one configuration (``Time Zone``: Admin, Integrator and
+        User; ``Bookings AdhocBooking BookingTimeout``: Admin and User). A wildcard, a branch or
+        a path the schema does not list needs Admin."""
+        if session.role == ADMIN:
+            return
+        name = " ".join(path[1:])
+        by_name = {known.lower(): roles for known, roles in self.profile.config_read_roles.items()}
+        allowed = by_name.get(name.lower(), (ADMIN,))
+        if session.role not in allowed:
+            raise RpcError(
+                rpc.PERMISSION_DENIED, f"the {session.role} role may not read Configuration {name}"
+            )
 
     def _may_read_room_analytics(self, session: Session) -> bool:
         try:
@@ -385,8 +399,8 @@ class DeviceCore:
                 rpc.INVALID_PARAMS, "Query must start with Status, Configuration or Event"
             )
         pattern = (roots[pattern[0].lower()], *pattern[1:])
-        if pattern[0] == "Configuration" and session.role != ADMIN:
-            raise RpcError(rpc.PERMISSION_DENIED, "the Admin role is needed for configuration")
+        if pattern[0] == "Configuration":
+            self._check_config_read(session, pattern)
         if pattern[0] == "Status":
             self._check_status_roles(session, pattern)
         if len(session.subscriptions) >= self.settings.max_subscriptions:

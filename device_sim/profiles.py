@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -62,6 +62,8 @@ class Profile:
     command_roles: dict[str, tuple[str, ...]]
     objects: tuple[dict[str, Any], ...]
     statuses: dict[str, dict[str, Any]]  # "RoomAnalytics PeoplePresence" -> attributes
+    # "Time Zone" -> the roles the schema lets read that configuration (its ``read`` list)
+    config_read_roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def has_status(self, path: str) -> bool:
         return path in self.statuses
@@ -111,10 +113,13 @@ def get_profile(name: str) -> Profile:
     commands: dict[str, tuple[Param, ...]] = {}
     roles: dict[str, tuple[str, ...]] = {}
     statuses: dict[str, dict[str, Any]] = {}
+    config_read: dict[str, tuple[str, ...]] = {}
     for obj in schema["objects"]:
         attrs = obj["attributes"]
         if obj["type"] == "Status":
             statuses[obj["path"]] = attrs
+        if obj["type"] == "Configuration":
+            config_read[obj["path"]] = tuple(attrs.get("read") or attrs.get("role") or ())
         if obj["type"] == "Event" and obj["path"].startswith("Bookings "):
             event = obj["path"].split(" ", 1)[1]
             if name == "legacy" and event not in LEGACY_EVENTS:
@@ -131,4 +136,5 @@ def get_profile(name: str) -> Profile:
         command_roles=roles,
         objects=tuple(schema["objects"]),
         statuses=statuses,
+        config_read_roles=config_read,
     )

@@ -46,9 +46,8 @@ HINT_PRESENCE = (
     "presence is off: set Configuration RoomAnalytics PeoplePresenceDetector to On on the device"
 )
 HINT_PERMISSION = (
-    "the device user may not read Status RoomAnalytics (permission denied); give it the User, "
-    "Integrator or Admin role, and enable RoomAnalytics PeopleCountOutOfCall / "
-    "PeoplePresenceDetector"
+    "the device user may not read Status RoomAnalytics (permission denied); give it the User or "
+    "Admin role, and enable RoomAnalytics PeopleCountOutOfCall / PeoplePresenceDetector"
 )
 
 

@@ -68,15 +68,27 @@ def test_command_error_has_a_cause() -> None:
     assert reply["error"]["data"]["Cause"] == "NotFound"
 
 
-def test_user_role_cannot_read_configuration_or_put() -> None:
+def test_roles_follow_the_schema() -> None:
+    """The xAPI schema's roles: User reads the Time Zone and BookingTimeout it needs and uses
+    Bookings, but may not Put or set; Integrator reads the Time Zone but may not use Bookings;
+    a configuration branch or a path the schema does not list needs Admin."""
     core = make_core()
     user = Client(core, role="User")
-    assert (
-        user.call("xGet", Path="Configuration Time Zone")["error"]["code"] == rpc.PERMISSION_DENIED
+    assert user.result("xGet", Path="Configuration Time Zone") == "Etc/UTC"
+    assert isinstance(
+        user.result("xGet", Path="Configuration Bookings AdhocBooking BookingTimeout"), int
     )
-    assert user.call("xCommand/Bookings/Put", body="[]")["error"]["code"] == rpc.PERMISSION_DENIED
+    denied = rpc.PERMISSION_DENIED
+    assert user.call("xGet", Path="Configuration Bookings")["error"]["code"] == denied
+    assert user.call("xCommand/Bookings/Put", body="[]")["error"]["code"] == denied
     assert user.call("xSet", Path="Configuration Time Zone", Value="UTC")["error"]["code"] == -31999
     assert user.result("xGet", Path="Status Bookings Availability Status") == "Free"
+    assert "error" not in user.call("xCommand/Bookings/List", DayOffset=0, Days=1)
+    integrator = Client(core, role="Integrator")
+    assert integrator.result("xGet", Path="Configuration Time Zone") == "Etc/UTC"
+    assert integrator.call("xCommand/Bookings/List")["error"]["code"] == denied
+    timeout = "Configuration Bookings AdhocBooking BookingTimeout"
+    assert integrator.call("xGet", Path=timeout)["error"]["code"] == denied
     admin = Client(core)
     assert admin.result("xGet", Path="Configuration/Time/Zone") == "Etc/UTC"
 

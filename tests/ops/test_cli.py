@@ -423,9 +423,9 @@ async def test_check_config_connect_devices(tmp_path: Path) -> None:
 
     fleet = DeviceFleet(
         SimConfig(
-            devices=3,
+            devices=4,
             password="Adm1n-Pw-4711",
-            users={"viewer": ("view-pw", "User")},
+            users={"viewer": ("view-pw", "User"), "integrator": ("int-pw", "Integrator")},
             time_zone="Europe/Oslo",
             booking_timeout_s=90,
         )
@@ -460,6 +460,12 @@ ca_file = "{ca}"
 username = "viewer"
 password_env = "VIEW_PW"
 [[devices]]
+id = "integrator"
+url = "{d[3].url}"
+ca_file = "{ca}"
+username = "integrator"
+password_env = "INT_PW"
+[[devices]]
 id = "no-ws"
 url = "ws://127.0.0.1:{port_404}/ws"
 """ + WEBHOOK_ONLY.format(url=f"http://127.0.0.1:{port_404}/hook")
@@ -468,6 +474,7 @@ url = "ws://127.0.0.1:{port_404}/ws"
             "EDGE_AGENT_DEVICE_PASSWORD": "Adm1n-Pw-4711",
             "WRONG_PW": "nope",
             "VIEW_PW": "view-pw",
+            "INT_PW": "int-pw",
         }
         code, out, err = await acli("check-config", "-c", str(cfg), "--connect", env=env)
         assert code == 1, out + err
@@ -480,10 +487,13 @@ url = "ws://127.0.0.1:{port_404}/ws"
         assert "credentials" in rows[("bad-password", "connect")]
         assert rows[("viewer", "connect")].startswith("ok")
         assert rows[("viewer", "Bookings List")].startswith("ok")
-        assert rows[("viewer", "time zone")].startswith("WARN")  # configuration: Admin only
+        assert rows[("viewer", "time zone")].startswith("ok")  # the schema lets User read it
+        # Integrator may read the time zone but not use Bookings: the hint names the right role
+        assert rows[("integrator", "Bookings List")].startswith("FAIL")
+        assert "User (or Admin)" in rows[("integrator", "Bookings List")]
         assert rows[("no-ws", "connect")].startswith("FAIL")
         assert "NetworkServices Websocket" in rows[("no-ws", "connect")]
-        for secret in ("Adm1n-Pw-4711", "view-pw", WHSEC):
+        for secret in ("Adm1n-Pw-4711", "view-pw", "int-pw", WHSEC):
             assert secret not in out + err
     finally:
         await not_xapi.cleanup()

@@ -313,7 +313,7 @@ async def _check_device(ds: DeviceSettings, timeout: float) -> list[CheckResult]
             results.append(CheckResult(ds.id, "Bookings List", True, f"{total} booking(s) today"))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a FAIL row
             hint = (
-                "; the user needs a role that may use Bookings (Integrator)"
+                "; the user needs the User (or Admin) role: Integrator may not use Bookings"
                 if isinstance(exc, PermissionDenied)
                 else ""
             )
