@@ -609,7 +609,8 @@ class Agent:
         when a meeting starts): every 30 s, and at once when a poller's room set changed."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._calendars.rooms_changed.wait(), 30)
+                async with asyncio.timeout(30):
+                    await self._calendars.rooms_changed.wait()
             self._calendars.rooms_changed.clear()
             await self._announce_rooms()
 

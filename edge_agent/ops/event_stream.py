@@ -159,7 +159,8 @@ async def stream_response(
                 await resp.write(jsoncodec.dumpb(line) + b"\n")
                 break
             try:
-                envelope = await asyncio.wait_for(sub.queue.get(), keepalive_s)
+                async with asyncio.timeout(keepalive_s):
+                    envelope = await sub.queue.get()
             except TimeoutError:
                 await resp.write(b"\n")
                 continue
