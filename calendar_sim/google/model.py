@@ -111,7 +111,8 @@ class GEvent:
             "organizer": {"email": self.organizer},
             "start": start,
             "end": end,
-            "iCalUID": f"{self.id}@google.com",
+            # Instances share the series' iCalUID, as Google's do (Event.iCalUID).
+            "iCalUID": f"{(self.series or self).id}@google.com",
             "sequence": self.sequence,
             "visibility": self.visibility,
             "attendees": [{"email": calendar, "resource": True, "responseStatus": "accepted"}],
