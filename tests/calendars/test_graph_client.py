@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+import structlog
 
 from edge_agent.backoff import Backoff
 from edge_agent.bookings.window import WindowBounds
 from edge_agent.calendars.graph.auth import ClientCredentials
-from edge_agent.calendars.graph.client import GraphClient
+from edge_agent.calendars.graph.client import PLACES_TOP, GraphClient
 from edge_agent.calendars.graph.errors import (
     GraphAuthError,
     GraphPermissionError,
@@ -83,6 +84,27 @@ async def test_list_rooms_follows_every_next_link(fake: FakeGraph, client: Graph
     assert [r.mailbox for r in rooms] == [f"Room-{i}@contoso.com" for i in range(5)]
     assert rooms[0].display_name == "Room 0" and rooms[0].place_id == "p0"
     assert len(fake.of("/places/")) == 3
+
+
+async def test_list_rooms_asks_for_the_largest_page(fake: FakeGraph, client: GraphClient) -> None:
+    fake.rooms = [{"id": "p0", "emailAddress": "Room-0@contoso.com"}]
+    with structlog.testing.capture_logs() as logs:
+        await client.list_rooms()
+    assert fake.of("/places/")[0].query.get("$top") == str(PLACES_TOP)
+    assert not [e for e in logs if e["log_level"] == "warning"]
+
+
+async def test_a_full_room_page_without_next_link_is_a_warning(
+    fake: FakeGraph, client: GraphClient
+) -> None:
+    # Graph's default page is 100, and tenants report its nextLink missing (Q&A 1021419).
+    fake.rooms = [{"id": f"p{i}", "emailAddress": f"Room-{i}@contoso.com"} for i in range(100)]
+    fake.rooms_page = 100
+    with structlog.testing.capture_logs() as logs:
+        rooms = await client.list_rooms()
+    assert len(rooms) == 100
+    warned = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warned) == 1 and "no @odata.nextLink" in warned[0]["event"]
 
 
 async def test_places_403_names_place_read_all(fake: FakeGraph, client: GraphClient) -> None:

@@ -3,7 +3,11 @@
 What the docs fix, and this module honours:
 
 - ``GET /places/microsoft.graph.room`` lists the tenant's rooms; every ``@odata.nextLink`` is
-  followed (needs ``Place.Read.All``).
+  followed (needs ``Place.Read.All``). "By default, this operation returns 100 places per page"
+  (List places), and tenants report pages without the ``@odata.nextLink`` (Microsoft Q&A 1021419),
+  so the first request asks for ``$top`` = :data:`PLACES_TOP` (the docs name no maximum; 999 is
+  Graph's usual directory maximum) and a full page without a nextLink is logged as a warning: the
+  listing may be cut short. Rooms "Hidden from GAL" are never listed.
 - ``GET /users/{mailbox}/calendarView/delta?startDateTime&endDateTime`` starts a round; its
   pages are followed by ``@odata.nextLink`` until the ``@odata.deltaLink`` that resumes the round
   later. Links are used as given (they carry the state token) and are only accepted on the
@@ -48,10 +52,12 @@ from edge_agent.calendars.graph.errors import (
 from edge_agent.calendars.http import TOO_LARGE, bounded_get
 from edge_agent.forward.webhook import parse_retry_after
 
-__all__ = ["MAILBOX_CONCURRENCY", "DeltaRound", "GraphClient", "GraphRoom"]
+__all__ = ["MAILBOX_CONCURRENCY", "PLACES_TOP", "DeltaRound", "GraphClient", "GraphRoom"]
 
 log = structlog.get_logger(__name__)
 
+PLACES_TOP = 999  # $top of the room list's first request (Graph's default page is 100)
+_PLACES_DEFAULT_PAGE = 100
 MAILBOX_CONCURRENCY = 4  # Outlook's limit of concurrent requests per mailbox (throttling docs)
 _RESYNC_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
@@ -126,7 +132,7 @@ class GraphClient:
 
     async def list_rooms(self) -> list[GraphRoom]:
         """Every room of the places directory (all pages). Needs ``Place.Read.All``."""
-        url: str | None = f"{self.graph_url}/places/microsoft.graph.room"
+        url: str | None = f"{self.graph_url}/places/microsoft.graph.room?$top={PLACES_TOP}"
         rooms: list[GraphRoom] = []
         pages = 0
         while url is not None:
@@ -136,7 +142,8 @@ class GraphClient:
                     "directory", f"the room list has more than {self._max_pages} pages; refused"
                 )
             body = await self._get_json(url, subject="directory", gate_key="places", kind="places")
-            for obj in _values(body, "directory"):
+            page = _values(body, "directory")
+            for obj in page:
                 mail = obj.get("emailAddress") if isinstance(obj, dict) else None
                 if not isinstance(mail, str) or "@" not in mail:
                     log.warning("place without a usable emailAddress skipped", place=str(obj)[:200])
@@ -151,6 +158,14 @@ class GraphClient:
                     )
                 )
             url = self._link(body, "@odata.nextLink", "directory")
+            if url is None and len(page) in (_PLACES_DEFAULT_PAGE, PLACES_TOP):
+                log.warning(
+                    "the room list's last page is full but has no @odata.nextLink: Graph may "
+                    "have cut the listing short (rooms beyond it are not discovered)",
+                    page_rooms=len(page),
+                    pages=pages,
+                    rooms=len(rooms),
+                )
         return rooms
 
     async def calendar_delta(
