@@ -65,7 +65,12 @@ def add_routes(app: web.Application, sim: GoogleSim) -> None:
 
     async def add_room(request: web.Request) -> Any:
         body = await json_body(request)
-        return sim.add_room(str(body["email"]), body.get("name")).resource_json()
+        return sim.add_room(
+            str(body["email"]),
+            body.get("name"),
+            category=str(body.get("category", "CONFERENCE_ROOM")),
+            resource_type=str(body.get("resource_type", "Conference room")),
+        ).resource_json()
 
     async def remove_room(request: web.Request) -> Any:
         sim.remove_room(request.match_info["email"])

@@ -1,5 +1,6 @@
-"""Recurring series against the Google simulator: the agent's mapping and window logic on the
-real wire shape (instances share the series' iCalUID; a cancelled series is one item)."""
+"""The agent's Google edge against the Google simulator, on the real wire shape: recurring
+series (instances share the series' iCalUID; a cancelled series is one item) and discovery
+(the Directory lists equipment with the rooms)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,14 @@ async def test_cancelling_a_series_deletes_every_instance_in_the_window(
     r = await round_(client, room, first.state, START)
     assert [c.type for c in r.changes] == ["booking.deleted"] * 5
     assert set(r.state.bookings) == {single.id}
+
+
+async def test_discovery_lists_only_conference_rooms(
+    sim_client: tuple[GoogleSim, GoogleClient, str],
+) -> None:
+    sim, client, room = sim_client
+    sim.add_room("projector-1@example.com", "Projector", category="OTHER", resource_type="Beamer")
+    sim.add_room("car-1@example.com", "Pool car", category="OTHER", resource_type="Car")
+    sim.add_room("legacy-1@example.com", "Old room", category="CATEGORY_UNKNOWN")
+    rooms = await client.list_rooms()
+    assert sorted(r.mailbox for r in rooms) == sorted([room, "legacy-1@example.com"])
