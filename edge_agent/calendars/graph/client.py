@@ -14,9 +14,11 @@ What the docs fix, and this module honours:
   configured Graph origin, so a bearer token never leaves for another host.
 - ``Prefer: outlook.timezone="UTC"`` (times in UTC) and ``odata.maxpagesize``, on every call of
   the chain.
-- Throttling: Outlook allows four concurrent requests per mailbox, so each mailbox has a
-  semaphore of 4; a 429 makes the whole mailbox wait ``Retry-After`` seconds; 503 and friends
-  are retried with the one :class:`~edge_agent.backoff.Backoff`, still honouring ``Retry-After``.
+- Throttling: Outlook allows four concurrent requests per mailbox, so each mailbox has a gate
+  of 4 slots (:mod:`.gate`, shared with bookings and subscriptions through
+  :attr:`GraphClient.gates`); a 429 makes the whole mailbox wait ``Retry-After`` seconds; 503
+  and friends are retried with the one :class:`~edge_agent.backoff.Backoff`, still honouring
+  ``Retry-After``.
 - 401: the token is renewed once, then :class:`GraphAuthError`. 403 names the permission.
   410, or an error code ``SyncStateNotFound``/``resyncRequired``: :class:`ResyncRequired`.
 
@@ -30,7 +32,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -49,6 +51,7 @@ from edge_agent.calendars.graph.errors import (
     MailboxNotFound,
     ResyncRequired,
 )
+from edge_agent.calendars.graph.gate import MAILBOX_CONCURRENCY, MailboxGates
 from edge_agent.calendars.http import TOO_LARGE, bounded_get
 from edge_agent.forward.webhook import parse_retry_after
 
@@ -58,7 +61,6 @@ log = structlog.get_logger(__name__)
 
 PLACES_TOP = 999  # $top of the room list's first request (Graph's default page is 100)
 _PLACES_DEFAULT_PAGE = 100
-MAILBOX_CONCURRENCY = 4  # Outlook's limit of concurrent requests per mailbox (throttling docs)
 _RESYNC_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
 RETRY_BACKOFF = Backoff(initial=1.0, maximum=60.0)  # 503s inside one request
@@ -83,12 +85,6 @@ class DeltaRound:
     pages: int
 
 
-@dataclass(slots=True)
-class _MailboxGate:
-    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAILBOX_CONCURRENCY))
-    not_before: float = 0.0  # monotonic time before which nothing is sent (a 429's Retry-After)
-
-
 class GraphClient:
     """The Graph calls the room poller needs. One instance serves every room; safe to share
     between tasks. Every method is cancel-safe (a cancelled call leaves nothing behind but its
@@ -110,6 +106,7 @@ class GraphClient:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        gates: MailboxGates | None = None,
     ) -> None:
         self._http = http
         self._tokens = tokens
@@ -123,10 +120,11 @@ class GraphClient:
         self._timeout = request_timeout_s
         self._backoff = backoff
         self._sleep = sleep
-        self._monotonic = monotonic
         self._wall = wall  # only for a Retry-After given as an HTTP-date
         self._rng = rng
-        self._gates: dict[str, _MailboxGate] = {}
+        self._gates = (
+            gates if gates is not None else MailboxGates(monotonic=monotonic, sleep=sleep)
+        )
 
     # ------------------------------------------------------------------ public calls
 
@@ -217,17 +215,17 @@ class GraphClient:
                 )
             return DeltaRound(values=values, delta_link=done, pages=pages)
 
+    @property
+    def gates(self) -> MailboxGates:
+        """The per-mailbox gates every call of this client takes a slot of; share them with
+        whatever else calls the same mailboxes (bookings, subscriptions)."""
+        return self._gates
+
     def forget_mailbox(self, mailbox: str) -> None:
         """Drop a removed room's throttling state (the gate map stays bounded by the rooms)."""
-        self._gates.pop(mailbox.lower(), None)
+        self._gates.forget(mailbox)
 
     # ------------------------------------------------------------------ the request loop
-
-    def _gate(self, key: str) -> _MailboxGate:
-        gate = self._gates.get(key)
-        if gate is None:
-            gate = self._gates[key] = _MailboxGate()
-        return gate
 
     async def _get_json(
         self,
@@ -239,16 +237,12 @@ class GraphClient:
         mailbox: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        gate = self._gate(gate_key)
         renewed = False
         attempt = 0
         while True:
             attempt += 1
             retry_after: float | None = None
-            async with gate.slots:
-                wait = gate.not_before - self._monotonic()
-                if wait > 0:
-                    await self._sleep(wait)
+            async with self._gates.slot(gate_key):
                 token = await self._tokens.token()
                 try:
                     status, resp_headers, body = await self._send(url, token, headers)
@@ -260,7 +254,7 @@ class GraphClient:
                 retry_after = parse_retry_after(resp_headers.get("retry-after"), self._wall())
                 if status == 429:
                     ra = retry_after if retry_after is not None else self._backoff.delay(attempt)
-                    gate.not_before = max(gate.not_before, self._monotonic() + ra)
+                    self._gates.throttled(gate_key, ra)
             # Decide outside the semaphore: the other requests of this mailbox may proceed.
             code = _error_code(body)
             if status == 401:

@@ -34,6 +34,7 @@ import hmac
 import random
 import secrets
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -45,6 +46,7 @@ import structlog
 from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.calendars.graph.auth import AuthError, TokenSource
+from edge_agent.calendars.graph.gate import MailboxGates
 from edge_agent.clock import Clock, parse_utc, system_clock
 from edge_agent.forward.webhook import parse_retry_after
 
@@ -238,6 +240,7 @@ class PushManager:
         require_https: bool = True,
         clock: Clock = system_clock,
         rng: random.Random | None = None,
+        gates: MailboxGates | None = None,
     ) -> None:
         base = notification_url.rstrip("/")
         parts = urlsplit(base)
@@ -269,6 +272,10 @@ class PushManager:
         self._backoff = failure_backoff
         self._clock = clock
         self._rng = rng or random.Random()
+        # The poller's per-mailbox gates (GraphClient.gates): creating a subscription on
+        # /users/{mailbox}/events is one of the mailbox's 4 concurrent requests, and waits out
+        # a poll's 429 on that mailbox.
+        self._gates = gates if gates is not None else MailboxGates()
         self._rooms: dict[str, str] = {}
         self._subs: dict[str, Subscription] = {}  # room id -> live subscription
         self._by_id: dict[str, str] = {}  # subscription id -> room id
@@ -601,8 +608,11 @@ class PushManager:
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             if body is not None:
                 headers["Content-Type"] = "application/json"
+            slot: AbstractAsyncContextManager[None] = (
+                self._gates.slot(mailbox) if mailbox is not None else nullcontext()
+            )
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(self._timeout), slot:
                     async with self._http.stream(
                         method,
                         url,
@@ -626,6 +636,8 @@ class PushManager:
                 return doc if isinstance(doc, dict) else {}
             if status in (202, 204):
                 return {}
+            # A 429 here is the subscription's (its Retry-After is kept per room, on the clock);
+            # it does not hold back the mailbox's polls.
             raise _refusal(room_id, method, status, raw, resp.headers, mailbox, self._clock)
 
 
