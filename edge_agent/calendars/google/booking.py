@@ -45,6 +45,7 @@ from edge_agent.calendars.google.errors import (
     GoogleRequestError,
     GoogleUnavailable,
 )
+from edge_agent.calendars.http import bounded_request
 from edge_agent.calendars.ratelimit import RequestRateLimiter
 from edge_agent.forward.webhook import parse_retry_after
 
@@ -179,15 +180,16 @@ class GoogleBooking:
                 headers["Content-Type"] = "application/json"
             retry_after: float | None = None
             try:
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    resp = await self._http.request(
-                        method,
-                        url,
-                        headers=headers,
-                        content=None if body is None else jsoncodec.dumpb(body),
-                    )
-                status, text = resp.status_code, resp.text[:MAX_BODY]
-                retry_after = parse_retry_after(resp.headers.get("retry-after"), time.time())
+                status, resp_headers, text = await bounded_request(
+                    self._http,
+                    method,
+                    url,
+                    headers,
+                    timeout_s=REQUEST_TIMEOUT_S,
+                    max_body=MAX_BODY,
+                    content=None if body is None else jsoncodec.dumpb(body),
+                )
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), time.time())
             except (httpx.TransportError, TimeoutError) as exc:
                 status, text = 0, f"{type(exc).__name__}: {exc}"
             if 200 <= status < 300:

@@ -41,6 +41,7 @@ from edge_agent.calendars.graph.errors import (
     MailboxNotFound,
 )
 from edge_agent.calendars.graph.gate import MailboxBusy, MailboxGates
+from edge_agent.calendars.http import bounded_request
 from edge_agent.forward.webhook import parse_retry_after
 from edge_agent.session import DeviceOffline
 
@@ -57,7 +58,7 @@ log = structlog.get_logger(__name__)
 REQUEST_TIMEOUT_S = 10.0
 """One create or delete must be answered within this; else it is sent again (idempotent)."""
 MAX_ATTEMPTS = 4
-MAX_BODY = 256 * 1024  # an event answer is a few KiB
+MAX_BODY = 256 * 1024  # an event answer is a few KiB; past it the answer is refused
 RETRY_BACKOFF = Backoff(initial=0.5, maximum=5.0)
 RETRY_AFTER_MAX_S = 10.0  # a booking waits at most this for one throttled answer
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -181,14 +182,16 @@ class GraphBooking:
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
                     async with self._gates.slot(mailbox, max_wait_s=RETRY_AFTER_MAX_S):
-                        resp = await self._http.request(
+                        status, resp_headers, text = await bounded_request(
+                            self._http,
                             method,
                             url,
-                            headers=headers,
+                            headers,
+                            timeout_s=REQUEST_TIMEOUT_S,
+                            max_body=MAX_BODY,
                             content=None if body is None else jsoncodec.dumpb(body),
                         )
-                status, text = resp.status_code, resp.text[:MAX_BODY]
-                retry_after = parse_retry_after(resp.headers.get("retry-after"), time.time())
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), time.time())
             except MailboxBusy as exc:
                 raise GraphUnavailable(room_id, f"Graph did not {what} {mailbox}: {exc}") from None
             except (httpx.TransportError, TimeoutError) as exc:

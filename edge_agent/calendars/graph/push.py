@@ -47,6 +47,7 @@ from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.calendars.graph.auth import AuthError, TokenSource
 from edge_agent.calendars.graph.gate import MailboxGates
+from edge_agent.calendars.http import TOO_LARGE, bounded_request
 from edge_agent.clock import Clock, parse_utc, system_clock
 from edge_agent.forward.webhook import parse_retry_after
 
@@ -613,18 +614,20 @@ class PushManager:
             )
             try:
                 async with asyncio.timeout(self._timeout), slot:
-                    async with self._http.stream(
+                    status, resp_headers, text = await bounded_request(
+                        self._http,
                         method,
                         url,
-                        headers=headers,
-                        content=None if body is None else jsoncodec.dumps(body),
-                    ) as resp:
-                        raw = await _read_bounded(resp)
+                        headers,
+                        timeout_s=self._timeout,
+                        max_body=MAX_BODY_BYTES,
+                        content=None if body is None else jsoncodec.dumpb(body),
+                    )
             except (httpx.HTTPError, TimeoutError) as e:
                 raise PushError(
                     room_id, f"Graph unreachable for {method} {path}: {type(e).__name__}: {e}"
                 ) from e
-            status = resp.status_code
+            raw = b"" if text == TOO_LARGE else text.encode()
             if status == 401 and not renewed:
                 renewed = True
                 continue
@@ -638,18 +641,7 @@ class PushManager:
                 return {}
             # A 429 here is the subscription's (its Retry-After is kept per room, on the clock);
             # it does not hold back the mailbox's polls.
-            raise _refusal(room_id, method, status, raw, resp.headers, mailbox, self._clock)
-
-
-async def _read_bounded(resp: httpx.Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return b""
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise _refusal(room_id, method, status, raw, resp_headers, mailbox, self._clock)
 
 
 def _refusal(
