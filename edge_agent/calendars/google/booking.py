@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -115,6 +115,8 @@ class GoogleBooking:
         backoff: Backoff = RETRY_BACKOFF,
         limiter: RequestRateLimiter | None = None,
         subject: str = "",
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
         self._tokens = tokens
@@ -122,6 +124,8 @@ class GoogleBooking:
         self._subject = subject
         self.calendar_url = calendar_url.rstrip("/")
         self._backoff = backoff
+        self._sleep = sleep
+        self._wall = wall  # only for a Retry-After given as an HTTP-date
 
     def _events_url(self, calendar_id: str) -> str:
         return f"{self.calendar_url}/calendars/{quote(calendar_id, safe='@')}/events"
@@ -189,7 +193,7 @@ class GoogleBooking:
                     max_body=MAX_BODY,
                     content=None if body is None else jsoncodec.dumpb(body),
                 )
-                retry_after = parse_retry_after(resp_headers.get("retry-after"), time.time())
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), self._wall())
             except (httpx.TransportError, TimeoutError) as exc:
                 status, text = 0, f"{type(exc).__name__}: {exc}"
             if 200 <= status < 300:
@@ -231,7 +235,7 @@ class GoogleBooking:
                     RETRY_AFTER_MAX_S, self._backoff.delay_honouring(attempt, retry_after, None)
                 )
                 log.info("google booking retry", room=room_id, status=status, delay_s=delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             why = reason or text[:200]
             raise GoogleRequestError(

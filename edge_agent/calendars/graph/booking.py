@@ -123,6 +123,7 @@ class GraphBooking:
         backoff: Backoff = RETRY_BACKOFF,
         gates: MailboxGates | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
         self._tokens = tokens
@@ -131,6 +132,7 @@ class GraphBooking:
         # The poller's gates (GraphClient.gates) when given: one 4-slot limit per mailbox.
         self._gates = gates if gates is not None else MailboxGates()
         self._sleep = sleep
+        self._wall = wall  # only for a Retry-After given as an HTTP-date
 
     async def create_event(
         self,
@@ -191,7 +193,7 @@ class GraphBooking:
                             max_body=MAX_BODY,
                             content=None if body is None else jsoncodec.dumpb(body),
                         )
-                retry_after = parse_retry_after(resp_headers.get("retry-after"), time.time())
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), self._wall())
             except MailboxBusy as exc:
                 raise GraphUnavailable(room_id, f"Graph did not {what} {mailbox}: {exc}") from None
             except (httpx.TransportError, TimeoutError) as exc:
