@@ -135,6 +135,39 @@ async def test_full_round_follows_the_chain_to_the_delta_link(
     assert all("$skiptoken" in s.query for s in rest)
 
 
+async def test_links_on_graphs_own_host_are_followed_through_a_reverse_proxy_graph_url(
+    fake: FakeGraph, client: GraphClient
+) -> None:
+    # graph_url is a proxy (the fake); Graph's links name graph.microsoft.com.
+    fake.link_url = "https://graph.microsoft.com/v1.0"
+    seed(fake, 5)
+    r = await client.calendar_delta("room-b", MB, BOUNDS, None)
+    assert [v["id"] for v in r.values] == [f"e{i}" for i in range(5)] and r.pages == 3
+    assert r.delta_link.startswith(fake.graph_url + "/users/") and "$deltatoken=" in r.delta_link
+    fake.delete(MB, "e1")
+    again = await client.calendar_delta("room-b", MB, BOUNDS, r.delta_link)
+    assert [v["id"] for v in again.values] == ["e1"]
+    fake.rooms = [{"id": f"p{i}", "emailAddress": f"Room-{i}@contoso.com"} for i in range(5)]
+    assert len(await client.list_rooms()) == 5
+
+
+@pytest.mark.parametrize(
+    "link_url",
+    [
+        "https://attacker.example.com/v1.0",  # not Graph: the token must not go there
+        "https://graph.microsoft.com/beta",  # Graph, but not graph_url's version
+        "http://graph.microsoft.com/v1.0",  # not https
+        "https://graph.microsoft.com:8443/v1.0",
+    ],
+)
+async def test_other_links_are_refused(fake: FakeGraph, client: GraphClient, link_url: str) -> None:
+    fake.link_url = link_url
+    seed(fake, 5)
+    with pytest.raises(GraphRequestError, match="refused so the token is not sent there"):
+        await client.calendar_delta("room-b", MB, BOUNDS, None)
+    assert len(fake.of("/calendarView/delta")) == 1
+
+
 async def test_resume_from_delta_link_gives_changes_and_removed(
     fake: FakeGraph, client: GraphClient
 ) -> None:

@@ -11,7 +11,11 @@ What the docs fix, and this module honours:
 - ``GET /users/{mailbox}/calendarView/delta?startDateTime&endDateTime`` starts a round; its
   pages are followed by ``@odata.nextLink`` until the ``@odata.deltaLink`` that resumes the round
   later. Links are used as given (they carry the state token) and are only accepted on the
-  configured Graph origin, so a bearer token never leaves for another host.
+  configured Graph origin, so a bearer token never leaves for another host. Behind a reverse
+  proxy (``graph_url`` not a Graph host) Graph still names its own host in them ("simply copy
+  and apply the @odata.nextLink or @odata.deltaLink URL", delta query overview): a link on a
+  known Graph host (:data:`GRAPH_HOSTS`) whose path starts with ``graph_url``'s version is
+  rewritten onto ``graph_url``, so it is sent, with the token, only to ``graph_url``.
 - ``Prefer: outlook.timezone="UTC"`` (times in UTC) and ``odata.maxpagesize``, on every call of
   the chain.
 - Throttling: Outlook allows four concurrent requests per mailbox, so each mailbox has a gate
@@ -55,10 +59,28 @@ from edge_agent.calendars.graph.gate import MAILBOX_CONCURRENCY, MailboxGates
 from edge_agent.calendars.http import TOO_LARGE, bounded_get
 from edge_agent.forward.webhook import parse_retry_after
 
-__all__ = ["MAILBOX_CONCURRENCY", "PLACES_TOP", "DeltaRound", "GraphClient", "GraphRoom"]
+__all__ = [
+    "GRAPH_HOSTS",
+    "graph_link",
+    "MAILBOX_CONCURRENCY",
+    "PLACES_TOP",
+    "DeltaRound",
+    "GraphClient",
+    "GraphRoom",
+]
 
 log = structlog.get_logger(__name__)
 
+# Microsoft Graph's own hosts (national cloud deployments): global, US Gov L4, US Gov L5 (DoD),
+# China (21Vianet). A link on one of them is rewritten onto graph_url (a reverse proxy).
+GRAPH_HOSTS = frozenset(
+    {
+        "graph.microsoft.com",
+        "graph.microsoft.us",
+        "dod-graph.microsoft.us",
+        "microsoftgraph.chinacloudapi.cn",
+    }
+)
 PLACES_TOP = 999  # $top of the room list's first request (Graph's default page is 100)
 _PLACES_DEFAULT_PAGE = 100
 _RESYNC_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
@@ -113,6 +135,7 @@ class GraphClient:
         self.graph_url = graph_url.rstrip("/")
         origin = urlsplit(self.graph_url)
         self._origin = (origin.scheme, origin.netloc.lower())
+        self._version = "/" + origin.path.rstrip("/").rsplit("/", 1)[-1]  # "/v1.0", "/beta"
         self._max_page_size = max_page_size
         self._max_pages = max_pages
         self._max_body = max_body_bytes
@@ -331,14 +354,37 @@ class GraphClient:
             return None
         if not isinstance(link, str):
             raise GraphRequestError(subject, f"{key} is not a string")
-        parts = urlsplit(link)
-        if (parts.scheme, parts.netloc.lower()) != self._origin:
+        usable = graph_link(link, self.graph_url)
+        if usable is None:
+            parts = urlsplit(link)
             raise GraphRequestError(
                 subject,
-                f"{key} points to {parts.scheme}://{parts.netloc}, not graph_url "
-                f"{self.graph_url}; refused so the token is not sent there",
+                f"{key} points to {parts.scheme}://{parts.netloc}{parts.path[:40]}, neither "
+                f"graph_url {self.graph_url} nor a Microsoft Graph host under {self._version}; "
+                "refused so the token is not sent there",
             )
+        return usable
+
+
+def graph_link(link: str, graph_url: str) -> str | None:
+    """The URL to send a Graph ``@odata.nextLink``/``deltaLink`` to: ``link`` itself on
+    ``graph_url``'s origin; on a Graph host (:data:`GRAPH_HOSTS`, https, under ``graph_url``'s
+    version) the same path and query on ``graph_url`` (a reverse proxy); None otherwise (the
+    token must not go there)."""
+    base = urlsplit(graph_url)
+    parts = urlsplit(link)
+    if (parts.scheme, parts.netloc.lower()) == (base.scheme, base.netloc.lower()):
         return link
+    version = "/" + base.path.rstrip("/").rsplit("/", 1)[-1]  # "/v1.0", "/beta"
+    if (
+        parts.scheme == "https"
+        and (parts.hostname or "").lower() in GRAPH_HOSTS
+        and parts.port is None
+        and (parts.path == version or parts.path.startswith(version + "/"))
+    ):
+        query = f"?{parts.query}" if parts.query else ""
+        return f"{graph_url.rstrip('/')}{parts.path[len(version) :]}{query}"
+    return None
 
 
 def _values(body: dict[str, Any], subject: str) -> list[Any]:

@@ -46,6 +46,7 @@ import structlog
 from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.calendars.graph.auth import AuthError, TokenSource
+from edge_agent.calendars.graph.client import graph_link
 from edge_agent.calendars.graph.gate import MailboxGates
 from edge_agent.calendars.http import TOO_LARGE, bounded_request
 from edge_agent.clock import Clock, parse_utc, system_clock
@@ -565,7 +566,8 @@ class PushManager:
                     and isinstance(s.get("id"), str)
                 )
                 nxt = doc.get("@odata.nextLink")
-                url = nxt if isinstance(nxt, str) and nxt.startswith(self._graph + "/") else None
+                # on graph_url, or Graph's own host behind a reverse proxy (graph_link)
+                url = graph_link(nxt, self._graph) if isinstance(nxt, str) else None
             for sub_id in stale:
                 try:
                     await self._call("DELETE", f"/subscriptions/{sub_id}", "subscriptions")
