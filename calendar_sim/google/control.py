@@ -4,7 +4,8 @@ Besides ``/healthz``, ``/clock`` and ``/faults`` (kinds ``throttle``, ``quota``,
 ``unavailable``, ``slow``, ``hold``; ``calendar`` names the resource):
 
 - ``GET  /key`` -> the service-account JSON key file
-- ``POST /rooms`` ``{"email", "name"?}``; ``DELETE /rooms/{email}``
+- ``POST /rooms`` ``{"email", "name"?, "category"?, "resource_type"?}`` (category
+  ``CONFERENCE_ROOM`` by default, ``OTHER`` for equipment); ``DELETE /rooms/{email}``
 - ``GET  /calendars/{email}/events`` -> ``[{id, summary, start, end, status}]``
 - ``POST /calendars/{email}/events`` ``{"start": "...Z", "minutes": 30, "summary"?,
   "daily_count"?}``; ``POST /calendars/{email}/events/{id}/move`` ``{"start", "minutes"?}``;
