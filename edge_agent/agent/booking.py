@@ -190,8 +190,14 @@ class CalendarBookings:
             raise CalendarUnavailable(f"{rid}: no Graph token: {exc}") from None
         ms = self._config.microsoft
         assert ms is not None
+        client = self._calendars.graph_client
         return GraphBooking(
-            self._calendars.graph_http, self._calendars.graph_tokens, graph_url=ms.graph_url
+            self._calendars.graph_http,
+            self._calendars.graph_tokens,
+            graph_url=ms.graph_url,
+            # the poller's per-mailbox gate: a booking's 429 holds the mailbox's polls back too
+            gates=client.gates if client is not None else None,
+            wall=lambda: self._clock.now().timestamp(),
         )
 
     async def _google_booker(self, room: CalendarRoom) -> GoogleBooking:
@@ -228,6 +234,7 @@ class CalendarBookings:
             # the poller's limiter: bookings count against the same per-user quota
             limiter=client.limiter if client is not None else None,
             subject=g.subject,
+            wall=lambda: self._clock.now().timestamp(),
         )
 
     @staticmethod

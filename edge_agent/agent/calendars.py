@@ -227,6 +227,9 @@ class CalendarSources:
             poke=self.poke_graph,
             graph_url=ms.graph_url,
             clock=self._clock,
+            gates=self._graph_client.gates,  # one per-mailbox gate for polls and subscriptions
+            # fleet members share the URL: none may delete the others' subscriptions at start
+            sweep_previous=self.config.store.url is None,
         )
         target: Any = self._push
         if self.relay is not None:
@@ -275,6 +278,11 @@ class CalendarSources:
             push=push.notification_url if push is not None else None,
         )
         await _run_with_push(self.graph.run, push, "graph")
+
+    @property
+    def graph_client(self) -> GraphClient | None:
+        """The Graph client once built (its gates are the per-mailbox request slots)."""
+        return self._graph_client
 
     @property
     def google_client(self) -> GoogleClient | None:

@@ -551,7 +551,8 @@ class CalendarPoller:
     async def _wait(self, poke: asyncio.Event, seconds: float) -> None:
         if seconds > 0:
             try:
-                await asyncio.wait_for(poke.wait(), seconds)
+                async with asyncio.timeout(seconds):
+                    await poke.wait()
             except TimeoutError:
                 pass
         poke.clear()

@@ -308,6 +308,34 @@ async def test_a_restart_deletes_the_previous_runs_subscriptions(tmp_path: Path)
         await again.stop()
 
 
+async def test_a_fleet_member_starting_leaves_the_others_subscriptions_alone(
+    tmp_path: Path,
+) -> None:
+    """Fleet members share one notificationUrl: a member that starts (sweep_previous=False)
+    must not delete another member's live subscription; it creates its own for its room."""
+    async with rig(tmp_path) as r:
+        await r.push.settle()
+        (theirs,) = r.subs()
+        member = PushManager(
+            r.http,
+            r.tokens,
+            notification_url=r.base_url,
+            poke=r.pokes.append,
+            graph_url=r.sim.graph_url,
+            lifetime=LIFETIME,
+            require_https=False,
+            clock=r.clock,
+            sweep_previous=False,
+        )
+        member.set_rooms({"other-room": MBX})
+        task = asyncio.create_task(member.run(), name="graph-push-member")
+        await member.settle()
+        assert theirs.id in {s.id for s in r.subs()} and len(r.subs()) == 2
+        task.cancel()
+        await asyncio.wait([task])
+        await member.stop()
+
+
 async def test_missing_permission_says_which_and_polling_keeps_its_pace(tmp_path: Path) -> None:
     async with rig(tmp_path, roles=("Place.Read.All",)) as r:
         await r.push.settle()

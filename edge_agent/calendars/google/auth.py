@@ -141,9 +141,8 @@ class ServiceAccountTokens:
                 return self._token
             asked_at = self._monotonic()
             try:
-                token, lifetime = await asyncio.wait_for(
-                    asyncio.to_thread(self._refresh), self._timeout_s
-                )
+                async with asyncio.timeout(self._timeout_s):
+                    token, lifetime = await asyncio.to_thread(self._refresh)
             except TimeoutError as e:
                 raise AuthError(
                     f"no answer from Google's token endpoint within {self._timeout_s:g}s; "
@@ -158,9 +157,8 @@ class ServiceAccountTokens:
         """Load and parse the key file (``check-config``); raises AuthError naming the file,
         never its content."""
         if self._credentials is None:
-            self._credentials = await asyncio.wait_for(
-                asyncio.to_thread(self._load), self._timeout_s
-            )
+            async with asyncio.timeout(self._timeout_s):
+                self._credentials = await asyncio.to_thread(self._load)
 
     # ------------------------------------------------------------------ worker thread
 

@@ -164,7 +164,8 @@ class WatchManager:
                     await self._open(room_id, calendar)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._next_wait_s())
+                async with asyncio.timeout(self._next_wait_s()):
+                    await self._wake.wait()
 
     def _next_wait_s(self) -> float:
         now = self._clock.now()

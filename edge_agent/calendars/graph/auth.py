@@ -100,7 +100,8 @@ class ClientCredentials:
             if not renew and self._token is not None and self._monotonic() < self._renew_at:
                 return self._token
             try:
-                result = await asyncio.wait_for(asyncio.to_thread(self._acquire), self._timeout_s)
+                async with asyncio.timeout(self._timeout_s):
+                    result = await asyncio.to_thread(self._acquire)
             except TimeoutError as e:
                 raise AuthError(
                     f"no answer from {self.authority} within {self._timeout_s:g}s; "

@@ -243,6 +243,7 @@ class PushManager:
         clock: Clock = system_clock,
         rng: random.Random | None = None,
         gates: MailboxGates | None = None,
+        sweep_previous: bool = True,
     ) -> None:
         base = notification_url.rstrip("/")
         parts = urlsplit(base)
@@ -278,6 +279,11 @@ class PushManager:
         # /users/{mailbox}/events is one of the mailbox's 4 concurrent requests, and waits out
         # a poll's 429 on that mailbox.
         self._gates = gates if gates is not None else MailboxGates()
+        # A lone agent deletes what its previous run left on its notificationUrl. Fleet members
+        # share that URL (one load balancer): a member starting must not delete the live
+        # subscriptions of the others, so there a dead member's subscriptions are left to
+        # expire (their notifications carry a clientState no holder knows: ignored).
+        self._swept = not sweep_previous
         self._rooms: dict[str, str] = {}
         self._subs: dict[str, Subscription] = {}  # room id -> live subscription
         self._by_id: dict[str, str] = {}  # subscription id -> room id
@@ -287,7 +293,6 @@ class PushManager:
         self._idle = asyncio.Condition()  # notified each time a pass finds nothing to do
         self._asked = 0  # settle() calls so far
         self._settled = 0  # the last of them whose wake-up an idle pass has planned after
-        self._swept = False
         self.counters: dict[str, int] = {
             "created": 0,
             "renewed": 0,
@@ -414,7 +419,8 @@ class PushManager:
             due = next_check(self._subs, retry, renew_margin=self._margin)
             timeout = None if due is None else max(0.0, (due - now).total_seconds()) + 0.001
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
