@@ -835,7 +835,7 @@ class DeviceSession:
             if not self.client.connected:
                 return "the device is offline"
             try:
-                await self.client.command("Bookings Delete", Id=booking_id)
+                await self.client.command("Bookings Delete", **self._delete_target(booking_id))
             except ConnectionLost as exc:
                 return str(exc) or "connection lost"
             except XapiError as exc:
@@ -1056,8 +1056,22 @@ class DeviceSession:
             _Feedback({"Event": {"Bookings": {"BookingRequested": requested}}}, requested_at)
         )
 
+    def _delete_target(self, booking_id: str) -> dict[str, str]:
+        """``Bookings Delete``'s parameter for a booking of the window: its ``MeetingId`` when it
+        has one, else its ``Id``. The xAPI says a hybrid calendar's ``Id`` "may not be persistent
+        across reboots"; the MeetingId is the backend's, so a Delete built from the stored window
+        after a reboot still names that meeting and never whatever now has that list Id."""
+        state = self.state
+        booking = None
+        if state is not None:
+            booking = next((b for b in state.window.values() if b.id == booking_id), None)
+        if booking is not None and booking.meeting_id:
+            return {"MeetingId": booking.meeting_id}
+        return {"Id": booking_id}
+
     async def release(self, booking_id: str) -> Booking:
-        """Send ``Bookings Delete Id`` for a booking in the window; ``booking.deleted`` follows.
+        """Send ``Bookings Delete`` (by MeetingId, else Id) for a booking in the window;
+        ``booking.deleted`` follows.
 
         Raises:
             DeviceOffline: the device is not connected.
@@ -1071,7 +1085,7 @@ class DeviceSession:
         if booking is None:
             raise LookupError(f"{self.device_id}: no booking {booking_id!r} in the window")
         try:
-            await self.client.command("Bookings Delete", Id=booking_id)
+            await self.client.command("Bookings Delete", **self._delete_target(booking_id))
         except XapiError as exc:
             raise BookingRejected(
                 f"{self.device_id}: the device refused Bookings Delete {booking_id}: {exc}"

@@ -77,6 +77,8 @@ class FakeLink:
             "Configuration RoomAnalytics": {"PeopleCountOutOfCall": "On"},
         }
         self.list_calls = 0
+        self.deletes: list[dict[str, Any]] = []
+        """The parameters of each ``Bookings Delete`` the session sent."""
         self.list_answer: Callable[[int, int], Any] | None = None
         """Answers ``Bookings List (Offset, Limit)`` instead of ``bookings`` (a lying device)."""
         self.subscribed = asyncio.Event()
@@ -98,6 +100,9 @@ class FakeLink:
 
     async def command(self, path: Any, /, **args: Any) -> Any:
         assert self.connected, "the session sent a command while the link was down"
+        if path == "Bookings Delete":
+            self.deletes.append(args)
+            return {"status": "OK"}
         assert path == "Bookings List", path
         self.list_calls += 1
         await asyncio.sleep(0)  # a real link suspends here: let the test's timeouts run
@@ -269,6 +274,30 @@ async def test_online_then_list_then_snapshot(running: Running) -> None:
     assert set(await r.store.load_window(DEVICE)) == {"A", "B"}
     assert r.link.list_calls == 1 and r.session.lists == 1
     assert [e["type"] for e in outbox(r.path)] == ["device.online", "bookings.snapshot"]
+
+
+async def test_release_deletes_by_meeting_id_when_the_booking_has_one(running: Running) -> None:
+    """The xAPI: a hybrid calendar's ``Id`` may not survive a reboot, its ``MeetingId`` does; a
+    local-calendar booking (MeetingId empty) is deleted by ``Id``."""
+    r = running
+    r.link.bookings = [
+        list_entry(pos=1, Id="7", MeetingId="M7", StartTime="2026-11-23T09:00:00Z"),
+        list_entry(
+            pos=2,
+            Id="8",
+            MeetingId="",
+            StartTime="2026-11-23T11:00:00Z",
+            EndTime="2026-11-23T12:00:00Z",
+        ),
+    ]
+    await online_and_listed(r)
+    released = await r.session.release("7")
+    assert released.meeting_id == "M7"
+    await r.session.release("8")
+    assert r.link.deletes == [{"MeetingId": "M7"}, {"Id": "8"}]
+    with pytest.raises(LookupError):
+        await r.session.release("9")
+    assert len(r.link.deletes) == 2  # an unknown booking sends nothing
 
 
 async def test_requested_then_created_resolves_the_pending_request(running: Running) -> None:
