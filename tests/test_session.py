@@ -78,6 +78,8 @@ class FakeLink:
         }
         self.list_calls = 0
         self.deletes: list[dict[str, Any]] = []
+        self.current: dict[str, Mapping[str, Any]] = {}
+        """What a NotifyCurrentValue subscription to that query delivers as it is made."""
         """The parameters of each ``Bookings Delete`` the session sent."""
         self.list_answer: Callable[[int, int], Any] | None = None
         """Answers ``Bookings List (Offset, Limit)`` instead of ``bookings`` (a lying device)."""
@@ -94,6 +96,8 @@ class FakeLink:
     ) -> int:
         name = query if isinstance(query, str) else " ".join(query)
         self.handlers.append((name, handler, notify))
+        if notify and name in self.current:
+            handler(self.current[name])
         if len(self.handlers) == 2:  # run() subscribes to events and status, then starts
             self.subscribed.set()
         return len(self.handlers)
@@ -134,6 +138,12 @@ class FakeLink:
     def go_offline(self, why: str) -> None:
         self.connected = False
         self.on_disconnected(ConnectionError(why))
+
+    def status(self, query: str, payload: Mapping[str, Any]) -> None:
+        """A status feedback (or a current value) to the ``query`` subscription."""
+        for subscribed, handler, _ in self.handlers:
+            if subscribed == query:
+                handler(payload)
 
     def feed(self, name: str, **body: Any) -> None:
         """An ``Event Bookings <name>`` notification, delivered as the client's reader does."""
@@ -371,6 +381,36 @@ async def test_link_changes_emit_offline_and_online_and_relist(running: Running)
     assert types(await r.recorder.next()) == ["device.online"]
     await r.recorder.next_with("bookings.snapshot")
     assert r.link.list_calls == 2
+
+
+async def test_device_online_comes_before_the_room_events_of_a_connect(running: Running) -> None:
+    """On connect the re-made subscriptions deliver their current values (Status Bookings, then
+    RoomAnalytics while the session reads the device's settings) before ``on_connected`` ends;
+    ``device.online`` is stored first all the same, dated no later than the first of them."""
+    r = running
+    r.link.current["Status RoomAnalytics"] = {
+        "Status": {"RoomAnalytics": {"PeopleCount": {"Current": 2}, "PeoplePresence": "Yes"}}
+    }
+    r.link.connected = True  # the client re-subscribes before it calls on_connected
+    avail = {"Status": "Free", "TimeStamp": "2026-11-23T09:00:00Z"}
+    r.link.status("Status Bookings", {"Status": {"Bookings": {"Availability": avail}}})
+    r.clock.advance(1)  # the settings take a while to read
+    await r.link.on_connected(r.link)
+    await r.recorder.next_with("bookings.snapshot")
+    stored = [e for e in outbox(r.path) if e["type"] != "bookings.snapshot"]
+    assert [e["type"] for e in stored] == ["device.online", "room.availability", "room.occupancy"]
+    online, room = stored[0], stored[1]
+    assert online["data"]["software"] == "ce11.20"
+    assert online["data"]["observed_at"] <= room["data"]["observed_at"]
+
+    # A link lost before it came up applies what it sent (nothing is lost), then goes offline.
+    r.link.go_offline("reset")
+    await r.recorder.next_with("device.offline")
+    r.link.connected = True
+    r.link.status("Status Bookings", {"Status": {"Bookings": {"Availability": {"Status": "Busy"}}}})
+    r.link.go_offline("reset again")
+    await r.recorder.next_with("room.availability")
+    assert [e["type"] for e in outbox(r.path)][-2:] == ["device.offline", "room.availability"]
 
 
 @pytest.mark.parametrize("running", [{"queue_max": 4}], indirect=True)
