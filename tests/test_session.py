@@ -322,6 +322,7 @@ async def test_requested_then_created_resolves_the_pending_request(running: Runn
     )
     requested = await r.recorder.next()
     assert types(requested) == ["booking.requested"]
+    assert requested.events[0]["data"]["booking_request_uuid"] == "u-1"
     assert [p.booking_request_uuid for p in await r.store.load_pending(DEVICE)] == ["u-1"]
     # The device confirms 4 s later; the created booking joins the list the re-list returns.
     r.clock.advance(4)
@@ -349,6 +350,7 @@ async def test_requested_then_created_resolves_the_pending_request(running: Runn
     data = created.events[0]["data"]
     assert data["pending_ms"] == 4000
     assert data["booking"]["booking_request_uuid"] == "u-1"
+    assert data["booking_request_uuid"] == "u-1"  # where booking.failed/request_expired have it
     assert created.pending_delete == ["u-1"]
     assert await r.store.load_pending(DEVICE) == []
     # A calendar change: the transition asked for a re-list and the session ran it.
