@@ -16,7 +16,7 @@ on its own.
 
 Under MQTT 5 a PUBACK may carry a failure reason code (e.g. 0x87 "Not authorized" when an ACL
 forbids the topic); that is not a delivery: permanent refusals give :class:`Reject` (dead
-letter after a few tries), others :class:`Retry`. MQTT 3.1.1 has no such code; mosquitto then
+letter at once), others :class:`Retry`. MQTT 3.1.1 has no such code; mosquitto then
 PUBACKs and silently drops a message the ACL forbids, which no client can detect.
 
 Retained state is the agent's: the sink keeps the last retained message it published for each
