@@ -222,7 +222,8 @@ class Running:
 
 @pytest.fixture
 async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
-    opts: dict[str, Any] = getattr(request, "param", {})
+    opts: dict[str, Any] = dict(getattr(request, "param", {}))
+    defaults: dict[str, Any] = opts.pop("defaults", {})  # device settings, the rest is tuning
     path = tmp_path / "agent.db"
     clock = FakeClock(T0)
     store = await Store.open(path, clock=lambda: clock.now().timestamp())
@@ -235,7 +236,7 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         return links[-1]
 
     session = DeviceSession(
-        settings(),
+        settings(**defaults),
         site="hq",
         store=store,
         clock=clock,
@@ -308,6 +309,30 @@ async def test_release_deletes_by_meeting_id_when_the_booking_has_one(running: R
     with pytest.raises(LookupError):
         await r.session.release("9")
     assert len(r.link.deletes) == 2  # an unknown booking sends nothing
+
+
+@pytest.mark.parametrize(
+    "running", [{"defaults": {"ghost_after_s": 1, "release_after_s": 1}}], indirect=True
+)
+async def test_a_ghost_release_deletes_by_meeting_id(running: Running) -> None:
+    r = running
+    r.link.current["Status RoomAnalytics"] = {
+        "Status": {"RoomAnalytics": {"PeopleCount": {"Current": 0}, "PeoplePresence": "No"}}
+    }
+    r.link.bookings = [
+        list_entry(
+            Id="7",
+            MeetingId="M7",
+            StartTime="2026-11-23T08:00:00Z",
+            EndTime="2026-11-23T08:30:00Z",
+        )
+    ]
+    await online_and_listed(r)
+    r.link.feed("Start", Id="7", MeetingId="M7")
+    await r.recorder.next_with("booking.started")
+    r.clock.advance(5)  # empty past ghost_after_s and release_after_s
+    await r.recorder.next_with("booking.released")
+    assert r.link.deletes == [{"MeetingId": "M7"}]
 
 
 async def test_requested_then_created_resolves_the_pending_request(running: Running) -> None:
