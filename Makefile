@@ -36,6 +36,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_pipeline.py --sink mqtt
 	$(BIN)/python bench/bench_rooms.py
+	$(BIN)/python bench/bench_rooms.py --source google
 	$(BIN)/python bench/bench_fleet.py --devices 1000
 
 typecheck: $(STAMP)

@@ -6,7 +6,8 @@
 Prints the time to connect all N (TLS, pinned fingerprint, Basic auth, one subscription
 each), the client's RSS per connection (VmRSS delta / N, after ``gc.freeze()`` and after
 ``malloc_trim``), its idle CPU % with pings and probes running, and the notifications/s it
-decodes while the simulator's control API adds bookings on every device. Only 127.0.0.1;
+decodes while the simulator's control API adds bookings on every device (then the RSS and its
+peak, and how often a reader waited at the loop's feedback budget). Only 127.0.0.1;
 bounded in time (every wait has a timeout), stops by itself.
 """
 
@@ -36,12 +37,13 @@ from edge_agent.backoff import Backoff  # noqa: E402
 from edge_agent.xapi import DeviceEndpoint, XapiClient  # noqa: E402
 
 
-def rss_kib() -> int:
+def rss_kib(field: str = "VmRSS") -> int:
+    """``field`` of /proc/self/status in KiB: VmRSS now, VmHWM the peak so far."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def malloc_trim() -> None:
@@ -227,7 +229,12 @@ async def bench(args: argparse.Namespace) -> None:
         counters = [c.counters for c in clients]
         print(
             f"malformed: {sum(c.malformed for c in counters)}, reconnects: "
-            f"{sum(c.reconnects for c in counters)}, connects: {sum(c.connects for c in counters)}"
+            f"{sum(c.reconnects for c in counters)}, connects: {sum(c.connects for c in counters)}, "
+            f"reads held at the feedback budget: {sum(c.budget_waits for c in counters)}"
+        )
+        print(
+            f"memory after the flood: total RSS {rss_kib() / 1024:.0f} MiB, peak "
+            f"{rss_kib('VmHWM') / 1024:.0f} MiB"
         )
 
         await asyncio.wait_for(asyncio.gather(*(c.close() for c in clients), warm.close()), 30)

@@ -1,14 +1,17 @@
 """Benchmark: a fleet of `edge-agent run` processes on one PostgreSQL, N TLS devices.
 
     .venv/bin/python bench/bench_fleet.py [--devices 5000] [--agents 3] [--lease-s 5]
-        [--bursts 2]
+        [--bursts 2] [--rooms 0]
 
 Starts, all on 127.0.0.1: a throwaway PostgreSQL cluster (tests/pg.py), a webhook receiver
 (tests/receivers.py), the device simulator with N TLS devices (certificate pinned by
 fingerprint), and the agents. Prints: the time until every device is leased and connected,
 RSS per member, the time to move a kill -9'd member's devices to the others, and the events/s
-through the shared outbox while every device announces bookings. Every wait has a timeout;
-everything it started is stopped at the end.
+through the shared outbox while every device announces bookings. With ``--rooms N`` the Graph
+simulator (``calendar_sim.graph``, HTTPS) holds N calendar-only rooms that the members split by
+lease (``room:<id>``): also the time until every room is leased and synced, and until a killed
+member's rooms are leased by the others. Every wait has a timeout; everything it started is
+stopped at the end.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from tests import pg
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+GRAPH_SECRET = "bench-graph-sim-secret"
 
 
 def free_port() -> int:
@@ -90,6 +94,7 @@ def main() -> None:
     p.add_argument("--agents", type=int, default=3)
     p.add_argument("--lease-s", type=float, default=15.0)
     p.add_argument("--bursts", type=int, default=2, help="bookings announced per device")
+    p.add_argument("--rooms", type=int, default=0, help="calendar-only rooms (Graph simulator)")
     p.add_argument("--timeout", type=float, default=600.0)
     args = p.parse_args()
     # SIGTERM (timeout, a CI's stop) must still run the cleanup below, as Ctrl-C does.
@@ -151,8 +156,42 @@ def main() -> None:
             f'[[devices]]\nid = "{d["id"]}"\nurl = "{d["url"]}"\nfingerprint = "{fp}"\n'
             for d in info["devices"]
         )
+        microsoft = ""
+        if args.rooms:
+            graph = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "calendar_sim.graph",
+                    "--port",
+                    "0",
+                    "--rooms",
+                    str(args.rooms),
+                    "--time-zone",
+                    "UTC",
+                    "--generate-days",
+                    "1",
+                    "--client-secret",
+                    GRAPH_SECRET,
+                    "--write-ca",
+                    str(tmp / "graph-ca.pem"),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(graph)
+            assert graph.stdout is not None
+            g = json.loads(graph.stdout.readline())
+            microsoft = (
+                f'[microsoft]\ntenant_id = "{g["tenant_id"]}"\nclient_id = "{g["client_id"]}"\n'
+                f'client_secret_env = "GRAPH_SECRET"\nauthority_url = "{g["authority_url"]}"\n'
+                f'graph_url = "{g["graph_url"]}"\nca_file = "{tmp / "graph-ca.pem"}"\n'
+                "poll_interval_s = 60\n"
+            )
         env = {
             **os.environ,
+            "GRAPH_SECRET": GRAPH_SECRET,
             "SIM_PASSWORD": "secret",
             "WEBHOOK_SECRET": SECRET,
             "PG_PASSWORD": pg.PASSWORD,
@@ -165,9 +204,10 @@ def main() -> None:
             cfg.write_text(
                 f'site = "bench"\n[store]\nurl = "{url}"\npassword_env = "PG_PASSWORD"\n'
                 f'[fleet]\nmember_id = "{name}"\nlease_s = {args.lease_s}\n'
-                f'[defaults]\nusername = "admin"\npassword_env = "SIM_PASSWORD"\n'
+                f'[defaults]\nusername = "edge-agent"\npassword_env = "SIM_PASSWORD"\n'
                 f'[webhook]\nurl = "http://127.0.0.1:{rx_port}/hook"\n'
-                f'secret_env = "WEBHOOK_SECRET"\n[api]\nlisten = "127.0.0.1:0"\n{devices}'
+                f'secret_env = "WEBHOOK_SECRET"\n[api]\nlisten = "127.0.0.1:0"\n{microsoft}'
+                f"{devices}"
             )
             log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - the child writes it
             agents[name] = subprocess.Popen(
@@ -179,14 +219,21 @@ def main() -> None:
             procs.append(agents[name])
         db = psycopg.connect(url, password=pg.PASSWORD, autocommit=True)
 
-        def held(members: list[str]) -> int:
+        def held(members: list[str], rooms: bool = False) -> int:
+            """Devices (or, ``rooms``, calendar-only rooms) leased by ``members``."""
             if db.execute("SELECT to_regclass('edge_lease')").fetchone() == (None,):
                 return 0  # not migrated yet
             row = db.execute(
                 "SELECT count(*) FROM edge_lease WHERE member_id = ANY(%s) "
-                "AND expires_at > clock_timestamp()",
-                (members,),
+                "AND expires_at > clock_timestamp() AND (device_id LIKE 'room:%%') = %s",
+                (members, rooms),
             ).fetchone()
+            return int(row[0]) if row else 0
+
+        def synced() -> int:
+            if db.execute("SELECT to_regclass('edge_calendar_sync')").fetchone() == (None,):
+                return 0
+            row = db.execute("SELECT count(*) FROM edge_calendar_sync").fetchone()
             return int(row[0]) if row else 0
 
         def connected() -> int:
@@ -202,10 +249,20 @@ def main() -> None:
             f"own all: every device leased {own_s:.1f} s after the agents were started, "
             f"every device connected {own_s + conn_s:.1f} s after"
         )
+        if args.rooms:
+            rooms_s = wait("every room leased", lambda: held(names, True) == args.rooms, 300)
+            sync_s = wait("every room synced", lambda: synced() == args.rooms, args.timeout)
+            print(
+                f"rooms: {args.rooms} calendar-only rooms leased {own_s + conn_s + rooms_s:.1f} s "
+                f"after the start, every room synced (delta link stored) "
+                f"{own_s + conn_s + rooms_s + sync_s:.1f} s after (first rounds are spread "
+                "over poll_interval_s = 60 s)"
+            )
         time.sleep(2)
         for name, proc in agents.items():
             share = held([name])
-            print(f"member {name}: {share} devices, RSS {rss_mib(proc.pid):.0f} MiB")
+            rooms = f", {held([name], True)} rooms" if args.rooms else ""
+            print(f"member {name}: {share} devices{rooms}, RSS {rss_mib(proc.pid):.0f} MiB")
 
         victim = names[0]
         agents[victim].send_signal(signal.SIGKILL)
@@ -214,6 +271,17 @@ def main() -> None:
         rest = names[1:]
         wait("the victim's devices moved", lambda: held(rest) == n, args.timeout, every=0.2)
         moved_s = time.monotonic() - t_kill
+        if args.rooms:
+            wait(
+                "the victim's rooms moved",
+                lambda: held(rest, True) == args.rooms,
+                args.timeout,
+                every=0.2,
+            )
+            print(
+                f"kill -9 {victim}: its rooms leased by the others in "
+                f"{time.monotonic() - t_kill:.1f} s (they resume from the stored delta links)"
+            )
         wait("every device connected again", lambda: connected() == n, args.timeout)
         print(
             f"kill -9 {victim}: its devices leased by the others in {moved_s:.1f} s, "

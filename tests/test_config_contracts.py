@@ -283,3 +283,19 @@ def test_the_fleet_block_of_the_example_is_valid_once_uncommented(tmp_path: Path
     cfg = config_from_dict(raw, base_dir=tmp_path, env={})
     assert cfg.store.postgres and cfg.store.sslmode == "verify-full"
     assert cfg.fleet.lease_s == 15.0
+
+
+async def test_the_store_itself_refuses_a_password_in_its_url() -> None:
+    """The store's own guard (not only the config check) uses the same rule: a query-string
+    password is refused before any connection is tried, and the message never repeats it."""
+    from edge_agent.store.base import StoreError
+    from edge_agent.store.postgres import PostgresStore, read_only
+
+    url = "postgresql://edge@127.0.0.1:1/edge?sslpassword=s3cret"
+    with pytest.raises(ValueError) as refused:
+        await PostgresStore.open(url, sinks=("webhook",))
+    assert "s3cret" not in str(refused.value)
+    with pytest.raises(StoreError) as refused_ro:
+        async with read_only(url):
+            pass
+    assert "s3cret" not in str(refused_ro.value)

@@ -4,7 +4,8 @@ Besides ``/healthz``, ``/clock`` and ``/faults`` (kinds ``throttle``, ``quota``,
 ``unavailable``, ``slow``, ``hold``; ``calendar`` names the resource):
 
 - ``GET  /key`` -> the service-account JSON key file
-- ``POST /rooms`` ``{"email", "name"?}``; ``DELETE /rooms/{email}``
+- ``POST /rooms`` ``{"email", "name"?, "category"?, "resource_type"?}`` (category
+  ``CONFERENCE_ROOM`` by default, ``OTHER`` for equipment); ``DELETE /rooms/{email}``
 - ``GET  /calendars/{email}/events`` -> ``[{id, summary, start, end, status}]``
 - ``POST /calendars/{email}/events`` ``{"start": "...Z", "minutes": 30, "summary"?,
   "daily_count"?}``; ``POST /calendars/{email}/events/{id}/move`` ``{"start", "minutes"?}``;
@@ -65,7 +66,12 @@ def add_routes(app: web.Application, sim: GoogleSim) -> None:
 
     async def add_room(request: web.Request) -> Any:
         body = await json_body(request)
-        return sim.add_room(str(body["email"]), body.get("name")).resource_json()
+        return sim.add_room(
+            str(body["email"]),
+            body.get("name"),
+            category=str(body.get("category", "CONFERENCE_ROOM")),
+            resource_type=str(body.get("resource_type", "Conference room")),
+        ).resource_json()
 
     async def remove_room(request: web.Request) -> Any:
         sim.remove_room(request.match_info["email"])

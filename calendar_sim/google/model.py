@@ -111,7 +111,8 @@ class GEvent:
             "organizer": {"email": self.organizer},
             "start": start,
             "end": end,
-            "iCalUID": f"{self.id}@google.com",
+            # Instances share the series' iCalUID, as Google's do (Event.iCalUID).
+            "iCalUID": f"{(self.series or self).id}@google.com",
             "sequence": self.sequence,
             "visibility": self.visibility,
             "attendees": [{"email": calendar, "resource": True, "responseStatus": "accepted"}],
@@ -139,6 +140,10 @@ class ResourceCalendar:
     resource_id: str
     capacity: int = 8
     time_zone: str = "UTC"
+    # CONFERENCE_ROOM, OTHER (a projector, a car...) or CATEGORY_UNKNOWN (legacy data); the
+    # Directory lists them all as resource calendars (CalendarResource.resourceCategory).
+    category: str = "CONFERENCE_ROOM"
+    resource_type: str = "Conference room"
     events: dict[str, GEvent] = field(default_factory=dict)  # cancelled ones stay (tombstones)
     seq: int = 0
 
@@ -153,8 +158,8 @@ class ResourceCalendar:
             "resourceId": self.resource_id,
             "resourceName": self.name,
             "generatedResourceName": f"{self.name} ({self.capacity})",
-            "resourceType": "Conference room",
+            "resourceType": self.resource_type,
             "resourceEmail": self.email,
             "capacity": self.capacity,
-            "resourceCategory": "CONFERENCE_ROOM",
+            "resourceCategory": self.category,
         }

@@ -185,7 +185,17 @@ class GoogleSim:
 
     # ---- rooms and events "in the calendar" -----------------------------------------------------
 
-    def add_room(self, email: str, name: str | None = None, capacity: int = 8) -> ResourceCalendar:
+    def add_room(
+        self,
+        email: str,
+        name: str | None = None,
+        capacity: int = 8,
+        *,
+        category: str = "CONFERENCE_ROOM",
+        resource_type: str = "Conference room",
+    ) -> ResourceCalendar:
+        """A resource calendar; ``category="OTHER"`` (with a ``resource_type`` such as
+        "Projector") for equipment, which the Directory lists with the rooms."""
         key = email.lower()
         if key in self.calendars:
             raise ValueError(f"resource {email} exists already")
@@ -194,6 +204,8 @@ class GoogleSim:
             name or email.split("@")[0],
             str(uuid.uuid5(uuid.NAMESPACE_URL, key).int)[:11],
             capacity,
+            category=category,
+            resource_type=resource_type,
         )
         self.calendars[key] = cal
         return cal

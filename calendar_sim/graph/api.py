@@ -35,6 +35,20 @@ PLACES = ("Place.Read.All", "Place.ReadWrite.All")
 DEFAULT_PAGE = 10
 PLACES_PAGE = 100
 MAX_PAGE = 1000
+# What an event that left the range carries in the null-field form (every field null).
+_NULLED_FIELDS = (
+    "subject",
+    "start",
+    "end",
+    "organizer",
+    "iCalUId",
+    "isCancelled",
+    "isAllDay",
+    "sensitivity",
+    "onlineMeeting",
+    "type",
+    "seriesMasterId",
+)
 
 
 def graph_error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -298,6 +312,8 @@ class GraphApi:
         self, box: Mailbox, item: Instance | Removed, tz: ZoneInfo, label: str
     ) -> dict[str, Any]:
         if isinstance(item, Removed):
+            if item.left_range and self.sim.config.out_of_range_as_nulls:
+                return {"id": item.id, **dict.fromkeys(_NULLED_FIELDS)}
             return {"id": item.id, "@removed": {"reason": "deleted"}}
         return event_json(item, tz, label, box.address)
 

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from .model import Instance, Mailbox
+from .model import Instance, Mailbox, split_occurrence
 
 MAX_STATES = 200_000
 
@@ -26,6 +26,7 @@ MAX_STATES = 200_000
 @dataclass(frozen=True)
 class Removed:
     id: str
+    left_range: bool = False  # the event still exists, outside the round's range
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,20 @@ class Cursor:
         return self.round.mailbox
 
 
+def _exists(box: Mailbox, item_id: str) -> bool:
+    """Whether ``item_id`` (an event, or an occurrence of a series) is still in the mailbox."""
+    event = box.events.get(item_id)
+    if event is not None:
+        return not event.is_cancelled
+    occurrence = split_occurrence(item_id)
+    if occurrence is None:
+        return False
+    master = box.events.get(occurrence[0])
+    if master is None or master.is_cancelled:
+        return False
+    return occurrence[1] not in master.cancelled_dates
+
+
 def compute_round(
     box: Mailbox, start: datetime, end: datetime, since: SyncState | None
 ) -> tuple[list[Instance | Removed], SyncState]:
@@ -72,7 +87,7 @@ def compute_round(
         items = [i.snapshot() for i in current]
     else:
         items = [i.snapshot() for i in current if i.version > since.seq or i.id not in since.known]
-        items += [Removed(gone) for gone in sorted(since.known - ids)]
+        items += [Removed(gone, _exists(box, gone)) for gone in sorted(since.known - ids)]
     return items, SyncState(box.address.lower(), start, end, box.seq, ids)
 
 

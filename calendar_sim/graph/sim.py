@@ -54,6 +54,9 @@ class GraphSimConfig:
     time_zone: str = "Europe/Oslo"
     generate_days: int = 0  # office days of bookings per generated room, from the start
     mailbox_concurrency: int = 4
+    # An event that left a delta round's range comes back with every field null (reported on
+    # Microsoft Q&A 1190523) instead of ``@removed``; deleted events keep ``@removed``.
+    out_of_range_as_nulls: bool = False
     cert_file: str | None = None
     key_file: str | None = None
     notification_ca_pem: bytes | None = None  # trust for https notification URLs

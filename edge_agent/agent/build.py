@@ -239,7 +239,12 @@ def build_graph_client(
         assert secrets.microsoft_private_key is not None
         key_pem = secrets.microsoft_private_key.get_secret_value()
         check_rsa_key(key_pem)
-        cert = CertificateCredential(certificate_thumbprint(ms.certificate_file), key_pem)
+        cert = CertificateCredential(
+            certificate_thumbprint(ms.certificate_file),
+            key_pem,
+            # with it msal signs PS256 + x5t#S256 (graph/auth.py CertificateCredential)
+            certificate_pem=ms.certificate_file.read_text(encoding="ascii"),
+        )
     secret = secrets.microsoft_client_secret
     tokens = ClientCredentials(
         tenant_id=ms.tenant_id,

@@ -12,6 +12,12 @@ agent's lifecycle sees four calls (:meth:`CalendarSources.setup`, :meth:`~Calend
 :meth:`~CalendarSources.stop`, :meth:`~CalendarSources.close`), and booking a calendar room
 (:mod:`edge_agent.agent.booking`) reads the running pollers and clients from here.
 
+In a fleet (:meth:`CalendarSources.start` given the :class:`~edge_agent.fleet.FleetMember`)
+each poller runs only the rooms this member holds (``owned``; :meth:`start_room` /
+:meth:`stop_room` as leases come and go) and tells the member every room its directory has;
+a push notification this member cannot match is relayed to the others
+(:mod:`edge_agent.fleet.relay`).
+
 The configuration is the one the agent started with: SIGHUP does not apply room changes (the
 agent warns that a restart is needed), so the sections read here never change while it runs.
 The secrets are read through a callable, since a reload replaces them and a client that could
@@ -36,10 +42,13 @@ from edge_agent.agent.build import (
 )
 from edge_agent.clock import Clock
 from edge_agent.config import AgentConfig, Secrets
-from edge_agent.store import Store, StoreBackend
+from edge_agent.store import StoreBackend
 
 if TYPE_CHECKING:
     import httpx
+
+    from edge_agent.fleet import FleetMember
+    from edge_agent.fleet.relay import PushRelay
 
     from edge_agent.calendars.google.auth import ServiceAccountTokens
     from edge_agent.calendars.google.client import GoogleClient
@@ -95,22 +104,48 @@ class CalendarSources:
         self._watch: WatchManager | None = None
         self._google_task: asyncio.Task[None] | None = None
         self._google_overrides = dict(google_overrides or {})
+        self._member: FleetMember | None = None  # fleet mode: polling follows the leases
+        self.relay: PushRelay | None = None  # fleet mode: pushes for the others' rooms
         self.rooms_changed = asyncio.Event()
         """Set when a poller's room set changed (the MQTT sink is told: Agent._rooms_clock)."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def setup(self) -> tuple[list[Any], tuple[str, ...]]:
+    def setup(self, store: StoreBackend | None = None) -> tuple[list[Any], tuple[str, ...]]:
         """Build the clients (and push managers) before the local API starts; the local API's
         notification routes and the paths that authenticate themselves (Graph's clientState,
-        Google's channel token), for the API guard."""
+        Google's channel token), for the API guard. ``store``: the open store (in a fleet,
+        push notifications for the other members' rooms are relayed through it)."""
+        if self.config.store.url is not None and self._pushes():
+            from edge_agent.agent.fleet import member_id
+            from edge_agent.fleet.relay import PushRelay
+            from edge_agent.store.postgres import PostgresStore
+
+            if isinstance(store, PostgresStore):
+                self.relay = PushRelay(store, member_id(self.config))
         routes, open_paths = self._graph_setup()  # the Graph notification routes, with push
         g_routes, g_paths = self._google_setup()  # the Google one, with [google] push
         return [*routes, *g_routes], (*open_paths, *g_paths)
 
-    def start(self, tg: asyncio.TaskGroup, store: StoreBackend, supervise: Supervise) -> None:
-        """Start the supervised tasks ``graph`` and ``google`` (the configured ones)."""
+    def _pushes(self) -> bool:
+        """Whether a source is configured with push (``notification_url``)."""
+        ms, g = self.config.microsoft, self.config.google
+        return bool((ms and ms.notification_url) or (g and g.notification_url))
+
+    def start(
+        self,
+        tg: asyncio.TaskGroup,
+        store: StoreBackend,
+        supervise: Supervise,
+        member: FleetMember | None = None,
+    ) -> None:
+        """Start the supervised tasks ``graph`` and ``google`` (the configured ones); in a
+        fleet (``member``) also ``fleet-push-relay`` when a source has push."""
         self._store = store
+        self._member = member
+        if self.relay is not None and member is not None:
+            relay = self.relay
+            tg.create_task(supervise("fleet-push-relay", relay.run), name="fleet-push-relay")
         if self.config.microsoft is not None:
             self._graph_task = tg.create_task(supervise("graph", self._run_graph), name="graph")
         if self.config.google is not None:
@@ -131,6 +166,38 @@ class CalendarSources:
             if http is not None:
                 with contextlib.suppress(Exception):
                     await http.aclose()
+
+    # --- fleet: rooms by lease ------------------------------------------------------------------
+
+    def start_room(self, room_id: str) -> None:
+        """This member holds ``room_id`` now (its lease, or its linked device's): the pollers
+        run it (each ignores an id it has no room for)."""
+        for poller in (self.graph, self.google):
+            if poller is not None:
+                poller.start_room(room_id)
+
+    async def stop_room(self, room_id: str, lost: bool) -> None:
+        """This member gave ``room_id`` up or lost it: stop polling it (and its push) now."""
+        for poller in (self.graph, self.google):
+            if poller is not None:
+                await poller.stop_room(room_id)
+
+    def _fleet_options(self, source: str) -> dict[str, Any]:
+        """A poller's ownership options in a fleet: the rooms held now (a restarted poller
+        starts with them), and the directory reported to the member (calendar-only rooms:
+        a linked room goes with its device's lease)."""
+        member = self._member
+        if member is None:
+            return {}
+
+        def on_directory(rooms: Mapping[str, Any]) -> None:
+            member.set_rooms(source, [rid for rid, r in rooms.items() if r.device_id is None])
+            self.rooms_changed.set()  # the MQTT sink announces the whole directory
+
+        return {"owned": member.rooms_held(), "on_directory": on_directory}
+
+    def _mine(self, room_id: str) -> bool:
+        return self._member is None or self._member.holds_room(room_id)
 
     # --- Graph ---------------------------------------------------------------------------------
 
@@ -161,7 +228,12 @@ class CalendarSources:
             graph_url=ms.graph_url,
             clock=self._clock,
         )
-        notify = GraphNotifications(self._push, self.poke_graph)
+        target: Any = self._push
+        if self.relay is not None:
+            from edge_agent.fleet.relay import RelayedGraphTarget
+
+            target = RelayedGraphTarget(self._push, self.relay, self.poke_graph)
+        notify = GraphNotifications(target, self.poke_graph)
         return notify.routes(), (NOTIFY_PATH, LIFECYCLE_PATH)
 
     def poke_graph(self, room_id: str) -> bool:
@@ -183,8 +255,6 @@ class CalendarSources:
             self._graph_client, self.graph_tokens, self.graph_http = build_graph_client(
                 cfg, self._secrets()
             )
-        # Refused in fleet mode by the config checks: the calendar sync state is SQLite's.
-        assert isinstance(self._store, Store)
         store = RoomCalendarStore(self._store, site=cfg.site, source="microsoft")
         push = self._push
         opts = self._poller_options(
@@ -195,6 +265,7 @@ class CalendarSources:
             self._graph_overrides,
             push,
         )
+        opts.update(self._fleet_options("microsoft"))
         self.graph = GraphPoller(self._graph_client, store, **opts)
         log.info(
             "graph calendar source starting",
@@ -239,6 +310,10 @@ class CalendarSources:
             limiter=self._google_client.limiter,  # one per-user quota for polls and channels
             subject=g.subject,
         )
+        if self.relay is not None:
+            from edge_agent.fleet.relay import relayed_google_routes
+
+            return relayed_google_routes(self._watch, self.relay, NOTIFY_PATH), (NOTIFY_PATH,)
         return self._watch.routes(), (NOTIFY_PATH,)
 
     def poke_google(self, room_id: str) -> bool:
@@ -257,8 +332,6 @@ class CalendarSources:
         assert g is not None
         if self._google_client is None:
             self._google_client, _, self.google_http = build_google_client(cfg)
-        # Refused in fleet mode by the config checks: the calendar sync state is SQLite's.
-        assert isinstance(self._store, Store)
         store = RoomCalendarStore(self._store, site=cfg.site, source="google")
         watch = self._watch
         opts = self._poller_options(
@@ -270,6 +343,7 @@ class CalendarSources:
             self._google_overrides,
             watch,
         )
+        opts.update(self._fleet_options("google"))
         self.google = GooglePoller(self._google_client, store, **opts)
         log.info(
             "google calendar source starting",
@@ -328,16 +402,31 @@ class CalendarSources:
         sources = (self.config.microsoft is not None) + (self.config.google is not None)
         return len(pollers) == sources and all(p.rooms_ready.is_set() for p in pollers)
 
+    def calendar_only_rooms(self) -> dict[str, str]:
+        """Every calendar-only room the sources' directories have, ``{room_id: source}`` (what
+        the MQTT sink announces). In a fleet also those other members poll: every member
+        announces the same set, as it does the configured devices, so none clears the retained
+        topics of a room another member holds."""
+        out: dict[str, str] = {}
+        for source, poller in (("microsoft", self.graph), ("google", self.google)):
+            if poller is not None:
+                found = poller.rooms()
+                out.update({rid: source for rid, r in found.items() if r.device_id is None})
+        return out
+
     def rooms(self, out: dict[str, dict[str, Any]], sessions: Mapping[str, DeviceSession]) -> None:
         """Add the calendar rooms to ``out`` (``/v1/rooms``, ``edge-agent status``): the
         pollers' (with their push state, and a linked device's connection), else (a poller not
         running yet) the configured ones."""
         self._poller_rooms(out, sessions, "microsoft", self.graph, self._push)
         self._poller_rooms(out, sessions, "google", self.google, self._watch)
+        # In a fleet, only the configured rooms this member holds (the others are another's).
         if self.config.google is not None:
-            _configured_rooms(out, "google", google_rooms(self.config))
+            mine = [r for r in google_rooms(self.config) if self._mine(r.room_id)]
+            _configured_rooms(out, "google", mine)
         if self.config.microsoft is not None:
-            _configured_rooms(out, "microsoft", graph_rooms(self.config))
+            mine = [r for r in graph_rooms(self.config) if self._mine(r.room_id)]
+            _configured_rooms(out, "microsoft", mine)
 
     @staticmethod
     def _poller_rooms(

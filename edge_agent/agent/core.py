@@ -255,13 +255,15 @@ class Agent:
         """Run until :meth:`request_stop`; returns the exit status. Not meant to be cancelled
         mid-start; cancelling while running stops everything without the drain."""
         self._store = await self._open_store()
-        if isinstance(self._store, Store):  # the PostgreSQL store has no commit feed yet
+        from edge_agent.store.postgres import PostgresStore
+
+        if isinstance(self._store, Store | PostgresStore):  # PostgreSQL: this member's commits
             self._store.on_committed.append(self.event_feed.publish)
         try:
             if self._with_api and not await self._start_api():
                 return EX_CONFIG
             if not self._with_api:
-                self._calendars.setup()
+                self._calendars.setup(self._store)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self._start(tg)
@@ -292,7 +294,8 @@ class Agent:
         self._settings = devices_by_id(self.config, self._secrets)
         metrics.DEVICES_CONFIGURED.set(len(self._settings))
         self._start_devices(tg)
-        self._calendars.start(tg, self._store, self._supervise)
+        member = self._fleet.member if self._fleet is not None else None
+        self._calendars.start(tg, self._store, self._supervise, member)
         await self._announce_rooms()
         if self.config.mqtt is not None:
             self._other_tasks.append(tg.create_task(self._rooms_clock(), name="mqtt.rooms"))
@@ -596,11 +599,7 @@ class Agent:
 
         calendar = None  # the calendar-only rooms, once every source has read its directory
         if self._calendars.rooms_known():
-            calendar = {
-                r["id"]: r["source"]
-                for r in self.rooms()
-                if r["source"] in ("microsoft", "google") and not r.get("device_id")
-            }
+            calendar = self._calendars.calendar_only_rooms()
         for sink, _ in self._sinks:
             if isinstance(sink, MqttSink):
                 await sink.set_rooms(self._settings, calendar, now=self._clock.now())
@@ -610,7 +609,8 @@ class Agent:
         when a meeting starts): every 30 s, and at once when a poller's room set changed."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._calendars.rooms_changed.wait(), 30)
+                async with asyncio.timeout(30):
+                    await self._calendars.rooms_changed.wait()
             self._calendars.rooms_changed.clear()
             await self._announce_rooms()
 
@@ -700,7 +700,7 @@ class Agent:
         tls = None
         if api.cert_file is not None and api.key_file is not None:
             tls = server_ssl_context(api.cert_file, api.key_file)
-        routes, open_paths = self._calendars.setup()  # the notification routes, with push
+        routes, open_paths = self._calendars.setup(self._store)  # notification routes, push
         guard = ApiGuard(
             api.listen,
             tokens,
@@ -749,6 +749,8 @@ class Agent:
             running=lambda device_id: device_id in self._device_tasks,
             start_device=self._start_device,
             stop_device=self._stop_device,
+            start_room=self._calendars.start_room,
+            stop_room=self._calendars.stop_room,
         )
         self._other_tasks.append(
             tg.create_task(self._supervise("fleet", self._fleet.member.run), name="agent.fleet")

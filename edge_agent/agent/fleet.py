@@ -3,8 +3,10 @@
 Alone (``[store]`` without ``url``) the store is SQLite and the agent runs every configured
 device. With ``[store] url`` (PostgreSQL) the agent is one member of a fleet: a
 :class:`~edge_agent.fleet.FleetMember` takes the leases this member wins and
-:class:`LeasedDevices` starts and stops the device sessions as it does. Apart from the
-agent's lifecycle because it is the one place that knows the difference between the two.
+:class:`LeasedDevices` starts and stops the device sessions as it does, and the calendar
+rooms' polling (:mod:`.calendars`: ``start_room`` / ``stop_room``) for the calendar-only rooms
+and linked rooms it holds. Apart from the agent's lifecycle because it is the one place that
+knows the difference between the two.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class LeasedDevices:
         start_device: start a device's session.
         stop_device: stop it: the device id, the reason, and how long to wait for what it
             already sent to be committed (``None``: the agent's drain timeout).
+        start_room: the calendar pollers may run this room (a calendar-only room's lease, or
+            a device's: its linked room), :meth:`CalendarSources.start_room`.
+        stop_room: stop polling it (handover or loss), :meth:`CalendarSources.stop_room`.
     """
 
     def __init__(
@@ -78,6 +83,8 @@ class LeasedDevices:
         running: Callable[[str], bool],
         start_device: Callable[[DeviceSettings], None],
         stop_device: Callable[[str, str, float | None], Awaitable[None]],
+        start_room: Callable[[str], None] | None = None,
+        stop_room: Callable[[str, bool], Awaitable[None]] | None = None,
     ) -> None:
         from edge_agent.fleet import FleetMember
 
@@ -92,6 +99,8 @@ class LeasedDevices:
             devices=list(settings()),
             start_session=self._start_leased,
             stop_session=self._stop_leased,
+            start_room=start_room,
+            stop_room=stop_room,
             info={"site": cfg.site, "api": cfg.api.listen},
         )
 

@@ -37,8 +37,12 @@ class CalendarBooking:
     """One meeting in a room's calendar, as the agent keeps it.
 
     ``id`` is the source's event id (Graph ``id``, Google ``id``): the window key, stable across
-    moves. ``meeting_id`` the iCalendar UID (Graph ``iCalUId``). ``start``/``end`` aware UTC.
-    ``cancelled`` is carried so the sync logic can treat a cancelled meeting as deleted.
+    moves. ``meeting_id`` the iCalendar UID (Graph ``iCalUId``, Google ``iCalUID``).
+    ``start``/``end`` aware UTC. ``cancelled`` is carried so the sync logic can treat a cancelled
+    meeting as deleted. ``series_id`` is the recurring series an instance belongs to (Google
+    ``recurringEventId``): Google gives every instance of a series the series' ``iCalUID``, and
+    cancelling the series names only the series id. It is kept in the store's row, not in the
+    envelope.
     """
 
     id: str
@@ -51,6 +55,7 @@ class CalendarBooking:
     platform: str | None = None
     join_url: str | None = None
     cancelled: bool = False
+    series_id: str | None = None
 
     def to_booking(self) -> Booking:
         return Booking(
@@ -73,6 +78,8 @@ class CalendarBooking:
         """The JSON-able row the store keeps for the room's window (envelope fields + extras)."""
         row = self.to_dict()
         row["cancelled"] = self.cancelled
+        if self.series_id is not None:
+            row["series_id"] = self.series_id
         return row
 
     @classmethod
@@ -95,4 +102,5 @@ class CalendarBooking:
             platform=device_str(row.get("platform")),
             join_url=device_str(row.get("join_url")),
             cancelled=row.get("cancelled") is True,
+            series_id=device_str(row.get("series_id")),
         )

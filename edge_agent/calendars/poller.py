@@ -21,6 +21,14 @@ longer in its round, and the effective interval stretches to what the quota allo
 
 Failures never stop other rooms: a room's error is logged with its id and the advice in the
 error's message, kept in :meth:`CalendarPoller.status`, and the room retries on the one backoff.
+
+In a fleet (``owned`` given) the directory still lists every room on every member (each tells
+``on_directory``, so the fleet can lease them), but a member runs only the rooms it holds:
+:meth:`CalendarPoller.start_room` when it takes a room's lease (or the linked device's),
+:meth:`CalendarPoller.stop_room` the moment it gives it up or loses it. Stopping keeps the
+stored state (no empty snapshot: the room did not leave the directory); the next owner's task
+loads the committed delta link and resumes from it. A room that leaves the directory is
+reported empty by the member that runs it.
 """
 
 from __future__ import annotations
@@ -227,12 +235,22 @@ class CalendarPoller:
         interval_for: Callable[[str, float], float] | None = None,
         on_rooms: Callable[[Mapping[str, CalendarRoom]], None] | None = None,
         reserved_ids: Collection[str] = (),
+        owned: Collection[str] | None = None,
+        on_directory: Callable[[Mapping[str, CalendarRoom]], None] | None = None,
     ) -> None:
         """``interval_for(room_id, poll_interval_s)``: a room's interval (push stretches it
         while its subscription is healthy); ``on_rooms(rooms)``: told the running set after each
         change (push subscribes those rooms); ``reserved_ids``: room ids taken by something
-        else (devices without a calendar): a directory room with one of them is skipped."""
+        else (devices without a calendar): a directory room with one of them is skipped.
+
+        Fleet mode: ``owned``, the room ids this member may run now (``None``: every room, an
+        agent alone), then :meth:`start_room` / :meth:`stop_room`; ``on_directory(rooms)``:
+        told every room there is (configured and discovered, owned or not) after each refresh.
+        """
         self._reserved = frozenset(reserved_ids)
+        self._owned: set[str] | None = None if owned is None else set(owned)
+        self._on_directory = on_directory
+        self._known: dict[str, CalendarRoom] = {}  # every room there is, running or not
         self._source = source
         self._interval_for = interval_for
         self._on_rooms = on_rooms
@@ -258,13 +276,16 @@ class CalendarPoller:
 
     async def run(self) -> None:
         """Run until cancelled (cancel-safe: every room task stops at its next await)."""
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            if self._discover:
-                tg.create_task(self._directory_loop(), name=f"{self._name}-rooms")
-            else:
-                await self._set_rooms(list(self._configured.values()))
-                self.rooms_ready.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                if self._discover:
+                    tg.create_task(self._directory_loop(), name=f"{self._name}-rooms")
+                else:
+                    await self._set_rooms(list(self._configured.values()))
+                    self.rooms_ready.set()
+        finally:
+            self._tg = None  # a start_room after the end starts nothing
 
     def poke(self, room_id: str) -> bool:
         """Fetch ``room_id``'s delta now (the push hook). False for an unknown room."""
@@ -276,6 +297,37 @@ class CalendarPoller:
 
     def status(self) -> dict[str, RoomStatus]:
         return dict(self._status)
+
+    def rooms(self) -> dict[str, CalendarRoom]:
+        """Every room there is (configured and discovered), whether this member runs it or not."""
+        return dict(self._known)
+
+    # ------------------------------------------------------------------ fleet: ownership
+
+    def start_room(self, room_id: str) -> None:
+        """This member holds ``room_id`` now (its lease, or its linked device's): run it if
+        the directory has it, or as soon as it does. Does nothing for an agent alone."""
+        if self._owned is None or room_id in self._owned:
+            return
+        self._owned.add(room_id)
+        room = self._known.get(room_id)
+        if room is not None and self._tg is not None and room_id not in self._tasks:
+            self._launch(room)
+            self._tell_rooms()
+
+    async def stop_room(self, room_id: str) -> None:
+        """This member gave ``room_id`` up or lost it: stop its task now (its stored state
+        stays: the next owner resumes from it). Cancel-safe."""
+        if self._owned is None:
+            return
+        self._owned.discard(room_id)
+        if room_id in self._tasks:
+            await self._stop_room(room_id, forget=False)
+            self._status.pop(room_id, None)
+            self._tell_rooms()
+
+    def _mine(self, room_id: str) -> bool:
+        return self._owned is None or room_id in self._owned
 
     # ------------------------------------------------------------------ the directory
 
@@ -290,7 +342,9 @@ class CalendarPoller:
                 log.error(
                     f"{self._name} room discovery failed", error=str(e), retry_in_s=round(delay)
                 )
-                if not self._tasks:  # the configured rooms need not wait for the directory
+                # The configured rooms need not wait for the directory; a refresh that fails
+                # later keeps the rooms already known (a fleet's members keep agreeing).
+                if not self._known:
                     await self._set_rooms(list(self._configured.values()))
                     self.rooms_ready.set()
                 await asyncio.sleep(delay)
@@ -340,10 +394,20 @@ class CalendarPoller:
 
     async def _set_rooms(self, rooms: list[CalendarRoom]) -> None:
         assert self._tg is not None
-        wanted = {r.room_id: r for r in rooms}
-        for rid in [k for k in self._tasks if k not in wanted]:
+        known = {r.room_id: r for r in rooms}
+        # Before any await: a start_room meanwhile (the fleet took a lease) sees the new set.
+        self._known = known
+        # Rooms that left: reported empty by whoever runs them (here, if this member does).
+        for rid in [k for k in self._tasks if k not in known]:
             await self._stop_room(rid)
-        for rid, room in wanted.items():
+        if self._on_directory is not None:
+            self._on_directory(dict(known))
+        for rid in [k for k in self._tasks if not self._mine(k)]:
+            await self._stop_room(rid, forget=False)
+            self._status.pop(rid, None)
+        for rid, room in known.items():
+            if not self._mine(rid):
+                continue
             running = self._tasks.get(rid)
             if running is not None and running.room == room:
                 continue
@@ -351,18 +415,29 @@ class CalendarPoller:
             relist = running is not None and running.room.mailbox.lower() != room.mailbox.lower()
             if running is not None:
                 await self._stop_room(rid, forget=False)
-            poke = asyncio.Event()
-            task = self._tg.create_task(
-                self._room_loop(room, poke, relist=relist), name=f"{self._name}[{rid}]"
-            )
-            self._tasks[rid] = _RoomTask(room, task, poke)
-            self._status.setdefault(rid, RoomStatus(room))
-            self._status[rid].room = room
+            if rid not in self._tasks and self._mine(rid):  # not stopped meanwhile by the fleet
+                self._launch(room, relist=relist)
+        self._tell_rooms()
+
+    def _launch(self, room: CalendarRoom, *, relist: bool = False) -> None:
+        assert self._tg is not None
+        rid = room.room_id
+        poke = asyncio.Event()
+        task = self._tg.create_task(
+            self._room_loop(room, poke, relist=relist), name=f"{self._name}[{rid}]"
+        )
+        self._tasks[rid] = _RoomTask(room, task, poke)
+        self._status.setdefault(rid, RoomStatus(room))
+        self._status[rid].room = room
+
+    def _tell_rooms(self) -> None:
         if self._on_rooms is not None:
             self._on_rooms({rid: rt.room for rid, rt in self._tasks.items()})
 
     async def _stop_room(self, room_id: str, *, forget: bool = True) -> None:
-        rt = self._tasks.pop(room_id)
+        rt = self._tasks.pop(room_id, None)
+        if rt is None:  # stopped meanwhile (the fleet gave it up during a refresh)
+            return
         rt.task.cancel()
         await asyncio.wait([rt.task])  # its CancelledError stays in it; ours still propagates
         if not forget:

@@ -21,6 +21,11 @@ Rules (the envelope types are DESIGN.md's; none invented):
 - One meeting, one booking: an id that vanishes while a new id with the same ``meeting_id``
   (iCalendar UID) appears in the same round is the same meeting under a new id (Exchange gives an
   item a new id when it changes folder), reported as moved or not at all, never deleted+created.
+  Instances of a recurring series (``series_id`` set) are never paired: Google gives every
+  instance the series' ``iCalUID``, so yesterday's instance and the one the midnight roll brings
+  in share a ``meeting_id`` but are two meetings (the old one ages out, the new one is created).
+- A removal of a series id (Google cancels a whole recurring series with one cancelled item that
+  carries the series' id) removes every stored instance of that series.
 - Idempotent: applying the same items again to the state they produced yields no change, so a
   page re-applied after a crash (resuming from the last stored delta link) reports nothing twice.
 - ``Unreadable`` items (an entry the source edge could not map) keep the stored copy of that id:
@@ -211,6 +216,9 @@ def apply_round(
         elif isinstance(item, Removal):
             seen.discard(item.id)
             working.pop(item.id, None)
+            for bid in [k for k, b in working.items() if b.series_id == item.id]:
+                seen.discard(bid)
+                del working[bid]
         else:
             seen.add(item.id)
             notes.append(f"event {item.id}: {item.reason}; kept the stored copy")
@@ -227,10 +235,15 @@ def apply_round(
     silent = False
 
     # Same meeting under a new id: pair them by meeting_id when the pairing is unambiguous.
+    # Instances of a series share the series' meeting_id (Google): never paired.
     for old_id, old in sorted(vanished.items(), key=lambda kv: _order(kv[1])):
-        if old.meeting_id is None:
+        if old.meeting_id is None or old.series_id is not None:
             continue
-        hits = [k for k, b in created.items() if b.meeting_id == old.meeting_id]
+        hits = [
+            k
+            for k, b in created.items()
+            if b.meeting_id == old.meeting_id and b.series_id is None
+        ]
         back = [k for k, b in vanished.items() if b.meeting_id == old.meeting_id]
         if len(hits) == 1 and back == [old_id]:
             new = created.pop(hits[0])

@@ -255,21 +255,8 @@ def _cross_checks(raw: Mapping[str, Any], *, require_sink: bool) -> Iterator[Pro
             msg = "no device password source: set password_env or password_file here or in "
             yield f"devices[{i}]", msg + "[defaults]"
     yield from _room_checks(raw)
-    store = raw.get("store")
-    if isinstance(store, Mapping) and store.get("url") and isinstance(raw.get("microsoft"), Mapping):
-        # The calendar sync state lives in the SQLite store only, and fleet members do not yet
-        # split calendar rooms between them: refuse rather than run each room on every member.
-        yield (
-            "microsoft",
-            "calendar sources are not supported in fleet mode ([store] url) yet: run the "
-            "Microsoft 365 rooms on an agent with the SQLite store",
-        )
-    if isinstance(store, Mapping) and store.get("url") and isinstance(raw.get("google"), Mapping):
-        yield (
-            "google",
-            "calendar sources are not supported in fleet mode ([store] url) yet: run the "
-            "Google Workspace rooms on an agent with the SQLite store",
-        )
+    # Fleet mode ([store] url) takes [microsoft] and [google] too: the members split the
+    # calendar rooms between them by lease, as they split the devices (edge_agent.fleet).
     if require_sink and raw.get("webhook") is None and raw.get("mqtt") is None:
         yield "", "no sink configured: add a [webhook] or an [mqtt] section (or both)"
 

@@ -66,7 +66,7 @@ class Secrets:
         return [v for v in out if v]
 
 
-def _read_secret(
+def read_secret(
     key: str,
     *,
     env_name: str | None,
@@ -147,14 +147,14 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
             key, src = "defaults.password", cfg.defaults
         if key == "defaults.password" and any(p[0].startswith(key) for p in problems):
             continue  # reported once for [defaults], not once per device
-        secret = _read_secret(
+        secret = read_secret(
             key, env_name=src.password_env, file_name=src.password_file, env=env, problems=problems
         )
         if secret is not None:
             passwords[dev.id] = secret
     webhook_secrets: list[SecretStr] = []
     if cfg.webhook is not None:
-        secret = _read_secret(
+        secret = read_secret(
             "webhook.secret",
             env_name=cfg.webhook.secret_env,
             file_name=cfg.webhook.secret_file,
@@ -181,14 +181,14 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
             webhook_secrets = [SecretStr(t) for t in tokens]
     mqtt_password = None
     if cfg.mqtt is not None:
-        mqtt_password = _read_secret(
+        mqtt_password = read_secret(
             "mqtt.password",
             env_name=cfg.mqtt.password_env,
             file_name=cfg.mqtt.password_file,
             env=env,
             problems=problems,
         )
-    store_password = _read_secret(
+    store_password = read_secret(
         "store.password",
         env_name=cfg.store.password_env,
         file_name=cfg.store.password_file,
@@ -198,7 +198,7 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
     ms_secret = ms_key = None
     if cfg.microsoft is not None:
         ms = cfg.microsoft
-        ms_secret = _read_secret(
+        ms_secret = read_secret(
             "microsoft.client_secret",
             env_name=ms.client_secret_env,
             file_name=ms.client_secret_file,
@@ -206,7 +206,7 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
             problems=problems,
         )
         if ms.key_file is not None:
-            ms_key = _read_secret(
+            ms_key = read_secret(
                 "microsoft.key",
                 env_name=None,
                 file_name=str(ms.key_file),
@@ -238,7 +238,7 @@ def resolve_secrets(cfg: AgentConfig, env: Mapping[str, str] | None = None) -> S
 def _api_tokens(
     cfg: AgentConfig, env: Mapping[str, str], problems: list[Problem]
 ) -> list[SecretStr]:
-    secret = _read_secret(
+    secret = read_secret(
         "api.token",
         env_name=cfg.api.token_env,
         file_name=cfg.api.token_file,

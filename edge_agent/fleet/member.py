@@ -1,4 +1,4 @@
-"""One fleet member: heartbeat, which devices to hold, taking and giving up their leases.
+"""One fleet member: heartbeat, which devices and rooms to hold, taking and giving up leases.
 
 Every ``lease_s / 3`` the member heartbeats, reads the live members, renews the leases it
 holds, gives up the devices rendezvous hashing now gives to another live member (session
@@ -12,6 +12,13 @@ the database cannot be reached, or the process was frozen (SIGSTOP, a VM pause),
 drops the device's session the moment that deadline passes, before anything else; and its
 store refuses the device's commits from then on (and the database refuses any that were on
 their way: the fencing token is checked in the commit's own transaction).
+
+Calendar rooms go the same way (:mod:`edge_agent.fleet.keys`): a calendar-only room is leased
+under ``room:<id>`` and polled (with its push subscription or watch channel) only by the member
+that holds that lease; a linked room (room id = device id) goes with its device's lease. The
+pollers tell the member which rooms their directories have (:meth:`FleetMember.set_rooms`);
+``start_room`` / ``stop_room`` start and stop a room's polling as its lease (or its device's)
+is taken, given up or lost.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import structlog
 
 from edge_agent.fleet import leases
 from edge_agent.fleet.assign import owner
+from edge_agent.fleet.keys import room_key, room_of
 from edge_agent.metrics import (
     FLEET_DEVICES_OWNED,
     FLEET_LEASE_LOSSES,
@@ -50,6 +58,8 @@ class FleetMember:
         devices: Iterable[str],
         start_session: Callable[[str], None],
         stop_session: Callable[[str, bool], Awaitable[None]],
+        start_room: Callable[[str], None] | None = None,
+        stop_room: Callable[[str, bool], Awaitable[None]] | None = None,
         info: Mapping[str, Any] | None = None,
         take_per_round: int = 500,
         clock: Callable[[], float] = time.monotonic,
@@ -63,6 +73,9 @@ class FleetMember:
             start_session: start the device's session (called once the lease is held).
             stop_session: stop it and wait until its socket is closed; the flag says the
                 lease is already lost (nothing it still holds can be committed: do not wait).
+            start_room: the calendar pollers may run this room now: a calendar-only room's
+                lease was taken, or a device's (its linked room, same id, if it has one).
+            stop_room: stop polling it (and its push subscription); the flag as above.
             info: shown with this member in ``/v1/fleet`` (version, API address...).
             take_per_round: most leases taken in one round (paces a connect storm).
             clock: monotonic seconds (local lease deadlines).
@@ -74,28 +87,70 @@ class FleetMember:
         self._devices: set[str] = set(devices)
         self._start = start_session
         self._stop = stop_session
+        self._start_room = start_room
+        self._stop_room = stop_room
+        self._rooms: dict[str, set[str]] = {}  # source -> calendar-only room ids
+        self._room_ids: set[str] = set()  # their union
         self._info = dict(info or {})
         self._clock = clock
         self._take_per_round = max(1, take_per_round)
         self._db_timeout_s = max(1.0, lease_s / 2)
-        self.held: dict[str, int] = {}  # device -> fencing token
+        self.held: dict[str, int] = {}  # lease key (device id, room:<id>) -> fencing token
         self._deadline: dict[str, float] = {}  # device -> local monotonic deadline
         self._since: dict[str, float] = {}  # device -> when this member took it (monotonic)
         self.live: list[str] = []
         self._leaving = False
+        # A round and leave() never overlap: a round still taking leases when SIGTERM comes
+        # would otherwise start sessions after the member left (and keep those leases).
+        self._round_lock = asyncio.Lock()
         self._failures = 0
         self._log = log.bind(member=member_id)
-        store.fence(sorted(self._devices))
+        self._refence()
         store.drains = self.drains
 
     # -- views --------------------------------------------------------------------------------
 
+    def calendar_rooms(self) -> set[str]:
+        """The calendar-only rooms the pollers' directories have (every source)."""
+        return set(self._room_ids)
+
+    def key_of(self, stream: str) -> str:
+        """The lease key behind an outbox stream (a room id): its device's, or ``room:<id>``."""
+        if stream in self._room_ids and stream not in self._devices:
+            return room_key(stream)
+        return stream
+
+    def holds_room(self, room_id: str) -> bool:
+        """Whether this member may poll ``room_id`` now (its lease, or its device's)."""
+        return room_id in self.held or room_key(room_id) in self.held
+
+    def rooms_held(self) -> set[str]:
+        """The room ids this member may poll now: its devices and its calendar-only rooms."""
+        return {room_of(k) or k for k in self.held}
+
     def drains(self, stream: str) -> bool:
-        """Whether this member delivers ``stream``'s outbox: a device it holds, or a stream no
-        lease covers (a device removed from the configuration) that hashing gives it."""
-        if stream in self.held:
+        """Whether this member delivers ``stream``'s outbox: a device or room it holds, or a
+        stream no lease covers (a device or room removed from the configuration) that hashing
+        gives it."""
+        key = self.key_of(stream)
+        if key in self.held:
             return True
-        return stream not in self._devices and owner(stream, self.live) == self.member_id
+        return key not in self._keys() and owner(stream, self.live) == self.member_id
+
+    def _keys(self) -> set[str]:
+        return self._devices | {room_key(r) for r in self._room_ids - self._devices}
+
+    def _refence(self) -> None:
+        """Tell the store which rooms need a lease to commit, and under which key: every
+        configured device and known room, and whatever this member still holds."""
+        self._room_ids = set().union(*self._rooms.values()) if self._rooms else set()
+        rooms = self._room_ids - self._devices
+        held_rooms = {r for r in (room_of(k) for k in self.held) if r is not None}
+        held_devices = {k for k in self.held if room_of(k) is None}
+        self.store.fence(
+            sorted(self._devices | held_devices | rooms | held_rooms),
+            {r: room_key(r) for r in rooms | held_rooms},
+        )
 
     async def snapshot(self) -> dict[str, Any]:
         """``/v1/fleet``: the members (with their devices and lease ages) as the database
@@ -103,15 +158,21 @@ class FleetMember:
         async with self.store.pool.connection() as conn:
             members, held = await leases.listing(conn)
         by_member: dict[str, list[dict[str, Any]]] = {}
+        rooms_of: dict[str, list[dict[str, Any]]] = {}
         for lease in held:
-            by_member.setdefault(lease.member_id, []).append(
-                {
-                    "device_id": lease.device_id,
-                    "token": lease.token,
-                    "held_s": round(lease.held_s, 3),
-                    "expires_in_s": round(lease.expires_in_s, 3),
-                }
-            )
+            times = {
+                "token": lease.token,
+                "held_s": round(lease.held_s, 3),
+                "expires_in_s": round(lease.expires_in_s, 3),
+            }
+            room = room_of(lease.device_id)
+            if room is None:
+                by_member.setdefault(lease.member_id, []).append(
+                    {"device_id": lease.device_id} | times
+                )
+            else:
+                rooms_of.setdefault(lease.member_id, []).append({"room_id": room} | times)
+        leased = {x.device_id for x in held}
         live = set(self.live)
         return {
             "member_id": self.member_id,
@@ -125,10 +186,14 @@ class FleetMember:
                     "up_s": round(m.up_s, 3),
                     "info": m.info,
                     "devices": by_member.get(m.member_id, []),
+                    "rooms": rooms_of.get(m.member_id, []),
                 }
                 for m in members
             ],
-            "unowned": sorted(self._devices - {x.device_id for x in held}),
+            "unowned": sorted(self._devices - leased),
+            "unowned_rooms": sorted(
+                r for r in self.calendar_rooms() - self._devices if room_key(r) not in leased
+            ),
         }
 
     # -- configuration ------------------------------------------------------------------------
@@ -136,7 +201,14 @@ class FleetMember:
     def set_devices(self, devices: Iterable[str]) -> None:
         """The configured devices changed (a reload): the next round takes and gives up."""
         self._devices = set(devices)
-        self.store.fence(sorted(self._devices | set(self.held)))
+        self._refence()
+
+    def set_rooms(self, source: str, rooms: Iterable[str]) -> None:
+        """A poller's calendar-only rooms (configured and discovered, owned or not; linked
+        rooms go with their devices): the next round takes this member's share and gives up
+        what left. Every member's directory gives the same list, so they agree on the share."""
+        self._rooms[source] = set(rooms)
+        self._refence()
 
     # -- running ------------------------------------------------------------------------------
 
@@ -166,13 +238,21 @@ class FleetMember:
 
     async def round(self) -> None:
         """One round: heartbeat, renew, give up what is another's, take what is ours."""
+        async with self._round_lock:
+            if not self._leaving:
+                await self._round()
+
+    async def _round(self) -> None:
         store, me = self.store, self.member_id
         t0 = self._clock()
         # Only the database calls are bounded here (stopping and starting sessions are not:
         # cancelling those midway would leave a session half-stopped); the local deadlines
         # are what keeps a slow round safe.
         async with asyncio.timeout(self._db_timeout_s), store.pool.connection() as conn:
-            await leases.heartbeat(conn, me, self._info | {"devices": len(self.held)})
+            rooms = sum(1 for k in self.held if room_of(k) is not None)
+            await leases.heartbeat(
+                conn, me, self._info | {"devices": len(self.held) - rooms, "rooms": rooms}
+            )
             live = await leases.live_members(conn, self.lease_s)
             renewed = await leases.renew(conn, me, self.held, self.lease_s)
         if me not in live:
@@ -185,13 +265,13 @@ class FleetMember:
         await self._lose(
             [d for d in self.held if d not in renewed], "the database refused the renewal"
         )
-        wanted = {d for d in self._devices if owner(d, self.live) == me}
+        wanted = {k for k in self._keys() if owner(k, self.live) == me}
         give = sorted(d for d in self.held if d not in wanted)
         await self._hand_over(give)
         if give:
             async with asyncio.timeout(self._db_timeout_s), store.pool.connection() as conn:
                 await leases.release(conn, me, give)
-            self._log.info("handed devices over", devices=len(give))
+            self._log.info("handed leases over", leases=len(give))
         # At most take_per_round new devices a round: a member starting alone, or taking a
         # dead member's share, paces its TLS handshake storm instead of starving its own
         # event loop (and with it the renewals of the leases it already holds).
@@ -221,23 +301,27 @@ class FleetMember:
                     ended=ended,
                 )
                 return
-        for device, token in got.items():
-            self.held[device] = token
-            self._deadline[device] = t1 + self.lease_s
-            self._since[device] = t1
-            store.hold(device, token)
+        for key, token in got.items():
+            self.held[key] = token
+            self._deadline[key] = t1 + self.lease_s
+            self._since[key] = t1
+            store.hold(room_of(key) or key, token)
             FLEET_OWNERSHIP_CHANGES.labels(change="acquired").inc()
         FLEET_DEVICES_OWNED.set(len(self.held))
         if got:
-            self._log.info("took device leases", devices=len(got), held=len(self.held))
-            for device in sorted(got):
-                self._start(device)
+            self._log.info("took leases", leases=len(got), held=len(self.held))
+            for key in sorted(got):
+                room = room_of(key)
+                if room is None:
+                    self._start(key)
+                if self._start_room is not None:
+                    self._start_room(room or key)
             # The drainers learn what the previous owners left undelivered. Should this fail,
             # the first commit of each new session tells them too (a stream's top covers all
             # that is below it).
             try:
                 async with asyncio.timeout(self._db_timeout_s):
-                    await store.refresh_streams(sorted(got))
+                    await store.refresh_streams(sorted(room_of(k) or k for k in got))
             except Exception as exc:  # noqa: BLE001 - late delivery, not loss
                 self._log.warning("could not read the new devices' outbox tops", error=repr(exc))
 
@@ -248,7 +332,8 @@ class FleetMember:
         out on their own.
         """
         self._leaving = True
-        await self._hand_over(sorted(self.held))
+        async with self._round_lock:  # a round in progress ends first (its calls are bounded)
+            await self._hand_over(sorted(self.held))
         try:
             async with asyncio.timeout(self.lease_s):
                 async with self.store.pool.connection() as conn:
@@ -278,29 +363,42 @@ class FleetMember:
         if not devices:
             return
         for device in devices:
-            self.store.release(device)
+            self.store.release(room_of(device) or device)
             self._forget(device)
         FLEET_LEASE_LOSSES.inc(len(devices))
         FLEET_OWNERSHIP_CHANGES.labels(change="lost").inc(len(devices))
         FLEET_DEVICES_OWNED.set(len(self.held))
         self._log.warning(
-            "lost device leases; their sessions are closed and other members take them",
-            devices=devices if len(devices) <= 10 else len(devices),
+            "lost leases; their sessions and room polling are stopped and other members take "
+            "them",
+            leases=devices if len(devices) <= 10 else len(devices),
             reason=why,
         )
-        await asyncio.gather(*(self._stop(d, True) for d in devices), return_exceptions=True)
+        await asyncio.gather(*self._stops(devices, True), return_exceptions=True)
 
     async def _hand_over(self, devices: list[str]) -> None:
         """Give ``devices`` up on purpose: stop their sessions (their last commits still carry
         the token), then stop committing for them; the caller releases the lease rows."""
         if not devices:
             return
-        await asyncio.gather(*(self._stop(d, False) for d in devices), return_exceptions=True)
+        await asyncio.gather(*self._stops(devices, False), return_exceptions=True)
         for device in devices:
-            self.store.release(device)
+            self.store.release(room_of(device) or device)
             self._forget(device)
         FLEET_OWNERSHIP_CHANGES.labels(change="released").inc(len(devices))
         FLEET_DEVICES_OWNED.set(len(self.held))
+
+    def _stops(self, keys: list[str], lost: bool) -> list[Awaitable[None]]:
+        """Stopping what each lease covers: a device's session and its linked room's polling,
+        a calendar-only room's polling."""
+        out: list[Awaitable[None]] = []
+        for key in keys:
+            room = room_of(key)
+            if room is None:
+                out.append(self._stop(key, lost))
+            if self._stop_room is not None:
+                out.append(self._stop_room(room or key, lost))
+        return out
 
     def _forget(self, device: str) -> None:
         self.held.pop(device, None)

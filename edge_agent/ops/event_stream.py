@@ -4,7 +4,8 @@ What ``edge-agent tail`` reads. The outbox itself cannot serve this: a delivered
 deleted in the very transaction that records its delivery, often milliseconds after it was
 stored, so a reader polling the table would miss most events. The store calls
 :meth:`EventFeed.publish` with each change's events once they are durable
-(``Store.on_committed``).
+(``Store.on_committed``; in a fleet ``PostgresStore.on_committed``: this member's own commits,
+so ``tail`` against a member shows the devices and rooms that member holds).
 
 Bounded: at most :data:`MAX_SUBSCRIBERS` streams at once (the next gets 503), each with a
 queue of :data:`QUEUE_MAX` events. A subscriber that falls that far behind is not waited for
@@ -158,7 +159,8 @@ async def stream_response(
                 await resp.write(jsoncodec.dumpb(line) + b"\n")
                 break
             try:
-                envelope = await asyncio.wait_for(sub.queue.get(), keepalive_s)
+                async with asyncio.timeout(keepalive_s):
+                    envelope = await sub.queue.get()
             except TimeoutError:
                 await resp.write(b"\n")
                 continue

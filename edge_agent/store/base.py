@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from edge_agent.forward.schedule import OutboxEvent, SinkProgress
 
@@ -143,6 +143,20 @@ class CalendarSyncWrite:
     source: str
     state: dict[str, Any] | None
     window: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class CalendarRows(Protocol):
+    """Reading calendar rooms' sync rows (:mod:`edge_agent.store.calendar`). The PostgreSQL
+    store has it; the SQLite store is read through its own read connection until it does."""
+
+    async def load_calendar_sync(self, room_id: str, source: str) -> bytes | None:
+        """The room's stored sync state JSON (window range, delta link), or ``None``."""
+        ...
+
+    async def calendar_syncs(self) -> list[tuple[str, str, bytes]]:
+        """Every stored room: ``(room_id, source, state JSON)``."""
+        ...
 
 
 @dataclass(slots=True)

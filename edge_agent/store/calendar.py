@@ -1,11 +1,17 @@
 """Calendar rooms in the store: the ``CalendarStore`` the room pollers persist through.
 
 :class:`RoomCalendarStore` implements :class:`edge_agent.calendars.graph.poller.CalendarStore` on
-the SQLite store. ``save_sync_state`` is ONE :class:`~edge_agent.store.base.Change`: the room's
-``calendar_sync`` row (window range, delta link), its window rows and its events commit in one
-transaction, so the delta link is never ahead of the window and the outbox, and a restart after
-kill -9 refetches from the last committed link and reports nothing twice
-(``calendars/sync.py``: re-applying a round is idempotent).
+either store (SQLite, or PostgreSQL in fleet mode). ``save_sync_state`` is ONE
+:class:`~edge_agent.store.base.Change`: the room's ``calendar_sync`` row (window range, delta
+link), its window rows and its events commit in one transaction, so the delta link is never
+ahead of the window and the outbox, and a restart after kill -9 refetches from the last
+committed link and reports nothing twice (``calendars/sync.py``: re-applying a round is
+idempotent).
+
+In a fleet the same Change is fenced like a device's (:mod:`edge_agent.store.pgwriter`): it is
+written only if this member still holds the room's lease with its token, so a member that lost
+the room (frozen, cut off) cannot store a round it fetched after that, and the new owner
+resumes from the last committed delta link / sync token.
 
 The outbox stream of a room's events is the room id: a linked room (room id = device id) shares
 its stream with the device's own events, so order is per room. Its window rows sit under
@@ -20,7 +26,6 @@ stays in the window and the snapshot.
 from __future__ import annotations
 
 import sqlite3
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,17 +34,18 @@ import structlog
 
 from edge_agent import jsoncodec
 from edge_agent.store import schema
-from edge_agent.store.base import CalendarSyncWrite, Change
+from edge_agent.store.base import CalendarRows, CalendarSyncWrite, Change, StoreBackend
+from edge_agent.store.schema import calendar_window_owner
 
 if TYPE_CHECKING:
     from edge_agent.calendars.graph.poller import RoomUpdate
     from edge_agent.calendars.sync import SyncState
-    from edge_agent.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
 
 __all__ = [
     "PreparedCalendar",
+    "calendar_window_owner",
     "RoomCalendarStore",
     "prepare_calendar",
     "write_calendars",
@@ -69,7 +75,7 @@ def write_calendars(db: sqlite3.Connection, writes: Sequence[PreparedCalendar]) 
     """Inside the writer's transaction (on the write connection's thread): replace each room's
     sync row and window rows, in order."""
     for w in writes:
-        owner = schema.calendar_window_owner(w.room_id, w.source)
+        owner = calendar_window_owner(w.room_id, w.source)
         db.execute(schema.DELETE_WINDOW_OF, (owner,))
         if w.state is None:
             db.execute(schema.DELETE_CALENDAR_SYNC, (w.room_id, w.source))
@@ -89,10 +95,22 @@ def state_row(state: SyncState) -> dict[str, Any]:
 class RoomCalendarStore:
     """``CalendarStore`` for one source on the agent's store; ``site`` goes into envelopes."""
 
-    def __init__(self, store: SqliteStore, *, site: str, source: str) -> None:
+    def __init__(self, store: StoreBackend, *, site: str, source: str) -> None:
         self._store = store
         self.site = site
         self.source = source
+
+    async def _sync_row(self, room_id: str) -> bytes | None:
+        if isinstance(self._store, CalendarRows):
+            return await self._store.load_calendar_sync(room_id, self.source)
+        # The SQLite store's read connection (same package): committed rows only, never
+        # blocked by the writer.
+        rows = list(
+            await self._store._rconn.execute_fetchall(  # type: ignore[attr-defined]
+                schema.SELECT_CALENDAR_SYNC, (room_id, self.source)
+            )
+        )
+        return bytes(rows[0][0]) if rows else None
 
     async def load_sync_state(self, room_id: str) -> SyncState | None:
         from edge_agent.bookings.window import WindowBounds
@@ -100,21 +118,17 @@ class RoomCalendarStore:
         from edge_agent.calendars.sync import SyncState
         from edge_agent.clock import parse_utc
 
-        # The store's read connection: committed rows only, never blocked by the writer. Only
-        # this room's own task writes its state, so the two reads see one version of it.
-        rows = list(
-            await self._store._rconn.execute_fetchall(  # same package
-                schema.SELECT_CALENDAR_SYNC, (room_id, self.source)
-            )
-        )
-        if not rows:
+        # Only this room's own task writes its state (in a fleet: the task of the member that
+        # holds its lease), so the two reads see one version of it.
+        sync_row = await self._sync_row(room_id)
+        if sync_row is None:
             return None
-        owner = schema.calendar_window_owner(room_id, self.source)
+        owner = calendar_window_owner(room_id, self.source)
         stored = await self._store.load_window(owner)
         resync = False
         bounds, link = None, None
         try:
-            doc = jsoncodec.loads(rows[0][0])
+            doc = jsoncodec.loads(sync_row)
             win = doc.get("window")
             if win is not None:
                 bounds = WindowBounds(parse_utc(win["start"]), parse_utc(win["end"]))
@@ -184,7 +198,12 @@ class RoomCalendarStore:
 
     async def rooms(self) -> dict[str, dict[str, Any]]:
         """Every stored room of this source: ``{room_id: state row}`` (status, tests)."""
-        rows = await self._store._rconn.execute_fetchall(  # same package
-            schema.SELECT_CALENDAR_SYNCS
-        )
+        if isinstance(self._store, CalendarRows):
+            rows = await self._store.calendar_syncs()
+        else:
+            rows = list(
+                await self._store._rconn.execute_fetchall(  # type: ignore[attr-defined]
+                    schema.SELECT_CALENDAR_SYNCS
+                )
+            )
         return {r: jsoncodec.loads(st) for r, src, st in rows if src == self.source}

@@ -6,7 +6,10 @@ database is often shared with other software), plus what a fleet needs:
 - ``edge_member``: one row per fleet member, ``last_seen`` is its heartbeat (database clock).
 - ``edge_lease``: who owns a room (a device) until ``expires_at``, with a fencing ``token``
   that grows by one every time the lease changes hands: a commit for a room checks, in its own
-  transaction, that the committing member still holds the token it connected with.
+  transaction, that the committing member still holds the token it connected with. The key
+  (column ``device_id``) is the device id, or ``room:<room id>`` for a calendar-only room
+  (:func:`edge_agent.fleet.keys.room_key`; ``:`` is never in a device id); a linked room goes
+  with its device's lease.
 
 Lease times are the database's clock (``clock_timestamp()``), never a member's: members run on
 different hosts whose clocks may disagree, and the one clock they share is the database's.
@@ -82,6 +85,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (device_id, booking_id, started_at));
     CREATE INDEX edge_occupancy_booking_open ON edge_occupancy_booking (device_id, ended_at);
     """,
+    # 4: calendar rooms' sync state (SQLite schema 5, edge_agent.store.calendar): the window
+    # range and delta link / sync token per room and source; the window rows are in
+    # ``edge_window`` under ``calendar_window_owner(room, source)``. Written in the transaction
+    # of the round's outbox rows, behind the room's lease (the fence), like a device's events.
+    """
+    CREATE TABLE edge_calendar_sync (
+        room_id text NOT NULL, source text NOT NULL, state bytea NOT NULL,
+        PRIMARY KEY (room_id, source));
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -119,6 +131,16 @@ FORGET_DEVICE = tuple(
     f"DELETE FROM {t} WHERE device_id = %s"
     for t in ("edge_window", "edge_pending", "edge_device_state")
 )
+
+# -- calendar rooms (edge_agent.store.calendar) ---------------------------------------------------
+
+SELECT_CALENDAR_SYNC = "SELECT state FROM edge_calendar_sync WHERE room_id = %s AND source = %s"
+SELECT_CALENDAR_SYNCS = "SELECT room_id, source, state FROM edge_calendar_sync ORDER BY room_id"
+PUT_CALENDAR_SYNC = (
+    "INSERT INTO edge_calendar_sync (room_id, source, state) VALUES (%s, %s, %s) "
+    "ON CONFLICT (room_id, source) DO UPDATE SET state = excluded.state"
+)
+DELETE_CALENDAR_SYNC = "DELETE FROM edge_calendar_sync WHERE room_id = %s AND source = %s"
 
 # -- fencing -------------------------------------------------------------------------------------
 
@@ -270,4 +292,13 @@ PUT_BOOKING = (
 )
 SELECT_UNFINISHED = (
     "SELECT row FROM edge_occupancy_booking WHERE device_id = %s AND ended_at IS NULL"
+)
+# The report's history (``edge-agent report``): what reaches past a time (unix s).
+SELECT_INTERVALS_SINCE = (
+    "SELECT device_id, start_at, end_at, state, people_max FROM edge_occupancy_interval "
+    "WHERE coalesce(end_at, 1e18) >= %s ORDER BY device_id, start_at"
+)
+SELECT_BOOKINGS_SINCE = (
+    "SELECT device_id, row FROM edge_occupancy_booking WHERE coalesce(ended_at, 1e18) >= %s "
+    "ORDER BY device_id, started_at"
 )

@@ -27,6 +27,7 @@ from edge_agent.backoff import Backoff
 from edge_agent.metrics import DEAD_LETTER_DROPPED, EVENTS, OUTBOX_DROPPED
 from edge_agent.store import pgschema as q
 from edge_agent.store.base import StoreError, StoreHealth
+from edge_agent.store.calendar import calendar_window_owner
 from edge_agent.store.health import WriteHealth
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
 
@@ -91,7 +92,7 @@ class PgGroupWriter:
         self._max_group = max_group
         self._time = clock
         self._log = log.bind(db=where)
-        self._changes: deque[tuple[PreparedChange, int | None]] = deque()
+        self._changes: deque[tuple[PreparedChange, tuple[str, int] | None]] = deque()
         self._change_slots = asyncio.Semaphore(queue_max)
         self._progress: deque[ProgressOp] = deque()
         self._calls: deque[tuple[Callable[[Conn], Awaitable[Any]], asyncio.Future[Any]]] = deque()
@@ -128,15 +129,16 @@ class PgGroupWriter:
         if self._task is not None:
             await asyncio.wait([self._task])
 
-    async def commit(self, prepared: PreparedChange, token: int | None) -> None:
-        """Queue ``prepared`` (checked against ``token`` when not ``None``); wait until it is
-        committed. Waits for a slot while ``queue_max`` changes are queued (backpressure)."""
+    async def commit(self, prepared: PreparedChange, lease: tuple[str, int] | None) -> None:
+        """Queue ``prepared`` (checked against ``lease`` = (lease key, token) when not
+        ``None``); wait until it is committed. Waits for a slot while ``queue_max`` changes are
+        queued (backpressure)."""
         await self._change_slots.acquire()
         if self.failed is not None or self._closing:
             self._change_slots.release()
             self.check_open()
         self._track(prepared.future)
-        self._changes.append((prepared, token))
+        self._changes.append((prepared, lease))
         self._work.set()
         await prepared.future
 
@@ -194,7 +196,8 @@ class PgGroupWriter:
         while True:
             if self._held and not self._closing:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._work.wait(), self._held_at - loop.time())
+                    async with asyncio.timeout(self._held_at - loop.time()):
+                        await self._work.wait()
             else:
                 await self._work.wait()
             self._work.clear()
@@ -283,7 +286,9 @@ class PgGroupWriter:
         self._held_at = asyncio.get_running_loop().time() + delay
 
     async def _write_group(
-        self, changes: list[tuple[PreparedChange, int | None]], progress: list[ProgressOp]
+        self,
+        changes: list[tuple[PreparedChange, tuple[str, int] | None]],
+        progress: list[ProgressOp],
     ) -> None:
         counts = self.outbox_count, self.dead_count
         try:
@@ -348,19 +353,24 @@ class PgGroupWriter:
         self._report_dead_letter_drop(dropped)
 
     async def _fence(
-        self, conn: Conn, changes: list[tuple[PreparedChange, int | None]]
+        self, conn: Conn, changes: list[tuple[PreparedChange, tuple[str, int] | None]]
     ) -> list[PreparedChange]:
         """The changes whose lease this member no longer holds with their token.
 
         The lease rows stay locked (``FOR SHARE``) until this transaction ends, so no member
-        can take a lease over between this check and the commit.
+        can take a lease over between this check and the commit. A change's lease key is its
+        device's id, or ``room:<id>`` for a calendar-only room (:mod:`edge_agent.fleet.keys`).
         """
-        fenced = {ch.device_id: tok for ch, tok in changes if tok is not None}
-        if not fenced:
+        keys = {lease[0] for _, lease in changes if lease is not None}
+        if not keys:
             return []
-        rows = await (await conn.execute(q.FENCE, (sorted(fenced), self.member_id))).fetchall()
+        rows = await (await conn.execute(q.FENCE, (sorted(keys), self.member_id))).fetchall()
         current = {d: int(t) for d, t in rows}
-        return [ch for ch, tok in changes if tok is not None and current.get(ch.device_id) != tok]
+        return [
+            ch
+            for ch, lease in changes
+            if lease is not None and current.get(lease[0]) != lease[1]
+        ]
 
     async def _apply_changes(
         self, conn: Conn, changes: list[PreparedChange]
@@ -394,6 +404,19 @@ class PgGroupWriter:
             ):
                 if rows:
                     await cur.executemany(sql, rows)
+            # Calendar rooms: the sync row and window rows, in the transaction of the round's
+            # events (edge_agent.store.calendar), so the delta link is never ahead of them.
+            for w in (ch.calendar for ch in changes if ch.calendar is not None):
+                owner = calendar_window_owner(w.room_id, w.source)
+                await cur.execute(q.DELETE_WINDOW_OF, (owner,))
+                if w.state is None:
+                    await cur.execute(q.DELETE_CALENDAR_SYNC, (w.room_id, w.source))
+                    continue
+                await cur.execute(q.PUT_CALENDAR_SYNC, (w.room_id, w.source, w.state))
+                if w.window:
+                    await cur.executemany(
+                        q.PUT_WINDOW, [(owner, k, v) for k, v in w.window.items()]
+                    )
         now = self._time()
         # Booking requests these events close, in the transaction that stores the events.
         resolved = [(st, now, out, u) for ch in changes for u, st, out in ch.request_outcomes]

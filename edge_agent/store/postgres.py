@@ -18,8 +18,9 @@ read never starts below the cursor any member stored for that sink and room.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from edge_agent import jsoncodec
+from edge_agent.config.models import postgres_url_secret
 from edge_agent.forward.schedule import OutboxEvent, RetryState, SinkProgress
 from edge_agent.metrics import DEAD_LETTERS, OUTBOX_DEPTH, OUTBOX_OLDEST_AGE, PENDING_REQUESTS
 from edge_agent.store import occupancy
@@ -116,11 +118,18 @@ class PostgresStore:
             clock=clock,
         )
         self._closing = False
-        # Fleet: the rooms under a lease and the token this member holds for each.
-        self._fenced: set[str] = set()
+        # Fleet: the rooms under a lease (room -> lease key) and the token held for each.
+        self._fenced: dict[str, str] = {}
         self._tokens: dict[str, int] = {}
         self.drains: Callable[[str], bool] = lambda stream: True
         """Whether this member drains ``stream`` (the fleet sets it; alone: every stream)."""
+        self.connect_kwargs: dict[str, Any] = {}
+        """libpq options a connection of this store's is made with (password included: for
+        the fleet's own extra connections, never to log)."""
+        self.on_committed: list[Callable[[Sequence[dict[str, Any]]], None]] = []
+        """Called with each change's events once they are durable (``/v1/events/stream``);
+        a listener must not block or raise. This member's own commits only: what the other
+        members of the fleet commit is streamed by their own agents."""
 
     @property
     def failed(self) -> str | None:
@@ -172,8 +181,8 @@ class PostgresStore:
         Raises:
             StoreError: the database cannot be reached, or is newer than this code.
         """
-        if urlsplit(url).password is not None:
-            raise ValueError("no password in the store URL: use password_env or password_file")
+        if (why := postgres_url_secret(url)) is not None:
+            raise ValueError(why)
         if len(set(sinks)) != len(sinks) or not sinks:
             raise ValueError(f"sinks must be distinct names, at least one: {sinks!r}")
         if dead_letter_max < 1 or outbox_max_events < 1:
@@ -234,6 +243,7 @@ class PostgresStore:
             member_id=member_id,
             clock=clock,
         )
+        store.connect_kwargs = dict(kwargs)
         await store._writer.load()
         store._writer.start()
         store._log.info("store opened", sinks=sinks, member=member_id)
@@ -253,9 +263,12 @@ class PostgresStore:
 
     # -- fleet: leases and drain ownership ------------------------------------------------------
 
-    def fence(self, rooms: Sequence[str]) -> None:
-        """Commits for these rooms need a lease (:meth:`hold`) from now on."""
-        self._fenced = set(rooms)
+    def fence(self, rooms: Sequence[str], lease_keys: Mapping[str, str] | None = None) -> None:
+        """Commits for these rooms need a lease (:meth:`hold`) from now on. ``lease_keys``:
+        the lease key of a room whose lease row is not under its own id (a calendar-only
+        room's ``room:<id>``, :mod:`edge_agent.fleet.keys`)."""
+        keys = lease_keys or {}
+        self._fenced = {room: keys.get(room, room) for room in rooms}
 
     def hold(self, room: str, token: int) -> None:
         """This member holds ``room``'s lease with fencing ``token``."""
@@ -295,16 +308,21 @@ class PostgresStore:
             ValueError: an event envelope lacks ``type`` or ``data.event_id``.
         """
         self._writer.check_open()
-        token: int | None = None
-        if change.device_id in self._fenced:
+        lease: tuple[str, int] | None = None
+        key = self._fenced.get(change.device_id)
+        if key is not None:
             token = self._tokens.get(change.device_id)
             if token is None:
                 raise StaleLease(
-                    f"{change.device_id}: this member does not hold the device's lease; "
+                    f"{change.device_id}: this member does not hold the room's lease; "
                     "the change was not stored (the member that holds it stores its own)"
                 )
+            lease = (key, token)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._writer.commit(prepare(change, fut), token)
+        await self._writer.commit(prepare(change, fut), lease)
+        if change.events:
+            for listener in self.on_committed:
+                listener(change.events)
 
     async def flush(self) -> None:
         """Wait until everything queued before this call (changes, progress) is written."""
@@ -361,6 +379,18 @@ class PostgresStore:
         DEAD_LETTERS.set(dead)
         PENDING_REQUESTS.set(pending)
         return {"outbox_total": total, "pending": pending, "dead_letters": dead, "sinks": per_sink}
+
+    # -- calendar rooms (edge_agent.store.calendar) ----------------------------------------------
+
+    async def load_calendar_sync(self, room_id: str, source: str) -> bytes | None:
+        """The room's stored sync state JSON (window range, delta link), or ``None``."""
+        rows = await self._fetch(q.SELECT_CALENDAR_SYNC, (room_id, source))
+        return bytes(rows[0][0]) if rows else None
+
+    async def calendar_syncs(self) -> list[tuple[str, str, bytes]]:
+        """Every stored calendar room: ``(room_id, source, state JSON)``."""
+        rows = await self._fetch(q.SELECT_CALENDAR_SYNCS)
+        return [(str(r), str(s), bytes(st)) for r, s, st in rows]
 
     # -- outbox: the drainer's side -----------------------------------------------------------
 
@@ -457,22 +487,7 @@ class PostgresStore:
             rows = await self._fetch(q.SELECT_DEAD_LETTERS, (limit,))
         else:
             rows = await self._fetch(q.SELECT_DEAD_LETTERS_OF, (sink, limit))
-        keys = (
-            "id",
-            "seq",
-            "event_id",
-            "sink",
-            "device_id",
-            "type",
-            "reason",
-            "attempts",
-            "created_at",
-            "dead_at",
-        )
-        return [
-            dict(zip(keys, row[:-1], strict=True)) | {"envelope": jsoncodec.loads(row[-1])}
-            for row in rows
-        ]
+        return _dead_letter_dicts(rows)
 
     async def replay_dead_letters(
         self, ids: Sequence[int] | None = None, sink: str | None = None
@@ -603,4 +618,115 @@ class PostgresStore:
         return open_row, [jsoncodec.loads(r[0]) for r in found]
 
 
-__all__ = ["PostgresStore", "StaleLease", "describe", "migrate"]
+_DEAD_LETTER_KEYS = (
+    "id",
+    "seq",
+    "event_id",
+    "sink",
+    "device_id",
+    "type",
+    "reason",
+    "attempts",
+    "created_at",
+    "dead_at",
+)
+
+
+def _dead_letter_dicts(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    return [
+        dict(zip(_DEAD_LETTER_KEYS, row[:-1], strict=True))
+        | {"envelope": jsoncodec.loads(bytes(row[-1]))}
+        for row in rows
+    ]
+
+
+# -- reading beside the fleet (the CLI: ``outbox dead-letter list``, ``report``) ----------------
+
+
+@contextlib.asynccontextmanager
+async def read_only(
+    url: str,
+    *,
+    password: str | None = None,
+    sslmode: str | None = None,
+    ca_file: str | Path | None = None,
+    connect_timeout_s: float = 10.0,
+) -> AsyncIterator[Conn]:
+    """One connection in read-only transactions, for a command run beside the fleet: it
+    migrates nothing, takes no lease and no lock a member waits for.
+
+    Raises:
+        StoreError: the database cannot be reached, or has no edge-agent schema.
+    """
+    where = describe(url)
+    if (why := postgres_url_secret(url)) is not None:
+        raise StoreError(why)
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "connect_timeout": max(1, int(connect_timeout_s)),
+        "application_name": "edge-agent cli",
+        "options": "-c default_transaction_read_only=on",
+    }
+    if password is not None:
+        kwargs["password"] = password
+    if sslmode is not None:
+        kwargs["sslmode"] = sslmode
+    if ca_file is not None:
+        kwargs["sslrootcert"] = str(ca_file)
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, **kwargs)
+    except psycopg.Error as exc:
+        raise StoreError(
+            f"cannot reach the PostgreSQL store at {where}: {exc}; check [store] url, the "
+            "password and that the server accepts connections"
+        ) from exc
+    try:
+        try:
+            row = await (await conn.execute("SELECT to_regclass('edge_schema')")).fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(pg_message(where, exc)) from exc
+        if row is None or row[0] is None:
+            raise StoreError(
+                f"no edge-agent store at {where} (has an agent run with this [store] url?)"
+            )
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def read_dead_letters(
+    conn: Conn, *, limit: int = 100, sink: str | None = None
+) -> list[dict[str, Any]]:
+    """``PostgresStore.dead_letters`` on a :func:`read_only` connection."""
+    if sink is None:
+        cur = await conn.execute(q.SELECT_DEAD_LETTERS, (limit,))
+    else:
+        cur = await conn.execute(q.SELECT_DEAD_LETTERS_OF, (sink, limit))
+    return _dead_letter_dicts(await cur.fetchall())
+
+
+async def read_occupancy(conn: Conn, since: float) -> occupancy.OccupancyHistory:
+    """``store.occupancy.read_occupancy`` on a :func:`read_only` connection: intervals and
+    booking tracks reaching past ``since`` (unix s), per device."""
+    intervals: dict[str, list[dict[str, Any]]] = {}
+    for dev, start, end, state, people in await (
+        await conn.execute(q.SELECT_INTERVALS_SINCE, (since,))
+    ).fetchall():
+        intervals.setdefault(dev, []).append(
+            {"start": start, "end": end, "state": state, "people_max": people}
+        )
+    bookings: dict[str, list[dict[str, Any]]] = {}
+    for dev, row in await (await conn.execute(q.SELECT_BOOKINGS_SINCE, (since,))).fetchall():
+        bookings.setdefault(dev, []).append(jsoncodec.loads(bytes(row)))
+    return occupancy.OccupancyHistory(intervals, bookings)
+
+
+__all__ = [
+    "PostgresStore",
+    "StaleLease",
+    "describe",
+    "migrate",
+    "read_dead_letters",
+    "read_occupancy",
+    "read_only",
+]

@@ -2,7 +2,8 @@
 
 One concern per module: ``protocol`` (JSON-RPC, sans-I/O), ``connect`` (TCP, TLS, pin,
 upgrade, handshake errors), ``liveness`` and ``reconnect`` (pure deadline / delay machines),
-``lean`` (every memory trim on websockets' internals), ``client`` (the asyncio shell).
+``lean`` (every memory trim on websockets' internals), ``budget`` (the bound on notifications
+the process holds, shared by a loop's links), ``client`` (the asyncio shell).
 Imports nothing from the rest of the agent except the shared helpers (jsoncodec, backoff,
 clock): the agent exports :attr:`XapiClient.counters` as metrics.
 """

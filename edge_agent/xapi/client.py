@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock, utc_iso
 
+from .budget import MAX_WAIT_S, FeedbackBudget, loop_budget
 from .connect import MAX_MESSAGE_SIZE, LinkOptions, open_link
 from .endpoint import DeviceEndpoint
 from .errors import (
@@ -87,6 +88,9 @@ class LinkCounters:
     catch_up_frames: int = 0
     """Frames read in the catch-up after a stall, their arrival uncertain
     (:attr:`~.protocol.Feedback.arrived_after`)."""
+    budget_waits: int = 0
+    """Times the reader stopped reading because the loop's feedback budget was full
+    (:mod:`.budget`: the process held as many notifications as it may)."""
     errors: dict[str, int] = field(default_factory=dict)
     """Failures by :attr:`XapiError.kind` (``auth``, ``tls``, ``unreachable``, ``lost``,
     ``malformed``, a refused subscription's kind...)."""
@@ -120,6 +124,8 @@ class XapiClient:
         max_handler_tasks: async feedback handlers running at once; at the bound, reading
             pauses until one finishes (back-pressure to the device).
         max_queue / write_limit: websockets' receive queue (frames) and write buffer (bytes).
+        feedback_budget: the bound on notifications alive shared with other links (default:
+            the running loop's, :func:`~.budget.loop_budget`); full, the reader waits.
         clock: monotonic time (timeouts, backoff) and wall time (feedback arrival stamps).
         rng: randomness for the backoff jitter (tests pass a seeded one).
     """
@@ -127,6 +133,7 @@ class XapiClient:
     __slots__ = (
         "_after_connect_task",
         "_beat",
+        "_budget",
         "_catch_up",
         "_clock",
         "_error_at",
@@ -182,6 +189,7 @@ class XapiClient:
         max_handler_tasks: int = 32,
         max_queue: int = 16,
         write_limit: int = 2**15,
+        feedback_budget: FeedbackBudget | None = None,
         clock: Clock = system_clock,
         rng: random.Random | None = None,
     ) -> None:
@@ -237,6 +245,7 @@ class XapiClient:
         self._stopped: asyncio.Future[None] | None = None
         self._beat: _LoopBeat | None = None  # the loop's heartbeat while the reader runs
         self._catch_up = CatchUp()
+        self._budget = feedback_budget  # the loop's when None: known once run() runs
 
         self.last_error: str | None = None
         """A person-readable account of the last thing that went wrong (``None`` until then)."""
@@ -438,6 +447,8 @@ class XapiClient:
             raise RuntimeError(f"{self.device_id}: run() is already running")
         loop = asyncio.get_running_loop()
         self._running = True
+        if self._budget is None:
+            self._budget = loop_budget()
         self._stopped = loop.create_future()
         self._wake = loop.create_future()
         first = True
@@ -650,12 +661,27 @@ class XapiClient:
         write_timeout = self.liveness_times.ping_timeout or self.request_timeout
         pong: Awaitable[float] | None = None
         probe: asyncio.Future[Any] | None = None
+        budget = self._budget
         while True:
+            room = budget.room() if budget is not None else None
+            if room is not None:
+                self.counters.budget_waits += 1
+                await asyncio.wait(
+                    (room, conn.connection_lost_waiter),
+                    timeout=MAX_WAIT_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                # Not reading, the link could not read a pong or the probe's answer either:
+                # its clocks start again now (a lost link shows in the next recv()).
+                live = Liveness(self.liveness_times, loop.time())
+                pong = probe = None
             try:
                 # One timeout per tick, not per frame: frames are the hot path.
                 async with asyncio.timeout_at(live.deadline()):
                     while True:
                         self._on_message(await conn.recv())
+                        if budget is not None and budget.full:
+                            break  # wait for room, outside the liveness timeout
                         if len(self._handler_tasks) >= self.max_handler_tasks:
                             await asyncio.wait(
                                 self._handler_tasks, return_when=asyncio.FIRST_COMPLETED
@@ -751,8 +777,13 @@ class XapiClient:
 
     def _deliver(self, event: Notification) -> None:
         sub = event.subscription
+        payload = event.payload
+        budget = self._budget
+        if budget is not None:
+            budget.take()
+            payload.budget = budget  # freeing the payload gives the place back
         try:
-            result = sub.handler(event.payload)
+            result = sub.handler(payload)
         except Exception:
             self.counters.handler_errors += 1
             self._log.exception("feedback handler failed", query=sub.query)

@@ -15,6 +15,10 @@ The trims:
 
   * *drain waiters*: websockets keeps them in a ``deque``, which allocates a 0.7 KiB block up
     front; it only appends, removes and iterates them, so a list serves.
+  * *frame queue*: the receive queue (``recv_messages.frames``) keeps its frames in a
+    ``deque`` too (~0.7 KiB up front, made when the transport connects): a
+    :class:`FrameList` does the four things it asks of it (``append``, ``popleft``,
+    ``extendleft``, ``len``) on a few dozen frames at most.
   * *logger*: websockets gives each connection a ``LoggerAdapter`` holding a weakref proxy
     (~0.4 KiB); its debug logs lose the connection's repr (ours carry the device id).
   * *frame copy* (``process_event``): the sans-I/O parser is a generator whose suspended frame
@@ -29,7 +33,11 @@ The trims:
 
 - :class:`LeanSSLProtocol`: asyncio's ``SSLProtocol`` gives every connection its own 256 KiB
   read buffer. On a selector loop the buffer is filled by ``recv_into`` and copied into the TLS
-  BIO in the same callback, so one buffer per thread serves every connection. The same
+  BIO in the same callback, so one buffer per thread serves every connection. It is also
+  smaller, :data:`READ_BUFFER_SIZE` (one TLS record): everything one read brings is decrypted
+  and parsed into frames at once, before websockets can pause the transport, so the read size
+  bounds what a link whose reader waits (:mod:`.budget`) piles up: ~40 flood frames a read, not
+  ~600 (a paused link's kernel buffer holds far more than 256 KiB). The same
   reasoning bounds the TLS BIO: OpenSSL's memory BIO grows its buffer to the largest write it
   was given and never shrinks it, so one 16 KiB read (a ``Bookings List`` reply) would pin
   ~21 KiB per connection for good; the lean protocol feeds the BIO :data:`BIO_FEED` bytes at a
@@ -53,12 +61,14 @@ import collections
 import logging
 import threading
 from asyncio import sslproto
+from collections.abc import Iterable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame
 
-READ_BUFFER_SIZE = 256 * 1024
+READ_BUFFER_SIZE = 16 * 1024
+"""Bytes one socket read takes (asyncio's SSLProtocol: 256 KiB): a full TLS record's payload."""
 # What one write into a connection's incoming BIO may carry. OpenSSL drains the BIO into its own
 # record buffer (released when idle: Python sets SSL_MODE_RELEASE_BUFFERS) before the next write,
 # so this bounds what every idle connection keeps: about 4/3 of it.
@@ -86,12 +96,33 @@ class LeanConnection(ClientConnection):
         if hasattr(self.protocol, "logger"):
             self.logger = self.protocol.logger = _WEBSOCKETS_LOGGER
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        frames = getattr(getattr(self, "recv_messages", None), "frames", None)
+        queue = getattr(frames, "queue", None)
+        if type(queue) is collections.deque and not len(queue):
+            frames.queue = FrameList()  # type: ignore[union-attr]
+
     def process_event(self, event: Any) -> None:
         if type(event) is Frame and len(event.data) > FRAME_KEEP:
             frame = event
             event = Frame(frame.opcode, frame.data, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
             frame.data = b""
         super().process_event(event)
+
+
+class FrameList(list[Any]):
+    """The part of ``collections.deque`` websockets' frame queue uses, on a list (no fixed
+    block up front). The queue holds at most ``max_queue`` frames plus one socket read's."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+    def extendleft(self, items: Iterable[Any]) -> None:
+        # As deque.extendleft: each item goes in front in turn, so they end up reversed.
+        self[:0] = list(items)[::-1]
 
 
 def drop_handshake(conn: ClientConnection) -> None:

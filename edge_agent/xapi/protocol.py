@@ -13,11 +13,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import jsoncodec
 
 from .errors import XapiError, error_for_code
+
+if TYPE_CHECKING:
+    from .budget import FeedbackBudget
 
 PathLike = str | Sequence[str | int]
 """``"Configuration Time Zone"`` (space or ``/`` separated) or ``["Configuration", "Time", ...]``."""
@@ -37,16 +40,29 @@ class Feedback(dict[str, Any]):
     read on resume: for those the arrival is only known to lie between ``arrived_after`` (the
     loop's last turn before the stall) and ``arrived_at``; the device may have sent them far
     apart (:class:`CatchUp`).
+
+    The reader that delivers it counts it in its loop's :class:`~.budget.FeedbackBudget`
+    (``budget``); freeing it gives that place back. A copy (``copy``, ``pickle``) is not counted.
     """
 
-    __slots__ = ("arrived_after", "arrived_at")
+    __slots__ = ("arrived_after", "arrived_at", "budget")
 
     def __init__(
         self, params: dict[str, Any], arrived_at: datetime, arrived_after: datetime | None = None
     ) -> None:
+        self.budget: FeedbackBudget | None = None
         super().__init__(params)
         self.arrived_at = arrived_at
         self.arrived_after = arrived_after
+
+    def __del__(self) -> None:
+        budget = self.budget
+        if budget is not None:
+            self.budget = None
+            budget.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self), self.arrived_at, self.arrived_after))
 
     @property
     def uncertain(self) -> bool:

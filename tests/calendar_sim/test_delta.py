@@ -7,7 +7,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from graphsim_helpers import START, GraphClient
+import aiohttp
+from graphsim_helpers import START, GraphClient, make_config
 
 from calendar_sim.graph import GraphSim, Recurrence
 
@@ -237,3 +238,22 @@ async def test_links_can_be_followed_again(sim: GraphSim, client: GraphClient) -
     for _ in range(2):
         items, _, _ = await round_of(client, delta_link)
         assert [i["subject"] for i in items] == ["M11"]
+
+
+async def test_null_field_form_for_an_event_that_left_the_range() -> None:
+    # Microsoft Q&A 1190523: changes outside the window come back with all fields null.
+    async with GraphSim(make_config(out_of_range_as_nulls=True)) as sim:
+        async with aiohttp.ClientSession() as session:
+            client = GraphClient(sim, session)
+            assert (await client.fetch_token())[0] == 200
+            leaves = sim.add_event(ROOM, START.replace(hour=10), 30, "Leaves the window")
+            deleted = sim.add_event(ROOM, START.replace(hour=11), 30, "Deleted")
+            _, delta_link, _ = await round_of(client, first_url())
+            sim.move_event(ROOM, leaves.id, WINDOW_END + timedelta(days=1))
+            sim.delete_event(ROOM, deleted.id)
+            items, _, _ = await round_of(client, delta_link)
+    by_id = {i["id"]: i for i in items}
+    assert by_id[deleted.id] == {"id": deleted.id, "@removed": {"reason": "deleted"}}
+    left = by_id[leaves.id]
+    assert "@removed" not in left and left["start"] is None and left["end"] is None
+    assert left["subject"] is None

@@ -68,6 +68,8 @@ class FakeGraph:
         self._ssl = ssl_context
         self.rooms: list[dict[str, Any]] = []
         self.rooms_page = 2
+        # The base its links name (None: its own): Graph's own host, as behind a reverse proxy.
+        self.link_url: str | None = None
         self.events: dict[str, dict[str, dict[str, Any]]] = {}  # mailbox -> id -> event
         self.log: list[tuple[int, str, str]] = []  # (version, mailbox, id) change log
         self.version = 0
@@ -222,7 +224,8 @@ class FakeGraph:
         }
         if skip + self.rooms_page < len(self.rooms):
             body["@odata.nextLink"] = (
-                f"{self.graph_url}/places/microsoft.graph.room?$skip={skip + self.rooms_page}"
+                f"{self.link_url or self.graph_url}/places/microsoft.graph.room"
+                f"?$skip={skip + self.rooms_page}"
             )
         return self._json(200, body)
 
@@ -251,7 +254,8 @@ class FakeGraph:
             if part.strip().startswith("odata.maxpagesize="):
                 size = int(part.strip().split("=", 1)[1])
         q = request.query
-        self_url = f"{self.graph_url}/users/{quote(mailbox, safe='@')}/calendarView/delta"
+        base = self.link_url or self.graph_url
+        self_url = f"{base}/users/{quote(mailbox, safe='@')}/calendarView/delta"
         if "$skiptoken" in q:
             since, offset, start, end = q["$skiptoken"].split("~")
         elif "$deltatoken" in q:

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jwt
 import pytest
 import structlog
 import trustme
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
-from edge_agent.calendars.graph.auth import AuthError, CertificateCredential, ClientCredentials
+from edge_agent.calendars.graph.auth import (
+    AuthError,
+    CertificateCredential,
+    ClientCredentials,
+    _cert_dict,
+)
 from tests.calendars.graphfake import FakeGraph
 
 
@@ -118,6 +129,58 @@ async def test_certificate_credential_sends_a_client_assertion(
     form = fake.of("/oauth2/v2.0/token")[0].form
     assert form["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
     assert "client_secret" not in form
+
+
+def _self_signed(key: rsa.RSAPrivateKey) -> str:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-agent")])
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+
+
+async def test_certificate_assertion_is_ps256_with_the_sha256_thumbprint(
+    fake: FakeGraph, ca_file: str
+) -> None:
+    # Entra ID certificate credentials: "alg: Should be PS256 ... x5t#S256".
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    cert_pem = _self_signed(key)
+    cert = CertificateCredential(
+        thumbprint="A1B2C3D4E5F60718293A4B5C6D7E8F9011223344",
+        private_key_pem=pem,
+        certificate_pem=cert_pem,
+    )
+    c = creds(fake, ca_file, secret=None, certificate=cert)
+    assert await c.token() in fake.valid_tokens
+    header = jwt.get_unverified_header(fake.of("/oauth2/v2.0/token")[0].form["client_assertion"])
+    der = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(
+        serialization.Encoding.DER
+    )
+    want = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
+    assert header["alg"] == "PS256"
+    assert header["x5t#S256"].rstrip("=") == want and "x5t" not in header
+
+
+def test_older_msal_gets_the_sha1_thumbprint() -> None:
+    cert = CertificateCredential("AB" * 20, "key", certificate_pem="cert")
+    assert "thumbprint" not in _cert_dict(cert, "1.35.0")
+    assert _cert_dict(cert, "1.34.2")["thumbprint"] == "AB" * 20  # thumbprint required there
+    no_cert = CertificateCredential("AB" * 20, "key")
+    assert _cert_dict(no_cert, "1.39.0") == {"private_key": "key", "thumbprint": "AB" * 20}
 
 
 def test_exactly_one_credential() -> None:

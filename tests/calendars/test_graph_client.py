@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+import structlog
 
 from edge_agent.backoff import Backoff
 from edge_agent.bookings.window import WindowBounds
 from edge_agent.calendars.graph.auth import ClientCredentials
-from edge_agent.calendars.graph.client import GraphClient
+from edge_agent.calendars.graph.client import PLACES_TOP, GraphClient
 from edge_agent.calendars.graph.errors import (
     GraphAuthError,
     GraphPermissionError,
@@ -85,6 +86,27 @@ async def test_list_rooms_follows_every_next_link(fake: FakeGraph, client: Graph
     assert len(fake.of("/places/")) == 3
 
 
+async def test_list_rooms_asks_for_the_largest_page(fake: FakeGraph, client: GraphClient) -> None:
+    fake.rooms = [{"id": "p0", "emailAddress": "Room-0@contoso.com"}]
+    with structlog.testing.capture_logs() as logs:
+        await client.list_rooms()
+    assert fake.of("/places/")[0].query.get("$top") == str(PLACES_TOP)
+    assert not [e for e in logs if e["log_level"] == "warning"]
+
+
+async def test_a_full_room_page_without_next_link_is_a_warning(
+    fake: FakeGraph, client: GraphClient
+) -> None:
+    # Graph's default page is 100, and tenants report its nextLink missing (Q&A 1021419).
+    fake.rooms = [{"id": f"p{i}", "emailAddress": f"Room-{i}@contoso.com"} for i in range(100)]
+    fake.rooms_page = 100
+    with structlog.testing.capture_logs() as logs:
+        rooms = await client.list_rooms()
+    assert len(rooms) == 100
+    warned = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warned) == 1 and "no @odata.nextLink" in warned[0]["event"]
+
+
 async def test_places_403_names_place_read_all(fake: FakeGraph, client: GraphClient) -> None:
     fake.script("/places/", Reply(403, {"error": {"code": "ErrorAccessDenied", "message": "no"}}))
     with pytest.raises(GraphPermissionError) as info:
@@ -111,6 +133,39 @@ async def test_full_round_follows_the_chain_to_the_delta_link(
         assert 'outlook.timezone="UTC"' in seen.headers["Prefer"]
         assert "odata.maxpagesize=2" in seen.headers["Prefer"]
     assert all("$skiptoken" in s.query for s in rest)
+
+
+async def test_links_on_graphs_own_host_are_followed_through_a_reverse_proxy_graph_url(
+    fake: FakeGraph, client: GraphClient
+) -> None:
+    # graph_url is a proxy (the fake); Graph's links name graph.microsoft.com.
+    fake.link_url = "https://graph.microsoft.com/v1.0"
+    seed(fake, 5)
+    r = await client.calendar_delta("room-b", MB, BOUNDS, None)
+    assert [v["id"] for v in r.values] == [f"e{i}" for i in range(5)] and r.pages == 3
+    assert r.delta_link.startswith(fake.graph_url + "/users/") and "$deltatoken=" in r.delta_link
+    fake.delete(MB, "e1")
+    again = await client.calendar_delta("room-b", MB, BOUNDS, r.delta_link)
+    assert [v["id"] for v in again.values] == ["e1"]
+    fake.rooms = [{"id": f"p{i}", "emailAddress": f"Room-{i}@contoso.com"} for i in range(5)]
+    assert len(await client.list_rooms()) == 5
+
+
+@pytest.mark.parametrize(
+    "link_url",
+    [
+        "https://attacker.example.com/v1.0",  # not Graph: the token must not go there
+        "https://graph.microsoft.com/beta",  # Graph, but not graph_url's version
+        "http://graph.microsoft.com/v1.0",  # not https
+        "https://graph.microsoft.com:8443/v1.0",
+    ],
+)
+async def test_other_links_are_refused(fake: FakeGraph, client: GraphClient, link_url: str) -> None:
+    fake.link_url = link_url
+    seed(fake, 5)
+    with pytest.raises(GraphRequestError, match="refused so the token is not sent there"):
+        await client.calendar_delta("room-b", MB, BOUNDS, None)
+    assert len(fake.of("/calendarView/delta")) == 1
 
 
 async def test_resume_from_delta_link_gives_changes_and_removed(

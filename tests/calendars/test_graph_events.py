@@ -47,6 +47,21 @@ def test_removed_and_cancelled() -> None:
     assert isinstance(items[1], Upsert) and items[1].booking.cancelled
 
 
+def test_null_start_and_end_is_an_event_that_left_the_range() -> None:
+    # Microsoft Q&A 1190523: "the returned events have all fields null" outside the window.
+    stored = CalendarBooking(
+        id="n",
+        start=datetime(2026, 11, 23, 9, tzinfo=UTC),
+        end=datetime(2026, 11, 23, 10, tzinfo=UTC),
+    )
+    nulled = {"id": "n", "subject": None, "start": None, "end": None, "isCancelled": None}
+    items, notes = to_delta_items([nulled], {"n": stored}, OSLO)
+    assert items == [Removal("n", "left the range (null start and end)")] and notes == []
+    # Only one of them null is still an entry the edge cannot read (the stored copy stays).
+    items, _ = to_delta_items([{"id": "n", "start": None}], {"n": stored}, OSLO)
+    assert isinstance(items[0], Unreadable)
+
+
 def test_partial_update_is_laid_over_the_stored_copy() -> None:
     stored = CalendarBooking(
         id="p",

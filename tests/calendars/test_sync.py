@@ -281,3 +281,47 @@ def test_full_listing_that_repeats_an_id_across_pages_keeps_one() -> None:
     r = apply_round(SyncState(), full(), [Upsert(bk("a", 9)), Upsert(bk("a", 11))], "L1", NOW)
     assert r.snapshot is not None and [b.id for b in r.snapshot] == ["a"]
     assert r.state.bookings["a"].start.hour == 11
+
+
+def test_instances_of_a_series_are_not_paired_at_the_midnight_roll() -> None:
+    # Google: every instance of a series carries the series' iCalUID (Event.iCalUID).
+    def inst(day: int) -> CalendarBooking:
+        return bk(f"s_202611{day}T080000Z", 8, day=day, meeting_id="S@google.com", series_id="s")
+
+    week = [Upsert(inst(d)) for d in range(23, 30)]
+    s = apply_round(SyncState(), full(), week, "L1", NOW).state
+    after_midnight = datetime(2026, 11, 23, 23, 0, 1, tzinfo=UTC)  # Tuesday 00:00:01 Oslo
+    plan = plan_round(s, after_midnight, OSLO, 7)
+    r = apply_round(s, plan, [Upsert(inst(d)) for d in range(24, 31)], "L2", after_midnight)
+    assert types(r) == [("booking.created", "s_20261130T080000Z")]
+    assert "s_20261123T080000Z" not in r.state.bookings
+
+
+def test_a_vanished_instance_is_not_paired_with_a_new_one_of_its_series() -> None:
+    a = bk("s_1", 9, meeting_id="S@google.com", series_id="s")
+    s = apply_round(SyncState(), full(), [Upsert(a)], "L1", NOW).state
+    plan = plan_round(s, NOW, OSLO, 7)
+    new = bk("s_2", 11, day=24, meeting_id="S@google.com", series_id="s")
+    r = apply_round(s, plan, [Removal("s_1", "cancelled"), Upsert(new)], "L2", NOW)
+    assert types(r) == [("booking.created", "s_2"), ("booking.deleted", "s_1")]
+
+
+def test_removal_of_a_series_id_deletes_its_stored_instances() -> None:
+    inst = [bk(f"s_{d}", 9, day=d, meeting_id="S", series_id="s") for d in (23, 24, 25)]
+    other = bk("single", 12)
+    s = apply_round(SyncState(), full(), [Upsert(b) for b in (*inst, other)], "L1", NOW).state
+    plan = plan_round(s, NOW, OSLO, 7)
+    r = apply_round(s, plan, [Removal("s", "cancelled")], "L2", NOW)
+    assert types(r) == [("booking.deleted", "s_23"), ("booking.deleted", "s_24")] + [
+        ("booking.deleted", "s_25")
+    ]
+    assert set(r.state.bookings) == {"single"}
+    # A later instance in the same round (the series re-created) wins over the removal.
+    r = apply_round(s, plan, [Removal("s", "cancelled"), Upsert(inst[2])], "L2", NOW)
+    assert set(r.state.bookings) == {"single", "s_25"}
+
+
+def test_series_id_survives_the_store_row() -> None:
+    b = bk("s_1", 9, meeting_id="S", series_id="s")
+    assert CalendarBooking.from_row(b.to_row()) == b
+    assert "series_id" not in b.to_dict()  # the envelope's booking shape is unchanged

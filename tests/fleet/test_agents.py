@@ -86,3 +86,36 @@ async def test_two_agents_split_the_devices_and_hand_over_on_stop(
         for r in (a, b):
             if not r.task.done():
                 await r.stop()
+
+
+async def test_tail_streams_what_a_fleet_member_commits(
+    make_fleet: Any, receiver: Any, tmp_path: Path, ca_file: Path, env: dict[str, str], pg_url: str
+) -> None:
+    """The local event stream on the PostgreSQL store: `edge-agent tail` against a member
+    shows the events that member commits (its own devices')."""
+    import asyncio
+
+    from tests.ops.test_cli import acli
+
+    fleet = await make_fleet(mode="hybrid", devices=2)
+    env = {**env, "PG_PASSWORD": pg.PASSWORD}
+    a = await start_agent(
+        fleet_config(fleet, tmp_path, "a", pg_url, webhook_url=receiver.url, ca_file=ca_file),
+        fleet,
+        env=env,
+    )
+    try:
+        ids = {d.device_id for d in fleet.devices}
+        await eventually(lambda: sessions(a.agent) == ids, timeout=20)
+        assert a.agent.api is not None
+        tail = asyncio.create_task(
+            acli("tail", "--api", a.agent.api.url, "--type", "booking.created", "--count", "1")
+        )
+        await eventually(lambda: a.agent.event_feed.subscribers == 1 or tail.done(), timeout=20)
+        device = fleet.devices[0]
+        device.calendar.add(fleet.clock.now() + timedelta(hours=3), 30, title="Streamed")
+        code, out, err = await asyncio.wait_for(tail, 30)
+        assert code == 0, out + err
+        assert device.device_id in out and "booking.created" in out and "Streamed" in out
+    finally:
+        await a.stop()

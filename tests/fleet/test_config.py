@@ -82,3 +82,22 @@ def test_a_lease_under_two_seconds_is_refused(lease_s: float) -> None:
 def test_lease_and_member_id() -> None:
     cfg = load({"url": "postgresql://e@db/x"}, {"lease_s": 2, "member_id": "edge-1"})
     assert cfg.fleet.lease_s == 2.0 and cfg.fleet.member_id == "edge-1"
+
+
+def test_calendar_sources_load_in_fleet_mode() -> None:
+    """Issue 16: the members split the calendar rooms by lease, so [microsoft] and [google]
+    with [store] url is a valid configuration (it was refused before the partitioning)."""
+    raw = {
+        **BASE,
+        "store": {"url": "postgresql://e@db/x", "password_env": "PG_PW"},
+        "fleet": {"member_id": "edge-1"},
+        "microsoft": {"tenant_id": "t", "client_id": "c", "client_secret_env": "GRAPH"},
+        "google": {"service_account_file": "/etc/edge-agent/sa.json", "subject": "a@example.com"},
+        "rooms": [
+            {"id": "boardroom", "calendar": "boardroom@contoso.com", "source": "microsoft"},
+            {"id": "atrium", "calendar": "atrium@example.com", "source": "google"},
+        ],
+    }
+    cfg = config_from_dict(raw, env=ENV)
+    assert cfg.store.postgres and cfg.microsoft is not None and cfg.google is not None
+    assert {r.id for r in cfg.rooms} == {"boardroom", "atrium"}

@@ -106,3 +106,48 @@ def test_the_real_rss_is_read_on_linux() -> None:
         assert heap.HeapTrimmer().supported is (platform.libc_ver()[0] == "glibc")
     else:
         assert rss is None
+
+
+_MAPPED_AFTER_A_LARGE_FREE = """
+import ctypes, sys
+from edge_agent.ops import heap
+if sys.argv[1] == "tuned":
+    assert heap.tune_malloc() is True
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.free(libc.malloc(4 * 2**20))  # what raises a moving threshold to 4 MiB
+block = libc.malloc(heap.MMAP_THRESHOLD * 4)
+size_word = ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value
+print("mapped" if size_word & 2 else "heap")  # glibc's IS_MMAPPED bit
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc parameters")
+def test_tune_malloc_keeps_large_blocks_in_their_own_mappings() -> None:
+    """Left alone, glibc raises its mmap threshold to the size of a mapped block once it is
+    freed, and the next blocks of that size come from the heap; fixed, they still get their own
+    mapping. In a fresh process: in a busy one a large free chunk in the heap serves either."""
+    import subprocess
+    import sys
+
+    def where(mode: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", _MAPPED_AFTER_A_LARGE_FREE, mode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return run.stdout.strip()
+
+    assert where("untuned") == "heap"
+    assert where("tuned") == "mapped"
+
+
+def test_tune_malloc_says_when_the_c_library_has_no_such_parameters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(heap, "_mallopt", None)
+    assert heap.tune_malloc() is False

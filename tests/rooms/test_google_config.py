@@ -118,11 +118,6 @@ def test_defaults_and_google_as_the_only_source() -> None:
             "devices[0].calendar",
             "[google]",
         ),
-        (
-            {"google": GOOGLE, "store": {"url": "postgresql://db/x"}},
-            "google",
-            "fleet mode",
-        ),
     ],
 )
 def test_bad_keys_are_named(raw: dict[str, Any], key: str, words: str) -> None:

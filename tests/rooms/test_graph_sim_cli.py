@@ -115,7 +115,8 @@ async def test_sim_discovery_changes_resync_throttle_kill9(sim, receiver, tmp_pa
     cfg = write_config(tmp_path, g, receiver)
     proc = await spawn(cfg, EDGE_AGENT_LOG_LEVEL="debug")
 
-    # discovery across both pages: a snapshot of every room, each on its own room id
+    # discovery beyond Graph's default page of 100 (the agent asks $top=999): a snapshot of
+    # every room, each on its own room id (nextLink paging: test_graph_client.py)
     await eventually(
         lambda: (
             len({e["data"]["room_id"] for e in of_type(receiver.events, "bookings.snapshot")})
@@ -124,7 +125,8 @@ async def test_sim_discovery_changes_resync_throttle_kill9(sim, receiver, tmp_pa
         "a snapshot of each of the 105 rooms",
         timeout=60,
     )
-    assert len([a for a in sim.arrivals if a[1].endswith("/places/microsoft.graph.room")]) >= 2
+    places = [a for a in sim.arrivals if a[1].endswith("/places/microsoft.graph.room")]
+    assert places and places[0][2].get("$top") == "999"
     snap = of_room(receiver.events, "room-7", "bookings.snapshot")[0]
     assert [b["id"] for b in snap["data"]["bookings"]] == [first.id]
     assert snap["data"]["source"] == "microsoft" and "device_id" not in snap["data"]

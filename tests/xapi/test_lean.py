@@ -109,7 +109,12 @@ async def test_every_trim_applies_on_the_installed_websockets(client: XapiClient
     assert conn.protocol.logger is conn.logger
     assert conn.request is None  # the upgrade request carried the credentials
     assert conn.response is not None and len(conn.response.headers) == 0
+    assert type(conn.recv_messages.frames.queue) is lean.FrameList
     assert lean.lean_tls_supported(asyncio.get_running_loop())
+    # One read takes at most a TLS record: what a waiting reader piles up per read is bounded.
+    ssl_protocol = conn.transport._ssl_protocol  # type: ignore[attr-defined]
+    assert isinstance(ssl_protocol, lean.LeanSSLProtocol)
+    assert len(ssl_protocol.get_buffer(-1)) == lean.READ_BUFFER_SIZE == 16 * 1024
     # ...and the link still works after all of them.
     assert await echo(client, "still here") == "still here"
 
@@ -163,3 +168,19 @@ async def test_without_the_lean_tls_protocol_the_link_still_works(
     finally:
         await client.close()
         await task
+
+
+def test_frame_list_does_what_websockets_asks_of_a_deque() -> None:
+    import collections
+
+    items, ref = lean.FrameList(), collections.deque[str]()
+    for q in (items, ref):
+        q.append("a")
+        q.append("b")
+        q.extendleft(reversed(["x", "y"]))  # websockets' put_back: x, y back in front, in order
+        q.extendleft(iter(["p", "q"]))
+    assert list(items) == list(ref) == ["q", "p", "x", "y", "a", "b"]
+    assert [items.popleft() for _ in range(len(items))] == [ref.popleft() for _ in range(6)]
+    assert not items and len(items) == 0
+    with pytest.raises(IndexError):
+        items.popleft()

@@ -108,6 +108,7 @@ class ServiceAccountTokens:
         timeout_s: float = 30.0,
         environ: Mapping[str, str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if not subject or "@" not in subject:
             raise ValueError(
@@ -121,6 +122,9 @@ class ServiceAccountTokens:
         self._token_uri = token_uri  # None: the key file's token_uri
         self._timeout_s = timeout_s
         self._monotonic = monotonic
+        # The wall clock google-auth stamps a token's expiry with (now + expires_in); the
+        # agent's clock in production, pinned in tests.
+        self._wall = wall
         self._credentials: service_account.Credentials | None = None
         self._token: str | None = None
         self._renew_at = 0.0
@@ -211,7 +215,7 @@ class ServiceAccountTokens:
             raise AuthError("Google's token endpoint answered without an access_token")
         lifetime = 3600.0
         if creds.expiry is not None:  # google-auth's expiry: naive UTC, now + expires_in
-            now = datetime.now(UTC).replace(tzinfo=None)
+            now = self._wall().astimezone(UTC).replace(tzinfo=None)
             lifetime = max(0.0, (creds.expiry - now).total_seconds())
         return str(creds.token), lifetime
 

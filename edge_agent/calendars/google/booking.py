@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +45,7 @@ from edge_agent.calendars.google.errors import (
     GoogleRequestError,
     GoogleUnavailable,
 )
+from edge_agent.calendars.http import bounded_request
 from edge_agent.calendars.ratelimit import RequestRateLimiter
 from edge_agent.forward.webhook import parse_retry_after
 
@@ -114,6 +115,8 @@ class GoogleBooking:
         backoff: Backoff = RETRY_BACKOFF,
         limiter: RequestRateLimiter | None = None,
         subject: str = "",
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
         self._tokens = tokens
@@ -121,6 +124,8 @@ class GoogleBooking:
         self._subject = subject
         self.calendar_url = calendar_url.rstrip("/")
         self._backoff = backoff
+        self._sleep = sleep
+        self._wall = wall  # only for a Retry-After given as an HTTP-date
 
     def _events_url(self, calendar_id: str) -> str:
         return f"{self.calendar_url}/calendars/{quote(calendar_id, safe='@')}/events"
@@ -179,15 +184,16 @@ class GoogleBooking:
                 headers["Content-Type"] = "application/json"
             retry_after: float | None = None
             try:
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    resp = await self._http.request(
-                        method,
-                        url,
-                        headers=headers,
-                        content=None if body is None else jsoncodec.dumpb(body),
-                    )
-                status, text = resp.status_code, resp.text[:MAX_BODY]
-                retry_after = parse_retry_after(resp.headers.get("retry-after"), time.time())
+                status, resp_headers, text = await bounded_request(
+                    self._http,
+                    method,
+                    url,
+                    headers,
+                    timeout_s=REQUEST_TIMEOUT_S,
+                    max_body=MAX_BODY,
+                    content=None if body is None else jsoncodec.dumpb(body),
+                )
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), self._wall())
             except (httpx.TransportError, TimeoutError) as exc:
                 status, text = 0, f"{type(exc).__name__}: {exc}"
             if 200 <= status < 300:
@@ -229,7 +235,7 @@ class GoogleBooking:
                     RETRY_AFTER_MAX_S, self._backoff.delay_honouring(attempt, retry_after, None)
                 )
                 log.info("google booking retry", room=room_id, status=status, delay_s=delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             why = reason or text[:200]
             raise GoogleRequestError(

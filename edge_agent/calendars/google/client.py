@@ -62,6 +62,8 @@ log = structlog.get_logger(__name__)
 RATE_LIMIT_REASONS = frozenset({"ratelimitexceeded", "userratelimitexceeded"})
 _QUOTA_REASONS = frozenset({"quotaexceeded", "dailylimitexceeded"})  # retried next round
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
+_ROOM_CATEGORY = "CONFERENCE_ROOM"  # CalendarResource.resourceCategory of a room
+_LEGACY_CATEGORY = "CATEGORY_UNKNOWN"
 RETRY_BACKOFF = Backoff(initial=1.0, maximum=64.0)  # the error guide's 1, 2, 4 ... 64 s
 
 
@@ -136,7 +138,11 @@ class GoogleClient:
     # ------------------------------------------------------------------ public calls
 
     async def list_rooms(self) -> list[GoogleRoom]:
-        """Every resource calendar of ``customer`` (all pages)."""
+        """Every room of ``customer`` (all pages): the resource calendars whose
+        ``resourceCategory`` is ``CONFERENCE_ROOM``. The Directory lists equipment too
+        ("Either CONFERENCE_ROOM or OTHER. Legacy data is set to CATEGORY_UNKNOWN.",
+        CalendarResource): ``OTHER`` (projectors, cars) is skipped; ``CATEGORY_UNKNOWN`` or
+        a missing category is kept (legacy rooms) and logged."""
         url = (
             f"{self.directory_url}/admin/directory/v1/customer/"
             f"{quote(self._customer, safe='')}/resources/calendars"
@@ -159,6 +165,16 @@ class GoogleClient:
                 if not isinstance(mail, str) or "@" not in mail:
                     log.warning("resource without a resourceEmail skipped", item=str(obj)[:200])
                     continue
+                category = obj.get("resourceCategory")
+                if category not in (_ROOM_CATEGORY, _LEGACY_CATEGORY, None):
+                    log.debug("resource that is not a room skipped", resource=mail, category=category)
+                    continue
+                if category != _ROOM_CATEGORY:
+                    log.info(
+                        "resource without a room category kept as a room (legacy data)",
+                        resource=mail,
+                        category=category,
+                    )
                 name = obj.get("resourceName")
                 rid = obj.get("resourceId")
                 rooms.append(

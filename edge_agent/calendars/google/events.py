@@ -11,7 +11,11 @@ is merged with the stored copy.
 Mapping (DESIGN.md): ``id`` -> id, ``iCalUID`` -> meeting_id, ``summary`` -> title,
 ``organizer.email``/``displayName``, ``hangoutLink`` (or ``conferenceData``'s video entry
 point) -> join_url, ``conferenceData.conferenceSolution.key.type`` -> platform,
-``visibility`` -> privacy.
+``visibility`` -> privacy, ``recurringEventId`` -> series_id. Every instance of a recurring
+series carries the series' ``iCalUID`` ("all occurrences of one event have different ids while
+they all share the same iCalUIDs", Event.iCalUID), so ``meeting_id`` does not tell instances
+apart; ``series_id`` marks them (the sync logic never pairs them as one meeting under a new id).
+A cancelled item whose id is a series id cancels the whole series (its stored instances go).
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ def to_booking(obj: Mapping[str, Any], tz: ZoneInfo) -> CalendarBooking:
         privacy=device_str(obj.get("visibility")),
         platform=_platform(obj),
         join_url=_join_url(obj),
+        series_id=device_str(obj.get("recurringEventId")),
     )
 
 

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from edge_agent import jsoncodec
 from edge_agent.calendars.auth import TokenSource
+from edge_agent.calendars.http import TOO_LARGE, bounded_request
 from edge_agent.calendars.ratelimit import RequestRateLimiter
 from edge_agent.clock import Clock, system_clock
 
@@ -48,6 +49,8 @@ log = structlog.get_logger(__name__)
 NOTIFY_PATH = "/v1/notifications/google"
 HEALTHY_POLL_FACTOR = 10.0  # polling stays the safety net, 10x slower while a channel is open
 RETRY_S = 60.0  # a failed watch is tried again this much later
+REQUEST_TIMEOUT_S = 30.0  # one watch or stop call, answered in full
+MAX_BODY = 64 * 1024  # a channel answer is a few hundred bytes; past it the answer is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,19 +221,22 @@ class WatchManager:
     async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         await self._limiter.acquire(self._subject)
         token = await self._tokens.token()
-        resp = await self._http.post(
+        status, _, text = await bounded_request(
+            self._http,
+            "POST",
             url,
-            content=jsoncodec.dumps(body),
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Content-Type": "application/json",
-            },
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout_s=REQUEST_TIMEOUT_S,
+            max_body=MAX_BODY,
+            content=jsoncodec.dumpb(body),
         )
-        if resp.status_code >= 400:
-            raise ValueError(f"HTTP {resp.status_code}: {resp.text[:200]}")
-        if not resp.content:
+        if status >= 400:
+            raise ValueError(f"HTTP {status}: {text[:200]}")
+        if text == TOO_LARGE:
+            raise ValueError(f"HTTP {status}: an answer above {MAX_BODY} bytes refused")
+        if not text:
             return {}
-        doc = jsoncodec.loads(resp.content)
+        doc = jsoncodec.loads(text)
         if not isinstance(doc, dict):
             raise TypeError("the answer is not a JSON object")
         return doc

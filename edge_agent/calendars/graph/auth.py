@@ -39,11 +39,21 @@ GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 
 @dataclass(frozen=True, slots=True)
 class CertificateCredential:
-    """An uploaded certificate: its SHA-1 thumbprint (hex) and the PEM private key."""
+    """An uploaded certificate: its SHA-1 thumbprint (hex, what Entra ID shows), the PEM private
+    key and the PEM certificate.
+
+    With the certificate, msal >= 1.35 computes its SHA-256 thumbprint and signs the client
+    assertion PS256 with ``x5t#S256``, what the Microsoft identity platform specifies ("alg:
+    Should be PS256 ... x5t#S256: Base64url-encoded SHA-256 thumbprint", certificate
+    credentials). The SHA-1 ``thumbprint`` (RS256 + ``x5t``) is what msal calls "Deprecated
+    because it uses SHA-1 thumbprint"; it is sent only to an older msal, or without a
+    certificate.
+    """
 
     thumbprint: str
     private_key_pem: str
     passphrase: str | None = None
+    certificate_pem: str | None = None
 
 
 class ClientCredentials:
@@ -138,8 +148,25 @@ class ClientCredentials:
         return dict(result) if isinstance(result, dict) else {"error": "no_result"}
 
 
-def _cert_dict(cert: CertificateCredential) -> dict[str, str]:
-    d = {"thumbprint": cert.thumbprint, "private_key": cert.private_key_pem}
+def _msal_computes_sha256(version: str) -> bool:
+    """msal 1.35.0 made ``thumbprint`` optional: with a ``public_certificate`` and no
+    ``thumbprint`` it computes the SHA-256 one (PS256 + ``x5t#S256``)."""
+    parts = version.split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) >= (1, 35)
+    except (IndexError, ValueError):
+        return False
+
+
+def _cert_dict(
+    cert: CertificateCredential, msal_version: str = msal.__version__
+) -> dict[str, str]:
+    d = {"private_key": cert.private_key_pem}
+    if cert.certificate_pem is not None:
+        # Also sent as the x5c header (only Subject Name/Issuer apps use it).
+        d["public_certificate"] = cert.certificate_pem
+    if cert.certificate_pem is None or not _msal_computes_sha256(msal_version):
+        d["thumbprint"] = cert.thumbprint  # SHA-1: RS256 + x5t, msal's legacy path
     if cert.passphrase:
         d["passphrase"] = cert.passphrase
     return d

@@ -13,13 +13,16 @@ What the docs fix, and this module honours:
 - 401: the token is renewed once. 429, 5xx, a transport error or no answer within
   :data:`REQUEST_TIMEOUT_S`: sent again (``Retry-After`` honoured, bounded), then
   :class:`GraphUnavailable`. Any other 4xx is the caller's :class:`GraphRequestError`.
+- Every request takes a slot of the mailbox's gate (:mod:`.gate`, the poller's: Outlook allows
+  4 concurrent requests per mailbox, polls and bookings together); a mailbox held back by a 429
+  for longer than :data:`RETRY_AFTER_MAX_S` fails at once (:class:`GraphUnavailable`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +40,8 @@ from edge_agent.calendars.graph.errors import (
     GraphUnavailable,
     MailboxNotFound,
 )
+from edge_agent.calendars.graph.gate import MailboxBusy, MailboxGates
+from edge_agent.calendars.http import bounded_request
 from edge_agent.forward.webhook import parse_retry_after
 from edge_agent.session import DeviceOffline
 
@@ -53,7 +58,7 @@ log = structlog.get_logger(__name__)
 REQUEST_TIMEOUT_S = 10.0
 """One create or delete must be answered within this; else it is sent again (idempotent)."""
 MAX_ATTEMPTS = 4
-MAX_BODY = 256 * 1024  # an event answer is a few KiB
+MAX_BODY = 256 * 1024  # an event answer is a few KiB; past it the answer is refused
 RETRY_BACKOFF = Backoff(initial=0.5, maximum=5.0)
 RETRY_AFTER_MAX_S = 10.0  # a booking waits at most this for one throttled answer
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -116,11 +121,18 @@ class GraphBooking:
         *,
         graph_url: str = "https://graph.microsoft.com/v1.0",
         backoff: Backoff = RETRY_BACKOFF,
+        gates: MailboxGates | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
         self._tokens = tokens
         self.graph_url = graph_url.rstrip("/")
         self._backoff = backoff
+        # The poller's gates (GraphClient.gates) when given: one 4-slot limit per mailbox.
+        self._gates = gates if gates is not None else MailboxGates()
+        self._sleep = sleep
+        self._wall = wall  # only for a Retry-After given as an HTTP-date
 
     async def create_event(
         self,
@@ -171,16 +183,24 @@ class GraphBooking:
             retry_after: float | None = None
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    resp = await self._http.request(
-                        method,
-                        url,
-                        headers=headers,
-                        content=None if body is None else jsoncodec.dumpb(body),
-                    )
-                status, text = resp.status_code, resp.text[:MAX_BODY]
-                retry_after = parse_retry_after(resp.headers.get("retry-after"), time.time())
+                    async with self._gates.slot(mailbox, max_wait_s=RETRY_AFTER_MAX_S):
+                        status, resp_headers, text = await bounded_request(
+                            self._http,
+                            method,
+                            url,
+                            headers,
+                            timeout_s=REQUEST_TIMEOUT_S,
+                            max_body=MAX_BODY,
+                            content=None if body is None else jsoncodec.dumpb(body),
+                        )
+                retry_after = parse_retry_after(resp_headers.get("retry-after"), self._wall())
+            except MailboxBusy as exc:
+                raise GraphUnavailable(room_id, f"Graph did not {what} {mailbox}: {exc}") from None
             except (httpx.TransportError, TimeoutError) as exc:
                 status, text = 0, f"{type(exc).__name__}: {exc}"
+            if status == 429:
+                hold = retry_after if retry_after is not None else self._backoff.delay(attempt)
+                self._gates.throttled(mailbox, hold)
             if 200 <= status < 300:
                 return status, text
             code = _error_code(text)
@@ -216,7 +236,7 @@ class GraphBooking:
                     RETRY_AFTER_MAX_S, self._backoff.delay_honouring(attempt, retry_after, None)
                 )
                 log.info("graph booking retry", room=room_id, status=status, delay_s=delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             raise GraphRequestError(
                 room_id, f"Graph refused to {what} {mailbox}: HTTP {status} ({code or text[:200]})"

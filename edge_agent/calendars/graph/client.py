@@ -3,16 +3,26 @@
 What the docs fix, and this module honours:
 
 - ``GET /places/microsoft.graph.room`` lists the tenant's rooms; every ``@odata.nextLink`` is
-  followed (needs ``Place.Read.All``).
+  followed (needs ``Place.Read.All``). "By default, this operation returns 100 places per page"
+  (List places), and tenants report pages without the ``@odata.nextLink`` (Microsoft Q&A 1021419),
+  so the first request asks for ``$top`` = :data:`PLACES_TOP` (the docs name no maximum; 999 is
+  Graph's usual directory maximum) and a full page without a nextLink is logged as a warning: the
+  listing may be cut short. Rooms "Hidden from GAL" are never listed.
 - ``GET /users/{mailbox}/calendarView/delta?startDateTime&endDateTime`` starts a round; its
   pages are followed by ``@odata.nextLink`` until the ``@odata.deltaLink`` that resumes the round
   later. Links are used as given (they carry the state token) and are only accepted on the
-  configured Graph origin, so a bearer token never leaves for another host.
+  configured Graph origin, so a bearer token never leaves for another host. Behind a reverse
+  proxy (``graph_url`` not a Graph host) Graph still names its own host in them ("simply copy
+  and apply the @odata.nextLink or @odata.deltaLink URL", delta query overview): a link on a
+  known Graph host (:data:`GRAPH_HOSTS`) whose path starts with ``graph_url``'s version is
+  rewritten onto ``graph_url``, so it is sent, with the token, only to ``graph_url``.
 - ``Prefer: outlook.timezone="UTC"`` (times in UTC) and ``odata.maxpagesize``, on every call of
   the chain.
-- Throttling: Outlook allows four concurrent requests per mailbox, so each mailbox has a
-  semaphore of 4; a 429 makes the whole mailbox wait ``Retry-After`` seconds; 503 and friends
-  are retried with the one :class:`~edge_agent.backoff.Backoff`, still honouring ``Retry-After``.
+- Throttling: Outlook allows four concurrent requests per mailbox, so each mailbox has a gate
+  of 4 slots (:mod:`.gate`, shared with bookings and subscriptions through
+  :attr:`GraphClient.gates`); a 429 makes the whole mailbox wait ``Retry-After`` seconds; 503
+  and friends are retried with the one :class:`~edge_agent.backoff.Backoff`, still honouring
+  ``Retry-After``.
 - 401: the token is renewed once, then :class:`GraphAuthError`. 403 names the permission.
   410, or an error code ``SyncStateNotFound``/``resyncRequired``: :class:`ResyncRequired`.
 
@@ -26,7 +36,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -45,14 +55,34 @@ from edge_agent.calendars.graph.errors import (
     MailboxNotFound,
     ResyncRequired,
 )
+from edge_agent.calendars.graph.gate import MAILBOX_CONCURRENCY, MailboxGates
 from edge_agent.calendars.http import TOO_LARGE, bounded_get
 from edge_agent.forward.webhook import parse_retry_after
 
-__all__ = ["MAILBOX_CONCURRENCY", "DeltaRound", "GraphClient", "GraphRoom"]
+__all__ = [
+    "GRAPH_HOSTS",
+    "graph_link",
+    "MAILBOX_CONCURRENCY",
+    "PLACES_TOP",
+    "DeltaRound",
+    "GraphClient",
+    "GraphRoom",
+]
 
 log = structlog.get_logger(__name__)
 
-MAILBOX_CONCURRENCY = 4  # Outlook's limit of concurrent requests per mailbox (throttling docs)
+# Microsoft Graph's own hosts (national cloud deployments): global, US Gov L4, US Gov L5 (DoD),
+# China (21Vianet). A link on one of them is rewritten onto graph_url (a reverse proxy).
+GRAPH_HOSTS = frozenset(
+    {
+        "graph.microsoft.com",
+        "graph.microsoft.us",
+        "dod-graph.microsoft.us",
+        "microsoftgraph.chinacloudapi.cn",
+    }
+)
+PLACES_TOP = 999  # $top of the room list's first request (Graph's default page is 100)
+_PLACES_DEFAULT_PAGE = 100
 _RESYNC_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
 RETRY_BACKOFF = Backoff(initial=1.0, maximum=60.0)  # 503s inside one request
@@ -77,12 +107,6 @@ class DeltaRound:
     pages: int
 
 
-@dataclass(slots=True)
-class _MailboxGate:
-    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAILBOX_CONCURRENCY))
-    not_before: float = 0.0  # monotonic time before which nothing is sent (a 429's Retry-After)
-
-
 class GraphClient:
     """The Graph calls the room poller needs. One instance serves every room; safe to share
     between tasks. Every method is cancel-safe (a cancelled call leaves nothing behind but its
@@ -104,12 +128,14 @@ class GraphClient:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        gates: MailboxGates | None = None,
     ) -> None:
         self._http = http
         self._tokens = tokens
         self.graph_url = graph_url.rstrip("/")
         origin = urlsplit(self.graph_url)
         self._origin = (origin.scheme, origin.netloc.lower())
+        self._version = "/" + origin.path.rstrip("/").rsplit("/", 1)[-1]  # "/v1.0", "/beta"
         self._max_page_size = max_page_size
         self._max_pages = max_pages
         self._max_body = max_body_bytes
@@ -117,16 +143,17 @@ class GraphClient:
         self._timeout = request_timeout_s
         self._backoff = backoff
         self._sleep = sleep
-        self._monotonic = monotonic
         self._wall = wall  # only for a Retry-After given as an HTTP-date
         self._rng = rng
-        self._gates: dict[str, _MailboxGate] = {}
+        self._gates = (
+            gates if gates is not None else MailboxGates(monotonic=monotonic, sleep=sleep)
+        )
 
     # ------------------------------------------------------------------ public calls
 
     async def list_rooms(self) -> list[GraphRoom]:
         """Every room of the places directory (all pages). Needs ``Place.Read.All``."""
-        url: str | None = f"{self.graph_url}/places/microsoft.graph.room"
+        url: str | None = f"{self.graph_url}/places/microsoft.graph.room?$top={PLACES_TOP}"
         rooms: list[GraphRoom] = []
         pages = 0
         while url is not None:
@@ -136,7 +163,8 @@ class GraphClient:
                     "directory", f"the room list has more than {self._max_pages} pages; refused"
                 )
             body = await self._get_json(url, subject="directory", gate_key="places", kind="places")
-            for obj in _values(body, "directory"):
+            page = _values(body, "directory")
+            for obj in page:
                 mail = obj.get("emailAddress") if isinstance(obj, dict) else None
                 if not isinstance(mail, str) or "@" not in mail:
                     log.warning("place without a usable emailAddress skipped", place=str(obj)[:200])
@@ -151,6 +179,14 @@ class GraphClient:
                     )
                 )
             url = self._link(body, "@odata.nextLink", "directory")
+            if url is None and len(page) in (_PLACES_DEFAULT_PAGE, PLACES_TOP):
+                log.warning(
+                    "the room list's last page is full but has no @odata.nextLink: Graph may "
+                    "have cut the listing short (rooms beyond it are not discovered)",
+                    page_rooms=len(page),
+                    pages=pages,
+                    rooms=len(rooms),
+                )
         return rooms
 
     async def calendar_delta(
@@ -202,17 +238,17 @@ class GraphClient:
                 )
             return DeltaRound(values=values, delta_link=done, pages=pages)
 
+    @property
+    def gates(self) -> MailboxGates:
+        """The per-mailbox gates every call of this client takes a slot of; share them with
+        whatever else calls the same mailboxes (bookings, subscriptions)."""
+        return self._gates
+
     def forget_mailbox(self, mailbox: str) -> None:
         """Drop a removed room's throttling state (the gate map stays bounded by the rooms)."""
-        self._gates.pop(mailbox.lower(), None)
+        self._gates.forget(mailbox)
 
     # ------------------------------------------------------------------ the request loop
-
-    def _gate(self, key: str) -> _MailboxGate:
-        gate = self._gates.get(key)
-        if gate is None:
-            gate = self._gates[key] = _MailboxGate()
-        return gate
 
     async def _get_json(
         self,
@@ -224,16 +260,12 @@ class GraphClient:
         mailbox: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        gate = self._gate(gate_key)
         renewed = False
         attempt = 0
         while True:
             attempt += 1
             retry_after: float | None = None
-            async with gate.slots:
-                wait = gate.not_before - self._monotonic()
-                if wait > 0:
-                    await self._sleep(wait)
+            async with self._gates.slot(gate_key):
                 token = await self._tokens.token()
                 try:
                     status, resp_headers, body = await self._send(url, token, headers)
@@ -245,7 +277,7 @@ class GraphClient:
                 retry_after = parse_retry_after(resp_headers.get("retry-after"), self._wall())
                 if status == 429:
                     ra = retry_after if retry_after is not None else self._backoff.delay(attempt)
-                    gate.not_before = max(gate.not_before, self._monotonic() + ra)
+                    self._gates.throttled(gate_key, ra)
             # Decide outside the semaphore: the other requests of this mailbox may proceed.
             code = _error_code(body)
             if status == 401:
@@ -322,14 +354,37 @@ class GraphClient:
             return None
         if not isinstance(link, str):
             raise GraphRequestError(subject, f"{key} is not a string")
-        parts = urlsplit(link)
-        if (parts.scheme, parts.netloc.lower()) != self._origin:
+        usable = graph_link(link, self.graph_url)
+        if usable is None:
+            parts = urlsplit(link)
             raise GraphRequestError(
                 subject,
-                f"{key} points to {parts.scheme}://{parts.netloc}, not graph_url "
-                f"{self.graph_url}; refused so the token is not sent there",
+                f"{key} points to {parts.scheme}://{parts.netloc}{parts.path[:40]}, neither "
+                f"graph_url {self.graph_url} nor a Microsoft Graph host under {self._version}; "
+                "refused so the token is not sent there",
             )
+        return usable
+
+
+def graph_link(link: str, graph_url: str) -> str | None:
+    """The URL to send a Graph ``@odata.nextLink``/``deltaLink`` to: ``link`` itself on
+    ``graph_url``'s origin; on a Graph host (:data:`GRAPH_HOSTS`, https, under ``graph_url``'s
+    version) the same path and query on ``graph_url`` (a reverse proxy); None otherwise (the
+    token must not go there)."""
+    base = urlsplit(graph_url)
+    parts = urlsplit(link)
+    if (parts.scheme, parts.netloc.lower()) == (base.scheme, base.netloc.lower()):
         return link
+    version = "/" + base.path.rstrip("/").rsplit("/", 1)[-1]  # "/v1.0", "/beta"
+    if (
+        parts.scheme == "https"
+        and (parts.hostname or "").lower() in GRAPH_HOSTS
+        and parts.port is None
+        and (parts.path == version or parts.path.startswith(version + "/"))
+    ):
+        query = f"?{parts.query}" if parts.query else ""
+        return f"{graph_url.rstrip('/')}{parts.path[len(version) :]}{query}"
+    return None
 
 
 def _values(body: dict[str, Any], subject: str) -> list[Any]:

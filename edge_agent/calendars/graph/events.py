@@ -7,6 +7,11 @@ UTC (``Prefer: outlook.timezone="UTC"``) but a named zone is honoured when the s
 one. Graph writes seven fractional digits (``2026-11-23T09:00:00.0000000``), more than
 ``datetime.fromisoformat`` takes on 3.11, so the fraction is cut to microseconds.
 
+An entry whose ``start`` and ``end`` are both present and null is an event that left the range:
+"if any changes are outside the window, the returned events have all fields null" (Microsoft
+Q&A 1190523); the delta docs promise only ``@removed`` for that, but the service is reported to
+do this too. Reading it as unreadable would keep the stored copy forever, so it is a removal.
+
 All-day events are floating days: with UTC asked for they read 00:00Z-00:00Z, which for a room in
 Oslo is the wrong instant. They are placed on the room's own local day(s) instead.
 """
@@ -126,6 +131,10 @@ def to_delta_items(
             removed = obj.get("@removed")
             reason = removed.get("reason") if isinstance(removed, Mapping) else None
             items.append(Removal(eid, device_str(reason)))
+            merged.pop(eid, None)
+            continue
+        if "start" in obj and "end" in obj and obj["start"] is None and obj["end"] is None:
+            items.append(Removal(eid, "left the range (null start and end)"))
             merged.pop(eid, None)
             continue
         try:

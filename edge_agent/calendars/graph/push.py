@@ -34,6 +34,7 @@ import hmac
 import random
 import secrets
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -45,6 +46,9 @@ import structlog
 from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
 from edge_agent.calendars.graph.auth import AuthError, TokenSource
+from edge_agent.calendars.graph.client import graph_link
+from edge_agent.calendars.graph.gate import MailboxGates
+from edge_agent.calendars.http import TOO_LARGE, bounded_request
 from edge_agent.clock import Clock, parse_utc, system_clock
 from edge_agent.forward.webhook import parse_retry_after
 
@@ -238,6 +242,7 @@ class PushManager:
         require_https: bool = True,
         clock: Clock = system_clock,
         rng: random.Random | None = None,
+        gates: MailboxGates | None = None,
     ) -> None:
         base = notification_url.rstrip("/")
         parts = urlsplit(base)
@@ -269,6 +274,10 @@ class PushManager:
         self._backoff = failure_backoff
         self._clock = clock
         self._rng = rng or random.Random()
+        # The poller's per-mailbox gates (GraphClient.gates): creating a subscription on
+        # /users/{mailbox}/events is one of the mailbox's 4 concurrent requests, and waits out
+        # a poll's 429 on that mailbox.
+        self._gates = gates if gates is not None else MailboxGates()
         self._rooms: dict[str, str] = {}
         self._subs: dict[str, Subscription] = {}  # room id -> live subscription
         self._by_id: dict[str, str] = {}  # subscription id -> room id
@@ -557,7 +566,8 @@ class PushManager:
                     and isinstance(s.get("id"), str)
                 )
                 nxt = doc.get("@odata.nextLink")
-                url = nxt if isinstance(nxt, str) and nxt.startswith(self._graph + "/") else None
+                # on graph_url, or Graph's own host behind a reverse proxy (graph_link)
+                url = graph_link(nxt, self._graph) if isinstance(nxt, str) else None
             for sub_id in stale:
                 try:
                     await self._call("DELETE", f"/subscriptions/{sub_id}", "subscriptions")
@@ -601,20 +611,25 @@ class PushManager:
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             if body is not None:
                 headers["Content-Type"] = "application/json"
+            slot: AbstractAsyncContextManager[None] = (
+                self._gates.slot(mailbox) if mailbox is not None else nullcontext()
+            )
             try:
-                async with asyncio.timeout(self._timeout):
-                    async with self._http.stream(
+                async with asyncio.timeout(self._timeout), slot:
+                    status, resp_headers, text = await bounded_request(
+                        self._http,
                         method,
                         url,
-                        headers=headers,
-                        content=None if body is None else jsoncodec.dumps(body),
-                    ) as resp:
-                        raw = await _read_bounded(resp)
+                        headers,
+                        timeout_s=self._timeout,
+                        max_body=MAX_BODY_BYTES,
+                        content=None if body is None else jsoncodec.dumpb(body),
+                    )
             except (httpx.HTTPError, TimeoutError) as e:
                 raise PushError(
                     room_id, f"Graph unreachable for {method} {path}: {type(e).__name__}: {e}"
                 ) from e
-            status = resp.status_code
+            raw = b"" if text == TOO_LARGE else text.encode()
             if status == 401 and not renewed:
                 renewed = True
                 continue
@@ -626,18 +641,9 @@ class PushManager:
                 return doc if isinstance(doc, dict) else {}
             if status in (202, 204):
                 return {}
-            raise _refusal(room_id, method, status, raw, resp.headers, mailbox, self._clock)
-
-
-async def _read_bounded(resp: httpx.Response) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return b""
-        chunks.append(chunk)
-    return b"".join(chunks)
+            # A 429 here is the subscription's (its Retry-After is kept per room, on the clock);
+            # it does not hold back the mailbox's polls.
+            raise _refusal(room_id, method, status, raw, resp_headers, mailbox, self._clock)
 
 
 def _refusal(

@@ -103,7 +103,8 @@ class SensorCommands:
 
     async def subscribe(self, link: Any, timeout_s: float) -> None:
         """Subscribe on ``link`` (a :class:`~edge_agent.forward.mqtt.link.BrokerLink`)."""
-        await asyncio.wait_for(link.subscribe(self.topic_filter), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await link.subscribe(self.topic_filter)
 
     def on_message(self, topic: str, payload: bytes, retain: bool) -> None:
         """Parse and queue; called from the link's message callback (must not block)."""

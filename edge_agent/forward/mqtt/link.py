@@ -237,7 +237,8 @@ class BrokerLink:
             if self.up:
                 self.disconnect()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.lost), timeout)
+                    async with asyncio.timeout(timeout):
+                        await asyncio.shield(self.lost)
                 raise_if_cancelling()
         finally:
             self.abort("closed")
@@ -429,7 +430,8 @@ async def open_link(
     connecting = loop.run_in_executor(None, connect)
     try:
         await asyncio.shield(connecting)
-        props = await asyncio.wait_for(asyncio.shield(link.connack), settings.connect_timeout_s)
+        async with asyncio.timeout(settings.connect_timeout_s):
+            props = await asyncio.shield(link.connack)
     except BaseException as exc:
         if not connecting.done():
             # Cancelled mid-connect: the thread still finishes; drop what it opens.
@@ -503,13 +505,15 @@ async def read_retained(
                 name=f"mqtt[{settings.client_id}].keepalive",
             )
             try:
-                await asyncio.wait_for(link.subscribe(topic_filter), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await link.subscribe(topic_filter)
                 raise_if_cancelling()
                 deadline = loop.time() + timeout_s
                 while (left := deadline - loop.time()) > 0:
                     arrived.clear()
                     try:
-                        await asyncio.wait_for(arrived.wait(), min(quiet_s, left))
+                        async with asyncio.timeout(min(quiet_s, left)):
+                            await arrived.wait()
                     except TimeoutError:
                         break
                     raise_if_cancelling()

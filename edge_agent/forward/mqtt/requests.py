@@ -122,7 +122,8 @@ class BridgeRequests:
                 self._log.warning(f"mqtt requests: {exc}; retrying in {delay:.0f} s", kind=exc.kind)
             raise_if_cancelling()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._poke.wait()
             if self._poke.is_set():
                 attempt = 0
 
@@ -146,9 +147,8 @@ class BridgeRequests:
             # ExceptionGroup, which the except below would not match (and the supervisor would
             # take for a crash).
             for action in ACTIONS:
-                await asyncio.wait_for(
-                    link.subscribe(self.request_topic(action)), PUBLISH_TIMEOUT_S
-                )
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    await link.subscribe(self.request_topic(action))
             raise_if_cancelling()
             self._link = link
             self.subscribed.set()

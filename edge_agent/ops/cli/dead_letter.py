@@ -2,6 +2,8 @@
 
 ``list`` reads the database (fine beside a running agent); ``replay`` and ``purge`` write it
 directly when no agent runs, else through the running agent's local API (the store is locked).
+In fleet mode (``[store] url``) ``list`` reads the PostgreSQL store read-only and ``replay`` /
+``purge`` always go through a member's local API.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def cmd_dead_letter(args: argparse.Namespace) -> int:
     if args.dl_command == "purge" and not (args.ids or args.sink or args.all):
         err("edge-agent: purge needs --id ID, --sink NAME or --all")
         return EX_USAGE
+    if cfg.store.url is not None:
+        # Fleet mode: the members share one PostgreSQL. list reads it read-only; replay and
+        # purge go through a member's local API (the members number the shared outbox).
+        if args.dl_command == "list":
+            return _dead_letter_list(args, cfg)
+        return _dead_letter_change(args, cfg)
     if not cfg.store_path.exists():
         tried = (
             f"; {store_default_tried(os.environ)}" if cfg.store_path == LOCAL_STORE_PATH else ""
@@ -58,9 +66,15 @@ def cmd_dead_letter(args: argparse.Namespace) -> int:
 def _dead_letter_list(args: argparse.Namespace, cfg: AgentConfig) -> int:
     from edge_agent.store import StoreError, read_dead_letters
 
-    # A read-only connection: WAL lets it read beside the running agent's writer.
+    # A read-only connection: WAL lets it read beside the running agent's writer (PostgreSQL:
+    # a read-only transaction beside every member).
     try:
-        rows = read_dead_letters(cfg.store_path, limit=args.limit, sink=args.sink)
+        if cfg.store.url is not None:
+            from edge_agent.ops.cli import pgstore
+
+            rows = asyncio.run(pgstore.dead_letters(cfg, limit=args.limit, sink=args.sink))
+        else:
+            rows = read_dead_letters(cfg.store_path, limit=args.limit, sink=args.sink)
     except StoreError as exc:
         err(f"edge-agent: {exc}")
         return EX_FAIL
@@ -105,9 +119,15 @@ def _dead_letter_change(args: argparse.Namespace, cfg: AgentConfig) -> int:
 
     ids: list[int] | None = list(args.ids) if args.ids else None
     try:
+        if cfg.store.url is not None:
+            from edge_agent.store.postgres import describe
+
+            raise _FleetStore(
+                f"the fleet's store at {describe(cfg.store.url)} is written by its members only"
+            )
         n = asyncio.run(_dead_letter_direct(args, cfg, ids))
         where = ""
-    except StoreLocked as locked:
+    except (StoreLocked, _FleetStore) as locked:
         url = str(args.api).rstrip("/") if args.api else config_api_url(cfg)
         headers = api_headers(args.config, cfg, required=True)
         n = _dead_letter_via_api(args, url, ids, locked, headers, api_verify(cfg))
@@ -120,6 +140,10 @@ def _dead_letter_change(args: argparse.Namespace, cfg: AgentConfig) -> int:
     else:
         print(f"purged {n} dead letter(s){where}")
     return _matched_all(args, n)
+
+
+class _FleetStore(Exception):
+    """Fleet mode: the change goes through a member's local API."""
 
 
 def _matched_all(args: argparse.Namespace, n: int) -> int:

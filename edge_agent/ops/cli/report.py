@@ -2,8 +2,9 @@
 saw next to what was booked, from the stored occupancy intervals and booking tracks.
 
 Reads the database on a read-only connection, so it runs beside the agent (like ``outbox
-dead-letter list``). Per room: hours booked, hours booked and used, ghost bookings, no-shows,
-walk-ins (occupied with no booking), peak people. The HTML form is one self-contained page
+dead-letter list``); in fleet mode (``[store] url``) the shared PostgreSQL, with every member's
+rooms. Per room: hours booked, hours booked and used, ghost bookings, no-shows, walk-ins
+(occupied with no booking), peak people. The HTML form is one self-contained page
 (inline SVG and CSS, no external assets) with a chart per room: one row per day, booked time as
 outlined bars, occupied time filled in, ghosts in red.
 
@@ -363,11 +364,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EX_USAGE
     hi = until.timestamp()
     lo = hi - since.total_seconds()
-    if not cfg.store_path.exists():
+    if cfg.store.url is None and not cfg.store_path.exists():
         err(f"edge-agent: no store at {cfg.store_path} (has the agent run with this config?)")
         return EX_FAIL
     try:
-        history = read_occupancy(cfg.store_path, lo)
+        if cfg.store.url is not None:
+            # Fleet mode: every member's rooms, from the shared PostgreSQL (read-only).
+            import asyncio
+
+            from edge_agent.ops.cli import pgstore
+
+            history = asyncio.run(pgstore.occupancy(cfg, lo))
+        else:
+            history = read_occupancy(cfg.store_path, lo)
     except StoreError as exc:
         err(f"edge-agent report: {exc}")
         return EX_FAIL

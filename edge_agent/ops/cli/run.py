@@ -22,8 +22,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args, cfg)
     from edge_agent.agent import run_agent
     from edge_agent.ops.gctune import tune_gc
+    from edge_agent.ops.heap import tune_malloc
     from edge_agent.store import StoreError
 
+    tune_malloc()  # once, before the agent's threads: see edge_agent/ops/heap.py
     tune_gc()  # after the imports: see edge_agent/ops/gctune.py
 
     try:

@@ -199,28 +199,43 @@ def print_status(
 
 
 def print_fleet(fleet: dict[str, Any], out: TextIO | None = None) -> None:
-    """Fleet mode: every member, how fresh its heartbeat is, and its devices' lease ages."""
+    """Fleet mode: every member, how fresh its heartbeat is, its devices and calendar rooms
+    (their leases' ages), then the rooms each member polls."""
     out = sys.stdout if out is None else out
     print(f"fleet: member {fleet.get('member_id')}, lease {fleet.get('lease_s')} s", file=out)
     rows = []
+    polled: list[tuple[str, list[str]]] = []
     for m in fleet.get("members") or []:
         devices = m.get("devices") or []
-        held = [d.get("held_s") or 0.0 for d in devices]
+        rooms = m.get("rooms") or []
+        held = [d.get("held_s") or 0.0 for d in [*devices, *rooms]]
         rows.append(
             [
                 m.get("member_id") + (" (this)" if m.get("self") else ""),
                 "live" if m.get("live") else "stale",
                 m.get("last_seen_age_s"),
                 len(devices),
+                len(rooms),
                 min(held) if held else None,
                 max(held) if held else None,
             ]
         )
+        if rooms:
+            polled.append((str(m.get("member_id")), [str(r.get("room_id")) for r in rooms]))
     print_table(
-        ["MEMBER", "STATE", "LAST SEEN", "DEVICES", "NEWEST LEASE", "OLDEST LEASE"],
+        ["MEMBER", "STATE", "LAST SEEN", "DEVICES", "ROOMS", "NEWEST LEASE", "OLDEST LEASE"],
         rows,
         out=out,
     )
+    for member, ids in polled:
+        more = f" (+{len(ids) - 20})" if len(ids) > 20 else ""
+        print(f"calendar rooms of {member} ({len(ids)}): {', '.join(ids[:20])}{more}", file=out)
+    unowned_rooms = fleet.get("unowned_rooms") or []
+    if unowned_rooms:
+        print(
+            f"unowned calendar rooms ({len(unowned_rooms)}): {', '.join(unowned_rooms[:20])}",
+            file=out,
+        )
     unowned = fleet.get("unowned") or []
     if unowned:
         print(f"unowned devices ({len(unowned)}): {', '.join(unowned[:20])}", file=out)

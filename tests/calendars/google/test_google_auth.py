@@ -4,6 +4,7 @@ signature, caching, the pinned CA, $CREDENTIALS_DIRECTORY, and refusals that nam
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,14 @@ def test_repr_shows_no_key(key_file: Path, keys: KeyPair) -> None:
 def test_subject_must_be_an_address(key_file: Path) -> None:
     with pytest.raises(ValueError, match="subject"):
         ServiceAccountTokens(service_account_file=str(key_file), subject="admin")
+
+
+async def test_token_lifetime_is_read_on_the_injected_wall_clock(
+    gfake: FakeGoogle, key_file: Path, ca_file: str
+) -> None:
+    # google-auth stamps expiry = now + expires_in; a wall clock past it leaves no lifetime,
+    # so every call renews: the lifetime came from the injected clock, not datetime.now().
+    late = datetime(2100, 1, 1, tzinfo=UTC)
+    src = tokens(key_file, ca_file, monotonic=Monotonic(), wall=lambda: late)
+    first = await src.token()
+    assert await src.token() != first and gfake.issued == 2

@@ -1,0 +1,108 @@
+"""A bound on the device notifications a process holds, shared by every link on its loop.
+
+Each link's reader hands every notification to its handler at once, and the agent's session
+queues it until it is committed. When the fleet sends faster than the store commits (1,000
+devices flooding 3,000 events/s into an agent that commits 1,500), each session's queue grows
+without a fleet-wide bound: a 25 s flood left ~35,000 notifications queued, ~100 MiB of parsed
+JSON (``bench/bench_pipeline.py --devices 1000``, RSS after the burst). The device's socket
+buffers can hold them for free; the agent's heap cannot.
+
+:class:`FeedbackBudget` counts the :class:`~.protocol.Feedback` objects alive: the reader stamps
+each one it delivers with the budget (:meth:`FeedbackBudget.take`), and the count goes down when
+the object is freed (``Feedback.__del__``), which for the session is once its worker has
+committed it and let go. No consumer has to say it is done, so one that forgets cannot leak
+the budget; one that keeps notifications (a list of them in a test) holds its share until it
+lets go. At :attr:`~FeedbackBudget.limit` the budget closes: every reader on the loop finishes
+the frame in hand and then reads nothing until the count is down to
+:attr:`~FeedbackBudget.resume_at`. Nothing is dropped: the frames wait in the kernel's and the
+device's buffers (TCP back-pressure), in order, and are read when there is room. A reader
+waiting for room also stops its ping and probe clocks (it could not read their answers) and
+starts them again when it resumes.
+
+The budget is per event loop (:func:`loop_budget`), like the opening-handshake slots of
+:mod:`.connect`: every :class:`~.client.XapiClient` on a loop shares it unless given its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+FEEDBACK_LIMIT = 2048
+"""Notifications alive at once per loop before the readers wait: ~3 KiB each once parsed and
+queued (measured: ~100 MiB for 35,500), so ~6 MiB; 2 per device at 1,000 devices, and a
+top-of-hour burst (2 per device) fits."""
+RESUME_FRACTION = 0.75
+"""The readers resume once the count is down to this fraction of the limit (hysteresis: they
+do not wake for each notification freed)."""
+MAX_WAIT_S = 30.0
+"""Longest a reader waits for room before it reads one frame anyway: a notification caught in
+a reference cycle is freed only by the garbage collector, so the budget can only be slow to
+open, never stuck shut."""
+
+
+class FeedbackBudget:
+    """The count of notifications alive and the gate readers wait at when it is full.
+
+    Args:
+        limit: notifications alive at which readers wait.
+        resume_at: count at which they are let go again (default ``RESUME_FRACTION`` of limit).
+    """
+
+    __slots__ = ("__weakref__", "_room", "held", "limit", "resume_at", "waits")
+
+    def __init__(self, limit: int = FEEDBACK_LIMIT, resume_at: int | None = None) -> None:
+        if limit < 1:
+            raise ValueError(f"a feedback budget needs a limit of at least 1, not {limit!r}")
+        resume = int(limit * RESUME_FRACTION) if resume_at is None else resume_at
+        if not 0 <= resume < limit:
+            raise ValueError(f"resume_at must be in 0..{limit - 1}, not {resume_at!r}")
+        self.limit = limit
+        self.resume_at = resume
+        self.held = 0
+        """Notifications delivered and not yet freed."""
+        self.waits = 0
+        """Times a reader found the budget full and waited (for the counters)."""
+        self._room: asyncio.Future[None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.held >= self.limit
+
+    def take(self) -> None:
+        """One notification delivered (its ``Feedback`` calls :meth:`release` when freed)."""
+        self.held += 1
+
+    def release(self) -> None:
+        """One notification freed; opens the gate once the count is down to ``resume_at``."""
+        self.held -= 1
+        room = self._room
+        if room is not None and self.held <= self.resume_at:
+            self._room = None
+            if not room.done() and not room.get_loop().is_closed():
+                room.set_result(None)
+
+    def room(self) -> asyncio.Future[None] | None:
+        """``None`` while there is room; else a future done when there is (shared, never
+        cancel it: shield it)."""
+        if self.held < self.limit:
+            return None
+        room = self._room
+        if room is None:
+            room = self._room = asyncio.get_running_loop().create_future()
+        self.waits += 1
+        return room
+
+
+_budgets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FeedbackBudget] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_budget() -> FeedbackBudget:
+    """The running loop's shared budget (made on first use)."""
+    loop = asyncio.get_running_loop()
+    budget = _budgets.get(loop)
+    if budget is None:
+        budget = _budgets[loop] = FeedbackBudget()
+    return budget
