@@ -202,6 +202,15 @@ class _Occupancy:
 _Input = _Feedback | _Listed | _LinkChange | _Tick | _Occupancy
 
 
+def _arrival(item: _Input) -> datetime | None:
+    """When ``item``'s frame arrived (feedback and RoomAnalytics readings), else None."""
+    if isinstance(item, _Feedback):
+        return item.arrived_at
+    if isinstance(item, _Occupancy):
+        return item.at
+    return None
+
+
 DUPLICATE_WARNING_INTERVAL_S = 60.0
 """Shortest time between two warnings about duplicates dropped (each says how many)."""
 
@@ -312,6 +321,11 @@ class DeviceSession:
         self._overflow_dropped_before = 0
         self._next_safety_relist = 0.0
         self._stop_reason: str | None = None
+        # Feedback that arrives while a link comes up (the re-made subscriptions' current values,
+        # RoomAnalytics) waits here until device.online is queued: see _on_connected.
+        self._connecting = True
+        self._held: list[_Input] = []
+        self._held_since: datetime | None = None
         self.state: DeviceBookings | None = None
         self.client = self._new_client()
         self.lists = 0
@@ -465,23 +479,42 @@ class DeviceSession:
 
     def _on_disconnected(self, exc: BaseException | None) -> None:
         reason = str(exc) if exc is not None else (self._stop_reason or "closed")
+        # A link lost before it came up never said online: what it sent is applied as it came.
+        self._release_held()
         self._offer(_LinkChange(online=False, observed_at=self._clock.now(), reason=reason))
+        self._connecting = True
 
     async def _on_connected(self, client: DeviceLink) -> None:
-        dev = await self._read_device_settings(client)
-        self._check_clock(dev.system_time)
-        self._note_time_zone(dev.tz)
-        await self.room.on_connected(client, self._on_room_analytics, dev.software)
-        # The online transition asks for the list (Step.relist), after the settings are applied.
-        self._offer(
-            _LinkChange(
-                online=True,
-                observed_at=self._clock.now(),
-                software=dev.software,
-                tz=dev.tz,
-                booking_timeout_s=dev.booking_timeout_s,
+        """The client has re-made the subscriptions; their current values (Status Bookings)
+        have already arrived, and RoomAnalytics' arrive while this runs. Those are held and
+        queued after ``device.online``, so no ``room.*`` event of a device precedes its
+        online, and the online is dated by the first of them (the link was up by then)."""
+        started = self._clock.now()
+        try:
+            dev = await self._read_device_settings(client)
+            self._check_clock(dev.system_time)
+            self._note_time_zone(dev.tz)
+            await self.room.on_connected(client, self._on_room_analytics, dev.software)
+            up_at = min(started, self._held_since) if self._held_since else started
+            # The online transition asks for the list (Step.relist), after the settings apply.
+            self._offer(
+                _LinkChange(
+                    online=True,
+                    observed_at=up_at,
+                    software=dev.software,
+                    tz=dev.tz,
+                    booking_timeout_s=dev.booking_timeout_s,
+                )
             )
-        )
+        finally:
+            # Also when the settings could not be read: never hold feedback past this hook.
+            self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held, self._held_since = self._held, [], None
+        self._connecting = False
+        for item in held:
+            self._offer(item)
 
     def _note_time_zone(self, device_zone: ZoneInfo | None) -> None:
         """The device's zone wins over a configured ``time_zone`` (a fallback for a device
@@ -562,6 +595,14 @@ class DeviceSession:
         return replace(step, relist=False)
 
     def _offer(self, item: _Input) -> None:
+        if self._connecting and not isinstance(item, _LinkChange):
+            if len(self._held) < self.tuning.queue_max:
+                if self._held_since is None:
+                    self._held_since = _arrival(item) or self._clock.now()
+                self._held.append(item)
+            else:
+                self._drop_feedback()  # past the same bound as the queue's: dropped, re-listed
+            return
         if isinstance(item, _LinkChange):
             # A re-list cannot bring back an online/offline transition: never refused, and in
             # order with the feedback around it (see the module's docstring).
@@ -570,18 +611,21 @@ class DeviceSession:
         try:
             self._inputs.put_nowait(item)
         except asyncio.QueueFull:
-            self.dropped_feedback += 1
-            FEEDBACK_DROPPED.labels(self.device_id, "queue_full").inc()
-            if not self._overflowing:
-                self._overflowing = True
-                self._overflow_dropped_before = self.dropped_feedback - 1
-                self._log.warning(
-                    "feedback queue full: dropping device feedback and re-listing to catch up",
-                    queue_max=self.tuning.queue_max,
-                )
-            self._request_relist()
+            self._drop_feedback()
         else:
             self._end_overflow_if_drained()
+
+    def _drop_feedback(self) -> None:
+        self.dropped_feedback += 1
+        FEEDBACK_DROPPED.labels(self.device_id, "queue_full").inc()
+        if not self._overflowing:
+            self._overflowing = True
+            self._overflow_dropped_before = self.dropped_feedback - 1
+            self._log.warning(
+                "feedback queue full: dropping device feedback and re-listing to catch up",
+                queue_max=self.tuning.queue_max,
+            )
+        self._request_relist()
 
     def _end_overflow_if_drained(self) -> None:
         if self._overflowing and self._inputs.qsize() <= self.tuning.queue_max // 2:
@@ -835,7 +879,7 @@ class DeviceSession:
             if not self.client.connected:
                 return "the device is offline"
             try:
-                await self.client.command("Bookings Delete", Id=booking_id)
+                await self.client.command("Bookings Delete", **self._delete_target(booking_id))
             except ConnectionLost as exc:
                 return str(exc) or "connection lost"
             except XapiError as exc:
@@ -1056,8 +1100,22 @@ class DeviceSession:
             _Feedback({"Event": {"Bookings": {"BookingRequested": requested}}}, requested_at)
         )
 
+    def _delete_target(self, booking_id: str) -> dict[str, str]:
+        """``Bookings Delete``'s parameter for a booking of the window: its ``MeetingId`` when it
+        has one, else its ``Id``. The xAPI says a hybrid calendar's ``Id`` "may not be persistent
+        across reboots"; the MeetingId is the backend's, so a Delete built from the stored window
+        after a reboot still names that meeting and never whatever now has that list Id."""
+        state = self.state
+        booking = None
+        if state is not None:
+            booking = next((b for b in state.window.values() if b.id == booking_id), None)
+        if booking is not None and booking.meeting_id:
+            return {"MeetingId": booking.meeting_id}
+        return {"Id": booking_id}
+
     async def release(self, booking_id: str) -> Booking:
-        """Send ``Bookings Delete Id`` for a booking in the window; ``booking.deleted`` follows.
+        """Send ``Bookings Delete`` (by MeetingId, else Id) for a booking in the window;
+        ``booking.deleted`` follows.
 
         Raises:
             DeviceOffline: the device is not connected.
@@ -1071,7 +1129,7 @@ class DeviceSession:
         if booking is None:
             raise LookupError(f"{self.device_id}: no booking {booking_id!r} in the window")
         try:
-            await self.client.command("Bookings Delete", Id=booking_id)
+            await self.client.command("Bookings Delete", **self._delete_target(booking_id))
         except XapiError as exc:
             raise BookingRejected(
                 f"{self.device_id}: the device refused Bookings Delete {booking_id}: {exc}"

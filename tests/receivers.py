@@ -45,11 +45,13 @@ except ImportError:  # pragma: no cover - the bench may run without the test ext
 
 @dataclass(slots=True)
 class Reply:
-    """One scripted answer: status, optional Retry-After, optional delay before answering."""
+    """One scripted answer: status, optional Retry-After (or Location), optional delay before
+    answering."""
 
     status: int = 204
     retry_after: str | None = None
     delay_s: float = 0.0
+    location: str | None = None
 
 
 @dataclass(slots=True)
@@ -212,8 +214,10 @@ class WebhookReceiver:
             doc = json.loads(body)
             envs = doc["data"]["events"] if doc.get("type") == "batch" else [doc]
         self._record(d, envs)
-        hdrs = {"Retry-After": reply.retry_after} if reply.retry_after is not None else None
-        return web.Response(status=reply.status, headers=hdrs)
+        hdrs = {"Retry-After": reply.retry_after} if reply.retry_after is not None else {}
+        if reply.location is not None:
+            hdrs["Location"] = reply.location
+        return web.Response(status=reply.status, headers=hdrs or None)
 
     def _record(self, d: Delivery, envs: list[dict[str, Any]]) -> None:
         now = time.time()

@@ -185,12 +185,13 @@ async def test_a_device_through_after_retries_makes_the_others_due(
 
 
 async def test_a_rejected_device_is_not_made_due_by_another_ones_recovery(store: Store) -> None:
+    # A rejected single event is dead-lettered at once; a rejected batch backs off to be split.
     sink = ScriptedSink({"a": [Retry("503")], "b": [Reject("400 bad", status=400)]})
     async with contextlib.asynccontextmanager(run_drainer)(store, sink) as drainer:
         await store.commit(Change("a", events=[env("a", 0)]))
         await until(lambda: "a" in drainer.retrying())
         sink.clock = 1020.0
-        await store.commit(Change("b", events=[env("b", 0)]))
+        await store.commit(Change("b", events=[env("b", 0), env("b", 1)]))
         await until(lambda: "b" in drainer.retrying())  # b: due at 1050
         due_b = drainer.retrying()["b"]["next_attempt_at"]
         sink.clock = 1031.0

@@ -77,6 +77,10 @@ class FakeLink:
             "Configuration RoomAnalytics": {"PeopleCountOutOfCall": "On"},
         }
         self.list_calls = 0
+        self.deletes: list[dict[str, Any]] = []
+        self.current: dict[str, Mapping[str, Any]] = {}
+        """What a NotifyCurrentValue subscription to that query delivers as it is made."""
+        """The parameters of each ``Bookings Delete`` the session sent."""
         self.list_answer: Callable[[int, int], Any] | None = None
         """Answers ``Bookings List (Offset, Limit)`` instead of ``bookings`` (a lying device)."""
         self.subscribed = asyncio.Event()
@@ -92,12 +96,17 @@ class FakeLink:
     ) -> int:
         name = query if isinstance(query, str) else " ".join(query)
         self.handlers.append((name, handler, notify))
+        if notify and name in self.current:
+            handler(self.current[name])
         if len(self.handlers) == 2:  # run() subscribes to events and status, then starts
             self.subscribed.set()
         return len(self.handlers)
 
     async def command(self, path: Any, /, **args: Any) -> Any:
         assert self.connected, "the session sent a command while the link was down"
+        if path == "Bookings Delete":
+            self.deletes.append(args)
+            return {"status": "OK"}
         assert path == "Bookings List", path
         self.list_calls += 1
         await asyncio.sleep(0)  # a real link suspends here: let the test's timeouts run
@@ -129,6 +138,12 @@ class FakeLink:
     def go_offline(self, why: str) -> None:
         self.connected = False
         self.on_disconnected(ConnectionError(why))
+
+    def status(self, query: str, payload: Mapping[str, Any]) -> None:
+        """A status feedback (or a current value) to the ``query`` subscription."""
+        for subscribed, handler, _ in self.handlers:
+            if subscribed == query:
+                handler(payload)
 
     def feed(self, name: str, **body: Any) -> None:
         """An ``Event Bookings <name>`` notification, delivered as the client's reader does."""
@@ -207,7 +222,8 @@ class Running:
 
 @pytest.fixture
 async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
-    opts: dict[str, Any] = getattr(request, "param", {})
+    opts: dict[str, Any] = dict(getattr(request, "param", {}))
+    defaults: dict[str, Any] = opts.pop("defaults", {})  # device settings, the rest is tuning
     path = tmp_path / "agent.db"
     clock = FakeClock(T0)
     store = await Store.open(path, clock=lambda: clock.now().timestamp())
@@ -220,7 +236,7 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         return links[-1]
 
     session = DeviceSession(
-        settings(),
+        settings(**defaults),
         site="hq",
         store=store,
         clock=clock,
@@ -271,6 +287,54 @@ async def test_online_then_list_then_snapshot(running: Running) -> None:
     assert [e["type"] for e in outbox(r.path)] == ["device.online", "bookings.snapshot"]
 
 
+async def test_release_deletes_by_meeting_id_when_the_booking_has_one(running: Running) -> None:
+    """The xAPI: a hybrid calendar's ``Id`` may not survive a reboot, its ``MeetingId`` does; a
+    local-calendar booking (MeetingId empty) is deleted by ``Id``."""
+    r = running
+    r.link.bookings = [
+        list_entry(pos=1, Id="7", MeetingId="M7", StartTime="2026-11-23T09:00:00Z"),
+        list_entry(
+            pos=2,
+            Id="8",
+            MeetingId="",
+            StartTime="2026-11-23T11:00:00Z",
+            EndTime="2026-11-23T12:00:00Z",
+        ),
+    ]
+    await online_and_listed(r)
+    released = await r.session.release("7")
+    assert released.meeting_id == "M7"
+    await r.session.release("8")
+    assert r.link.deletes == [{"MeetingId": "M7"}, {"Id": "8"}]
+    with pytest.raises(LookupError):
+        await r.session.release("9")
+    assert len(r.link.deletes) == 2  # an unknown booking sends nothing
+
+
+@pytest.mark.parametrize(
+    "running", [{"defaults": {"ghost_after_s": 1, "release_after_s": 1}}], indirect=True
+)
+async def test_a_ghost_release_deletes_by_meeting_id(running: Running) -> None:
+    r = running
+    r.link.current["Status RoomAnalytics"] = {
+        "Status": {"RoomAnalytics": {"PeopleCount": {"Current": 0}, "PeoplePresence": "No"}}
+    }
+    r.link.bookings = [
+        list_entry(
+            Id="7",
+            MeetingId="M7",
+            StartTime="2026-11-23T08:00:00Z",
+            EndTime="2026-11-23T08:30:00Z",
+        )
+    ]
+    await online_and_listed(r)
+    r.link.feed("Start", Id="7", MeetingId="M7")
+    await r.recorder.next_with("booking.started")
+    r.clock.advance(5)  # empty past ghost_after_s and release_after_s
+    await r.recorder.next_with("booking.released")
+    assert r.link.deletes == [{"MeetingId": "M7"}]
+
+
 async def test_requested_then_created_resolves_the_pending_request(running: Running) -> None:
     r = running
     await online_and_listed(r)
@@ -283,6 +347,7 @@ async def test_requested_then_created_resolves_the_pending_request(running: Runn
     )
     requested = await r.recorder.next()
     assert types(requested) == ["booking.requested"]
+    assert requested.events[0]["data"]["booking_request_uuid"] == "u-1"
     assert [p.booking_request_uuid for p in await r.store.load_pending(DEVICE)] == ["u-1"]
     # The device confirms 4 s later; the created booking joins the list the re-list returns.
     r.clock.advance(4)
@@ -310,6 +375,7 @@ async def test_requested_then_created_resolves_the_pending_request(running: Runn
     data = created.events[0]["data"]
     assert data["pending_ms"] == 4000
     assert data["booking"]["booking_request_uuid"] == "u-1"
+    assert data["booking_request_uuid"] == "u-1"  # where booking.failed/request_expired have it
     assert created.pending_delete == ["u-1"]
     assert await r.store.load_pending(DEVICE) == []
     # A calendar change: the transition asked for a re-list and the session ran it.
@@ -342,6 +408,36 @@ async def test_link_changes_emit_offline_and_online_and_relist(running: Running)
     assert types(await r.recorder.next()) == ["device.online"]
     await r.recorder.next_with("bookings.snapshot")
     assert r.link.list_calls == 2
+
+
+async def test_device_online_comes_before_the_room_events_of_a_connect(running: Running) -> None:
+    """On connect the re-made subscriptions deliver their current values (Status Bookings, then
+    RoomAnalytics while the session reads the device's settings) before ``on_connected`` ends;
+    ``device.online`` is stored first all the same, dated no later than the first of them."""
+    r = running
+    r.link.current["Status RoomAnalytics"] = {
+        "Status": {"RoomAnalytics": {"PeopleCount": {"Current": 2}, "PeoplePresence": "Yes"}}
+    }
+    r.link.connected = True  # the client re-subscribes before it calls on_connected
+    avail = {"Status": "Free", "TimeStamp": "2026-11-23T09:00:00Z"}
+    r.link.status("Status Bookings", {"Status": {"Bookings": {"Availability": avail}}})
+    r.clock.advance(1)  # the settings take a while to read
+    await r.link.on_connected(r.link)
+    await r.recorder.next_with("bookings.snapshot")
+    stored = [e for e in outbox(r.path) if e["type"] != "bookings.snapshot"]
+    assert [e["type"] for e in stored] == ["device.online", "room.availability", "room.occupancy"]
+    online, room = stored[0], stored[1]
+    assert online["data"]["software"] == "ce11.20"
+    assert online["data"]["observed_at"] <= room["data"]["observed_at"]
+
+    # A link lost before it came up applies what it sent (nothing is lost), then goes offline.
+    r.link.go_offline("reset")
+    await r.recorder.next_with("device.offline")
+    r.link.connected = True
+    r.link.status("Status Bookings", {"Status": {"Bookings": {"Availability": {"Status": "Busy"}}}})
+    r.link.go_offline("reset again")
+    await r.recorder.next_with("room.availability")
+    assert [e["type"] for e in outbox(r.path)][-2:] == ["device.offline", "room.availability"]
 
 
 @pytest.mark.parametrize("running", [{"queue_max": 4}], indirect=True)

@@ -140,6 +140,12 @@ def make_envelope(
     ``now``). ``xevent`` is ``"Bookings.<Name>"`` or None for agent-made events (snapshot,
     availability, online/offline, request_expired). ``extra`` keys go into ``data`` (they may not
     overwrite the fixed keys). Raises ValueError for a type the contract does not have.
+
+    ``data.booking_request_uuid`` is where every request's outcome names it: ``booking.failed``
+    and ``booking.request_expired`` pass it in ``extra``; a ``booking.requested`` whose UUID is
+    known and a ``booking.created`` that resolves a request (``pending_ms``) get it here from
+    their booking (or request), so receivers match requests to outcomes in one place. It is
+    also left in ``data.booking`` (additive).
     """
     if type not in ENVELOPE_TYPES:
         raise ValueError(f"not an envelope type of the contract: {type!r}")
@@ -168,7 +174,23 @@ def make_envelope(
         if clash:
             raise ValueError(f"extra may not overwrite {sorted(clash)}")
         data.update(extra)
+    uuid = _request_uuid(type, data)
+    if uuid is not None:
+        data.setdefault("booking_request_uuid", uuid)
     return {"type": type, "timestamp": utc_iso(now), "data": data}
+
+
+def _request_uuid(type: str, data: Mapping[str, Any]) -> str | None:
+    """The request a ``booking.requested`` opens, or a ``booking.created`` resolves."""
+    if type == "booking.created" and "pending_ms" not in data:
+        return None  # a booking made elsewhere (or one already reported): no request to close
+    if type not in ("booking.created", "booking.requested"):
+        return None
+    for holder in ("booking", "request"):
+        node = data.get(holder)
+        if isinstance(node, Mapping) and isinstance(node.get("booking_request_uuid"), str):
+            return str(node["booking_request_uuid"])
+    return None
 
 
 # --------------------------------------------------------------------------- event payloads

@@ -28,7 +28,8 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """The receiver refused this event for good (other 4xx): dead letter it after a few tries."""
+    """The receiver refused this event for good (other 4xx, a redirect; a permanent MQTT PUBACK
+    reason): dead letter it at once (a rejected batch is first split, see the drainer)."""
 
     reason: str
     status: int | None = None

@@ -11,8 +11,10 @@ store behind (group commit):
 - ``Retry``: the device backs off (``Backoff`` jittered exponential, capped; never earlier than
   the receiver's ``Retry-After``). The attempts and due time are stored, so a restart keeps
   the schedule. Only that device waits; the others keep flowing.
-- ``Reject``: retried up to ``reject_attempts`` times, then dead-lettered. A rejected batch of
-  several events is retried one event at a time, so only the poison event is dead-lettered.
+- ``Reject``: dead-lettered at once: the receiver refused the event for good (DESIGN.md:
+  "other 4xx dead letter"), and sending it again would only hold its device's later events
+  back. A rejected batch of several events is retried one event at a time, so only the poison
+  event is dead-lettered.
 - ``Gone``: the sink is stopped with an ERROR log and ``stopped_reason``; the events stay in
   the outbox.
 - An event older than ``ttl_s`` is dead-lettered (reason ``"ttl expired"``) instead of sent.
@@ -75,7 +77,6 @@ class Drainer:
         max_in_flight: int = 8,
         backoff: Backoff = DEFAULT_BACKOFF,
         ttl_s: float = 7 * 24 * 3600.0,
-        reject_attempts: int = 3,
         not_ready_poll_s: float = 0.05,
         probe_every_s: float | None = None,
         clock: Callable[[], float] = time.time,
@@ -89,7 +90,6 @@ class Drainer:
                 collapses past ~50 in flight per host (DESIGN.md); 8 is the webhook default.
             backoff: the retry schedule (delay before attempt n).
             ttl_s: an event older than this is dead-lettered instead of sent.
-            reject_attempts: tries before a rejected (4xx) event is dead-lettered.
             not_ready_poll_s: how often to look again while ``sink.ready()`` is false.
             probe_every_s: during an outage, the longest time without a try (see the module
                 docstring); default: ``backoff``'s first delay.
@@ -104,7 +104,6 @@ class Drainer:
         self._max_in_flight = max(1, max_in_flight)
         self._backoff = backoff
         self._ttl_s = ttl_s
-        self._reject_attempts = max(1, reject_attempts)
         self._not_ready_poll_s = not_ready_poll_s
         self._probe_every_s = backoff.initial if probe_every_s is None else probe_every_s
         self._last_try = 0.0  # unix time of the last Retry outcome or probe
@@ -335,7 +334,7 @@ class Drainer:
         attempts = head.attempts + 1
         self._note_error(outcome.reason)
         if isinstance(outcome, Reject):
-            if n == 1 and attempts >= self._reject_attempts:
+            if n == 1:
                 self._stats.dead_lettered += 1
                 DELIVERIES.labels(sink=name, result="dead_letter").inc()
                 self._log.error(

@@ -14,9 +14,12 @@ longer body's connection is dropped, and ``timeout_s`` bounds the whole request,
 that trickles its answer costs one attempt of ``timeout_s`` and is retried like a timeout.
 
 Answers: 2xx delivered; 408, 429, 5xx, network errors and timeouts retried (``Retry-After`` in
-seconds or as an HTTP date is honoured); 410 stops the sink; other 4xx reject the event (the
-drainer dead-letters it after a few tries); 3xx is retried (a redirect is a misconfigured URL,
-not a reason to drop events).
+seconds or as an HTTP date is honoured); 425 Too Early is retried too (RFC 8470: the receiver
+asks for the same request again later); 410 stops the sink; other 4xx reject the event, and the
+drainer dead-letters it at once (the receiver said it will not take it: trying again cannot
+change that). 3xx rejects it as well, the reason naming the ``Location``: the agent does not
+follow redirects (it would re-send signed events to wherever an answer points), so a redirect
+is an answer that will not change until the configured URL does.
 
 Batching (opt-in, ``batch_max > 1``): up to ``batch_max`` events of ONE device, in order, go in
 one POST, for receivers that accept it. The body is
@@ -53,6 +56,9 @@ from edge_agent.httpclient import BoundedResponse, http_client, request_bounded
 log = structlog.get_logger(__name__)
 
 _RETRY_STATUSES = frozenset({408, 425, 429})
+"""Timeout, Too Early (RFC 8470 section 5.2: "the client can retry"), Too Many Requests."""
+
+_LOCATION_MAX = 200
 
 
 def decode_secret(secret: str) -> bytes:
@@ -114,8 +120,11 @@ def batch_body(events: Sequence[OutboxEvent], now: float) -> bytes:
     )
 
 
-def classify(status: int, retry_after: float | None, excerpt: str = "") -> Outcome:
-    """The outcome of an HTTP answer (pure); ``excerpt`` (the body's start) ends the reason."""
+def classify(
+    status: int, retry_after: float | None, excerpt: str = "", location: str | None = None
+) -> Outcome:
+    """The outcome of an HTTP answer (pure); ``excerpt`` (the body's start) ends the reason,
+    ``location`` (a redirect's ``Location`` header) is named in a 3xx's."""
     said = f": {excerpt}" if excerpt else ""
     if 200 <= status < 300:
         return Delivered()
@@ -125,7 +134,21 @@ def classify(status: int, retry_after: float | None, excerpt: str = "") -> Outco
         return Retry(f"HTTP {status}{said}", retry_after)
     if 400 <= status < 500:
         return Reject(f"HTTP {status}{said}", status)
+    if 300 <= status < 400:
+        where = _printable(location) if location else "no Location given"
+        return Reject(
+            f"HTTP {status} redirect to {where}: the agent does not follow redirects; "
+            f"set the webhook url to where the receiver is{said}",
+            status,
+        )
     return Retry(f"HTTP {status} (unexpected; check the URL){said}", retry_after)
+
+
+def _printable(text: str) -> str:
+    """An answer's header as one printable line of at most :data:`_LOCATION_MAX` characters
+    (it is the receiver's text, and it goes into logs and the dead letter)."""
+    line = "".join(c if c.isprintable() else " " for c in text[: _LOCATION_MAX * 2]).strip()
+    return line if len(line) <= _LOCATION_MAX else line[: _LOCATION_MAX - 3] + "..."
 
 
 class WebhookSink:
@@ -215,7 +238,9 @@ class WebhookSink:
         retry_after = parse_retry_after(resp.headers.get("retry-after"), now)
         if 200 <= resp.status < 300:
             return Delivered()
-        return classify(resp.status, retry_after, resp.excerpt_text())
+        return classify(
+            resp.status, retry_after, resp.excerpt_text(), resp.headers.get("location")
+        )
 
     async def _request(
         self, method: str, body: bytes | None = None, headers: dict[str, str] | None = None

@@ -176,6 +176,7 @@ async def test_book_a_calendar_room_created_once(agent, sim, receiver) -> None:
     [created] = _created_for(receiver, uuid)
     assert created["data"]["room_id"] == ROOM and created["data"]["source"] == "microsoft"
     assert isinstance(created["data"]["pending_ms"], int)
+    assert created["data"]["booking_request_uuid"] == uuid
     assert created["data"]["booking"]["meeting_id"] == event.ical_uid
     others = [
         e

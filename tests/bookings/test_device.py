@@ -231,6 +231,7 @@ def test_legacy_request_resolved_by_any_relist(state: DeviceBookings) -> None:
     d = step.events[0]["data"]
     assert d["pending_ms"] == 6000 and d["reconciled"] is True
     assert d["booking"]["booking_request_uuid"] == "u-4"
+    assert d["booking_request_uuid"] == "u-4"
     assert step.pending_delete == ("u-4",)
     assert step.state.window["id:7"].booking_request_uuid == "u-4"
 

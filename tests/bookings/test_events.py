@@ -159,6 +159,35 @@ def test_envelope_shape(entropy: Callable[[int], bytes]) -> None:
     assert m.data.site == "hq"
 
 
+def test_request_uuid_is_in_data_on_every_request_outcome(entropy: Callable[[int], bytes]) -> None:
+    """``data.booking_request_uuid``, where ``booking.failed`` and ``booking.request_expired``
+    have it, also on ``booking.requested`` and on a ``booking.created`` that resolves a request
+    (the agent's calendar bookings build theirs here too); kept in ``data.booking`` as well."""
+    now = utc(2026, 11, 23, 9)
+    common: dict[str, Any] = {"site": "hq", "device_id": "room-4a", "now": now, "entropy": entropy}
+    made = booking("7", meeting_id="M", booking_request_uuid="u-1")
+    created = make_envelope("booking.created", booking=made, extra={"pending_ms": 12}, **common)
+    assert created["data"]["booking_request_uuid"] == "u-1"
+    assert created["data"]["booking"]["booking_request_uuid"] == "u-1"
+    validate(created)
+    # A booking.created that closes no request (a re-list found a booking made long ago by a
+    # request, or made elsewhere) names no request.
+    later = make_envelope("booking.created", booking=made, extra={"reconciled": True}, **common)
+    assert "booking_request_uuid" not in later["data"]
+    partial = {"id": None, "booking_request_uuid": "u-2", "title": "Ad hoc"}
+    requested = make_envelope("booking.requested", booking=partial, **common)
+    assert requested["data"]["booking_request_uuid"] == "u-2"
+    # A calendar room's request has no booking yet, only the request (its uuid is given).
+    by_request = make_envelope(
+        "booking.requested", extra={"request": {"booking_request_uuid": "u-3"}}, **common
+    )
+    assert by_request["data"]["booking_request_uuid"] == "u-3"
+    untracked = make_envelope("booking.requested", booking={"booking_request_uuid": None}, **common)
+    assert "booking_request_uuid" not in untracked["data"]
+    deleted = make_envelope("booking.deleted", booking=made, **common)
+    assert "booking_request_uuid" not in deleted["data"]
+
+
 def test_envelope_observed_at_is_when_the_device_event_arrived() -> None:
     arrived, made = utc(2026, 11, 23, 9), utc(2026, 11, 23, 9, 2)
     env = make_envelope("booking.started", site="hq", device_id="d", now=made, observed_at=arrived)

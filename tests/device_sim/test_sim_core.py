@@ -399,6 +399,26 @@ def test_reboot_renumbers_hybrid_ids_and_requires_sync() -> None:
     assert c.result("xGet", Path="Status SystemUnit Uptime") == 0
 
 
+def test_delete_by_meeting_id_after_a_reboot_renumbered_the_ids() -> None:
+    """The schema's ``Bookings Delete`` takes Id or MeetingId; after a hybrid reboot only the
+    MeetingId still names the meeting."""
+    core = make_core(mode="hybrid")
+    _add(core, T0 + timedelta(hours=1), meeting_id="mtg-1")
+    core.ready = False
+    core.rebooted(T0 + timedelta(minutes=1))
+    c = Client(core)
+    c.subscribe(["Event", "Bookings"])
+    c.frames()
+    stale = c.call("xCommand/Bookings/Delete", Id="1")  # the Id before the reboot
+    assert stale["error"]["data"]["Cause"] == "NotFound"
+    assert c.command("Bookings Delete", MeetingId="mtg-1") == {"status": "OK"}
+    assert core.calendar.sorted_bookings() == []
+    deleted = [body for name, body in events(c.pending) if name == "Deleted"]
+    assert [(d["Id"], d["MeetingId"]) for d in deleted] == [("2", "mtg-1")]
+    missing = c.call("xCommand/Bookings/Delete", MeetingId="mtg-1")
+    assert missing["error"]["data"]["Cause"] == "NotFound"
+
+
 def test_edit_extend_checkin_put_clear() -> None:
     core = make_core()
     c = Client(core)

@@ -151,16 +151,17 @@ async def test_rejected_event_is_dead_lettered_and_the_device_goes_on(
     store: Store, rx: WebhookReceiver, sink: WebhookSink
 ) -> None:
     rx.responder = lambda d: Reply(422) if d.webhook_id == "room-1-1" else None
-    async with running(store, sink, reject_attempts=3) as drainer:
+    async with running(store, sink) as drainer:
         for n in range(4):
             await commit(store, "room-1", n)
         await rx.wait_events(3, timeout=5)
     await store.flush()
     assert [e["data"]["n"] for e in rx.events] == [0, 2, 3]
-    assert sum(d.webhook_id == "room-1-1" for d in rx.deliveries) == 3
+    # Dead-lettered at once (DESIGN.md "other 4xx dead letter"): tried once, not again.
+    assert sum(d.webhook_id == "room-1-1" for d in rx.deliveries) == 1
     [dead] = await store.dead_letters()
     assert dead["event_id"] == "room-1-1" and dead["reason"] == "rejected: HTTP 422"
-    assert dead["attempts"] == 3
+    assert dead["attempts"] == 1
     assert drainer.stats().dead_lettered == 1
 
 
@@ -173,11 +174,14 @@ async def test_rejected_batch_isolates_the_poison_event(store: Store, rx: Webhoo
     try:
         for n in range(6):
             await commit(store, "room-1", n)
-        async with running(store, sink, reject_attempts=2):
+        async with running(store, sink):
             await rx.wait_events(5, timeout=5)
         await store.flush()
         assert [e["data"]["n"] for e in rx.events] == [0, 1, 3, 4, 5]
         assert [d["event_id"] for d in await store.dead_letters()] == ["room-1-2"]
+        # Split, then the poison event alone once: no retry of it by itself.
+        alone = [d for d in rx.deliveries if d.webhook_id == "room-1-2"]
+        assert len(alone) == 1
     finally:
         await sink.close()
 

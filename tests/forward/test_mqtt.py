@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -217,8 +218,22 @@ async def test_a_late_subscriber_sees_the_retained_state(broker: Mosquitto) -> N
     assert f"{BASE}/devices/room-1/events" not in retained
 
 
+class PinnedClock:
+    """The agent's injected clock, stopped at a time no wall clock shows."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
 async def test_clean_close_says_offline_and_health_is_published(broker: Mosquitto) -> None:
     calls = 0
+    clock = PinnedClock(datetime(2026, 11, 23, 8, 0, tzinfo=UTC))
 
     def health() -> dict[str, Any]:
         nonlocal calls
@@ -226,7 +241,8 @@ async def test_clean_close_says_offline_and_health_is_published(broker: Mosquitt
         return {"devices_connected": 2, "outbox_depth": 7, "deliveries": {"mqtt": 3}}
 
     with Subscriber(broker, f"{BASE}/bridge/#") as sub:
-        async with running(make_sink(broker, health=health, health_interval_s=0.1)) as sink:
+        sink_under_test = make_sink(broker, health=health, health_interval_s=0.1, clock=clock)
+        async with running(sink_under_test) as sink:
             await sink.send([event("room-1")])
             await until(lambda: len(sub.on(f"{BASE}/bridge/health")) >= 2, what="2 health messages")
         await until(lambda: sub.on(f"{BASE}/bridge/state")[-1:] == [b"offline"], what="offline")
@@ -234,6 +250,9 @@ async def test_clean_close_says_offline_and_health_is_published(broker: Mosquitt
     assert doc["devices_connected"] == 2 and doc["outbox_depth"] == 7
     assert doc["site"] == "hq" and doc["uptime_s"] >= 0 and doc["timestamp"].endswith("Z")
     assert doc["mqtt"]["connects"] == 1 and doc["mqtt"]["delivered"] == 1
+    # Both wall times come from the injected clock (STYLE: time is an input).
+    assert doc["timestamp"] == "2026-11-23T08:00:00.000Z"
+    assert doc["mqtt"]["connected_since"] == "2026-11-23T08:00:00.000Z"
     assert sub.on(f"{BASE}/bridge/state") == [b"online", b"offline"]
     assert sink.ready() is False
 

@@ -91,7 +91,19 @@ def test_classify_and_retry_after() -> None:
     assert classify(408, None) == Retry("HTTP 408", None)
     assert classify(503, None) == Retry("HTTP 503", None)
     assert classify(400, None) == Reject("HTTP 400", 400)
-    assert isinstance(classify(302, None), Retry)
+    # 425 Too Early: RFC 8470 says the client can retry; DESIGN's "other 4xx" is 4xx-not-these
+    assert classify(425, 2.0) == Retry("HTTP 425", 2.0)
+    assert classify(422, None, "bad id") == Reject("HTTP 422: bad id", 422)
+    # A redirect the agent does not follow: rejected (dead letter at once), naming the Location.
+    moved = classify(301, None, "", "https://new.example/hook")
+    assert isinstance(moved, Reject) and moved.status == 301
+    assert "redirect to https://new.example/hook" in moved.reason
+    assert "does not follow redirects" in moved.reason
+    bare = classify(307, None)
+    assert isinstance(bare, Reject) and "no Location given" in bare.reason
+    hostile = classify(302, None, "", "https://x/\x1b[31m" + "a" * 500)
+    assert isinstance(hostile, Reject) and "\x1b" not in hostile.reason
+    assert len(hostile.reason) < 400
     now = time.time()
     assert parse_retry_after("7", now) == 7.0
     assert parse_retry_after(None, now) is None
@@ -127,12 +139,25 @@ async def test_rotated_secrets_sign_twice(rx: WebhookReceiver) -> None:
 
 
 async def test_answers_map_to_outcomes(rx: WebhookReceiver, sink: WebhookSink) -> None:
-    rx.script(Reply(503, retry_after="2"), Reply(429), Reply(410), Reply(400), Reply(500))
+    rx.script(
+        Reply(503, retry_after="2"),
+        Reply(429),
+        Reply(410),
+        Reply(400),
+        Reply(500),
+        Reply(425, retry_after="1"),
+        Reply(308, location="https://elsewhere.example/hook"),
+    )
     assert await sink.send([event()]) == Retry("HTTP 503", 2.0)
     assert await sink.send([event()]) == Retry("HTTP 429", None)
     assert await sink.send([event()]) == Gone("HTTP 410 Gone")
     assert await sink.send([event()]) == Reject("HTTP 400", 400)
     assert isinstance(await sink.send([event()]), Retry)
+    assert await sink.send([event()]) == Retry("HTTP 425", 1.0)
+    redirected = await sink.send([event()])
+    assert isinstance(redirected, Reject) and redirected.status == 308
+    assert "redirect to https://elsewhere.example/hook" in redirected.reason
+    assert len(rx.deliveries) == 7  # the redirect was not followed
 
 
 async def test_unreachable_and_timeout_are_retried(rx: WebhookReceiver) -> None:

@@ -16,7 +16,7 @@ on its own.
 
 Under MQTT 5 a PUBACK may carry a failure reason code (e.g. 0x87 "Not authorized" when an ACL
 forbids the topic); that is not a delivery: permanent refusals give :class:`Reject` (dead
-letter after a few tries), others :class:`Retry`. MQTT 3.1.1 has no such code; mosquitto then
+letter at once), others :class:`Retry`. MQTT 3.1.1 has no such code; mosquitto then
 PUBACKs and silently drops a message the ACL forbids, which no client can detect.
 
 Retained state is the agent's: the sink keeps the last retained message it published for each
@@ -49,7 +49,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent import jsoncodec
 from edge_agent.backoff import Backoff
-from edge_agent.clock import system_clock, utc_iso
+from edge_agent.clock import Clock, system_clock, utc_iso
 from edge_agent.forward.base import Delivered, OutboxEvent, Outcome, Reject, Retry, SinkStats
 from edge_agent.forward.mqtt.commands import SensorCommands
 from edge_agent.forward.mqtt.discovery import DEFAULT_PREFIX, RoomTopics
@@ -102,6 +102,8 @@ class MqttSink:
         max_retained_kept: retained messages kept for the health-timer refresh (two per
             device; the oldest updated one is dropped past it).
         stable_after_s: a link that lived this long resets the backoff.
+        clock: the agent's injected clock, for the wall times it reports (``connected_since``,
+            the health ``timestamp``, ``last_error_at``).
     """
 
     name = "mqtt"
@@ -139,7 +141,9 @@ class MqttSink:
         discovery: bool = False,
         discovery_prefix: str = DEFAULT_PREFIX,
         commands: Callable[[str], SensorCommands] | None = None,
+        clock: Clock = system_clock,
     ) -> None:
+        self._clock = clock  # the wall time it reports (connected_since, health, last error)
         self._settings = broker_settings(
             url,
             client_id=client_id or f"edge-agent-{site}",
@@ -206,7 +210,7 @@ class MqttSink:
     def _note_error(self, text: str) -> None:
         """A connection or delivery problem, with its time (``/readyz`` sinks, ``status``)."""
         self.stats.last_error = text
-        self.stats.last_error_at = utc_iso(system_clock.now())
+        self.stats.last_error_at = utc_iso(self._clock.now())
 
     def _recovered(self) -> None:
         """Connected again: the last error becomes ``previous_error``, as for devices."""
@@ -464,7 +468,7 @@ class MqttSink:
                 ) from None
             raise_if_cancelling()  # a PUBACK that arrived with the cancellation (3.11)
             self._connects += 1
-            self._connected_since = utc_iso(system_clock.now())
+            self._connected_since = utc_iso(self._clock.now())
             self._link = link
             self._poke.clear()  # connected: a poke during the connect has done its job
             self._recovered()
@@ -600,7 +604,7 @@ class MqttSink:
 
     def _health_payload(self) -> bytes:
         doc: dict[str, Any] = {
-            "timestamp": utc_iso(system_clock.now()),
+            "timestamp": utc_iso(self._clock.now()),
             "site": self._site,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "mqtt": {
