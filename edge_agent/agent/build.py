@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.clock import Clock, system_clock
 from edge_agent.config import AgentConfig, DeviceSettings, Secrets, device_settings
 from edge_agent.forward.base import Sink
 
@@ -53,6 +54,7 @@ def build_mqtt_sink(
     secrets: Secrets,
     health: Callable[[], dict[str, Any]],
     room_in_use: RoomInUseSender | None = None,
+    clock: Clock = system_clock,
 ) -> MqttSink:
     """The ``[mqtt]`` sink (``check-config --connect`` probes this very sink)."""
     from edge_agent.forward.mqtt import MqttSink
@@ -88,6 +90,7 @@ def build_mqtt_sink(
             if room_in_use is None
             else lambda base: SensorCommands(base, room_in_use)  # occupancy/set, see .commands
         ),
+        clock=clock,
     )
 
 
@@ -96,6 +99,7 @@ def build_sinks(
     secrets: Secrets,
     health: Callable[[], dict[str, Any]],
     room_in_use: RoomInUseSender | None = None,
+    clock: Clock = system_clock,
 ) -> list[tuple[Sink, dict[str, Any]]]:
     """The configured sinks, each with its drainer options (``ttl_s``, ``max_in_flight``)."""
     sinks: list[tuple[Sink, dict[str, Any]]] = []
@@ -111,7 +115,7 @@ def build_sinks(
         m = cfg.mqtt
         sinks.append(
             (
-                build_mqtt_sink(cfg, secrets, health, room_in_use),
+                build_mqtt_sink(cfg, secrets, health, room_in_use, clock),
                 {"ttl_s": float(m.ttl_s), "max_in_flight": 32},
             )
         )

@@ -278,7 +278,9 @@ class Agent:
 
     async def _start(self, tg: asyncio.TaskGroup) -> None:
         assert self._store is not None
-        for sink, opts in build_sinks(self.config, self._secrets, self.health, self._room_in_use):
+        for sink, opts in build_sinks(
+            self.config, self._secrets, self.health, self._room_in_use, clock=self._clock
+        ):
             drainer = Drainer(
                 self._store,
                 sink,
