@@ -454,10 +454,8 @@ class MqttSink:
         up_at = time.monotonic()
         try:
             try:
-                await asyncio.wait_for(
-                    link.publish(self._topics.bridge_state, ONLINE, retain=True),
-                    self._publish_timeout_s,
-                )
+                async with asyncio.timeout(self._publish_timeout_s):
+                    await link.publish(self._topics.bridge_state, ONLINE, retain=True)
             except (BrokerLinkLost, TimeoutError) as exc:
                 raise_if_cancelling()
                 link.abort(f"no PUBACK for the online state: {exc!r}")
@@ -562,10 +560,9 @@ class MqttSink:
     async def _health_loop(self, link: BrokerLink) -> None:
         while link.up:
             try:
-                await asyncio.wait_for(
-                    link.publish(self._topics.bridge_health, self._health_payload(), retain=False),
-                    self._publish_timeout_s,
-                )
+                async with asyncio.timeout(self._publish_timeout_s):
+                    health = self._health_payload()
+                    await link.publish(self._topics.bridge_health, health, retain=False)
                 await self._refresh_retained(link)
                 await self._sweep_once(link)
             except (BrokerLinkLost, TimeoutError):
@@ -624,16 +621,15 @@ class MqttSink:
 
     async def _goodbye(self, link: BrokerLink) -> None:
         try:
-            await asyncio.wait_for(
-                link.publish(self._topics.bridge_state, OFFLINE, retain=True),
-                min(self._publish_timeout_s, 5.0),
-            )
+            async with asyncio.timeout(min(self._publish_timeout_s, 5.0)):
+                await link.publish(self._topics.bridge_state, OFFLINE, retain=True)
         except (BrokerLinkLost, TimeoutError) as exc:
             self._log.warning("mqtt: could not publish the offline state", error=repr(exc))
             return
         link.disconnect()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(link.lost), 2.0)
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(link.lost)
         self._log.info("mqtt: disconnected")
 
     async def close(self, timeout_s: float | None = None) -> None:
@@ -650,7 +646,8 @@ class MqttSink:
             return
         limit = self._publish_timeout_s + 10.0 if timeout_s is None else timeout_s
         try:
-            await asyncio.wait_for(self._stopped.wait(), limit)
+            async with asyncio.timeout(limit):
+                await self._stopped.wait()
         except TimeoutError:
             self._log.warning("mqtt: the connection loop did not stop in time", waited_s=limit)
 
