@@ -199,7 +199,8 @@ class Drainer:
                 due = probe_at if due is None else min(due, probe_at)
             timeout = None if due is None else max(0.0, due - self._time()) + 0.001
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -527,7 +527,8 @@ class GroupWriter:
         while True:
             if self._held and not self._closing:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._work.wait(), self._held_at - loop.time())
+                    async with asyncio.timeout(self._held_at - loop.time()):
+                        await self._work.wait()
             else:
                 await self._work.wait()
             self._work.clear()
