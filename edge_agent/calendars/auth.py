@@ -1,20 +1,15 @@
-"""What the calendar sources' token code shares: the token Protocol, the error, and a requests
-session that pins the CA.
+"""What the calendar sources' token code shares: the token Protocol and the error.
 
-msal (Graph) and google-auth (Google) both run on ``requests``, and ``requests`` lets the
-``REQUESTS_CA_BUNDLE`` (or ``CURL_CA_BUNDLE``) environment variable replace a session's
-``verify`` -- only a ``verify`` passed with each request wins over it. The configured ``ca_file``
-must win (an on-prem proxy's CA, or the tests' fake authority), so both libraries get a
-:class:`PinnedCaSession` that passes it on every call.
+The requests session that pins the CA for msal and google-auth lives in
+:mod:`edge_agent.calendars.pinned`, apart: only the token sources import ``requests``, so an
+agent without a calendar source does not load it (~3.4 MiB) through the booking modules.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
-import requests
-
-__all__ = ["RENEW_BEFORE_S", "AuthError", "PinnedCaSession", "TokenSource"]
+__all__ = ["RENEW_BEFORE_S", "AuthError", "TokenSource"]
 
 RENEW_BEFORE_S = 300.0  # renew five minutes before expiry: a token must not die mid-round
 
@@ -27,19 +22,3 @@ class TokenSource(Protocol):
 
 class AuthError(Exception):
     """The token endpoint refused or could not be reached; the message says what to do."""
-
-
-class PinnedCaSession(requests.Session):
-    """A requests session whose every request verifies against ``ca_file`` (or the system
-    store when None), whatever ``REQUESTS_CA_BUNDLE`` says, and times out after ``timeout_s``."""
-
-    def __init__(self, ca_file: str | None, timeout_s: float) -> None:
-        super().__init__()
-        self._verify: str | bool = ca_file if ca_file else True
-        self._timeout_s = timeout_s
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        kwargs["verify"] = self._verify
-        kwargs.setdefault("timeout", self._timeout_s)
-        m = method.decode() if isinstance(method, bytes) else method
-        return super().request(m, url, *args, **kwargs)

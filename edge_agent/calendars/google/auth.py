@@ -27,7 +27,8 @@ import structlog
 from google.auth.transport.requests import Request
 from google.oauth2 import service_account
 
-from edge_agent.calendars.auth import RENEW_BEFORE_S, AuthError, PinnedCaSession
+from edge_agent.calendars.auth import RENEW_BEFORE_S, AuthError
+from edge_agent.calendars.pinned import PinnedCaSession
 
 __all__ = [
     "CALENDAR_SCOPE",

@@ -21,7 +21,8 @@ import msal
 import requests
 import structlog
 
-from edge_agent.calendars.auth import RENEW_BEFORE_S, AuthError, PinnedCaSession, TokenSource
+from edge_agent.calendars.auth import RENEW_BEFORE_S, AuthError, TokenSource
+from edge_agent.calendars.pinned import PinnedCaSession
 
 __all__ = [
     "GRAPH_SCOPE",
