@@ -404,7 +404,7 @@ class SqliteStore:
                 device_id=device,
                 event_id=event_id,
                 type=etype,
-                envelope=jsoncodec.loads(body),
+                envelope=None,  # parsed only if the sink asks (a webhook sends the bytes)
                 body=body,
                 created_at=created_at,
                 observed_at=observed_at,
