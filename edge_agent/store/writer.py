@@ -278,6 +278,7 @@ class GroupWriter:
         self._held_at = 0.0  # loop time of the next try on its own
         self._held_backoff = PROGRESS_RETRY
         self._writing: list[ProgressOp] = []  # the group's progress while its write runs
+        self._foreign_after = 0  # foreign_count once the group moving rows for the cap commits
         # The failing streak (see "Health"), kept as the PostgreSQL writer keeps it.
         self._health = WriteHealth(clock, self._log)
         self._checkpoint_due = False
@@ -288,6 +289,8 @@ class GroupWriter:
         # What the database holds, kept in memory (only the writer changes it).
         self.next_seq = 1
         self.outbox_count = 0
+        self.foreign_count = 0
+        """Outbox rows replayed for sinks no longer configured (never sent, never compacted)."""
         self.dead_count = 0
         self._db_cursor: dict[str, dict[str, int]] = {s: {} for s in sinks}
         # Per sink: streams with events stored since the drainer last looked (stream -> top).
@@ -368,6 +371,7 @@ class GroupWriter:
         rows = db.execute(schema.LAST_SEQ).fetchall()
         self.next_seq = (int(rows[0][0]) if rows else 0) + 1
         self.outbox_count = int(db.execute(schema.OUTBOX_COUNT).fetchone()[0])
+        self.foreign_count = self._count_foreign(db)
         self.dead_count = int(db.execute(schema.DEAD_LETTER_COUNT).fetchone()[0])
         for sink, device, done in db.execute(schema.SELECT_CURSORS).fetchall():
             if sink in self._db_cursor:
@@ -710,6 +714,8 @@ class GroupWriter:
         for (s, d), q in cursors.items():
             dbc = self._db_cursor[s]
             dbc[d] = max(dbc.get(d, 0), q)
+        if overflow:
+            self.foreign_count = self._foreign_after
         if overflow and self.on_overflow is not None:
             self.on_overflow()
         if firsts:
@@ -815,6 +821,8 @@ class GroupWriter:
                 db, self.outbox_count + added - self.outbox_max_events, now
             )
             added -= removed
+            # The cap removes the oldest rows whoever they are for: rows of old sinks too.
+            self._foreign_after = self._count_foreign(db)
         dropped = self._cap_dead_letters(db)
         db.execute("COMMIT")
         return added, firsts, exact, overflow, dropped, results
@@ -882,6 +890,11 @@ class GroupWriter:
         cur = db.execute(schema.DELETE_OUTBOX_UPTO, (upto,))
         # Every removed row was undelivered by at least one sink (delivered rows are compacted).
         return cur.rowcount, cur.rowcount
+
+    def _count_foreign(self, db: sqlite3.Connection) -> int:
+        marks = ",".join("?" * len(self.sinks))
+        sql = schema.FOREIGN_ROWS.format(marks=marks)
+        return int(db.execute(sql, self.sinks).fetchone()[0])
 
     def _cap_dead_letters(self, db: sqlite3.Connection) -> int:
         """Delete the oldest dead letters past ``dead_letter_max``; returns how many."""
