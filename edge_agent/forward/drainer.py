@@ -36,7 +36,8 @@ it will serve next (:meth:`DeliverySchedule.peek`, the ring's order), for up to
 store read (thread hop, query) between one POST and the next. A batch read ahead is used only
 if its stream's cursor is still where it was read from (a failed send leaves it there; a
 delivered one moves it, and the stale batch is dropped); a stream's later rows only ever come
-after the ones read (seqs grow), so the rows read ahead are still the stream's next ones.
+after the ones read (seqs grow), so the rows read ahead are still the stream's next ones (a row
+the outbox cap moved to the dead letter meanwhile may still be sent once: at least once).
 Memory: at most ``read_ahead`` batches of ``sink.max_batch`` events.
 
 The drainer wakes as soon as the store commits new events (``wakeup``; ``take_committed`` says
