@@ -108,12 +108,37 @@ def _surely_within(after: datetime, at: datetime, r_after: datetime, r_at: datet
     return _within_horizon(at, r_after) and _within_horizon(r_at, after)
 
 
-def _remember(state: DeviceBookings, fp: bytes, after: datetime, at: datetime) -> DeviceBookings:
-    # Kept while a later arrival may still be surely within the horizon of it. The bounds are
-    # _within_horizon(at, r[1]) without a timedelta per entry (up to 64 per event).
+_Recent = tuple[bytes, datetime, datetime]
+
+
+def _look_back(
+    recent: tuple[_Recent, ...], fp: bytes, at: datetime
+) -> tuple[list[tuple[datetime, datetime]], list[_Recent]]:
+    """One pass over the duplicate memory for an event arrived at ``at``: its twins (same
+    fingerprint, arrived within the horizon: ``(after, at)`` each) and the entries to keep.
+
+    Kept: those a later arrival may still be surely within the horizon of, i.e.
+    ``_within_horizon(at, r_after)``. Both tests are bounds computed once, not a timedelta per
+    entry (up to 64 per event, every event)."""
     lo, hi = at - DUPLICATE_HORIZON, at + DUPLICATE_HORIZON
-    recent = tuple(r for r in state.recent if lo < r[1] < hi)[-(_RECENT_MAX - 1) :]
-    return replace(state, recent=recent + ((fp, after, at),))
+    twins: list[tuple[datetime, datetime]] = []
+    kept: list[_Recent] = []
+    for r in recent:
+        if lo < r[1] < hi:
+            kept.append(r)
+        if r[0] == fp and lo < r[2] < hi:
+            twins.append((r[1], r[2]))
+    return twins, kept
+
+
+def _remember(
+    state: DeviceBookings, kept: list[_Recent], fp: bytes, after: datetime, at: datetime
+) -> DeviceBookings:
+    excess = len(kept) - (_RECENT_MAX - 1)
+    if excess > 0:
+        del kept[:excess]
+    kept.append((fp, after, at))
+    return replace(state, recent=tuple(kept))
 
 
 def _patch_window(
@@ -210,10 +235,10 @@ def _on_event(
     if etype is None:
         return Step(state, notes=(f"unknown Bookings event {ev.name!r} ignored",))
     fp = _fingerprint(ev)
-    twins = [(a, t) for f, a, t in state.recent if f == fp and _within_horizon(at, t)]
-    if any(_surely_within(after, at, a, t) for a, t in twins):
+    twins, kept = _look_back(state.recent, fp, at)
+    if twins and any(_surely_within(after, at, a, t) for a, t in twins):
         return Step(state, duplicate=True, notes=(f"duplicate {ev.xevent} dropped",))
-    state = _remember(state, fp, after, at)
+    state = _remember(state, kept, fp, after, at)
     bounds = window_bounds(at, state.tz)
     handler = _HANDLERS.get(ev.name, _on_booking_event)
     step = handler(state, ev, _When(now, at), bounds)
