@@ -20,8 +20,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
 from edge_agent.forward.mqtt.link import (
     BrokerLinkLost,
+    PubackGroup,
     _BufferedSocket,
     _coalesce,
     broker_settings,
@@ -100,6 +104,66 @@ def test_the_buffered_socket_serves_many_packets_from_one_recv() -> None:
     finally:
         a.close()
         b.close()
+
+
+OK = ReasonCode(PacketTypes.PUBACK, "Success")
+REFUSED = ReasonCode(PacketTypes.PUBACK, "Not authorized")
+QUOTA = ReasonCode(PacketTypes.PUBACK, "Quota exceeded")
+
+
+def group_of(n: int, window: int = 10) -> tuple[PubackGroup, asyncio.Semaphore]:
+    slots = asyncio.Semaphore(window)
+    group = PubackGroup(asyncio.get_running_loop(), slots)
+    for _ in range(n):
+        assert not slots.locked()
+        slots._value -= 1  # what publish_in's acquire does
+        group.sent += 1
+        group.left += 1
+    return group, slots
+
+
+async def test_a_group_is_done_when_every_puback_is_in_and_frees_each_slot() -> None:
+    group, slots = group_of(3, window=3)
+    assert slots.locked()
+    group._acked(1, OK)  # PUBACKs may come before the batch is finished
+    group._acked(0, OK)
+    assert not group.done.done() and slots._value == 2
+    done = group.finish()
+    assert not done.done()
+    group._acked(2, OK)
+    assert done.done() and done.result() is None and group.failure is None
+    assert slots._value == 3
+    group.abandon()  # after success: nothing more to free
+    assert slots._value == 3
+
+
+async def test_a_group_names_the_first_refusal_in_publish_order() -> None:
+    group, _ = group_of(3)
+    group.finish()
+    group._acked(2, QUOTA)
+    group._acked(1, REFUSED)
+    group._acked(0, OK)
+    assert group.done.done() and group.failure == (1, REFUSED)
+
+
+async def test_a_lost_link_fails_the_group_and_frees_its_slots_once() -> None:
+    group, slots = group_of(4, window=4)
+    group._acked(0, OK)
+    group._lost("connection lost")
+    assert slots._value == 4
+    with pytest.raises(BrokerLinkLost):
+        await group.finish()
+    group._acked(1, OK)  # a PUBACK read after the loss: ignored, no slot freed twice
+    group.abandon()
+    assert slots._value == 4
+
+
+async def test_an_abandoned_group_ignores_late_pubacks() -> None:
+    group, slots = group_of(2, window=2)
+    group.abandon()  # a timeout or a cancel: the slots are free again
+    assert slots._value == 2 and group.done.cancelled()
+    group._acked(0, OK)
+    assert slots._value == 2
 
 
 # --- against mosquitto -------------------------------------------------------------------------
@@ -202,5 +266,26 @@ async def test_subscriptions_and_their_messages_still_read_through_the_buffer(
             other.disconnect()
             other.loop_stop()
         assert got == [b"%d" % i for i in range(100)]
+    finally:
+        await link.close()
+
+
+async def test_a_send_waiting_for_a_slot_learns_that_the_link_is_lost(broker: Mosquitto) -> None:
+    """The window is full of one group's publishes when the broker dies: the group fails,
+    its slots are freed, and a second sender waiting for a slot gets BrokerLinkLost (not a
+    wait that never ends)."""
+    link = await open_link(settings(broker), max_in_flight=4)
+    try:
+        first = PubackGroup(asyncio.get_running_loop(), link.slots)
+        for i in range(link.window):
+            await link.publish_in(first, "t/w", b"%d" % i, retain=False)
+        broker.kill()
+        second = PubackGroup(asyncio.get_running_loop(), link.slots)
+        waiting = asyncio.ensure_future(link.publish_in(second, "t/w", b"late", retain=False))
+        with pytest.raises(BrokerLinkLost):
+            await asyncio.wait_for(first.finish(), 10)
+        with pytest.raises(BrokerLinkLost):
+            await asyncio.wait_for(waiting, 10)
+        assert not link.slots.locked()
     finally:
         await link.close()

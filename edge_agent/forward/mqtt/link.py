@@ -222,6 +222,70 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+class PubackGroup:
+    """The PUBACKs of one batch of publishes (one device's events, :meth:`MqttSink.send`):
+    :attr:`done` resolves once every one is in (or raises :class:`BrokerLinkLost` when the link
+    drops first). One future per batch, not one per message with its callbacks and waiters:
+    the link counts the PUBACKs down and frees each one's slot as it comes.
+
+    :meth:`BrokerLink.publish_in` adds a message (it takes a slot first). :meth:`abandon`
+    (the sender gives up: a timeout, a cancel) frees the slots still held; a PUBACK arriving
+    after it is ignored.
+    """
+
+    __slots__ = ("_closed", "_finished", "_slots", "done", "failure", "left", "sent")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.done.add_done_callback(_retrieve)
+        self.sent = 0  # messages published in this group
+        self.left = 0  # of which without PUBACK yet
+        self.failure: tuple[int, ReasonCode] | None = None  # the first refusal, in publish order
+        self._closed = False
+        self._finished = False
+
+    def _acked(self, index: int, reason: ReasonCode) -> None:
+        if self._closed:
+            return
+        self._slots.release()
+        self.left -= 1
+        if reason.is_failure and (self.failure is None or index < self.failure[0]):
+            self.failure = (index, reason)
+        if self.left == 0 and self._finished and not self.done.done():
+            self.done.set_result(None)
+
+    def finish(self) -> asyncio.Future[None]:
+        """Nothing more will be published in this group: :attr:`done`, resolved at once when
+        every PUBACK is already in."""
+        self._finished = True
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
+        return self.done
+
+    def _lost(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for _ in range(self.left):
+            self._slots.release()  # whoever waits for a slot then finds the link lost
+        self.left = 0
+        if not self.done.done():
+            self.done.set_exception(BrokerLinkLost(reason))
+
+    def abandon(self) -> None:
+        """The sender stopped waiting: free the slots still held (the messages may still be
+        acknowledged; nobody counts them)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in range(self.left):
+            self._slots.release()
+        self.left = 0
+        if not self.done.done():
+            self.done.cancel()
+
+
 def _raw(sock: Any) -> Any:
     """The socket itself, wrapped or not (paho hands out whichever it holds at the time)."""
     return sock._sock if isinstance(sock, _BufferedSocket) else sock
@@ -253,7 +317,7 @@ class BrokerLink:
         self.connack: asyncio.Future[Properties | None] = loop.create_future()
         self.connack.add_done_callback(_retrieve)
         self.lost: asyncio.Future[str] = loop.create_future()
-        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._acks: dict[int, asyncio.Future[ReasonCode] | tuple[PubackGroup, int]] = {}
         self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._on_message_cb = on_message
         self._fd = -1
@@ -290,6 +354,26 @@ class BrokerLink:
         fut.add_done_callback(_retrieve)
         self._acks[info.mid] = fut
         return fut
+
+    async def publish_in(
+        self, group: PubackGroup, topic: str, payload: bytes, *, retain: bool
+    ) -> None:
+        """Take a slot (wait for one while the window is full), then queue one QoS 1 message
+        whose PUBACK ``group`` counts. In call order on the wire. Raises BrokerLinkLost."""
+        slots = self.slots
+        await slots.acquire()
+        try:
+            if self.lost.done():
+                raise BrokerLinkLost(self.lost.result())
+            info = self.client.publish(topic, payload, qos=1, retain=retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise BrokerLinkLost(paho.error_string(info.rc))
+        except BaseException:
+            slots.release()
+            raise
+        self._acks[info.mid] = (group, group.sent)
+        group.sent += 1
+        group.left += 1
 
     def subscribe(self, topic_filter: str) -> asyncio.Future[list[ReasonCode]]:
         """Subscribe at QoS 1; the future resolves to the SUBACK's reason codes.
@@ -379,9 +463,12 @@ class BrokerLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        fut = self._acks.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(reason)
+        waiter = self._acks.pop(mid, None)
+        if isinstance(waiter, tuple):
+            group, index = waiter
+            group._acked(index, reason)
+        elif waiter is not None and not waiter.done():
+            waiter.set_result(reason)
 
     def _on_subscribe(
         self,
@@ -406,9 +493,11 @@ class BrokerLink:
             self.lost.set_result(reason)
         acks, self._acks = self._acks, {}
         subacks, self._subacks = self._subacks, {}
-        for fut in acks.values():
-            if not fut.done():
-                fut.set_exception(BrokerLinkLost(reason))
+        for waiter in acks.values():
+            if isinstance(waiter, tuple):
+                waiter[0]._lost(reason)
+            elif not waiter.done():
+                waiter.set_exception(BrokerLinkLost(reason))
         for sub in subacks.values():
             if not sub.done():
                 sub.set_exception(BrokerLinkLost(reason))
