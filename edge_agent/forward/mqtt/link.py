@@ -12,8 +12,8 @@ so paho never replays anything on its own.
 
 Writes and reads are batched (after profiles of the MQTT flood, where paho's one ``send()``
 per PUBLISH and its three ``recv()`` per PUBACK were ~7 % and ~2 % of the agent's samples):
-the publishes of one millisecond go out in one ``send()`` (:meth:`BrokerLink._flush`, in
-queue order; :data:`FLUSH_AFTER_S`), and paho reads its packets from one buffered ``recv()`` (:class:`_BufferedSocket`).
+every publish of one loop turn goes out in one ``send()`` (:meth:`BrokerLink._flush`, in queue
+order), and paho reads its packets from one buffered ``recv()`` (:class:`_BufferedSocket`).
 Both lean on two paho internals, checked by ``tests/forward/test_mqtt_link.py``: the
 outgoing packet queue (``Client._out_packet``) and the socket attribute (``Client._sock``).
 """
@@ -149,10 +149,6 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 _PUBLISH, _DISCONNECT = 0x30, 0xE0  # MQTT control packet types (the high nibble)
 _READ_SIZE = 65536
-FLUSH_AFTER_S = 0.001
-"""How long a publish may wait for others to share its ``send()``: under load the next
-millisecond's publishes (other devices' batches, the sessions' commits landing) go out
-together; alone, a message waits 1 ms (a PUBACK round trip on loopback is ~0.1-0.5 ms)."""
 
 
 def _coalesce(queue: deque[dict[str, Any]]) -> int:
@@ -546,10 +542,7 @@ class BrokerLink:
             return
         if not self._flush_soon and not self._writer_armed:
             self._flush_soon = True
-            if self.connack.done():
-                self._loop.call_later(FLUSH_AFTER_S, self._flush)
-            else:
-                self._loop.call_soon(self._flush)  # the CONNECT: no reason to wait
+            self._loop.call_soon(self._flush)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._loop.is_closed():
