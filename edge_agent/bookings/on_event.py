@@ -239,9 +239,8 @@ def _on_event(
     if twins and any(_surely_within(after, at, a, t) for a, t in twins):
         return Step(state, duplicate=True, notes=(f"duplicate {ev.xevent} dropped",))
     state = _remember(state, kept, fp, after, at)
-    bounds = window_bounds(at, state.tz)
     handler = _HANDLERS.get(ev.name, _on_booking_event)
-    step = handler(state, ev, _When(now, at), bounds)
+    step = handler(state, ev, _When(now, at))
     if ev.name in CALENDAR_CHANGES and not step.relist:
         step = replace(step, relist=True)
     if twins:
@@ -252,7 +251,7 @@ def _on_event(
     return step
 
 
-def _on_requested(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_requested(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     duration = ev.duration_min or _DEFAULT_AD_HOC_MIN
     uuid = ev.booking_request_uuid
     partial = partial_booking_dict(ev)
@@ -286,7 +285,7 @@ def _on_requested(state: DeviceBookings, ev: EventFields, t: _When, bounds: Wind
     return Step(new, pending_upsert=(req,), events=(env,))
 
 
-def _on_created(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_created(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     found = _find(state.window, ev)
     old_key, stored = found if found else (None, None)
     booking = merge(stored, ev)
@@ -314,6 +313,7 @@ def _on_created(state: DeviceBookings, ev: EventFields, t: _When, bounds: Window
             events=(env,),
             relist=True,
         )
+    bounds = window_bounds(t.at, state.tz)  # only where a booking may enter or leave it
     window, upsert, delete = _patch_window(state.window, old_key, booking, bounds)
     new = replace(state, window=window, pending=pending)
     duplicate = (
@@ -338,7 +338,7 @@ def _on_created(state: DeviceBookings, ev: EventFields, t: _When, bounds: Window
     )
 
 
-def _on_failed(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_failed(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     uuid = ev.booking_request_uuid
     req = state.pending.get(uuid) if uuid else None
     extra: dict[str, Any] = {"booking_request_uuid": uuid, "cause": ev.cause}
@@ -356,7 +356,7 @@ def _on_failed(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowB
     return Step(state, events=(env,))
 
 
-def _on_moved(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_moved(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     found = _find(state.window, ev)
     old_key, stored = found if found else (None, None)
     booking = merge(stored, ev)
@@ -365,6 +365,7 @@ def _on_moved(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBo
         return Step(state, events=(env,), relist=True)
     if stored is not None and (stored.start, stored.end) == (booking.start, booking.end):
         return Step(state, notes=(f"{ev.xevent} to the same time: no event",))
+    bounds = window_bounds(t.at, state.tz)  # only where a booking may enter or leave it
     window, upsert, delete = _patch_window(state.window, old_key, booking, bounds)
     extra = (
         {"previous": {"start": utc_iso(stored.start), "end": utc_iso(stored.end)}}
@@ -381,7 +382,7 @@ def _on_moved(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBo
     )
 
 
-def _on_deleted(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_deleted(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     found = _find(state.window, ev)
     extra = {"cause": ev.cause}
     if found is None:
@@ -403,7 +404,7 @@ def _on_deleted(state: DeviceBookings, ev: EventFields, t: _When, bounds: Window
 
 
 def _on_booking_event(
-    state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds
+    state: DeviceBookings, ev: EventFields, t: _When
 ) -> Step:
     """Start, End, CheckedIn, ExtensionRequested/Failed, EditRequested/Failed."""
     etype = EVENT_TYPES[ev.name]
