@@ -583,6 +583,8 @@ class Agent:
     def _poke_mqtt(self, cfg: AgentConfig, secrets: Secrets) -> None:
         """A reload may follow a fixed credential (here or at the broker): retry now, with the
         reloaded credentials, instead of waiting out the refused backoff."""
+        if not any(sink.name == "mqtt" for sink, _ in self._sinks):
+            return  # no MQTT sink: paho (~4 MiB) stays unloaded
         from edge_agent.forward.mqtt import MqttSink
 
         password = secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None
@@ -597,6 +599,8 @@ class Agent:
     async def _announce_rooms(self) -> None:
         """Tell the MQTT sink which rooms exist: it clears the retained topics of removed ones
         and publishes Home Assistant discovery (``edge_agent.forward.mqtt.discovery``)."""
+        if not any(sink.name == "mqtt" for sink, _ in self._sinks):
+            return  # no MQTT sink: paho (~4 MiB) stays unloaded
         from edge_agent.forward.mqtt import MqttSink
 
         calendar = None  # the calendar-only rooms, once every source has read its directory
