@@ -33,8 +33,8 @@ from tests.receivers import WebhookReceiver
 
 CALENDAR_LIBRARIES = ("requests", "msal", "google.auth", "cryptography")
 """The token sources' stack (~3.4 MiB for requests alone): only with a calendar source."""
-POSTGRES = ("psycopg", "psycopg_pool")
-"""Fleet mode's driver and pool (~13 MiB): only with ``[store] url``."""
+POSTGRES = ("psycopg", "psycopg_pool", "edge_agent.store.postgres", "edge_agent.store.pgwriter")
+"""Fleet mode's driver and pool (~13 MiB) and store (~0.7 MiB): only with ``[store] url``."""
 HTTP_CLIENT = ("httpx", "httpx_aiohttp", "edge_agent.forward.webhook", "edge_agent.httpclient")
 """The outbound HTTP stack (~3.5 MiB beside aiohttp's server): webhooks and calendars only."""
 MQTT = ("paho", "edge_agent.forward.mqtt")

@@ -255,10 +255,13 @@ class Agent:
         """Run until :meth:`request_stop`; returns the exit status. Not meant to be cancelled
         mid-start; cancelling while running stops everything without the drain."""
         self._store = await self._open_store()
-        from edge_agent.store.postgres import PostgresStore
-
-        if isinstance(self._store, Store | PostgresStore):  # PostgreSQL: this member's commits
+        if isinstance(self._store, Store):
             self._store.on_committed.append(self.event_feed.publish)
+        elif self.config.store.url is not None:  # PostgreSQL: this member's commits
+            from edge_agent.store.postgres import PostgresStore  # ~0.7 MiB: only then
+
+            if isinstance(self._store, PostgresStore):
+                self._store.on_committed.append(self.event_feed.publish)
         try:
             if self._with_api and not await self._start_api():
                 return EX_CONFIG
