@@ -587,7 +587,7 @@ class Agent:
         """A reload may follow a fixed credential (here or at the broker): retry now, with the
         reloaded credentials, instead of waiting out the refused backoff."""
         if not any(sink.name == "mqtt" for sink, _ in self._sinks):
-            return  # no MQTT sink: paho (~4 MiB) stays unloaded
+            return  # no MQTT sink: paho is never imported
         from edge_agent.forward.mqtt import MqttSink
 
         password = secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None
@@ -603,7 +603,7 @@ class Agent:
         """Tell the MQTT sink which rooms exist: it clears the retained topics of removed ones
         and publishes Home Assistant discovery (``edge_agent.forward.mqtt.discovery``)."""
         if not any(sink.name == "mqtt" for sink, _ in self._sinks):
-            return  # no MQTT sink: paho (~4 MiB) stays unloaded
+            return  # no MQTT sink: paho is never imported
         from edge_agent.forward.mqtt import MqttSink
 
         calendar = None  # the calendar-only rooms, once every source has read its directory

@@ -30,8 +30,8 @@ from edge_agent.store.health import WriteHealth
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
 
 if TYPE_CHECKING:
-    # psycopg (~13 MiB of RSS with its pool) is loaded by a PostgreSQL store only: the agent
-    # imports this module's store class for isinstance checks, SQLite agents included.
+    # psycopg and its pool (~13 MiB of RSS) are imported where they are used at run time, so
+    # naming the PostgreSQL store (an isinstance check, the CLI) never loads them.
     import psycopg
     from psycopg_pool import AsyncConnectionPool
 

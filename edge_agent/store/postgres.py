@@ -40,8 +40,8 @@ from edge_agent.store.requests import KEEP_S, BookingRequestRow, row_from_db
 
 if TYPE_CHECKING:
     # psycopg and its pool (~13 MiB of RSS) are imported where a connection is made or its
-    # errors are told apart: the agent imports PostgresStore for isinstance checks even when
-    # its store is SQLite, which then never loads them.
+    # errors are told apart, so naming PostgresStore (an isinstance check, the CLI) never
+    # loads them.
     from psycopg_pool import AsyncConnectionPool
 
     from edge_agent.store.pgwriter import Conn
