@@ -246,7 +246,7 @@ def nesting_depth(value: Any, limit: int = MAX_EVENT_DEPTH) -> int:
     while todo:
         node, depth = todo.pop()
         # dict first: parsed JSON is dicts, and an ABC check costs several times more.
-        if isinstance(node, dict) or isinstance(node, Mapping):
+        if isinstance(node, (dict, Mapping)):
             children: Any = node.values()
         elif isinstance(node, list):
             children = node
@@ -259,7 +259,7 @@ def nesting_depth(value: Any, limit: int = MAX_EVENT_DEPTH) -> int:
                 return deepest
         for c in children:
             # Strings, numbers and null (nearly every value) end here, never queued.
-            if isinstance(c, (dict, list)) or isinstance(c, Mapping):
+            if isinstance(c, (dict, list, Mapping)):
                 todo.append((c, depth))
     return deepest
 

@@ -403,9 +403,7 @@ def _on_deleted(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     return Step(replace(state, window=window), window_delete=(key,), events=(env,))
 
 
-def _on_booking_event(
-    state: DeviceBookings, ev: EventFields, t: _When
-) -> Step:
+def _on_booking_event(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     """Start, End, CheckedIn, ExtensionRequested/Failed, EditRequested/Failed."""
     etype = EVENT_TYPES[ev.name]
     found = _find(state.window, ev)
