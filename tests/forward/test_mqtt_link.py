@@ -288,3 +288,70 @@ async def test_a_send_waiting_for_a_slot_learns_that_the_link_is_lost(broker: Mo
         assert not link.slots.locked()
     finally:
         await link.close()
+
+
+async def test_a_long_stream_in_yields_to_the_loop_between_reads(broker: Mosquitto) -> None:
+    """Hundreds of retained windows (the sink's sweep of ``<base>/devices/#``): one readable
+    callback takes at most ``_REFILLS_PER_TURN`` kernel reads, then lets the loop's other
+    callbacks run and comes back itself for what it read ahead (the selector cannot see it)."""
+    from edge_agent.forward.mqtt.link import _READ_SIZE, _REFILLS_PER_TURN
+
+    size, n = 8192, 600
+    other = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="other")
+    other.connect(broker.host, broker.port)
+    other.loop_start()
+    try:
+        infos = [
+            other.publish(f"big/{i:04d}", bytes([i % 251]) * size, qos=1, retain=True)
+            for i in range(n)
+        ]
+        for info in infos:
+            await asyncio.to_thread(info.wait_for_publish, 10)
+    finally:
+        other.disconnect()
+        other.loop_stop()
+    turn = 0
+    per_turn: dict[int, int] = {}
+    got: list[str] = []
+
+    def on_message(topic: str, payload: bytes, retained: bool) -> None:
+        got.append(topic)
+        per_turn[turn] = per_turn.get(turn, 0) + 1
+
+    async def ticker() -> None:
+        nonlocal turn
+        while True:
+            turn += 1
+            await asyncio.sleep(0)
+
+    link = await open_link(settings(broker), max_in_flight=10, on_message=on_message)
+    tick = asyncio.create_task(ticker())
+    try:
+        await asyncio.wait_for(link.subscribe("big/#"), 5)
+        await until(lambda: len(got) == n, what=f"{n} retained messages")
+        assert sorted(got) == [f"big/{i:04d}" for i in range(n)]  # every one, once
+        bound = _REFILLS_PER_TURN * _READ_SIZE // size + 2  # a read may end mid-message
+        assert max(per_turn.values()) <= bound, per_turn
+    finally:
+        tick.cancel()
+        await link.close()
+
+
+async def test_paho_queues_entries_of_the_shape_the_link_joins(broker: Mosquitto) -> None:
+    """The link reads paho's private queue (``Client._out_packet``): its entries must carry
+    the keys ``_coalesce`` uses, with the types it expects. A paho that changes them fails
+    here, not as a reconnect loop in production (pyproject pins paho below 2.3)."""
+    link = await open_link(settings(broker), max_in_flight=10)
+    try:
+        link._writer_armed = True  # hold the flush: look at the queue as paho left it
+        ack = link.publish("t/shape", b"x", retain=False)
+        entry = link.client._out_packet[-1]
+        assert set(packet(3, b"x")) <= set(entry), sorted(entry)
+        assert isinstance(entry["packet"], bytes | bytearray)
+        assert entry["pos"] == 0 and entry["to_process"] == len(entry["packet"])
+        assert entry["command"] & 0xF0 == 0x30 and entry["qos"] == 1
+        link._writer_armed = False
+        link._write()
+        assert not (await asyncio.wait_for(ack, 5)).is_failure
+    finally:
+        await link.close()
