@@ -222,9 +222,11 @@ def render_table(reports: list[RoomReport]) -> str:
         ]
         for r in reports
     ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    if not rows:
+        lines.append("(no occupancy recorded in this range)")
     return "\n".join(lines) + "\n"
 
 
