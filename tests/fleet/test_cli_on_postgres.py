@@ -152,3 +152,40 @@ async def test_report_on_postgres_matches_the_same_rows_on_sqlite(
         env=PG_ENV,
     )
     assert code == 0 and "room-2" in out and "room-1" not in out, err
+
+
+async def test_check_config_names_the_database_and_connect_reaches_it(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """`check-config` names the fleet's database (not a SQLite file the agent never opens);
+    `--connect` logs in read-only and reads the schema step: none yet, current, or newer than
+    this agent (a member to upgrade); a wrong password is a FAIL row, never echoed."""
+    from edge_agent.store import pgschema
+
+    c = ["-c", str(fleet_config(tmp_path, pg_url))]
+    where = pg_url.removeprefix("postgresql://").split("@", 1)[1]
+    code, out, err = await acli("check-config", *c, env=PG_ENV)
+    assert code == 0, err
+    assert f"store postgresql {where})" in out and "edge-agent.db" not in out
+
+    def store_row(out: str) -> str:
+        (row,) = [line for line in out.splitlines() if line.startswith("store ")]
+        return row
+
+    # The webhook (127.0.0.1:9, nobody there) fails its row; the store row is what is tested.
+    code, out, err = await acli("check-config", *c, "--connect", env=PG_ENV)
+    assert "ok" in store_row(out) and "no edge-agent schema yet" in store_row(out), out
+    store = await PostgresStore.open(pg_url, password=pg.PASSWORD)
+    await store.close()
+    code, out, err = await acli("check-config", *c, "--connect", env=PG_ENV)
+    assert f"schema step {pgschema.SCHEMA_VERSION}" in store_row(out), out
+    pg.cluster().psql(
+        f"UPDATE edge_schema SET version = {pgschema.SCHEMA_VERSION + 1}", db=where.split("/")[1]
+    )
+    code, out, err = await acli("check-config", *c, "--connect", env=PG_ENV)
+    assert "FAIL" in store_row(out) and "newer than this agent" in store_row(out), out
+    assert code == 1
+    bad = {**PG_ENV, "PG_PASSWORD": "wrong-password"}
+    code, out, err = await acli("check-config", *c, "--connect", env=bad)
+    assert "FAIL" in store_row(out) and "cannot reach" in store_row(out), out
+    assert "wrong-password" not in out + err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.ops.cli.report import parse_since, summarize
+from edge_agent.ops.cli.report import parse_since, render_table, summarize
 from edge_agent.store import Store
 from edge_agent.store.occupancy import OccupancyWrite
 from tests.ops.test_cli import acli, write_config
@@ -117,6 +117,11 @@ async def test_report_formats_and_missing_store(tmp_path: Path) -> None:
     assert out.splitlines()[1].startswith("room-a,17.5,")
     code, out, _ = await acli(*base, "--room", "nowhere")
     assert code == 1
+    # Nothing recorded (a new store, a room-less range): the table says so (it raised).
+    assert render_table([]).splitlines() == [
+        "ROOM  BOOKED h  USED h  GHOSTS  NO-SHOWS  WALK-INS  PEAK",
+        "(no occupancy recorded in this range)",
+    ]
     (tmp_path / "none").mkdir()
     code, _, err = await acli("report", "-c", str(write_config(tmp_path / "none", "")))
     assert code == 1 and "no store" in err

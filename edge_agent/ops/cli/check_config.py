@@ -93,7 +93,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         rooms += f", google rooms: {g_listed} listed, {g_linked} linked{g_found}"
     print(
         f"{args.config}: OK (site {cfg.site}, {len(cfg.devices)} device(s){rooms}, "
-        f"sinks: {sinks}, store {cfg.store_path})"
+        f"sinks: {sinks}, store {store_named(cfg)})"
     )
     for r in local:
         print(f"warning: {r.target}: {r.detail}")
@@ -214,10 +214,37 @@ async def connect_checks(
         jobs.append(_check_graph(cfg, secrets, timeout))
     if cfg.google is not None:
         jobs.append(_check_google(cfg, timeout))
+    if cfg.store.url is not None:
+        jobs.append(_check_store(cfg, timeout))
     out: list[CheckResult] = []
     for rows in await asyncio.gather(*jobs):
         out.extend(rows)
     return out
+
+
+def store_named(cfg: AgentConfig) -> str:
+    """The store as the OK line names it: the SQLite file, or the fleet's database."""
+    if cfg.store.url is None:
+        return str(cfg.store_path)
+    from edge_agent.store.postgres import describe  # imports no driver
+
+    return f"postgresql {describe(cfg.store.url)}"
+
+
+async def _check_store(cfg: AgentConfig, timeout: float) -> list[CheckResult]:
+    """The fleet's PostgreSQL: reachable with this member's password and TLS, a schema this
+    agent can use (read-only: nothing is migrated here)."""
+    from edge_agent.ops.cli import pgstore
+    from edge_agent.store import StoreError
+
+    try:
+        async with asyncio.timeout(timeout + 1):
+            ok, detail = await pgstore.probe(cfg, timeout=timeout)
+    except StoreError as exc:
+        return [CheckResult("store", "connect", False, str(exc))]
+    except TimeoutError:
+        return [CheckResult("store", "connect", False, f"no answer within {timeout:g} s")]
+    return [CheckResult("store", "connect", ok, detail)]
 
 
 # Paths the agent reads on every connect; a device must let the agent's user read them.

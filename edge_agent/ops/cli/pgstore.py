@@ -69,6 +69,62 @@ async def occupancy(cfg: AgentConfig, since: float) -> Any:
             return await read_occupancy(conn, since)
 
 
+async def probe(cfg: AgentConfig, *, timeout: float) -> tuple[bool, str]:
+    """``check-config --connect``'s look at the fleet's database, read-only: reachable with
+    the configured password and TLS, and its schema one this agent can use. Returns whether
+    it is fine and what was found.
+
+    Raises:
+        StoreError: the database cannot be reached or refuses the login.
+    """
+    import psycopg
+
+    from edge_agent.config.models import postgres_url_secret
+    from edge_agent.store import pgschema as q
+    from edge_agent.store.postgres import describe
+
+    assert cfg.store.url is not None
+    where = describe(cfg.store.url)
+    if (why := postgres_url_secret(cfg.store.url)) is not None:
+        raise StoreError(why)
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "connect_timeout": max(1, int(timeout)),
+        "application_name": "edge-agent check-config",
+        "options": "-c default_transaction_read_only=on",
+    }
+    if (password := store_password(cfg)) is not None:
+        kwargs["password"] = password
+    if cfg.store.sslmode is not None:
+        kwargs["sslmode"] = cfg.store.sslmode
+    if cfg.store.ca_file is not None:
+        kwargs["sslrootcert"] = str(cfg.store.ca_file)
+    try:
+        conn = await psycopg.AsyncConnection.connect(cfg.store.url, **kwargs)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot reach {where}: {exc}") from exc
+    try:
+        with _as_store_error(cfg.store.url):
+            server = conn.info.parameter_status("server_version") or "?"
+            row = await (await conn.execute("SELECT to_regclass('edge_schema')")).fetchone()
+            if row is None or row[0] is None:
+                return True, (
+                    f"PostgreSQL {server} at {where}: no edge-agent schema yet (the first "
+                    "member creates it; its user needs CREATE on the database)"
+                )
+            found = await (await conn.execute(q.SELECT_VERSION)).fetchone()
+            version = int(found[0]) if found is not None else 0
+    finally:
+        await conn.close()
+    if version > q.SCHEMA_VERSION:
+        return False, (
+            f"PostgreSQL {server} at {where}: schema step {version} is newer than this agent's "
+            f"({q.SCHEMA_VERSION}); upgrade this member (docs/upgrading.md)"
+        )
+    later = "" if version == q.SCHEMA_VERSION else f" (this agent migrates it to {q.SCHEMA_VERSION})"
+    return True, f"PostgreSQL {server} at {where}: schema step {version}{later}"
+
+
 @contextlib.contextmanager
 def _as_store_error(url: str) -> Iterator[None]:
     import psycopg
@@ -82,4 +138,4 @@ def _as_store_error(url: str) -> Iterator[None]:
         raise StoreError(pg_message(describe(url), exc)) from exc
 
 
-__all__ = ["dead_letters", "occupancy", "store_password"]
+__all__ = ["dead_letters", "occupancy", "probe", "store_password"]
