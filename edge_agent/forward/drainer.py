@@ -30,6 +30,16 @@ store behind (group commit):
   ``probe_every_s`` of the receiver's return instead of at the soonest device timer (up to
   minutes after a long outage).
 
+Reading ahead: while batches are in flight, the drainer reads the next batches of the streams
+it will serve next (:meth:`DeliverySchedule.peek`, the ring's order), for up to
+``read_ahead`` streams in one store read. When a slot frees, the next batch is in hand: no
+store read (thread hop, query) between one POST and the next. A batch read ahead is used only
+if its stream's cursor is still where it was read from (a failed send leaves it there; a
+delivered one moves it, and the stale batch is dropped); a stream's later rows only ever come
+after the ones read (seqs grow), so the rows read ahead are still the stream's next ones (a row
+the outbox cap moved to the dead letter meanwhile may still be sent once: at least once).
+Memory: at most ``read_ahead`` batches of ``sink.max_batch`` events.
+
 The drainer wakes as soon as the store commits new events (``wakeup``; ``take_committed`` says
 which devices have them), and otherwise sleeps until the next due retry: no polling while idle,
 no sleep while work is waiting.
@@ -57,7 +67,7 @@ from edge_agent.forward.base import (
     Sink,
     SinkStats,
 )
-from edge_agent.forward.schedule import DeliverySchedule, OutboxEvent
+from edge_agent.forward.schedule import DeliverySchedule, OutboxEvent, StreamRead
 from edge_agent.metrics import DELIVERIES, DELIVERY_LATENCY
 from edge_agent.store import StoreBackend, StoreError
 
@@ -75,6 +85,7 @@ class Drainer:
         sink: Sink,
         *,
         max_in_flight: int = 8,
+        read_ahead: int | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
         ttl_s: float = 7 * 24 * 3600.0,
         not_ready_poll_s: float = 0.05,
@@ -88,6 +99,8 @@ class Drainer:
             sink: where to deliver.
             max_in_flight: batches (devices) in flight at once. Keep it small for HTTP: httpx
                 collapses past ~50 in flight per host (DESIGN.md); 8 is the webhook default.
+            read_ahead: most streams whose next batch is read ahead (module docstring);
+                default ``2 * max_in_flight``; 0 turns reading ahead off.
             backoff: the retry schedule (delay before attempt n).
             ttl_s: an event older than this is dead-lettered instead of sent.
             not_ready_poll_s: how often to look again while ``sink.ready()`` is false.
@@ -102,6 +115,10 @@ class Drainer:
         self._sink = sink
         self.name = sink.name
         self._max_in_flight = max(1, max_in_flight)
+        self._read_ahead = 2 * self._max_in_flight if read_ahead is None else max(0, read_ahead)
+        # stream -> (the read it was made with, its events): the next batches, read ahead.
+        self._ahead: dict[str, tuple[StreamRead, list[OutboxEvent]]] = {}
+        self._reading_ahead = False
         self._backoff = backoff
         self._ttl_s = ttl_s
         self._not_ready_poll_s = not_ready_poll_s
@@ -187,11 +204,15 @@ class Drainer:
                     tg.create_task(
                         self._deliver(batch), name=f"drainer[{self.name}].deliver[{device}]"
                     )
+                if self._read_ahead:
+                    self._read_ahead_soon(tg)
                 if batches:
                     await asyncio.sleep(0)  # let the sends start before reading more
                     continue
             else:
                 self._wake.clear()  # all slots busy: a finishing send wakes us
+                if self._read_ahead:
+                    self._read_ahead_soon(tg)
             # With every slot busy only a finishing send can help: no timer then.
             due = schedule.next_due(exclude=self._in_flight) if free > 0 else None
             if free > 0 and self._outage:
@@ -237,9 +258,59 @@ class Drainer:
             )
             if not reads:
                 break
-            out += schedule.batches(reads, await self._store.read_outbox(self.name, reads))
+            held, misses = self._take_ahead(reads)
+            if misses:
+                held += await self._store.read_outbox(self.name, misses)
+            out += schedule.batches(reads, held)
             skip.update(r.stream for r in reads)
         return out
+
+    def _take_ahead(self, reads: list[StreamRead]) -> tuple[list[OutboxEvent], list[StreamRead]]:
+        """The events of ``reads`` read ahead, and the reads that must go to the store."""
+        held: list[OutboxEvent] = []
+        misses: list[StreamRead] = []
+        ahead = self._ahead
+        for read in reads:
+            got = ahead.pop(read.stream, None)
+            # Still valid: read from where the cursor is now (module docstring).
+            if got is not None and got[0].after == read.after and got[1]:
+                held += got[1][: read.limit]
+            else:
+                misses.append(read)
+        return held, misses
+
+    def _read_ahead_soon(self, tg: asyncio.TaskGroup) -> None:
+        """Start reading the next batches ahead when fewer than half are in hand."""
+        if self._reading_ahead or len(self._ahead) * 2 > self._read_ahead:
+            return
+        reads = self._schedule.peek(
+            self._time(),
+            max_streams=self._read_ahead - len(self._ahead),
+            max_batch=max(1, self._sink.max_batch),
+            exclude=self._in_flight.union(self._ahead),
+        )
+        if reads:
+            self._reading_ahead = True
+            tg.create_task(self._read_ahead_of(reads), name=f"drainer[{self.name}].read_ahead")
+
+    async def _read_ahead_of(self, reads: list[StreamRead]) -> None:
+        try:
+            events = await self._store.read_outbox(self.name, reads)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the batch is read again when it is chosen
+            self._log.debug("reading ahead failed", error=str(exc))
+            return
+        finally:
+            self._reading_ahead = False
+        by_stream: dict[str, list[OutboxEvent]] = {}
+        for e in events:
+            by_stream.setdefault(e.device_id, []).append(e)
+        schedule = self._schedule
+        for read in reads:
+            # A stream served meanwhile (its cursor moved) has read its batch itself.
+            if read.stream not in self._in_flight and schedule.cursor(read.stream) == read.after:
+                self._ahead[read.stream] = (read, by_stream.get(read.stream, []))
 
     async def _deliver(self, batch: list[OutboxEvent]) -> None:
         device = batch[0].device_id

@@ -21,28 +21,122 @@ from the store, hands the rows to :meth:`DeliverySchedule.batches`, and reports 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from edge_agent import jsoncodec
 
-@dataclass(frozen=True, slots=True)
+
 class OutboxEvent:
     """One stored event, as handed to a sink. ``body`` is the serialized envelope, built once.
 
     ``device_id`` is the event's ordering stream. ``observed_at`` is when the fact happened
     (the envelope's ``data.observed_at``, else the commit time), stored in its own column so
     the latency metric needs no JSON.
+
+    ``envelope`` is the parsed ``body``: given by whoever has it parsed already (the session
+    that built it), else parsed from ``body`` on first use. A webhook sends ``body`` as it is
+    and never needs it: a backlog read back from the store costs no JSON parse per event.
+    Immutable, like the row it stands for (:meth:`with_attempts` makes a changed copy).
     """
+
+    __slots__ = (
+        "seq",
+        "device_id",
+        "event_id",
+        "type",
+        "_envelope",
+        "body",
+        "created_at",
+        "attempts",
+        "observed_at",
+    )
 
     seq: int
     device_id: str
     event_id: str
     type: str
-    envelope: dict[str, Any]
+    _envelope: dict[str, Any] | None
     body: bytes
     created_at: float  # unix seconds when the event was committed
-    attempts: int = 0
-    observed_at: float | None = None
+    attempts: int
+    observed_at: float | None
+
+    def __init__(
+        self,
+        seq: int,
+        device_id: str,
+        event_id: str,
+        type: str,  # noqa: A002 - the envelope's field name
+        envelope: dict[str, Any] | None,
+        body: bytes,
+        created_at: float,
+        attempts: int = 0,
+        observed_at: float | None = None,
+    ) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "seq", seq)
+        setattr_(self, "device_id", device_id)
+        setattr_(self, "event_id", event_id)
+        setattr_(self, "type", type)
+        setattr_(self, "_envelope", envelope)
+        setattr_(self, "body", body)
+        setattr_(self, "created_at", created_at)
+        setattr_(self, "attempts", attempts)
+        setattr_(self, "observed_at", observed_at)
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        """The envelope as a dict (parsed from ``body`` the first time it is asked for)."""
+        env = self._envelope
+        if env is None:
+            env = jsoncodec.loads(self.body)
+            object.__setattr__(self, "_envelope", env)
+        return env
+
+    def with_attempts(self, attempts: int) -> OutboxEvent:
+        """This event with ``attempts`` (a retried head carries its attempts so far)."""
+        return OutboxEvent(
+            self.seq,
+            self.device_id,
+            self.event_id,
+            self.type,
+            self._envelope,
+            self.body,
+            self.created_at,
+            attempts,
+            self.observed_at,
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"OutboxEvent is immutable (cannot set {name!r})")
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.seq,
+            self.device_id,
+            self.event_id,
+            self.type,
+            self.body,
+            self.created_at,
+            self.attempts,
+            self.observed_at,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        # The envelope is the body parsed: equal bodies are equal envelopes.
+        if not isinstance(other, OutboxEvent):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"OutboxEvent(seq={self.seq!r}, device_id={self.device_id!r}, "
+            f"event_id={self.event_id!r}, type={self.type!r}, attempts={self.attempts!r})"
+        )
 
 
 class StreamRead(NamedTuple):
@@ -103,9 +197,25 @@ class DeliverySchedule:
         ``exclude`` are the streams the caller has in flight. Chosen streams move to the back
         of the ring (round robin). A stream whose head is retried is read one event at a time.
         """
-        skip = set(exclude)
+        reads = self._eligible(now, max_streams, max_batch, set(exclude), prune=True)
+        for read in reads:
+            del self._ready[read.stream]
+            self._ready[read.stream] = None
+        return reads
+
+    def peek(
+        self, now: float, *, max_streams: int, max_batch: int, exclude: Iterable[str] = ()
+    ) -> list[StreamRead]:
+        """The reads :meth:`choose` would give next (in its order), without taking them: what
+        a drainer reads ahead while its slots are busy. Changes nothing."""
+        return self._eligible(now, max_streams, max_batch, set(exclude), prune=False)
+
+    def _eligible(
+        self, now: float, max_streams: int, max_batch: int, skip: set[str], *, prune: bool
+    ) -> list[StreamRead]:
         reads: list[StreamRead] = []
-        for stream in list(self._ready):
+        idle: list[str] = []
+        for stream in self._ready:
             if len(reads) >= max_streams:
                 break
             if stream in skip:
@@ -113,15 +223,15 @@ class DeliverySchedule:
             after = self._cursor.get(stream, 0)
             if after >= self._top.get(stream, 0):
                 # Done up to its last stored event: idle until a commit brings more.
-                del self._ready[stream]
+                idle.append(stream)
                 continue
             r = self._retry.get(stream)
             if r is not None and r.next_attempt_at > now:
                 continue
             reads.append(StreamRead(stream, after, 1 if r is not None else max_batch))
-        for read in reads:
-            del self._ready[read.stream]
-            self._ready[read.stream] = None
+        if prune:
+            for stream in idle:
+                del self._ready[stream]
         return reads
 
     def batches(
@@ -137,7 +247,7 @@ class DeliverySchedule:
         for e in events:
             r = self._retry.get(e.device_id)
             if r is not None and r.seq == e.seq:
-                e = replace(e, attempts=r.attempts)
+                e = e.with_attempts(r.attempts)
             by_stream.setdefault(e.device_id, []).append(e)
         for read in reads:
             if read.stream not in by_stream and self._cursor.get(read.stream, 0) == read.after:

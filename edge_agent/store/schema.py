@@ -211,6 +211,11 @@ COMPACT_ONE_SINK = "DELETE FROM outbox WHERE device_id=? AND seq<=? AND only_sin
 # The outbox cap: the highest seq among the ``excess`` oldest rows, then what goes.
 OLDEST_SEQ_UPTO = "SELECT max(seq) FROM (SELECT seq FROM outbox ORDER BY seq LIMIT ?)"
 DELETE_OUTBOX_UPTO = "DELETE FROM outbox WHERE seq<=?"
+# With ONE sink every outbox row of it is undelivered (a cursor move deletes what it passed, in
+# its transaction): the depth is the writer's row count less the rows of sinks no longer
+# configured (replayed for them), and the oldest is the first row in seq order.
+FOREIGN_ROWS = "SELECT count(*) FROM outbox WHERE only_sink NOT IN ('', {marks})"
+OLDEST_OF_SINK = "SELECT created_at FROM outbox WHERE only_sink IN ('', ?) ORDER BY seq LIMIT 1"
 SINK_DEPTH = (
     "SELECT count(*), min(o.created_at) FROM outbox o "
     "LEFT JOIN sink_cursor c ON c.sink=? AND c.device_id=o.device_id "

@@ -25,6 +25,7 @@ import structlog
 
 from edge_agent import jsoncodec
 from edge_agent.forward.schedule import OutboxEvent, RetryState, SinkProgress
+from edge_agent.metrics import DEAD_LETTERS, OUTBOX_DEPTH, OUTBOX_OLDEST_AGE, PENDING_REQUESTS
 from edge_agent.store import deadletter, occupancy, schema
 from edge_agent.store.base import (
     Change,
@@ -330,8 +331,36 @@ class SqliteStore:
         return jsoncodec.loads(rows[0][0]) if rows else None
 
     async def stats(self) -> dict[str, Any]:
-        """Counts for the local API and metrics (see :func:`edge_agent.store.stats.store_stats`)."""
-        return await store_stats(self._rconn, self.sinks, self._time())
+        """Counts for the local API and metrics (see :func:`edge_agent.store.stats.store_stats`).
+
+        With one sink (the usual agent) without a scan: every row of that sink in the outbox
+        is undelivered, so the depth is the writer's row count (less rows replayed for sinks
+        no longer configured) and the oldest is the first row. ``/v1/outbox``, which a
+        client may poll often, scanned the undelivered rows with a join per row (~20 ms at
+        100,000 rows, on the read thread while a backlog drained).
+        """
+        if len(self.sinks) != 1:
+            return await store_stats(self._rconn, self.sinks, self._time())
+        (sink,) = self.sinks
+        w = self._writer
+        depth = max(0, w.outbox_count - w.foreign_count)
+        age = None
+        if depth:
+            rows = list(await self._rconn.execute_fetchall(schema.OLDEST_OF_SINK, (sink,)))
+            if rows:
+                age = max(0.0, self._time() - rows[0][0])
+        pending = list(await self._rconn.execute_fetchall(schema.PENDING_COUNT))[0][0]
+        dead = w.dead_count
+        OUTBOX_DEPTH.labels(sink=sink).set(depth)
+        OUTBOX_OLDEST_AGE.labels(sink=sink).set(age or 0.0)
+        DEAD_LETTERS.set(dead)
+        PENDING_REQUESTS.set(pending)
+        return {
+            "outbox_total": w.outbox_count,
+            "pending": pending,
+            "dead_letters": dead,
+            "sinks": {sink: {"depth": depth, "oldest_age_s": age}},
+        }
 
     # -- outbox: the drainer's side -----------------------------------------------------------
     #
@@ -404,7 +433,7 @@ class SqliteStore:
                 device_id=device,
                 event_id=event_id,
                 type=etype,
-                envelope=jsoncodec.loads(body),
+                envelope=None,  # parsed only if the sink asks (a webhook sends the bytes)
                 body=body,
                 created_at=created_at,
                 observed_at=observed_at,

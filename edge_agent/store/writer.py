@@ -124,6 +124,10 @@ are scattered over the table and its indexes (devices interleave in seq order); 
 events queued the indexes alone outgrow 2 MiB and every delete read its pages back."""
 CHECKPOINT_EVERY_S = 0.25
 """Most often the checkpoint thread runs while commits come in."""
+TRUNCATE_EVERY_S = 5.0
+"""Most often an idle writer truncates an oversized WAL. Draining a backlog, the writer goes
+idle between every two groups, and the WAL stays past its limit while the deletes go on: a
+TRUNCATE (a full checkpoint and a sync) at each of those took 8 % of the drain's samples."""
 WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
 """The WAL is truncated back to this size after a checkpoint (``journal_size_limit``)."""
 
@@ -278,9 +282,12 @@ class GroupWriter:
         self._held_at = 0.0  # loop time of the next try on its own
         self._held_backoff = PROGRESS_RETRY
         self._writing: list[ProgressOp] = []  # the group's progress while its write runs
+        self._foreign_after = 0  # foreign_count once the group moving rows for the cap commits
         # The failing streak (see "Health"), kept as the PostgreSQL writer keeps it.
         self._health = WriteHealth(clock, self._log)
         self._checkpoint_due = False
+        self._truncated_at = -TRUNCATE_EVERY_S  # loop time of the last idle TRUNCATE
+        self._truncate_timer: asyncio.TimerHandle | None = None
         self._wal = Path(f"{path}-wal")
         self._wal_size_limit = wal_size_limit
         self.failed: str | None = None
@@ -288,6 +295,8 @@ class GroupWriter:
         # What the database holds, kept in memory (only the writer changes it).
         self.next_seq = 1
         self.outbox_count = 0
+        self.foreign_count = 0
+        """Outbox rows replayed for sinks no longer configured (never sent, never compacted)."""
         self.dead_count = 0
         self._db_cursor: dict[str, dict[str, int]] = {s: {} for s in sinks}
         # Per sink: streams with events stored since the drainer last looked (stream -> top).
@@ -368,6 +377,7 @@ class GroupWriter:
         rows = db.execute(schema.LAST_SEQ).fetchall()
         self.next_seq = (int(rows[0][0]) if rows else 0) + 1
         self.outbox_count = int(db.execute(schema.OUTBOX_COUNT).fetchone()[0])
+        self.foreign_count = self._count_foreign(db)
         self.dead_count = int(db.execute(schema.DEAD_LETTER_COUNT).fetchone()[0])
         for sink, device, done in db.execute(schema.SELECT_CURSORS).fetchall():
             if sink in self._db_cursor:
@@ -423,6 +433,9 @@ class GroupWriter:
         """Write what is queued and stop. Cancelling it is not safe (commits left unresolved)."""
         self._closing = True
         self._work.set()
+        if self._truncate_timer is not None:
+            self._truncate_timer.cancel()
+            self._truncate_timer = None
         if self._task is not None:
             await asyncio.wait([self._task])  # a dead writer was reported by _done
 
@@ -492,16 +505,26 @@ class GroupWriter:
             self._checkpoint_due = True  # give back the WAL space the streak may have grown
 
     async def _checkpoint(self) -> None:
-        """``wal_checkpoint(TRUNCATE)`` after a failing streak, or with an oversized WAL."""
+        """``wal_checkpoint(TRUNCATE)`` after a failing streak, or with an oversized WAL (at most
+        every :data:`TRUNCATE_EVERY_S` for that)."""
         due = self._checkpoint_due
         self._checkpoint_due = False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if not due:
+            wait = self._truncated_at + TRUNCATE_EVERY_S - now
+            if wait > 0:
+                # Look again then, should the writer stay idle (the space is given back).
+                if self._truncate_timer is None and not self._closing:
+                    self._truncate_timer = loop.call_later(wait, self._truncate_later)
+                return
             try:
                 due = os.stat(self._wal).st_size > self._wal_size_limit
             except OSError:
                 return
         if not due:
             return
+        self._truncated_at = now
         try:
             # Fetched in full (_wal_checkpoint): a cursor left holding the pragma's result row
             # keeps its statement active, and every later COMMIT on this connection fails
@@ -514,6 +537,10 @@ class GroupWriter:
             RuntimeError,
         ) as exc:  # a reader holds it off, or the disk is still full
             self._log.info("WAL checkpoint did not complete", error=str(exc))
+
+    def _truncate_later(self) -> None:
+        self._truncate_timer = None
+        self._work.set()
 
     def stored(self, sink: str, device: str, seq: int) -> None:
         """Tell ``sink``'s drainer that ``device`` has events up to ``seq``."""
@@ -710,6 +737,8 @@ class GroupWriter:
         for (s, d), q in cursors.items():
             dbc = self._db_cursor[s]
             dbc[d] = max(dbc.get(d, 0), q)
+        if overflow:
+            self.foreign_count = self._foreign_after
         if overflow and self.on_overflow is not None:
             self.on_overflow()
         if firsts:
@@ -815,6 +844,8 @@ class GroupWriter:
                 db, self.outbox_count + added - self.outbox_max_events, now
             )
             added -= removed
+            # The cap removes the oldest rows whoever they are for: rows of old sinks too.
+            self._foreign_after = self._count_foreign(db)
         dropped = self._cap_dead_letters(db)
         db.execute("COMMIT")
         return added, firsts, exact, overflow, dropped, results
@@ -882,6 +913,11 @@ class GroupWriter:
         cur = db.execute(schema.DELETE_OUTBOX_UPTO, (upto,))
         # Every removed row was undelivered by at least one sink (delivered rows are compacted).
         return cur.rowcount, cur.rowcount
+
+    def _count_foreign(self, db: sqlite3.Connection) -> int:
+        marks = ",".join("?" * len(self.sinks))
+        sql = schema.FOREIGN_ROWS.format(marks=marks)
+        return int(db.execute(sql, self.sinks).fetchone()[0])
 
     def _cap_dead_letters(self, db: sqlite3.Connection) -> int:
         """Delete the oldest dead letters past ``dead_letter_max``; returns how many."""

@@ -271,3 +271,25 @@ async def test_the_wal_is_truncated_once_a_full_disk_streak_ends(tmp_path: Path)
     finally:
         await s.close()
 
+
+
+async def test_an_idle_truncate_that_came_too_soon_happens_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Draining a backlog the writer goes idle between every two groups: it truncates the WAL
+    at most every TRUNCATE_EVERY_S, and once idle for good it still gives the space back."""
+    from edge_agent.store import writer
+
+    monkeypatch.setattr(writer, "TRUNCATE_EVERY_S", 0.2)
+    limit = 256 * 1024
+    s = await Store.open(tmp_path / "agent.db", wal_size_limit=limit)
+    wal = Path(f"{s.path}-wal")
+    try:
+        for burst in range(2):  # the second one lands within TRUNCATE_EVERY_S of the first
+            await s.commit(Change("d", events=[event(burst * 1000 + i) for i in range(600)]))
+        async with asyncio.timeout(10):
+            while wal.stat().st_size > limit:
+                await asyncio.sleep(0.01)
+        assert len(await drain_all(s)) == 1200
+    finally:
+        await s.close()
