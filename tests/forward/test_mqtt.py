@@ -323,7 +323,10 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path, persistence=True).start()
     sub = Subscriber(broker, f"{BASE}/devices/+/events", client_id="cloud", clean=False).start()
     devices = ["room-1", "room-2"]
-    sent = {d: [event(d) for _ in range(600)] for d in devices}
+    # Enough that the restart lands mid-stream however fast the link is (600 per device were
+    # all PUBACKed before the subscriber had reported its first 200 once the link batched).
+    n = 4000
+    sent = {d: [event(d) for _ in range(n)] for d in devices}
     try:
         async with running(make_sink(broker, max_batch=25)) as sink:
 
@@ -347,9 +350,9 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
                             for i in event_ids(sub.on(f"{BASE}/devices/{d}/events"))
                         }
                     )
-                    >= 1200
+                    >= n * len(devices)
                 ),
-                timeout=10,
+                timeout=30,
                 what="every event at the subscriber",
             )
         for d in devices:
