@@ -222,7 +222,7 @@ class _DuplicateDrops:
 
     __slots__ = ("total", "_log", "_monotonic", "_unwarned", "_last", "_warned_at")
 
-    def __init__(self, log: Any, monotonic: Callable[[], float]) -> None:
+    def __init__(self, log: Callable[[], Any], monotonic: Callable[[], float]) -> None:
         self.total = 0
         self._log = log
         self._monotonic = monotonic
@@ -243,7 +243,7 @@ class _DuplicateDrops:
         now = self._monotonic()
         if self._warned_at is not None and now - self._warned_at < DUPLICATE_WARNING_INTERVAL_S:
             return
-        self._log.warning(
+        self._log().warning(
             "dropped device events as duplicates: each was identical to one that arrived less"
             " than 5 s before it (the device or a proxy repeated frames)",
             dropped=self._unwarned,
@@ -262,7 +262,7 @@ class _KeptUncertain:
 
     __slots__ = ("total", "_log", "_monotonic", "_unsaid", "_said_at")
 
-    def __init__(self, log: Any, monotonic: Callable[[], float]) -> None:
+    def __init__(self, log: Callable[[], Any], monotonic: Callable[[], float]) -> None:
         self.total = 0
         self._log = log
         self._monotonic = monotonic
@@ -275,7 +275,7 @@ class _KeptUncertain:
         now = self._monotonic()
         if self._said_at is not None and now - self._said_at < DUPLICATE_WARNING_INTERVAL_S:
             return
-        self._log.info(
+        self._log().info(
             "kept device events identical to one read just before: they were read in the "
             "catch-up after a stall, so the device may have sent them far apart (delivered at "
             "least once rather than maybe lost)",
@@ -288,6 +288,51 @@ class _KeptUncertain:
 
 class DeviceSession:
     """Keeps one device's window, pending requests and events flowing into the store."""
+
+    # Slots, not an instance dict: past 30 attributes CPython gives every instance a dict of
+    # its own (~2 KiB a device).
+    __slots__ = (
+        "_booking_lock_",
+        "_clock",
+        "_clock_timer",
+        "_connecting",
+        "_duplicates",
+        "_held",
+        "_held_since",
+        "_inputs",
+        "_kept_uncertain",
+        "_link_factory",
+        "_list_slots",
+        "_lister",
+        "_logger",
+        "_next_safety_relist",
+        "_overflow_dropped_before",
+        "_overflowing",
+        "_relist_wanted",
+        "_skew_throttle_said",
+        "_skewed_relist_at",
+        "_stop_reason",
+        "_store",
+        "_store_backoff",
+        "_tg",
+        "_tick_queued",
+        "_zone_conflict_said",
+        "client",
+        "clock_skew_s",
+        "device_id",
+        "dropped_feedback",
+        "lists",
+        "lists_cut_short",
+        "relists_throttled",
+        "room",
+        "settings",
+        "site",
+        "skipped_entries",
+        "state",
+        "store_errors",
+        "time_zone_source",
+        "tuning",
+    )
 
     def __init__(
         self,
@@ -312,7 +357,8 @@ class DeviceSession:
         # Shared by the fleet: after a start or a network blip, 1,000 devices listing at once
         # would hold 1,000 list replies (and their snapshots) in memory at the same time.
         self._list_slots = list_slots or asyncio.Semaphore(1)
-        self._log = log.bind(device=self.device_id)
+        self._booking_lock_: asyncio.Lock | None = None
+        self._logger: Any = None  # bound on first use (_log): most sessions rarely log
         self._inputs: Inbox[_Input] = Inbox(tuning.queue_max)
         self._relist_wanted = Flag()
         self._clock_timer: asyncio.TimerHandle | asyncio.Handle | None = None
@@ -337,8 +383,8 @@ class DeviceSession:
         self.clock_skew_s: float | None = None
         """Device clock minus the agent's at the last connect (None: not read)."""
         self.store_errors = 0
-        self._duplicates = _DuplicateDrops(self._log, clock.monotonic)
-        self._kept_uncertain = _KeptUncertain(self._log, clock.monotonic)
+        self._duplicates = _DuplicateDrops(self._device_log, clock.monotonic)
+        self._kept_uncertain = _KeptUncertain(self._device_log, clock.monotonic)
         self.relists_throttled = 0
         """Re-lists asked for by device events and not made: the device's clock is off."""
         self._skewed_relist_at: float | None = None  # monotonic; the last one let through
@@ -358,6 +404,17 @@ class DeviceSession:
             store=store,
             clock=clock,
         )
+
+    @property
+    def _log(self) -> Any:
+        return self._device_log()
+
+    def _device_log(self) -> Any:
+        """The module's logger bound to this device (made on first use: ~0.3 KiB a device)."""
+        logger = self._logger
+        if logger is None:
+            logger = self._logger = log.bind(device=self.device_id)
+        return logger
 
     # --- the local API's view ------------------------------------------------------------------
 
@@ -1069,12 +1126,11 @@ class DeviceSession:
 
     @property
     def _booking_lock(self) -> asyncio.Lock:
-        # Made on first use (in the running loop) and kept with the session; not in __init__
-        # so that booking stays in this section of the file.
-        lock = self.__dict__.get("_booking_lock_")
+        # Made on first use (in the running loop) and kept with the session: most devices
+        # never book through the agent.
+        lock = self._booking_lock_
         if lock is None:
-            lock = self.__dict__["_booking_lock_"] = asyncio.Lock()
-        assert isinstance(lock, asyncio.Lock)
+            lock = self._booking_lock_ = asyncio.Lock()
         return lock
 
     async def _book(self, request_uuid: str, order: BookingOrder) -> BookingSent:

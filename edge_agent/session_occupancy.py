@@ -92,6 +92,35 @@ def is_room_analytics(payload: Mapping[str, Any]) -> bool:
 class RoomWatch:
     """One device's occupancy: pure state plus what the device can report."""
 
+    __slots__ = (
+        "_clock",
+        "_delete",
+        "_logger",
+        "_offer_released",
+        "_offer_tick",
+        "_releaser",
+        "_releases",
+        "_running",
+        "_spawn",
+        "_store",
+        "_tick_max_s",
+        "_tick_queued",
+        "_timer",
+        "_warned",
+        "config",
+        "counting",
+        "denied",
+        "device_id",
+        "policy",
+        "presence",
+        "releases_failed",
+        "sensor_readings",
+        "site",
+        "software",
+        "state",
+        "subscribed",
+    )
+
     def __init__(
         self,
         *,
@@ -107,7 +136,7 @@ class RoomWatch:
         self._store = store
         self._clock = clock
         self.state = occ.RoomOccupancy(site=site, device_id=device_id, policy=policy)
-        self._log = log.bind(device=device_id)
+        self._logger: Any = None  # bound on first use (_log)
         self._timer: asyncio.TimerHandle | None = None
         self._running = False
         self._tick_queued = False
@@ -127,6 +156,12 @@ class RoomWatch:
         self.releases_failed = 0
         self.software: str | None = None
         self.sensor_readings = 0
+
+    @property
+    def _log(self) -> Any:
+        if self._logger is None:
+            self._logger = log.bind(device=self.device_id)
+        return self._logger
 
     # --- the local API's and check-config's view -------------------------------------------
 
