@@ -30,7 +30,7 @@ from edge_agent.agent.build import google_rooms, graph_rooms
 from edge_agent.agent.calendars import CalendarSources
 from edge_agent.bookings.book import BookingOrder
 from edge_agent.bookings.models import Booking
-from edge_agent.calendars.graph.booking import BookingNotSupported, CalendarUnavailable
+from edge_agent.calendars.refusals import BookingNotSupported, CalendarUnavailable
 from edge_agent.clock import Clock
 from edge_agent.session import BookingSent
 from edge_agent.store import Store, StoreBackend

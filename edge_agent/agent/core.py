@@ -255,10 +255,13 @@ class Agent:
         """Run until :meth:`request_stop`; returns the exit status. Not meant to be cancelled
         mid-start; cancelling while running stops everything without the drain."""
         self._store = await self._open_store()
-        from edge_agent.store.postgres import PostgresStore
-
-        if isinstance(self._store, Store | PostgresStore):  # PostgreSQL: this member's commits
+        if isinstance(self._store, Store):
             self._store.on_committed.append(self.event_feed.publish)
+        elif self.config.store.url is not None:  # PostgreSQL: this member's commits
+            from edge_agent.store.postgres import PostgresStore  # ~0.7 MiB: only then
+
+            if isinstance(self._store, PostgresStore):
+                self._store.on_committed.append(self.event_feed.publish)
         try:
             if self._with_api and not await self._start_api():
                 return EX_CONFIG
@@ -583,6 +586,8 @@ class Agent:
     def _poke_mqtt(self, cfg: AgentConfig, secrets: Secrets) -> None:
         """A reload may follow a fixed credential (here or at the broker): retry now, with the
         reloaded credentials, instead of waiting out the refused backoff."""
+        if not any(sink.name == "mqtt" for sink, _ in self._sinks):
+            return  # no MQTT sink: paho is never imported
         from edge_agent.forward.mqtt import MqttSink
 
         password = secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None
@@ -597,6 +602,8 @@ class Agent:
     async def _announce_rooms(self) -> None:
         """Tell the MQTT sink which rooms exist: it clears the retained topics of removed ones
         and publishes Home Assistant discovery (``edge_agent.forward.mqtt.discovery``)."""
+        if not any(sink.name == "mqtt" for sink, _ in self._sinks):
+            return  # no MQTT sink: paho is never imported
         from edge_agent.forward.mqtt import MqttSink
 
         calendar = None  # the calendar-only rooms, once every source has read its directory

@@ -13,7 +13,6 @@ field's exact span in the file to rewrite one cell and leave every other byte al
 
 from __future__ import annotations
 
-import difflib
 import glob
 import re
 import tomllib
@@ -349,6 +348,8 @@ def csv_layout(path_label: str, records: list[CsvRecord]) -> tuple[CsvLayout | N
             )
             problems.append((where, msg))
         elif key not in CSV_COLUMNS:
+            import difflib  # an error path only
+
             close = difflib.get_close_matches(key, CSV_COLUMNS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             msg = f"unknown column {header.fields[i].value!r}{hint}; "

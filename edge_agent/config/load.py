@@ -8,7 +8,6 @@ would hold a secret are refused here: secrets are named, never written (see :mod
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
@@ -221,6 +220,8 @@ def _problems(exc: ValidationError) -> Iterator[Problem]:
         if etype == "extra_forbidden":
             model = _section_at(loc)
             known = sorted(model.model_fields) if model else []
+            import difflib  # an error path only
+
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
             if known:

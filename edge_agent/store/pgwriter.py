@@ -17,11 +17,9 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool
 
 from edge_agent.backoff import Backoff
 from edge_agent.metrics import DEAD_LETTER_DROPPED, EVENTS, OUTBOX_DROPPED
@@ -31,10 +29,17 @@ from edge_agent.store.calendar import calendar_window_owner
 from edge_agent.store.health import WriteHealth
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
 
+if TYPE_CHECKING:
+    # psycopg and its pool (~13 MiB of RSS) are imported where they are used at run time, so
+    # naming the PostgreSQL store (an isinstance check, the CLI) never loads them.
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+    Conn: TypeAlias = psycopg.AsyncConnection[Any]
+
 log = structlog.get_logger(__name__)
 
 PROGRESS_RETRY = Backoff(initial=0.5, maximum=30.0)
-Conn = psycopg.AsyncConnection[Any]
 
 
 class StaleLease(StoreError):
@@ -43,6 +48,8 @@ class StaleLease(StoreError):
 
 def pg_error_kind(exc: BaseException) -> str:
     """The ``kind`` label of ``edge_agent_store_errors`` for a failed write (as SQLite's)."""
+    import psycopg
+
     if isinstance(exc, psycopg.errors.DiskFull | psycopg.errors.OutOfMemory):
         return "full"
     if isinstance(exc, psycopg.errors.DataCorrupted | psycopg.errors.IndexCorrupted):
@@ -59,6 +66,8 @@ def pg_error_kind(exc: BaseException) -> str:
 
 def pg_message(where: str, exc: BaseException) -> str:
     """What a person sees when a database call failed, with what to do next."""
+    import psycopg
+
     if isinstance(exc, psycopg.OperationalError):
         return (
             f"PostgreSQL at {where} is unreachable or refused the statement ({exc}); "

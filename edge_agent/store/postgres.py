@@ -22,12 +22,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool
 
 from edge_agent import jsoncodec
 from edge_agent.config.models import postgres_url_secret
@@ -36,9 +34,17 @@ from edge_agent.metrics import DEAD_LETTERS, OUTBOX_DEPTH, OUTBOX_OLDEST_AGE, PE
 from edge_agent.store import occupancy
 from edge_agent.store import pgschema as q
 from edge_agent.store.base import Change, PendingRow, StoreError, StoreHealth
-from edge_agent.store.pgwriter import Conn, PgGroupWriter, StaleLease, one, pg_message
+from edge_agent.store.pgwriter import PgGroupWriter, StaleLease, one, pg_message
 from edge_agent.store.plan import ProgressOp, prepare, stream_seqs
 from edge_agent.store.requests import KEEP_S, BookingRequestRow, row_from_db
+
+if TYPE_CHECKING:
+    # psycopg and its pool (~13 MiB of RSS) are imported where a connection is made or its
+    # errors are told apart, so naming PostgresStore (an isinstance check, the CLI) never
+    # loads them.
+    from psycopg_pool import AsyncConnectionPool
+
+    from edge_agent.store.pgwriter import Conn
 
 log = structlog.get_logger(__name__)
 
@@ -208,6 +214,9 @@ class PostgresStore:
             kwargs["sslmode"] = sslmode
         if ca_file is not None:
             kwargs["sslrootcert"] = str(ca_file)
+        import psycopg
+        from psycopg_pool import AsyncConnectionPool
+
         where = describe(url)
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             url,
@@ -335,6 +344,8 @@ class PostgresStore:
     # -- reads --------------------------------------------------------------------------------
 
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        import psycopg
+
         try:
             async with self.pool.connection() as conn:
                 return await (await conn.execute(sql, args)).fetchall()
@@ -565,6 +576,8 @@ class PostgresStore:
         body = jsoncodec.dumpb(request)
 
         async def put(conn: Conn) -> None:
+            import psycopg
+
             await conn.execute(q.PRUNE_BOOKING_REQUESTS, (now - KEEP_S,))
             try:
                 await conn.execute(q.PUT_BOOKING_REQUEST, (uuid, room_id, now, now, body))
@@ -658,6 +671,8 @@ async def read_only(
     Raises:
         StoreError: the database cannot be reached, or has no edge-agent schema.
     """
+    import psycopg
+
     where = describe(url)
     if (why := postgres_url_secret(url)) is not None:
         raise StoreError(why)

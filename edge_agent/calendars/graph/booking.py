@@ -42,8 +42,8 @@ from edge_agent.calendars.graph.errors import (
 )
 from edge_agent.calendars.graph.gate import MailboxBusy, MailboxGates
 from edge_agent.calendars.http import bounded_request
+from edge_agent.calendars.refusals import BookingNotSupported, CalendarUnavailable
 from edge_agent.forward.webhook import parse_retry_after
-from edge_agent.session import DeviceOffline
 
 __all__ = [
     "REQUEST_TIMEOUT_S",
@@ -241,12 +241,3 @@ class GraphBooking:
             raise GraphRequestError(
                 room_id, f"Graph refused to {what} {mailbox}: HTTP {status} ({code or text[:200]})"
             )
-
-
-class CalendarUnavailable(DeviceOffline):
-    """A calendar room's calendar cannot take a booking now (its last round failed, no token,
-    not read yet): refused before anything is sent (HTTP 503, like an offline device)."""
-
-
-class BookingNotSupported(NotImplementedError):
-    """The room's calendar source cannot be booked through the agent (HTTP 501)."""

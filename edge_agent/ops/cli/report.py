@@ -398,22 +398,3 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return EX_OK
-
-
-def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """Register ``report`` on the ``edge-agent`` subparsers."""
-    p = sub.add_parser(
-        "report",
-        parents=parents,
-        help="per room: hours booked and used, ghosts, no-shows, walk-ins, peak people "
-        "(reads the database; fine while the agent runs)",
-    )
-    p.add_argument("--since", default="7d", help="how far back: 7d (default), 12h, 2w...")
-    p.add_argument("--until", metavar="TIME", help="end of the range, UTC ISO (default: now)")
-    p.add_argument("--room", metavar="ID", help="only this room")
-    p.add_argument(
-        "--format", choices=("table", "csv", "json", "html"), default="table", help="output"
-    )
-    p.add_argument("--time-zone", default="UTC", help="days of the html chart in this zone")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    p.set_defaults(func=cmd_report)
