@@ -86,14 +86,19 @@ class FeedbackBudget:
     )
 
     def __init__(
-        self, limit: int = FEEDBACK_LIMIT, resume_at: int | None = None, share_max: int | None = None
+        self,
+        limit: int = FEEDBACK_LIMIT,
+        resume_at: int | None = None,
+        share_max: int | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"a feedback budget needs a limit of at least 1, not {limit!r}")
         resume = int(limit * RESUME_FRACTION) if resume_at is None else resume_at
         if not 0 <= resume < limit:
             raise ValueError(f"resume_at must be in 0..{limit - 1}, not {resume_at!r}")
-        share = max(min(limit, SHARE_MIN), limit // SHARE_DIVISOR) if share_max is None else share_max
+        share = share_max
+        if share is None:
+            share = max(min(limit, SHARE_MIN), limit // SHARE_DIVISOR)
         if not 1 <= share <= limit:
             raise ValueError(f"share_max must be in 1..{limit}, not {share_max!r}")
         self.limit = limit
