@@ -12,7 +12,6 @@ process-wide in prometheus_client (>= 0.17); the agent exports only this registr
 from __future__ import annotations
 
 import platform
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -76,19 +75,15 @@ class _LinkGauges(Collector):
     SEEN_HELP = "Unix time of the device's last frame or connect (to within the 5 s sample)"
 
     def __init__(self) -> None:
-        self._exports: weakref.WeakSet[LinkCountersExport] = weakref.WeakSet()
-
-    def add(self, export: LinkCountersExport) -> None:
-        self._exports.add(export)
+        # The LinkTimes each device was last sampled into (by whichever export: the last sample
+        # wins, as a gauge's last set did).
+        self.latest: dict[str, LinkTimes] = {}
 
     def describe(self) -> Iterable[Metric]:
         return self._families({})
 
     def collect(self) -> Iterable[Metric]:
-        times: dict[str, LinkTimes] = {}
-        for export in list(self._exports):
-            times.update(export.sampled())
-        return self._families(times)
+        return self._families(dict(self.latest))
 
     def _families(self, times: Mapping[str, LinkTimes]) -> list[Metric]:
         up = GaugeMetricFamily("edge_agent_device_up", self.UP_HELP, labels=["device"])
@@ -203,7 +198,6 @@ class LinkCountersExport:
         self._seen: dict[str, tuple[LinkCounters, int, dict[str, int]]] = {}
         self._times: dict[str, LinkTimes] = {}
         self._kinds: dict[str, set[str]] = {}
-        LINK_GAUGES.add(self)
 
     def export(
         self,
@@ -252,10 +246,7 @@ class LinkCountersExport:
             t.last_error_at = now
         t.frames, t.connects, t.errors = counters.frames, counters.connects, n_errors
         t.last_error = last_error
-
-    def sampled(self) -> Mapping[str, LinkTimes]:
-        """The devices whose link state a sample saw, in the order first seen."""
-        return self._times
+        LINK_GAUGES.latest[device_id] = t
 
     def times(self, device_id: str) -> LinkTimes | None:
         """The device's link times, or ``None`` before its first sample."""
@@ -264,7 +255,8 @@ class LinkCountersExport:
     def forget(self, device_id: str) -> None:
         """The device left the configuration: drop its state and its metric series."""
         self._seen.pop(device_id, None)
-        self._times.pop(device_id, None)  # and with them its up and last-seen series
+        self._times.pop(device_id, None)
+        LINK_GAUGES.latest.pop(device_id, None)  # its up and last-seen series
         for kind in self._kinds.pop(device_id, set()):
             try:
                 DEVICE_ERRORS.remove(device_id, kind)
