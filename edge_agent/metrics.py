@@ -12,6 +12,7 @@ process-wide in prometheus_client (>= 0.17); the agent exports only this registr
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,8 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from edge_agent import __version__
 
@@ -60,18 +63,42 @@ DEVICE_ERRORS = Counter(
     ["device", "kind"],
     registry=REGISTRY,
 )
-DEVICE_UP = Gauge(
-    "edge_agent_device_up",
-    "1 while the device's xAPI WebSocket is open (as of the last sample, every 5 s)",
-    ["device"],
-    registry=REGISTRY,
-)
-DEVICE_LAST_SEEN = Gauge(
-    "edge_agent_device_last_seen_seconds",
-    "Unix time of the device's last frame or connect (to within the 5 s sample)",
-    ["device"],
-    registry=REGISTRY,
-)
+
+
+class _LinkGauges(Collector):
+    """``edge_agent_device_up`` and ``edge_agent_device_last_seen_seconds``, read at scrape time
+    from the :class:`LinkCountersExport` samples. Labelled gauges would keep a child per device
+    (the child, its value and its lock: ~1.3 KiB a device, two per device); the exposition is
+    the same: one series per device, as of the last sample."""
+
+    UP_HELP = "1 while the device's xAPI WebSocket is open (as of the last sample, every 5 s)"
+    SEEN_HELP = "Unix time of the device's last frame or connect (to within the 5 s sample)"
+
+    def __init__(self) -> None:
+        # The LinkTimes each device was last sampled into (by whichever export: the last sample
+        # wins, as a gauge's last set did).
+        self.latest: dict[str, LinkTimes] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families({})
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(dict(self.latest))
+
+    def _families(self, times: Mapping[str, LinkTimes]) -> list[Metric]:
+        up = GaugeMetricFamily("edge_agent_device_up", self.UP_HELP, labels=["device"])
+        seen = GaugeMetricFamily(
+            "edge_agent_device_last_seen_seconds", self.SEEN_HELP, labels=["device"]
+        )
+        for device_id, t in times.items():
+            up.add_metric([device_id], 1.0 if t.connected else 0.0)
+            if t.last_seen is not None:
+                seen.add_metric([device_id], float(t.last_seen))
+        return [up, seen]
+
+
+LINK_GAUGES = _LinkGauges()
+REGISTRY.register(LINK_GAUGES)
 EVENTS = Counter(
     "edge_agent_events",
     "Events committed to the outbox, by envelope type",
@@ -160,8 +187,10 @@ class LinkTimes:
 
 class LinkCountersExport:
     """Carries each device link's counters (``XapiClient.counters``, which the xapi layer keeps
-    without knowing about metrics) into ``RECONNECTS``, ``DEVICE_ERRORS``, ``DEVICE_UP`` and
-    ``DEVICE_LAST_SEEN``: every sample adds what they grew by since the previous one. A device's
+    without knowing about metrics) into ``RECONNECTS`` and ``DEVICE_ERRORS`` (every sample adds
+    what they grew by since the previous one), and its state into ``edge_agent_device_up`` and
+    ``edge_agent_device_last_seen_seconds`` (:data:`LINK_GAUGES` reads the samples at scrape
+    time). A device's
     new client (one per session run) starts again from zero, which shows as a different counters
     object. Pure bookkeeping: the caller passes the link's state and ``now``."""
 
@@ -217,9 +246,7 @@ class LinkCountersExport:
             t.last_error_at = now
         t.frames, t.connects, t.errors = counters.frames, counters.connects, n_errors
         t.last_error = last_error
-        DEVICE_UP.labels(device_id).set(1 if connected else 0)
-        if t.last_seen is not None:
-            DEVICE_LAST_SEEN.labels(device_id).set(t.last_seen)
+        LINK_GAUGES.latest[device_id] = t
 
     def times(self, device_id: str) -> LinkTimes | None:
         """The device's link times, or ``None`` before its first sample."""
@@ -229,11 +256,7 @@ class LinkCountersExport:
         """The device left the configuration: drop its state and its metric series."""
         self._seen.pop(device_id, None)
         self._times.pop(device_id, None)
-        for gauge in (DEVICE_UP, DEVICE_LAST_SEEN):
-            try:
-                gauge.remove(device_id)
-            except KeyError:
-                pass
+        LINK_GAUGES.latest.pop(device_id, None)  # its up and last-seen series
         for kind in self._kinds.pop(device_id, set()):
             try:
                 DEVICE_ERRORS.remove(device_id, kind)

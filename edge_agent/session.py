@@ -222,7 +222,7 @@ class _DuplicateDrops:
 
     __slots__ = ("total", "_log", "_monotonic", "_unwarned", "_last", "_warned_at")
 
-    def __init__(self, log: Any, monotonic: Callable[[], float]) -> None:
+    def __init__(self, log: Callable[[], Any], monotonic: Callable[[], float]) -> None:
         self.total = 0
         self._log = log
         self._monotonic = monotonic
@@ -243,7 +243,7 @@ class _DuplicateDrops:
         now = self._monotonic()
         if self._warned_at is not None and now - self._warned_at < DUPLICATE_WARNING_INTERVAL_S:
             return
-        self._log.warning(
+        self._log().warning(
             "dropped device events as duplicates: each was identical to one that arrived less"
             " than 5 s before it (the device or a proxy repeated frames)",
             dropped=self._unwarned,
@@ -262,7 +262,7 @@ class _KeptUncertain:
 
     __slots__ = ("total", "_log", "_monotonic", "_unsaid", "_said_at")
 
-    def __init__(self, log: Any, monotonic: Callable[[], float]) -> None:
+    def __init__(self, log: Callable[[], Any], monotonic: Callable[[], float]) -> None:
         self.total = 0
         self._log = log
         self._monotonic = monotonic
@@ -275,7 +275,7 @@ class _KeptUncertain:
         now = self._monotonic()
         if self._said_at is not None and now - self._said_at < DUPLICATE_WARNING_INTERVAL_S:
             return
-        self._log.info(
+        self._log().info(
             "kept device events identical to one read just before: they were read in the "
             "catch-up after a stall, so the device may have sent them far apart (delivered at "
             "least once rather than maybe lost)",
@@ -288,6 +288,51 @@ class _KeptUncertain:
 
 class DeviceSession:
     """Keeps one device's window, pending requests and events flowing into the store."""
+
+    # Slots, not an instance dict: past 30 attributes CPython gives every instance a dict of
+    # its own (~2 KiB a device).
+    __slots__ = (
+        "_booking_lock_",
+        "_clock",
+        "_clock_timer",
+        "_connecting",
+        "_duplicates",
+        "_held",
+        "_held_since",
+        "_inputs",
+        "_kept_uncertain",
+        "_link_factory",
+        "_list_slots",
+        "_lister",
+        "_logger",
+        "_next_safety_relist",
+        "_overflow_dropped_before",
+        "_overflowing",
+        "_relist_wanted",
+        "_skew_throttle_said",
+        "_skewed_relist_at",
+        "_stop_reason",
+        "_store",
+        "_store_backoff",
+        "_tg",
+        "_tick_queued",
+        "_zone_conflict_said",
+        "client",
+        "clock_skew_s",
+        "device_id",
+        "dropped_feedback",
+        "lists",
+        "lists_cut_short",
+        "relists_throttled",
+        "room",
+        "settings",
+        "site",
+        "skipped_entries",
+        "state",
+        "store_errors",
+        "time_zone_source",
+        "tuning",
+    )
 
     def __init__(
         self,
@@ -312,11 +357,14 @@ class DeviceSession:
         # Shared by the fleet: after a start or a network blip, 1,000 devices listing at once
         # would hold 1,000 list replies (and their snapshots) in memory at the same time.
         self._list_slots = list_slots or asyncio.Semaphore(1)
-        self._log = log.bind(device=self.device_id)
+        self._booking_lock_: asyncio.Lock | None = None
+        self._logger: Any = None  # bound on first use (_log): most sessions rarely log
         self._inputs: Inbox[_Input] = Inbox(tuning.queue_max)
         self._relist_wanted = Flag()
-        self._reschedule = Flag()
+        self._clock_timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._tick_queued = False
+        self._tg: asyncio.TaskGroup | None = None  # while run() runs: for the transient tasks
+        self._lister: asyncio.Task[None] | None = None
         self._overflowing = False
         self._overflow_dropped_before = 0
         self._next_safety_relist = 0.0
@@ -335,8 +383,8 @@ class DeviceSession:
         self.clock_skew_s: float | None = None
         """Device clock minus the agent's at the last connect (None: not read)."""
         self.store_errors = 0
-        self._duplicates = _DuplicateDrops(self._log, clock.monotonic)
-        self._kept_uncertain = _KeptUncertain(self._log, clock.monotonic)
+        self._duplicates = _DuplicateDrops(self._device_log, clock.monotonic)
+        self._kept_uncertain = _KeptUncertain(self._device_log, clock.monotonic)
         self.relists_throttled = 0
         """Re-lists asked for by device events and not made: the device's clock is off."""
         self._skewed_relist_at: float | None = None  # monotonic; the last one let through
@@ -356,6 +404,17 @@ class DeviceSession:
             store=store,
             clock=clock,
         )
+
+    @property
+    def _log(self) -> Any:
+        return self._device_log()
+
+    def _device_log(self) -> Any:
+        """The module's logger bound to this device (made on first use: ~0.3 KiB a device)."""
+        logger = self._logger
+        if logger is None:
+            logger = self._logger = log.bind(device=self.device_id)
+        return logger
 
     # --- the local API's view ------------------------------------------------------------------
 
@@ -416,13 +475,28 @@ class DeviceSession:
         self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
         name = f"device[{self.device_id}]"
         try:
+            # Two tasks per device while it is quiet: the link's reader and this one, which is
+            # the worker. A re-list and a ghost release get a task of their own while they run;
+            # the clock and the occupancy wakeups are timers. (Six tasks each, with the
+            # coroutines, futures and timeouts they wait on, were ~10 KiB per device.)
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 tg.create_task(self.client.run(), name=f"{name}.xapi")
-                tg.create_task(self._work(), name=f"{name}.worker")
-                tg.create_task(self._list_loop(), name=f"{name}.lister")
-                tg.create_task(self._clock_loop(), name=f"{name}.clock")
-                tg.create_task(self._occupancy_loop(), name=f"{name}.occupancy")
+                self._clock_rearm()
+                self.room.start(
+                    offer_tick=self._offer_occupancy_tick,
+                    delete=self._release_booking,
+                    offer_released=self._offer_released,
+                    spawn=lambda coro: tg.create_task(coro, name=f"{name}.release"),
+                    tick_max_s=self.tuning.tick_max_s,
+                )
+                if self._relist_wanted.is_set():
+                    self._start_lister()
+                await self._work()
         finally:
+            self._tg = None
+            self._clock_stop()
+            self.room.stop()
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.client.close())
 
@@ -734,7 +808,7 @@ class DeviceSession:
         step = await self.room.on_step(step, at)  # booking starts and ends, for occupancy
         await self._apply(step)
         if isinstance(item, _Tick):
-            self._reschedule.set()
+            self._reschedule()
 
     def _transition(self, state: DeviceBookings, item: _Input, now: datetime) -> Step:
         """The pure transition for ``item`` processed at ``now``; each input brings the time its
@@ -826,7 +900,7 @@ class DeviceSession:
         if step.relist:
             self._request_relist()
         if step.state.pending is not old_pending:
-            self._reschedule.set()
+            self._reschedule()
 
     def _log_event(self, env: Mapping[str, Any]) -> None:
         data = env.get("data", {})
@@ -871,56 +945,69 @@ class DeviceSession:
         """
         await self.room.set_in_use(self.client, in_use, sensor, duration_s)
 
-    async def _occupancy_loop(self) -> None:
-        async def tick() -> None:
-            await self._inputs.put(_Occupancy(None, self._clock.now()))
+    def _offer_occupancy_tick(self) -> None:
+        # RoomWatch queues at most one tick at a time: past the bound rather than waiting for
+        # room (a timer cannot wait), like a link change.
+        self._inputs.put_nowait(_Occupancy(None, self._clock.now()), past_bound=True)
 
-        async def delete(booking_id: str) -> str | None:
-            if not self.client.connected:
-                return "the device is offline"
-            try:
-                await self.client.command("Bookings Delete", **self._delete_target(booking_id))
-            except ConnectionLost as exc:
-                return str(exc) or "connection lost"
-            except XapiError as exc:
-                return str(exc)
-            return None
+    async def _release_booking(self, booking_id: str) -> str | None:
+        """``Bookings Delete`` for a ghost booking; the error, or None when it went through."""
+        if not self.client.connected:
+            return "the device is offline"
+        try:
+            await self.client.command("Bookings Delete", **self._delete_target(booking_id))
+        except ConnectionLost as exc:
+            return str(exc) or "connection lost"
+        except XapiError as exc:
+            return str(exc)
+        return None
 
-        async def released(booking_id: str, error: str | None) -> None:
-            await self._inputs.put(_Occupancy(None, self._clock.now(), (booking_id, error)))
-
-        await self.room.run(tick, delete, released, self.tuning.tick_max_s)
+    async def _offer_released(self, booking_id: str, error: str | None) -> None:
+        await self._inputs.put(_Occupancy(None, self._clock.now(), (booking_id, error)))
 
     # --- listing ---------------------------------------------------------------------------------
 
     def _request_relist(self) -> None:
         self._relist_wanted.set()
+        self._start_lister()
+
+    def _start_lister(self) -> None:
+        """A task for the re-list asked for, unless one runs (it takes the new ask too)."""
+        if self._lister is None and self._tg is not None:
+            self._lister = self._tg.create_task(
+                self._list_loop(), name=f"device[{self.device_id}].lister"
+            )
 
     async def _list_loop(self) -> None:
-        while True:
-            await self._relist_wanted.wait()
-            # Debounce: a burst of Updated/SyncRequired (or of calendar events) costs one list.
-            await asyncio.sleep(self.tuning.relist_debounce_s)
-            self._relist_wanted.clear()
-            if not self.client.connected:
-                continue  # on_connected asks again
-            try:
-                async with self._list_slots:
-                    page = await self._list_all()
-                    # Applied inside the slot, so the parse and the snapshot are done with too.
-                    applied = asyncio.get_running_loop().create_future()
-                    await self._inputs.put(_Listed(page, applied, self._clock.now()))
-                    await applied
-            except ConnectionLost:
-                continue
-            except XapiError as exc:
-                self._log.warning("Bookings List failed; will retry", error=str(exc))
-                await asyncio.sleep(min(30.0, self.tuning.relist_debounce_s * 10))
-                self._request_relist()
-                continue
-            self.lists += 1
-            self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
-            del page  # this frame waits for the next re-list: do not keep a second window alive
+        """List while re-lists are asked for, then end (the next ask starts another)."""
+        try:
+            while self._relist_wanted.is_set():
+                # Debounce: a burst of Updated/SyncRequired (or of calendar events) costs one list.
+                await asyncio.sleep(self.tuning.relist_debounce_s)
+                self._relist_wanted.clear()
+                if not self.client.connected:
+                    continue  # on_connected asks again
+                try:
+                    async with self._list_slots:
+                        page = await self._list_all()
+                        # Applied inside the slot, so the parse and the snapshot are done with too.
+                        applied = asyncio.get_running_loop().create_future()
+                        await self._inputs.put(_Listed(page, applied, self._clock.now()))
+                        await applied
+                except ConnectionLost:
+                    continue
+                except XapiError as exc:
+                    self._log.warning("Bookings List failed; will retry", error=str(exc))
+                    await asyncio.sleep(min(30.0, self.tuning.relist_debounce_s * 10))
+                    self._relist_wanted.set()
+                    continue
+                self.lists += 1
+                self._next_safety_relist = (
+                    self._clock.monotonic() + self.settings.relist_interval_s
+                )
+                del page  # the next re-list may wait: do not keep a second window alive
+        finally:
+            self._lister = None
 
     async def _list_all(self) -> ListPage:
         """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many), but
@@ -963,37 +1050,53 @@ class DeviceSession:
 
     # --- time passing ---------------------------------------------------------------------------
 
-    async def _clock_loop(self) -> None:
-        """Wake for the next pending deadline, local midnight or safety re-list."""
-        tick_max = self.tuning.tick_max_s
-        while True:
+    def _clock_rearm(self, delay: float | None = None) -> None:
+        """Time the next clock check: the next pending deadline, local midnight or safety
+        re-list, at most ``tick_max_s`` away (``delay`` given: then)."""
+        if self._clock_timer is not None:
+            self._clock_timer.cancel()
+        if delay is None:
             assert self.state is not None
             now = self._clock.now()
             until_wakeup = (self.state.next_wakeup(now) - now) / timedelta(seconds=1)
             until_safety = self._next_safety_relist - self._clock.monotonic()
             # While a tick waits for the worker, the worker's reschedule wakes us: no spinning.
+            tick_max = self.tuning.tick_max_s
             delay = (
                 tick_max
                 if self._tick_queued
                 else max(0.0, min(until_wakeup, until_safety, tick_max))
             )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._reschedule.wait()
-            self._reschedule.clear()
-            if self._clock.monotonic() >= self._next_safety_relist:
-                self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
-                self._request_relist()
-            now = self._clock.now()
-            if not self._tick_queued and (
-                self.state.next_wakeup(now) <= now
-                or self.state.bounds is not None
-                and self.state.current_bounds(now) != self.state.bounds
-            ):
-                # At most one tick queued: with the store stuck, ticks must not crowd out the
-                # device's events.
-                self._tick_queued = True
-                await self._inputs.put(_Tick())
+        self._clock_timer = asyncio.get_running_loop().call_later(delay, self._clock_due)
+
+    def _reschedule(self) -> None:
+        """Check the clock now (the worker changed what it waits for)."""
+        if self._clock_timer is not None:
+            self._clock_rearm(0.0)
+
+    def _clock_stop(self) -> None:
+        if self._clock_timer is not None:
+            self._clock_timer.cancel()
+            self._clock_timer = None
+
+    def _clock_due(self) -> None:
+        """Time passed: the safety re-list when due, a tick when a deadline or midnight is."""
+        self._clock_timer = None
+        assert self.state is not None
+        if self._clock.monotonic() >= self._next_safety_relist:
+            self._next_safety_relist = self._clock.monotonic() + self.settings.relist_interval_s
+            self._request_relist()
+        now = self._clock.now()
+        if not self._tick_queued and (
+            self.state.next_wakeup(now) <= now
+            or self.state.bounds is not None
+            and self.state.current_bounds(now) != self.state.bounds
+        ):
+            # At most one tick queued (past the bound, so a full queue never holds the clock):
+            # with the store stuck, ticks must not crowd out the device's events.
+            self._tick_queued = True
+            self._inputs.put_nowait(_Tick(), past_bound=True)
+        self._clock_rearm()
 
     # --- booking through the agent (local API, MQTT mirror) -------------------------------------
 
@@ -1023,12 +1126,11 @@ class DeviceSession:
 
     @property
     def _booking_lock(self) -> asyncio.Lock:
-        # Made on first use (in the running loop) and kept with the session; not in __init__
-        # so that booking stays in this section of the file.
-        lock = self.__dict__.get("_booking_lock_")
+        # Made on first use (in the running loop) and kept with the session: most devices
+        # never book through the agent.
+        lock = self._booking_lock_
         if lock is None:
-            lock = self.__dict__["_booking_lock_"] = asyncio.Lock()
-        assert isinstance(lock, asyncio.Lock)
+            lock = self._booking_lock_ = asyncio.Lock()
         return lock
 
     async def _book(self, request_uuid: str, order: BookingOrder) -> BookingSent:

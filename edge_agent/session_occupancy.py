@@ -6,8 +6,9 @@ the current value, learn what the device can report), for each RoomAnalytics not
 each occupancy tick (both applied by the session's one worker, :meth:`RoomWatch.apply`), for the
 booking events of a bookings :class:`~edge_agent.bookings.state.Step`
 (:meth:`RoomWatch.on_step`: start and end a booking's track, add ``data.occupancy`` to
-``booking.ended``), and in its own task (:meth:`RoomWatch.run`: wake for ghosts and held
-changes, send ``Bookings Delete`` for the releases).
+``booking.ended``), and between :meth:`RoomWatch.start` and :meth:`RoomWatch.stop` on its own
+(a timer wakes the worker for ghosts and held changes; a task, only while there are any, sends
+``Bookings Delete`` for the releases).
 
 What the device cannot report degrades to what it can, said once as a warning and always in
 ``info()`` (the ``occupancy`` of ``/v1/devices``) with a hint of what to change.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,6 @@ import structlog
 
 from edge_agent.bookings import occupancy as occ
 from edge_agent.clock import Clock
-from edge_agent.mailbox import Flag
 from edge_agent.store.occupancy import OccupancyWrite
 from edge_agent.xapi import XapiError
 from edge_agent.xapi.errors import ConnectionLost, MethodNotFound, PermissionDenied
@@ -49,6 +49,23 @@ HINT_PERMISSION = (
     "the device user may not read Status RoomAnalytics (permission denied); give it the User or "
     "Admin role, and enable RoomAnalytics PeopleCountOutOfCall / PeoplePresenceDetector"
 )
+
+
+def _nothing() -> None:
+    pass
+
+
+async def _no_delete(booking_id: str) -> str | None:
+    return "not running"
+
+
+async def _no_release(booking_id: str, error: str | None) -> None:
+    pass
+
+
+def _no_spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    coro.close()
+    raise RuntimeError("RoomWatch.start() was not called")
 
 
 class RoomInUseRefused(Exception):
@@ -75,6 +92,35 @@ def is_room_analytics(payload: Mapping[str, Any]) -> bool:
 class RoomWatch:
     """One device's occupancy: pure state plus what the device can report."""
 
+    __slots__ = (
+        "_clock",
+        "_delete",
+        "_logger",
+        "_offer_released",
+        "_offer_tick",
+        "_releaser",
+        "_releases",
+        "_running",
+        "_spawn",
+        "_store",
+        "_tick_max_s",
+        "_tick_queued",
+        "_timer",
+        "_warned",
+        "config",
+        "counting",
+        "denied",
+        "device_id",
+        "policy",
+        "presence",
+        "releases_failed",
+        "sensor_readings",
+        "site",
+        "software",
+        "state",
+        "subscribed",
+    )
+
     def __init__(
         self,
         *,
@@ -90,8 +136,16 @@ class RoomWatch:
         self._store = store
         self._clock = clock
         self.state = occ.RoomOccupancy(site=site, device_id=device_id, policy=policy)
-        self._log = log.bind(device=device_id)
-        self._wake = Flag()
+        self._logger: Any = None  # bound on first use (_log)
+        self._timer: asyncio.TimerHandle | None = None
+        self._running = False
+        self._tick_queued = False
+        self._releaser: asyncio.Task[None] | None = None
+        self._offer_tick: Callable[[], None] = _nothing
+        self._delete: Callable[[str], Awaitable[str | None]] = _no_delete
+        self._offer_released: Callable[[str, str | None], Awaitable[None]] = _no_release
+        self._spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] = _no_spawn
+        self._tick_max_s = 30.0
         self._releases: list[Mapping[str, Any]] = []
         self.subscribed: bool | None = None  # None: not tried yet
         self.denied = False
@@ -102,6 +156,12 @@ class RoomWatch:
         self.releases_failed = 0
         self.software: str | None = None
         self.sensor_readings = 0
+
+    @property
+    def _log(self) -> Any:
+        if self._logger is None:
+            self._logger = log.bind(device=self.device_id)
+        return self._logger
 
     # --- the local API's and check-config's view -------------------------------------------
 
@@ -182,6 +242,7 @@ class RoomWatch:
         return occ.on_reading(self.state, reading, now)
 
     def tick(self, now: datetime) -> occ.OccupancyStep:
+        self._tick_queued = False
         return occ.on_tick(self.state, now)
 
     def released(self, booking_id: str, now: datetime, error: str | None) -> occ.OccupancyStep:
@@ -193,7 +254,7 @@ class RoomWatch:
         self.state = step.state
         if step.release:
             self._releases.extend(step.release)
-        self._wake.set()
+        self._rearm()
 
     async def save(self, rows: occ.OccupancyRows) -> None:
         if not rows:
@@ -233,7 +294,7 @@ class RoomWatch:
             events.append(env)
         for r in rows:
             await self.save(r)
-        self._wake.set()
+        self._rearm()
         return replace(step, events=tuple(events))
 
     # --- third-party sensors -------------------------------------------------------------------
@@ -268,39 +329,73 @@ class RoomWatch:
             ) from None
         self.sensor_readings += 1
 
-    # --- its own task --------------------------------------------------------------------------
+    # --- its wakeups: a timer, and a task while releases are sent ---------------------------
 
-    async def run(
+    def start(
         self,
-        offer_tick: Callable[[], Awaitable[None]],
+        *,
+        offer_tick: Callable[[], None],
         delete: Callable[[str], Awaitable[str | None]],
         offer_released: Callable[[str, str | None], Awaitable[None]],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         tick_max_s: float,
     ) -> None:
-        """Wake the worker when a ghost or a held change is due; send the releases. Runs until
-        cancelled (safe to cancel)."""
-        while True:
+        """Wake the worker when a ghost or a held change is due (``offer_tick``, at most one
+        queued); send the releases in a task made by ``spawn`` while there are any. Until
+        :meth:`stop`. A timer, not a task: a quiet room costs one timer handle."""
+        self._offer_tick = offer_tick
+        self._delete = delete
+        self._offer_released = offer_released
+        self._spawn = spawn
+        self._tick_max_s = tick_max_s
+        self._tick_queued = False
+        self._running = True
+        self._rearm()
+
+    def stop(self) -> None:
+        """No more wakeups (the release task is its task group's to cancel)."""
+        self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._releaser = None
+
+    def _rearm(self) -> None:
+        """The state or the releases changed: start sending releases, time the next wakeup."""
+        if not self._running:
+            return
+        if self._releases and self._releaser is None:
+            self._releaser = self._spawn(self._send_releases())
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = self._tick_max_s
+        due = self.state.next_wakeup()
+        if due is not None and not self._tick_queued:
+            delay = max(0.0, min(delay, (due - self._clock.now()).total_seconds()))
+        self._timer = asyncio.get_running_loop().call_later(delay, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        due = self.state.next_wakeup()
+        if not self._tick_queued and due is not None and due <= self._clock.now():
+            # The tick is applied by the worker (tick() then adopt() re-arm): until then the
+            # timer waits tick_max_s rather than firing again at once.
+            self._tick_queued = True
+            self._offer_tick()
+        self._rearm()
+
+    async def _send_releases(self) -> None:
+        try:
             while self._releases:
                 booking = self._releases.pop(0)
                 bid = str(booking.get("id"))
-                error = await delete(bid)
+                error = await self._delete(bid)
                 if error is not None:
                     self.releases_failed += 1
                     self._log.warning(
                         "could not release a ghost booking; it stays booked", booking_id=bid,
                         error=error,
                     )
-                await offer_released(bid, error)
-            due = self.state.next_wakeup()
-            delay = tick_max_s
-            if due is not None:
-                delay = max(0.0, min(tick_max_s, (due - self._clock.now()).total_seconds()))
-            woke = False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-                    woke = True
-            self._wake.clear()
-            due = self.state.next_wakeup()
-            if not woke and due is not None and due <= self._clock.now():
-                await offer_tick()
+                await self._offer_released(bid, error)
+        finally:
+            self._releaser = None

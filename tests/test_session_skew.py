@@ -69,6 +69,7 @@ async def test_a_skewed_device_relists_for_its_events_once_per_interval(
     r.clock._loop_origin -= r.session.settings.relist_interval_s  # monotonic time moves on
     await start_of_unknown(r)
     assert r.session.relists_throttled == 4
+    await r.recorder.next_with("bookings.snapshot")  # listed before the link goes down
     # A reconnect lists, skew or not.
     r.link.go_offline("reset")
     assert types(await r.recorder.next()) == ["device.offline"]

@@ -19,6 +19,13 @@ device's buffers (TCP back-pressure), in order, and are read when there is room.
 waiting for room also stops its ping and probe clocks (it could not read their answers) and
 starts them again when it resumes.
 
+Fair shares: the budget is the loop's, but one link may hold at most
+:attr:`~FeedbackBudget.share_max` of it (:class:`LinkShare`, one per client). Without that, a
+device whose session is stuck (its worker waiting on something of its own) kept reading into
+the shared budget until it held all of it, and every other reader waited up to
+:data:`MAX_WAIT_S`. At its share a link's reader waits alone (its frames wait in its own TCP
+buffers, in order) until it is down to 3/4 of its share; the others go on.
+
 The budget is per event loop (:func:`loop_budget`), like the opening-handshake slots of
 :mod:`.connect`: every :class:`~.client.XapiClient` on a loop shares it unless given its own.
 """
@@ -35,10 +42,26 @@ top-of-hour burst (2 per device) fits."""
 RESUME_FRACTION = 0.75
 """The readers resume once the count is down to this fraction of the limit (hysteresis: they
 do not wake for each notification freed)."""
+SHARE_DIVISOR = 8
+"""A link may hold at most 1/8 of the budget (256 of 2,048): ~85 s of a device flooding at
+3 events/s, far more than a session that keeps up ever holds."""
+SHARE_MIN = 64
+"""...but never less than this (or the whole limit, if smaller): a small budget (tests, a
+one-device agent) is not cut into shares that stall a link that merely bursts."""
 MAX_WAIT_S = 30.0
 """Longest a reader waits for room before it reads one frame anyway: a notification caught in
 a reference cycle is freed only by the garbage collector, so the budget can only be slow to
 open, never stuck shut."""
+
+
+class LinkShare:
+    """What one link holds of its budget, and the gate its reader waits at past its share."""
+
+    __slots__ = ("_room", "held")
+
+    def __init__(self) -> None:
+        self.held = 0
+        self._room: asyncio.Future[None] | None = None
 
 
 class FeedbackBudget:
@@ -47,18 +70,41 @@ class FeedbackBudget:
     Args:
         limit: notifications alive at which readers wait.
         resume_at: count at which they are let go again (default ``RESUME_FRACTION`` of limit).
+        share_max: notifications one link may hold (default: 1/:data:`SHARE_DIVISOR` of the
+            limit, at least :data:`SHARE_MIN` or the limit if smaller).
     """
 
-    __slots__ = ("__weakref__", "_room", "held", "limit", "resume_at", "waits")
+    __slots__ = (
+        "__weakref__",
+        "_room",
+        "held",
+        "limit",
+        "resume_at",
+        "share_max",
+        "share_resume_at",
+        "waits",
+    )
 
-    def __init__(self, limit: int = FEEDBACK_LIMIT, resume_at: int | None = None) -> None:
+    def __init__(
+        self,
+        limit: int = FEEDBACK_LIMIT,
+        resume_at: int | None = None,
+        share_max: int | None = None,
+    ) -> None:
         if limit < 1:
             raise ValueError(f"a feedback budget needs a limit of at least 1, not {limit!r}")
         resume = int(limit * RESUME_FRACTION) if resume_at is None else resume_at
         if not 0 <= resume < limit:
             raise ValueError(f"resume_at must be in 0..{limit - 1}, not {resume_at!r}")
+        share = share_max
+        if share is None:
+            share = max(min(limit, SHARE_MIN), limit // SHARE_DIVISOR)
+        if not 1 <= share <= limit:
+            raise ValueError(f"share_max must be in 1..{limit}, not {share_max!r}")
         self.limit = limit
         self.resume_at = resume
+        self.share_max = share
+        self.share_resume_at = int(share * RESUME_FRACTION)
         self.held = 0
         """Notifications delivered and not yet freed."""
         self.waits = 0
@@ -69,18 +115,31 @@ class FeedbackBudget:
     def full(self) -> bool:
         return self.held >= self.limit
 
-    def take(self) -> None:
-        """One notification delivered (its ``Feedback`` calls :meth:`release` when freed)."""
-        self.held += 1
+    def full_for(self, share: LinkShare | None) -> bool:
+        """Whether the budget is full, or ``share`` holds as much as one link may."""
+        return self.held >= self.limit or share is not None and share.held >= self.share_max
 
-    def release(self) -> None:
-        """One notification freed; opens the gate once the count is down to ``resume_at``."""
+    def take(self, share: LinkShare | None = None) -> None:
+        """One notification delivered (its ``Feedback`` calls :meth:`release` when freed), by
+        the link of ``share``."""
+        self.held += 1
+        if share is not None:
+            share.held += 1
+
+    def release(self, share: LinkShare | None = None) -> None:
+        """One notification freed; opens the gate once the count is down to ``resume_at`` (and
+        ``share``'s once it is down to ``share_resume_at``)."""
         self.held -= 1
         room = self._room
         if room is not None and self.held <= self.resume_at:
             self._room = None
-            if not room.done() and not room.get_loop().is_closed():
-                room.set_result(None)
+            _open(room)
+        if share is not None:
+            share.held -= 1
+            room = share._room
+            if room is not None and share.held <= self.share_resume_at:
+                share._room = None
+                _open(room)
 
     def room(self) -> asyncio.Future[None] | None:
         """``None`` while there is room; else a future done when there is (shared, never
@@ -92,6 +151,23 @@ class FeedbackBudget:
             room = self._room = asyncio.get_running_loop().create_future()
         self.waits += 1
         return room
+
+    def room_for(self, share: LinkShare | None) -> asyncio.Future[None] | None:
+        """:meth:`room`, and for ``share`` past its share a future of its own, done when it is
+        down to ``share_resume_at``."""
+        room = self.room()
+        if room is not None or share is None or share.held < self.share_max:
+            return room
+        room = share._room
+        if room is None:
+            room = share._room = asyncio.get_running_loop().create_future()
+        self.waits += 1
+        return room
+
+
+def _open(room: asyncio.Future[None]) -> None:
+    if not room.done() and not room.get_loop().is_closed():
+        room.set_result(None)
 
 
 _budgets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FeedbackBudget] = (

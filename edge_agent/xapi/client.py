@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from edge_agent.backoff import Backoff
 from edge_agent.clock import Clock, system_clock, utc_iso
 
-from .budget import MAX_WAIT_S, FeedbackBudget, loop_budget
+from .budget import MAX_WAIT_S, FeedbackBudget, LinkShare, loop_budget
 from .connect import MAX_MESSAGE_SIZE, LinkOptions, open_link
 from .endpoint import DeviceEndpoint
 from .errors import (
@@ -148,6 +148,7 @@ class XapiClient:
         "_ready",
         "_ready_waiter",
         "_running",
+        "_share",
         "_stopped",
         "_subscribing",
         "_wake",
@@ -246,6 +247,7 @@ class XapiClient:
         self._beat: _LoopBeat | None = None  # the loop's heartbeat while the reader runs
         self._catch_up = CatchUp()
         self._budget = feedback_budget  # the loop's when None: known once run() runs
+        self._share = LinkShare()  # what this link holds of it (at most budget.share_max)
 
         self.last_error: str | None = None
         """A person-readable account of the last thing that went wrong (``None`` until then)."""
@@ -662,8 +664,9 @@ class XapiClient:
         pong: Awaitable[float] | None = None
         probe: asyncio.Future[Any] | None = None
         budget = self._budget
+        share = self._share
         while True:
-            room = budget.room() if budget is not None else None
+            room = budget.room_for(share) if budget is not None else None
             if room is not None:
                 self.counters.budget_waits += 1
                 await asyncio.wait(
@@ -680,7 +683,7 @@ class XapiClient:
                 async with asyncio.timeout_at(live.deadline()):
                     while True:
                         self._on_message(await conn.recv())
-                        if budget is not None and budget.full:
+                        if budget is not None and budget.full_for(share):
                             break  # wait for room, outside the liveness timeout
                         if len(self._handler_tasks) >= self.max_handler_tasks:
                             await asyncio.wait(
@@ -780,8 +783,9 @@ class XapiClient:
         payload = event.payload
         budget = self._budget
         if budget is not None:
-            budget.take()
+            budget.take(self._share)
             payload.budget = budget  # freeing the payload gives the place back
+            payload.share = self._share
         try:
             result = sub.handler(payload)
         except Exception:

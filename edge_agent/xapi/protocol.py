@@ -20,7 +20,7 @@ from edge_agent import jsoncodec
 from .errors import XapiError, error_for_code
 
 if TYPE_CHECKING:
-    from .budget import FeedbackBudget
+    from .budget import FeedbackBudget, LinkShare
 
 PathLike = str | Sequence[str | int]
 """``"Configuration Time Zone"`` (space or ``/`` separated) or ``["Configuration", "Time", ...]``."""
@@ -45,12 +45,13 @@ class Feedback(dict[str, Any]):
     (``budget``); freeing it gives that place back. A copy (``copy``, ``pickle``) is not counted.
     """
 
-    __slots__ = ("arrived_after", "arrived_at", "budget")
+    __slots__ = ("arrived_after", "arrived_at", "budget", "share")
 
     def __init__(
         self, params: dict[str, Any], arrived_at: datetime, arrived_after: datetime | None = None
     ) -> None:
         self.budget: FeedbackBudget | None = None
+        self.share: LinkShare | None = None  # the delivering link's part of the budget
         super().__init__(params)
         self.arrived_at = arrived_at
         self.arrived_after = arrived_after
@@ -59,7 +60,7 @@ class Feedback(dict[str, Any]):
         budget = self.budget
         if budget is not None:
             self.budget = None
-            budget.release()
+            budget.release(self.share)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (dict(self), self.arrived_at, self.arrived_after))

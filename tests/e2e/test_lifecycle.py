@@ -11,6 +11,7 @@ import structlog
 import structlog.testing
 
 from edge_agent import jsoncodec
+from edge_agent.session import DeviceSession
 from tests.e2e.harness import agent_config, eventually, of_type, start_agent
 
 
@@ -23,16 +24,18 @@ async def test_supervisor_restart_of_a_session_reconnects(
     try:
         await eventually(lambda: of_type(receiver.events, "bookings.snapshot"))
         session = next(iter(running.agent._sessions.values()))
-        original = session._transition
+        original = DeviceSession._transition
         calls = {"n": 0}
 
-        def fail_once(state, item, now):
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise RuntimeError("injected bug in a transition")
-            return original(state, item, now)
+        def fail_once(self, state, item, now):
+            # Sessions have slots (no instance attribute to patch): the class, for this one.
+            if self is session:
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise RuntimeError("injected bug in a transition")
+            return original(self, state, item, now)
 
-        monkeypatch.setattr(session, "_transition", fail_once)
+        monkeypatch.setattr(DeviceSession, "_transition", fail_once)
         fleet.devices[0].calendar.add(fleet.clock.now() + timedelta(hours=1), 30, title="x")
         # The session dies, the supervisor restarts it (1 s backoff), and the link comes back.
         await eventually(lambda: len(of_type(receiver.events, "device.online")) >= 2, timeout=20)

@@ -37,7 +37,8 @@ MIB = 2**20
 
 
 def trimmer_for(fake: FakeHeap, threshold: int = 8 * MIB) -> heap.HeapTrimmer:
-    return heap.HeapTrimmer(threshold, read_rss=fake.read, trim=fake.trim)
+    # The RSS signal alone (no free bytes read): see the tests of freed bursts below.
+    return heap.HeapTrimmer(threshold, read_rss=fake.read, trim=fake.trim, read_free=lambda: None)
 
 
 def test_a_freed_burst_is_trimmed_once() -> None:
@@ -151,3 +152,65 @@ def test_tune_malloc_says_when_the_c_library_has_no_such_parameters(
 ) -> None:
     monkeypatch.setattr(heap, "_mallopt", None)
     assert heap.tune_malloc() is False
+
+
+def test_the_default_threshold_is_eight_mib() -> None:
+    """Once shadowed by glibc's trim threshold (128 KiB): a trim nearly every check."""
+    assert heap.HeapTrimmer().threshold == heap.TRIM_THRESHOLD == 8 * MIB
+    assert heap.MALLOC_TRIM_THRESHOLD == 128 * 2**10
+
+
+class FreeingHeap(FakeHeap):
+    """A heap whose RSS stays at its peak once a burst is freed (malloc keeps the pages), and
+    whose free bytes say how much was freed."""
+
+    def __init__(self, rss: int, in_use: int, free: int) -> None:
+        super().__init__(rss, in_use)
+        self.free = free
+
+    def read_free(self) -> int | None:
+        return self.free
+
+    def trim(self) -> bool:
+        self.trims += 1
+        self.rss = self.in_use  # the pages go back; malloc still counts the bytes free
+        return True
+
+
+def test_a_burst_freed_after_the_trims_of_its_rise_is_trimmed_once() -> None:
+    fake = FreeingHeap(rss=40 * MIB, in_use=40 * MIB, free=2 * MIB)
+    trimmer = heap.HeapTrimmer(
+        8 * MIB, read_rss=fake.read, trim=fake.trim, read_free=fake.read_free
+    )
+    assert not trimmer.check()
+    fake.rss = fake.in_use = 70 * MIB  # the burst rises: in use, the trim returns nothing
+    assert trimmer.check() and fake.rss == 70 * MIB
+    fake.in_use, fake.free = 40 * MIB, 32 * MIB  # freed: the RSS stays at 70, flat
+    assert trimmer.check()  # the free bytes rose 30 MiB: trimmed
+    assert fake.rss == 40 * MIB and fake.trims == 2
+    for _ in range(100):  # still 32 MiB free, but their pages are back: no trim again
+        assert not trimmer.check()
+    assert fake.trims == 2
+
+
+def test_free_bytes_that_rise_less_than_the_threshold_are_left_to_malloc() -> None:
+    fake = FreeingHeap(rss=40 * MIB, in_use=40 * MIB, free=2 * MIB)
+    trimmer = heap.HeapTrimmer(
+        8 * MIB, read_rss=fake.read, trim=fake.trim, read_free=fake.read_free
+    )
+    trimmer.check()
+    fake.free = 10 * MIB  # exactly the threshold above the low
+    assert not trimmer.check()
+    fake.free = 1 * MIB  # reused: a new low
+    assert not trimmer.check()
+    fake.free = 9 * MIB + 1
+    assert trimmer.check() and fake.trims == 1
+
+
+def test_malloc_free_bytes_reads_glibc_or_says_it_cannot() -> None:
+    free = heap.malloc_free_bytes()
+    libc, version = platform.libc_ver()
+    if libc == "glibc" and tuple(int(p) for p in version.split(".")[:2]) >= (2, 33):
+        assert isinstance(free, int) and free >= 0
+    else:
+        assert free is None

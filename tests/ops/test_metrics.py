@@ -139,3 +139,25 @@ async def test_a_running_agent_exports_rooms_and_forgets_a_removed_one(
         assert f'device="{drop}"' not in text
     finally:
         await running.stop()
+
+
+def test_the_link_gauges_keep_their_exposition_without_a_child_per_device() -> None:
+    """Served by a collector that reads the samples at scrape time (no labelled child, value
+    and lock per device), with the families' names, help, type and labels as before."""
+    from prometheus_client import generate_latest
+
+    export = metrics.LinkCountersExport()
+    export.export("room-g1", LinkCounters(connects=1), connected=True, last_error=None, now=NOW)
+    export.export("room-g2", LinkCounters(), connected=False, last_error="down", now=NOW)
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert "# TYPE edge_agent_device_up gauge" in text
+    assert "# TYPE edge_agent_device_last_seen_seconds gauge" in text
+    assert 'edge_agent_device_up{device="room-g1"} 1.0' in text.splitlines()
+    assert 'edge_agent_device_up{device="room-g2"} 0.0' in text.splitlines()
+    assert value(text, "edge_agent_device_last_seen_seconds", device="room-g1") == NOW
+    # Never seen (no frame, no connect): no last-seen series.
+    assert value(text, "edge_agent_device_last_seen_seconds", device="room-g2") is None
+    assert metrics.REGISTRY.get_sample_value("edge_agent_device_up", {"device": "room-g1"}) == 1
+    export.forget("room-g1")
+    export.forget("room-g2")
+    assert 'device="room-g1"' not in generate_latest(metrics.REGISTRY).decode()

@@ -132,3 +132,57 @@ async def test_a_waiting_reader_still_closes_promptly(holding: Holding) -> None:
     await holding.client.close()
     assert holding.task is not None
     await asyncio.wait_for(holding.task, 2)  # not stuck at the gate
+
+
+# --- fair shares -------------------------------------------------------------------------------
+
+
+class Keeping(Harness):
+    """A client on a shared budget whose handler keeps every notification (a stuck session) or
+    lets each go (one that keeps up); both note the ids of the BookingCreated."""
+
+    def __init__(self, device: Device, ca_file: str, budget: FeedbackBudget, keep: bool) -> None:
+        super().__init__(device, ca_file, feedback_budget=budget)
+        self.keep = keep
+        self.created: list[str] = []
+
+    def handler(self, payload: dict[str, Any]) -> None:
+        if self.keep:
+            self.events.append(payload)
+        created = payload["Event"]["Bookings"].get("BookingCreated")
+        if created is not None:
+            self.created.append(created["Id"])
+
+
+def test_a_share_is_a_part_of_the_budget() -> None:
+    assert FeedbackBudget().share_max == 256  # 1/8 of 2,048
+    assert FeedbackBudget(limit=3).share_max == 3  # small budgets are not cut up
+    with pytest.raises(ValueError, match="share_max"):
+        FeedbackBudget(limit=4, share_max=5)
+
+
+async def test_a_stuck_link_waits_at_its_share_and_the_others_read_on(
+    device: Device, ca_file: str
+) -> None:
+    """Before shares, the stuck link read until it held the whole budget (8 here) and the
+    other reader waited with it, up to 30 s; now it stops at its share (3) and waits alone."""
+    budget = FeedbackBudget(limit=8, resume_at=2, share_max=3)
+    stuck = Keeping(device, ca_file, budget, keep=True)
+    keeping_up = Keeping(device, ca_file, budget, keep=False)
+    await stuck.start()
+    await keeping_up.start()
+    try:
+        made = add_bookings(device, 10)
+        await until(lambda: keeping_up.created == made)  # all of them, in order, meanwhile
+        await until(lambda: stuck.client.counters.budget_waits >= 1)
+        assert len(stuck.events) == 3  # its share, not the budget's 8
+        assert stuck.created == made[: len(stuck.created)] != made
+        assert keeping_up.client.counters.budget_waits == 0
+        stuck.events.clear()  # it gets going again: the rest arrives, in order, none lost
+        while stuck.created != made:
+            await until(lambda: stuck.created == made or len(stuck.events) == 3)
+            stuck.events.clear()
+        assert stuck.created == made
+    finally:
+        await stuck.stop()
+        await keeping_up.stop()
