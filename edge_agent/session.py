@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -86,6 +87,9 @@ from edge_agent.xapi.errors import ConnectionLost, NotConnected, RequestTimeout
 from edge_agent.xapi.protocol import Feedback, Handler, PathLike
 
 log = structlog.get_logger(__name__)
+# The stdlib logger structlog's filter_by_level asks: the per-event debug line is skipped
+# here, before structlog builds (and then drops) its event dict for every stored event.
+_stdlog = logging.getLogger(__name__)
 
 LIST_PAGE_SIZE = 100
 """``Limit`` of one ``Bookings List`` page; more pages follow while ``TotalRows`` says so."""
@@ -906,6 +910,8 @@ class DeviceSession:
             self._reschedule()
 
     def _log_event(self, env: Mapping[str, Any]) -> None:
+        if not _stdlog.isEnabledFor(logging.DEBUG):
+            return
         data = env.get("data", {})
         booking = data.get("booking") or {}
         self._log.debug(
