@@ -685,12 +685,15 @@ async def burst(rig: Rig, target: Target, at: datetime, meeting: str) -> Burst:
     crossing = (t_a + t_b) / 2 + (at.timestamp() - float(clock["unix"])) / float(clock["speed"])
     cpu0, w0 = cpu_s(target.pid), time.time()
     started: dict[str, float] = {}
+    observed: dict[str, float] = {}  # data.observed_at: when the pipeline read the frame
     deadline = crossing + 30
     while len(started) < n and time.time() < deadline:
         await asyncio.sleep(0.25)
-        for arr, typ, dev, _bid, mid, _obs in await rig.rx_trace():
+        for arr, typ, dev, _bid, mid, obs in await rig.rx_trace():
             if typ == "booking.started" and mid == meeting:
                 started.setdefault(dev, arr)
+                if obs is not None:
+                    observed.setdefault(dev, obs)
     cpu = (cpu_s(target.pid) - cpu0) / (time.time() - w0) * 100
     await asyncio.sleep(2)
     rss, peak = rss_mib(target.pid), rss_mib(target.pid, "VmHWM")
@@ -700,6 +703,15 @@ async def burst(rig: Rig, target: Target, at: datetime, meeting: str) -> Burst:
         f"after the simulator clock reached it: first {r.times[0] if r.times else 0:.2f} s, "
         f"median {pct(r.times, 0.5):.2f} s, last {r.last:.2f} s ({target.name} CPU {cpu:.0f}%)"
     )
+    if observed:
+        # The two legs: simulator clock -> the pipeline read the frame, read -> receiver.
+        read = sorted(t - crossing for t in observed.values())
+        through = sorted(started[d] - t for d, t in observed.items())
+        print(
+            f"  read by {target.name} (observed_at): first {read[0]:.2f} s, median "
+            f"{pct(read, 0.5):.2f} s, last {read[-1]:.2f} s; {target.name} -> {rig.rx_name}: "
+            f"median {pct(through, 0.5):.2f} s, max {through[-1]:.2f} s"
+        )
     print(f"  {target.name} RSS after the burst {rss:.1f} MiB, peak over its run {peak:.1f} MiB")
     return r
 
@@ -775,8 +787,9 @@ async def phases(
     if not args.skip_latency:
         on_phase("latency")
         run.latency = await latency(rig, target, args.latency_rate, args.latency_s)
-    on_phase("sustained")
-    run.sustained = await sustained(rig, target, args.rate, args.duration)
+    if not args.skip_sustained:
+        on_phase("sustained")
+        run.sustained = await sustained(rig, target, args.rate, args.duration)
     if not args.skip_burst:
         on_phase("burst")
         at, meeting = rig.burst_times[burst_k]
@@ -829,6 +842,11 @@ def add_load_args(ap: argparse.ArgumentParser, devices: int) -> None:
     )
     ap.add_argument("--skip-burst", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument(
+        "--skip-sustained",
+        action="store_true",
+        help="no flood: connect, then the burst (the 1,000-room burst alone)",
+    )
     ap.add_argument(
         "--time-limit",
         type=float,

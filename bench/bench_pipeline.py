@@ -91,7 +91,7 @@ class Bench:
         self.rows: list[tuple[str, str, str, str, str]] = []  # figure, value, goal, met, context
         self.runs: list[h.Run] = []
         self.agent: h.Target | None = None
-        self.spy: subprocess.Popen[bytes] | None = None
+        self.spies: list[subprocess.Popen[bytes]] = []
 
     # ---- the agent, through its CLI only -----------------------------------------------------
 
@@ -149,37 +149,38 @@ class Bench:
         return self.agent
 
     def profile(self, phase: str) -> None:
-        """With ``--profile DIR``: py-spy (raw stacks) on the agent, one file per phase."""
+        """With ``--profile DIR``: py-spy on the agent (and with ``--profile-sim`` on the
+        simulator too), one file per process and phase."""
         self.profile_stop()
-        if self.args.profile and self.agent is not None and self.agent.proc.poll() is None:
-            out = Path(self.args.profile) / f"agent-{phase}.txt"
-            py_spy = str(Path(sys.executable).parent / "py-spy")
-            self.spy = subprocess.Popen(
-                [
-                    py_spy,
-                    "record",
-                    "-p",
-                    str(self.agent.pid),
-                    "-r",
-                    "200",
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(out),
-                    "--nonblocking",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=h.child_setup,  # noqa: PLW1509 - it only calls prctl
+        if not self.args.profile or self.agent is None or self.agent.proc.poll() is not None:
+            return
+        pids = {"agent": self.agent.pid}
+        if self.args.profile_sim:
+            pids["simulator"] = self.rig.sim_pid
+        fmt = self.args.profile_format
+        ext = "json" if fmt == "speedscope" else "txt"
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        for who, pid in pids.items():
+            out = Path(self.args.profile) / f"{who}-{phase}.{ext}"
+            self.spies.append(
+                subprocess.Popen(
+                    [py_spy, "record", "-p", str(pid), "-r", "200", "-f", fmt, "-o", str(out)]
+                    + (["--idle"] if fmt == "speedscope" else [])
+                    + ["--nonblocking"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    preexec_fn=h.child_setup,  # noqa: PLW1509 - it only calls prctl
+                )
             )
 
     def profile_stop(self) -> None:
-        spy = self.spy
-        if spy is not None and spy.poll() is None:
-            spy.send_signal(signal.SIGINT)
+        spies, self.spies = self.spies, []
+        for spy in spies:
+            if spy.poll() is None:
+                spy.send_signal(signal.SIGINT)
+        for spy in spies:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(15)
-        self.spy = None
 
     # ---- the runs ---------------------------------------------------------------------------
 
@@ -364,6 +365,18 @@ def main() -> None:
         "--profile",
         metavar="DIR",
         help="py-spy the agent (raw stacks per phase, needs py-spy in the venv)",
+    )
+    ap.add_argument(
+        "--profile-format",
+        choices=["raw", "speedscope"],
+        default="raw",
+        help="raw: stacks with counts; speedscope: every sample in time order, idle included "
+        "(a timeline of the burst)",
+    )
+    ap.add_argument(
+        "--profile-sim",
+        action="store_true",
+        help="with --profile: py-spy the simulator as well (what the devices' side costs)",
     )
     h.bench_main(ap, run)
 

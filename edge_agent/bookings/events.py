@@ -245,17 +245,22 @@ def nesting_depth(value: Any, limit: int = MAX_EVENT_DEPTH) -> int:
     todo: list[tuple[Any, int]] = [(value, 0)]
     while todo:
         node, depth = todo.pop()
-        if isinstance(node, Mapping):
+        # dict first: parsed JSON is dicts, and an ABC check costs several times more.
+        if isinstance(node, (dict, Mapping)):
             children: Any = node.values()
         elif isinstance(node, list):
             children = node
         else:
             continue
         depth += 1
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        todo.extend((c, depth) for c in children)
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        for c in children:
+            # Strings, numbers and null (nearly every value) end here, never queued.
+            if isinstance(c, (dict, list, Mapping)):
+                todo.append((c, depth))
     return deepest
 
 
@@ -281,34 +286,54 @@ def parse_event(payload: Mapping[str, Any]) -> EventFields | None:
         if not known:
             return None
         body = {}  # an empty event ("SyncRequired": "") may arrive without an object
-    start = parse_device_time(body.get("StartTime"))
-    end = parse_device_time(body.get("EndTime"))
-    duration = device_int(body.get("Duration"))
-    if duration is None:
-        duration = device_int(body.get("ScheduledDuration"))
+    # Most events carry two or three of these fields (Start: Id, MeetingId): the parsers run
+    # only for the fields present (every event goes through here).
+    got = {k: v for k, v in body.items() if v is not None}
+    start = parse_device_time(got["StartTime"]) if "StartTime" in got else None
+    end = parse_device_time(got["EndTime"]) if "EndTime" in got else None
+    duration = device_int(got["Duration"]) if "Duration" in got else None
+    if duration is None and "ScheduledDuration" in got:
+        duration = device_int(got["ScheduledDuration"])
     if end is None and start is not None and duration is not None and name != "ExtensionRequested":
         end = plus_minutes(start, duration)
-    cause = device_str(body.get("FailureCause")) or device_str(body.get("Cause"))
-    org_name = device_str(body.get("OrganizerName"))
+    text = {k: device_str(got[k]) for k in _TEXT_FIELDS if k in got}
+    organizer = _NO_ORGANIZER
+    if "OrganizerName" in text or "OrganizerEmail" in text or "OrganizerId" in text:
+        organizer = Organizer(
+            name=text.get("OrganizerName"),
+            email=text.get("OrganizerEmail"),
+            id=text.get("OrganizerId"),
+        )
     return EventFields(
         name=str(name),
-        id=device_str(body.get("Id")),
-        meeting_id=device_str(body.get("MeetingId")),
-        booking_request_uuid=device_str(body.get("BookingRequestUUID")),
-        title=device_str(body.get("Title")),
+        id=text.get("Id"),
+        meeting_id=text.get("MeetingId"),
+        booking_request_uuid=text.get("BookingRequestUUID"),
+        title=text.get("Title"),
         start=start,
         end=end,
         duration_min=duration,
-        organizer=Organizer(
-            name=org_name,
-            email=device_str(body.get("OrganizerEmail")),
-            id=device_str(body.get("OrganizerId")),
-        ),
-        cause=cause,
-        new_end=parse_device_time(body.get("NewEndTime")),
-        original_meeting_id=device_str(body.get("OriginalMeetingId")),
+        organizer=organizer,
+        cause=text.get("FailureCause") or text.get("Cause"),
+        new_end=parse_device_time(got["NewEndTime"]) if "NewEndTime" in got else None,
+        original_meeting_id=text.get("OriginalMeetingId"),
         raw=dict(body),
     )
+
+
+_TEXT_FIELDS: Final = (
+    "Id",
+    "MeetingId",
+    "BookingRequestUUID",
+    "Title",
+    "FailureCause",
+    "Cause",
+    "OrganizerName",
+    "OrganizerEmail",
+    "OrganizerId",
+    "OriginalMeetingId",
+)
+_NO_ORGANIZER: Final = Organizer()
 
 
 def merge(stored: Booking | None, ev: EventFields) -> Booking | None:

@@ -108,12 +108,37 @@ def _surely_within(after: datetime, at: datetime, r_after: datetime, r_at: datet
     return _within_horizon(at, r_after) and _within_horizon(r_at, after)
 
 
-def _remember(state: DeviceBookings, fp: bytes, after: datetime, at: datetime) -> DeviceBookings:
-    # Kept while a later arrival may still be surely within the horizon of it. The bounds are
-    # _within_horizon(at, r[1]) without a timedelta per entry (up to 64 per event).
+_Recent = tuple[bytes, datetime, datetime]
+
+
+def _look_back(
+    recent: tuple[_Recent, ...], fp: bytes, at: datetime
+) -> tuple[list[tuple[datetime, datetime]], list[_Recent]]:
+    """One pass over the duplicate memory for an event arrived at ``at``: its twins (same
+    fingerprint, arrived within the horizon: ``(after, at)`` each) and the entries to keep.
+
+    Kept: those a later arrival may still be surely within the horizon of, i.e.
+    ``_within_horizon(at, r_after)``. Both tests are bounds computed once, not a timedelta per
+    entry (up to 64 per event, every event)."""
     lo, hi = at - DUPLICATE_HORIZON, at + DUPLICATE_HORIZON
-    recent = tuple(r for r in state.recent if lo < r[1] < hi)[-(_RECENT_MAX - 1) :]
-    return replace(state, recent=recent + ((fp, after, at),))
+    twins: list[tuple[datetime, datetime]] = []
+    kept: list[_Recent] = []
+    for r in recent:
+        if lo < r[1] < hi:
+            kept.append(r)
+        if r[0] == fp and lo < r[2] < hi:
+            twins.append((r[1], r[2]))
+    return twins, kept
+
+
+def _remember(
+    state: DeviceBookings, kept: list[_Recent], fp: bytes, after: datetime, at: datetime
+) -> DeviceBookings:
+    excess = len(kept) - (_RECENT_MAX - 1)
+    if excess > 0:
+        del kept[:excess]
+    kept.append((fp, after, at))
+    return replace(state, recent=tuple(kept))
 
 
 def _patch_window(
@@ -210,13 +235,12 @@ def _on_event(
     if etype is None:
         return Step(state, notes=(f"unknown Bookings event {ev.name!r} ignored",))
     fp = _fingerprint(ev)
-    twins = [(a, t) for f, a, t in state.recent if f == fp and _within_horizon(at, t)]
-    if any(_surely_within(after, at, a, t) for a, t in twins):
+    twins, kept = _look_back(state.recent, fp, at)
+    if twins and any(_surely_within(after, at, a, t) for a, t in twins):
         return Step(state, duplicate=True, notes=(f"duplicate {ev.xevent} dropped",))
-    state = _remember(state, fp, after, at)
-    bounds = window_bounds(at, state.tz)
+    state = _remember(state, kept, fp, after, at)
     handler = _HANDLERS.get(ev.name, _on_booking_event)
-    step = handler(state, ev, _When(now, at), bounds)
+    step = handler(state, ev, _When(now, at))
     if ev.name in CALENDAR_CHANGES and not step.relist:
         step = replace(step, relist=True)
     if twins:
@@ -227,7 +251,7 @@ def _on_event(
     return step
 
 
-def _on_requested(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_requested(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     duration = ev.duration_min or _DEFAULT_AD_HOC_MIN
     uuid = ev.booking_request_uuid
     partial = partial_booking_dict(ev)
@@ -261,7 +285,7 @@ def _on_requested(state: DeviceBookings, ev: EventFields, t: _When, bounds: Wind
     return Step(new, pending_upsert=(req,), events=(env,))
 
 
-def _on_created(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_created(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     found = _find(state.window, ev)
     old_key, stored = found if found else (None, None)
     booking = merge(stored, ev)
@@ -289,6 +313,7 @@ def _on_created(state: DeviceBookings, ev: EventFields, t: _When, bounds: Window
             events=(env,),
             relist=True,
         )
+    bounds = window_bounds(t.at, state.tz)  # only where a booking may enter or leave it
     window, upsert, delete = _patch_window(state.window, old_key, booking, bounds)
     new = replace(state, window=window, pending=pending)
     duplicate = (
@@ -313,7 +338,7 @@ def _on_created(state: DeviceBookings, ev: EventFields, t: _When, bounds: Window
     )
 
 
-def _on_failed(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_failed(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     uuid = ev.booking_request_uuid
     req = state.pending.get(uuid) if uuid else None
     extra: dict[str, Any] = {"booking_request_uuid": uuid, "cause": ev.cause}
@@ -331,7 +356,7 @@ def _on_failed(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowB
     return Step(state, events=(env,))
 
 
-def _on_moved(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_moved(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     found = _find(state.window, ev)
     old_key, stored = found if found else (None, None)
     booking = merge(stored, ev)
@@ -340,6 +365,7 @@ def _on_moved(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBo
         return Step(state, events=(env,), relist=True)
     if stored is not None and (stored.start, stored.end) == (booking.start, booking.end):
         return Step(state, notes=(f"{ev.xevent} to the same time: no event",))
+    bounds = window_bounds(t.at, state.tz)  # only where a booking may enter or leave it
     window, upsert, delete = _patch_window(state.window, old_key, booking, bounds)
     extra = (
         {"previous": {"start": utc_iso(stored.start), "end": utc_iso(stored.end)}}
@@ -356,7 +382,7 @@ def _on_moved(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBo
     )
 
 
-def _on_deleted(state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds) -> Step:
+def _on_deleted(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     found = _find(state.window, ev)
     extra = {"cause": ev.cause}
     if found is None:
@@ -377,9 +403,7 @@ def _on_deleted(state: DeviceBookings, ev: EventFields, t: _When, bounds: Window
     return Step(replace(state, window=window), window_delete=(key,), events=(env,))
 
 
-def _on_booking_event(
-    state: DeviceBookings, ev: EventFields, t: _When, bounds: WindowBounds
-) -> Step:
+def _on_booking_event(state: DeviceBookings, ev: EventFields, t: _When) -> Step:
     """Start, End, CheckedIn, ExtensionRequested/Failed, EditRequested/Failed."""
     etype = EVENT_TYPES[ev.name]
     found = _find(state.window, ev)

@@ -596,3 +596,30 @@ def test_entry_skipped_without_id_suppresses_deletions(state: DeviceBookings) ->
     )
     assert types(clean) == ["booking.deleted", "bookings.snapshot"]
     assert clean.events[0]["data"]["booking"]["meeting_id"] == "B"
+
+
+def test_the_duplicate_memory_keeps_the_horizon_and_its_bound(state: DeviceBookings) -> None:
+    """What each event remembers (one pass over the memory, issue 17): entries that arrived
+    more than the horizon before the newest are forgotten, at most 64 are kept, newest last,
+    and a repeat of a forgotten event is not a duplicate any more."""
+    s = listed(state, list_entry(Id="1", MeetingId="A")).state
+    ms = timedelta(milliseconds=1)
+    step = on_event(s, ev("Start", Id="1", MeetingId="A"), NOW, arrived_at=NOW)
+    s = step.state
+    # 100 distinct events 10 ms apart (the horizon is 5 s): the memory stops at 64.
+    for i in range(100):
+        at = NOW + (i + 1) * 10 * ms
+        s = on_event(s, ev("CheckedIn", Id="1", MeetingId="A", N=str(i)), at, arrived_at=at).state
+    assert len(s.recent) == 64
+    assert [r[2] for r in s.recent] == sorted(r[2] for r in s.recent)
+    assert s.recent[-1][2] == NOW + 1000 * ms
+    # The first Start fell out of the bound: seen again it is forwarded, not dropped.
+    again = on_event(s, ev("Start", Id="1", MeetingId="A"), NOW + 1001 * ms)
+    assert not again.duplicate and types(again) == ["booking.started"]
+    # Six seconds on, everything before is past the horizon: only the new event is kept.
+    later = NOW + timedelta(seconds=7)
+    fresh = on_event(again.state, ev("End", Id="1", MeetingId="A"), later, arrived_at=later)
+    assert [r[2] for r in fresh.state.recent] == [later]
+    # A duplicate leaves the memory as it was (it is not remembered twice).
+    dup = on_event(fresh.state, ev("End", Id="1", MeetingId="A"), later + ms)
+    assert dup.duplicate and dup.state.recent == fresh.state.recent

@@ -143,3 +143,22 @@ def test_skipped_entries_are_one_warning_per_list(state: DeviceBookings) -> None
 def test_an_infinite_total_rows_is_no_total(state: DeviceBookings) -> None:
     page = parse_list_result({"ResultInfo": {"TotalRows": "inf"}, "Booking": [list_entry()]})
     assert page.total_rows is None and len(page.bookings) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [
+        ("x", 0),
+        ({}, 1),
+        ([], 1),
+        ({"a": "x", "b": 1, "c": None}, 1),
+        ({"a": [1, {"b": {}}]}, 4),
+        ([[], [[[]]], {"a": "x"}], 4),
+        (nested(16), 16),
+        (nested(300), 17),  # counting stops past the limit
+    ],
+)
+def test_nesting_depth_counts_objects_and_arrays(value: Any, depth: int) -> None:
+    from edge_agent.bookings.events import nesting_depth
+
+    assert nesting_depth(value) == depth

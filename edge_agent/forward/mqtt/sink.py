@@ -57,6 +57,7 @@ from edge_agent.forward.mqtt.errors import PUBACK_PERMANENT, BrokerError
 from edge_agent.forward.mqtt.link import (
     BrokerLink,
     BrokerLinkLost,
+    PubackGroup,
     broker_settings,
     open_link,
     raise_if_cancelling,
@@ -229,58 +230,43 @@ class MqttSink:
         link = self._link
         if link is None or not link.up:
             return self._retry(f"mqtt: not connected to broker {self._addr}", count=False)
-        acks: list[asyncio.Future[ReasonCode]] = []
+        group = PubackGroup(asyncio.get_running_loop(), link.slots)
         try:
             try:
                 for event in events:
                     for pub in self._rooms.publications(event, publications(event, self._topics)):
-                        await link.slots.acquire()
-                        try:
-                            fut = link.publish(pub.topic, pub.payload, retain=pub.retain)
-                        except BaseException:
-                            link.slots.release()
-                            raise
+                        await link.publish_in(group, pub.topic, pub.payload, retain=pub.retain)
                         if pub.retain:
                             # At publish time, in publish order: the refresh never sends an
                             # older window after a newer one.
                             self.keep_retained(pub.topic, pub.payload)
-                        self._in_flight += 1
-                        fut.add_done_callback(functools.partial(self._release_slot, link.slots))
-                        acks.append(fut)
             except ValueError as exc:
                 return Reject(f"mqtt: {exc}")
-            if acks:
-                done, pending = await asyncio.wait(
-                    acks, timeout=self._publish_timeout_s, return_when=asyncio.FIRST_EXCEPTION
+            sent = group.sent
+            self._in_flight += sent  # the health message's figure: publishes awaiting PUBACK
+            try:
+                async with asyncio.timeout(self._publish_timeout_s):
+                    await group.finish()
+            except TimeoutError:
+                return self._retry(
+                    f"mqtt: {group.left} of {sent} PUBACKs from broker {self._addr} "
+                    f"missing after {self._publish_timeout_s:g} s"
                 )
-                lost = next((f.exception() for f in done if f.exception() is not None), None)
-                if lost is not None:
-                    raise BrokerLinkLost(str(lost))
-                if pending:
-                    return self._retry(
-                        f"mqtt: {len(pending)} of {len(acks)} PUBACKs from broker {self._addr} "
-                        f"missing after {self._publish_timeout_s:g} s"
-                    )
+            finally:
+                self._in_flight -= sent
         except BrokerLinkLost as exc:
             return self._retry(f"mqtt: link to broker {self._addr} lost before PUBACK ({exc})")
         finally:
-            for fut in acks:
-                if not fut.done():
-                    fut.cancel()  # frees its slot; a late PUBACK finds no waiter
-        for fut in acks:
-            reason = fut.result()
-            if reason.is_failure:
-                text = f"mqtt: broker {self._addr} refused a publish ({reason.getName()})"
-                self._note_error(text)
-                if reason.value in PUBACK_PERMANENT:
-                    return Reject(text)
-                return self._retry(text)
+            group.abandon()  # frees the slots still held; a late PUBACK finds no waiter
+        if group.failure is not None:
+            reason = group.failure[1]
+            text = f"mqtt: broker {self._addr} refused a publish ({reason.getName()})"
+            self._note_error(text)
+            if reason.value in PUBACK_PERMANENT:
+                return Reject(text)
+            return self._retry(text)
         self.stats.delivered += len(events)
         return Delivered()
-
-    def _release_slot(self, slots: asyncio.Semaphore, _fut: asyncio.Future[ReasonCode]) -> None:
-        self._in_flight -= 1
-        slots.release()
 
     def keep_retained(self, topic: str, payload: bytes) -> None:
         """Remember ``payload`` as the agent's retained message on ``topic`` (bounded)."""
