@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -80,11 +81,15 @@ from edge_agent.mailbox import Flag, Inbox
 from edge_agent.metrics import FEEDBACK_DROPPED
 from edge_agent.session_occupancy import RoomWatch
 from edge_agent.store import Change, PendingRow, Store, StoreBackend, StoreError
+from edge_agent.store.occupancy import OccupancyWrite
 from edge_agent.xapi import LinkCounters, XapiClient, XapiError
 from edge_agent.xapi.errors import ConnectionLost, NotConnected, RequestTimeout
 from edge_agent.xapi.protocol import Feedback, Handler, PathLike
 
 log = structlog.get_logger(__name__)
+# The stdlib logger structlog's filter_by_level asks: the per-event debug line is skipped
+# here, before structlog builds (and then drops) its event dict for every stored event.
+_stdlog = logging.getLogger(__name__)
 
 LIST_PAGE_SIZE = 100
 """``Limit`` of one ``Bookings List`` page; more pages follow while ``TotalRows`` says so."""
@@ -805,8 +810,8 @@ class DeviceSession:
         # or event); a bug that raises anyway ends run() and the agent's supervisor restarts it.
         step = self._transition(self.state, item, self._clock.now())
         at = item.arrived_at if isinstance(item, _Feedback) else self._clock.now()
-        step = await self.room.on_step(step, at)  # booking starts and ends, for occupancy
-        await self._apply(step)
+        step, occupancy = self.room.on_step(step, at)  # booking starts and ends, for occupancy
+        await self._apply(step, occupancy)
         if isinstance(item, _Tick):
             self._reschedule()
 
@@ -851,14 +856,15 @@ class DeviceSession:
             )
         return on_tick(state, now)
 
-    async def _apply(self, step: Step) -> None:
-        """Commit ``step`` durably, then adopt its state. A store failure is retried (with
-        backoff, logged) rather than dropped: the events in it are the ones not to lose."""
+    async def _apply(self, step: Step, occupancy: Sequence[OccupancyWrite] = ()) -> None:
+        """Commit ``step`` (and the ``occupancy`` rows its events start or end, in the same
+        transaction) durably, then adopt its state. A store failure is retried (with backoff,
+        logged) rather than dropped: the events in it are the ones not to lose."""
         for note in step.notes:
             self._log.info("bookings", detail=note)
         for warning in step.warnings:
             self._log.warning("bookings", detail=warning)
-        if step.needs_commit:
+        if step.needs_commit or occupancy:
             change = Change(
                 self.device_id,
                 window_replace=step.window_replace_rows(),
@@ -876,6 +882,7 @@ class DeviceSession:
                 pending_delete=list(step.pending_delete),
                 device_state=dict(step.device_state) if step.device_state is not None else None,
                 events=forwarded(step.events, linked=self.settings.calendar is not None),
+                occupancy=occupancy,
             )
             attempt = 0
             while True:
@@ -903,6 +910,8 @@ class DeviceSession:
             self._reschedule()
 
     def _log_event(self, env: Mapping[str, Any]) -> None:
+        if not _stdlog.isEnabledFor(logging.DEBUG):
+            return
         data = env.get("data", {})
         booking = data.get("booking") or {}
         self._log.debug(

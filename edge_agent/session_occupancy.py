@@ -257,23 +257,25 @@ class RoomWatch:
         self._rearm()
 
     async def save(self, rows: occ.OccupancyRows) -> None:
-        if not rows:
-            return
-        await self._store.save_occupancy(
-            OccupancyWrite(
-                self.device_id,
-                closed=[i.to_row() for i in rows.closed],
-                open=None if rows.open is None else rows.open.to_row(),
-                bookings=[b.to_row() for b in rows.bookings],
-            )
+        if rows:
+            await self._store.save_occupancy(self._write(rows))
+
+    def _write(self, rows: occ.OccupancyRows) -> OccupancyWrite:
+        return OccupancyWrite(
+            self.device_id,
+            closed=[i.to_row() for i in rows.closed],
+            open=None if rows.open is None else rows.open.to_row(),
+            bookings=[b.to_row() for b in rows.bookings],
         )
 
-    async def on_step(self, step: Step, now: datetime) -> Step:
+    def on_step(self, step: Step, now: datetime) -> tuple[Step, list[OccupancyWrite]]:
         """Track the bookings a bookings step starts and ends; ``booking.ended`` gets
-        ``data.occupancy``. Returns the step with those envelopes amended."""
+        ``data.occupancy``. Returns the step with those envelopes amended and the occupancy
+        rows to write in the step's own commit (``Change.occupancy``: one writer round, and a
+        booking's start is never durable without its track, nor the track without it)."""
         kinds = ("booking.started", "booking.ended", "booking.deleted")
         if not any(e.get("type") in kinds for e in step.events):
-            return step
+            return step, []
         events = []
         rows: list[occ.OccupancyRows] = []
         for env in step.events:
@@ -292,10 +294,8 @@ class RoomWatch:
                 self.state = s.state
                 rows.append(s.rows)
             events.append(env)
-        for r in rows:
-            await self.save(r)
         self._rearm()
-        return replace(step, events=tuple(events))
+        return replace(step, events=tuple(events)), [self._write(r) for r in rows if r]
 
     # --- third-party sensors -------------------------------------------------------------------
 

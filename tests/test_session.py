@@ -666,3 +666,27 @@ async def test_a_bad_device_zone_is_reported_with_the_device(
     (warning,) = warnings_of(logs, text)
     assert warning["device"] == DEVICE and warning["source"] == "the device"
     assert r.session.info()["time_zone"] == "UTC"  # the configured zone is kept
+
+
+
+async def test_the_stored_event_debug_line_follows_the_log_level(running: Running) -> None:
+    """Each stored event is logged at debug (its ids: what an operator greps for); below that
+    level the line is skipped before structlog builds it (once per event on the hot path)."""
+    import logging
+
+    from structlog.testing import capture_logs
+
+    stdlog = logging.getLogger("edge_agent.session")
+    saved = stdlog.level
+    try:
+        stdlog.setLevel(logging.DEBUG)
+        with capture_logs() as logs:
+            await online_and_listed(running)
+        assert "event stored" in [e["event"] for e in logs]
+        stdlog.setLevel(logging.INFO)
+        with capture_logs() as logs:
+            running.link.go_offline("test")
+            assert types(await running.recorder.next()) == ["device.offline"]
+        assert "event stored" not in [e["event"] for e in logs]
+    finally:
+        stdlog.setLevel(saved)

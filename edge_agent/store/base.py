@@ -165,7 +165,8 @@ class Change:
 
     Applied in this order: ``window_replace`` (the whole window, when not ``None``), then
     ``window_delete``, then ``window_upsert``; ``pending_delete`` then ``pending_upsert``;
-    ``device_state`` replaces the stored document when not ``None``. ``events`` are full
+    ``device_state`` replaces the stored document when not ``None``; ``occupancy`` rows are
+    written as :meth:`StoreBackend.save_occupancy` would. ``events`` are full
     envelope dicts carrying ``type`` and ``data.event_id``; an ``event_id`` already in the
     outbox is ignored (committing the same event twice is harmless).
     """
@@ -180,6 +181,10 @@ class Change:
     events: list[dict[str, Any]] = field(default_factory=list)
     calendar: CalendarSyncWrite | None = None
     """A calendar room's sync state (its ``device_id`` is then the room id: the event stream)."""
+    occupancy: Sequence[OccupancyWrite] = ()
+    """The device's occupancy rows its events start or end, written in the same transaction
+    (in order, after the window): a booking's start and its occupancy track are durable
+    together."""
 
 
 class StoreBackend(Protocol):

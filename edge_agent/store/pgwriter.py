@@ -27,6 +27,7 @@ from edge_agent.store import pgschema as q
 from edge_agent.store.base import StoreError, StoreHealth
 from edge_agent.store.calendar import calendar_window_owner
 from edge_agent.store.health import WriteHealth
+from edge_agent.store.occupancy import OccupancyWrite, booking_rows, interval_rows, replaces_open
 from edge_agent.store.plan import PreparedChange, ProgressOp, coalesce
 
 if TYPE_CHECKING:
@@ -426,6 +427,9 @@ class PgGroupWriter:
                     await cur.executemany(
                         q.PUT_WINDOW, [(owner, k, v) for k, v in w.window.items()]
                     )
+            for ch in changes:  # in commit order: a later open interval replaces an earlier one
+                for occ in ch.occupancy:
+                    await write_occupancy(cur, occ)
         now = self._time()
         # Booking requests these events close, in the transaction that stores the events.
         resolved = [(st, now, out, u) for ch in changes for u, st, out in ch.request_outcomes]
@@ -539,3 +543,13 @@ async def one(conn: Conn, sql: str) -> int:
     row = await (await conn.execute(sql)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def write_occupancy(cur: psycopg.AsyncCursor[Any], w: OccupancyWrite) -> None:
+    """Apply ``w`` inside the caller's transaction (``cur``: a cursor of the writer's
+    connection); as :func:`edge_agent.store.occupancy.write` does on SQLite."""
+    if replaces_open(w):
+        await cur.execute(q.DELETE_OPEN, (w.device_id,))
+    for sql, rows in ((q.PUT_INTERVAL, interval_rows(w)), (q.PUT_BOOKING, booking_rows(w))):
+        if rows:
+            await cur.executemany(sql, rows)

@@ -15,6 +15,7 @@ from edge_agent import jsoncodec
 from edge_agent.forward.schedule import OutboxEvent
 from edge_agent.store.base import Change
 from edge_agent.store.calendar import PreparedCalendar, prepare_calendar
+from edge_agent.store.occupancy import OccupancyWrite
 from edge_agent.store.requests import outcomes_of
 
 
@@ -42,6 +43,7 @@ class PreparedChange:
     request_outcomes: list[tuple[str, str, bytes]] = field(default_factory=list)
     """``(uuid, status, outcome JSON)``: booking requests its events close (store.requests)."""
     calendar: PreparedCalendar | None = None
+    occupancy: Sequence[OccupancyWrite] = ()
 
 
 @dataclass(slots=True)
@@ -119,6 +121,7 @@ def prepare(change: Change, future: asyncio.Future[None]) -> PreparedChange:
         future=future,
         request_outcomes=outcomes_of(change.events),
         calendar=None if change.calendar is None else prepare_calendar(change.calendar),
+        occupancy=tuple(change.occupancy),
     )
 
 

@@ -34,7 +34,7 @@ from edge_agent.metrics import DEAD_LETTERS, OUTBOX_DEPTH, OUTBOX_OLDEST_AGE, PE
 from edge_agent.store import occupancy
 from edge_agent.store import pgschema as q
 from edge_agent.store.base import Change, PendingRow, StoreError, StoreHealth
-from edge_agent.store.pgwriter import PgGroupWriter, StaleLease, one, pg_message
+from edge_agent.store.pgwriter import PgGroupWriter, StaleLease, one, pg_message, write_occupancy
 from edge_agent.store.plan import ProgressOp, prepare, stream_seqs
 from edge_agent.store.requests import KEEP_S, BookingRequestRow, row_from_db
 
@@ -607,14 +607,7 @@ class PostgresStore:
 
         async def save(conn: Conn) -> None:
             async with conn.cursor() as cur:
-                if occupancy.replaces_open(change):
-                    await cur.execute(q.DELETE_OPEN, (change.device_id,))
-                for sql, rows in (
-                    (q.PUT_INTERVAL, occupancy.interval_rows(change)),
-                    (q.PUT_BOOKING, occupancy.booking_rows(change)),
-                ):
-                    if rows:
-                        await cur.executemany(sql, rows)
+                await write_occupancy(cur, change)
 
         await self._writer.call(save)
 

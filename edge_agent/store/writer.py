@@ -99,7 +99,7 @@ import structlog
 
 from edge_agent.backoff import Backoff
 from edge_agent.metrics import DEAD_LETTER_DROPPED, EVENTS, OUTBOX_DROPPED
-from edge_agent.store import schema
+from edge_agent.store import occupancy, schema
 from edge_agent.store.base import StoreError, StoreHealth, Synchronous
 from edge_agent.store.calendar import write_calendars
 from edge_agent.store.health import WriteHealth
@@ -819,6 +819,9 @@ class GroupWriter:
         if states:
             db.executemany(schema.PUT_DEVICE_STATE, states)
         write_calendars(db, [ch.calendar for ch in changes if ch.calendar is not None])
+        for ch in changes:  # in commit order: a later open interval replaces an earlier one
+            for occ in ch.occupancy:
+                occupancy.write(db, occ)
         rows = []
         firsts: list[tuple[PreparedChange, int]] = []
         exact = True

@@ -432,3 +432,46 @@ async def test_occupancy_save_and_load(backend: Backend) -> None:
     opened, tracks = await again.load_occupancy("room-1")
     assert opened is not None and opened["start"] == 80.0
     assert [t["booking_id"] for t in tracks] == ["b2"]
+
+
+async def test_occupancy_rows_ride_in_the_change_that_starts_the_booking(backend: Backend) -> None:
+    """A booking's start and its occupancy track are durable together: one commit, in the
+    change's order (the later open interval of a group replaces the earlier one), and a change
+    refused in the caller's task writes neither."""
+    store = await backend.open()
+    track = {"booking_id": "b1", "started_at": 100.0, "ended_at": None}
+    await store.commit(
+        Change(
+            "room-1",
+            events=[env("room-1", 1)],
+            occupancy=[
+                OccupancyWrite(
+                    "room-1",
+                    open={"start": 50.0, "end": None, "state": "occupied", "people_max": 2},
+                ),
+                OccupancyWrite(
+                    "room-1",
+                    closed=[{"start": 50.0, "end": 100.0, "state": "occupied", "people_max": 2}],
+                    open={"start": 100.0, "end": None, "state": "empty", "people_max": 0},
+                    bookings=[track],
+                ),
+            ],
+        )
+    )
+    assert await store.load_occupancy("room-1") == (
+        {"start": 100.0, "end": None, "state": "empty", "people_max": 0},
+        [track],
+    )
+    assert [e.event_id for e in await drain_all(store)] == ["room-1-1"]  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        await store.commit(
+            Change(
+                "room-2",
+                events=[{"type": "x", "data": {}}],
+                occupancy=[OccupancyWrite("room-2", bookings=[track])],
+            )
+        )
+    assert await store.load_occupancy("room-2") == (None, [])
+    await store.close()
+    again = await backend.open()
+    assert (await again.load_occupancy("room-1"))[1] == [track]
