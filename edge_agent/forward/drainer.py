@@ -30,14 +30,16 @@ store behind (group commit):
   ``probe_every_s`` of the receiver's return instead of at the soonest device timer (up to
   minutes after a long outage).
 
-Reading ahead: while batches are in flight, the drainer reads the next batches of the streams
-it will serve next (:meth:`DeliverySchedule.peek`, the ring's order), for up to
-``read_ahead`` streams in one store read. When a slot frees, the next batch is in hand: no
-store read (thread hop, query) between one POST and the next. A batch read ahead is used only
-if its stream's cursor is still where it was read from (a failed send leaves it there; a
-delivered one moves it, and the stale batch is dropped); a stream's later rows only ever come
-after the ones read (seqs grow), so the rows read ahead are still the stream's next ones (a row
-the outbox cap moved to the dead letter meanwhile may still be sent once: at least once).
+Reading ahead: in a backlog (the last batches chosen included a full one) and while batches are
+in flight, the drainer reads the next batches of the streams it will serve next
+(:meth:`DeliverySchedule.peek`, the ring's order), for up to ``read_ahead`` streams in one store
+read. When a slot frees, the next batch is in hand: no store read (thread hop, query) between
+one POST and the next. A batch read ahead is used only if it is full and its stream's cursor is
+still where it was read from (a failed send leaves it there; a delivered one moves it, and the
+stale batch is dropped; a short one is read again, as more may have come behind it); a stream's
+later rows only ever come after the ones read (seqs grow), so the rows read ahead are still the
+stream's next ones (a row the outbox cap moved to the dead letter meanwhile may still be sent
+once: at least once).
 Memory: at most ``read_ahead`` batches of ``sink.max_batch`` events.
 
 The drainer wakes as soon as the store commits new events (``wakeup``; ``take_committed`` says
@@ -119,6 +121,7 @@ class Drainer:
         # stream -> (the read it was made with, its events): the next batches, read ahead.
         self._ahead: dict[str, tuple[StreamRead, list[OutboxEvent]]] = {}
         self._reading_ahead = False
+        self._backlog = False  # the last batches chosen included a full one
         self._backoff = backoff
         self._ttl_s = ttl_s
         self._not_ready_poll_s = not_ready_poll_s
@@ -204,14 +207,18 @@ class Drainer:
                     tg.create_task(
                         self._deliver(batch), name=f"drainer[{self.name}].deliver[{device}]"
                     )
-                if self._read_ahead:
+                # Read ahead only in a backlog (a full batch chosen): while the drainer keeps up,
+                # the store answers from memory and a batch read ahead would only be smaller
+                # than the one chosen when its slot frees (more requests per event).
+                self._backlog = any(len(b) >= self._sink.max_batch for b in batches)
+                if self._read_ahead and self._backlog:
                     self._read_ahead_soon(tg)
                 if batches:
                     await asyncio.sleep(0)  # let the sends start before reading more
                     continue
             else:
                 self._wake.clear()  # all slots busy: a finishing send wakes us
-                if self._read_ahead:
+                if self._read_ahead and self._backlog:
                     self._read_ahead_soon(tg)
             # With every slot busy only a finishing send can help: no timer then.
             due = schedule.next_due(exclude=self._in_flight) if free > 0 else None
@@ -272,8 +279,9 @@ class Drainer:
         ahead = self._ahead
         for read in reads:
             got = ahead.pop(read.stream, None)
-            # Still valid: read from where the cursor is now (module docstring).
-            if got is not None and got[0].after == read.after and got[1]:
+            # Still valid: read from where the cursor is now (module docstring), and full (a
+            # short one may have more behind it by now: read it again, not send it short).
+            if got is not None and got[0].after == read.after and len(got[1]) >= read.limit:
                 held += got[1][: read.limit]
             else:
                 misses.append(read)

@@ -177,3 +177,47 @@ async def test_what_is_read_ahead_stays_within_its_bound(tmp_path: Path) -> None
         assert len(sink.sent) == 300
     finally:
         await store.close()
+
+
+class GatedSink(CountingSink):
+    """Holds each send until the test lets it go; records every batch sent."""
+
+    max_batch = 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.batches: list[list[str]] = []
+
+    async def send(self, events: Sequence[OutboxEvent]) -> Outcome:
+        from edge_agent.forward.base import Delivered
+
+        self.batches.append([e.device_id for e in events])
+        self.entered.set()
+        await self.gate.wait()
+        return Delivered()
+
+
+async def test_a_short_batch_read_ahead_is_read_again_not_sent_short(tmp_path: Path) -> None:
+    """room-b's one event is read ahead while room-a's full batch is in flight; four more of
+    room-b's come before its turn: its batch then carries all five (sent short, each batch
+    read ahead would cost a request per event or two while the drainer keeps up)."""
+    store = await Store.open(tmp_path / "a.db")
+    sink = GatedSink()
+    try:
+        await store.commit(Change("room-a", events=[env("room-a", n) for n in range(10)]))
+        await store.commit(Change("room-b", events=[env("room-b", 0)]))
+        async with running(store, sink, max_in_flight=1, read_ahead=2) as drainer:
+            await asyncio.wait_for(sink.entered.wait(), 5)
+            assert sink.batches == [["room-a"] * 5]  # full: a backlog, so room-b is read ahead
+            async with asyncio.timeout(5):
+                while "room-b" not in drainer._ahead:
+                    await asyncio.sleep(0.001)
+            await store.commit(Change("room-b", events=[env("room-b", n) for n in range(1, 5)]))
+            sink.gate.set()
+            await wait_delivered(drainer, 15, timeout=10)
+        assert ["room-b"] * 5 in sink.batches, sink.batches
+        assert ["room-b"] not in sink.batches
+    finally:
+        await store.close()
