@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from .budget import FeedbackBudget, LinkShare
 
 PathLike = str | Sequence[str | int]
-"""``"Configuration Time Zone"`` (space or ``/`` separated) or ``["Configuration", "Time", ...]``."""
+"""``"Configuration Time Zone"`` (space or ``/`` separated), or
+``["Configuration", "Time", ...]``."""
 
 
 

@@ -121,7 +121,9 @@ async def probe(cfg: AgentConfig, *, timeout: float) -> tuple[bool, str]:
             f"PostgreSQL {server} at {where}: schema step {version} is newer than this agent's "
             f"({q.SCHEMA_VERSION}); upgrade this member (docs/upgrading.md)"
         )
-    later = "" if version == q.SCHEMA_VERSION else f" (this agent migrates it to {q.SCHEMA_VERSION})"
+    later = ""
+    if version < q.SCHEMA_VERSION:
+        later = f" (this agent migrates it to {q.SCHEMA_VERSION})"
     return True, f"PostgreSQL {server} at {where}: schema step {version}{later}"
 
 
