@@ -657,12 +657,14 @@ async def read_only(
     sslmode: str | None = None,
     ca_file: str | Path | None = None,
     connect_timeout_s: float = 10.0,
+    require_schema: bool = True,
 ) -> AsyncIterator[Conn]:
     """One connection in read-only transactions, for a command run beside the fleet: it
     migrates nothing, takes no lease and no lock a member waits for.
 
     Raises:
-        StoreError: the database cannot be reached, or has no edge-agent schema.
+        StoreError: the database cannot be reached, or (``require_schema``) has no
+            edge-agent schema.
     """
     import psycopg
 
@@ -693,7 +695,7 @@ async def read_only(
             row = await (await conn.execute("SELECT to_regclass('edge_schema')")).fetchone()
         except psycopg.Error as exc:
             raise StoreError(pg_message(where, exc)) from exc
-        if row is None or row[0] is None:
+        if require_schema and (row is None or row[0] is None):
             raise StoreError(
                 f"no edge-agent store at {where} (has an agent run with this [store] url?)"
             )

@@ -125,7 +125,7 @@ print("mapped" if size_word & 2 else "heap")  # glibc's IS_MMAPPED bit
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc parameters")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc-only")
 def test_tune_malloc_keeps_large_blocks_in_their_own_mappings() -> None:
     """Left alone, glibc raises its mmap threshold to the size of a mapped block once it is
     freed, and the next blocks of that size come from the heap; fixed, they still get their own

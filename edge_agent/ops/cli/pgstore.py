@@ -39,33 +39,35 @@ def store_password(cfg: AgentConfig) -> str | None:
     return None if secret is None else secret.get_secret_value()
 
 
-async def dead_letters(cfg: AgentConfig, *, limit: int, sink: str | None) -> list[dict[str, Any]]:
-    """The fleet's oldest dead letters (every member's)."""
-    from edge_agent.store.postgres import read_dead_letters, read_only
+def _read_only(cfg: AgentConfig, **kw: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+    """``store.postgres.read_only`` on ``cfg``'s database, with its password and TLS."""
+    from edge_agent.store.postgres import read_only
 
     assert cfg.store.url is not None
-    async with read_only(
+    return read_only(
         cfg.store.url,
         password=store_password(cfg),
         sslmode=cfg.store.sslmode,
         ca_file=cfg.store.ca_file,
-    ) as conn:
-        with _as_store_error(cfg.store.url):
+        **kw,
+    )
+
+
+async def dead_letters(cfg: AgentConfig, *, limit: int, sink: str | None) -> list[dict[str, Any]]:
+    """The fleet's oldest dead letters (every member's)."""
+    from edge_agent.store.postgres import read_dead_letters
+
+    async with _read_only(cfg) as conn:
+        with _as_store_error(cfg.store.url or ""):
             return await read_dead_letters(conn, limit=limit, sink=sink)
 
 
 async def occupancy(cfg: AgentConfig, since: float) -> Any:
     """The fleet's occupancy history (``store.occupancy.OccupancyHistory``) since ``since``."""
-    from edge_agent.store.postgres import read_occupancy, read_only
+    from edge_agent.store.postgres import read_occupancy
 
-    assert cfg.store.url is not None
-    async with read_only(
-        cfg.store.url,
-        password=store_password(cfg),
-        sslmode=cfg.store.sslmode,
-        ca_file=cfg.store.ca_file,
-    ) as conn:
-        with _as_store_error(cfg.store.url):
+    async with _read_only(cfg) as conn:
+        with _as_store_error(cfg.store.url or ""):
             return await read_occupancy(conn, since)
 
 
@@ -77,33 +79,12 @@ async def probe(cfg: AgentConfig, *, timeout: float) -> tuple[bool, str]:
     Raises:
         StoreError: the database cannot be reached or refuses the login.
     """
-    import psycopg
-
-    from edge_agent.config.models import postgres_url_secret
     from edge_agent.store import pgschema as q
     from edge_agent.store.postgres import describe
 
     assert cfg.store.url is not None
     where = describe(cfg.store.url)
-    if (why := postgres_url_secret(cfg.store.url)) is not None:
-        raise StoreError(why)
-    kwargs: dict[str, Any] = {
-        "autocommit": True,
-        "connect_timeout": max(1, int(timeout)),
-        "application_name": "edge-agent check-config",
-        "options": "-c default_transaction_read_only=on",
-    }
-    if (password := store_password(cfg)) is not None:
-        kwargs["password"] = password
-    if cfg.store.sslmode is not None:
-        kwargs["sslmode"] = cfg.store.sslmode
-    if cfg.store.ca_file is not None:
-        kwargs["sslrootcert"] = str(cfg.store.ca_file)
-    try:
-        conn = await psycopg.AsyncConnection.connect(cfg.store.url, **kwargs)
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot reach {where}: {exc}") from exc
-    try:
+    async with _read_only(cfg, connect_timeout_s=timeout, require_schema=False) as conn:
         with _as_store_error(cfg.store.url):
             server = conn.info.parameter_status("server_version") or "?"
             row = await (await conn.execute("SELECT to_regclass('edge_schema')")).fetchone()
@@ -114,8 +95,6 @@ async def probe(cfg: AgentConfig, *, timeout: float) -> tuple[bool, str]:
                 )
             found = await (await conn.execute(q.SELECT_VERSION)).fetchone()
             version = int(found[0]) if found is not None else 0
-    finally:
-        await conn.close()
     if version > q.SCHEMA_VERSION:
         return False, (
             f"PostgreSQL {server} at {where}: schema step {version} is newer than this agent's "
