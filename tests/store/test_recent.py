@@ -29,6 +29,19 @@ def test_a_read_is_answered_only_when_every_later_event_is_held() -> None:
     assert r.read("a", 7, 5) is None
 
 
+def test_a_stream_done_with_holds_no_queue_and_stays_exact() -> None:
+    r = RecentEvents(max_events=10)
+    for seq in (3, 4):
+        r.add(ev("a", seq))
+    r.done("a", 4)
+    assert r._streams == {}  # one empty queue per device was ~0.7 KiB each, for good
+    assert r.read("a", 4, 5) == []  # still exact: nothing after 4 exists
+    assert r.read("a", 2, 5) is None  # 3 and 4 are the database's now
+    r.add(ev("a", 9))
+    assert [e.seq for e in r.read("a", 4, 5) or []] == [9]
+    assert r.read("a", 9, 5) == [] and r._streams == {}  # read up to the top: dropped again
+
+
 def test_past_the_bound_everything_goes_to_the_database() -> None:
     r = RecentEvents(max_events=3)
     for seq in range(1, 5):
