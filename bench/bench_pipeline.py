@@ -67,12 +67,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 import bench_reference as ref
 
-RSS_GOAL_MIB = 150e6 / 2**20  # "under 150 MB", read strictly: 143.1 MiB
+RSS_GOAL_MIB = 128.0  # issue 17: under 128 MiB at 1,000 devices, connected and after the burst
+# (it replaced the README's older "under 150 MB", which it implies)
 
 
 def rss_cell(mib: float) -> str:
-    """RSS in MiB and in MB (10^6 bytes), the unit the goal is given in."""
-    return f"{mib:.0f} MiB = {mib * 1.048576:.0f} MB"
+    """RSS in MiB (the goal's unit) and in MB (10^6 bytes)."""
+    return f"{mib:.1f} MiB = {mib * 1.048576:.0f} MB"
 
 
 class Bench:
@@ -208,7 +209,7 @@ class Bench:
         """The agent's figures against the README's absolute goals."""
         a, n, rx = self.args, self.args.devices, self.rig.rx_name
         bookings = f"{a.flood_bookings + len(self.rig.burst_times)} bookings/device in window"
-        goal_rss = "< 150 MB" if n >= 1000 else "-"
+        goal_rss = "< 128 MiB" if n >= 1000 else "-"
         if run.connect is not None:
             rss = run.connect.rss
             met = "yes" if rss < RSS_GOAL_MIB else "NO"

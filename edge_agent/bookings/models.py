@@ -8,9 +8,11 @@ odd booking from a calendar backend must not blind the agent to the rest of the 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -25,6 +27,7 @@ __all__ = [
     "Organizer",
     "booking_key",
     "device_bool",
+    "device_label",
     "device_str",
     "join_pages",
     "next_page_offset",
@@ -73,11 +76,27 @@ def parse_device_time(value: Any) -> datetime | None:
     s = device_str(value)
     if s is None:
         return None
+    return _parse_time(s)
+
+
+@lru_cache(maxsize=1024)
+def _parse_time(s: str) -> datetime | None:
+    # Memoised: bookings start and end on a few shared times (:00, :30) in every room, and
+    # each event repeats its booking's; one datetime per distinct time instead of two per
+    # booking in every window (~1.4 MiB at 1,000 rooms of 13 bookings) and no re-parse.
     try:
         return parse_utc(s)
     except (ValueError, OverflowError):
         # OverflowError: year 1 east of UTC or year 9999 west of it has no UTC instant.
         return None
+
+
+def device_label(value: Any) -> str | None:
+    """:func:`device_str` for a field with a handful of values fleet-wide (``Privacy``,
+    ``MeetingPlatform``): interned, so every room's bookings share one string per value (the
+    interpreter drops an interned string nobody uses any more)."""
+    s = device_str(value)
+    return None if s is None else sys.intern(s)
 
 
 DEVICE_INT_MAX = 10**12
@@ -207,8 +226,8 @@ class Booking:
             meeting_id=device_str(row.get("meeting_id")),
             booking_request_uuid=device_str(row.get("booking_request_uuid")),
             organizer=Organizer.from_dict(org if isinstance(org, Mapping) else None),
-            privacy=device_str(row.get("privacy")),
-            platform=device_str(row.get("platform")),
+            privacy=device_label(row.get("privacy")),
+            platform=device_label(row.get("platform")),
             join_url=device_str(row.get("join_url")),
             agenda=device_str(row.get("agenda")),
             start_buffer_s=device_int(row.get("start_buffer_s")),
@@ -442,7 +461,7 @@ def _booking_from_raw(raw: _RawListBooking) -> Booking:
     if end < start:
         raise ValueError(f"EndTime {time.EndTime} before StartTime {time.StartTime}")
     webex_on = device_bool(raw.Webex.Enabled) if raw.Webex else None
-    platform = device_str(raw.MeetingPlatform)
+    platform = device_label(raw.MeetingPlatform)
     if platform == "None":  # the device's literal for "no meeting platform"
         platform = None
     if platform is None and webex_on:
@@ -459,7 +478,7 @@ def _booking_from_raw(raw: _RawListBooking) -> Booking:
         meeting_id=device_str(raw.MeetingId),
         booking_request_uuid=device_str(raw.BookingRequestUUID),
         organizer=_organizer(raw.Organizer),
-        privacy=device_str(raw.Privacy),
+        privacy=device_label(raw.Privacy),
         platform=platform,
         join_url=join_url,
         agenda=device_str(raw.Agenda),

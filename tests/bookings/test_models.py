@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
+
 from edge_agent.bookings.models import (
     Booking,
     ListPage,
@@ -10,6 +12,7 @@ from edge_agent.bookings.models import (
     device_bool,
     join_pages,
     next_page_offset,
+    parse_device_time,
     parse_list_result,
 )
 
@@ -238,3 +241,22 @@ def test_join_pages_keeps_skipped_ids_aligned() -> None:
     assert legacy.skipped_unidentified
     assert join_pages([p1, legacy]).skipped_ids == ("2", None)
     assert join_pages([]) == ListPage(bookings=())
+
+
+def test_rooms_share_one_object_per_time_and_per_privacy_value() -> None:
+    # Two rooms' lists, parsed from separate JSON documents (no string shared between them).
+    pages = [
+        parse_list_result(
+            orjson.loads(orjson.dumps({"Booking": [list_entry(Id=f"{room}")], "status": "OK"}))
+        )
+        for room in ("a", "b")
+    ]
+    (a,), (b,) = (p.bookings for p in pages)
+    assert a.start == b.start == utc(2026, 11, 23, 9) and a.end == utc(2026, 11, 23, 10)
+    assert a.start is b.start and a.end is b.end  # one datetime per distinct time
+    assert a.privacy == "Public" and a.privacy is b.privacy
+    # The store's rows (its own time format) share theirs the same way.
+    rows = [Booking.from_row(orjson.loads(orjson.dumps(x.to_row()))) for x in (a, b)]
+    assert rows == [a, b] and rows[0].start is rows[1].start
+    assert rows[0].privacy is a.privacy
+    assert parse_device_time("not a time") is None and parse_device_time("") is None
