@@ -146,11 +146,8 @@ class FeedbackBudget:
         cancel it: shield it)."""
         if self.held < self.limit:
             return None
-        room = self._room
-        if room is None:
-            room = self._room = asyncio.get_running_loop().create_future()
         self.waits += 1
-        return room
+        return _gate(self)
 
     def room_for(self, share: LinkShare | None) -> asyncio.Future[None] | None:
         """:meth:`room`, and for ``share`` past its share a future of its own, done when it is
@@ -158,11 +155,16 @@ class FeedbackBudget:
         room = self.room()
         if room is not None or share is None or share.held < self.share_max:
             return room
-        room = share._room
-        if room is None:
-            room = share._room = asyncio.get_running_loop().create_future()
         self.waits += 1
-        return room
+        return _gate(share)
+
+
+def _gate(holder: FeedbackBudget | LinkShare) -> asyncio.Future[None]:
+    """The future ``holder``'s readers wait on, made by the first one to wait."""
+    room = holder._room
+    if room is None:
+        room = holder._room = asyncio.get_running_loop().create_future()
+    return room
 
 
 def _open(room: asyncio.Future[None]) -> None:
