@@ -9,6 +9,7 @@ restored on the health timer.
 
 from __future__ import annotations
 
+import random
 import re
 import signal
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.forward.base import Delivered
 from edge_agent.forward.mqtt import MqttSink
+from edge_agent.forward.mqtt.sink import PACK_MIN_BYTES
 from tests.forward.test_mqtt import (
     BASE,
     FAST,
@@ -149,6 +151,35 @@ async def test_an_overwritten_retained_window_is_restored_on_the_health_timer(
         await until(lambda: len(late.messages) >= 2, what="retained messages")
         retained = {t: p for t, p, r in late.messages if r}
     assert retained == {bookings: snap.body, availability: b"online"}
+
+
+async def test_a_large_window_is_kept_deflated_and_restored_as_published(
+    broker: Mosquitto,
+) -> None:
+    """A window past PACK_MIN_BYTES is held deflated (~8 MiB at 1,000 rooms of 13 bookings,
+    as sent); the health refresh still publishes the very bytes the device's snapshot did."""
+    snap = snapshot("room-1", [f"weekly sync of team {i}" for i in range(100)])
+    assert len(snap.body) > 2 * PACK_MIN_BYTES
+    bookings = f"{BASE}/devices/room-1/bookings"
+    with Subscriber(broker, bookings) as sub:
+        async with running(make_sink(broker, health_interval_s=0.2)) as sink:
+            assert await sink.send([event("room-1", "device.online"), snap]) == Delivered()
+            await until(lambda: sub.on(bookings)[-1:] == [snap.body], what="the window")
+            assert len(sink._retained[bookings]) < len(snap.body) / 3  # what memory holds
+            assert sink.retained_kept()[bookings] == snap.body
+            publish_retained(broker, bookings, b'{"forged": true}')
+            await until(lambda: b'{"forged": true}' in sub.on(bookings), what="the overwrite")
+            await until(lambda: sub.on(bookings)[-1:] == [snap.body], what="the window restored")
+
+
+def test_a_small_retained_message_is_kept_as_it_is() -> None:
+    sink = MqttSink("mqtt://127.0.0.1:1", site="hq")
+    sink.keep_retained(f"{BASE}/devices/room-1/availability", b"online")
+    incompressible = random.Random(7).randbytes(2048)  # deflating would not make it smaller
+    sink.keep_retained(f"{BASE}/devices/room-1/bookings", incompressible)
+    assert sink._retained[f"{BASE}/devices/room-1/availability"] == b"online"
+    assert sink._retained[f"{BASE}/devices/room-1/bookings"] is incompressible
+    assert sink.retained_kept()[f"{BASE}/devices/room-1/bookings"] == incompressible
 
 
 def test_the_kept_retained_state_is_bounded(tmp_path: Path) -> None:
