@@ -9,8 +9,8 @@ store behind (group commit):
 
 - ``Delivered``: the device's progress moves past the batch.
 - ``Retry``: the device backs off (``Backoff`` jittered exponential, capped; never earlier than
-  the receiver's ``Retry-After``). The attempts and due time are stored, so a restart keeps
-  the schedule. Only that device waits; the others keep flowing.
+  the receiver's ``Retry-After``), then tries the whole batch again. The attempts and due time
+  are stored, so a restart keeps the schedule. Only that device waits; the others keep flowing.
 - ``Reject``: dead-lettered at once: the receiver refused the event for good (DESIGN.md:
   "other 4xx dead letter"), and sending it again would only hold its device's later events
   back. A rejected batch of several events is retried one event at a time, so only the poison
@@ -453,7 +453,12 @@ class Drainer:
             events=n,
         )
         self._schedule.retry(
-            device, head.seq, attempts=attempts, next_attempt_at=now + delay, error=outcome.reason
+            device,
+            head.seq,
+            attempts=attempts,
+            next_attempt_at=now + delay,
+            error=outcome.reason,
+            alone=isinstance(outcome, Reject),
         )
         return store.mark_retry(
             name, head, attempts=attempts, next_attempt_at=now + delay, error=outcome.reason
