@@ -39,7 +39,11 @@ still where it was read from (a failed send leaves it there; a delivered one mov
 stale batch is dropped; a short one is read again, as more may have come behind it); a stream's
 later rows only ever come after the ones read (seqs grow), so the rows read ahead are still the
 stream's next ones (a row the outbox cap moved to the dead letter meanwhile may still be sent
-once: at least once).
+once: at least once). A batch that is not in hand when its slot frees is waited for when the
+read ahead under way has it; otherwise it is read with the next batches ahead in the same
+query. (Read one by one, behind the read ahead on the same connection, most batches of a
+100,000-event backlog were read on demand, the loop waiting ~1 ms each time, and what was read
+ahead was mostly dropped as stale.)
 Memory: at most ``read_ahead`` batches of ``sink.max_batch`` events.
 
 The drainer wakes as soon as the store commits new events (``wakeup``; ``take_committed`` says
@@ -120,7 +124,9 @@ class Drainer:
         self._read_ahead = 2 * self._max_in_flight if read_ahead is None else max(0, read_ahead)
         # stream -> (the read it was made with, its events): the next batches, read ahead.
         self._ahead: dict[str, tuple[StreamRead, list[OutboxEvent]]] = {}
-        self._reading_ahead = False
+        # The read ahead under way (at most one), and the streams it reads.
+        self._ahead_task: asyncio.Task[None] | None = None
+        self._ahead_reading: frozenset[str] = frozenset()
         self._backlog = False  # the last batches chosen included a full one
         self._backoff = backoff
         self._ttl_s = ttl_s
@@ -266,11 +272,40 @@ class Drainer:
             if not reads:
                 break
             held, misses = self._take_ahead(reads)
+            task = self._ahead_task
+            if task is not None and any(r.stream in self._ahead_reading for r in misses):
+                # Their batches are being read: wait for that read rather than read them again
+                # (behind it, on the same connection) and drop what it brings.
+                await asyncio.wait([task])
+                more, misses = self._take_ahead(misses)
+                held += more
             if misses:
-                held += await self._store.read_outbox(self.name, misses)
+                held += await self._read_with_ahead(misses, skip)
             out += schedule.batches(reads, held)
             skip.update(r.stream for r in reads)
         return out
+
+    async def _read_with_ahead(
+        self, reads: list[StreamRead], busy: set[str]
+    ) -> list[OutboxEvent]:
+        """The events of ``reads`` from the store; in a backlog the same read also fetches the
+        next batches ahead (the streams :meth:`DeliverySchedule.peek` serves next, as many
+        as there is room for): one query for the slot that waits and for the next ones."""
+        extra: list[StreamRead] = []
+        room = self._read_ahead - len(self._ahead) - len(self._ahead_reading)
+        if self._read_ahead and self._backlog and room > 0:
+            extra = self._schedule.peek(
+                self._time(),
+                max_streams=room,
+                max_batch=max(1, self._sink.max_batch),
+                exclude=busy.union(self._ahead, self._ahead_reading, (r.stream for r in reads)),
+            )
+        events = await self._store.read_outbox(self.name, reads + extra)
+        if not extra:
+            return events
+        wanted = {r.stream for r in reads}
+        self._keep_ahead(extra, [e for e in events if e.device_id not in wanted])
+        return [e for e in events if e.device_id in wanted]
 
     def _take_ahead(self, reads: list[StreamRead]) -> tuple[list[OutboxEvent], list[StreamRead]]:
         """The events of ``reads`` read ahead, and the reads that must go to the store."""
@@ -289,7 +324,7 @@ class Drainer:
 
     def _read_ahead_soon(self, tg: asyncio.TaskGroup) -> None:
         """Start reading the next batches ahead when fewer than half are in hand."""
-        if self._reading_ahead or len(self._ahead) * 2 > self._read_ahead:
+        if self._ahead_task is not None or len(self._ahead) * 2 > self._read_ahead:
             return
         reads = self._schedule.peek(
             self._time(),
@@ -298,8 +333,10 @@ class Drainer:
             exclude=self._in_flight.union(self._ahead),
         )
         if reads:
-            self._reading_ahead = True
-            tg.create_task(self._read_ahead_of(reads), name=f"drainer[{self.name}].read_ahead")
+            self._ahead_reading = frozenset(r.stream for r in reads)
+            self._ahead_task = tg.create_task(
+                self._read_ahead_of(reads), name=f"drainer[{self.name}].read_ahead"
+            )
 
     async def _read_ahead_of(self, reads: list[StreamRead]) -> None:
         try:
@@ -310,7 +347,11 @@ class Drainer:
             self._log.debug("reading ahead failed", error=str(exc))
             return
         finally:
-            self._reading_ahead = False
+            self._ahead_task = None
+            self._ahead_reading = frozenset()
+        self._keep_ahead(reads, events)
+
+    def _keep_ahead(self, reads: list[StreamRead], events: list[OutboxEvent]) -> None:
         by_stream: dict[str, list[OutboxEvent]] = {}
         for e in events:
             by_stream.setdefault(e.device_id, []).append(e)
