@@ -775,6 +775,7 @@ class GroupWriter:
         counts = self.next_seq, self.outbox_count, self.dead_count, self.kept
         cursors: dict[tuple[str, str], int] = {}
         now = self._time()
+        had_deferred = bool(self._deferred)
         try:
             added, firsts, exact, overflow, dropped, results, moved = await self._run(
                 self._apply_sync, changes, progress, calls, cursors, now
@@ -790,7 +791,10 @@ class GroupWriter:
         self._held_attempts = 0
         self._checkpoint_soon()
         self.outbox_count += added
-        if moved:
+        if moved or not had_deferred:
+            # The sweep's wait starts when the mark last moved, or when rows were first kept
+            # above it: a backlog's first deliveries (the mark still where it stopped) are not
+            # swept at once, with a scan of the whole outbox for the streams' tops.
             self._mark_moved_at = asyncio.get_running_loop().time()
         for (s, d), q in cursors.items():
             dbc = self._db_cursor[s]
