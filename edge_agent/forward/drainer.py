@@ -44,7 +44,8 @@ read ahead under way has it; otherwise it is read with the next batches ahead in
 query. (Read one by one, behind the read ahead on the same connection, most batches of a
 100,000-event backlog were read on demand, the loop waiting ~1 ms each time, and what was read
 ahead was mostly dropped as stale.)
-Memory: at most ``read_ahead`` batches of ``sink.max_batch`` events.
+Memory: at most ``read_ahead`` batches of ``sink.max_batch`` events (32 of 20 for a webhook
+with the defaults and ``batch_max = 20``: 640 events, in a backlog only).
 
 The drainer wakes as soon as the store commits new events (``wakeup``; ``take_committed`` says
 which devices have them), and otherwise sleeps until the next due retry: no polling while idle,
@@ -106,7 +107,9 @@ class Drainer:
             max_in_flight: batches (devices) in flight at once. Keep it small for HTTP: httpx
                 collapses past ~50 in flight per host (DESIGN.md); 8 is the webhook default.
             read_ahead: most streams whose next batch is read ahead (module docstring);
-                default ``2 * max_in_flight``; 0 turns reading ahead off.
+                default ``4 * max_in_flight`` (a read comes back after a few loop turns and
+                several ms: at ``2 *`` a 100,000-event backlog's slots waited for it ~1.7 s in
+                all, ~1.1 s at ``4 *``); 0 turns reading ahead off.
             backoff: the retry schedule (delay before attempt n).
             ttl_s: an event older than this is dead-lettered instead of sent.
             not_ready_poll_s: how often to look again while ``sink.ready()`` is false.
@@ -121,7 +124,7 @@ class Drainer:
         self._sink = sink
         self.name = sink.name
         self._max_in_flight = max(1, max_in_flight)
-        self._read_ahead = 2 * self._max_in_flight if read_ahead is None else max(0, read_ahead)
+        self._read_ahead = 4 * self._max_in_flight if read_ahead is None else max(0, read_ahead)
         # stream -> (the read it was made with, its events): the next batches, read ahead.
         self._ahead: dict[str, tuple[StreamRead, list[OutboxEvent]]] = {}
         # The read ahead under way (at most one), and the streams it reads.
@@ -323,8 +326,11 @@ class Drainer:
         return held, misses
 
     def _read_ahead_soon(self, tg: asyncio.TaskGroup) -> None:
-        """Start reading the next batches ahead when fewer than half are in hand."""
-        if self._ahead_task is not None or len(self._ahead) * 2 > self._read_ahead:
+        """Start reading the next batches ahead once a quarter of the room is free (a read
+        takes a few loop turns to come back: started at half, a 100,000-event backlog had its
+        slots wait for it ~1 s in all)."""
+        room = self._read_ahead - len(self._ahead)
+        if self._ahead_task is not None or room < max(1, self._read_ahead // 4):
             return
         reads = self._schedule.peek(
             self._time(),
@@ -350,6 +356,8 @@ class Drainer:
             self._ahead_task = None
             self._ahead_reading = frozenset()
         self._keep_ahead(reads, events)
+        if self._backlog:
+            self._wake.set()  # the next read ahead may start now
 
     def _keep_ahead(self, reads: list[StreamRead], events: list[OutboxEvent]) -> None:
         by_stream: dict[str, list[OutboxEvent]] = {}
