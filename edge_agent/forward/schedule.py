@@ -11,8 +11,10 @@ The schedule holds, for one sink:
 - the ready ring: streams that may have work, in round-robin order (served ones go last);
 - ``retry``: streams whose head event is backing off, with attempts and the due time.
 
-Head-of-line isolation: a stream whose head is backing off blocks only itself, and while it
-is retried only its head is read (``limit`` 1), so a poison event is found alone.
+Head-of-line isolation: a stream whose head is backing off blocks only itself, and after a
+rejected batch only its head is read (``limit`` 1), so a poison event is found alone. After a
+``Retry`` (the receiver down or busy: the batch itself is not what failed) the whole batch is
+tried again: a backlog after an outage of 300 rooms started with 300 single-event POSTs.
 
 No I/O and no clock: the drainer asks :meth:`DeliverySchedule.choose` what to read, reads it
 from the store, hands the rows to :meth:`DeliverySchedule.batches`, and reports outcomes.
@@ -155,6 +157,9 @@ class RetryState:
     attempts: int
     next_attempt_at: float
     error: str | None
+    alone: bool = True
+    """Read the head alone: after a rejected batch, or when the cause is not known (a retry
+    state loaded from the store); False after a ``Retry`` outcome."""
 
 
 @dataclass(slots=True)
@@ -195,7 +200,8 @@ class DeliverySchedule:
         """Up to ``max_streams`` reads, one per stream with work that is not backing off.
 
         ``exclude`` are the streams the caller has in flight. Chosen streams move to the back
-        of the ring (round robin). A stream whose head is retried is read one event at a time.
+        of the ring (round robin). A stream whose head is retried alone is read one event at a
+        time.
         """
         reads = self._eligible(now, max_streams, max_batch, set(exclude), prune=True)
         for read in reads:
@@ -228,7 +234,7 @@ class DeliverySchedule:
             r = self._retry.get(stream)
             if r is not None and r.next_attempt_at > now:
                 continue
-            reads.append(StreamRead(stream, after, 1 if r is not None else max_batch))
+            reads.append(StreamRead(stream, after, 1 if r is not None and r.alone else max_batch))
         if prune:
             for stream in idle:
                 del self._ready[stream]
@@ -280,10 +286,18 @@ class DeliverySchedule:
         self._retry.pop(stream, None)
 
     def retry(
-        self, stream: str, seq: int, *, attempts: int, next_attempt_at: float, error: str | None
+        self,
+        stream: str,
+        seq: int,
+        *,
+        attempts: int,
+        next_attempt_at: float,
+        error: str | None,
+        alone: bool = True,
     ) -> None:
-        """``stream``'s head ``seq`` backs off until ``next_attempt_at``."""
-        self._retry[stream] = RetryState(seq, attempts, next_attempt_at, error)
+        """``stream``'s head ``seq`` backs off until ``next_attempt_at``; ``alone``: read only
+        the head when it is tried again (see :class:`RetryState`)."""
+        self._retry[stream] = RetryState(seq, attempts, next_attempt_at, error, alone)
 
     def due_by(self, stream: str, when: float) -> None:
         """Bring ``stream``'s retry forward to ``when`` if it is due later (never later)."""

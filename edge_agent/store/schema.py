@@ -205,6 +205,22 @@ PUT_RETRY = (
     "INSERT OR REPLACE INTO retry_state (sink, device_id, seq, attempts, next_attempt_at, "
     "last_error) VALUES (?,?,?,?,?,?)"
 )
+# Every row above the last mark and up to a low-water mark that every sink is done with (its
+# stream's and sink's cursors are all at or past it), in one range of the primary key:
+# ``{marks}`` are the configured sinks (a replayed row of a sink no longer configured stays).
+COMPACT_UPTO = "DELETE FROM outbox WHERE seq>? AND seq<=? AND only_sink IN ('', {marks})"
+# The tops of every stream and sink: (only_sink, device_id, max(seq)).
+OUTBOX_TOPS = "SELECT only_sink, device_id, max(seq) FROM outbox GROUP BY only_sink, device_id"
+SHARED_TOP_OF = "SELECT max(seq) FROM outbox WHERE device_id=? AND only_sink=''"
+# One sink: the rows a cursor move passed, (device, from, to), through outbox_by_device alone
+# (every row is the sink's when no rows of old sinks are left); else its own, (..., sink).
+ROWS_PASSED = "SELECT count(*) FROM outbox WHERE device_id=? AND seq>? AND seq<=?"
+OWN_ROWS_PASSED = ROWS_PASSED + " AND only_sink IN ('', ?)"
+# One sink: every row its cursors are past, (sink, sink): what compaction has not deleted yet.
+DONE_ROWS = (
+    "SELECT count(*) FROM outbox o JOIN sink_cursor c ON c.sink=? AND c.device_id=o.device_id "
+    "WHERE o.seq<=c.done_seq AND o.only_sink IN ('', ?)"
+)
 # Rows every sink is done with (shared rows), and one sink's replayed rows it is done with.
 COMPACT_SHARED = "DELETE FROM outbox WHERE device_id=? AND seq<=? AND only_sink=''"
 COMPACT_ONE_SINK = "DELETE FROM outbox WHERE device_id=? AND seq<=? AND only_sink=?"
@@ -215,7 +231,13 @@ DELETE_OUTBOX_UPTO = "DELETE FROM outbox WHERE seq<=?"
 # its transaction): the depth is the writer's row count less the rows of sinks no longer
 # configured (replayed for them), and the oldest is the first row in seq order.
 FOREIGN_ROWS = "SELECT count(*) FROM outbox WHERE only_sink NOT IN ('', {marks})"
-OLDEST_OF_SINK = "SELECT created_at FROM outbox WHERE only_sink IN ('', ?) ORDER BY seq LIMIT 1"
+# The oldest row above the low-water mark that the sink is not done with: (mark, sink, sink).
+# Rows it is done with above the mark are skipped (a few hundred at most in a round robin).
+OLDEST_OF_SINK = (
+    "SELECT o.created_at FROM outbox o LEFT JOIN sink_cursor c ON c.sink=? AND "
+    "c.device_id=o.device_id WHERE o.seq>? AND o.seq > coalesce(c.done_seq, 0) AND "
+    "o.only_sink IN ('', ?) ORDER BY o.seq LIMIT 1"
+)
 SINK_DEPTH = (
     "SELECT count(*), min(o.created_at) FROM outbox o "
     "LEFT JOIN sink_cursor c ON c.sink=? AND c.device_id=o.device_id "

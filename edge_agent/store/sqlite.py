@@ -333,20 +333,22 @@ class SqliteStore:
     async def stats(self) -> dict[str, Any]:
         """Counts for the local API and metrics (see :func:`edge_agent.store.stats.store_stats`).
 
-        With one sink (the usual agent) without a scan: every row of that sink in the outbox
-        is undelivered, so the depth is the writer's row count (less rows replayed for sinks
-        no longer configured) and the oldest is the first row. ``/v1/outbox``, which a
-        client may poll often, scanned the undelivered rows with a join per row (~20 ms at
-        100,000 rows, on the read thread while a backlog drained).
+        With one sink (the usual agent) without a scan: the depth is the writer's row count
+        less the rows replayed for sinks no longer configured and the delivered rows not
+        compacted yet (both counted by the writer), and the oldest is the first row above the
+        low-water mark that the sink is not done with. ``/v1/outbox``, which a client may
+        poll often, scanned the undelivered rows with a join per row (~20 ms at 100,000
+        rows, on the read thread while a backlog drained).
         """
         if len(self.sinks) != 1:
             return await store_stats(self._rconn, self.sinks, self._time())
         (sink,) = self.sinks
         w = self._writer
-        depth = max(0, w.outbox_count - w.foreign_count)
+        depth = max(0, w.outbox_count - w.foreign_count - w.kept)
         age = None
         if depth:
-            rows = list(await self._rconn.execute_fetchall(schema.OLDEST_OF_SINK, (sink,)))
+            args = (sink, w.compacted_upto, sink)
+            rows = list(await self._rconn.execute_fetchall(schema.OLDEST_OF_SINK, args))
             if rows:
                 age = max(0.0, self._time() - rows[0][0])
         pending = list(await self._rconn.execute_fetchall(schema.PENDING_COUNT))[0][0]
@@ -499,6 +501,7 @@ class SqliteStore:
             inserts = []
             for event_id, row_sink, device, etype, body, observed in found.rows:
                 inserts.append((w.next_seq, event_id, row_sink, device, etype, body, now, observed))
+                w.note_rows(row_sink, device, w.next_seq)
                 w.next_seq += 1
             cur = db.executemany(schema.INSERT_OUTBOX, inserts)
             db.executemany(schema.DELETE_DEAD_LETTER, [(i,) for i in found.ids])

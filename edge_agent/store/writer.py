@@ -63,6 +63,25 @@ in ``STATUS=``. Any other error that lasts (I/O errors, a file turned read-only 
 under the agent) is what a restart can clear, and the next start's ``quick_check`` turns a
 damaged file into exit 78 (no restart loop).
 
+Compaction
+----------
+Delivered rows go in ranges of the primary key: every group that moves a cursor deletes the
+rows up to the *low-water mark*, the lowest cursor among the streams (per sink) that still
+have rows to deliver; every row at or below it is done for every sink. The writer knows those
+streams (their tops, ``_pending``) without reading: it inserts every row. One range delete
+touches the table's pages in order, where deleting each delivered batch by device touched a
+page per row (devices interleave in seq order): with a 100,000-event backlog those scattered
+deletes were most of the drain's cost (issue 17).
+
+A stream that stops (a sink backing off for one room) holds the mark back; what the other
+streams deliver above it stays until a *sweep*: the per-stream deletes, for the streams whose
+cursors moved, in one transaction, once the mark has not moved for :data:`SWEEP_AFTER_S`
+(and before the outbox cap counts rows, so the cap counts undelivered rows only). The sweep
+also reads the streams' tops again from the table (rows the cap moved away, duplicates not
+inserted). Delivered rows kept meanwhile are what ``outbox_total`` counts beyond the depth;
+with one sink the writer counts them (:attr:`GroupWriter.kept`: each cursor move counts the
+rows it passed, through the stream index), so the depth still needs no scan.
+
 Disk space
 ----------
 Group commit is all or nothing: a group from a backlog (up to ``max_group`` changes) can need
@@ -122,6 +141,8 @@ WRITER_CACHE_KIB = 16 * 1024
 """The write connection's page cache (SQLite's default: 2 MiB). Compaction deletes rows that
 are scattered over the table and its indexes (devices interleave in seq order); with 100,000
 events queued the indexes alone outgrow 2 MiB and every delete read its pages back."""
+SWEEP_AFTER_S = 2.0
+"""A sweep runs once the low-water mark has not moved for this long (see "Compaction")."""
 CHECKPOINT_EVERY_S = 0.25
 """Most often the checkpoint thread runs while commits come in."""
 TRUNCATE_EVERY_S = 5.0
@@ -298,7 +319,19 @@ class GroupWriter:
         self.foreign_count = 0
         """Outbox rows replayed for sinks no longer configured (never sent, never compacted)."""
         self.dead_count = 0
+        self.kept = 0
+        """With one sink: outbox rows it is done with, not deleted yet (above the low-water
+        mark, see "Compaction"); the depth is ``outbox_count - foreign_count - kept``. 0 with
+        several sinks (their depths are scanned)."""
         self._db_cursor: dict[str, dict[str, int]] = {s: {} for s in sinks}
+        # Compaction (see "Compaction"), on the writer's thread only: per sink, the streams
+        # with rows it has not done (stream -> top seq; more is safe, less would lose rows);
+        # the low-water mark deleted up to; the streams whose cursors moved past it.
+        self._pending: dict[str, dict[str, int]] = {s: {} for s in sinks}
+        self._compacted_upto = 0
+        self._deferred: set[str] = set()
+        self._mark_moved_at = 0.0  # loop time the mark last moved (or a sweep ran)
+        self._compact_sql = schema.COMPACT_UPTO.format(marks=", ".join("?" * len(sinks)))
         # Per sink: streams with events stored since the drainer last looked (stream -> top).
         self.committed: dict[str, dict[str, int]] = {s: {} for s in sinks}
         self.wakeups: dict[str, asyncio.Event] = {s: asyncio.Event() for s in sinks}
@@ -382,6 +415,11 @@ class GroupWriter:
         for sink, device, done in db.execute(schema.SELECT_CURSORS).fetchall():
             if sink in self._db_cursor:
                 self._db_cursor[sink][device] = done
+        self._pending = self._read_pending(db)
+        # Rows a sweep may still find (kept above the mark when the last process stopped).
+        self._deferred = {d for cursors in self._db_cursor.values() for d in cursors}
+        if len(self.sinks) == 1:
+            self.kept = int(db.execute(schema.DONE_ROWS, (self.sinks[0],) * 2).fetchone()[0])
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(db, *args)`` on the writer's thread, after what is queued there."""
@@ -542,6 +580,18 @@ class GroupWriter:
         self._truncate_timer = None
         self._work.set()
 
+    @property
+    def compacted_upto(self) -> int:
+        """Every outbox row up to this seq is deleted (committed), the low-water mark's last."""
+        return self._compacted_upto
+
+    def note_rows(self, sink: str, device: str, top: int) -> None:
+        """On the writer's thread, in a :meth:`call` that inserts outbox rows for ``sink`` only
+        (a replay): ``device``'s stream has rows up to ``top`` (compaction must keep them)."""
+        pend = self._pending.get(sink)
+        if pend is not None and top > pend.get(device, 0):
+            pend[device] = top
+
     def stored(self, sink: str, device: str, seq: int) -> None:
         """Tell ``sink``'s drainer that ``device`` has events up to ``seq``."""
         feed = self.committed[sink]
@@ -552,9 +602,13 @@ class GroupWriter:
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self._held and not self._closing:
+            wake = self._held_at if self._held and not self._closing else None
+            if self._deferred and not self._closing:
+                sweep_at = self._mark_moved_at + SWEEP_AFTER_S
+                wake = sweep_at if wake is None else min(wake, sweep_at)
+            if wake is not None:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._held_at - loop.time()):
+                    async with asyncio.timeout(wake - loop.time()):
                         await self._work.wait()
             else:
                 await self._work.wait()
@@ -583,6 +637,8 @@ class GroupWriter:
                             self._change_slots.release()
             if self._closing:
                 return
+            if self._deferred and loop.time() >= self._mark_moved_at + SWEEP_AFTER_S:
+                await self._sweep()
             await self._checkpoint()
 
     def _done(self, task: asyncio.Task[None]) -> None:
@@ -716,16 +772,17 @@ class GroupWriter:
         self, changes: list[PreparedChange], progress: list[ProgressOp], calls: list[Call]
     ) -> Exception | None:
         """One transaction; resolves its futures when it committed, else returns the error."""
-        counts = self.next_seq, self.outbox_count, self.dead_count
+        counts = self.next_seq, self.outbox_count, self.dead_count, self.kept
         cursors: dict[tuple[str, str], int] = {}
         now = self._time()
+        had_deferred = bool(self._deferred)
         try:
-            added, firsts, exact, overflow, dropped, results = await self._run(
+            added, firsts, exact, overflow, dropped, results, moved = await self._run(
                 self._apply_sync, changes, progress, calls, cursors, now
             )
         except Exception as exc:  # noqa: BLE001 - the writer survives; the callers get it
             await self._rollback()
-            self.next_seq, self.outbox_count, self.dead_count = counts
+            self.next_seq, self.outbox_count, self.dead_count, self.kept = counts
             if isinstance(exc, sqlite3.IntegrityError):
                 await self._resync_seq()
             return exc
@@ -734,6 +791,11 @@ class GroupWriter:
         self._held_attempts = 0
         self._checkpoint_soon()
         self.outbox_count += added
+        if moved or not had_deferred:
+            # The sweep's wait starts when the mark last moved, or when rows were first kept
+            # above it: a backlog's first deliveries (the mark still where it stopped) are not
+            # swept at once, with a scan of the whole outbox for the streams' tops.
+            self._mark_moved_at = asyncio.get_running_loop().time()
         for (s, d), q in cursors.items():
             dbc = self._db_cursor[s]
             dbc[d] = max(dbc.get(d, 0), q)
@@ -782,12 +844,13 @@ class GroupWriter:
         calls: list[Call],
         cursors: dict[tuple[str, str], int],
         now: float,
-    ) -> tuple[int, list[tuple[PreparedChange, int]], bool, int, int, list[tuple[bool, Any]]]:
+    ) -> tuple[int, list[tuple[PreparedChange, int]], bool, int, int, list[tuple[bool, Any]], bool]:
         """One transaction: the changes, their events, the progress, compaction, the caps.
 
         Returns (outbox rows added net, [(change with events, its first seq)], whether every
         event was inserted (none was stored before), events moved by the outbox cap, dead
-        letters dropped by the dead-letter cap, the calls' results).
+        letters dropped by the dead-letter cap, the calls' results, whether the low-water mark
+        moved).
 
         The whole transaction is one call on the writer's thread: a group costs one thread
         hop, not one per statement (at ~10 statements per group, hops per statement were the
@@ -828,6 +891,10 @@ class GroupWriter:
         for ch in changes:
             if ch.events:
                 firsts.append((ch, self.next_seq))
+                # Before the rows are written: compaction below must see them (kept if the
+                # transaction fails: more pending is safe; a sweep reads the truth again).
+                for pend in self._pending.values():
+                    pend[ch.device_id] = self.next_seq + len(ch.events) - 1
             for e in ch.events:
                 obs = now if e.observed_at is None else e.observed_at
                 rows.append((self.next_seq, e.event_id, "", ch.device_id, e.type, e.body, now, obs))
@@ -841,7 +908,19 @@ class GroupWriter:
             db.executemany(schema.RESOLVE_BOOKING_REQUEST, resolved)
         added -= self._apply_progress(db, progress, now, cursors)
         results = self._run_calls(db, calls)
+        mark = self._low_water(cursors) if cursors else self._compacted_upto
+        if mark > self._compacted_upto:
+            args = (self._compacted_upto, mark, *self.sinks)
+            compacted = db.execute(self._compact_sql, args).rowcount
+            added -= compacted
+            self._forget_kept(compacted)
         overflow = 0
+        swept: dict[str, dict[str, int]] | None = None
+        if self.outbox_count + added > self.outbox_max_events and self._deferred:
+            # The cap counts undelivered rows: delivered ones kept above the mark go first.
+            deleted, swept = self._sweep_sync(db, cursors)
+            added -= deleted
+            self._forget_kept(deleted)
         if self.outbox_count + added > self.outbox_max_events:
             removed, overflow = self._overflow(
                 db, self.outbox_count + added - self.outbox_max_events, now
@@ -851,7 +930,17 @@ class GroupWriter:
             self._foreign_after = self._count_foreign(db)
         dropped = self._cap_dead_letters(db)
         db.execute("COMMIT")
-        return added, firsts, exact, overflow, dropped, results
+        # Committed: what compaction keeps in memory follows the database.
+        moved = mark > self._compacted_upto
+        self._compacted_upto = max(self._compacted_upto, mark)
+        if swept is not None:
+            self._pending = swept
+            self._deferred.clear()
+        elif cursors:
+            self._settle(cursors)
+        if overflow:  # rows went without their cursors moving: read the tops again
+            self._pending = self._read_pending(db)
+        return added, firsts, exact, overflow, dropped, results, moved
 
     def _apply_progress(
         self,
@@ -894,15 +983,108 @@ class GroupWriter:
         if not cursors:
             return 0
         db.executemany(schema.PUT_CURSOR, [(s, d, q) for (s, d), q in cursors.items()])
+        # The rows themselves go with the low-water mark, or in a sweep (see "Compaction").
+        self._deferred.update(d for _, d in cursors)
+        if len(self.sinks) == 1:
+            self._count_kept(db, cursors)
+        return 0
 
-        def done(s: str, d: str) -> int:
-            return max(self._db_cursor[s].get(d, 0), cursors.get((s, d), 0))
+    def _count_kept(self, db: sqlite3.Connection, cursors: dict[tuple[str, str], int]) -> None:
+        """One sink: add the rows this group's cursor moves passed to :attr:`kept`.
 
-        devices = {d for _, d in cursors}
-        everyone = [(d, min(done(s, d) for s in self.sinks)) for d in devices]
+        A count in ``outbox_by_device`` (device, seq): no table page is read, unless rows of
+        sinks no longer configured are in the outbox (they are not the sink's, and only the
+        table says which rows they are).
+        """
+        sql = schema.ROWS_PASSED if self.foreign_count == 0 else schema.OWN_ROWS_PASSED
+        kept = 0
+        for (s, d), q in cursors.items():
+            after = max(self._db_cursor[s].get(d, 0), self._compacted_upto)
+            if q > after:
+                args = (d, after, q) if self.foreign_count == 0 else (d, after, q, s)
+                kept += db.execute(sql, args).fetchone()[0]
+        self.kept += kept
+
+    def _forget_kept(self, deleted: int) -> None:
+        """Rows the sink was done with are gone (compaction, a sweep)."""
+        if len(self.sinks) == 1:
+            self.kept = max(0, self.kept - deleted)
+
+    def _cursor_of(self, sink: str, device: str, cursors: dict[tuple[str, str], int]) -> int:
+        """``sink``'s cursor for ``device`` with this group's progress."""
+        return max(self._db_cursor[sink].get(device, 0), cursors.get((sink, device), 0))
+
+    def _low_water(self, cursors: dict[tuple[str, str], int]) -> int:
+        """The highest seq every row at or below which every sink is done with: the lowest
+        cursor of a stream with rows left for its sink (the last seq when there is none)."""
+        mark = self.next_seq - 1
+        for sink, pend in self._pending.items():
+            dbc = self._db_cursor[sink]
+            for d, top in pend.items():
+                q = max(dbc.get(d, 0), cursors.get((sink, d), 0))
+                if q < top and q < mark:
+                    mark = q
+        return mark
+
+    def _settle(self, cursors: dict[tuple[str, str], int]) -> None:
+        """After a commit: streams now done leave ``_pending``; streams with nothing above the
+        mark leave ``_deferred``."""
+        for (s, d), q in cursors.items():
+            pend = self._pending[s]
+            top = pend.get(d)
+            if top is not None and q >= top:
+                del pend[d]
+        mark = self._compacted_upto
+        self._deferred = {
+            d
+            for d in self._deferred
+            if any(self._cursor_of(s, d, cursors) > mark for s in self.sinks)
+        }
+
+    def _read_pending(self, db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+        """Per sink, the streams with rows it has not done, read from the table."""
+        pending: dict[str, dict[str, int]] = {s: {} for s in self.sinks}
+        for only, d, top in db.execute(schema.OUTBOX_TOPS).fetchall():
+            for s in self.sinks if only == "" else (only,) if only in pending else ():
+                if self._db_cursor[s].get(d, 0) < top and top > pending[s].get(d, 0):
+                    pending[s][d] = top
+        return pending
+
+    def _sweep_sync(
+        self, db: sqlite3.Connection, cursors: dict[tuple[str, str], int]
+    ) -> tuple[int, dict[str, dict[str, int]]]:
+        """Inside a transaction: delete every row of the deferred streams that every sink is
+        done with. Returns (rows deleted, the pending streams read again)."""
+        devices = sorted(self._deferred)
+        everyone = [(d, min(self._cursor_of(s, d, cursors) for s in self.sinks)) for d in devices]
         deleted = db.executemany(schema.COMPACT_SHARED, everyone).rowcount
-        cur = db.executemany(schema.COMPACT_ONE_SINK, [(d, q, s) for (s, d), q in cursors.items()])
-        return deleted + cur.rowcount
+        own = [(d, self._cursor_of(s, d, cursors), s) for d in devices for s in self.sinks]
+        deleted += db.executemany(schema.COMPACT_ONE_SINK, own).rowcount
+        return deleted, self._read_pending(db)
+
+    def _sweep_round(self, db: sqlite3.Connection) -> int:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            deleted, pending = self._sweep_sync(db, {})
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._pending = pending
+        self._deferred.clear()
+        return deleted
+
+    async def _sweep(self) -> None:
+        """The delivered rows the low-water mark left behind, in a round of their own."""
+        try:
+            deleted = await self._run(self._sweep_round)
+        except sqlite3.Error as exc:  # rows stay; the next sweep tries again
+            self._log.info("outbox sweep did not complete", error=str(exc))
+        else:
+            self.outbox_count -= deleted
+            self._forget_kept(deleted)
+        self._mark_moved_at = asyncio.get_running_loop().time()
 
     def _overflow(self, db: sqlite3.Connection, excess: int, now: float) -> tuple[int, int]:
         """Move the ``excess`` oldest outbox rows to the dead letter. Returns (removed, moved)."""

@@ -135,6 +135,31 @@ async def test_receiver_down_then_back_delivers_everything(
         await sink.close()
 
 
+async def test_after_an_outage_each_device_sends_its_whole_batch(
+    store: Store, rx: WebhookReceiver
+) -> None:
+    """A Retry (503) does not split the batch: once the receiver answers again each device's
+    first request carries its whole batch (only a rejected batch goes one event at a time)."""
+    down = True
+    rx.responder = lambda d: Reply(503 if down else 200)
+    sink = WebhookSink(rx.url, [SECRET], timeout_s=0.5, batch_max=5)
+    try:
+        async with running(store, sink, max_in_flight=4) as drainer:
+            for n in range(5):
+                for d in range(3):
+                    await commit(store, f"room-{d}", n)
+            async with asyncio.timeout(5):
+                while drainer.stats().retried < 15:  # every device's batch failed once
+                    await asyncio.sleep(0.005)
+            down = False
+            await rx.wait_events(15, timeout=10)
+        accepted = [d for d in rx.deliveries if d.status == 200]
+        assert sorted(len(d.event_ids) for d in accepted) == [5, 5, 5]
+        assert_in_order(rx, 3, 5)
+    finally:
+        await sink.close()
+
+
 async def test_retry_after_is_honoured(
     store: Store, rx: WebhookReceiver, sink: WebhookSink
 ) -> None:

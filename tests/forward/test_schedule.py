@@ -37,6 +37,18 @@ def test_a_retrying_head_blocks_only_its_stream_and_goes_alone() -> None:
     ]
 
 
+def test_a_head_retried_after_a_retry_outcome_goes_with_its_batch() -> None:
+    """Only a rejected batch is split: after a Retry (the receiver down) the whole batch is
+    tried again, with the head's attempts."""
+    s = DeliverySchedule()
+    s.committed({"a": 3})
+    s.retry("a", 1, attempts=2, next_attempt_at=100.0, error="HTTP 503", alone=False)
+    assert s.choose(50, max_streams=5, max_batch=5) == []
+    assert s.choose(100, max_streams=5, max_batch=5) == [StreamRead("a", 0, 5)]
+    [batch] = s.batches([StreamRead("a", 0, 5)], [ev("a", 1), ev("a", 2), ev("a", 3)])
+    assert [e.attempts for e in batch] == [2, 0, 0]
+
+
 def test_a_stream_done_up_to_its_top_idles_until_a_commit() -> None:
     s = DeliverySchedule(SinkProgress(cursors={"a": 4}, retries={}, tops={"a": 4, "b": 1}))
     assert s.choose(0, max_streams=5, max_batch=5) == [StreamRead("b", 0, 5)]
