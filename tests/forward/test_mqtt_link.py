@@ -206,6 +206,9 @@ async def test_a_socket_that_fills_up_mid_write_sends_the_rest_in_order(
     with Subscriber(broker, "big/#") as sub:
         link = await open_link(settings(broker), max_in_flight=500)
         try:
+            # A small send buffer forces the partial write: with the kernel's own (up to 4 MiB)
+            # and the broker reading on another core, loopback took all 24 MB in one send().
+            link.client._sock._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
             acks = [link.publish("big/t", b"%04d" % i + payload, retain=False) for i in range(400)]
             await asyncio.wait_for(asyncio.gather(*acks), 60)
             assert link.sends > 2  # it did not all fit at once
