@@ -14,6 +14,15 @@ midnight, when a pending request's deadline passes); the session obeys it, debou
 them costs one list), and adds only its own safety net, a list every ``relist_interval_s``, and
 the catch-up list after dropping feedback (below).
 
+A list older than a change already applied is not applied (:data:`STALE_LISTS_MAX`): the answer
+to ``Bookings List`` resolves a future the lister awaits, and the reader may deliver the next
+frames (a ``BookingCreated`` the device sent just after the answer, say) before the lister is
+scheduled again. The worker would then apply the older list after the newer event and delete
+the booking it had just added (reported deleted, then created again by the next list, without
+the request it resolved). So each feedback input carries the number of its frame and each list
+the number of its first page's answer (:meth:`~edge_agent.xapi.XapiClient.command_at`); a
+list that predates an applied event that changed the window is dropped and listed again.
+
 Backpressure: feedback is queued (bounded). Should the queue overflow (the store is stuck, say),
 further feedback is dropped and a re-list is scheduled: the device's calendar is the truth, and
 reconciliation reports what the dropped events would have. Link changes (online/offline) are never
@@ -119,6 +128,11 @@ class DeviceLink(Protocol):
 
     async def command(self, path: PathLike, /, **args: Any) -> Any: ...
 
+    async def command_at(self, path: PathLike, /, **args: Any) -> tuple[Any, int]: ...
+
+    @property
+    def frames_read(self) -> int: ...
+
     async def get(self, path: PathLike) -> Any: ...
 
     async def run(self) -> None: ...
@@ -156,6 +170,8 @@ class _Feedback:
     arrived_after: datetime | None = None
     """When set, the arrival is only known to lie between this and ``arrived_at`` (the frame
     was read in the catch-up after a stall)."""
+    frame: int = 0
+    """The link's number for the frame (``DeviceLink.frames_read`` as it was delivered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +180,15 @@ class _Listed:
     applied: asyncio.Future[None]
     observed_at: datetime
     """When the last page arrived: the window and the expiries are judged as of then."""
+    frame: int = 0
+    """The number of the frame that answered the first page: feedback with a higher number
+    was read after it (the list may not show what that feedback changed)."""
+
+
+STALE_LISTS_MAX = 3
+"""Lists in a row dropped as older than a change already applied, before the next one is
+applied anyway (a device whose window changes faster than it can be listed still gets its
+snapshots and reconciliation)."""
 
 
 _DEFAULT_TIME_ZONE = DeviceDefaults.model_fields["time_zone"].default
@@ -316,11 +341,13 @@ class DeviceSession:
         "_relist_wanted",
         "_skew_throttle_said",
         "_skewed_relist_at",
+        "_stale_lists",
         "_stop_reason",
         "_store",
         "_store_backoff",
         "_tg",
         "_tick_queued",
+        "_window_frame",
         "_zone_conflict_said",
         "client",
         "clock_skew_s",
@@ -393,6 +420,10 @@ class DeviceSession:
         self.relists_throttled = 0
         """Re-lists asked for by device events and not made: the device's clock is off."""
         self._skewed_relist_at: float | None = None  # monotonic; the last one let through
+        self._window_frame = 0
+        """The highest frame number of an applied event that changed the window."""
+        self._stale_lists = 0
+        """Lists dropped in a row as older than ``_window_frame``."""
         self._skew_throttle_said = False
         self.time_zone_source: Literal["device", "config"] = "config"
         """Where the zone in use came from: ``device`` (its Configuration Time Zone, read now or
@@ -473,6 +504,7 @@ class DeviceSession:
         """
         if self.client.closed:
             self.client = self._new_client()
+        self._window_frame = 0  # frame numbers are the client's: a new one counts from zero
         self.state = await self._restore()
         await self.room.restore()
         await self.client.subscribe(["Event", "Bookings"], self._on_feedback)
@@ -551,10 +583,11 @@ class DeviceSession:
     def _on_feedback(self, payload: Mapping[str, Any]) -> None:
         # XapiClient stamps each frame as its reader takes it off the link. A link that does not
         # (a test's fake) calls this from its reader too, so the session's clock reads the same.
+        frame = self.client.frames_read
         if isinstance(payload, Feedback):
-            self._offer(_Feedback(payload, payload.arrived_at, payload.arrived_after))
+            self._offer(_Feedback(payload, payload.arrived_at, payload.arrived_after, frame))
         else:
-            self._offer(_Feedback(payload, self._clock.now()))
+            self._offer(_Feedback(payload, self._clock.now(), None, frame))
 
     def _on_disconnected(self, exc: BaseException | None) -> None:
         reason = str(exc) if exc is not None else (self._stop_reason or "closed")
@@ -806,14 +839,42 @@ class DeviceSession:
             return
         if isinstance(item, _Tick):
             self._tick_queued = False
+        if isinstance(item, _Listed) and self._list_is_stale(item):
+            return
         # The parsers and on_event never raise on device input (one odd value costs its entry
         # or event); a bug that raises anyway ends run() and the agent's supervisor restarts it.
         step = self._transition(self.state, item, self._clock.now())
+        if isinstance(item, _Feedback) and (
+            step.window_upsert or step.window_delete or step.window_replace is not None
+        ):
+            self._window_frame = max(self._window_frame, item.frame)
         at = item.arrived_at if isinstance(item, _Feedback) else self._clock.now()
         step, occupancy = self.room.on_step(step, at)  # booking starts and ends, for occupancy
         await self._apply(step, occupancy)
         if isinstance(item, _Tick):
             self._reschedule()
+
+    def _list_is_stale(self, item: _Listed) -> bool:
+        """Drop ``item`` and list again when an event read after its answer has already changed
+        the window (the module's docstring); at most :data:`STALE_LISTS_MAX` in a row."""
+        if item.frame >= self._window_frame:
+            self._stale_lists = 0
+            return False
+        if self._stale_lists >= STALE_LISTS_MAX:
+            self._log.warning(
+                "Bookings List older than a change already applied, again: applying it",
+                lists_dropped=self._stale_lists,
+            )
+            self._stale_lists = 0
+            return False
+        self._stale_lists += 1
+        self._log.info(
+            "Bookings List older than a change already applied: listing again",
+            list_frame=item.frame,
+            change_frame=self._window_frame,
+        )
+        self._request_relist()
+        return True
 
     def _transition(self, state: DeviceBookings, item: _Input, now: datetime) -> Step:
         """The pure transition for ``item`` processed at ``now``; each input brings the time its
@@ -998,10 +1059,10 @@ class DeviceSession:
                     continue  # on_connected asks again
                 try:
                     async with self._list_slots:
-                        page = await self._list_all()
+                        page, frame = await self._list_all()
                         # Applied inside the slot, so the parse and the snapshot are done with too.
                         applied = asyncio.get_running_loop().create_future()
-                        await self._inputs.put(_Listed(page, applied, self._clock.now()))
+                        await self._inputs.put(_Listed(page, applied, self._clock.now(), frame))
                         await applied
                 except ConnectionLost:
                     continue
@@ -1018,28 +1079,32 @@ class DeviceSession:
         finally:
             self._lister = None
 
-    async def _list_all(self) -> ListPage:
+    async def _list_all(self) -> tuple[ListPage, int]:
         """``Bookings List DayOffset 0 Days 2``, every page (``TotalRows`` says how many), but
         never more than the caps allow nor past a page that repeats the one before it: a device
-        that lies about ``TotalRows`` gets what was read, marked cut short (no deletions)."""
+        that lies about ``TotalRows`` gets what was read, marked cut short (no deletions).
+        Also the number of the frame that answered the first page (``_Listed.frame``)."""
         pages: list[ListPage] = []
         offset = 0
+        first = 0
         while True:
-            result = await self.client.command(
+            result, frame = await self.client.command_at(
                 "Bookings List", DayOffset=0, Days=2, Limit=LIST_PAGE_SIZE, Offset=offset
             )
+            if not pages:
+                first = frame
             page = parse_list_result(result)
             if pages and repeats(page, pages[-1]):
                 return self._cut_short(
                     pages, page, f"the page at Offset {offset} repeats the previous page"
-                )
+                ), first
             pages.append(page)
             nxt = next_page_offset(page, offset)
             if nxt is None:
-                return join_pages(pages)
+                return join_pages(pages), first
             cap = page_cap_reached(pages)
             if cap is not None:
-                return self._cut_short(pages, page, cap)
+                return self._cut_short(pages, page, cap), first
             offset = nxt
 
     def _cut_short(self, pages: list[ListPage], last: ListPage, why: str) -> ListPage:

@@ -83,6 +83,11 @@ class FakeLink:
         """The parameters of each ``Bookings Delete`` the session sent."""
         self.list_answer: Callable[[int, int], Any] | None = None
         """Answers ``Bookings List (Offset, Limit)`` instead of ``bookings`` (a lying device)."""
+        self.after_answer: Callable[[], None] | None = None
+        """Called (once) as a list's answer is read, before the session gets to it: feedback
+        it delivers was read after the answer (the device sent it just after)."""
+        self.frames_read = 0
+        """Frames "read": one per feedback delivered and per answer, as the real reader counts."""
         self.subscribed = asyncio.Event()
         self._closed = asyncio.Event()
 
@@ -116,6 +121,15 @@ class FakeLink:
         page = self.bookings[offset : offset + limit]
         return {"ResultInfo": {"TotalRows": str(len(self.bookings))}, "Booking": page}
 
+    async def command_at(self, path: Any, /, **args: Any) -> tuple[Any, int]:
+        result = await self.command(path, **args)
+        self.frames_read += 1
+        frame = self.frames_read
+        if self.after_answer is not None:
+            hook, self.after_answer = self.after_answer, None
+            hook()
+        return result, frame
+
     async def get(self, path: Any) -> Any:
         return self.settings[" ".join(path) if not isinstance(path, str) else path]
 
@@ -143,12 +157,14 @@ class FakeLink:
         """A status feedback (or a current value) to the ``query`` subscription."""
         for subscribed, handler, _ in self.handlers:
             if subscribed == query:
+                self.frames_read += 1
                 handler(payload)
 
     def feed(self, name: str, **body: Any) -> None:
         """An ``Event Bookings <name>`` notification, delivered as the client's reader does."""
         for query, handler, _ in self.handlers:
             if query == "Event Bookings":
+                self.frames_read += 1
                 handler({"Event": {"Bookings": {name: body}}})
 
 
@@ -382,6 +398,57 @@ async def test_requested_then_created_resolves_the_pending_request(running: Runn
     await r.recorder.next_with("bookings.snapshot")
     assert r.link.list_calls == lists_before + 1
     assert list(await r.store.load_window(DEVICE)) == ["M7"]
+
+
+async def test_a_list_answered_before_an_event_it_lacks_is_not_applied_after_it(
+    running: Running,
+) -> None:
+    """The device answers a list, then sends BookingCreated for the request it just confirmed;
+    the reader delivers the event before the lister gets to its answer. The older list must not
+    be applied after the event (it would delete the booking, and the next list would bring it
+    back without the request it resolved): it is dropped and the room listed again."""
+    r = running
+    await online_and_listed(r)
+    r.link.feed(
+        "BookingRequested",
+        BookingRequestUUID="u-1",
+        Duration=30,
+        StartTime="2026-11-23T08:00:00Z",
+        Title="Ad hoc",
+    )
+    await r.recorder.next_with("booking.requested")
+    entry = list_entry(
+        Id="7",
+        MeetingId="M7",
+        Title="Ad hoc",
+        StartTime="2026-11-23T08:00:00Z",
+        EndTime="2026-11-23T08:30:00Z",
+    )
+
+    def confirmed_just_after_the_answer() -> None:
+        r.link.bookings = [entry]
+        r.link.feed(
+            "BookingCreated",
+            Id="7",
+            MeetingId="M7",
+            BookingRequestUUID="u-1",
+            Duration=30,
+            StartTime="2026-11-23T08:00:00Z",
+            Title="Ad hoc",
+        )
+
+    r.link.after_answer = confirmed_just_after_the_answer
+    lists_before = r.link.list_calls
+    r.link.feed("Updated")  # someone else's change: the session lists (the answer lacks M7)
+    created = await r.recorder.next_with("booking.created")
+    assert created.events[0]["data"]["booking"]["booking_request_uuid"] == "u-1"
+    snapshot = await r.recorder.next_with("bookings.snapshot")
+    assert "booking.deleted" not in types(snapshot) and "booking.created" not in types(snapshot)
+    assert [b["id"] for b in snapshot.events[-1]["data"]["bookings"]] == ["7"]
+    assert r.link.list_calls == lists_before + 2  # the stale one, then the one applied
+    window = await r.store.load_window(DEVICE)
+    assert [b["booking_request_uuid"] for b in window.values()] == ["u-1"]
+    assert all(e["type"] != "booking.deleted" for e in outbox(r.path))
 
 
 async def test_a_request_past_its_deadline_expires_at_the_next_list(running: Running) -> None:

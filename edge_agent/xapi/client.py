@@ -132,6 +132,7 @@ class XapiClient:
 
     __slots__ = (
         "_after_connect_task",
+        "_answer_frames",
         "_beat",
         "_budget",
         "_catch_up",
@@ -234,6 +235,8 @@ class XapiClient:
         self._logger: Any = None
         self._protocol = XapiProtocol(device=endpoint.device_id)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._answer_frames: dict[int, int] = {}
+        """Request id -> the number of the frame its answer came in (``command_at`` only)."""
         self._conn: ClientConnection | None = None
         self._subscribing: dict[int, asyncio.Future[None]] = {}
         self._handler_tasks: set[asyncio.Task[Any]] = set()
@@ -375,6 +378,29 @@ class XapiClient:
         """
         conn = self._require_conn()
         return await self._send(conn, self._protocol.command(path, args), timeout)
+
+    async def command_at(
+        self, path: PathLike, /, *, timeout: float | None = None, **args: Any
+    ) -> tuple[Any, int]:
+        """:meth:`command`, and the number of the frame its answer came in (as
+        :attr:`frames_read` counted it then). Feedback delivered while :attr:`frames_read` was
+        higher was read after the answer, so it is newer than what the answer describes, even
+        when whoever awaits the answer gets to it later than to that feedback.
+        """
+        conn = self._require_conn()
+        req = self._protocol.command(path, args)
+        self._answer_frames[req.request_id] = 0
+        try:
+            result = await self._send(conn, req, timeout)
+            return result, self._answer_frames[req.request_id]
+        finally:
+            self._answer_frames.pop(req.request_id, None)
+
+    @property
+    def frames_read(self) -> int:
+        """Frames read off the link so far (this client's life; one count across reconnects):
+        a feedback handler reading it learns its frame's number."""
+        return self.counters.frames
 
     # --- feedback ----------------------------------------------------------------------------
 
@@ -766,6 +792,8 @@ class XapiClient:
             if type(event) is Notification:
                 self._deliver(event)
             elif type(event) is Response:
+                if event.request_id in self._answer_frames:
+                    self._answer_frames[event.request_id] = self.counters.frames
                 fut = self._pending.pop(event.request_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(event.result)

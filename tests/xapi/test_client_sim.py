@@ -130,6 +130,22 @@ async def test_requests_and_feedback(harness: Harness) -> None:
     assert client.stats()["malformed"] == 0
 
 
+async def test_command_at_numbers_the_frame_of_its_answer(harness: Harness) -> None:
+    """What a caller of ``command_at`` orders against feedback: the answer's frame number, as
+    ``frames_read`` counted it for feedback read before (lower) and after (higher) it."""
+    client = harness.client
+    seen: list[int] = []
+    await client.subscribe("Event Bookings", lambda _p: seen.append(client.frames_read))
+    await harness.add_booking_and_hear_it()
+    before = seen[-1]
+    listed, frame = await client.command_at("Bookings List", DayOffset=0, Days=2)
+    assert listed["status"] == "OK"
+    assert before < frame <= client.frames_read
+    await harness.add_booking_and_hear_it()
+    assert seen[-1] > frame
+    assert not client._answer_frames  # nothing kept per request once it is answered
+
+
 async def test_handlers_that_raise_are_logged_and_async_handlers_run(
     harness: Harness,
 ) -> None:
