@@ -1,9 +1,11 @@
 """Webhook delivery throughput and latency: store -> drainer -> WebhookSink -> receiver.
 
-Run: ``.venv/bin/python bench/bench_webhook.py [--events 6000] [--transport aiohttp|httpx]``.
-``aiohttp`` (the default) is the agent's one HTTP stack (edge_agent/httpclient.py); ``httpx``
-swaps in httpx's own pool, with the same limits and timeout, to show the reason for that choice
-still holds.
+Run: ``.venv/bin/python bench/bench_webhook.py [--events 6000]
+[--transport aiohttp|httpx-aiohttp|httpx]``. ``aiohttp`` (the default) is the sink as the agent
+builds it (aiohttp alone, edge_agent/httpclient.py ``lean_session``); ``httpx-aiohttp`` swaps in
+httpx's API on the same pool (what the sink used before, and the calendar sources use), and
+``httpx`` httpx's own pool, with the same limits and timeout, to show the reasons for those
+choices still hold (bench/bench_http.py: the CPU per POST of each).
 The receiver (tests/receivers.py, aiohttp, signature checking on) runs in its own process on
 127.0.0.1. Prints events/s for a pre-filled backlog drained with batch_max 1 and 20 at 1, 4, 8
 and 16 in flight, then p50/p99 event latency (receiver clock - data.observed_at) at a steady
@@ -34,6 +36,7 @@ import structlog
 from edge_agent.clock import utc_iso
 from edge_agent.forward.drainer import Drainer
 from edge_agent.forward.webhook import WebhookSink
+from edge_agent.httpclient import USER_AGENT, http_client, request_bounded
 from edge_agent.store import Change, Store
 
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdef").decode()
@@ -70,16 +73,34 @@ def rx_get(port: int, path: str, post: bool = False) -> Any:
 
 def make_sink(url: str, batch_max: int, in_flight: int, transport: str) -> WebhookSink:
     sink = WebhookSink(url, [SECRET], batch_max=batch_max, max_connections=in_flight)
-    if transport == "httpx":
-        # The comparison only: the agent has no way to pick httpx's pool (one HTTP stack).
+    if transport == "aiohttp":
+        return sink
+    # The comparison only: the agent has no way to pick another stack for its webhooks.
+    headers = {"user-agent": USER_AGENT, **sink._headers}
+    if transport == "httpx-aiohttp":
+        client = http_client(timeout_s=10.0, max_connections=in_flight, headers=headers)
+    else:
         limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
-        sink._client = httpx.AsyncClient(
+        client = httpx.AsyncClient(
             timeout=httpx.Timeout(10.0),
             limits=limits,
-            headers=dict(sink._client.headers),
+            headers=headers,
             follow_redirects=False,
             trust_env=False,
         )
+
+    async def via_httpx(
+        method: str, body: bytes | None = None, hdrs: dict[str, str] | None = None
+    ) -> Any:
+        return await request_bounded(
+            client, method, url, content=body, headers=hdrs, deadline_s=10.0
+        )
+
+    async def close() -> None:
+        await client.aclose()
+
+    sink._request = via_httpx  # type: ignore[method-assign]
+    sink.close = close  # type: ignore[method-assign]
     return sink
 
 
@@ -159,7 +180,7 @@ async def latency(tmp: Path, port: int, rate: float, seconds: float, transport: 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=6000)
-    ap.add_argument("--transport", choices=["aiohttp", "httpx"], default="aiohttp")
+    ap.add_argument("--transport", choices=["aiohttp", "httpx-aiohttp", "httpx"], default="aiohttp")
     ap.add_argument("--limit-s", type=float, default=30.0)
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))

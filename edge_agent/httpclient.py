@@ -1,10 +1,13 @@
-"""The agent's one HTTP client stack: httpx's API on aiohttp's connection pool.
+"""The agent's HTTP client stacks: aiohttp's connection pool, with httpx's API or without.
 
 Every HTTP client the agent has (the webhook sink, ``check-config``'s webhook reach, the
 calendar sources) is built here, so TLS, timeouts, pool limits and the environment rules are
-the same everywhere. Why this stack: on loopback, 2 cores, one event per POST, httpx on
-aiohttp's transport (the ``httpx-aiohttp`` package) delivered ~4x the webhooks/s of httpx's
-own pool (README, benchmarks; ``bench/bench_webhook.py``), with the same httpx API and errors.
+the same everywhere. The calendar sources use httpx's API on aiohttp's transport (the
+``httpx-aiohttp`` package: on loopback, 2 cores, one event per POST, ~4x the webhooks/s of
+httpx's own pool; ``bench/bench_webhook.py``). The webhook sink, the one hot path (a POST per
+batch, thousands a second in a backlog), talks to aiohttp directly (:func:`lean_session`,
+:func:`post_bounded`): ~100 us of CPU per POST against ~320 us through httpx's layer on the
+same pool (``bench/bench_http.py``), with the same rules below.
 
 Trust: a ``ca_file`` is the only CA the client trusts, whatever the environment says
 (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``REQUESTS_CA_BUNDLE``); without one, the system store.
@@ -27,9 +30,13 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import aiohttp
+from multidict import CIMultiDictProxy
+
+if TYPE_CHECKING:
+    import httpx
 
 USER_AGENT = "roomos-edge-agent"
 MAX_ANSWER_BYTES = 4096
@@ -65,6 +72,9 @@ def http_client(
     Redirects are not followed: a redirect is a misconfigured URL, and following one would
     send a signed body somewhere the config does not name.
     """
+    import httpx  # here: a webhook-only agent never loads httpx (~3.5 MiB, tests/test_imports.py)
+    from httpx_aiohttp import AiohttpTransport
+
     verify = tls_context(ca_file)
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
@@ -82,15 +92,108 @@ def http_client(
     )
 
 
+def lean_session(
+    *,
+    timeout_s: float,
+    max_connections: int,
+    ca_file: str | os.PathLike[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> aiohttp.ClientSession:
+    """The same client as :func:`http_client` (HTTP/1.1 keep-alive, ``max_connections``, only
+    ``ca_file`` trusted, no proxies from the environment), on aiohttp alone; send with
+    :func:`post_bounded`. Call it with a loop running; close it with ``await session.close()``.
+
+    No cookie jar: a receiver's ``Set-Cookie`` is never sent back (nor parsed). Answers are not
+    decompressed (only an excerpt of a body is ever read), so none is asked for compressed
+    (``accept-encoding: identity``): the excerpt of an error stays readable.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, limit_per_host=max_connections, ssl=tls_context(ca_file)
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"user-agent": USER_AGENT, "accept-encoding": "identity", **(headers or {})},
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
+    )
+
+
+LEAN_ERRORS = (aiohttp.ClientError, OSError, ValueError)
+"""What :func:`post_bounded` raises besides ``TimeoutError`` (an ``ssl.SSLError`` is an
+``OSError``; aiohttp's certificate errors are ``ClientError`` and carry the SSL reason)."""
+
+
+async def post_bounded(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    deadline_s: float,
+    content: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_bytes: int = MAX_ANSWER_BYTES,
+) -> BoundedResponse[CIMultiDictProxy[str]]:
+    """:func:`request_bounded` on a :func:`lean_session`: the status, the headers and at most
+    ``max_bytes`` of the raw body, one deadline on the whole exchange, redirects not followed;
+    a body that goes on past ``max_bytes`` drops the connection, a finished one keeps it.
+
+    Raises:
+        TimeoutError: past ``deadline_s`` (the message says so), or aiohttp's own connect or
+            read timeouts (also ``ClientError``s).
+        aiohttp.ClientError, OSError, ValueError: the request failed (:data:`LEAN_ERRORS`).
+    """
+    deadline = asyncio.timeout(deadline_s)
+    try:
+        async with deadline:
+            resp = await session.request(
+                method, url, data=content, headers=headers, allow_redirects=False
+            )
+            try:
+                parts: list[bytes] = []
+                have = 0
+                truncated = False
+                while True:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        break
+                    if have + len(chunk) > max_bytes:
+                        parts.append(chunk[: max_bytes - have])
+                        truncated = True
+                        break
+                    parts.append(chunk)
+                    have += len(chunk)
+            except BaseException:
+                resp.close()
+                raise
+            if truncated:
+                resp.close()  # more was coming: this connection is not reused
+            else:
+                resp.release()
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise TimeoutError(
+            f"no complete answer within {deadline_s:g} s (the request's deadline)"
+        ) from None
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    return BoundedResponse(resp.status, resp.headers, body, truncated)
+
+
+H = TypeVar("H", bound=Mapping[str, str])
+
+
 @dataclass(frozen=True, slots=True)
-class BoundedResponse:
+class BoundedResponse(Generic[H]):
     """An answer of which at most ``max_bytes`` of the body were read.
 
     ``truncated``: the body went on past ``body`` (the connection was dropped, not reused).
+    ``headers``: case-insensitive (``httpx.Headers``, or aiohttp's ``CIMultiDictProxy``).
     """
 
     status: int
-    headers: httpx.Headers
+    headers: H
     body: bytes
     truncated: bool
 
@@ -115,7 +218,7 @@ async def request_bounded(
     params: Mapping[str, str] | None = None,
     max_bytes: int = MAX_ANSWER_BYTES,
     decoded: bool = False,
-) -> BoundedResponse:
+) -> BoundedResponse[httpx.Headers]:
     """Send one request; read the status, the headers and at most ``max_bytes`` of the body.
 
     The whole exchange (connect, sending the body, the answer's head and the bytes read) has
@@ -133,6 +236,8 @@ async def request_bounded(
             connect/read/write/pool timeouts.
         httpx.HTTPError, OSError, ssl.SSLError: as ``client.send`` does.
     """
+    import httpx
+
     request = client.build_request(method, url, content=content, headers=headers, params=params)
     deadline = asyncio.timeout(deadline_s)
     try:
@@ -153,9 +258,6 @@ async def request_bounded(
     return BoundedResponse(response.status_code, response.headers, body, truncated)
 
 
-_CLOSED = httpx.ByteStream(b"")
-
-
 def _unlink(response: httpx.Response) -> None:
     """Break the reference cycle a streamed answer is in, once it is closed.
 
@@ -165,7 +267,9 @@ def _unlink(response: httpx.Response) -> None:
     threshold (:mod:`edge_agent.ops.gctune`) a webhook agent collected ~20,000 of them every few
     seconds in one 20-65 ms pause of the loop, the tail of every event's latency.
     """
-    response.stream = _CLOSED
+    import httpx
+
+    response.stream = httpx.ByteStream(b"")
 
 
 async def _read_prefix(

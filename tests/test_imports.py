@@ -37,6 +37,8 @@ POSTGRES = ("psycopg", "psycopg_pool", "edge_agent.store.postgres", "edge_agent.
 """Fleet mode's driver and pool (~13 MiB) and store (~0.7 MiB): only with ``[store] url``."""
 HTTP_CLIENT = ("httpx", "httpx_aiohttp", "edge_agent.forward.webhook", "edge_agent.httpclient")
 """The outbound HTTP stack (~3.5 MiB beside aiohttp's server): webhooks and calendars only."""
+HTTPX = ("httpx", "httpx_aiohttp")
+"""httpx's API (~3.5 MiB): the calendar sources only; the webhook sink is on aiohttp alone."""
 MQTT = ("paho", "edge_agent.forward.mqtt")
 """paho (~4 MiB): only with ``[mqtt]``."""
 CLI_ONLY = ("edge_agent.ops.cli.demo", "edge_agent.ops.demo", "edge_agent.ops.cli.report")
@@ -158,8 +160,9 @@ async def test_a_webhook_only_agent_loads_no_mqtt_postgres_or_calendar_library(
             return {e["data"].get("device_id") for e in rx.events} >= devices
 
         modules = await run_agent(tmp_path, fleet, section, delivered)
-    assert "httpx" in modules and "edge_agent.session" in modules  # it ran, and delivered
-    assert loaded(modules, (*MQTT, *POSTGRES, *CALENDAR_LIBRARIES, *CLI_ONLY, *UNUSED)) == []
+    assert "edge_agent.forward.webhook" in modules and "edge_agent.session" in modules  # it ran
+    names = (*HTTPX, *MQTT, *POSTGRES, *CALENDAR_LIBRARIES, *CLI_ONLY, *UNUSED)
+    assert loaded(modules, names) == []
 
 
 async def test_an_mqtt_only_agent_loads_no_http_client_postgres_or_calendar_library(

@@ -1,4 +1,4 @@
-"""The webhook sink: Standard Webhooks 1.0 over HTTP/1.1 keep-alive (httpx).
+"""The webhook sink: Standard Webhooks 1.0 over HTTP/1.1 keep-alive (aiohttp).
 
 Each event is one POST whose body is the stored envelope, byte for byte, with the headers
 
@@ -8,7 +8,7 @@ Each event is one POST whose body is the stored envelope, byte for byte, with th
   (``whsec_<base64 key>``), space-separated, so a receiver keeps verifying while the secrets
   are rotated.
 
-Answers are read with :func:`edge_agent.httpclient.request_bounded`: status and headers decide,
+Answers are read with :func:`edge_agent.httpclient.post_bounded`: status and headers decide,
 at most a few KiB of the body are read (an excerpt goes in the reason of a failed delivery), a
 longer body's connection is dropped, and ``timeout_s`` bounds the whole request, so a receiver
 that trickles its answer costs one attempt of ``timeout_s`` and is retried like a timeout.
@@ -29,10 +29,12 @@ its id); receivers dedupe by the inner ``data.event_id``. A lone event is always
 plain webhook, so a batching receiver must accept both shapes. The outcome applies to the
 whole batch.
 
-HTTP: the agent's one client stack (:mod:`edge_agent.httpclient`, httpx's API on aiohttp's
-pool). Measured on loopback, 2 cores, receiver in another process (bench/bench_webhook.py): one
-event per POST ~1,450-3,100 events/s at 1-16 in flight (httpx's own pool managed ~500-720);
-with ``batch_max=20`` ~20-35k events/s.
+HTTP: aiohttp's pool, without httpx's layer over it (:func:`edge_agent.httpclient.lean_session`:
+the same TLS, pool, proxy and redirect rules as the agent's other clients). That layer cost
+~220 us of CPU per POST (``bench/bench_http.py``), two thirds of each POST's client side: in a
+100,000-event backlog, ~1 s of the loop. Measured on loopback, 2 cores, receiver in another
+process (bench/bench_webhook.py, through httpx then): one event per POST ~1,450-3,100 events/s
+at 1-16 in flight (httpx's own pool managed ~500-720); with ``batch_max=20`` ~20-35k events/s.
 """
 
 from __future__ import annotations
@@ -45,13 +47,22 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import structlog
 
 from edge_agent.clock import utc_iso
 from edge_agent.forward.base import Delivered, Gone, OutboxEvent, Outcome, Reject, Retry
-from edge_agent.httpclient import BoundedResponse, http_client, request_bounded
+from edge_agent.httpclient import (
+    LEAN_ERRORS,
+    BoundedResponse,
+    lean_session,
+    post_bounded,
+    tls_context,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = structlog.get_logger(__name__)
 
@@ -188,14 +199,14 @@ class WebhookSink:
         self._time = clock
         self._closed = False
         self._timeout_s = timeout_s
-        self._client = http_client(
-            timeout_s=timeout_s,
-            max_connections=max_connections,
-            ca_file=ca_file,
-            headers={"content-type": "application/json", **(headers or {})},
-        )
+        self._max_connections = max_connections
+        self._ca_file = ca_file
+        tls_context(ca_file)  # an unreadable ca_file fails here, where the sink is built
+        self._headers = {"content-type": "application/json", **(headers or {})}
+        self._session: aiohttp.ClientSession | None = None
+        """Made on the first request (aiohttp wants a running loop), closed by close()."""
         self._log = log.bind(sink=name)
-        self.last_answer: BoundedResponse | None = None
+        self.last_answer: BoundedResponse[Any] | None = None
         """The receiver's last answer (``edge-agent webhook test`` prints it)."""
 
     async def run(self) -> None:
@@ -224,15 +235,11 @@ class WebhookSink:
         }
         try:
             resp = await self._request("POST", body, headers)
-        except httpx.TimeoutException as exc:
-            # (aiohttp's transport reports refused connections and TLS failures as
-            # ConnectTimeout)
-            return Retry(f"timeout or connection failure: {type(exc).__name__}: {exc}")
-        except httpx.HTTPError as exc:
-            return Retry(f"network error: {type(exc).__name__}: {exc}")
+        except TimeoutError as exc:  # the deadline, or aiohttp's connect / read timeouts
+            return Retry(f"timeout: {type(exc).__name__}: {exc}")
         except ssl.SSLError as exc:
             return Retry(f"TLS error: {exc}")
-        except (OSError, ValueError) as exc:  # what aiohttp's transport lets through unmapped
+        except LEAN_ERRORS as exc:  # refused, reset, TLS verification (ClientConnectorError...)
             return Retry(f"network error: {type(exc).__name__}: {exc}")
         self.last_answer = resp
         retry_after = parse_retry_after(resp.headers.get("retry-after"), now)
@@ -244,14 +251,19 @@ class WebhookSink:
 
     async def _request(
         self, method: str, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> BoundedResponse:
-        return await request_bounded(
-            self._client,
-            method,
-            self.url,
-            content=body,
-            headers=headers,
-            deadline_s=self._timeout_s,
+    ) -> BoundedResponse[Any]:
+        session = self._session
+        if session is None:
+            if self._closed:
+                raise ValueError("the webhook sink is closed")
+            session = self._session = lean_session(
+                timeout_s=self._timeout_s,
+                max_connections=self._max_connections,
+                ca_file=self._ca_file,
+                headers=self._headers,
+            )
+        return await post_bounded(
+            session, method, self.url, content=body, headers=headers, deadline_s=self._timeout_s
         )
 
     async def probe(self) -> int:
@@ -259,11 +271,14 @@ class WebhookSink:
 
         Proves DNS, TCP, TLS and that an HTTP server answers, without delivering anything (a
         signed test event would land in the receiver's data): what ``check-config`` reports.
-        Raises ``httpx.HTTPError`` (or ``OSError``) when nothing answers.
+        Raises ``TimeoutError`` or one of :data:`~edge_agent.httpclient.LEAN_ERRORS` when
+        nothing answers.
         """
         return (await self._request("OPTIONS")).status
 
     async def close(self) -> None:
         """Close the connection pool. Safe to call twice."""
         self._closed = True
-        await self._client.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

@@ -254,3 +254,47 @@ async def test_probe_is_an_options_request_that_delivers_nothing(rx: WebhookRece
         assert rx.requests == 0 and not rx.deliveries  # no POST reached the handler
     finally:
         await s.close()
+
+
+async def test_requests_carry_our_headers_and_never_a_receivers_cookie() -> None:
+    """The sink is on aiohttp alone (httpclient.lean_session): the same request headers as the
+    agent's other clients, no cookie echoed back, no compressed answer asked for, the pool
+    reused, and a send after close() refused rather than reopening the pool."""
+    from aiohttp import web
+
+    seen: list[dict[str, str]] = []
+    ports: set[int] = set()
+
+    async def hook(request: web.Request) -> web.Response:
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        assert request.transport is not None
+        ports.add(request.transport.get_extra_info("peername")[1])
+        await request.read()
+        resp = web.Response(status=204)
+        resp.set_cookie("session", "abc")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    s = WebhookSink(f"http://127.0.0.1:{port}/hook", [SECRET], headers={"x-api-key": "k1"})
+    try:
+        for n in range(3):
+            assert await s.send([event(n=n)]) == Delivered()
+    finally:
+        await s.close()
+        await runner.cleanup()
+    assert [h.get("cookie") for h in seen] == [None, None, None]
+    assert len(ports) == 1  # one keep-alive connection for the three
+    for h in seen:
+        assert h["user-agent"] == "roomos-edge-agent"
+        assert h["content-type"] == "application/json"
+        assert h["accept-encoding"] == "identity"
+        assert h["x-api-key"] == "k1"
+        assert h["webhook-id"].startswith("room-1-")
+    out = await s.send([event()])
+    assert isinstance(out, Retry) and "closed" in out.reason
