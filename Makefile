@@ -31,6 +31,7 @@ demo: $(STAMP) system-deps
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_webhook.py
+	$(BIN)/python bench/bench_http.py
 	$(BIN)/python bench/bench_mqtt.py
 	$(BIN)/python bench/bench_connections.py --devices 1000
 	$(BIN)/python bench/bench_pipeline.py

@@ -6,8 +6,8 @@ the same everywhere. The calendar sources use httpx's API on aiohttp's transport
 ``httpx-aiohttp`` package: on loopback, 2 cores, one event per POST, ~4x the webhooks/s of
 httpx's own pool; ``bench/bench_webhook.py``). The webhook sink, the one hot path (a POST per
 batch, thousands a second in a backlog), talks to aiohttp directly (:func:`lean_session`,
-:func:`post_bounded`): ~100 us of CPU per POST against ~320 us through httpx's layer on the
-same pool (``bench/bench_http.py``), with the same rules below.
+:func:`post_bounded`): ~115 us of CPU per POST against ~265 us through httpx's layer on the
+same pool (``bench/bench_http.py``, 20-event batches, 8 in flight), with the same rules below.
 
 Trust: a ``ca_file`` is the only CA the client trusts, whatever the environment says
 (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``REQUESTS_CA_BUNDLE``); without one, the system store.

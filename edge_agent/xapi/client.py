@@ -124,6 +124,11 @@ class XapiClient:
         max_handler_tasks: async feedback handlers running at once; at the bound, reading
             pauses until one finishes (back-pressure to the device).
         max_queue / write_limit: websockets' receive queue (frames) and write buffer (bytes).
+            The queue is outside the loop's feedback budget: while the budget makes the reader
+            wait, each link still buffers up to ``max_queue`` frames off its socket. 4, not
+            websockets' 16: at 1,000 devices 16 was up to 16,000 frames held during a flood
+            (RSS after the benchmark's flood and burst: median 149.6 MiB of three runs with
+            16, 135.6 of five with 4; noisy, docs/perf-notes.md, eighth session).
         feedback_budget: the bound on notifications alive shared with other links (default:
             the running loop's, :func:`~.budget.loop_budget`); full, the reader waits.
         clock: monotonic time (timeouts, backoff) and wall time (feedback arrival stamps).
@@ -189,7 +194,7 @@ class XapiClient:
         close_timeout: float = 2.0,
         max_size: int = MAX_MESSAGE_SIZE,
         max_handler_tasks: int = 32,
-        max_queue: int = 16,
+        max_queue: int = 4,
         write_limit: int = 2**15,
         feedback_budget: FeedbackBudget | None = None,
         clock: Clock = system_clock,
