@@ -87,7 +87,8 @@ async def measure(
     c0, t0 = cpu_s(), time.perf_counter()
     await asyncio.gather(*(one() for _ in range(posts)))
     cpu, wall = cpu_s() - c0, time.perf_counter() - t0
-    print(f"{name:20s} {cpu / posts * 1e6:6.0f} us CPU/POST  {wall / posts * 1e6:6.0f} us wall/POST")
+    per_cpu, per_wall = cpu / posts * 1e6, wall / posts * 1e6
+    print(f"{name:20s} {per_cpu:6.0f} us CPU/POST  {per_wall:6.0f} us wall/POST")
 
 
 async def main() -> None:

@@ -32,9 +32,10 @@ whole batch.
 HTTP: aiohttp's pool, without httpx's layer over it (:func:`edge_agent.httpclient.lean_session`:
 the same TLS, pool, proxy and redirect rules as the agent's other clients). That layer cost
 ~150 us of CPU per POST of ~265 (``bench/bench_http.py``), over half of each POST's client
-side: in a 100,000-event backlog (5,000 batches of 20), ~0.75 s of the loop. Measured on loopback, 2 cores, receiver in another
-process (bench/bench_webhook.py, through httpx then): one event per POST ~1,450-3,100 events/s
-at 1-16 in flight (httpx's own pool managed ~500-720); with ``batch_max=20`` ~20-35k events/s.
+side: in a 100,000-event backlog (5,000 batches of 20), ~0.75 s of the loop. Measured on
+loopback, 2 cores, receiver in another process (bench/bench_webhook.py, through httpx then):
+one event per POST ~1,450-3,100 events/s at 1-16 in flight (httpx's own pool managed
+~500-720); with ``batch_max=20`` ~20-35k events/s.
 """
 
 from __future__ import annotations

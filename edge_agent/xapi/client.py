@@ -125,10 +125,11 @@ class XapiClient:
             pauses until one finishes (back-pressure to the device).
         max_queue / write_limit: websockets' receive queue (frames) and write buffer (bytes).
             The queue is outside the loop's feedback budget: while the budget makes the reader
-            wait, each link still buffers up to ``max_queue`` frames off its socket. 4, not
-            websockets' 16: at 1,000 devices 16 was up to 16,000 frames held during a flood
-            (RSS after the benchmark's flood and burst: median 149.6 MiB of three runs with
-            16, 135.6 of five with 4; noisy, docs/perf-notes.md, eighth session).
+            wait, each link still buffers up to ``max_queue`` frames off its socket (16,000 at
+            1,000 devices). 4 was tried (docs/perf-notes.md, eighth session): RSS after the
+            benchmark's flood and burst median 135.6 MiB of five runs against 149.6 of three,
+            but ~8 % more CPU under an MQTT flood (pausing and resuming the transport's
+            reading); websockets' 16 is kept.
         feedback_budget: the bound on notifications alive shared with other links (default:
             the running loop's, :func:`~.budget.loop_budget`); full, the reader waits.
         clock: monotonic time (timeouts, backoff) and wall time (feedback arrival stamps).
@@ -194,7 +195,7 @@ class XapiClient:
         close_timeout: float = 2.0,
         max_size: int = MAX_MESSAGE_SIZE,
         max_handler_tasks: int = 32,
-        max_queue: int = 4,
+        max_queue: int = 16,
         write_limit: int = 2**15,
         feedback_budget: FeedbackBudget | None = None,
         clock: Clock = system_clock,

@@ -53,7 +53,7 @@ class LinkOptions:
     open_timeout: float = 10.0
     close_timeout: float = 2.0
     max_size: int = MAX_MESSAGE_SIZE
-    max_queue: int = 4
+    max_queue: int = 16
     write_limit: int = 2**15
     auth_retry_delay: float = 600.0  # only quoted in the 403 error message
 
