@@ -92,6 +92,32 @@ async def test_a_stuck_stream_holds_the_mark_and_a_sweep_takes_the_rest(
         await s.close()
 
 
+async def test_streams_leave_the_deferred_set_as_the_mark_passes_them(
+    tmp_path: Path, no_sweep: None
+) -> None:
+    # _deferred (streams with delivered rows kept above the mark) is settled per commit from a
+    # heap of the streams' cursors, not by a scan of every stream: it must still empty once
+    # the mark passes them, and the heap stay bounded while one stream holds the mark back.
+    s = await Store.open(tmp_path / "a.db")
+    try:
+        w = s._writer
+        await commit_interleaved(s, "abc", 3)
+        await deliver(s, "a")
+        await deliver(s, "b")
+        assert w._deferred == {"a", "b"}  # c (nothing delivered) holds the mark at 0
+        for i in range(3, 600):  # a and b go on delivering, one commit each
+            for d in "ab":
+                await s.commit(Change(d, events=[env(d, i)]))
+                await deliver(s, d)
+        assert w._deferred == {"a", "b"}
+        assert len(w._deferred_tops) <= 2 * len(w._deferred) + 1024
+        assert [e.event_id for e in await drain_all(s)] == ["c-0", "c-1", "c-2"]
+        assert w._deferred == set()  # the mark passed every stream: nothing kept above it
+        assert await rows(s) == []
+    finally:
+        await s.close()
+
+
 async def test_the_cap_counts_undelivered_rows_not_delivered_ones_kept(
     tmp_path: Path, no_sweep: None
 ) -> None:

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from edge_agent.backoff import Backoff
 from edge_agent.forward.schedule import OutboxEvent
 from edge_agent.metrics import DEAD_LETTER_DROPPED, OUTBOX_DROPPED
-from edge_agent.store import Change, Store, StoreError
+from edge_agent.store import Change, Store, StoreError, writer
 from tests.store.outbox import drain_all, env, next_batches
 
 
@@ -99,6 +99,30 @@ async def test_concurrent_commits_are_grouped(store: Store) -> None:
     for dev in range(50):
         ns = [e.envelope["data"]["n"] for e in events if e.device_id == f"dev{dev}"]
         assert ns == sorted(ns)  # commit order is seq order per device
+
+
+async def test_commits_a_loop_turn_apart_share_a_group(store: Store) -> None:
+    # The writer lets the loop turn a few times before it takes a small group (writer.py,
+    # "Group size"): a change that comes a turn after another joins its transaction.
+    commits = 0
+
+    def trace(sql: str) -> None:
+        nonlocal commits
+        commits += sql.strip().upper() == "COMMIT"
+
+    await store._writer.on_connection(lambda db: db.set_trace_callback(trace))
+
+    async def later(i: int) -> None:
+        for _ in range(i):
+            await asyncio.sleep(0)
+        await store.commit(Change("dev", events=[env("dev", i)]))
+
+    await asyncio.gather(*(later(i) for i in range(writer.LINGER_TURNS)))
+    await store._writer.on_connection(lambda db: db.set_trace_callback(None))
+    assert commits == 1, commits
+    assert [e.envelope["data"]["n"] for e in await drain_all(store)] == list(
+        range(writer.LINGER_TURNS)
+    )
 
 
 async def test_full_disk_raises_store_error_and_writer_survives(store: Store) -> None:
