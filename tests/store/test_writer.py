@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,42 @@ async def test_commits_a_loop_turn_apart_share_a_group(store: Store) -> None:
     assert [e.envelope["data"]["n"] for e in await drain_all(store)] == list(
         range(writer.LINGER_TURNS)
     )
+
+
+async def commit_threads(store: Store, n: int) -> list[int]:
+    """Commit ``n`` changes one by one; the thread each COMMIT ran on."""
+    threads: list[int] = []
+
+    def trace(sql: str) -> None:
+        if sql.strip().upper() == "COMMIT":
+            threads.append(threading.get_ident())
+
+    await store._writer.on_connection(lambda db: db.set_trace_callback(trace))
+    for i in range(n):
+        await store.commit(Change("dev", events=[env("dev", i)]))
+    await store._writer.on_connection(lambda db: db.set_trace_callback(None))
+    return threads
+
+
+async def test_small_groups_commit_on_the_loop(store: Store) -> None:
+    assert await commit_threads(store, 3) == [threading.get_ident()] * 3
+    assert [e.envelope["data"]["n"] for e in await drain_all(store)] == [0, 1, 2]
+
+
+async def test_slow_groups_on_the_loop_send_the_next_ones_to_the_thread(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "INLINE_SLOW_S", 0.0)  # every group is slow
+    with capture_logs() as logs:
+        threads = await commit_threads(store, writer.INLINE_SLOW_GROUPS + 2)
+    loop_thread = threading.get_ident()
+    slow = writer.INLINE_SLOW_GROUPS
+    assert threads[:slow] == [loop_thread] * slow
+    assert loop_thread not in threads[slow:]  # the writer thread's, for INLINE_BACKOFF_S
+    assert [e["event"] for e in logs].count(
+        "store writes are slow: groups go to the writer thread for a while"
+    ) == 1
+    assert len(await drain_all(store)) == slow + 2
 
 
 async def test_full_disk_raises_store_error_and_writer_survives(store: Store) -> None:
