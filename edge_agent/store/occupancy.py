@@ -9,7 +9,7 @@ them on a read-only connection beside a running agent (:func:`read_occupancy`), 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,10 +78,39 @@ def replaces_open(w: OccupancyWrite) -> bool:
 
 def write(conn: sqlite3.Connection, w: OccupancyWrite) -> None:
     """Apply ``w`` (inside the caller's transaction, on the writer's connection)."""
-    if replaces_open(w):
-        conn.execute(DELETE_OPEN, (w.device_id,))
-    conn.executemany(PUT_INTERVAL, interval_rows(w))
-    conn.executemany(PUT_BOOKING, booking_rows(w))
+    write_all(conn, (w,))
+
+
+def write_all(conn: sqlite3.Connection, writes: Iterable[OccupancyWrite]) -> None:
+    """Apply ``writes`` in order (inside the caller's transaction): what applying each in turn
+    does, in three statements per run of writes for distinct devices instead of three per
+    write (a group's booking starts and ends; the statements, not the rows, were the cost).
+    A device's second write in a group starts a new run: its open interval replaces the one
+    the first put."""
+    run: list[OccupancyWrite] = []
+    devices: set[str] = set()
+    for w in writes:
+        if w.device_id in devices:
+            _write_run(conn, run)
+            run, devices = [], set()
+        run.append(w)
+        devices.add(w.device_id)
+    if run:
+        _write_run(conn, run)
+
+
+def _write_run(conn: sqlite3.Connection, run: list[OccupancyWrite]) -> None:
+    """Writes for distinct devices: each one's DELETE_OPEN touches its own rows only, so all
+    of them can go before all the puts."""
+    opened = [(w.device_id,) for w in run if replaces_open(w)]
+    if opened:
+        conn.executemany(DELETE_OPEN, opened)
+    intervals = [r for w in run for r in interval_rows(w)]
+    if intervals:
+        conn.executemany(PUT_INTERVAL, intervals)
+    bookings = [r for w in run for r in booking_rows(w)]
+    if bookings:
+        conn.executemany(PUT_BOOKING, bookings)
 
 
 async def load(

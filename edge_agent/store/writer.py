@@ -971,9 +971,8 @@ class GroupWriter:
         if states:
             db.executemany(schema.PUT_DEVICE_STATE, states)
         write_calendars(db, [ch.calendar for ch in changes if ch.calendar is not None])
-        for ch in changes:  # in commit order: a later open interval replaces an earlier one
-            for occ in ch.occupancy:
-                occupancy.write(db, occ)
+        # In commit order: a later open interval replaces an earlier one.
+        occupancy.write_all(db, [occ for ch in changes for occ in ch.occupancy])
         rows = []
         firsts: list[tuple[PreparedChange, int]] = []
         exact = True
