@@ -40,14 +40,17 @@ The writer owns a plain ``sqlite3`` connection, opened on the writer's one dedic
 queue in, futures out: a single-worker executor). A group (its statements, compaction and the
 caps) is one function: one hop and one transaction per group, not one hop per statement.
 A small group (at most :data:`INLINE_MAX_CHANGES` changes, no calls) runs on the loop instead,
-when nothing is queued on the thread: in WAL mode with ``synchronous = NORMAL`` its COMMIT
+when nothing is queued on the thread and ``synchronous`` is ``"normal"`` (the default; with
+``"full"`` every COMMIT syncs, and every group stays on the thread): in WAL mode its COMMIT
 writes pages to the WAL without a sync (the checkpoints, which sync, run on their own thread),
 ~0.1-0.5 ms, less than what the hop costs both threads (the GIL handed back and forth at every
 statement, the loop woken through its self-pipe): 10-12 % less CPU per event under the MQTT
 flood, and a lower p99. Groups slow on the loop (a disk throttling writes, SQLite's own
 checkpoint inside a COMMIT: :data:`INLINE_SLOW_GROUPS` in a row past :data:`INLINE_SLOW_S`, or
 one past :data:`INLINE_STALL_S`) send the groups to the thread for :data:`INLINE_BACKOFF_S`, so
-a slow disk stalls the loop for a few commits, not at every one. Administrative writes (:meth:`GroupWriter.call`: dead-letter
+a slow disk stalls the loop for a few commits, not at every one.
+
+Administrative writes (:meth:`GroupWriter.call`: dead-letter
 replay, booking requests, occupancy rows) are plain functions of the connection too: those
 queued run in the group's transaction, after its changes and progress, each inside its own
 SAVEPOINT, so one that fails (a duplicate request id) rolls back alone and the rest commits. A
@@ -909,6 +912,7 @@ class GroupWriter:
         return (
             len(changes) <= INLINE_MAX_CHANGES
             and not calls
+            and self._synchronous == "normal"  # "full" syncs the WAL in every COMMIT
             and self._thread.idle
             and asyncio.get_running_loop().time() >= self._inline_after
         )

@@ -146,6 +146,15 @@ async def test_small_groups_commit_on_the_loop(store: Store) -> None:
     assert [e.envelope["data"]["n"] for e in await drain_all(store)] == [0, 1, 2]
 
 
+async def test_with_synchronous_full_every_group_stays_on_the_thread(tmp_path: Path) -> None:
+    # Each COMMIT syncs the WAL then: not on the loop.
+    store = await Store.open(tmp_path / "full.db", synchronous="full")
+    try:
+        assert threading.get_ident() not in await commit_threads(store, 3)
+    finally:
+        await store.close()
+
+
 async def test_slow_groups_on_the_loop_send_the_next_ones_to_the_thread(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
