@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -73,28 +75,37 @@ async def test_a_cap_below_one_is_refused(tmp_path: Path) -> None:
 # -- group commit, errors ----------------------------------------------------------------------
 
 
-async def test_concurrent_commits_are_grouped(store: Store) -> None:
-    commits = 0
+@contextlib.asynccontextmanager
+async def traced_commits(store: Store) -> AsyncIterator[list[int]]:
+    """The thread each COMMIT of the write connection runs on, in order, while inside."""
+    threads: list[int] = []
 
     def trace(sql: str) -> None:
-        nonlocal commits
-        commits += sql.strip().upper() == "COMMIT"
+        if sql.strip().upper() == "COMMIT":
+            threads.append(threading.get_ident())
 
     await store._writer.on_connection(lambda db: db.set_trace_callback(trace))
-    await asyncio.gather(
-        *(
-            store.commit(
-                Change(
-                    f"dev{i % 50}",
-                    window_upsert={f"k{i}": {"i": i}},
-                    events=[env(f"dev{i % 50}", i)],
+    try:
+        yield threads
+    finally:
+        await store._writer.on_connection(lambda db: db.set_trace_callback(None))
+
+
+async def test_concurrent_commits_are_grouped(store: Store) -> None:
+    async with traced_commits(store) as commits:
+        await asyncio.gather(
+            *(
+                store.commit(
+                    Change(
+                        f"dev{i % 50}",
+                        window_upsert={f"k{i}": {"i": i}},
+                        events=[env(f"dev{i % 50}", i)],
+                    )
                 )
+                for i in range(1000)
             )
-            for i in range(1000)
         )
-    )
-    await store._writer.on_connection(lambda db: db.set_trace_callback(None))
-    assert commits < 100, commits  # one transaction per waiting group, not per commit
+    assert len(commits) < 100, commits  # one transaction per waiting group, not per commit
     events = await drain_all(store)
     assert len(events) == 1000
     for dev in range(50):
@@ -105,22 +116,14 @@ async def test_concurrent_commits_are_grouped(store: Store) -> None:
 async def test_commits_a_loop_turn_apart_share_a_group(store: Store) -> None:
     # The writer lets the loop turn a few times before it takes a small group (writer.py,
     # "Group size"): a change that comes a turn after another joins its transaction.
-    commits = 0
-
-    def trace(sql: str) -> None:
-        nonlocal commits
-        commits += sql.strip().upper() == "COMMIT"
-
-    await store._writer.on_connection(lambda db: db.set_trace_callback(trace))
-
     async def later(i: int) -> None:
         for _ in range(i):
             await asyncio.sleep(0)
         await store.commit(Change("dev", events=[env("dev", i)]))
 
-    await asyncio.gather(*(later(i) for i in range(writer.LINGER_TURNS)))
-    await store._writer.on_connection(lambda db: db.set_trace_callback(None))
-    assert commits == 1, commits
+    async with traced_commits(store) as commits:
+        await asyncio.gather(*(later(i) for i in range(writer.LINGER_TURNS)))
+    assert len(commits) == 1, commits
     assert [e.envelope["data"]["n"] for e in await drain_all(store)] == list(
         range(writer.LINGER_TURNS)
     )
@@ -128,16 +131,9 @@ async def test_commits_a_loop_turn_apart_share_a_group(store: Store) -> None:
 
 async def commit_threads(store: Store, n: int) -> list[int]:
     """Commit ``n`` changes one by one; the thread each COMMIT ran on."""
-    threads: list[int] = []
-
-    def trace(sql: str) -> None:
-        if sql.strip().upper() == "COMMIT":
-            threads.append(threading.get_ident())
-
-    await store._writer.on_connection(lambda db: db.set_trace_callback(trace))
-    for i in range(n):
-        await store.commit(Change("dev", events=[env("dev", i)]))
-    await store._writer.on_connection(lambda db: db.set_trace_callback(None))
+    async with traced_commits(store) as threads:
+        for i in range(n):
+            await store.commit(Change("dev", events=[env("dev", i)]))
     return threads
 
 
