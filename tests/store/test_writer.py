@@ -167,6 +167,15 @@ async def test_slow_groups_on_the_loop_send_the_next_ones_to_the_thread(
     assert len(await drain_all(store)) == slow + 2
 
 
+async def test_one_stalled_group_on_the_loop_sends_the_next_ones_to_the_thread(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "INLINE_STALL_S", 0.0)  # every group is a stall
+    threads = await commit_threads(store, 3)
+    assert threads[0] == threading.get_ident()  # no streak needed: the next go to the thread
+    assert threading.get_ident() not in threads[1:]
+
+
 async def test_full_disk_raises_store_error_and_writer_survives(store: Store) -> None:
     await store.commit(Change("d", events=[env("d", 0)]))
     pages = (await store._writer.execute("PRAGMA page_count"))[0][0]
