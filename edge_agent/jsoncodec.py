@@ -22,7 +22,7 @@ def dumpb(obj: Any) -> bytes:
     shrinks it (the ``_PyBytes_Resize`` at the end sees the length already set and returns),
     so an envelope of 300 bytes kept in the outbox's recent buffer, the writer's queue or an
     unacknowledged MQTT publish held 4 KiB (16 KiB from ~1.5 KB up). The two-part join copies
-    (a one-part join returns the object itself): ~0.2 us.
+    (a one-part join returns the object itself): ~0.1 us on a 160-byte envelope.
     """
     return b"".join((orjson.dumps(obj), b""))
 
